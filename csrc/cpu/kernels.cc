@@ -1,0 +1,49 @@
+// float and double instantiations, and the geometry builders. Half types live in
+// kernels_half.cc, which needs Eigen's half types and so is built into the TF library only.
+#include "cpu/kernels_impl.h"
+
+namespace tfup {
+
+namespace {
+std::string CheckOutputElements(const Geometry& g) {
+  int64_t e = CheckedMul(CheckedMul(CheckedMul(g.n, g.y.n_out), g.x.n_out), g.c);
+  if (e < 0) return "the output would have more elements than a 64-bit index can address";
+  return "";
+}
+}  // namespace
+
+std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,
+                                 Layout layout, Geometry* g) {
+  if (factor < 1) return "factor must be a positive integer, got " + std::to_string(factor);
+  if (n < 0 || h < 0 || w < 0 || c < 0) return "input dimensions must be non-negative";
+  const int64_t oh = CheckedMul(h, factor), ow = CheckedMul(w, factor);
+  if (oh < 0 || ow < 0) return "factor " + std::to_string(factor) + " makes the output size overflow";
+  const int64_t k = BilinearKernelSize(factor);
+  g->n = n;
+  g->c = c;
+  g->layout = layout;
+  std::string err = MakeAxis(h, oh, k, factor, Padding::kSame, &g->y);
+  if (err.empty()) err = MakeAxis(w, ow, k, factor, Padding::kSame, &g->x);
+  if (err.empty()) err = CheckOutputElements(*g);
+  return err;
+}
+
+std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h,
+                                  int64_t out_w, int64_t ky, int64_t kx, int64_t sy, int64_t sx,
+                                  Padding padding, Layout layout, Geometry* g) {
+  if (n < 0 || h < 0 || w < 0 || c < 0) return "input dimensions must be non-negative";
+  if (out_h < 0 || out_w < 0) return "output_shape must be non-negative";
+  g->n = n;
+  g->c = c;
+  g->layout = layout;
+  std::string err = MakeAxis(h, out_h, ky, sy, padding, &g->y);
+  if (!err.empty()) return "height: " + err;
+  err = MakeAxis(w, out_w, kx, sx, padding, &g->x);
+  if (!err.empty()) return "width: " + err;
+  return CheckOutputElements(*g);
+}
+
+TFUP_INSTANTIATE_CPU_KERNELS(float)
+TFUP_INSTANTIATE_CPU_KERNELS(double)
+
+}  // namespace tfup

@@ -1,0 +1,50 @@
+// CPU kernels of the per-channel transposed convolution and the bilinear upsample.
+// Raw pointers, sizes from Geometry, work split through the caller's ParallelFor (TF's intra-op
+// pool in the op, a few std::threads in the NumPy binding). Every kernel writes each output
+// element from exactly one place, in a fixed order: results do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "geometry.h"
+
+namespace tfup {
+
+// Runs work(begin, end) over a partition of [0, total); cost_per_unit is a rough cycle count per
+// unit that lets the runner decide how finely to split.
+using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& work)>;
+
+// Forward. filter is [ky, kx, C] (the [kh, kw, C, 1] tensor, multiplier dropped).
+template <typename T>
+void DepthwiseForward(const Geometry& g, const T* input, const T* filter, T* output,
+                      const ParallelFor& pf);
+// Gradient to the input: output_grad has the output's shape, input_grad the input's.
+template <typename T>
+void DepthwiseBackpropInput(const Geometry& g, const T* output_grad, const T* filter,
+                            T* input_grad, const ParallelFor& pf);
+// Gradient to the filter [ky, kx, C].
+template <typename T>
+void DepthwiseBackpropFilter(const Geometry& g, const T* input, const T* output_grad,
+                             T* filter_grad, const ParallelFor& pf);
+
+// Bilinear upsample: geometry with stride = factor, k = BilinearKernelSize(factor), SAME padding;
+// the kernel is computed on the fly (no filter tensor exists).
+template <typename T>
+void BilinearForward(const Geometry& g, const T* input, T* output, const ParallelFor& pf);
+template <typename T>
+void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
+                           const ParallelFor& pf);
+
+// Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).
+// Returns "" or the reason it cannot exist (overflow).
+std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,
+                                 Layout layout, Geometry* g);
+
+// Geometry of a depthwise transposed convolution; "" or the reason the arguments are inconsistent.
+std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h,
+                                  int64_t out_w, int64_t ky, int64_t kx, int64_t sy, int64_t sx,
+                                  Padding padding, Layout layout, Geometry* g);
+
+}  // namespace tfup

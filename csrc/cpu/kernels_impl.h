@@ -1,0 +1,318 @@
+// Template definitions of the CPU kernels; included by the files that instantiate them.
+//
+// Both layouts run the same code over "slabs": in NHWC a slab is one image and the pixel holds C
+// contiguous channels; in NCHW a slab is one (image, channel) plane and the pixel holds 1. The
+// innermost loop always runs over a pixel's channels, which are contiguous: that is the loop the
+// compiler vectorises.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace tfup {
+namespace cpu {
+
+// Half types accumulate in float; float in float; double in double.
+template <typename T>
+using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+struct Slabs {
+  int64_t count;  // number of slabs
+  int64_t cc;     // channels per pixel inside a slab (C in NHWC, 1 in NCHW)
+  int64_t c;      // channels of the tensor
+  bool planar;    // NCHW
+  // Offset of slab s's channel 0 in the filter's channel axis.
+  int64_t FilterChannel(int64_t s) const { return planar ? s % c : 0; }
+};
+
+inline Slabs MakeSlabs(const Geometry& g) {
+  if (g.layout == Layout::kNCHW) return {g.n * g.c, 1, g.c, true};
+  return {g.n, g.c, g.c, false};
+}
+
+// Per output index of one axis: first input and how many inputs feed it.
+struct AxisTaps {
+  std::vector<int64_t> first, count;
+  explicit AxisTaps(const Axis& a) : first(a.n_out), count(a.n_out) {
+    for (int64_t o = 0; o < a.n_out; ++o) {
+      first[o] = a.FirstInput(o);
+      count[o] = std::max<int64_t>(a.LastInput(o) - first[o] + 1, 0);
+    }
+  }
+};
+
+template <typename A>
+std::vector<A> BilinearTable(const Axis& a) {
+  std::vector<A> w(a.k);
+  for (int64_t t = 0; t < a.k; ++t) w[t] = BilinearWeight<A>(a.stride, t);
+  return w;
+}
+
+template <typename T, typename A>
+std::vector<A> ConvertFilter(const Geometry& g, const T* filter) {
+  std::vector<A> f(g.y.k * g.x.k * g.c);
+  for (size_t i = 0; i < f.size(); ++i) f[i] = static_cast<A>(filter[i]);
+  return f;
+}
+
+// Splits slabs x rows into units for the parallel runner.
+template <typename Fn>
+void ForEachRow(const ParallelFor& pf, int64_t slabs, int64_t rows, int64_t cost_per_row,
+                Fn&& fn) {
+  if (slabs == 0 || rows == 0) return;
+  pf(slabs * rows, cost_per_row, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) fn(u / rows, u % rows);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward (gather): each output pixel sums its taps.
+
+// Bilinear pixel with CY x CX taps: sum_ty wy * (sum_tx wx * x). Templated so the 2x2 interior
+// case is one fused, vectorised pass with a single write per output element.
+template <int CY, int CX, typename T, typename A>
+inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy, const A* wx,
+                          int64_t cc, T* out) {
+  for (int64_t c = 0; c < cc; ++c) {
+    A v = 0;
+    for (int ty = 0; ty < CY; ++ty) {
+      A h = 0;
+      for (int tx = 0; tx < CX; ++tx) h += wx[tx] * static_cast<A>(rows[ty][cols[tx] + c]);
+      v += wy[ty] * h;
+    }
+    out[c] = static_cast<T>(v);
+  }
+}
+
+template <typename T>
+void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const AxisTaps ty(g.y), tx(g.x);
+  const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
+  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
+  ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 8, [&](int64_t s, int64_t oy) {
+    const T* in = input + s * g.y.n_in * W * cc;
+    T* out = output + (s * g.y.n_out + oy) * OW * cc;
+    const int64_t iy = ty.first[oy], ny = ty.count[oy];
+    const T* rows[2] = {in + iy * W * cc, in + (iy + ny - 1) * W * cc};
+    const A wrow[2] = {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]};
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      const int64_t ix = tx.first[ox], nx = tx.count[ox];
+      const int64_t cols[2] = {ix * cc, (ix + nx - 1) * cc};
+      const A wcol[2] = {wx[g.x.Tap(ox, ix)], wx[g.x.Tap(ox, ix + nx - 1)]};
+      T* o = out + ox * cc;
+      // Bilinear kernels have k <= 2 * stride: one or two taps per axis, never none.
+      if (ny == 2 && nx == 2) BilinearPixel<2, 2>(rows, cols, wrow, wcol, cc, o);
+      else if (ny == 2) BilinearPixel<2, 1>(rows, cols, wrow, wcol, cc, o);
+      else if (nx == 2) BilinearPixel<1, 2>(rows, cols, wrow, wcol, cc, o);
+      else BilinearPixel<1, 1>(rows, cols, wrow, wcol, cc, o);
+    }
+  });
+}
+
+template <typename T>
+void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T* output,
+                          const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const AxisTaps ty(g.y), tx(g.x);
+  const std::vector<A> f = ConvertFilter<T, A>(g, filter);
+  const int64_t cc = sl.cc, C = g.c, kx = g.x.k, W = g.x.n_in, OW = g.x.n_out;
+  const int64_t taps = ((g.y.k + g.y.stride - 1) / g.y.stride) * ((kx + g.x.stride - 1) / g.x.stride);
+  ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 2 * taps, [&](int64_t s, int64_t oy) {
+    std::vector<A> acc(cc);
+    const T* in = input + s * g.y.n_in * W * cc;
+    const A* fs = f.data() + sl.FilterChannel(s);
+    T* out = output + (s * g.y.n_out + oy) * OW * cc;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t iy = ty.first[oy]; iy < ty.first[oy] + ty.count[oy]; ++iy) {
+        const int64_t a = g.y.Tap(oy, iy);
+        for (int64_t ix = tx.first[ox]; ix < tx.first[ox] + tx.count[ox]; ++ix) {
+          const A* fp = fs + (a * kx + g.x.Tap(ox, ix)) * C;
+          const T* xp = in + (iy * W + ix) * cc;
+          for (int64_t c = 0; c < cc; ++c) acc[c] += fp[c] * static_cast<A>(xp[c]);
+        }
+      }
+      for (int64_t c = 0; c < cc; ++c) out[ox * cc + c] = static_cast<T>(acc[c]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input gradient (gather over outputs): dx[i] = sum over the outputs i feeds of w(tap) * dy.
+// Each unit owns a band of input rows and sweeps the output rows that band reads once, in
+// ascending order; every dx element is summed in the same order whatever the banding.
+
+template <typename T, typename RowFn>
+void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
+                     int64_t cost_per_input_row, RowFn&& add_output_row) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const int64_t H = g.y.n_in, row = g.x.n_in * sl.cc;
+  if (sl.count == 0 || H == 0) return;
+  // Bands of a few input rows: adjacent rows share output rows, so a band re-reads less.
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(8, H / 4));
+  const int64_t bands = (H + band - 1) / band;
+  pf(sl.count * bands, cost_per_input_row * band, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(H, i0 + band);
+      acc.assign((i1 - i0) * row, A(0));
+      const int64_t oy_end = g.y.EndOutput(i1 - 1);
+      for (int64_t oy = g.y.FirstOutput(i0); oy < oy_end; ++oy) {
+        const int64_t lo = std::max(i0, g.y.FirstInput(oy)), hi = std::min(i1 - 1, g.y.LastInput(oy));
+        add_output_row(s, oy, lo, hi, acc.data() + (lo - i0) * row);
+      }
+      T* dx = input_grad + (s * H + i0) * row;
+      for (int64_t e = 0; e < (i1 - i0) * row; ++e) dx[e] = static_cast<T>(acc[e]);
+    }
+  });
+}
+
+template <typename T>
+void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input_grad,
+                               const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
+  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out, row = W * cc;
+  // Separable: reduce the output row along x once (r, one input row long), then add it to the
+  // (at most two) input rows it belongs to with their row weight.
+  thread_local std::vector<A> r;
+  SweepInputBands<T>(g, input_grad, pf, OW * cc * g.y.stride * 4,
+                     [&](int64_t s, int64_t oy, int64_t lo, int64_t hi, A* acc) {
+    const T* dy = output_grad + (s * g.y.n_out + oy) * OW * cc;
+    r.assign(row, A(0));
+    for (int64_t j = 0; j < W; ++j) {
+      A* rj = r.data() + j * cc;
+      for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
+        const A w = wx[g.x.Tap(ox, j)];
+        const T* d = dy + ox * cc;
+        for (int64_t c = 0; c < cc; ++c) rj[c] += w * static_cast<A>(d[c]);
+      }
+    }
+    for (int64_t i = lo; i <= hi; ++i, acc += row) {
+      const A w = wy[g.y.Tap(oy, i)];
+      for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
+    }
+  });
+}
+
+template <typename T>
+void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T* filter,
+                                T* input_grad, const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const std::vector<A> f = ConvertFilter<T, A>(g, filter);
+  const int64_t cc = sl.cc, C = g.c, kx = g.x.k, W = g.x.n_in, OW = g.x.n_out, row = W * cc;
+  SweepInputBands<T>(g, input_grad, pf, OW * cc * g.y.k * 2,
+                     [&](int64_t s, int64_t oy, int64_t lo, int64_t hi, A* acc) {
+    const T* dy = output_grad + (s * g.y.n_out + oy) * OW * cc;
+    const A* fs = f.data() + sl.FilterChannel(s);
+    for (int64_t i = lo; i <= hi; ++i, acc += row) {
+      const A* fa = fs + g.y.Tap(oy, i) * kx * C;
+      for (int64_t j = 0; j < W; ++j) {
+        A* aj = acc + j * cc;
+        for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
+          const A* fp = fa + g.x.Tap(ox, j) * C;
+          const T* d = dy + ox * cc;
+          for (int64_t c = 0; c < cc; ++c) aj[c] += fp[c] * static_cast<A>(d[c]);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filter gradient: dw[a, b, c] = sum over (n, i, j) of dy[n, i*sy - py + a, j*sx - px + b, c] *
+// x[n, i, j, c]. One owner per (filter row a, channel block) sums in a fixed (n, i, j) order:
+// deterministic, no atomics, no scratch beyond one kx x block accumulator.
+
+template <typename T>
+void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* output_grad,
+                                 T* filter_grad, const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const int64_t C = g.c, ky = g.y.k, kx = g.x.k, H = g.y.n_in, W = g.x.n_in;
+  const int64_t OH = g.y.n_out, OW = g.x.n_out;
+  if (ky * kx * C == 0) return;
+  const int64_t block = sl.planar ? 1 : std::min<int64_t>(C, 256);
+  const int64_t blocks = (C + block - 1) / block;
+  pf(ky * blocks, g.n * H * W * block * 4, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t a = u / blocks, c0 = (u % blocks) * block, nc = std::min(block, C - c0);
+      acc.assign(kx * nc, A(0));
+      for (int64_t n = 0; n < g.n; ++n) {
+        for (int64_t c = 0; c < (sl.planar ? nc : 1); ++c) {
+          // The slab and the channel offset inside its pixels for this (n, channel block).
+          const int64_t s = sl.planar ? n * C + c0 + c : n;
+          const int64_t coff = sl.planar ? 0 : c0, cnt = sl.planar ? 1 : nc, cc = sl.cc;
+          A* accc = acc.data() + (sl.planar ? c : 0);  // acc is [kx][nc]
+          for (int64_t i = 0; i < H; ++i) {
+            const int64_t oy = i * g.y.stride - g.y.pad + a;
+            if (oy < 0 || oy >= OH) continue;
+            const T* xr = input + (s * H + i) * W * cc + coff;
+            const T* dr = output_grad + (s * OH + oy) * OW * cc + coff;
+            for (int64_t j = 0; j < W; ++j) {
+              const T* xp = xr + j * cc;
+              for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
+                A* ab = accc + g.x.Tap(ox, j) * nc;
+                const T* d = dr + ox * cc;
+                for (int64_t e = 0; e < cnt; ++e) ab[e] += static_cast<A>(d[e]) * static_cast<A>(xp[e]);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t b = 0; b < kx; ++b)
+        for (int64_t e = 0; e < nc; ++e)
+          filter_grad[(a * kx + b) * C + c0 + e] = static_cast<T>(acc[b * nc + e]);
+    }
+  });
+}
+
+}  // namespace cpu
+
+template <typename T>
+void DepthwiseForward(const Geometry& g, const T* input, const T* filter, T* output,
+                      const ParallelFor& pf) {
+  cpu::DepthwiseForwardImpl(g, input, filter, output, pf);
+}
+template <typename T>
+void DepthwiseBackpropInput(const Geometry& g, const T* output_grad, const T* filter,
+                            T* input_grad, const ParallelFor& pf) {
+  cpu::DepthwiseBackpropInputImpl(g, output_grad, filter, input_grad, pf);
+}
+template <typename T>
+void DepthwiseBackpropFilter(const Geometry& g, const T* input, const T* output_grad,
+                             T* filter_grad, const ParallelFor& pf) {
+  cpu::DepthwiseBackpropFilterImpl(g, input, output_grad, filter_grad, pf);
+}
+template <typename T>
+void BilinearForward(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
+  cpu::BilinearForwardImpl(g, input, output, pf);
+}
+template <typename T>
+void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
+                           const ParallelFor& pf) {
+  cpu::BilinearBackpropInputImpl(g, output_grad, input_grad, pf);
+}
+
+#define TFUP_INSTANTIATE_CPU_KERNELS(T)                                                     \
+  template void DepthwiseForward<T>(const Geometry&, const T*, const T*, T*,                \
+                                    const ParallelFor&);                                    \
+  template void DepthwiseBackpropInput<T>(const Geometry&, const T*, const T*, T*,          \
+                                          const ParallelFor&);                              \
+  template void DepthwiseBackpropFilter<T>(const Geometry&, const T*, const T*, T*,         \
+                                           const ParallelFor&);                             \
+  template void BilinearForward<T>(const Geometry&, const T*, T*, const ParallelFor&);      \
+  template void BilinearBackpropInput<T>(const Geometry&, const T*, T*, const ParallelFor&);
+
+}  // namespace tfup

@@ -1,0 +1,130 @@
+// Index geometry of a per-channel transposed convolution, shared by every kernel (CPU and CUDA)
+// and by every adapter (TF op, pybind11 module). Plain C++: no TF types.
+//
+// One axis: input length n_in, output length n_out, stride s, kernel length k, padding before p.
+// Input i, tap a lands on output o = i * s - p + a. Every kernel uses the gather form: output o
+// reads the inputs i with 0 <= o + p - i * s < k, so each output has one writer (no atomics).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#if defined(__CUDACC__)
+#define TFUP_HOST_DEVICE __host__ __device__
+#else
+#define TFUP_HOST_DEVICE
+#endif
+
+namespace tfup {
+
+enum class Layout { kNHWC, kNCHW };
+enum class Padding { kSame, kValid };
+
+struct Axis {
+  int64_t n_in = 0, n_out = 0, stride = 1, k = 1, pad = 0;
+
+  // Inputs feeding output o: [first, last] (empty when first > last).
+  TFUP_HOST_DEVICE int64_t FirstInput(int64_t o) const {
+    const int64_t num = o + pad - k + 1;  // ceil(num / stride), num may be negative
+    const int64_t q = num >= 0 ? (num + stride - 1) / stride : -((-num) / stride);
+    return q > 0 ? q : 0;
+  }
+  TFUP_HOST_DEVICE int64_t LastInput(int64_t o) const {
+    const int64_t num = o + pad;
+    if (num < 0) return -1;
+    const int64_t q = num / stride;
+    return q < n_in - 1 ? q : n_in - 1;
+  }
+  TFUP_HOST_DEVICE int64_t Tap(int64_t o, int64_t i) const { return o + pad - i * stride; }
+  // Outputs an input i writes to: [i*s - p, i*s - p + k) clipped to [0, n_out).
+  TFUP_HOST_DEVICE int64_t FirstOutput(int64_t i) const {
+    const int64_t o = i * stride - pad;
+    return o > 0 ? o : 0;
+  }
+  TFUP_HOST_DEVICE int64_t EndOutput(int64_t i) const {
+    const int64_t o = i * stride - pad + k;
+    return o < n_out ? o : n_out;
+  }
+};
+
+// Full problem: batch n, channels c, rows (y) and columns (x).
+struct Geometry {
+  int64_t n = 0, c = 0;
+  Axis y, x;
+  Layout layout = Layout::kNHWC;
+
+  int64_t InputElements() const { return n * y.n_in * x.n_in * c; }
+  int64_t OutputElements() const { return n * y.n_out * x.n_out * c; }
+};
+
+// Bilinear kernel of an integer factor f: k = 2f - f % 2, centre f - 1 (odd k) or f - 0.5 (even k),
+// w(a) = 1 - |a - centre| / f.
+inline int64_t BilinearKernelSize(int64_t factor) { return 2 * factor - factor % 2; }
+
+template <typename Acc>
+TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
+  // Twice the distance to the centre is an integer: 2a - (k - 1). Keeps odd and even k exact.
+  const int64_t k = 2 * factor - factor % 2;
+  int64_t twice = 2 * a - (k - 1);
+  if (twice < 0) twice = -twice;
+  return Acc(1) - Acc(twice) / Acc(2 * factor);
+}
+
+// a * b, or -1 when it overflows int64 (both non-negative).
+inline int64_t CheckedMul(int64_t a, int64_t b) {
+  if (a < 0 || b < 0) return -1;
+  if (a != 0 && b > std::numeric_limits<int64_t>::max() / a) return -1;
+  return a * b;
+}
+
+// Output length a transposed convolution may have, and its padding. Returns "" when n_out is
+// legal for (n_in, k, s, padding) -- i.e. the forward convolution maps n_out back to n_in --
+// and sets axis; otherwise the reason.
+inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, Padding padding,
+                            Axis* axis) {
+  if (n_in < 0 || n_out < 0) return "sizes must be non-negative";
+  if (k < 1) return "kernel size must be at least 1, got " + std::to_string(k);
+  if (s < 1) return "stride must be at least 1, got " + std::to_string(s);
+  // The forward convolution of n_out: SAME -> ceil(n_out / s); VALID -> ceil((n_out - k + 1) / s).
+  int64_t back;
+  if (padding == Padding::kSame) {
+    back = (n_out + s - 1) / s;
+  } else {
+    back = n_out < k ? 0 : (n_out - k) / s + 1;
+  }
+  if (back != n_in) {
+    // The legal range, for the message.
+    int64_t lo, hi;
+    if (padding == Padding::kSame) {
+      lo = n_in == 0 ? 0 : (n_in - 1) * s + 1;
+      hi = n_in * s;
+    } else {
+      lo = n_in == 0 ? 0 : (n_in - 1) * s + k;
+      hi = n_in == 0 ? k - 1 : n_in * s + k - 1;
+    }
+    return "output size " + std::to_string(n_out) + " is inconsistent with input size " +
+           std::to_string(n_in) + ", kernel size " + std::to_string(k) + ", stride " +
+           std::to_string(s) + " and padding " + (padding == Padding::kSame ? "SAME" : "VALID") +
+           ": expected a value in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  }
+  int64_t pad = 0;
+  if (padding == Padding::kSame) {
+    const int64_t total = (n_in > 0 ? (n_in - 1) * s : 0) + k - n_out;
+    pad = total > 0 ? total / 2 : 0;
+  }
+  axis->n_in = n_in;
+  axis->n_out = n_out;
+  axis->k = k;
+  axis->stride = s;
+  axis->pad = pad;
+  return "";
+}
+
+// The default output length (what Keras' Conv2DTranspose picks): SAME n*s, VALID (n-1)*s + k.
+inline int64_t DefaultOutputSize(int64_t n_in, int64_t k, int64_t s, Padding padding) {
+  if (n_in == 0) return 0;
+  return padding == Padding::kSame ? n_in * s : (n_in - 1) * s + k;
+}
+
+}  // namespace tfup

@@ -1,0 +1,84 @@
+// NumPy-level binding over the same C++ kernels the TF op runs. Imports without TensorFlow.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace py = pybind11;
+
+namespace tfup {
+namespace {
+
+// Contiguous chunks on a few std::threads; small problems stay on the calling thread.
+void ThreadRunner(int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t want = std::min<int64_t>({hw, total, std::max<int64_t>(1, total * cost / 100000)});
+  if (want <= 1) {
+    fn(0, total);
+    return;
+  }
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < want; ++t) {
+    const int64_t b = total * t / want, e = total * (t + 1) / want;
+    threads.emplace_back([&fn, b, e] { fn(b, e); });
+  }
+  for (auto& th : threads) th.join();
+}
+
+template <typename T>
+py::array Upsample(py::array in_any, int64_t factor) {
+  // Any strides are accepted: a non-contiguous view is copied once to C order.
+  auto in = py::array_t<T, py::array::c_style>::ensure(in_any);
+  const bool batched = in.ndim() == 4;
+  const int64_t n = batched ? in.shape(0) : 1;
+  const int64_t h = in.shape(batched ? 1 : 0), w = in.shape(batched ? 2 : 1);
+  const int64_t c = in.shape(batched ? 3 : 2);
+  Geometry g;
+  const std::string err = MakeBilinearGeometry(n, h, w, c, factor, Layout::kNHWC, &g);
+  if (!err.empty()) throw py::value_error(err);
+  std::vector<py::ssize_t> shape = {g.y.n_out, g.x.n_out, c};
+  if (batched) shape.insert(shape.begin(), n);
+  py::array_t<T> out(shape);
+  if (g.OutputElements() > 0) {
+    const T* src = in.data();
+    T* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    BilinearForward<T>(g, src, dst, ThreadRunner);
+  }
+  return out;
+}
+
+py::array BilinearUpsample(py::object array, py::object factor_obj) {
+  if (py::isinstance<py::bool_>(factor_obj) || !py::isinstance<py::int_>(factor_obj)) {
+    throw py::type_error("factor must be a positive integer, got " +
+                         std::string(py::str(py::repr(factor_obj))));
+  }
+  const int64_t factor = factor_obj.cast<int64_t>();
+  if (factor < 1) throw py::value_error("factor must be a positive integer, got " + std::to_string(factor));
+  py::array in = py::array::ensure(array);
+  if (!in) throw py::type_error("array must be a NumPy array (or convertible to one)");
+  if (in.ndim() != 3 && in.ndim() != 4) {
+    throw py::value_error("array must be [H, W, C] or [N, H, W, C], got " +
+                          std::to_string(in.ndim()) + " dimensions");
+  }
+  if (in.dtype().is(py::dtype::of<float>())) {
+    return Upsample<float>(in, factor);
+  }
+  if (in.dtype().is(py::dtype::of<double>())) return Upsample<double>(in, factor);
+  throw py::type_error("array must be float32 or float64, got " +
+                       std::string(py::str(in.dtype())));
+}
+
+}  // namespace
+}  // namespace tfup
+
+PYBIND11_MODULE(_numpy_ext, m) {
+  m.doc() = "tfupsample's C++ kernels for NumPy arrays (no TensorFlow needed)";
+  m.def("bilinear_upsample", &tfup::BilinearUpsample, py::arg("array"), py::arg("factor"),
+        "Bilinear upsample of an [H, W, C] or [N, H, W, C] float32/float64 array by an integer "
+        "factor: the transposed convolution with the bilinear kernel, SAME padding.");
+}

@@ -1,0 +1,267 @@
+// CPU OpKernels: validate every argument (the raw ops must be safe to call directly), build the
+// Geometry, allocate, and hand raw pointers to the kernels in csrc/cpu.
+#include <array>
+
+#include "cpu/kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace tfup {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using Dims4 = std::array<int64_t, 4>;  // always (n, h, w, c), whatever the layout
+
+// TF's own intra-op pool (no private threads), split by TF's cost model.
+ParallelFor CpuRunner(OpKernelContext* ctx) {
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    tensorflow::Shard(workers->num_threads, workers->workers, total, cost, fn);
+  };
+}
+
+struct LayoutAttr {
+  Layout layout = Layout::kNHWC;
+  explicit LayoutAttr(OpKernelConstruction* ctx) {
+    std::string fmt;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("data_format", &fmt));
+    layout = fmt == "NCHW" ? Layout::kNCHW : Layout::kNHWC;
+  }
+  // Layout order -> (n, h, w, c).
+  Dims4 Read(const Dims4& s) const {
+    if (layout == Layout::kNCHW) return {s[0], s[2], s[3], s[1]};
+    return s;
+  }
+  Dims4 Read(const TensorShape& s) const {
+    return Read(Dims4{s.dim_size(0), s.dim_size(1), s.dim_size(2), s.dim_size(3)});
+  }
+  // (n, h, w, c) -> a shape in layout order; an error (never a crash) if it is too large.
+  absl::Status Shape(const Dims4& d, TensorShape* out) const {
+    const Dims4 s = layout == Layout::kNCHW ? Dims4{d[0], d[3], d[1], d[2]} : d;
+    return TensorShape::BuildTensorShape(s, out);
+  }
+};
+
+absl::Status CheckRank4(const Tensor& t, const char* name) {
+  if (t.dims() == 4) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, " must be 4-D, got shape ",
+                                                 t.shape().DebugString()));
+}
+
+// A 1-D int32/int64 tensor of 4 non-negative sizes.
+absl::Status ReadSizes(const Tensor& t, const char* name, std::array<int64_t, 4>* out) {
+  if (t.dims() != 1 || t.NumElements() != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, " must be a 1-D tensor of 4 elements, got shape ", t.shape().DebugString()));
+  }
+  for (int i = 0; i < 4; ++i) {
+    (*out)[i] = t.dtype() == tensorflow::DT_INT32 ? t.vec<int32_t>()(i) : t.vec<int64_t>()(i);
+    if ((*out)[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be non-negative, got ", t.DebugString(4)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ----------------------------------------------------------------------------------------------
+// Bilinear
+
+template <typename T>
+class BilinearUpsampleOp : public OpKernel {
+ public:
+  explicit BilinearUpsampleOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
+    OP_REQUIRES(ctx, factor_ >= 1,
+                absl::InvalidArgumentError(
+                    absl::StrCat("factor must be a positive integer, got ", factor_)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& in = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank4(in, "images"));
+    const Dims4 d = layout_.Read(in.shape());
+    Geometry g;
+    const std::string err = MakeBilinearGeometry(d[0], d[1], d[2], d[3], factor_, layout_.layout, &g);
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    Tensor* out = nullptr;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    if (out->NumElements() == 0) return;
+    BilinearForward<T>(g, in.flat<T>().data(), out->flat<T>().data(), CpuRunner(ctx));
+  }
+
+ private:
+  LayoutAttr layout_;
+  int64_t factor_ = 1;
+};
+
+template <typename T>
+class BilinearUpsampleGradOp : public OpKernel {
+ public:
+  explicit BilinearUpsampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
+    OP_REQUIRES(ctx, factor_ >= 1,
+                absl::InvalidArgumentError(
+                    absl::StrCat("factor must be a positive integer, got ", factor_)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank4(dy, "output_grad"));
+    const Dims4 d = layout_.Read(dy.shape());
+    OP_REQUIRES(ctx, d[1] % factor_ == 0 && d[2] % factor_ == 0,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "output_grad height and width must be multiples of factor ", factor_,
+                    ", got shape ", dy.shape().DebugString())));
+    Geometry g;
+    const std::string err =
+        MakeBilinearGeometry(d[0], d[1] / factor_, d[2] / factor_, d[3], factor_, layout_.layout, &g);
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    Tensor* dx = nullptr;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_in, g.x.n_in, g.c}, &shape));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &dx));
+    if (dx->NumElements() == 0) return;
+    BilinearBackpropInput<T>(g, dy.flat<T>().data(), dx->flat<T>().data(), CpuRunner(ctx));
+  }
+
+ private:
+  LayoutAttr layout_;
+  int64_t factor_ = 1;
+};
+
+// ----------------------------------------------------------------------------------------------
+// Depthwise transposed convolution: forward, and the two gradients.
+
+enum class Mode { kForward, kBackpropInput, kBackpropFilter };
+
+template <typename T, Mode kMode>
+class DepthwiseOp : public OpKernel {
+ public:
+  explicit DepthwiseOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
+    std::vector<int32_t> strides;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
+    OP_REQUIRES(ctx, strides.size() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "strides must be [stride_height, stride_width], got ", strides.size(), " values")));
+    OP_REQUIRES(ctx, strides[0] >= 1 && strides[1] >= 1,
+                absl::InvalidArgumentError(absl::StrCat("strides must be positive, got [",
+                                                        strides[0], ", ", strides[1], "]")));
+    sy_ = strides[0];
+    sx_ = strides[1];
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    padding_ = padding == "VALID" ? Padding::kValid : Padding::kSame;
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    // Gather the three shapes (input, filter, output) from tensors or size vectors.
+    Dims4 in, out, filter;
+    const Tensor *x = nullptr, *w = nullptr, *dy = nullptr;
+    if (kMode == Mode::kForward) {
+      x = &ctx->input(0);
+      w = &ctx->input(1);
+      OP_REQUIRES_OK(ctx, CheckRank4(*x, "input"));
+      OP_REQUIRES_OK(ctx, ReadSizes(ctx->input(2), "output_shape", &out));
+      in = layout_.Read(x->shape());
+      out = layout_.Read(out);
+    } else if (kMode == Mode::kBackpropInput) {
+      dy = &ctx->input(0);
+      w = &ctx->input(1);
+      OP_REQUIRES_OK(ctx, CheckRank4(*dy, "output_grad"));
+      OP_REQUIRES_OK(ctx, ReadSizes(ctx->input(2), "input_sizes", &in));
+      in = layout_.Read(in);
+      out = layout_.Read(dy->shape());
+    } else {
+      x = &ctx->input(0);
+      dy = &ctx->input(1);
+      OP_REQUIRES_OK(ctx, CheckRank4(*x, "input"));
+      OP_REQUIRES_OK(ctx, CheckRank4(*dy, "output_grad"));
+      OP_REQUIRES_OK(ctx, ReadSizes(ctx->input(2), "filter_sizes", &filter));
+      in = layout_.Read(x->shape());
+      out = layout_.Read(dy->shape());
+    }
+    if (w != nullptr) {
+      OP_REQUIRES_OK(ctx, CheckRank4(*w, "filter"));
+      for (int i = 0; i < 4; ++i) filter[i] = w->dim_size(i);
+    }
+    OP_REQUIRES(ctx, filter[3] == 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "filter must be [kernel_height, kernel_width, channels, 1] (channel multiplier "
+                    "1), got last dimension ", filter[3])));
+    OP_REQUIRES(ctx, filter[2] == in[3],
+                absl::InvalidArgumentError(absl::StrCat("filter has ", filter[2],
+                                                        " channels but input has ", in[3])));
+    const char* out_name = kMode == Mode::kForward ? "output_shape" : "output_grad";
+    OP_REQUIRES(ctx, out[0] == in[0] && out[3] == in[3],
+                absl::InvalidArgumentError(absl::StrCat(
+                    out_name, " must keep the input's batch ", in[0], " and channels ", in[3],
+                    ", got batch ", out[0], " and channels ", out[3])));
+    Geometry g;
+    const std::string err =
+        MakeDepthwiseGeometry(in[0], in[1], in[2], in[3], out[1], out[2], filter[0], filter[1],
+                              sy_, sx_, padding_, layout_.layout, &g);
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(absl::StrCat(out_name, ": ", err)));
+
+    Tensor* result = nullptr;
+    TensorShape shape;
+    if (kMode == Mode::kForward) OP_REQUIRES_OK(ctx, layout_.Shape(out, &shape));
+    if (kMode == Mode::kBackpropInput) OP_REQUIRES_OK(ctx, layout_.Shape(in, &shape));
+    if (kMode == Mode::kBackpropFilter) OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape(filter, &shape));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &result));
+    if (result->NumElements() == 0) return;
+    T* r = result->flat<T>().data();
+    if (kMode == Mode::kForward) {
+      DepthwiseForward<T>(g, x->flat<T>().data(), w->flat<T>().data(), r, CpuRunner(ctx));
+    } else if (kMode == Mode::kBackpropInput) {
+      DepthwiseBackpropInput<T>(g, dy->flat<T>().data(), w->flat<T>().data(), r, CpuRunner(ctx));
+    } else {
+      DepthwiseBackpropFilter<T>(g, x->flat<T>().data(), dy->flat<T>().data(), r, CpuRunner(ctx));
+    }
+  }
+
+ private:
+  LayoutAttr layout_;
+  int64_t sy_ = 1, sx_ = 1;
+  Padding padding_ = Padding::kSame;
+};
+
+}  // namespace
+
+#define TFUP_REGISTER_CPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("TfupBilinearUpsample").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),     \
+      BilinearUpsampleOp<T>);                                                                 \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("TfupBilinearUpsampleGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      BilinearUpsampleGradOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTranspose")                                \
+                              .Device(tensorflow::DEVICE_CPU)                                 \
+                              .TypeConstraint<T>("T")                                         \
+                              .HostMemory("output_shape"),                                    \
+                          DepthwiseOp<T, Mode::kForward>);                                    \
+  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTransposeBackpropInput")                   \
+                              .Device(tensorflow::DEVICE_CPU)                                 \
+                              .TypeConstraint<T>("T")                                         \
+                              .HostMemory("input_sizes"),                                     \
+                          DepthwiseOp<T, Mode::kBackpropInput>);                              \
+  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTransposeBackpropFilter")                  \
+                              .Device(tensorflow::DEVICE_CPU)                                 \
+                              .TypeConstraint<T>("T")                                         \
+                              .HostMemory("filter_sizes"),                                    \
+                          DepthwiseOp<T, Mode::kBackpropFilter>);
+
+TFUP_REGISTER_CPU(Eigen::half)
+TFUP_REGISTER_CPU(Eigen::bfloat16)
+TFUP_REGISTER_CPU(float)
+TFUP_REGISTER_CPU(double)
+
+}  // namespace tfup

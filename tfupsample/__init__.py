@@ -1,0 +1,38 @@
+"""tfupsample: bilinear upsampling and depthwise transposed convolution for TensorFlow, without
+the dense [k, k, C, C] filter that tf.nn.conv2d_transpose needs.
+
+TensorFlow is imported on first use of a TF-level function, so that `tfupsample.numpy` (the
+NumPy binding over the same kernels) works without it.
+"""
+
+import sys as _sys
+
+__version__ = "0.1.0"
+
+_API = (
+    "bilinear_upsample",
+    "depthwise_conv2d_transpose",
+    "conv2d_transpose",
+    "bilinear_upsample_weights",
+    "bilinear_kernel_size",
+)
+
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tfupsample' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
+
+# Where TensorFlow is already loaded, register the ops now (a SavedModel that uses them can
+# then be loaded right after `import tfupsample`).
+if "tensorflow" in _sys.modules:
+    from . import _ops  # noqa: F401

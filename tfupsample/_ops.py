@@ -1,0 +1,76 @@
+"""Loads the compiled op library and registers the gradients of its ops."""
+
+import os
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as _framework_ops
+
+from . import _build_info
+
+
+def _load():
+    path = os.path.join(os.path.dirname(__file__), "_tfupsample_ops.so")
+    try:
+        return tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as e:
+        raise ImportError(
+            f"tfupsample: could not load {path}: {e}\n"
+            f"It was built against TensorFlow {_build_info.TF_VERSION} (C++11 ABI "
+            f"{_build_info.CXX11_ABI_FLAG}); this process has TensorFlow {tf.__version__}. "
+            "Reinstall tfupsample against the TensorFlow you use (pip install --force-reinstall .)."
+        ) from e
+
+
+lib = _load()
+
+
+def _attrs(op):
+    return dict(
+        strides=op.get_attr("strides"),
+        padding=op.get_attr("padding"),
+        data_format=op.get_attr("data_format"),
+    )
+
+
+@_framework_ops.RegisterGradient("TfupBilinearUpsample")
+def _bilinear_upsample_grad(op, grad):
+    return lib.tfup_bilinear_upsample_grad(
+        grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
+
+
+@_framework_ops.RegisterGradient("TfupBilinearUpsampleGrad")
+def _bilinear_upsample_grad_grad(op, grad):
+    # The gradient op is linear in its input; its adjoint is the forward.
+    return lib.tfup_bilinear_upsample(
+        grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
+
+
+@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTranspose")
+def _depthwise_grad(op, grad):
+    x, w, out_shape = op.inputs
+    a = _attrs(op)
+    dx = lib.tfup_depthwise_conv2d_transpose_backprop_input(
+        grad, w, tf.shape(x, out_type=out_shape.dtype), **a)
+    dw = lib.tfup_depthwise_conv2d_transpose_backprop_filter(
+        x, grad, tf.shape(w, out_type=out_shape.dtype), **a)
+    return dx, dw, None
+
+
+@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTransposeBackpropInput")
+def _depthwise_backprop_input_grad(op, grad):
+    dy, w, sizes = op.inputs
+    a = _attrs(op)
+    d_dy = lib.tfup_depthwise_conv2d_transpose(grad, w, tf.shape(dy, out_type=sizes.dtype), **a)
+    d_w = lib.tfup_depthwise_conv2d_transpose_backprop_filter(
+        grad, dy, tf.shape(w, out_type=sizes.dtype), **a)
+    return d_dy, d_w, None
+
+
+@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTransposeBackpropFilter")
+def _depthwise_backprop_filter_grad(op, grad):
+    x, dy, sizes = op.inputs
+    a = _attrs(op)
+    d_x = lib.tfup_depthwise_conv2d_transpose_backprop_input(
+        dy, grad, tf.shape(x, out_type=sizes.dtype), **a)
+    d_dy = lib.tfup_depthwise_conv2d_transpose(x, grad, tf.shape(dy, out_type=sizes.dtype), **a)
+    return d_x, d_dy, None

@@ -1,0 +1,192 @@
+"""Public TensorFlow-level functions."""
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from . import _ops
+from ._weights import (bilinear_kernel_size, bilinear_upsample_weights,  # noqa: F401 (re-export)
+                       check_factor)
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_INT64_MAX = 2**63 - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks: each error names the argument and what was expected.
+
+def _check_data_format(data_format):
+    if data_format not in ("NHWC", "NCHW"):
+        raise ValueError(f"data_format must be 'NHWC' or 'NCHW', got {data_format!r}")
+    return data_format
+
+
+def _check_padding(padding):
+    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
+        return padding.upper()
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+
+
+def _float_tensor(x, name, dtype=None):
+    x = tf.convert_to_tensor(x, dtype_hint=dtype)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype.name}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have the input's dtype {dtype.name}, got {x.dtype.name}")
+    if x.shape.rank is not None and x.shape.rank != 4:
+        raise ValueError(f"{name} must be a 4-D tensor, got shape {x.shape}")
+    return x
+
+
+def _layout_dims(x, data_format):
+    """Static (n, h, w, c) of a 4-D tensor, None where unknown."""
+    dims = x.shape.as_list() if x.shape.rank is not None else [None] * 4
+    return (dims[0], dims[2], dims[3], dims[1]) if data_format == "NCHW" else tuple(dims)
+
+
+def _pair(value, name, data_format, what="positive integers"):
+    """An int, [h, w] or a 4-list ([1, h, w, 1] NHWC, [1, 1, h, w] NCHW) -> (h, w)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = [value, value]
+    else:
+        try:
+            values = list(np.asarray(value).reshape(-1))
+        except Exception:  # noqa: BLE001 -- anything unparsable gets the same message
+            values = None
+        if values is None or len(values) not in (2, 4) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values):
+            raise ValueError(f"{name} must be an int, [{name}_h, {name}_w] or a list of 4 ints, got {value!r}")
+        if len(values) == 4:
+            hw, other = ((2, 3), (0, 1)) if data_format == "NCHW" else ((1, 2), (0, 3))
+            if values[other[0]] != 1 or values[other[1]] != 1:
+                raise ValueError(f"{name} must be 1 in the batch and channel dimensions, got {value!r}")
+            values = [values[hw[0]], values[hw[1]]]
+    values = [int(v) for v in values]
+    if min(values) < 1:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return values
+
+
+def _output_shape_tensor(output_shape):
+    """output_shape as a 1-D int32/int64 tensor of 4 elements, checked where it is static."""
+    if isinstance(output_shape, (tf.Tensor, tf.Variable)):
+        shape = tf.convert_to_tensor(output_shape)
+        if shape.dtype not in (tf.int32, tf.int64):
+            raise TypeError(f"output_shape must be int32 or int64, got {shape.dtype.name}")
+    else:
+        try:
+            values = np.asarray(output_shape)
+        except Exception:  # noqa: BLE001
+            values = None
+        if values is None or values.dtype.kind not in "iu":
+            raise TypeError(f"output_shape must be a list of 4 integers or a 1-D integer tensor, got {output_shape!r}")
+        dtype = tf.int64 if values.size and values.max() > 2**31 - 1 else tf.int32
+        shape = tf.constant(values, dtype=dtype)
+    if shape.shape.rank is not None and (shape.shape.rank != 1 or shape.shape[0] not in (None, 4)):
+        raise ValueError(f"output_shape must have 4 elements, got shape {shape.shape}")
+    static = tf.get_static_value(shape)
+    if static is not None and (np.asarray(static) < 0).any():
+        raise ValueError(f"output_shape must be non-negative, got {list(static)}")
+    return shape
+
+
+# ------------------------------------------------------------------------------------------------
+# Public functions.
+
+def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=None):
+    """Upsample `images` by the integer `factor` with the bilinear kernel.
+
+    Exactly `tf.nn.conv2d_transpose(images, W, [N, H*f, W*f, C], f, "SAME")` with the dense bilinear
+    filter `W = bilinear_upsample_weights(f, C, dense=True)`, computed per channel without it.
+
+    impl: "auto" or "op" run tfupsample's kernel (the kernel is computed on the fly: no filter
+    tensor exists); "dense" builds the dense [k, k, C, C] filter and calls tf.nn.conv2d_transpose
+    (the reference, for verification; its size grows with C squared).
+    """
+    factor = check_factor(factor)
+    _check_data_format(data_format)
+    if impl not in ("auto", "op", "dense"):
+        raise ValueError(f"impl must be 'auto', 'op' or 'dense', got {impl!r}")
+    with tf.name_scope(name or "bilinear_upsample"):
+        x = _float_tensor(images, "images")
+        n, h, w, c = _layout_dims(x, data_format)
+        if None not in (n, h, w, c) and n * h * w * c > 0 and n * c * (h * factor) * (w * factor) > _INT64_MAX:
+            raise ValueError(f"factor {factor} is too large: the output of {x.shape} would not fit in memory")
+        if impl == "dense":
+            return _dense_bilinear(x, factor, data_format)
+        return _ops.lib.tfup_bilinear_upsample(x, factor=factor, data_format=data_format)
+
+
+def _dense_bilinear(x, factor, data_format):
+    if data_format == "NCHW":  # stock conv2d_transpose has no NCHW kernel on the CPU
+        y = _dense_bilinear(tf.transpose(x, [0, 2, 3, 1]), factor, "NHWC")
+        return tf.transpose(y, [0, 3, 1, 2])
+    c = x.shape[-1]
+    if c is None:
+        raise ValueError("impl='dense' needs a static channel count")
+    filt = tf.constant(bilinear_upsample_weights(factor, c, dense=True, dtype=np.float32), dtype=x.dtype)
+    s = tf.shape(x)
+    out_shape = tf.stack([s[0], s[1] * factor, s[2] * factor, s[3]])
+    return tf.nn.conv2d_transpose(x, filt, out_shape, strides=factor, padding="SAME")
+
+
+def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SAME",  # noqa: A002
+                               data_format="NHWC", name=None):
+    """Per-channel transposed convolution with a `[kh, kw, C, 1]` filter.
+
+    Equals `tf.nn.conv2d_transpose` with the dense filter whose `[:, :, c, c]` slices are
+    `filter[:, :, c, 0]` and zeros elsewhere. `strides` is an int, `[sh, sw]` (may differ) or a
+    4-list; `output_shape` a list or a 1-D int tensor in `data_format` order.
+    """
+    _check_data_format(data_format)
+    padding = _check_padding(padding)
+    sy, sx = _pair(strides, "strides", data_format)
+    with tf.name_scope(name or "depthwise_conv2d_transpose"):
+        x = _float_tensor(input, "input")
+        w = _float_tensor(filter, "filter", dtype=x.dtype)
+        fdims = w.shape.as_list() if w.shape.rank is not None else [None] * 4
+        if fdims[3] not in (None, 1):
+            raise ValueError(f"filter must be [kernel_h, kernel_w, channels, 1] (channel multiplier 1), got shape {w.shape}")
+        c = _layout_dims(x, data_format)[3]
+        if None not in (c, fdims[2]) and c != fdims[2]:
+            raise ValueError(f"filter has {fdims[2]} channels but input has {c}")
+        shape = _output_shape_tensor(output_shape)
+        return _ops.lib.tfup_depthwise_conv2d_transpose(
+            x, w, shape, strides=[sy, sx], padding=padding, data_format=data_format)
+
+
+def _dilate(w, dy, dx):
+    """Insert dy - 1 / dx - 1 zero rows / columns between the taps of a [kh, kw, C, 1] filter."""
+    if dy == 1 and dx == 1:
+        return w
+    s = tf.shape(w)
+    kh, kw = s[0], s[1]
+    w6 = tf.reshape(w, [kh, 1, kw, 1, s[2], s[3]])
+    w6 = tf.pad(w6, [[0, 0], [0, dy - 1], [0, 0], [0, dx - 1], [0, 0], [0, 0]])
+    w = tf.reshape(w6, [kh * dy, kw * dx, s[2], s[3]])
+    return w[: (kh - 1) * dy + 1, : (kw - 1) * dx + 1]
+
+
+def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
+                     data_format="NHWC", dilations=None, name=None):
+    """Drop-in for `tf.nn.conv2d_transpose`.
+
+    A `[kh, kw, C, 1]` filter applied to a C-channel input runs tfupsample's per-channel op (the
+    dense filter it stands for is never built); any other filter `[kh, kw, C_out, C_in]` goes to
+    `tf.nn.conv2d_transpose` unchanged, with the same arguments.
+    """
+    x = tf.convert_to_tensor(input)
+    fshape = filters.shape if hasattr(filters, "shape") else np.shape(filters)
+    fdims = list(fshape) if len(fshape) == 4 else None
+    c = _layout_dims(x, data_format)[3] if data_format in ("NHWC", "NCHW") and x.shape.rank == 4 else None
+    depthwise = (fdims is not None and fdims[3] == 1 and fdims[2] is not None
+                 and (c is None or c == fdims[2]) and not (c is None and fdims[2] == 1))
+    if not depthwise:
+        return tf.nn.conv2d_transpose(x, filters, output_shape, strides, padding=padding,
+                                      data_format=data_format, dilations=dilations, name=name)
+    dy, dx = _pair(1 if dilations is None else dilations, "dilations", data_format)
+    with tf.name_scope(name or "conv2d_transpose"):
+        w = _float_tensor(filters, "filters", dtype=x.dtype if x.dtype in _FLOAT_DTYPES else None)
+        return depthwise_conv2d_transpose(x, _dilate(w, dy, dx), output_shape, strides,
+                                          padding=padding, data_format=data_format)
