@@ -125,7 +125,7 @@ def _dense_bilinear(x, factor, data_format):
     c = x.shape[-1]
     if c is None:
         raise ValueError("impl='dense' needs a static channel count")
-    filt = tf.constant(bilinear_upsample_weights(factor, c, dense=True, dtype=np.float32), dtype=x.dtype)
+    filt = tf.cast(bilinear_upsample_weights(factor, c, dense=True, dtype=np.float64), x.dtype)
     s = tf.shape(x)
     out_shape = tf.stack([s[0], s[1] * factor, s[2] * factor, s[3]])
     return tf.nn.conv2d_transpose(x, filt, out_shape, strides=factor, padding="SAME")

@@ -1,0 +1,82 @@
+"""Independent references, written from the definitions (not from tfupsample's code)."""
+
+import numpy as np
+import tensorflow as tf
+
+# Tolerances per dtype, relative to max(1, |reference|).
+TOL = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-5, "float64": 1e-12}
+
+
+def transposed_conv_loop(x, w, out_hw, strides, padding):
+    """Depthwise transposed convolution by scattering every input pixel through every tap.
+
+    x [N, H, W, C] float64, w [kh, kw, C]; TF's convention for the padding of a transposed
+    convolution: SAME pads max((n_in - 1) * s + k - n_out, 0) // 2 before, VALID pads nothing.
+    """
+    n, h, wd, c = x.shape
+    kh, kw = w.shape[:2]
+    sh, sw = strides
+    oh, ow = out_hw
+    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
+    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
+    out = np.zeros((n, oh, ow, c), np.float64)
+    for i in range(h):
+        for j in range(wd):
+            for a in range(kh):
+                for b in range(kw):
+                    o, p = i * sh - ph + a, j * sw - pw + b
+                    if 0 <= o < oh and 0 <= p < ow:
+                        out[:, o, p, :] += x[:, i, j, :] * w[a, b, :]
+    return out
+
+
+def bilinear_kernel(factor):
+    """The FCN bilinear kernel, as the seed builds it (upsample_filt)."""
+    size = 2 * factor - factor % 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    return (1 - abs(og[0] - centre) / factor) * (1 - abs(og[1] - centre) / factor)
+
+
+def bilinear_loop(x, factor):
+    k = bilinear_kernel(factor)
+    w = np.repeat(k[:, :, None], x.shape[-1], axis=2)
+    return transposed_conv_loop(x.astype(np.float64), w, (x.shape[1] * factor, x.shape[2] * factor),
+                                (factor, factor), "SAME")
+
+
+def dense_filter(w):
+    """[kh, kw, C] -> the dense [kh, kw, C, C] filter of tf.nn.conv2d_transpose."""
+    kh, kw, c = w.shape
+    d = np.zeros((kh, kw, c, c), w.dtype)
+    d[:, :, np.arange(c), np.arange(c)] = w
+    return d
+
+
+def dense_transpose(x, w, out_shape, strides, padding):
+    """Stock tf.nn.conv2d_transpose with the dense filter (NHWC)."""
+    return tf.nn.conv2d_transpose(x, dense_filter(w), out_shape, [1, *strides, 1], padding).numpy()
+
+
+def skimage_rescale(x, factor):
+    from skimage.transform import rescale
+
+    return np.stack([rescale(im.astype(np.float64), factor, order=1, mode="constant", cval=0,
+                             clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
+
+
+def assert_close(actual, expected, dtype="float64"):
+    actual = np.asarray(tf.cast(actual, tf.float64) if tf.is_tensor(actual) else actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    assert err <= TOL[dtype], f"max relative error {err:.3g} > {TOL[dtype]} ({dtype})"
+
+
+def to_nchw(x):
+    return np.transpose(x, (0, 3, 1, 2))
+
+
+def from_nchw(x):
+    return np.transpose(np.asarray(x), (0, 2, 3, 1))

@@ -1,0 +1,121 @@
+"""bilinear_upsample against skimage, the dense conv2d_transpose and a NumPy loop."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfupsample as tu
+from reference import (assert_close, bilinear_loop, from_nchw, skimage_rescale, to_nchw)
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 1), (2, 4, 3, 13), (1, 6, 6, 3)])
+def test_matches_skimage_and_loop(factor, shape, rng):
+    x = rng.standard_normal(shape)
+    y = tu.bilinear_upsample(x, factor).numpy()
+    assert_close(y, skimage_rescale(x, factor))
+    assert_close(y, bilinear_loop(x, factor))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 7, 32])
+def test_matches_dense_conv2d_transpose(factor, rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    dense = tu.bilinear_upsample(x, factor, impl="dense").numpy()
+    w = tu.bilinear_upsample_weights(factor, 5, dense=True)
+    stock = tf.nn.conv2d_transpose(x, w, [2, 3 * factor, 4 * factor, 5], factor, "SAME").numpy()
+    np.testing.assert_array_equal(dense, stock)  # impl="dense" is exactly the seed's call
+    assert_close(tu.bilinear_upsample(x, factor), stock, "float32")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("factor", [2, 3])
+def test_every_dtype_both_layouts(dtype, factor, rng):
+    x = rng.standard_normal((2, 4, 5, 11)).astype(np.float32)
+    xt = tf.cast(x, dtype)
+    expected = bilinear_loop(tf.cast(xt, tf.float64).numpy(), factor)
+    y = tu.bilinear_upsample(xt, factor)
+    assert y.dtype == tf.as_dtype(dtype)
+    assert_close(y, expected, dtype)
+    y_nchw = tu.bilinear_upsample(tf.transpose(xt, [0, 3, 1, 2]), factor, data_format="NCHW")
+    assert_close(from_nchw(tf.cast(y_nchw, tf.float64)), expected, dtype)
+
+
+def test_float64_is_computed_in_float64(rng):
+    x = rng.standard_normal((1, 5, 4, 3)) * 1e3 + 1.0
+    assert_close(tu.bilinear_upsample(x, 5), bilinear_loop(x, 5), "float64")
+
+
+def test_factor_one_is_identity(rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(tu.bilinear_upsample(x, 1).numpy(), x)
+
+
+def test_empty_batch_gives_empty_output():
+    y = tu.bilinear_upsample(np.zeros((0, 3, 4, 2), np.float32), 4)
+    assert y.shape == (0, 12, 16, 2)
+    y = tu.bilinear_upsample(np.zeros((0, 2, 3, 4), np.float32), 3, data_format="NCHW")
+    assert y.shape == (0, 2, 9, 12)
+
+
+def test_nan_spreads_only_where_the_kernel_touches(rng):
+    factor = 4
+    x = rng.standard_normal((1, 6, 7, 2))
+    x[0, 2, 3, 1] = np.nan
+    y = tu.bilinear_upsample(x, factor).numpy()
+    # Where the loop reference (NaN propagated through every tap) is NaN, exactly there.
+    ref = bilinear_loop(x, factor)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(y[..., 1]).sum() == (2 * factor) ** 2  # the k x k footprint of one pixel
+    assert not np.isnan(y[..., 0]).any()
+
+
+def test_static_shapes_propagate_with_unknown_batch():
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 5, 3], tf.float32)])
+    def up(x):
+        y = tu.bilinear_upsample(x, 8)
+        assert y.shape.as_list() == [None, 32, 40, 3]
+        g = tf.gradients(tf.reduce_sum(y), x)[0]
+        assert g.shape.as_list() == [None, 4, 5, 3]
+        return y
+
+    assert up(tf.zeros([2, 4, 5, 3])).shape == (2, 32, 40, 3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3, None, 5], tf.float32)])
+    def up_nchw(x):
+        y = tu.bilinear_upsample(x, 2, data_format="NCHW")
+        assert y.shape.as_list() == [None, 3, None, 10]
+        return y
+
+    assert up_nchw(tf.zeros([1, 3, 4, 5])).shape == (1, 3, 8, 10)
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_gradient_numeric(factor, data_format, rng):
+    x = rng.standard_normal((1, 3, 4, 2))
+    if data_format == "NCHW":
+        x = to_nchw(x)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda t: tu.bilinear_upsample(t, factor, data_format=data_format), [x])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
+
+
+@pytest.mark.parametrize("factor", [2, 5, 32])
+def test_gradient_matches_dense_autodiff(factor, rng):
+    x = tf.constant(rng.standard_normal((2, 3, 2, 4)))
+    g = rng.standard_normal((2, 3 * factor, 2 * factor, 4))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = tf.reduce_sum(tu.bilinear_upsample(x, factor) * g)
+        dense = tf.reduce_sum(tu.bilinear_upsample(x, factor, impl="dense") * g)
+    assert_close(tape.gradient(ours, x), tape.gradient(dense, x).numpy())
+
+
+def test_second_order_gradient(rng):
+    x = rng.standard_normal((1, 2, 3, 2))
+    # The gradient op's own gradient (what a double backward through it needs).
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda dy: tu.api._ops.lib.tfup_bilinear_upsample_grad(dy, factor=3), [rng.standard_normal((1, 6, 9, 2))])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
