@@ -25,7 +25,7 @@ std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int
   std::string err = MakeAxis(h, oh, k, factor, Padding::kSame, &g->y);
   if (err.empty()) err = MakeAxis(w, ow, k, factor, Padding::kSame, &g->x);
   if (err.empty()) err = CheckOutputElements(*g);
-  return err;
+  return err.empty() ? err : "factor " + std::to_string(factor) + ": " + err;
 }
 
 std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h,

@@ -1,0 +1,49 @@
+"""`tfupsample verify` end to end, in a subprocess as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+import tfupsample.verify as verify
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tfupsample.cli", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_verify_passes_for_the_seed_factors():
+    out = _cli("verify", "--factors", "2,3,4,5,6,7,8,9")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.split()[0].isdigit()]
+    assert [r.split()[0] for r in rows] == [str(f) for f in range(2, 10)]
+    assert all(r.endswith("PASS") for r in rows)
+    assert "all factors PASS" in out.stdout
+
+
+def test_verify_fails_when_an_implementation_is_wrong(monkeypatch):
+    """The check can fail: corrupt our op's result and the factor must be reported FAIL."""
+    import tfupsample.api as api
+
+    real_lib = api._ops.lib
+    real = real_lib.tfup_bilinear_upsample
+    monkeypatch.setattr(api._ops, "lib", type("L", (), {
+        "tfup_bilinear_upsample": staticmethod(lambda x, **kw: real(x, **kw) * 1.001),
+        "__getattr__": lambda self, name: getattr(real_lib, name),
+    })())
+    lines = []
+    assert verify.run([2], out=lines.append) is False
+    assert lines[-2].endswith("FAIL") and lines[-1] == "FAILED"
+
+
+def test_bad_factors_argument():
+    out = _cli("verify", "--factors", "0")
+    assert out.returncode == 2
+    assert "--factors takes positive integers" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["verify", "--help"]])
+def test_help(args):
+    out = _cli(*args)
+    assert out.returncode == 0 and "verify" in out.stdout
