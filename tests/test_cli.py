@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -9,8 +10,9 @@ import tfupsample.verify as verify
 
 
 def _cli(*args):
+    # Run outside the checkout so the installed package is the one imported.
     return subprocess.run([sys.executable, "-m", "tfupsample.cli", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=tempfile.gettempdir())
 
 
 def test_verify_passes_for_the_seed_factors():

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_import_does_not_import_tensorflow():
     code = ("import sys, numpy as np, tfupsample.numpy as t; "
             "y = t.bilinear_upsample(np.ones((2, 2, 1), np.float32), 2); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; print(y.shape)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(4, 4, 1)"
