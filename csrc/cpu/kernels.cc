@@ -2,6 +2,10 @@
 // kernels_half.cc, which needs Eigen's half types and so is built into the TF library only.
 #include "cpu/kernels_impl.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace tfup {
 
 namespace {
@@ -41,6 +45,19 @@ std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, in
   err = MakeAxis(w, out_w, kx, sx, padding, &g->x);
   if (!err.empty()) return "width: " + err;
   return CheckOutputElements(*g);
+}
+
+void PreferHugePages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (bytes < int64_t{8} << 20) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 TFUP_INSTANTIATE_CPU_KERNELS(float)

@@ -37,6 +37,12 @@ template <typename T>
 void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
                            const ParallelFor& pf);
 
+// Asks the kernel to back a large, freshly allocated buffer with transparent huge pages before it
+// is first written. A x32 upsample writes ~1.4 GB into new memory; with 4 KB pages the page
+// faults cost several times the writing itself (NumPy does the same for its large arrays).
+// A hint only: does nothing where unsupported or for small buffers.
+void PreferHugePages(void* data, int64_t bytes);
+
 // Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).
 // Returns "" or the reason it cannot exist (overflow).
 std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,

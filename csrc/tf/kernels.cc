@@ -95,6 +95,7 @@ class BilinearUpsampleOp : public OpKernel {
     OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     if (out->NumElements() == 0) return;
+    PreferHugePages(out->data(), out->TotalBytes());
     BilinearForward<T>(g, in.flat<T>().data(), out->flat<T>().data(), CpuRunner(ctx));
   }
 
@@ -218,6 +219,7 @@ class DepthwiseOp : public OpKernel {
     if (kMode == Mode::kBackpropFilter) OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape(filter, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &result));
     if (result->NumElements() == 0) return;
+    PreferHugePages(result->data(), result->TotalBytes());
     T* r = result->flat<T>().data();
     if (kMode == Mode::kForward) {
       DepthwiseForward<T>(g, x->flat<T>().data(), w->flat<T>().data(), r, CpuRunner(ctx));
