@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -96,6 +97,35 @@ inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy
   }
 }
 
+// One pixel per channel (NCHW planes, or C = 1): vectorising over channels is impossible, so the
+// row is done separably instead -- each input row is interpolated along x once (h, cached for the
+// output rows that share it), then each output row is wy0 * h0 + wy1 * h1, a contiguous pass.
+// Same operations in the same order as BilinearPixel, so both layouts agree bitwise.
+template <typename T, typename A>
+struct PlanarRowCache {
+  uint64_t call = 0;       // which kernel call filled it: a later call may reuse the address
+  const T* row = nullptr;  // the input row h was made from
+  std::vector<A> h;
+};
+inline std::atomic<uint64_t> planar_calls{0};
+
+template <typename T, typename A>
+const A* InterpolatedRow(PlanarRowCache<T, A>* slot, uint64_t call, const T* row,
+                         const AxisTaps& tx, const std::vector<A>& wx, const Axis& ax) {
+  if (slot->call == call && slot->row == row) return slot->h.data();
+  const int64_t OW = ax.n_out;
+  slot->h.resize(OW);
+  for (int64_t ox = 0; ox < OW; ++ox) {
+    const int64_t ix = tx.first[ox];
+    A h = wx[ax.Tap(ox, ix)] * static_cast<A>(row[ix]);
+    if (tx.count[ox] == 2) h += wx[ax.Tap(ox, ix + 1)] * static_cast<A>(row[ix + 1]);
+    slot->h[ox] = h;
+  }
+  slot->call = call;
+  slot->row = row;
+  return slot->h.data();
+}
+
 template <typename T>
 void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
@@ -103,12 +133,32 @@ void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const Par
   const AxisTaps ty(g.y), tx(g.x);
   const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
   const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
+  const uint64_t call = ++planar_calls;
   ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 8, [&](int64_t s, int64_t oy) {
     const T* in = input + s * g.y.n_in * W * cc;
     T* out = output + (s * g.y.n_out + oy) * OW * cc;
     const int64_t iy = ty.first[oy], ny = ty.count[oy];
     const T* rows[2] = {in + iy * W * cc, in + (iy + ny - 1) * W * cc};
     const A wrow[2] = {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]};
+    if (cc == 1) {
+      thread_local PlanarRowCache<T, A> cache[2];
+      // Keep each row in the slot it was in: consecutive output rows then hit the cache.
+      if (cache[0].row == rows[1] || cache[1].row == rows[0]) std::swap(cache[0], cache[1]);
+      const A* __restrict h0 = InterpolatedRow(&cache[0], call, rows[0], tx, wx, g.x);
+      const A* __restrict h1 =
+          ny == 2 ? InterpolatedRow(&cache[1], call, rows[1], tx, wx, g.x) : nullptr;
+      T* __restrict o = out;
+      if (ny == 2) {
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          A v = wrow[0] * h0[ox];
+          v += wrow[1] * h1[ox];
+          o[ox] = static_cast<T>(v);
+        }
+      } else {
+        for (int64_t ox = 0; ox < OW; ++ox) o[ox] = static_cast<T>(wrow[0] * h0[ox]);
+      }
+      return;
+    }
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t ix = tx.first[ox], nx = tx.count[ox];
       const int64_t cols[2] = {ix * cc, (ix + nx - 1) * cc};
