@@ -49,3 +49,22 @@ def test_bad_factors_argument():
 def test_help(args):
     out = _cli(*args)
     assert out.returncode == 0 and "verify" in out.stdout
+
+
+def test_bench_json_small():
+    import json
+
+    out = _cli("bench", "--classes", "3", "--factors", "2", "--size", "4x5", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"tfupsample", "tf.image.resize", "depthwise_backprop_input", "dense conv2d_transpose"} <= impls
+    assert all(r["ms"] is None or r["ms"] >= 0 for r in data["rows"])
+    assert "[1/1]" in out.stderr  # the progress line
+
+
+def test_bench_reports_the_dense_filter_it_skips():
+    out = _cli("bench", "--classes", "40", "--factors", "32", "--size", "1x1", "--repeats", "1",
+               "--dense-limit-mb", "1")
+    assert out.returncode == 0, out.stderr
+    assert "filter alone 0.03 GB" in out.stdout  # 64*64*40*40*4 bytes, computed, not allocated

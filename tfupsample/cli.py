@@ -1,4 +1,4 @@
-"""Command line: `tfupsample verify`."""
+"""Command line: `tfupsample verify` and `tfupsample bench`."""
 
 import argparse
 import os
@@ -24,12 +24,44 @@ def main(argv=None):
     p.add_argument("--factors", type=_factors, default=list(range(2, 10)),
                    help="factors to check, e.g. '2,3,32' (default 2-9)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the random inputs")
+    b = sub.add_parser("bench", help="time and peak memory of ours and the stock peers "
+                                     "(dense conv2d_transpose, depthwise_backprop_input, tf.image.resize)")
+    b.add_argument("--classes", type=_factors, default=[21, 150, 1000], help="default 21,150,1000")
+    b.add_argument("--factors", type=_factors, default=[2, 8, 32], help="default 2,8,32")
+    b.add_argument("--size", default="16x22", help="coarse input HxW (default 16x22, VGG-16 on 512x704)")
+    b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+    b.add_argument("--dense-limit-mb", type=int, default=1024,
+                   help="skip dense conv2d_transpose when its filter alone exceeds this (default 1024)")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
     args = parser.parse_args(argv)
 
     if args.command == "verify":
         from . import verify
 
         return 0 if verify.run(args.factors, seed=args.seed) else 1
+    if args.command == "bench":
+        from . import bench_cli
+
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+            assert len(size) == 2 and min(size) >= 1
+        except (ValueError, AssertionError):
+            parser.error(f"--size takes HxW, e.g. 16x22, got {args.size!r}")
+        if args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        rows = bench_cli.run(args.classes, args.factors, size, args.repeats, args.dense_limit_mb)
+        if args.json:
+            import json
+
+            print(json.dumps({"cpu": bench_cli.cpu_name(), "size": size, "rows": rows}, indent=1))
+        else:
+            print(f"CPU: {bench_cli.cpu_name()}; input [1, {size[0]}, {size[1]}, classes] float32 NHWC")
+            print(bench_cli.table(rows))
+        if args.plot:
+            bench_cli.plot(rows, args.plot)
+            print(f"plot written to {args.plot}", file=sys.stderr)
+        return 0
     return 2
 
 

@@ -1,0 +1,76 @@
+"""CPU benchmarks of tfupsample against the stock peers, at the FCN-32 shape
+[1, 16, 22, 1000] x32 float32 (filter gradient on 100 classes to keep it short)."""
+
+import pytest
+import tensorflow as tf
+
+import tfupsample as tu
+from conftest import EXTRA, record
+from tfupsample import bench
+
+ROUNDS = dict(rounds=5, warmup_rounds=1, iterations=1)
+BIG = bench.Problem(1, 16, 22, 1000, 32)
+FILTER = bench.Problem(1, 16, 22, 100, 32)
+SMALL = bench.Problem(8, 64, 64, 21, 8)
+
+
+@pytest.mark.parametrize("name", list(BIG.forward(dense_limit_bytes=0)))
+def test_forward(benchmark, name):
+    benchmark.group = "forward x32, 1000 classes"
+    benchmark.pedantic(BIG.forward(dense_limit_bytes=0)[name], **ROUNDS)
+    record(benchmark, "forward", name)
+
+
+@pytest.mark.parametrize("classes", [64, 128])
+def test_forward_dense_small_classes(benchmark, classes):
+    """Dense conv2d_transpose only on small class counts: at 1000 its filter alone is 16.4 GB."""
+    prob = bench.Problem(1, 16, 22, classes, 32)
+    benchmark.group = "dense conv2d_transpose"
+    benchmark.pedantic(prob.forward()["dense conv2d_transpose"], **ROUNDS)
+    EXTRA["dense filter bytes at 1000 classes x32"] = f"{bench.dense_filter_bytes(32, 1000) / 1e9:.1f} GB"
+
+
+@pytest.mark.parametrize("name", list(BIG.input_grad()))
+def test_input_grad(benchmark, name):
+    benchmark.group = "input gradient x32, 1000 classes"
+    benchmark.pedantic(BIG.input_grad()[name], **ROUNDS)
+    record(benchmark, "input_grad", name)
+
+
+@pytest.mark.parametrize("name", list(FILTER.filter_grad()))
+def test_filter_grad(benchmark, name):
+    benchmark.group = "filter gradient x32, 100 classes"
+    benchmark.pedantic(FILTER.filter_grad()[name], rounds=3, warmup_rounds=1 if name == "tfupsample" else 0)
+    record(benchmark, "filter_grad", name)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_layouts(benchmark, layout):
+    x = BIG.x if layout == "NHWC" else tf.transpose(BIG.x, [0, 3, 1, 2])
+    benchmark.group = "forward layouts"
+    benchmark.pedantic(lambda: tu.bilinear_upsample(x, 32, data_format=layout), **ROUNDS)
+    record(benchmark, "layout", layout)
+
+
+@pytest.mark.parametrize("name", ["tfupsample", "depthwise_backprop_input", "tf.image.resize"])
+def test_small(benchmark, name):
+    benchmark.group = "forward [8,64,64,21] x8"
+    benchmark.pedantic(SMALL.forward(dense_limit_bytes=0)[name], rounds=20, warmup_rounds=2)
+    record(benchmark, "small", name)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_other_dtypes(benchmark, dtype):
+    x = tf.cast(SMALL.x, dtype)
+    benchmark.group = f"forward [8,64,64,21] x8 {dtype}"
+    benchmark.pedantic(lambda: tu.bilinear_upsample(x, 8), rounds=10, warmup_rounds=1)
+
+
+def test_forward_peak_memory(benchmark):
+    """Peak RSS growth of one forward call, as a multiple of the output's bytes (target <= 1.05)."""
+    t, peak = bench.measure(BIG.forward(dense_limit_bytes=0)["tfupsample"], repeats=3)
+    benchmark.group = "memory"
+    benchmark.pedantic(lambda: None, rounds=1)
+    if peak is not None:
+        EXTRA["forward peak RSS growth / output bytes"] = f"{peak / BIG.output_bytes:.3f} (target <= 1.05)"
+        benchmark.extra_info["peak_over_output"] = peak / BIG.output_bytes

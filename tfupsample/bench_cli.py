@@ -1,0 +1,80 @@
+"""`tfupsample bench`: time and peak memory of ours and the stock peers, classes x factors."""
+
+import platform
+import sys
+
+from . import bench
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
+    rows = []
+    combos = [(c, f) for c in classes for f in factors]
+    for i, (c, f) in enumerate(combos, 1):
+        prob = bench.Problem(1, size[0], size[1], c, f)
+        peers = prob.forward(dense_limit_bytes=dense_limit_mb << 20)
+        for name, fn in peers.items():
+            progress.write(f"\r[{i}/{len(combos)}] classes={c} factor={f} {name:<28}")
+            progress.flush()
+            t, mem = bench.measure(fn, repeats)
+            rows.append(dict(classes=c, factor=f, impl=name, ms=t * 1e3,
+                             peak_mb=None if mem is None else mem / 2**20,
+                             output_mb=prob.output_bytes / 2**20))
+        if "dense conv2d_transpose" not in peers:
+            rows.append(dict(classes=c, factor=f, impl="dense conv2d_transpose", ms=None,
+                             peak_mb=None, output_mb=prob.output_bytes / 2**20,
+                             skipped=f"filter alone {bench.dense_filter_bytes(f, c) / 1e9:.2f} GB"))
+        del prob
+    progress.write("\r" + " " * 70 + "\r")
+    return rows
+
+
+def table(rows):
+    lines = [f"{'classes':>7} {'factor':>6}  {'implementation':<28} {'time ms':>9} {'peak MB':>9}"]
+    for r in rows:
+        t = "-" if r["ms"] is None else f"{r['ms']:.1f}"
+        m = r.get("skipped") or ("n/a" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}")
+        lines.append(f"{r['classes']:>7} {r['factor']:>6}  {r['impl']:<28} {t:>9} {m:>9}")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    impls = sorted({r["impl"] for r in rows})
+    factors = sorted({r["factor"] for r in rows})
+    styles = ["-", "--", ":", "-."]
+    for key, ax, label in (("ms", axes[0], "time (ms)"), ("peak_mb", axes[1], "peak RSS growth (MB)")):
+        for ii, impl in enumerate(impls):
+            for fi, f in enumerate(factors):
+                pts = [(r["classes"], r[key]) for r in rows
+                       if r["impl"] == impl and r["factor"] == f and r.get(key) is not None]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, styles[fi % len(styles)], marker="o", color=f"C{ii}",
+                            label=f"{impl} x{f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("classes")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"tfupsample vs stock TensorFlow, bilinear upsample, {cpu_name()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
