@@ -36,8 +36,7 @@ def _reset_peak():
 
 def measure(fn, repeats=3):
     """(median seconds, peak RSS growth in bytes or None) of fn(), after one warm-up call."""
-    del_ = fn()
-    del del_
+    fn()  # warm-up; its result is dropped at once
     times, peaks = [], []
     for _ in range(repeats):
         gc.collect()

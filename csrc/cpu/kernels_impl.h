@@ -7,7 +7,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -98,32 +97,59 @@ inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy
 }
 
 // One pixel per channel (NCHW planes, or C = 1): vectorising over channels is impossible, so the
-// row is done separably instead -- each input row is interpolated along x once (h, cached for the
-// output rows that share it), then each output row is wy0 * h0 + wy1 * h1, a contiguous pass.
-// Same operations in the same order as BilinearPixel, so both layouts agree bitwise.
-template <typename T, typename A>
-struct PlanarRowCache {
-  uint64_t call = 0;       // which kernel call filled it: a later call may reuse the address
-  const T* row = nullptr;  // the input row h was made from
-  std::vector<A> h;
-};
-inline std::atomic<uint64_t> planar_calls{0};
-
-template <typename T, typename A>
-const A* InterpolatedRow(PlanarRowCache<T, A>* slot, uint64_t call, const T* row,
-                         const AxisTaps& tx, const std::vector<A>& wx, const Axis& ax) {
-  if (slot->call == call && slot->row == row) return slot->h.data();
-  const int64_t OW = ax.n_out;
-  slot->h.resize(OW);
-  for (int64_t ox = 0; ox < OW; ++ox) {
-    const int64_t ix = tx.first[ox];
-    A h = wx[ax.Tap(ox, ix)] * static_cast<A>(row[ix]);
-    if (tx.count[ox] == 2) h += wx[ax.Tap(ox, ix + 1)] * static_cast<A>(row[ix + 1]);
-    slot->h[ox] = h;
-  }
-  slot->call = call;
-  slot->row = row;
-  return slot->h.data();
+// rows are done separably instead -- each input row is interpolated along x once (h), kept while
+// the band of output rows that shares it is written, and each output row is wy0 * h0 + wy1 * h1,
+// a contiguous pass. Same operations in the same order as BilinearPixel: both layouts agree
+// bitwise.
+template <typename T>
+void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const AxisTaps ty(g.y), tx(g.x);
+  const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
+  const int64_t W = g.x.n_in, OW = g.x.n_out, OH = g.y.n_out;
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(64, OH / 4));
+  const int64_t bands = (OH + band - 1) / band;
+  pf(sl.count * bands, band * OW * 4, [&](int64_t begin, int64_t end) {
+    std::vector<A> h[2] = {std::vector<A>(OW), std::vector<A>(OW)};
+    int64_t h_row[2];
+    auto interpolated = [&](int slot, const T* in, int64_t iy) -> const A* {
+      if (h_row[slot] != iy) {
+        const T* row = in + iy * W;
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          const int64_t ix = tx.first[ox];
+          A v = wx[g.x.Tap(ox, ix)] * static_cast<A>(row[ix]);
+          if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * static_cast<A>(row[ix + 1]);
+          h[slot][ox] = v;
+        }
+        h_row[slot] = iy;
+      }
+      return h[slot].data();
+    };
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / bands, o0 = (u % bands) * band, o1 = std::min(OH, o0 + band);
+      const T* in = input + s * g.y.n_in * W;
+      h_row[0] = h_row[1] = -1;  // a new unit: nothing cached
+      for (int64_t oy = o0; oy < o1; ++oy) {
+        const int64_t iy = ty.first[oy], ny = ty.count[oy];
+        // Input row iy lives in slot iy % 2, so moving down one input row keeps the other.
+        const A* __restrict h0 = interpolated(iy % 2, in, iy);
+        const A w0 = wy[g.y.Tap(oy, iy)];
+        T* __restrict o = output + (s * OH + oy) * OW;
+        if (ny == 2) {
+          const A* __restrict h1 = interpolated((iy + 1) % 2, in, iy + 1);
+          const A w1 = wy[g.y.Tap(oy, iy + 1)];
+          for (int64_t ox = 0; ox < OW; ++ox) {
+            A v = w0 * h0[ox];
+            v += w1 * h1[ox];
+            o[ox] = static_cast<T>(v);
+          }
+        } else {
+          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = static_cast<T>(w0 * h0[ox]);
+        }
+      }
+    }
+  });
 }
 
 template <typename T>
@@ -133,32 +159,13 @@ void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const Par
   const AxisTaps ty(g.y), tx(g.x);
   const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
   const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
-  const uint64_t call = ++planar_calls;
+  if (cc == 1) return BilinearForwardPlanar(g, input, output, pf);
   ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 8, [&](int64_t s, int64_t oy) {
     const T* in = input + s * g.y.n_in * W * cc;
     T* out = output + (s * g.y.n_out + oy) * OW * cc;
     const int64_t iy = ty.first[oy], ny = ty.count[oy];
     const T* rows[2] = {in + iy * W * cc, in + (iy + ny - 1) * W * cc};
     const A wrow[2] = {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]};
-    if (cc == 1) {
-      thread_local PlanarRowCache<T, A> cache[2];
-      // Keep each row in the slot it was in: consecutive output rows then hit the cache.
-      if (cache[0].row == rows[1] || cache[1].row == rows[0]) std::swap(cache[0], cache[1]);
-      const A* __restrict h0 = InterpolatedRow(&cache[0], call, rows[0], tx, wx, g.x);
-      const A* __restrict h1 =
-          ny == 2 ? InterpolatedRow(&cache[1], call, rows[1], tx, wx, g.x) : nullptr;
-      T* __restrict o = out;
-      if (ny == 2) {
-        for (int64_t ox = 0; ox < OW; ++ox) {
-          A v = wrow[0] * h0[ox];
-          v += wrow[1] * h1[ox];
-          o[ox] = static_cast<T>(v);
-        }
-      } else {
-        for (int64_t ox = 0; ox < OW; ++ox) o[ox] = static_cast<T>(wrow[0] * h0[ox]);
-      }
-      return;
-    }
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t ix = tx.first[ox], nx = tx.count[ox];
       const int64_t cols[2] = {ix * cc, (ix + nx - 1) * cc};
