@@ -1,6 +1,7 @@
 """NumPy-level API over tfupsample's C++ kernels. Does not import TensorFlow."""
 
 from ._numpy_ext import bilinear_upsample as _bilinear_upsample
+from ._numpy_ext import kernel_isa
 from ._weights import check_factor
 
 
@@ -14,4 +15,4 @@ def bilinear_upsample(array, factor):
     return _bilinear_upsample(array, check_factor(factor))
 
 
-__all__ = ["bilinear_upsample"]
+__all__ = ["bilinear_upsample", "kernel_isa"]

@@ -1,6 +1,10 @@
-// float and double instantiations, and the geometry builders. Half types live in
-// kernels_half.cc, which needs Eigen's half types and so is built into the TF library only.
-#include "cpu/kernels_impl.h"
+// Geometry builders, the instruction-set choice, and the float/double entry points. Half types
+// live in kernels_half.cc, which needs Eigen's half types and so is built into the TF library only.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cpu/dispatch.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -59,6 +63,24 @@ void PreferHugePages(void* data, int64_t bytes) {
   (void)bytes;
 #endif
 }
+
+// AVX2 where the CPU has it; TFUPSAMPLE_ISA=baseline forces the baseline build (tests compare the
+// two: with contraction off they must agree bit for bit).
+bool UseAvx2() {
+  static const bool use = [] {
+    const char* forced = std::getenv("TFUPSAMPLE_ISA");
+    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
+const char* KernelIsa() { return UseAvx2() ? "avx2" : "baseline"; }
 
 TFUP_INSTANTIATE_CPU_KERNELS(float)
 TFUP_INSTANTIATE_CPU_KERNELS(double)

@@ -37,6 +37,9 @@ template <typename T>
 void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
                            const ParallelFor& pf);
 
+// Which build of the kernels runs on this CPU: "avx2" or "baseline".
+const char* KernelIsa();
+
 // Asks the kernel to back a large, freshly allocated buffer with transparent huge pages before it
 // is first written. A x32 upsample writes ~1.4 GB into new memory; with 4 KB pages the page
 // faults cost several times the writing itself (NumPy does the same for its large arrays).

@@ -1,10 +1,15 @@
-// Template definitions of the CPU kernels; included by the files that instantiate them.
+// Template definitions of the CPU kernels, in the namespace tfup::TFUP_ISA: isa.cc includes this
+// once per instruction set (see there), so each build's functions are its own.
 //
 // Both layouts run the same code over "slabs": in NHWC a slab is one image and the pixel holds C
 // contiguous channels; in NCHW a slab is one (image, channel) plane and the pixel holds 1. The
 // innermost loop always runs over a pixel's channels, which are contiguous: that is the loop the
 // compiler vectorises.
 #pragma once
+
+#ifndef TFUP_ISA
+#error "define TFUP_ISA (the instruction-set namespace) before including kernels_impl.h"
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -14,7 +19,7 @@
 #include "cpu/kernels.h"
 
 namespace tfup {
-namespace cpu {
+namespace TFUP_ISA {
 
 // Half types accumulate in float; float in float; double in double.
 template <typename T>
@@ -214,28 +219,51 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
 // Each unit owns a band of input rows and sweeps the output rows that band reads once, in
 // ascending order; every dx element is summed in the same order whatever the banding.
 
+// A unit's share of the input gradient: slab s, input rows [i0, i1), channels [c0, c0 + nc) of
+// each pixel. Its accumulator is [i1 - i0][W][nc]; scratch is the callback's to use.
+template <typename A>
+struct InputBlock {
+  int64_t s, i0, i1, c0, nc;
+  std::vector<A> acc, scratch;
+};
+
 template <typename T, typename RowFn>
 void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
-                     int64_t cost_per_input_row, RowFn&& add_output_row) {
+                     int64_t cost_per_element, RowFn&& add_output_row) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
-  const int64_t H = g.y.n_in, row = g.x.n_in * sl.cc;
-  if (sl.count == 0 || H == 0) return;
-  // Bands of a few input rows: adjacent rows share output rows, so a band re-reads less.
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(8, H / 4));
+  const int64_t H = g.y.n_in, W = g.x.n_in, cc = sl.cc;
+  if (sl.count == 0 || H == 0 || cc == 0) return;
+  // Bands of a few input rows (adjacent bands both read the k - s output rows they share), and
+  // channel blocks where a slab has many channels, so a batch-1 image still splits finely.
+  // Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
+  // than row bands (each unit then strides through every row of dy).
+  const int64_t cblock = cc >= 1024 ? 512 : cc, cblocks = (cc + cblock - 1) / cblock;
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, H / 2));
   const int64_t bands = (H + band - 1) / band;
-  pf(sl.count * bands, cost_per_input_row * band, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc;
+  const int64_t cost = cost_per_element * g.y.stride * g.x.stride * band * W * cblock;
+  pf(sl.count * bands * cblocks, cost, [&](int64_t begin, int64_t end) {
+    InputBlock<A> blk;
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(H, i0 + band);
-      acc.assign((i1 - i0) * row, A(0));
-      const int64_t oy_end = g.y.EndOutput(i1 - 1);
-      for (int64_t oy = g.y.FirstOutput(i0); oy < oy_end; ++oy) {
-        const int64_t lo = std::max(i0, g.y.FirstInput(oy)), hi = std::min(i1 - 1, g.y.LastInput(oy));
-        add_output_row(s, oy, lo, hi, acc.data() + (lo - i0) * row);
+      blk.s = u / (bands * cblocks);
+      blk.i0 = (u / cblocks % bands) * band;
+      blk.i1 = std::min(H, blk.i0 + band);
+      blk.c0 = (u % cblocks) * cblock;
+      blk.nc = std::min(cblock, cc - blk.c0);
+      const int64_t row = W * blk.nc;
+      blk.acc.assign((blk.i1 - blk.i0) * row, A(0));
+      const int64_t oy_end = g.y.EndOutput(blk.i1 - 1);
+      for (int64_t oy = g.y.FirstOutput(blk.i0); oy < oy_end; ++oy) {
+        const int64_t lo = std::max(blk.i0, g.y.FirstInput(oy));
+        const int64_t hi = std::min(blk.i1 - 1, g.y.LastInput(oy));
+        add_output_row(blk, oy, lo, hi);
       }
-      T* dx = input_grad + (s * H + i0) * row;
-      for (int64_t e = 0; e < (i1 - i0) * row; ++e) dx[e] = static_cast<T>(acc[e]);
+      for (int64_t i = blk.i0; i < blk.i1; ++i) {
+        T* dx = input_grad + ((blk.s * H + i) * W) * cc + blk.c0;
+        const A* a = blk.acc.data() + (i - blk.i0) * row;
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < blk.nc; ++c) dx[j * cc + c] = static_cast<T>(a[j * blk.nc + c]);
+      }
     }
   });
 }
@@ -246,22 +274,23 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
-  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out, row = W * cc;
+  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
   // Separable: reduce the output row along x once (r, one input row long), then add it to the
   // (at most two) input rows it belongs to with their row weight.
-  thread_local std::vector<A> r;
-  SweepInputBands<T>(g, input_grad, pf, OW * cc * g.y.stride * 4,
-                     [&](int64_t s, int64_t oy, int64_t lo, int64_t hi, A* acc) {
-    const T* dy = output_grad + (s * g.y.n_out + oy) * OW * cc;
-    r.assign(row, A(0));
+  SweepInputBands<T>(g, input_grad, pf, 4, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
+    const int64_t nc = b.nc, row = W * nc;
+    const T* dy = output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0;
+    b.scratch.assign(row, A(0));
+    A* r = b.scratch.data();
     for (int64_t j = 0; j < W; ++j) {
-      A* rj = r.data() + j * cc;
+      A* __restrict rj = r + j * nc;
       for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
         const A w = wx[g.x.Tap(ox, j)];
-        const T* d = dy + ox * cc;
-        for (int64_t c = 0; c < cc; ++c) rj[c] += w * static_cast<A>(d[c]);
+        const T* __restrict d = dy + ox * cc;
+        for (int64_t c = 0; c < nc; ++c) rj[c] += w * static_cast<A>(d[c]);
       }
     }
+    A* acc = b.acc.data() + (lo - b.i0) * row;
     for (int64_t i = lo; i <= hi; ++i, acc += row) {
       const A w = wy[g.y.Tap(oy, i)];
       for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
@@ -275,19 +304,21 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const std::vector<A> f = ConvertFilter<T, A>(g, filter);
-  const int64_t cc = sl.cc, C = g.c, kx = g.x.k, W = g.x.n_in, OW = g.x.n_out, row = W * cc;
-  SweepInputBands<T>(g, input_grad, pf, OW * cc * g.y.k * 2,
-                     [&](int64_t s, int64_t oy, int64_t lo, int64_t hi, A* acc) {
-    const T* dy = output_grad + (s * g.y.n_out + oy) * OW * cc;
-    const A* fs = f.data() + sl.FilterChannel(s);
+  const int64_t cc = sl.cc, C = g.c, kx = g.x.k, W = g.x.n_in, OW = g.x.n_out;
+  const int64_t taps = g.y.k * kx;
+  SweepInputBands<T>(g, input_grad, pf, 2 * taps, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
+    const int64_t nc = b.nc, row = W * nc;
+    const T* dy = output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0;
+    const A* fs = f.data() + sl.FilterChannel(b.s) + b.c0;
+    A* acc = b.acc.data() + (lo - b.i0) * row;
     for (int64_t i = lo; i <= hi; ++i, acc += row) {
       const A* fa = fs + g.y.Tap(oy, i) * kx * C;
       for (int64_t j = 0; j < W; ++j) {
-        A* aj = acc + j * cc;
+        A* __restrict aj = acc + j * nc;
         for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
-          const A* fp = fa + g.x.Tap(ox, j) * C;
-          const T* d = dy + ox * cc;
-          for (int64_t c = 0; c < cc; ++c) aj[c] += fp[c] * static_cast<A>(d[c]);
+          const A* __restrict fp = fa + g.x.Tap(ox, j) * C;
+          const T* __restrict d = dy + ox * cc;
+          for (int64_t c = 0; c < nc; ++c) aj[c] += fp[c] * static_cast<A>(d[c]);
         }
       }
     }
@@ -343,41 +374,15 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
   });
 }
 
-}  // namespace cpu
+#define TFUP_INSTANTIATE_ISA(T)                                                              \
+  template void DepthwiseForwardImpl<T>(const Geometry&, const T*, const T*, T*,             \
+                                        const ParallelFor&);                                 \
+  template void DepthwiseBackpropInputImpl<T>(const Geometry&, const T*, const T*, T*,       \
+                                              const ParallelFor&);                           \
+  template void DepthwiseBackpropFilterImpl<T>(const Geometry&, const T*, const T*, T*,      \
+                                               const ParallelFor&);                          \
+  template void BilinearForwardImpl<T>(const Geometry&, const T*, T*, const ParallelFor&);   \
+  template void BilinearBackpropInputImpl<T>(const Geometry&, const T*, T*, const ParallelFor&);
 
-template <typename T>
-void DepthwiseForward(const Geometry& g, const T* input, const T* filter, T* output,
-                      const ParallelFor& pf) {
-  cpu::DepthwiseForwardImpl(g, input, filter, output, pf);
-}
-template <typename T>
-void DepthwiseBackpropInput(const Geometry& g, const T* output_grad, const T* filter,
-                            T* input_grad, const ParallelFor& pf) {
-  cpu::DepthwiseBackpropInputImpl(g, output_grad, filter, input_grad, pf);
-}
-template <typename T>
-void DepthwiseBackpropFilter(const Geometry& g, const T* input, const T* output_grad,
-                             T* filter_grad, const ParallelFor& pf) {
-  cpu::DepthwiseBackpropFilterImpl(g, input, output_grad, filter_grad, pf);
-}
-template <typename T>
-void BilinearForward(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
-  cpu::BilinearForwardImpl(g, input, output, pf);
-}
-template <typename T>
-void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
-                           const ParallelFor& pf) {
-  cpu::BilinearBackpropInputImpl(g, output_grad, input_grad, pf);
-}
-
-#define TFUP_INSTANTIATE_CPU_KERNELS(T)                                                     \
-  template void DepthwiseForward<T>(const Geometry&, const T*, const T*, T*,                \
-                                    const ParallelFor&);                                    \
-  template void DepthwiseBackpropInput<T>(const Geometry&, const T*, const T*, T*,          \
-                                          const ParallelFor&);                              \
-  template void DepthwiseBackpropFilter<T>(const Geometry&, const T*, const T*, T*,         \
-                                           const ParallelFor&);                             \
-  template void BilinearForward<T>(const Geometry&, const T*, T*, const ParallelFor&);      \
-  template void BilinearBackpropInput<T>(const Geometry&, const T*, T*, const ParallelFor&);
-
+}  // namespace TFUP_ISA
 }  // namespace tfup

@@ -82,4 +82,7 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("bilinear_upsample", &tfup::BilinearUpsample, py::arg("array"), py::arg("factor"),
         "Bilinear upsample of an [H, W, C] or [N, H, W, C] float32/float64 array by an integer "
         "factor: the transposed convolution with the bilinear kernel, SAME padding.");
+  m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
+        "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
+        "forces the latter; both give the same bits).");
 }

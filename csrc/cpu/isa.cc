@@ -1,0 +1,40 @@
+// One build of the CPU kernels for one instruction set. CMake compiles this file once as
+// tfup::base (any x86-64 / the host's baseline) and once as tfup::avx2 (TFUP_ISA_AVX2: GCC's
+// target pragma), with TFUP_HALF_TYPES choosing float/double or the Eigen half types.
+// Every kernel symbol lives in its build's namespace, and the standard library is included
+// before the pragma, so the AVX2 build never lends a function to the baseline one.
+// Floating-point contraction is off in both (CMake), so both builds give the same bits.
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/kernels.h"
+#ifdef TFUP_HALF_TYPES
+#include <Eigen/Core>
+#endif
+
+#if defined(TFUP_ISA_AVX2)
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx2")
+#endif
+#define TFUP_ISA avx2
+#else
+#define TFUP_ISA base
+#endif
+
+#include "cpu/kernels_impl.h"
+
+namespace tfup {
+namespace TFUP_ISA {
+#ifdef TFUP_HALF_TYPES
+TFUP_INSTANTIATE_ISA(Eigen::half)
+TFUP_INSTANTIATE_ISA(Eigen::bfloat16)
+#else
+TFUP_INSTANTIATE_ISA(float)
+TFUP_INSTANTIATE_ISA(double)
+#endif
+}  // namespace TFUP_ISA
+}  // namespace tfup

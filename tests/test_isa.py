@@ -1,0 +1,55 @@
+"""The AVX2 and the baseline builds of the kernels give the same bits (contraction is off in
+both), for every kernel; TFUPSAMPLE_ISA=baseline selects the baseline build in a subprocess."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import tfupsample.numpy as tnp
+
+SCRIPT = r"""
+import sys, numpy as np, tensorflow as tf, tfupsample as tu
+import tfupsample.numpy as tnp
+from tfupsample._ops import lib
+rng = np.random.default_rng(7)
+out = {"isa": np.array(tnp.kernel_isa())}
+for dtype in ("float32", "float64", "float16", "bfloat16"):
+    x = tf.cast(rng.standard_normal((2, 5, 6, 19)), dtype)
+    w = tf.cast(rng.standard_normal((5, 4, 19, 1)), dtype)
+    dy = tf.cast(rng.standard_normal((2, 10, 18, 19)), dtype)
+    kw = dict(strides=[2, 3], padding="SAME")
+    res = {
+        "up": tu.bilinear_upsample(x, 3), "up_nchw": tu.bilinear_upsample(tf.transpose(x, [0, 3, 1, 2]), 3, data_format="NCHW"),
+        "up_grad": lib.tfup_bilinear_upsample_grad(tf.cast(rng.standard_normal((2, 15, 18, 19)), dtype), factor=3),
+        "dw": lib.tfup_depthwise_conv2d_transpose(x, w, [2, 10, 18, 19], **kw),
+        "dw_dx": lib.tfup_depthwise_conv2d_transpose_backprop_input(dy, w, [2, 5, 6, 19], **kw),
+        "dw_dw": lib.tfup_depthwise_conv2d_transpose_backprop_filter(x, dy, [5, 4, 19, 1], **kw),
+    }
+    for k, v in res.items():
+        out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _run(path, isa=None):
+    env = dict(os.environ)
+    env.pop("TFUPSAMPLE_ISA", None)
+    if isa:
+        env["TFUPSAMPLE_ISA"] = isa
+    r = subprocess.run([sys.executable, "-c", SCRIPT, path], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr
+    return dict(np.load(path))
+
+
+def test_baseline_and_best_builds_agree_bitwise(tmp_path):
+    best = _run(str(tmp_path / "best.npz"))
+    base = _run(str(tmp_path / "base.npz"), "baseline")
+    assert str(base["isa"]) == "baseline"
+    assert str(best["isa"]) == tnp.kernel_isa()
+    for key in best:
+        if key != "isa":
+            np.testing.assert_array_equal(best[key], base[key], err_msg=key)
