@@ -30,8 +30,8 @@ def main(argv=None):
     b.add_argument("--factors", type=_factors, default=[2, 8, 32], help="default 2,8,32")
     b.add_argument("--size", default="16x22", help="coarse input HxW (default 16x22, VGG-16 on 512x704)")
     b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
-    b.add_argument("--dense-limit-mb", type=int, default=1024,
-                   help="skip dense conv2d_transpose when its filter alone exceeds this (default 1024)")
+    b.add_argument("--dense-limit-mb", type=int, default=512,
+                   help="skip dense conv2d_transpose when its filter alone exceeds this (default 512)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
     args = parser.parse_args(argv)

@@ -54,7 +54,9 @@ std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, in
 void PreferHugePages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{1} << 21;
-  if (bytes < int64_t{8} << 20) return;
+  // Below glibc's largest mmap threshold (32 MiB) freed buffers are reused from the heap, already
+  // mapped: the hint only buys compaction work there.
+  if (bytes < int64_t{32} << 20) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
