@@ -8,7 +8,7 @@ import tfupsample as tu
 from conftest import EXTRA, record
 from tfupsample import bench
 
-ROUNDS = dict(rounds=5, warmup_rounds=1, iterations=1)
+ROUNDS = dict(rounds=7, warmup_rounds=3, iterations=1)
 BIG = bench.Problem(1, 16, 22, 1000, 32)
 FILTER = bench.Problem(1, 16, 22, 100, 32)
 SMALL = bench.Problem(8, 64, 64, 21, 8)
