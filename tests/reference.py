@@ -80,3 +80,41 @@ def to_nchw(x):
 
 def from_nchw(x):
     return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def transposed_conv_input_grad_loop(dy, w, in_hw, strides, padding):
+    """Adjoint of transposed_conv_loop with respect to x: dx[i, j] = sum_ab dy[i*sh - ph + a, ...] w[a, b]."""
+    n, oh, ow, c = dy.shape
+    h, wd = in_hw
+    kh, kw = w.shape[:2]
+    sh, sw = strides
+    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
+    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
+    dx = np.zeros((n, h, wd, c))
+    for i in range(h):
+        for j in range(wd):
+            for a in range(kh):
+                for b in range(kw):
+                    o, p = i * sh - ph + a, j * sw - pw + b
+                    if 0 <= o < oh and 0 <= p < ow:
+                        dx[:, i, j, :] += dy[:, o, p, :] * w[a, b, :]
+    return dx
+
+
+def transposed_conv_filter_grad_loop(x, dy, k_hw, strides, padding):
+    """Adjoint of transposed_conv_loop with respect to w: dw[a, b] = sum_nij dy[n, i*sh - ph + a, ...] x[n, i, j]."""
+    n, h, wd, c = x.shape
+    oh, ow = dy.shape[1:3]
+    kh, kw = k_hw
+    sh, sw = strides
+    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
+    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
+    dw = np.zeros((kh, kw, c))
+    for i in range(h):
+        for j in range(wd):
+            for a in range(kh):
+                for b in range(kw):
+                    o, p = i * sh - ph + a, j * sw - pw + b
+                    if 0 <= o < oh and 0 <= p < ow:
+                        dw[a, b, :] += (dy[:, o, p, :] * x[:, i, j, :]).sum(axis=0)
+    return dw

@@ -10,6 +10,7 @@ import sys as _sys
 __version__ = "0.1.0"
 
 _API = (
+    "backend",
     "bilinear_upsample",
     "depthwise_conv2d_transpose",
     "conv2d_transpose",

@@ -1,27 +1,45 @@
-"""Loads the compiled op library and registers the gradients of its ops."""
+"""Loads the compiled op library and registers the gradients of its ops.
+
+If the library cannot be loaded (a TensorFlow it was not built for, say), `lib` is None, one
+warning says why, and the public functions run on stock TensorFlow ops (`_pure_tf`).
+"""
 
 import os
+import warnings
 
 import tensorflow as tf
 from tensorflow.python.framework import ops as _framework_ops
 
-from . import _build_info
+try:
+    from . import _build_info
+except ImportError:  # a source checkout that was never built
+    _build_info = None
 
 
 def _load():
     path = os.path.join(os.path.dirname(__file__), "_tfupsample_ops.so")
     try:
-        return tf.load_op_library(path)
+        return tf.load_op_library(path), None
     except (tf.errors.NotFoundError, OSError) as e:
-        raise ImportError(
-            f"tfupsample: could not load {path}: {e}\n"
-            f"It was built against TensorFlow {_build_info.TF_VERSION} (C++11 ABI "
-            f"{_build_info.CXX11_ABI_FLAG}); this process has TensorFlow {tf.__version__}. "
-            "Reinstall tfupsample against the TensorFlow you use (pip install --force-reinstall .)."
-        ) from e
+        built = ("an unknown TensorFlow" if _build_info is None else
+                 f"TensorFlow {_build_info.TF_VERSION} (C++11 ABI {_build_info.CXX11_ABI_FLAG})")
+        reason = (f"could not load {path}: {e}. It was built against {built}; this process has "
+                  f"TensorFlow {tf.__version__}. Reinstall tfupsample against the TensorFlow you "
+                  "use (pip install --force-reinstall .).")
+        warnings.warn(f"tfupsample: {reason} Falling back to stock TensorFlow ops (slower, more "
+                      "memory).", RuntimeWarning, stacklevel=3)
+        return None, reason
 
 
-lib = _load()
+lib, load_error = _load()
+
+
+
+def _register(op_name):
+    """RegisterGradient, when the ops exist."""
+    if lib is None:
+        return lambda fn: fn
+    return _framework_ops.RegisterGradient(op_name)
 
 
 def _attrs(op):
@@ -32,20 +50,20 @@ def _attrs(op):
     )
 
 
-@_framework_ops.RegisterGradient("TfupBilinearUpsample")
+@_register("TfupBilinearUpsample")
 def _bilinear_upsample_grad(op, grad):
     return lib.tfup_bilinear_upsample_grad(
         grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
 
 
-@_framework_ops.RegisterGradient("TfupBilinearUpsampleGrad")
+@_register("TfupBilinearUpsampleGrad")
 def _bilinear_upsample_grad_grad(op, grad):
     # The gradient op is linear in its input; its adjoint is the forward.
     return lib.tfup_bilinear_upsample(
         grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
 
 
-@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTranspose")
+@_register("TfupDepthwiseConv2dTranspose")
 def _depthwise_grad(op, grad):
     x, w, out_shape = op.inputs
     a = _attrs(op)
@@ -56,7 +74,7 @@ def _depthwise_grad(op, grad):
     return dx, dw, None
 
 
-@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTransposeBackpropInput")
+@_register("TfupDepthwiseConv2dTransposeBackpropInput")
 def _depthwise_backprop_input_grad(op, grad):
     dy, w, sizes = op.inputs
     a = _attrs(op)
@@ -66,7 +84,7 @@ def _depthwise_backprop_input_grad(op, grad):
     return d_dy, d_w, None
 
 
-@_framework_ops.RegisterGradient("TfupDepthwiseConv2dTransposeBackpropFilter")
+@_register("TfupDepthwiseConv2dTransposeBackpropFilter")
 def _depthwise_backprop_filter_grad(op, grad):
     x, dy, sizes = op.inputs
     a = _attrs(op)

@@ -4,8 +4,10 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import ops as _framework_ops
+from tensorflow.python.ops import control_flow_util as _control_flow_util
 
-from . import _ops
+from . import _ops, _pure_tf
 from ._weights import (bilinear_kernel_size, bilinear_upsample_weights,  # noqa: F401 (re-export)
                        check_factor)
 
@@ -92,6 +94,22 @@ def _output_shape_tensor(output_shape):
 
 
 # ------------------------------------------------------------------------------------------------
+# Which implementation runs.
+
+def backend():
+    """"op" when tfupsample's compiled kernels are loaded, "pure-tf" when the library could not be
+    loaded and every function runs on stock TensorFlow ops (the warning at import says why).
+    Under XLA (`jit_compile=True`) the stock-op lowering is used in either case."""
+    return "op" if _ops.lib is not None else "pure-tf"
+
+
+def _use_pure_tf():
+    # Custom ops cannot be compiled by XLA: inside jit_compile, lower to stock ops.
+    return _ops.lib is None or _control_flow_util.GraphOrParentsInXlaContext(
+        _framework_ops.get_default_graph())
+
+
+# ------------------------------------------------------------------------------------------------
 # Public functions.
 
 def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=None):
@@ -115,6 +133,8 @@ def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=N
             raise ValueError(f"factor {factor} is too large: the output of {x.shape} would not fit in memory")
         if impl == "dense":
             return _dense_bilinear(x, factor, data_format)
+        if _use_pure_tf():
+            return _pure_tf.bilinear_upsample(x, factor, data_format)
         return _ops.lib.tfup_bilinear_upsample(x, factor=factor, data_format=data_format)
 
 
@@ -152,8 +172,30 @@ def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SA
         if None not in (c, fdims[2]) and c != fdims[2]:
             raise ValueError(f"filter has {fdims[2]} channels but input has {c}")
         shape = _output_shape_tensor(output_shape)
+        if _use_pure_tf():
+            _check_static_geometry(x, w, shape, (sy, sx), padding, data_format)
+            return _pure_tf.depthwise_conv2d_transpose(x, w, shape, (sy, sx), padding, data_format)
         return _ops.lib.tfup_depthwise_conv2d_transpose(
             x, w, shape, strides=[sy, sx], padding=padding, data_format=data_format)
+
+
+def _check_static_geometry(x, w, shape, strides, padding, data_format):
+    """The kernel's checks, for the stock-op path (which has no kernel to refuse bad sizes)."""
+    from ._numpy_ext import check_depthwise_geometry
+
+    dims = _layout_dims(x, data_format)
+    out = tf.get_static_value(shape)
+    k = w.shape.as_list()[:2] if w.shape.rank == 4 else [None, None]
+    if out is None or None in dims or None in k:
+        return
+    out = [int(v) for v in out]
+    out_dims = (out[0], out[2], out[3], out[1]) if data_format == "NCHW" else tuple(out)
+    if out_dims[0] != dims[0] or out_dims[3] != dims[3]:
+        raise ValueError(f"output_shape must keep the input's batch {dims[0]} and channels {dims[3]}, "
+                         f"got {out}")
+    err = check_depthwise_geometry(list(dims), list(out_dims[1:3]), k, list(strides), padding)
+    if err:
+        raise ValueError(f"output_shape: {err}")
 
 
 def _dilate(w, dy, dx):

@@ -2,7 +2,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <pybind11/stl.h>
+
 #include <algorithm>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -74,6 +77,18 @@ py::array BilinearUpsample(py::object array, py::object factor_obj) {
                        std::string(py::str(in.dtype())));
 }
 
+// The op kernel's own geometry check, for the stock-op path (XLA, load fallback), which has no
+// kernel to refuse an inconsistent output_shape.
+std::string CheckDepthwiseGeometry(std::vector<int64_t> in, std::vector<int64_t> out,
+                                   std::vector<int64_t> kernel, std::vector<int64_t> strides,
+                                   const std::string& padding) {
+  Geometry g;
+  return MakeDepthwiseGeometry(in[0], in[1], in[2], in[3], out[0], out[1], kernel[0], kernel[1],
+                               strides[0], strides[1],
+                               padding == "VALID" ? Padding::kValid : Padding::kSame,
+                               Layout::kNHWC, &g);
+}
+
 }  // namespace
 }  // namespace tfup
 
@@ -82,6 +97,9 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("bilinear_upsample", &tfup::BilinearUpsample, py::arg("array"), py::arg("factor"),
         "Bilinear upsample of an [H, W, C] or [N, H, W, C] float32/float64 array by an integer "
         "factor: the transposed convolution with the bilinear kernel, SAME padding.");
+  m.def("check_depthwise_geometry", &tfup::CheckDepthwiseGeometry, py::arg("input_nhwc"),
+        py::arg("output_hw"), py::arg("kernel_hw"), py::arg("strides"), py::arg("padding"),
+        "'' if the transposed convolution's output size is legal, else the reason.");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
         "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
         "forces the latter; both give the same bits).");

@@ -1,0 +1,120 @@
+"""Under XLA, and when the compiled library cannot load, the public functions run on stock ops:
+same results, gradients by autodiff."""
+
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfupsample as tu
+from reference import (assert_close, bilinear_loop, from_nchw, to_nchw, transposed_conv_loop)
+
+CASES = [((2, 3), (3, 4), "SAME", None), ((2, 1), (5, 2), "VALID", None), ((3, 2), (1, 1), "SAME", None),
+         ((2, 2), (7, 6), "SAME", (5, 7))]
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("factor", [1, 2, 3, 8])
+def test_bilinear_under_xla(factor, data_format, rng):
+    x = rng.standard_normal((2, 4, 5, 3))
+    xin = to_nchw(x) if data_format == "NCHW" else x
+    g = rng.standard_normal((2, 4 * factor, 5 * factor, 3))
+    gin = to_nchw(g) if data_format == "NCHW" else g
+
+    def step(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = tu.bilinear_upsample(t, factor, data_format=data_format)
+            loss = tf.reduce_sum(y * gin)
+        return y, tape.gradient(loss, t)
+
+    y_xla, dx_xla = tf.function(step, jit_compile=True)(tf.constant(xin))
+    y_op, dx_op = step(tf.constant(xin))
+    expected = bilinear_loop(x, factor)
+    assert_close(from_nchw(y_xla) if data_format == "NCHW" else y_xla, expected)
+    assert_close(dx_xla, dx_op.numpy())
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_depthwise_under_xla(case, data_format, rng):
+    (sy, sx), (kh, kw), pad, out_hw = case
+    x = rng.standard_normal((2, 3, 4, 5))
+    w = rng.standard_normal((kh, kw, 5, 1))
+    oh, ow = out_hw or ((3 * sy, 4 * sx) if pad == "SAME" else (2 * sy + kh, 3 * sx + kw))
+    shape = [2, oh, ow, 5] if data_format == "NHWC" else [2, 5, oh, ow]
+    xin = to_nchw(x) if data_format == "NCHW" else x
+    g = rng.standard_normal(shape)
+
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            y = tu.depthwise_conv2d_transpose(a, b, shape, [sy, sx], pad, data_format=data_format)
+            loss = tf.reduce_sum(y * g)
+        return (y, *tape.gradient(loss, [a, b]))
+
+    xla = tf.function(step, jit_compile=True)(tf.constant(xin), tf.constant(w))
+    op = step(tf.constant(xin), tf.constant(w))
+    expected = transposed_conv_loop(x, w[..., 0], (oh, ow), (sy, sx), pad)
+    assert_close(from_nchw(xla[0]) if data_format == "NCHW" else xla[0], expected)
+    for a, b in zip(xla[1:], op[1:]):
+        assert_close(a, b.numpy())
+
+
+def test_backend_reports_the_compiled_ops():
+    assert tu.backend() == "op"
+
+
+FALLBACK_SCRIPT = r"""
+import warnings, numpy as np, tensorflow as tf
+def refuse(path):
+    raise tf.errors.NotFoundError(None, None, "undefined symbol: _ZN10tensorflow8OpKernel11TraceString (forced)")
+tf.load_op_library = refuse
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import tfupsample as tu
+    tu.bilinear_upsample(np.ones((1, 2, 2, 1), np.float32), 2)  # first use loads the ops
+msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "tfupsample" in str(w.message)]
+assert len(msgs) == 1, msgs
+assert "forced" in msgs[0] and "Falling back" in msgs[0], msgs[0]
+assert tu.backend() == "pure-tf"
+rng = np.random.default_rng(0)
+x = tf.constant(rng.standard_normal((1, 3, 4, 2)))
+w = tf.constant(rng.standard_normal((4, 4, 2, 1)))
+with tf.GradientTape() as tape:
+    tape.watch([x, w])
+    y1 = tu.bilinear_upsample(x, 2)
+    y2 = tu.conv2d_transpose(x, w, [1, 6, 8, 2], 2)
+    loss = tf.reduce_sum(y1) + tf.reduce_sum(y2 * y2)
+dx, dw = tape.gradient(loss, [x, w])
+np.savez(__import__("sys").argv[1], x=x.numpy(), w=w.numpy(), y1=y1.numpy(), y2=y2.numpy(), dx=dx.numpy(), dw=dw.numpy())
+"""
+
+
+def test_load_failure_falls_back_to_stock_ops(tmp_path):
+    path = str(tmp_path / "out.npz")
+    r = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, path], capture_output=True, text=True,
+                       timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = np.load(path)
+    assert_close(d["y1"], bilinear_loop(d["x"], 2))
+    assert_close(d["y2"], transposed_conv_loop(d["x"], d["w"][..., 0], (6, 8), (2, 2), "SAME"))
+    # Gradients against our compiled ops in this process.
+    x, w = tf.constant(d["x"]), tf.constant(d["w"])
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y2 = tu.conv2d_transpose(x, w, [1, 6, 8, 2], 2)
+        loss = tf.reduce_sum(tu.bilinear_upsample(x, 2)) + tf.reduce_sum(y2 * y2)
+    dx, dw = tape.gradient(loss, [x, w])
+    assert_close(d["dx"], dx.numpy())
+    assert_close(d["dw"], dw.numpy())
+
+
+def test_inconsistent_output_shape_is_refused_under_xla():
+    f = tf.function(lambda x: tu.depthwise_conv2d_transpose(x, np.ones((4, 4, 3, 1)), [1, 9, 10, 3], 2),
+                    jit_compile=True)
+    with pytest.raises(ValueError, match="output size 9 is inconsistent"):
+        f(tf.zeros([1, 4, 5, 3], tf.float64))
