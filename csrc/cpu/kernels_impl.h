@@ -80,9 +80,9 @@ void ForEachRow(const ParallelFor& pf, int64_t slabs, int64_t rows, int64_t cost
 // Bilinear pixel with CY x CX taps: sum_ty wy * (sum_tx wx * x). Templated so that the 2x2
 // interior case is one fused pass over the channels with a single write per output element;
 // __restrict lets the compiler vectorise it without alias checks.
-template <int CY, int CX, typename T, typename A>
+template <int CY, int CX, typename T, typename A, typename O>
 inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy, const A* wx,
-                          int64_t cc, T* __restrict out) {
+                          int64_t cc, O* __restrict out) {
   const T* __restrict p00 = rows[0] + cols[0];
   const T* __restrict p01 = rows[0] + cols[CX - 1];
   const T* __restrict p10 = rows[CY - 1] + cols[0];
@@ -97,9 +97,44 @@ inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy
       if (CX == 2) h1 += wx1 * static_cast<A>(p11[c]);
       v += wy1 * h1;
     }
-    out[c] = static_cast<T>(v);
+    out[c] = static_cast<O>(v);
   }
 }
+
+// The taps of a bilinear upsample, for computing any output pixel on its own: the forward and
+// the fused heads (heads_impl.h) share it, so their per-pixel values are the same bits.
+template <typename T, typename A>
+struct BilinearPlan {
+  struct Row {
+    const T* rows[2];
+    A w[2];
+    int64_t n;
+  };
+  const Geometry& g;
+  AxisTaps ty, tx;
+  std::vector<A> wy, wx;
+  explicit BilinearPlan(const Geometry& geometry)
+      : g(geometry), ty(g.y), tx(g.x), wy(BilinearTable<A>(g.y)), wx(BilinearTable<A>(g.x)) {}
+
+  // Output row oy of the slab whose input starts at `in` (pixels of cc channels).
+  Row RowTaps(const T* in, int64_t oy, int64_t cc) const {
+    const int64_t iy = ty.first[oy], ny = ty.count[oy], W = g.x.n_in;
+    return Row{{in + iy * W * cc, in + (iy + ny - 1) * W * cc},
+               {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]}, ny};
+  }
+  // Pixel ox of that row: cc values written to out (as O).
+  template <typename O>
+  void Pixel(const Row& r, int64_t ox, int64_t cc, O* out) const {
+    const int64_t ix = tx.first[ox], nx = tx.count[ox];
+    const int64_t cols[2] = {ix * cc, (ix + nx - 1) * cc};
+    const A wcol[2] = {wx[g.x.Tap(ox, ix)], wx[g.x.Tap(ox, ix + nx - 1)]};
+    // Bilinear kernels have k <= 2 * stride: one or two taps per axis, never none.
+    if (r.n == 2 && nx == 2) BilinearPixel<2, 2>(r.rows, cols, r.w, wcol, cc, out);
+    else if (r.n == 2) BilinearPixel<2, 1>(r.rows, cols, r.w, wcol, cc, out);
+    else if (nx == 2) BilinearPixel<1, 2>(r.rows, cols, r.w, wcol, cc, out);
+    else BilinearPixel<1, 1>(r.rows, cols, r.w, wcol, cc, out);
+  }
+};
 
 // One pixel per channel (NCHW planes, or C = 1): vectorising over channels is impossible, so the
 // rows are done separably instead -- each input row is interpolated along x once (h), kept while
@@ -161,27 +196,13 @@ template <typename T>
 void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
-  const AxisTaps ty(g.y), tx(g.x);
-  const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
-  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
-  if (cc == 1) return BilinearForwardPlanar(g, input, output, pf);
+  if (sl.cc == 1) return BilinearForwardPlanar(g, input, output, pf);
+  const BilinearPlan<T, A> plan(g);
+  const int64_t cc = sl.cc, OW = g.x.n_out;
   ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 8, [&](int64_t s, int64_t oy) {
-    const T* in = input + s * g.y.n_in * W * cc;
+    const auto row = plan.RowTaps(input + s * g.y.n_in * g.x.n_in * cc, oy, cc);
     T* out = output + (s * g.y.n_out + oy) * OW * cc;
-    const int64_t iy = ty.first[oy], ny = ty.count[oy];
-    const T* rows[2] = {in + iy * W * cc, in + (iy + ny - 1) * W * cc};
-    const A wrow[2] = {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]};
-    for (int64_t ox = 0; ox < OW; ++ox) {
-      const int64_t ix = tx.first[ox], nx = tx.count[ox];
-      const int64_t cols[2] = {ix * cc, (ix + nx - 1) * cc};
-      const A wcol[2] = {wx[g.x.Tap(ox, ix)], wx[g.x.Tap(ox, ix + nx - 1)]};
-      T* o = out + ox * cc;
-      // Bilinear kernels have k <= 2 * stride: one or two taps per axis, never none.
-      if (ny == 2 && nx == 2) BilinearPixel<2, 2>(rows, cols, wrow, wcol, cc, o);
-      else if (ny == 2) BilinearPixel<2, 1>(rows, cols, wrow, wcol, cc, o);
-      else if (nx == 2) BilinearPixel<1, 2>(rows, cols, wrow, wcol, cc, o);
-      else BilinearPixel<1, 1>(rows, cols, wrow, wcol, cc, o);
-    }
+    for (int64_t ox = 0; ox < OW; ++ox) plan.Pixel(row, ox, cc, out + ox * cc);
   });
 }
 
