@@ -16,6 +16,8 @@ _API = (
     "conv2d_transpose",
     "bilinear_upsample_weights",
     "bilinear_kernel_size",
+    "upsample_argmax",
+    "upsample_sparse_softmax_cross_entropy",
 )
 
 __all__ = list(_API)
@@ -23,9 +25,9 @@ __all__ = list(_API)
 
 def __getattr__(name):
     if name in _API:
-        from . import api
+        from . import api, heads
 
-        return getattr(api, name)
+        return getattr(heads if hasattr(heads, name) else api, name)
     raise AttributeError(f"module 'tfupsample' has no attribute {name!r}")
 
 

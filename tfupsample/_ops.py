@@ -92,3 +92,14 @@ def _depthwise_backprop_filter_grad(op, grad):
         dy, grad, tf.shape(x, out_type=sizes.dtype), **a)
     d_dy = lib.tfup_depthwise_conv2d_transpose(x, grad, tf.shape(dy, out_type=sizes.dtype), **a)
     return d_x, d_dy, None
+
+
+@_register("TfupUpsampleSparseSoftmaxCrossEntropy")
+def _upsample_cross_entropy_grad(op, grad):
+    labels, logits = op.inputs
+    attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label")}
+    return None, lib.tfup_upsample_sparse_softmax_cross_entropy_grad(labels, logits, grad, **attrs)
+
+
+if lib is not None:
+    _framework_ops.no_gradient("TfupUpsampleArgmax")  # argmax has none

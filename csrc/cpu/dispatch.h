@@ -19,7 +19,15 @@ namespace tfup {
   template <typename T>                                                                       \
   void BilinearForwardImpl(const Geometry&, const T*, T*, const ParallelFor&);                \
   template <typename T>                                                                       \
-  void BilinearBackpropInputImpl(const Geometry&, const T*, T*, const ParallelFor&);
+  void BilinearBackpropInputImpl(const Geometry&, const T*, T*, const ParallelFor&);          \
+  template <typename T>                                                                       \
+  void UpsampleArgmaxImpl(const Geometry&, const T*, int64_t*, T*, const ParallelFor&);       \
+  template <typename T>                                                                       \
+  void UpsampleSoftmaxCrossEntropyImpl(const Geometry&, const T*, const int64_t*, IgnoreLabel, \
+                                       T*, const ParallelFor&);                               \
+  template <typename T>                                                                       \
+  void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry&, const T*, const int64_t*,         \
+                                           IgnoreLabel, const T*, T*, const ParallelFor&);
 
 namespace base { TFUP_DECLARE_ISA_ENTRY_POINTS }
 namespace avx2 { TFUP_DECLARE_ISA_ENTRY_POINTS }
@@ -54,6 +62,24 @@ void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_gra
   TFUP_DISPATCH(BilinearBackpropInput, g, output_grad, input_grad, pf);
 }
 
+template <typename T>
+void UpsampleArgmax(const Geometry& g, const T* logits, int64_t* labels, T* scores,
+                    const ParallelFor& pf) {
+  TFUP_DISPATCH(UpsampleArgmax, g, logits, labels, scores, pf);
+}
+template <typename T>
+void UpsampleSoftmaxCrossEntropy(const Geometry& g, const T* logits, const int64_t* labels,
+                                 IgnoreLabel ignore, T* loss, const ParallelFor& pf) {
+  TFUP_DISPATCH(UpsampleSoftmaxCrossEntropy, g, logits, labels, ignore, loss, pf);
+}
+template <typename T>
+void UpsampleSoftmaxCrossEntropyGrad(const Geometry& g, const T* logits, const int64_t* labels,
+                                     IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
+                                     const ParallelFor& pf) {
+  TFUP_DISPATCH(UpsampleSoftmaxCrossEntropyGrad, g, logits, labels, ignore, loss_grad,
+                logits_grad, pf);
+}
+
 #define TFUP_INSTANTIATE_CPU_KERNELS(T)                                                     \
   template void DepthwiseForward<T>(const Geometry&, const T*, const T*, T*,                \
                                     const ParallelFor&);                                    \
@@ -62,6 +88,11 @@ void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_gra
   template void DepthwiseBackpropFilter<T>(const Geometry&, const T*, const T*, T*,         \
                                            const ParallelFor&);                             \
   template void BilinearForward<T>(const Geometry&, const T*, T*, const ParallelFor&);      \
-  template void BilinearBackpropInput<T>(const Geometry&, const T*, T*, const ParallelFor&);
+  template void BilinearBackpropInput<T>(const Geometry&, const T*, T*, const ParallelFor&);  \
+  template void UpsampleArgmax<T>(const Geometry&, const T*, int64_t*, T*, const ParallelFor&); \
+  template void UpsampleSoftmaxCrossEntropy<T>(const Geometry&, const T*, const int64_t*,      \
+                                               IgnoreLabel, T*, const ParallelFor&);          \
+  template void UpsampleSoftmaxCrossEntropyGrad<T>(const Geometry&, const T*, const int64_t*,  \
+                                                   IgnoreLabel, const T*, T*, const ParallelFor&);
 
 }  // namespace tfup

@@ -26,15 +26,20 @@
 #endif
 
 #include "cpu/kernels_impl.h"
+#include "cpu/heads_impl.h"
 
 namespace tfup {
 namespace TFUP_ISA {
 #ifdef TFUP_HALF_TYPES
 TFUP_INSTANTIATE_ISA(Eigen::half)
 TFUP_INSTANTIATE_ISA(Eigen::bfloat16)
+TFUP_INSTANTIATE_HEADS(Eigen::half)
+TFUP_INSTANTIATE_HEADS(Eigen::bfloat16)
 #else
 TFUP_INSTANTIATE_ISA(float)
 TFUP_INSTANTIATE_ISA(double)
+TFUP_INSTANTIATE_HEADS(float)
+TFUP_INSTANTIATE_HEADS(double)
 #endif
 }  // namespace TFUP_ISA
 }  // namespace tfup

@@ -37,6 +37,28 @@ template <typename T>
 void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
                            const ParallelFor& pf);
 
+// Fused segmentation heads over NHWC logits [n, h, w, c] with the bilinear geometry g; label and
+// loss maps are [n, h*f, w*f]. Labels must be in [0, c) or the ignore label (the caller checks).
+struct IgnoreLabel {
+  bool use = false;
+  int64_t value = 0;
+  bool Skips(int64_t label) const { return use && label == value; }
+};
+// labels = argmax over classes of the upsampled logits (ties: lowest class); scores (optional,
+// may be null) = that maximum. The values are the bits BilinearForward would write.
+template <typename T>
+void UpsampleArgmax(const Geometry& g, const T* logits, int64_t* labels, T* scores,
+                    const ParallelFor& pf);
+// loss = logsumexp(v) - v[label] per output pixel, 0 at the ignore label.
+template <typename T>
+void UpsampleSoftmaxCrossEntropy(const Geometry& g, const T* logits, const int64_t* labels,
+                                 IgnoreLabel ignore, T* loss, const ParallelFor& pf);
+// Gradient to the logits given the loss map's gradient.
+template <typename T>
+void UpsampleSoftmaxCrossEntropyGrad(const Geometry& g, const T* logits, const int64_t* labels,
+                                     IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
+                                     const ParallelFor& pf);
+
 // Which build of the kernels runs on this CPU: "avx2" or "baseline".
 const char* KernelIsa();
 

@@ -245,12 +245,12 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
 template <typename A>
 struct InputBlock {
   int64_t s, i0, i1, c0, nc;
-  std::vector<A> acc, scratch;
+  std::vector<A> acc, scratch, scratch2;
 };
 
 template <typename T, typename RowFn>
 void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
-                     int64_t cost_per_element, RowFn&& add_output_row) {
+                     int64_t cost_per_element, RowFn&& add_output_row, bool split_channels = true) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const int64_t H = g.y.n_in, W = g.x.n_in, cc = sl.cc;
@@ -259,7 +259,8 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
   // channel blocks where a slab has many channels, so a batch-1 image still splits finely.
   // Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
   // than row bands (each unit then strides through every row of dy).
-  const int64_t cblock = cc >= 1024 ? 512 : cc, cblocks = (cc + cblock - 1) / cblock;
+  const int64_t cblock = split_channels && cc >= 1024 ? 512 : cc;
+  const int64_t cblocks = (cc + cblock - 1) / cblock;
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, H / 2));
   const int64_t bands = (H + band - 1) / band;
   const int64_t cost = cost_per_element * g.y.stride * g.x.stride * band * W * cblock;
@@ -289,33 +290,41 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
   });
 }
 
+// Separable: reduce output row oy (pixels `stride` apart, b.nc channels each) along x once (r, one
+// input row long), then add it to the (at most two) input rows [lo, hi] it belongs to, with their
+// row weight. Shared by the bilinear input gradient and the fused cross-entropy gradient.
+template <typename A, typename Src>
+void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vector<A>& wy,
+                    const Src* dy, int64_t stride, InputBlock<A>& b, int64_t oy, int64_t lo,
+                    int64_t hi) {
+  const int64_t nc = b.nc, W = g.x.n_in, row = W * nc;
+  b.scratch.assign(row, A(0));
+  A* r = b.scratch.data();
+  for (int64_t j = 0; j < W; ++j) {
+    A* __restrict rj = r + j * nc;
+    for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
+      const A w = wx[g.x.Tap(ox, j)];
+      const Src* __restrict d = dy + ox * stride;
+      for (int64_t c = 0; c < nc; ++c) rj[c] += w * static_cast<A>(d[c]);
+    }
+  }
+  A* acc = b.acc.data() + (lo - b.i0) * row;
+  for (int64_t i = lo; i <= hi; ++i, acc += row) {
+    const A w = wy[g.y.Tap(oy, i)];
+    for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
+  }
+}
+
 template <typename T>
 void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input_grad,
                                const ParallelFor& pf) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
-  const int64_t cc = sl.cc, W = g.x.n_in, OW = g.x.n_out;
-  // Separable: reduce the output row along x once (r, one input row long), then add it to the
-  // (at most two) input rows it belongs to with their row weight.
+  const int64_t cc = sl.cc, OW = g.x.n_out;
   SweepInputBands<T>(g, input_grad, pf, 4, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
-    const int64_t nc = b.nc, row = W * nc;
     const T* dy = output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0;
-    b.scratch.assign(row, A(0));
-    A* r = b.scratch.data();
-    for (int64_t j = 0; j < W; ++j) {
-      A* __restrict rj = r + j * nc;
-      for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
-        const A w = wx[g.x.Tap(ox, j)];
-        const T* __restrict d = dy + ox * cc;
-        for (int64_t c = 0; c < nc; ++c) rj[c] += w * static_cast<A>(d[c]);
-      }
-    }
-    A* acc = b.acc.data() + (lo - b.i0) * row;
-    for (int64_t i = lo; i <= hi; ++i, acc += row) {
-      const A w = wy[g.y.Tap(oy, i)];
-      for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
-    }
+    AddBilinearRow(g, wx, wy, dy, cc, b, oy, lo, hi);
   });
 }
 

@@ -178,3 +178,73 @@ REGISTER_OP("TfupDepthwiseConv2dTransposeBackpropFilter")
     });
 
 }  // namespace tfup
+
+// ---- Fused segmentation heads (NHWC logits; labels / loss [N, H*f, W*f]).
+namespace tfup {
+namespace {
+absl::Status HeadMapShape(InferenceContext* c, int logits_input, ShapeHandle* map) {
+  ShapeHandle logits;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(logits_input), 4, &logits));
+  int64_t factor;
+  TF_RETURN_IF_ERROR(c->GetAttr("factor", &factor));
+  if (factor < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("factor must be a positive integer, got ", factor));
+  }
+  DimensionHandle h, w;
+  TF_RETURN_IF_ERROR(c->Multiply(c->Dim(logits, 1), factor, &h));
+  TF_RETURN_IF_ERROR(c->Multiply(c->Dim(logits, 2), factor, &w));
+  *map = c->MakeShape({c->Dim(logits, 0), h, w});
+  return absl::OkStatus();
+}
+}  // namespace
+
+REGISTER_OP("TfupUpsampleArgmax")
+    .Input("logits: T")
+    .Output("labels: int64")
+    .Output("scores: T")
+    .Attr("factor: int")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map;
+      TF_RETURN_IF_ERROR(HeadMapShape(c, 0, &map));
+      c->set_output(0, map);
+      c->set_output(1, map);
+      return absl::OkStatus();
+    })
+    .Doc("argmax over classes of the x`factor` bilinear upsample of NHWC logits, and that "
+         "maximum, without the upsampled logits.");
+
+REGISTER_OP("TfupUpsampleSparseSoftmaxCrossEntropy")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Output("loss: T")
+    .Attr("factor: int")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map, labels;
+      TF_RETURN_IF_ERROR(HeadMapShape(c, 1, &map));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &labels));
+      TF_RETURN_IF_ERROR(c->Merge(map, labels, &map));
+      c->set_output(0, map);
+      return absl::OkStatus();
+    })
+    .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
+         "logits, without the upsampled logits; 0 where labels == ignore_label.");
+
+REGISTER_OP("TfupUpsampleSparseSoftmaxCrossEntropyGrad")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Input("loss_grad: T")
+    .Output("logits_grad: T")
+    .Attr("factor: int")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      return absl::OkStatus();
+    });
+
+}  // namespace tfup

@@ -1,0 +1,137 @@
+// Fused segmentation heads: upsample + argmax, and upsample + softmax cross-entropy with its
+// gradient, computed pixel by pixel from the coarse NHWC logits. The full-resolution logits never
+// exist: memory is the label / loss map plus a row of scratch per thread. Included by isa.cc
+// after kernels_impl.h, in the same instruction-set namespace.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace tfup {
+namespace TFUP_ISA {
+
+// exp for the softmax: Cephes' single-precision polynomial, branch-free so that the loop over
+// classes vectorises (a libm call per element would not). Relative error ~2e-7 for x <= 0,
+// which is all it is given (logits minus their max).
+inline float SoftmaxExp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = r * r * p + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return e * scale;
+}
+inline double SoftmaxExp(double x) { return std::exp(x); }
+
+template <typename T>
+void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* scores,
+                        const ParallelFor& pf) {
+  using A = Acc<T>;
+  const BilinearPlan<T, A> plan(g);
+  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
+  ForEachRow(pf, g.n, OH, OW * C * 8, [&](int64_t s, int64_t oy) {
+    std::vector<T> v(C);
+    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
+    const int64_t base = (s * OH + oy) * OW;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      plan.Pixel(row, ox, C, v.data());  // the very values the unfused forward writes
+      int64_t best = 0;
+      for (int64_t c = 1; c < C; ++c)
+        if (v[c] > v[best]) best = c;  // ties: the lowest index, like tf.argmax
+      labels[base + ox] = best;
+      if (scores != nullptr) scores[base + ox] = v[best];
+    }
+  });
+}
+
+// Softmax of one pixel's upsampled logits v (in place: v becomes exp(v - max)); returns the sum.
+template <typename A>
+inline A ExpShifted(A* v, int64_t C, A* max_out) {
+  A m = v[0];
+  for (int64_t c = 1; c < C; ++c) m = v[c] > m ? v[c] : m;
+  A sum = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    v[c] = SoftmaxExp(v[c] - m);
+    sum += v[c];
+  }
+  *max_out = m;
+  return sum;
+}
+
+template <typename T>
+void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
+                                     IgnoreLabel ignore, T* loss, const ParallelFor& pf) {
+  using A = Acc<T>;
+  const BilinearPlan<T, A> plan(g);
+  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
+  ForEachRow(pf, g.n, OH, OW * C * 16, [&](int64_t s, int64_t oy) {
+    std::vector<A> v(C);
+    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
+    const int64_t base = (s * OH + oy) * OW;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      const int64_t y = labels[base + ox];
+      if (ignore.Skips(y)) {
+        loss[base + ox] = T(0);
+        continue;
+      }
+      plan.Pixel(row, ox, C, v.data());
+      const A target = v[y];
+      A m;
+      const A sum = ExpShifted(v.data(), C, &m);
+      loss[base + ox] = static_cast<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
+    }
+  });
+}
+
+// Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, made
+// one output row at a time and reduced into the input rows like the bilinear input gradient.
+template <typename T>
+void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
+                                         IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
+                                         const ParallelFor& pf) {
+  using A = Acc<T>;
+  const BilinearPlan<T, A> plan(g);
+  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
+  SweepInputBands<T>(g, logits_grad, pf, 24, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
+    b.scratch2.resize(OW * C);
+    A* dv = b.scratch2.data();
+    const auto row = plan.RowTaps(logits + b.s * g.y.n_in * g.x.n_in * C, oy, C);
+    const int64_t base = (b.s * OH + oy) * OW;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      A* d = dv + ox * C;
+      const int64_t y = labels[base + ox];
+      const A gl = static_cast<A>(loss_grad[base + ox]);
+      if (ignore.Skips(y)) {
+        std::fill(d, d + C, A(0));
+        continue;
+      }
+      plan.Pixel(row, ox, C, d);
+      A m;
+      const A scale = gl / ExpShifted(d, C, &m);
+      for (int64_t c = 0; c < C; ++c) d[c] *= scale;
+      d[y] -= gl;
+    }
+    AddBilinearRow(g, plan.wx, plan.wy, static_cast<const A*>(dv), C, b, oy, lo, hi);
+  }, /*split_channels=*/false);
+}
+
+#define TFUP_INSTANTIATE_HEADS(T)                                                           \
+  template void UpsampleArgmaxImpl<T>(const Geometry&, const T*, int64_t*, T*,              \
+                                      const ParallelFor&);                                  \
+  template void UpsampleSoftmaxCrossEntropyImpl<T>(const Geometry&, const T*, const int64_t*, \
+                                                   IgnoreLabel, T*, const ParallelFor&);    \
+  template void UpsampleSoftmaxCrossEntropyGradImpl<T>(const Geometry&, const T*,           \
+                                                       const int64_t*, IgnoreLabel, const T*, \
+                                                       T*, const ParallelFor&);
+
+}  // namespace TFUP_ISA
+}  // namespace tfup

@@ -1,0 +1,149 @@
+// OpKernels of the fused heads: check logits, labels and factor, then run the kernels.
+#include "cpu/kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace tfup {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+ParallelFor Runner(OpKernelContext* ctx) {
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    tensorflow::Shard(workers->num_threads, workers->workers, total, cost, fn);
+  };
+}
+
+class HeadOp : public OpKernel {
+ public:
+  explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
+    OP_REQUIRES(ctx, factor_ >= 1,
+                absl::InvalidArgumentError(absl::StrCat("factor must be a positive integer, got ", factor_)));
+    if (ctx->HasAttr("ignore_label")) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
+    }
+  }
+
+ protected:
+  // Geometry of the logits; the label / loss map shape.
+  absl::Status Prepare(const Tensor& logits, Geometry* g, TensorShape* map) const {
+    if (logits.dims() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "logits must be 4-D [N, H, W, classes], got shape ", logits.shape().DebugString()));
+    }
+    const auto d = logits.shape().dim_sizes();
+    const std::string err = MakeBilinearGeometry(d[0], d[1], d[2], d[3], factor_, Layout::kNHWC, g);
+    if (!err.empty()) return absl::InvalidArgumentError(err);
+    const int64_t dims[] = {g->n, g->y.n_out, g->x.n_out};
+    return TensorShape::BuildTensorShape(dims, map);
+  }
+  // Labels: the map's shape, each in [0, classes) or the ignore label.
+  absl::Status CheckLabels(const Tensor& labels, const TensorShape& map, int64_t classes) const {
+    if (labels.shape() != map) {
+      return absl::InvalidArgumentError(absl::StrCat("labels must have shape ", map.DebugString(),
+                                                     " (the upsampled map), got ",
+                                                     labels.shape().DebugString()));
+    }
+    const auto l = labels.flat<int64_t>();
+    for (int64_t i = 0; i < l.size(); ++i) {
+      if ((l(i) < 0 || l(i) >= classes) && !ignore_.Skips(l(i))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "labels must be in [0, ", classes, ")", ignore_.use ? " or the ignore_label" : "",
+            ", got ", l(i), " at flat index ", i));
+      }
+    }
+    return absl::OkStatus();
+  }
+  int64_t factor_ = 1;
+  IgnoreLabel ignore_;
+};
+
+template <typename T>
+class UpsampleArgmaxOp : public HeadOp {
+ public:
+  using HeadOp::HeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& logits = ctx->input(0);
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
+    OP_REQUIRES(ctx, g.c > 0 || map.num_elements() == 0,
+                absl::InvalidArgumentError("logits must have at least one class"));
+    Tensor *labels = nullptr, *scores = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
+    if (map.num_elements() == 0) return;
+    UpsampleArgmax<T>(g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
+                      scores->flat<T>().data(), Runner(ctx));
+  }
+};
+
+template <typename T>
+class UpsampleCrossEntropyOp : public HeadOp {
+ public:
+  using HeadOp::HeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &labels = ctx->input(0), &logits = ctx->input(1);
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c));
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
+    if (map.num_elements() == 0) return;
+    UpsampleSoftmaxCrossEntropy<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                   ignore_, loss->flat<T>().data(), Runner(ctx));
+  }
+};
+
+template <typename T>
+class UpsampleCrossEntropyGradOp : public HeadOp {
+ public:
+  using HeadOp::HeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &labels = ctx->input(0), &logits = ctx->input(1), &loss_grad = ctx->input(2);
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c));
+    OP_REQUIRES(ctx, loss_grad.shape() == map,
+                absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
+                                                        ", got ", loss_grad.shape().DebugString())));
+    Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
+    if (grad->NumElements() == 0) return;
+    UpsampleSoftmaxCrossEntropyGrad<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                       ignore_, loss_grad.flat<T>().data(),
+                                       grad->flat<T>().data(), Runner(ctx));
+  }
+};
+
+}  // namespace
+
+#define TFUP_REGISTER_HEADS(T)                                                                 \
+  REGISTER_KERNEL_BUILDER(                                                                     \
+      Name("TfupUpsampleArgmax").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
+      UpsampleArgmaxOp<T>);                                                                    \
+  REGISTER_KERNEL_BUILDER(Name("TfupUpsampleSparseSoftmaxCrossEntropy")                        \
+                              .Device(tensorflow::DEVICE_CPU)                                  \
+                              .TypeConstraint<T>("T"),                                         \
+                          UpsampleCrossEntropyOp<T>);                                          \
+  REGISTER_KERNEL_BUILDER(Name("TfupUpsampleSparseSoftmaxCrossEntropyGrad")                    \
+                              .Device(tensorflow::DEVICE_CPU)                                  \
+                              .TypeConstraint<T>("T"),                                         \
+                          UpsampleCrossEntropyGradOp<T>);
+
+TFUP_REGISTER_HEADS(Eigen::half)
+TFUP_REGISTER_HEADS(Eigen::bfloat16)
+TFUP_REGISTER_HEADS(float)
+TFUP_REGISTER_HEADS(double)
+
+}  // namespace tfup

@@ -1,0 +1,75 @@
+"""Segmentation heads fused with the bilinear upsample: the full-resolution logits never exist."""
+
+import numbers
+
+import tensorflow as tf
+
+from . import _ops
+from .api import _check_data_format, _float_tensor, _use_pure_tf, bilinear_upsample
+from ._weights import check_factor
+
+
+def _nhwc(logits, data_format):
+    x = _float_tensor(logits, "logits")
+    # The heads read whole pixels; an NCHW input is transposed once (it is the small, coarse one).
+    return tf.transpose(x, [0, 2, 3, 1]) if _check_data_format(data_format) == "NCHW" else x
+
+
+def upsample_argmax(logits, factor, *, data_format="NHWC", output_type=tf.int64, return_scores=False,
+                    name=None):
+    """`tf.argmax(bilinear_upsample(logits, factor), axis=classes)` -> labels `[N, H*f, W*f]`.
+
+    Each pixel's upsampled logits are computed exactly as `bilinear_upsample` computes them (the
+    same bits), and ties go to the lowest class, like `tf.argmax`. With `return_scores=True` also
+    returns the winning value per pixel. Memory: the label map, not the upsampled logits.
+    """
+    factor = check_factor(factor)
+    output_type = tf.as_dtype(output_type)
+    if output_type not in (tf.int32, tf.int64):
+        raise TypeError(f"output_type must be int32 or int64, got {output_type.name}")
+    with tf.name_scope(name or "upsample_argmax"):
+        x = _nhwc(logits, data_format)
+        if _use_pure_tf():
+            up = bilinear_upsample(x, factor)
+            labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
+        else:
+            labels, scores = _ops.lib.tfup_upsample_argmax(x, factor=factor)
+            labels = tf.cast(labels, output_type)
+        return (labels, scores) if return_scores else labels
+
+
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None,
+                                          data_format="NHWC", name=None):
+    """Per-pixel loss `[N, H*f, W*f]` equal to
+    `tf.nn.sparse_softmax_cross_entropy_with_logits(labels, bilinear_upsample(logits, factor))`,
+    computed pixel by pixel (log-sum-exp with the max subtracted, float32 for half inputs).
+
+    Pixels whose label equals `ignore_label` (e.g. 255 in PASCAL VOC) give 0 loss and 0
+    gradient. Any other label outside [0, classes) is an InvalidArgumentError. The gradient to
+    `logits` never allocates anything of the upsampled logits' size.
+    """
+    factor = check_factor(factor)
+    if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral)):
+        raise TypeError(f"ignore_label must be an integer or None, got {ignore_label!r}")
+    with tf.name_scope(name or "upsample_sparse_softmax_cross_entropy"):
+        x = _nhwc(logits, data_format)
+        y = tf.convert_to_tensor(labels)
+        if not y.dtype.is_integer:
+            raise TypeError(f"labels must be an integer tensor, got {y.dtype.name}")
+        if y.shape.rank is not None and y.shape.rank != 3:
+            raise ValueError(f"labels must be [N, H*factor, W*factor], got shape {y.shape}")
+        y = tf.cast(y, tf.int64)
+        if _use_pure_tf():
+            return _unfused_cross_entropy(y, x, factor, ignore_label)
+        return _ops.lib.tfup_upsample_sparse_softmax_cross_entropy(
+            y, x, factor=factor, ignore_label=0 if ignore_label is None else int(ignore_label),
+            use_ignore_label=ignore_label is not None)
+
+
+def _unfused_cross_entropy(labels, x, factor, ignore_label):
+    up = bilinear_upsample(x, factor)
+    if ignore_label is None:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, up)
+    keep = tf.not_equal(labels, ignore_label)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.where(keep, labels, 0), up)
+    return tf.where(keep, loss, tf.zeros_like(loss))
