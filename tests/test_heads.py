@@ -1,0 +1,187 @@
+"""Fused heads against the unfused path (our upsample or the dense reference, then stock argmax /
+cross-entropy) and numeric gradients."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfupsample as tu
+from tfupsample._ops import lib
+
+FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+def _logits(rng, factor, c=7, dtype="float32"):
+    h, w = (3, 5) if factor < 32 else (2, 3)
+    return tf.cast(rng.standard_normal((2, h, w, c)) * 3, dtype)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_argmax_equals_unfused_bitwise(factor, dtype, rng):
+    x = _logits(rng, factor, dtype=dtype)
+    up = tu.bilinear_upsample(x, factor)
+    labels, scores = tu.upsample_argmax(x, factor, return_scores=True)
+    np.testing.assert_array_equal(labels.numpy(), tf.argmax(up, axis=-1).numpy())
+    np.testing.assert_array_equal(tf.cast(scores, tf.float64).numpy(),
+                                  tf.cast(tf.reduce_max(up, axis=-1), tf.float64).numpy())
+    assert labels.dtype == tf.int64 and scores.dtype == x.dtype
+
+
+def test_argmax_against_the_dense_reference_and_options(rng):
+    x = _logits(rng, 4, c=5)
+    dense = tu.bilinear_upsample(x, 4, impl="dense")
+    labels = tu.upsample_argmax(tf.transpose(x, [0, 3, 1, 2]), 4, data_format="NCHW", output_type=tf.int32)
+    assert labels.dtype == tf.int32
+    # The dense reference rounds differently; away from near-ties the labels agree.
+    top2 = tf.math.top_k(dense, 2).values
+    clear = (top2[..., 0] - top2[..., 1]) > 1e-4
+    np.testing.assert_array_equal(labels.numpy()[clear.numpy()], tf.argmax(dense, -1).numpy()[clear.numpy()])
+
+
+def test_argmax_ties_go_to_the_lowest_class():
+    x = np.zeros((1, 2, 2, 4), np.float32)
+    x[..., 1] = x[..., 3] = 1.0
+    assert set(np.unique(tu.upsample_argmax(x, 3).numpy())) == {1}
+
+
+def test_argmax_has_no_gradient(rng):
+    x = tf.constant(_logits(rng, 2))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        _, scores = tu.upsample_argmax(x, 2, return_scores=True)
+    # Scores are the argmax op's second output: no gradient flows through the op.
+    assert tape.gradient(scores, x) is None
+
+
+def _labels(rng, x, factor, classes):
+    n, h, w = x.shape[0], x.shape[1] * factor, x.shape[2] * factor
+    return rng.integers(0, classes, (n, h, w))
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_cross_entropy_and_gradient_match_unfused(factor, rng):
+    x = tf.constant(_logits(rng, factor, dtype="float64"))
+    labels = _labels(rng, x, factor, 7)
+    g = rng.standard_normal(labels.shape)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ref = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tu.bilinear_upsample(x, factor, impl="dense"))
+        ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, factor)
+        lr, lo = tf.reduce_sum(ref * g), tf.reduce_sum(ours * g)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tape.gradient(lo, x).numpy(), tape.gradient(lr, x).numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_cross_entropy_lower_precisions(dtype, rng):
+    x = _logits(rng, 4, dtype=dtype)
+    labels = _labels(rng, x, 4, 7)
+    ref = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, tu.bilinear_upsample(tf.cast(x, tf.float64), 4))
+    ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, 4)
+    assert ours.dtype == x.dtype
+    tol = {"float16": 2e-2, "bfloat16": 1e-1, "float32": 1e-5}[dtype]
+    np.testing.assert_allclose(tf.cast(ours, tf.float64).numpy(), ref.numpy(), rtol=tol, atol=tol)
+
+
+def test_cross_entropy_is_stable_for_large_logits(rng):
+    x = tf.constant(rng.standard_normal((1, 2, 3, 5)).astype(np.float32) * 1e4)
+    labels = _labels(rng, x, 2, 5)
+    ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, 2).numpy()
+    ref = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tu.bilinear_upsample(x, 2)).numpy()
+    assert np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-2)
+
+
+def test_ignore_label_gives_zero_loss_and_gradient(rng):
+    x = tf.constant(_logits(rng, 3, dtype="float64"))
+    labels = _labels(rng, x, 3, 7)
+    labels[0, :4, :] = 255
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tu.upsample_sparse_softmax_cross_entropy(labels, x, 3, ignore_label=255)
+        total = tf.reduce_sum(loss)
+    assert (loss.numpy()[0, :4, :] == 0).all()
+    # Reference: the unfused loss with ignored pixels masked out.
+    keep = labels != 255
+    with tf.GradientTape() as tape2:
+        tape2.watch(x)
+        ref = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(keep, labels, 0), tu.bilinear_upsample(x, 3))
+        ref_total = tf.reduce_sum(tf.where(keep, ref, 0.0))
+    np.testing.assert_allclose(loss.numpy()[keep], ref.numpy()[keep], rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(total, x).numpy(), tape2.gradient(ref_total, x).numpy(), rtol=1e-10, atol=1e-12)
+    # Every label ignored: loss 0, gradient exactly 0.
+    with tf.GradientTape() as tape3:
+        tape3.watch(x)
+        z = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(np.full(labels.shape, 255), x, 3, ignore_label=255))
+    assert z.numpy() == 0 and not tape3.gradient(z, x).numpy().any()
+
+
+def test_gradient_numeric(rng):
+    labels = rng.integers(0, 4, (1, 6, 4))
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda t: tu.upsample_sparse_softmax_cross_entropy(labels, t, 2), [rng.standard_normal((1, 3, 2, 4))])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
+
+
+def test_labels_out_of_range_are_an_error(rng):
+    x = _logits(rng, 2)
+    labels = _labels(rng, x, 2, 7)
+    for bad in (7, -1, 255):
+        labels[0, 1, 1] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"labels must be in \\[0, 7\\).*got {bad}"):
+            tu.upsample_sparse_softmax_cross_entropy(labels, x, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have shape"):
+        lib.tfup_upsample_sparse_softmax_cross_entropy(np.zeros((2, 5, 5), np.int64), x, factor=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="loss_grad must have shape"):
+        lib.tfup_upsample_sparse_softmax_cross_entropy_grad(np.zeros((2, 6, 10), np.int64), x,
+                                                            np.zeros((2, 6, 9), np.float32), factor=2)
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        tu.upsample_sparse_softmax_cross_entropy(labels.astype(np.float32), x, 2)
+    with pytest.raises(ValueError, match="factor must be a positive integer"):
+        tu.upsample_argmax(x, 0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="logits must be 4-D"):
+        lib.tfup_upsample_argmax(np.zeros((3, 3, 3), np.float32), factor=2)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_heads_under_xla(factor, rng):
+    x = tf.constant(_logits(rng, factor))
+    labels = tf.constant(_labels(rng, x, factor, 7))
+
+    def step(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(labels, t, factor, ignore_label=3))
+        return tu.upsample_argmax(t, factor), loss, tape.gradient(loss, t)
+
+    a = tf.function(step, jit_compile=True)(x)
+    b = step(x)
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(a[2].numpy(), b[2].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_keras_loss_trains_a_model(rng):
+    import keras
+
+    from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
+    loss = UpsampledSparseCategoricalCrossentropy(4, ignore_label=255)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    x = rng.standard_normal((8, 4, 4, 3)).astype(np.float32)
+    y = rng.integers(0, 5, (8, 16, 16))
+    y[:, 0, :] = 255
+    history = model.fit(x, y, epochs=5, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    # The reported loss is the fused per-pixel loss averaged over all pixels.
+    expected = tf.reduce_mean(tu.upsample_sparse_softmax_cross_entropy(y, model(x), 4, ignore_label=255))
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), expected.numpy(), rtol=1e-5)
+    restored = UpsampledSparseCategoricalCrossentropy.from_config(loss.get_config())
+    assert (restored.factor, restored.ignore_label) == (4, 255)
+    with pytest.raises(ValueError, match="from_logits=True"):
+        UpsampledSparseCategoricalCrossentropy(4, from_logits=False)
