@@ -18,6 +18,9 @@ TARGETS = [
     ("filter grad (100 classes) >= 50x faster than depthwise_backprop_filter", "filter_grad", "tfupsample", "depthwise_backprop_filter", 50),
     ("NCHW forward within 1.5x of NHWC", "layout", "NHWC", "NCHW", 1 / 1.5),
     ("small [8,64,64,21] x8 no slower than stock depthwise", "small", "tfupsample", "depthwise_backprop_input", 1),
+    ("upsample_argmax >= 5x faster than resize + argmax", "argmax", "tfupsample upsample_argmax", "tf.image.resize + tf.argmax", 5),
+    ("fused loss fwd+grad >= 5x faster than our upsample + stock loss", "loss", "tfupsample fused loss", "bilinear_upsample + stock loss", 5),
+    ("fused loss fwd+grad >= 50x faster than the stock depthwise pipeline", "loss", "tfupsample fused loss", "stock depthwise pipeline", 50),
 ]
 
 

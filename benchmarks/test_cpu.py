@@ -1,6 +1,7 @@
 """CPU benchmarks of tfupsample against the stock peers, at the FCN-32 shape
 [1, 16, 22, 1000] x32 float32 (filter gradient on 100 classes to keep it short)."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -85,3 +86,34 @@ def test_peak_memory(benchmark, what):
     if peak is not None:
         EXTRA[f"{what}: peak RSS growth / output bytes"] = f"{peak / out_bytes:.3f}"
         benchmark.extra_info["peak_over_output"] = peak / out_bytes
+
+
+@pytest.mark.parametrize("name", list(BIG.argmax()))
+def test_argmax(benchmark, name):
+    benchmark.group = "upsample + argmax x32, 1000 classes"
+    benchmark.pedantic(BIG.argmax()[name], **ROUNDS)
+    record(benchmark, "argmax", name)
+
+
+@pytest.mark.parametrize("name", list(BIG.loss_and_grad()))
+def test_loss_and_grad(benchmark, name):
+    peer = BIG.loss_and_grad()[name]
+    benchmark.group = "softmax cross-entropy forward + gradient x32, 1000 classes"
+    slow = getattr(peer, "scale", 1.0) != 1.0
+    benchmark.pedantic(peer, **(dict(rounds=1, warmup_rounds=0) if slow else dict(rounds=3, warmup_rounds=1)))
+    record(benchmark, "loss", name, getattr(peer, "scale", 1.0))
+
+
+@pytest.mark.parametrize("what", ["argmax", "loss"])
+def test_heads_peak_memory(benchmark, what):
+    """Peak RSS growth of the fused heads against their maps' bytes (targets: <= 2x)."""
+    n_pixels = int(np.prod(BIG.out_shape[:3]))
+    if what == "argmax":
+        fn, budget = BIG.argmax()["tfupsample upsample_argmax"], n_pixels * 8  # int64 label map
+    else:
+        fn, budget = BIG.loss_and_grad()["tfupsample fused loss"], n_pixels * (8 + 4)  # labels + loss
+    _, peak = bench.measure(fn, repeats=3)
+    benchmark.group = "memory"
+    benchmark.pedantic(lambda: None, rounds=1)
+    if peak is not None:
+        EXTRA[f"{what}: peak RSS growth / map bytes"] = f"{peak / budget:.2f} (target <= 2)"

@@ -150,3 +150,49 @@ class Problem:
             "depthwise_backprop_filter": lambda: tf.nn.depthwise_conv2d_backprop_filter(
                 dy, sizes, x, [1, f, f, 1], "SAME"),
         }
+
+    # ---- fused heads
+    @property
+    def labels(self):
+        rng = np.random.default_rng(1)
+        return tf.constant(rng.integers(0, self.classes, self.out_shape[:3]))
+
+    def argmax(self):
+        f, x = self.factor, self.x
+        return {
+            "tfupsample upsample_argmax": lambda: tu.upsample_argmax(x, f),
+            "tf.image.resize + tf.argmax": lambda: tf.argmax(
+                tf.image.resize(x, self.out_shape[1:3], "bilinear"), -1),
+            "bilinear_upsample + tf.argmax": lambda: tf.argmax(tu.bilinear_upsample(x, f), -1),
+        }
+
+    def loss_and_grad(self):
+        """Loss forward + gradient to the coarse logits, three ways."""
+        f, x, labels = self.factor, self.x, self.labels
+
+        def run(loss_fn):
+            def step():
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = tf.reduce_sum(loss_fn())
+                return tape.gradient(loss, x)
+            return step
+
+        c = min(self.classes, SLOW_PEER_CHANNELS)
+        xs, ws = tf.Variable(self.x[..., :c]), tf.Variable(self.filter[:, :, :c])
+        small_labels = tf.math.floormod(labels, c)
+
+        def stock():
+            with tf.GradientTape() as tape:  # the stock pipeline, filter trainable as in FCN
+                up = tf.nn.depthwise_conv2d_backprop_input(self.out_shape[:3] + [c], ws, xs, [1, f, f, 1], "SAME")
+                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(small_labels, up))
+            return tape.gradient(loss, [xs, ws])
+
+        peers = {
+            "tfupsample fused loss": run(lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, f)),
+            "bilinear_upsample + stock loss": run(lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels, tu.bilinear_upsample(x, f))),
+        }
+        peers["stock depthwise pipeline"] = Peer(stock, self.classes / c,
+                                                 f"time scaled from {c} classes") if c < self.classes else Peer(stock)
+        return peers

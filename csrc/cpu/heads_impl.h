@@ -16,7 +16,11 @@ namespace TFUP_ISA {
 // which is all it is given (logits minus their max).
 inline float SoftmaxExp(float x) {
   x = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln 2) by adding and removing 1.5 * 2^23; the integer n is then also in the low
+  // bits of t. No floor() and no float-to-int conversion: both would stop the loop vectorising.
+  constexpr float kRound = 12582912.0f;  // bits 0x4B400000
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -25,7 +29,9 @@ inline float SoftmaxExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = r * r * p + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  int32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof(t_bits));
+  const int32_t bits = (t_bits - 0x4B400000 + 127) * (1 << 23);  // 2^n
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return e * scale;
@@ -53,18 +59,28 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   });
 }
 
+// Reductions over a pixel's classes with 8 partial results, combined in a fixed order: the loop
+// vectorises (a single running sum would not, without reassociating floats) and every build gives
+// the same bits.
+template <typename A, typename Op>
+inline A Reduce8(const A* v, int64_t C, A init, Op op) {
+  A part[8] = {init, init, init, init, init, init, init, init};
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8)
+    for (int k = 0; k < 8; ++k) part[k] = op(part[k], v[c + k]);
+  for (int k = 0; c < C; ++c, ++k) part[k] = op(part[k], v[c]);
+  A r = part[0];
+  for (int k = 1; k < 8; ++k) r = op(r, part[k]);
+  return r;
+}
+
 // Softmax of one pixel's upsampled logits v (in place: v becomes exp(v - max)); returns the sum.
 template <typename A>
 inline A ExpShifted(A* v, int64_t C, A* max_out) {
-  A m = v[0];
-  for (int64_t c = 1; c < C; ++c) m = v[c] > m ? v[c] : m;
-  A sum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    v[c] = SoftmaxExp(v[c] - m);
-    sum += v[c];
-  }
+  const A m = Reduce8(v, C, v[0], [](A a, A b) { return b > a ? b : a; });
+  for (int64_t c = 0; c < C; ++c) v[c] = SoftmaxExp(v[c] - m);
   *max_out = m;
-  return sum;
+  return Reduce8(v, C, A(0), [](A a, A b) { return a + b; });
 }
 
 template <typename T>
@@ -92,35 +108,41 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
   });
 }
 
-// Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, made
-// one output row at a time and reduced into the input rows like the bilinear input gradient.
+// Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, one
+// pixel at a time, folded at once into r (the output row reduced along x: each r[j] still sums its
+// outputs in ascending order) and then into the input rows like the bilinear input gradient. The
+// scratch is one pixel and one input row per thread.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
                                          IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
                                          const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
-  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
+  const Axis& ax = g.x;
+  const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
   SweepInputBands<T>(g, logits_grad, pf, 24, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
-    b.scratch2.resize(OW * C);
-    A* dv = b.scratch2.data();
-    const auto row = plan.RowTaps(logits + b.s * g.y.n_in * g.x.n_in * C, oy, C);
+    b.scratch.assign(ax.n_in * C, A(0));
+    b.scratch2.resize(C);
+    A* r = b.scratch.data();
+    A* __restrict d = b.scratch2.data();
+    const auto row = plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C);
     const int64_t base = (b.s * OH + oy) * OW;
     for (int64_t ox = 0; ox < OW; ++ox) {
-      A* d = dv + ox * C;
       const int64_t y = labels[base + ox];
+      if (ignore.Skips(y)) continue;  // dv = 0
       const A gl = static_cast<A>(loss_grad[base + ox]);
-      if (ignore.Skips(y)) {
-        std::fill(d, d + C, A(0));
-        continue;
-      }
       plan.Pixel(row, ox, C, d);
       A m;
       const A scale = gl / ExpShifted(d, C, &m);
       for (int64_t c = 0; c < C; ++c) d[c] *= scale;
       d[y] -= gl;
+      for (int64_t j = ax.FirstInput(ox); j <= ax.LastInput(ox); ++j) {
+        const A w = plan.wx[ax.Tap(ox, j)];
+        A* __restrict rj = r + j * C;
+        for (int64_t c = 0; c < C; ++c) rj[c] += w * d[c];
+      }
     }
-    AddBilinearRow(g, plan.wx, plan.wy, static_cast<const A*>(dv), C, b, oy, lo, hi);
+    AddToInputRows(g, plan.wy, static_cast<const A*>(r), b, oy, lo, hi);
   }, /*split_channels=*/false);
 }
 

@@ -290,15 +290,27 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
   });
 }
 
+// Adds r (one input row's worth, the output row oy reduced along x) to the input rows [lo, hi]
+// that row oy belongs to, with their row weight.
+template <typename A>
+void AddToInputRows(const Geometry& g, const std::vector<A>& wy, const A* r, InputBlock<A>& b,
+                    int64_t oy, int64_t lo, int64_t hi) {
+  const int64_t row = g.x.n_in * b.nc;
+  A* acc = b.acc.data() + (lo - b.i0) * row;
+  for (int64_t i = lo; i <= hi; ++i, acc += row) {
+    const A w = wy[g.y.Tap(oy, i)];
+    for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
+  }
+}
+
 // Separable: reduce output row oy (pixels `stride` apart, b.nc channels each) along x once (r, one
-// input row long), then add it to the (at most two) input rows [lo, hi] it belongs to, with their
-// row weight. Shared by the bilinear input gradient and the fused cross-entropy gradient.
+// input row long), then add it to the input rows it belongs to.
 template <typename A, typename Src>
 void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vector<A>& wy,
                     const Src* dy, int64_t stride, InputBlock<A>& b, int64_t oy, int64_t lo,
                     int64_t hi) {
-  const int64_t nc = b.nc, W = g.x.n_in, row = W * nc;
-  b.scratch.assign(row, A(0));
+  const int64_t nc = b.nc, W = g.x.n_in;
+  b.scratch.assign(W * nc, A(0));
   A* r = b.scratch.data();
   for (int64_t j = 0; j < W; ++j) {
     A* __restrict rj = r + j * nc;
@@ -308,11 +320,7 @@ void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vect
       for (int64_t c = 0; c < nc; ++c) rj[c] += w * static_cast<A>(d[c]);
     }
   }
-  A* acc = b.acc.data() + (lo - b.i0) * row;
-  for (int64_t i = lo; i <= hi; ++i, acc += row) {
-    const A w = wy[g.y.Tap(oy, i)];
-    for (int64_t e = 0; e < row; ++e) acc[e] += w * r[e];
-  }
+  AddToInputRows(g, wy, r, b, oy, lo, hi);
 }
 
 template <typename T>
