@@ -137,3 +137,22 @@ def test_repeated_calls_see_new_data(rng):
         x = rng.standard_normal((1, 1, 4, 5)) + i
         assert_close(tu.bilinear_upsample(x, 3, data_format="NCHW"), to_nchw(bilinear_loop(from_nchw(x), 3)))
         assert_close(tu.bilinear_upsample(from_nchw(x), 3), bilinear_loop(from_nchw(x), 3))
+
+
+@pytest.mark.parametrize("factor", [3, 4, 5])
+def test_gradient_nan_reaches_only_the_inputs_whose_kernel_covers_it(factor):
+    """A NaN in the output gradient reaches exactly the input pixels whose kernel window covers
+    that output (odd factors included: there the window centre is on one input's kernel only)."""
+    h, w = 4, 5
+    k = 2 * factor - factor % 2
+    pad = (factor - factor % 2) // 2
+    for oy, ox in [(0, 0), (factor - 1, 2 * factor - 1), (2 * factor + pad - 1, 3 * factor)]:
+        dy = np.zeros((1, h * factor, w * factor, 2))
+        dy[0, oy, ox, 1] = np.nan
+        dx = tu.api._ops.lib.tfup_bilinear_upsample_grad(dy, factor=factor).numpy()
+        expect = np.zeros((h, w), bool)
+        for i in range(h):
+            for j in range(w):
+                expect[i, j] = 0 <= oy + pad - i * factor < k and 0 <= ox + pad - j * factor < k
+        np.testing.assert_array_equal(np.isnan(dx[0, :, :, 1]), expect)
+        assert not np.isnan(dx[..., 0]).any()

@@ -330,9 +330,75 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
   const Slabs sl = MakeSlabs(g);
   const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
   const int64_t cc = sl.cc, OW = g.x.n_out;
+  const Axis& ax = g.x;
+  const int64_t f = ax.stride;
+  if (f == 1) {  // the identity kernel
+    SweepInputBands<T>(g, input_grad, pf, 4, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
+      AddBilinearRow(g, wx, wy, output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0, cc, b, oy, lo, hi);
+    });
+    return;
+  }
+  // Along x the outputs with the same jh = (ox + pad) / f form a block of f. Each output in a block
+  // is on the rising half of input jh's kernel (tap a) and on the falling half of input jh - 1's
+  // (tap a + f), and both halves are linear in a. So a block needs only S0 = sum dy and
+  // S1 = sum a * dy, one pass over dy, instead of a multiply-add per (output, input) pair: about
+  // 7% faster at x32 / 1000 classes, where this gradient is bound by reading dy. For odd f the
+  // block's last output (a = f - 1) is the kernel centre and not on jh - 1's kernel: it stays out
+  // of the falling sums, so a NaN there does not spread.
+  const A rise0 = wx[0], rise_slope = wx[1] - wx[0];
+  const A fall0 = wx[f], fall_slope = wx[f + 1] - wx[f];
+  const bool odd = f % 2 == 1;
   SweepInputBands<T>(g, input_grad, pf, 4, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
+    const int64_t nc = b.nc, W = ax.n_in;
     const T* dy = output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0;
-    AddBilinearRow(g, wx, wy, dy, cc, b, oy, lo, hi);
+    b.scratch.assign(W * nc, A(0));
+    b.scratch2.resize(4 * nc);
+    A* r = b.scratch.data();
+    A* __restrict s0 = b.scratch2.data();
+    A* __restrict s1 = s0 + nc;
+    A* __restrict f0 = s1 + nc;  // the falling-half sums (differ from s0, s1 for odd f only)
+    A* __restrict f1 = f0 + nc;
+    const int64_t jh_end = (OW - 1 + ax.pad) / f;
+    for (int64_t jh = ax.pad / f; jh <= jh_end; ++jh) {
+      const int64_t o0 = std::max<int64_t>(0, jh * f - ax.pad);
+      const int64_t o1 = std::min(OW, jh * f - ax.pad + f);
+      const int64_t o_split = odd ? std::min(o1, jh * f - ax.pad + f - 1) : o1;
+      std::fill(s0, s0 + 2 * nc, A(0));
+      for (int64_t ox = o0; ox < o_split; ++ox) {
+        const A a = static_cast<A>(ox + ax.pad - jh * f);
+        const T* __restrict d = dy + ox * cc;
+        for (int64_t c = 0; c < nc; ++c) {
+          const A v = static_cast<A>(d[c]);
+          s0[c] += v;
+          s1[c] += a * v;
+        }
+      }
+      const A* fs0 = s0;
+      const A* fs1 = s1;
+      if (odd) {
+        std::copy(s0, s0 + 2 * nc, f0);
+        fs0 = f0;
+        fs1 = f1;
+        if (o_split < o1) {  // the centre output: rising half only
+          const A a = static_cast<A>(f - 1);
+          const T* __restrict d = dy + o_split * cc;
+          for (int64_t c = 0; c < nc; ++c) {
+            const A v = static_cast<A>(d[c]);
+            s0[c] += v;
+            s1[c] += a * v;
+          }
+        }
+      }
+      if (jh < W) {
+        A* __restrict rj = r + jh * nc;
+        for (int64_t c = 0; c < nc; ++c) rj[c] += rise0 * s0[c] + rise_slope * s1[c];
+      }
+      if (jh >= 1 && jh - 1 < W) {
+        A* __restrict rj = r + (jh - 1) * nc;
+        for (int64_t c = 0; c < nc; ++c) rj[c] += fall0 * fs0[c] + fall_slope * fs1[c];
+      }
+    }
+    AddToInputRows(g, wy, static_cast<const A*>(r), b, oy, lo, hi);
   });
 }
 
