@@ -24,6 +24,10 @@ __all__ = list(_API)
 
 
 def __getattr__(name):
+    if name in ("keras", "numpy"):  # submodules, imported on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _API:
         from . import api, heads
 
