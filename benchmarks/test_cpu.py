@@ -15,13 +15,17 @@ FILTER = bench.Problem(1, 16, 22, 100, 32)
 SMALL = bench.Problem(8, 64, 64, 21, 8)
 
 
+def run_peer(benchmark, peer, group, name, rounds=ROUNDS):
+    """Times a peer; one run for the slow stock ones that run on a few channels, scaled."""
+    scale = getattr(peer, "scale", 1.0)
+    benchmark.pedantic(peer, **(dict(rounds=1, warmup_rounds=0) if scale != 1.0 else rounds))
+    record(benchmark, group, name, scale)
+
+
 @pytest.mark.parametrize("name", list(BIG.forward(dense_limit_bytes=0)))
 def test_forward(benchmark, name):
-    peer = BIG.forward(dense_limit_bytes=0)[name]
     benchmark.group = "forward x32, 1000 classes"
-    slow = getattr(peer, "scale", 1.0) != 1.0  # stock depthwise: on a few channels, scaled
-    benchmark.pedantic(peer, **(dict(rounds=1, warmup_rounds=0) if slow else ROUNDS))
-    record(benchmark, "forward", name, getattr(peer, "scale", 1.0))
+    run_peer(benchmark, BIG.forward(dense_limit_bytes=0)[name], "forward", name)
 
 
 @pytest.mark.parametrize("classes", [64, 128])
@@ -36,8 +40,7 @@ def test_forward_dense_small_classes(benchmark, classes):
 @pytest.mark.parametrize("name", list(BIG.input_grad()))
 def test_input_grad(benchmark, name):
     benchmark.group = "input gradient x32, 1000 classes"
-    benchmark.pedantic(BIG.input_grad()[name], **ROUNDS)
-    record(benchmark, "input_grad", name)
+    run_peer(benchmark, BIG.input_grad()[name], "input_grad", name)
 
 
 @pytest.mark.parametrize("name", list(FILTER.filter_grad()))
@@ -57,10 +60,8 @@ def test_layouts(benchmark, layout):
 
 @pytest.mark.parametrize("name", ["tfupsample", "depthwise_backprop_input", "tf.image.resize"])
 def test_small(benchmark, name):
-    peer = SMALL.forward(dense_limit_bytes=0)[name]
     benchmark.group = "forward [8,64,64,21] x8"
-    benchmark.pedantic(peer, rounds=5, warmup_rounds=1)
-    record(benchmark, "small", name, getattr(peer, "scale", 1.0))
+    run_peer(benchmark, SMALL.forward(dense_limit_bytes=0)[name], "small", name, dict(rounds=5, warmup_rounds=1))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
@@ -91,17 +92,13 @@ def test_peak_memory(benchmark, what):
 @pytest.mark.parametrize("name", list(BIG.argmax()))
 def test_argmax(benchmark, name):
     benchmark.group = "upsample + argmax x32, 1000 classes"
-    benchmark.pedantic(BIG.argmax()[name], **ROUNDS)
-    record(benchmark, "argmax", name)
+    run_peer(benchmark, BIG.argmax()[name], "argmax", name)
 
 
 @pytest.mark.parametrize("name", list(BIG.loss_and_grad()))
 def test_loss_and_grad(benchmark, name):
-    peer = BIG.loss_and_grad()[name]
     benchmark.group = "softmax cross-entropy forward + gradient x32, 1000 classes"
-    slow = getattr(peer, "scale", 1.0) != 1.0
-    benchmark.pedantic(peer, **(dict(rounds=1, warmup_rounds=0) if slow else dict(rounds=3, warmup_rounds=1)))
-    record(benchmark, "loss", name, getattr(peer, "scale", 1.0))
+    run_peer(benchmark, BIG.loss_and_grad()[name], "loss", name, dict(rounds=3, warmup_rounds=1))
 
 
 @pytest.mark.parametrize("what", ["argmax", "loss"])

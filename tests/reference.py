@@ -7,26 +7,30 @@ import tensorflow as tf
 TOL = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-5, "float64": 1e-12}
 
 
-def transposed_conv_loop(x, w, out_hw, strides, padding):
-    """Depthwise transposed convolution by scattering every input pixel through every tap.
+def _pairs(in_hw, out_hw, k_hw, strides, padding):
+    """Every (i, j, a, b, o, p): input pixel (i, j) reaches output (o, p) through tap (a, b).
 
-    x [N, H, W, C] float64, w [kh, kw, C]; TF's convention for the padding of a transposed
-    convolution: SAME pads max((n_in - 1) * s + k - n_out, 0) // 2 before, VALID pads nothing.
+    TF's convention for the padding of a transposed convolution: SAME pads
+    max((n_in - 1) * s + k - n_out, 0) // 2 before, VALID pads nothing.
     """
-    n, h, wd, c = x.shape
-    kh, kw = w.shape[:2]
-    sh, sw = strides
-    oh, ow = out_hw
+    (h, wd), (oh, ow), (kh, kw), (sh, sw) = in_hw, out_hw, k_hw, strides
     ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
     pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
-    out = np.zeros((n, oh, ow, c), np.float64)
     for i in range(h):
         for j in range(wd):
             for a in range(kh):
                 for b in range(kw):
                     o, p = i * sh - ph + a, j * sw - pw + b
                     if 0 <= o < oh and 0 <= p < ow:
-                        out[:, o, p, :] += x[:, i, j, :] * w[a, b, :]
+                        yield i, j, a, b, o, p
+
+
+def transposed_conv_loop(x, w, out_hw, strides, padding):
+    """Depthwise transposed convolution by scattering every input pixel through every tap.
+    x [N, H, W, C] float64, w [kh, kw, C]."""
+    out = np.zeros((x.shape[0], *out_hw, x.shape[3]), np.float64)
+    for i, j, a, b, o, p in _pairs(x.shape[1:3], out_hw, w.shape[:2], strides, padding):
+        out[:, o, p, :] += x[:, i, j, :] * w[a, b, :]
     return out
 
 
@@ -83,38 +87,16 @@ def from_nchw(x):
 
 
 def transposed_conv_input_grad_loop(dy, w, in_hw, strides, padding):
-    """Adjoint of transposed_conv_loop with respect to x: dx[i, j] = sum_ab dy[i*sh - ph + a, ...] w[a, b]."""
-    n, oh, ow, c = dy.shape
-    h, wd = in_hw
-    kh, kw = w.shape[:2]
-    sh, sw = strides
-    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
-    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
-    dx = np.zeros((n, h, wd, c))
-    for i in range(h):
-        for j in range(wd):
-            for a in range(kh):
-                for b in range(kw):
-                    o, p = i * sh - ph + a, j * sw - pw + b
-                    if 0 <= o < oh and 0 <= p < ow:
-                        dx[:, i, j, :] += dy[:, o, p, :] * w[a, b, :]
+    """Adjoint of transposed_conv_loop with respect to x."""
+    dx = np.zeros((dy.shape[0], *in_hw, dy.shape[3]))
+    for i, j, a, b, o, p in _pairs(in_hw, dy.shape[1:3], w.shape[:2], strides, padding):
+        dx[:, i, j, :] += dy[:, o, p, :] * w[a, b, :]
     return dx
 
 
 def transposed_conv_filter_grad_loop(x, dy, k_hw, strides, padding):
-    """Adjoint of transposed_conv_loop with respect to w: dw[a, b] = sum_nij dy[n, i*sh - ph + a, ...] x[n, i, j]."""
-    n, h, wd, c = x.shape
-    oh, ow = dy.shape[1:3]
-    kh, kw = k_hw
-    sh, sw = strides
-    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
-    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
-    dw = np.zeros((kh, kw, c))
-    for i in range(h):
-        for j in range(wd):
-            for a in range(kh):
-                for b in range(kw):
-                    o, p = i * sh - ph + a, j * sw - pw + b
-                    if 0 <= o < oh and 0 <= p < ow:
-                        dw[a, b, :] += (dy[:, o, p, :] * x[:, i, j, :]).sum(axis=0)
+    """Adjoint of transposed_conv_loop with respect to w."""
+    dw = np.zeros((*k_hw, x.shape[3]))
+    for i, j, a, b, o, p in _pairs(x.shape[1:3], dy.shape[1:3], k_hw, strides, padding):
+        dw[a, b, :] += (dy[:, o, p, :] * x[:, i, j, :]).sum(axis=0)
     return dw

@@ -38,24 +38,32 @@ inline float SoftmaxExp(float x) {
 }
 inline double SoftmaxExp(double x) { return std::exp(x); }
 
+// Runs fn(row, ox, index, buffer) for every output pixel, a row of pixels per work unit; index is
+// the pixel's position in the [n, h*f, w*f] map, buffer holds C values of type O for fn's use.
+template <typename O, typename T, typename A, typename Fn>
+void ForEachOutputPixel(const BilinearPlan<T, A>& plan, const T* logits, int64_t cost_per_pixel,
+                        const ParallelFor& pf, Fn&& fn) {
+  const Geometry& g = plan.g;
+  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
+  ForEachRow(pf, g.n, OH, OW * cost_per_pixel, [&](int64_t s, int64_t oy) {
+    std::vector<O> buffer(C);
+    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
+    for (int64_t ox = 0; ox < OW; ++ox) fn(row, ox, (s * OH + oy) * OW + ox, buffer.data());
+  });
+}
+
 template <typename T>
 void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* scores,
                         const ParallelFor& pf) {
-  using A = Acc<T>;
-  const BilinearPlan<T, A> plan(g);
-  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
-  ForEachRow(pf, g.n, OH, OW * C * 8, [&](int64_t s, int64_t oy) {
-    std::vector<T> v(C);
-    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
-    const int64_t base = (s * OH + oy) * OW;
-    for (int64_t ox = 0; ox < OW; ++ox) {
-      plan.Pixel(row, ox, C, v.data());  // the very values the unfused forward writes
-      int64_t best = 0;
-      for (int64_t c = 1; c < C; ++c)
-        if (v[c] > v[best]) best = c;  // ties: the lowest index, like tf.argmax
-      labels[base + ox] = best;
-      if (scores != nullptr) scores[base + ox] = v[best];
-    }
+  const BilinearPlan<T, Acc<T>> plan(g);
+  const int64_t C = g.c;
+  ForEachOutputPixel<T>(plan, logits, C * 8, pf, [&](const auto& row, int64_t ox, int64_t i, T* v) {
+    plan.Pixel(row, ox, C, v);  // the very values the unfused forward writes
+    int64_t best = 0;
+    for (int64_t c = 1; c < C; ++c)
+      if (v[c] > v[best]) best = c;  // ties: the lowest index, like tf.argmax
+    labels[i] = best;
+    if (scores != nullptr) scores[i] = v[best];
   });
 }
 
@@ -88,23 +96,18 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
                                      IgnoreLabel ignore, T* loss, const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
-  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
-  ForEachRow(pf, g.n, OH, OW * C * 16, [&](int64_t s, int64_t oy) {
-    std::vector<A> v(C);
-    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
-    const int64_t base = (s * OH + oy) * OW;
-    for (int64_t ox = 0; ox < OW; ++ox) {
-      const int64_t y = labels[base + ox];
-      if (ignore.Skips(y)) {
-        loss[base + ox] = T(0);
-        continue;
-      }
-      plan.Pixel(row, ox, C, v.data());
-      const A target = v[y];
-      A m;
-      const A sum = ExpShifted(v.data(), C, &m);
-      loss[base + ox] = static_cast<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
+  const int64_t C = g.c;
+  ForEachOutputPixel<A>(plan, logits, C * 16, pf, [&](const auto& row, int64_t ox, int64_t i, A* v) {
+    const int64_t y = labels[i];
+    if (ignore.Skips(y)) {
+      loss[i] = T(0);
+      return;
     }
+    plan.Pixel(row, ox, C, v);
+    const A target = v[y];
+    A m;
+    const A sum = ExpShifted(v, C, &m);
+    loss[i] = static_cast<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
   });
 }
 

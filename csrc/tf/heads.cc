@@ -1,8 +1,8 @@
 // OpKernels of the fused heads: check logits, labels and factor, then run the kernels.
 #include "cpu/kernels.h"
+#include "tf/runner.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace tfup {
 namespace {
@@ -13,12 +13,6 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 
-ParallelFor Runner(OpKernelContext* ctx) {
-  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    tensorflow::Shard(workers->num_threads, workers->workers, total, cost, fn);
-  };
-}
 
 class HeadOp : public OpKernel {
  public:
@@ -82,7 +76,7 @@ class UpsampleArgmaxOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
     if (map.num_elements() == 0) return;
     UpsampleArgmax<T>(g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                      scores->flat<T>().data(), Runner(ctx));
+                      scores->flat<T>().data(), CpuRunner(ctx));
   }
 };
 
@@ -100,7 +94,7 @@ class UpsampleCrossEntropyOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
     if (map.num_elements() == 0) return;
     UpsampleSoftmaxCrossEntropy<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                   ignore_, loss->flat<T>().data(), Runner(ctx));
+                                   ignore_, loss->flat<T>().data(), CpuRunner(ctx));
   }
 };
 
@@ -122,7 +116,7 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     if (grad->NumElements() == 0) return;
     UpsampleSoftmaxCrossEntropyGrad<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
                                        ignore_, loss_grad.flat<T>().data(),
-                                       grad->flat<T>().data(), Runner(ctx));
+                                       grad->flat<T>().data(), CpuRunner(ctx));
   }
 };
 

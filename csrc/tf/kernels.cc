@@ -3,10 +3,10 @@
 #include <array>
 
 #include "cpu/kernels.h"
+#include "tf/runner.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace tfup {
 namespace {
@@ -18,13 +18,6 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using Dims4 = std::array<int64_t, 4>;  // always (n, h, w, c), whatever the layout
 
-// TF's own intra-op pool (no private threads), split by TF's cost model.
-ParallelFor CpuRunner(OpKernelContext* ctx) {
-  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    tensorflow::Shard(workers->num_threads, workers->workers, total, cost, fn);
-  };
-}
 
 struct LayoutAttr {
   Layout layout = Layout::kNHWC;
