@@ -47,7 +47,7 @@ def _layout_dims(x, data_format):
     return (dims[0], dims[2], dims[3], dims[1]) if data_format == "NCHW" else tuple(dims)
 
 
-def _pair(value, name, data_format, what="positive integers"):
+def _pair(value, name, data_format):
     """An int, [h, w] or a 4-list ([1, h, w, 1] NHWC, [1, 1, h, w] NCHW) -> (h, w)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         values = [value, value]
@@ -66,7 +66,7 @@ def _pair(value, name, data_format, what="positive integers"):
             values = [values[hw[0]], values[hw[1]]]
     values = [int(v) for v in values]
     if min(values) < 1:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ValueError(f"{name} must be positive integers, got {value!r}")
     return values
 
 
