@@ -1,6 +1,7 @@
-"""Keras pieces. For now: the fused upsample + sparse softmax cross-entropy as a Keras loss."""
+"""Keras 3 layers, initializer and loss (TensorFlow backend)."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ._weights import check_factor
@@ -41,3 +42,164 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         config = super().get_config()
         config.update(factor=self.factor, ignore_label=self.ignore_label, from_logits=True)
         return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers
+
+def _bilinear_1d(k):
+    """The bilinear kernel of length k (k = 2f - f % 2 for factor f; any k works)."""
+    f = (k + 1) // 2
+    centre = (k - 1) / 2.0
+    return 1.0 - np.abs(np.arange(k) - centre) / f
+
+
+@keras.saving.register_keras_serializable(package="tfupsample")
+class BilinearInitializer(keras.initializers.Initializer):
+    """Bilinear upsampling kernel for a `[kh, kw, C, 1]` (or `[kh, kw, C, C]`, diagonal) filter:
+    with kernel 2f - f % 2 and stride f the layer starts as an exact bilinear upsample."""
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 4 or shape[3] not in (1, shape[2]):
+            raise ValueError(f"BilinearInitializer needs a [kh, kw, C, 1] or [kh, kw, C, C] shape, got {shape}")
+        k2 = np.outer(_bilinear_1d(shape[0]), _bilinear_1d(shape[1]))
+        w = np.zeros(shape)
+        if shape[3] == 1:
+            w[:] = k2[:, :, None, None]
+        else:
+            w[:, :, np.arange(shape[2]), np.arange(shape[2])] = k2[:, :, None]
+        return keras.ops.convert_to_tensor(w, dtype=dtype or keras.config.floatx())
+
+    def get_config(self):
+        return {}
+
+
+def _initializer(value):
+    return BilinearInitializer() if value == "bilinear" else keras.initializers.get(value)
+
+
+def _standardize_format(data_format):
+    fmt = keras.config.image_data_format() if data_format is None else str(data_format).lower()
+    if fmt not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+    return fmt
+
+
+def _tf_format(data_format):
+    return "NHWC" if _standardize_format(data_format) == "channels_last" else "NCHW"
+
+
+def _transpose_length(n, k, s, padding):
+    """Output length of keras.layers.Conv2DTranspose (no output_padding)."""
+    return n * s if padding == "same" else n * s + max(k - s, 0)
+
+
+@keras.saving.register_keras_serializable(package="tfupsample")
+class BilinearUpsampling2D(keras.layers.Layer):
+    """x`factor` bilinear upsample (the FCN transposed convolution, fixed kernel, no weights)."""
+
+    def __init__(self, factor, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = check_factor(factor)
+        self.data_format = _standardize_format(data_format)
+
+    def call(self, inputs):
+        from . import api
+
+        return api.bilinear_upsample(inputs, self.factor, data_format=_tf_format(self.data_format))
+
+    def compute_output_shape(self, input_shape):
+        n, a, b, c = input_shape
+        if self.data_format == "channels_last":
+            return (n, None if a is None else a * self.factor, None if b is None else b * self.factor, c)
+        return (n, a, None if b is None else b * self.factor, None if c is None else c * self.factor)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "data_format": self.data_format}
+
+
+@keras.saving.register_keras_serializable(package="tfupsample")
+class DepthwiseConv2DTranspose(keras.layers.Layer):
+    """Trainable per-channel transposed convolution, kernel `[kh, kw, C, 1]`, initialised bilinear
+    by default. Output shapes follow keras.layers.Conv2DTranspose."""
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="same", data_format=None,
+                 activation=None, use_bias=False, kernel_initializer="bilinear",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 depth_multiplier=1, groups=None, **kwargs):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if depth_multiplier != 1:
+            raise ValueError(f"DepthwiseConv2DTranspose supports depth_multiplier=1 only, got {depth_multiplier}")
+        if groups is not None:
+            raise ValueError("DepthwiseConv2DTranspose is per channel (groups = channels): "
+                             f"the groups argument is not supported, got groups={groups}")
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        self.kernel_size, self.strides = pair(kernel_size), pair(strides)
+        if len(self.kernel_size) != 2 or min(self.kernel_size) < 1:
+            raise ValueError(f"kernel_size must be a positive int or a pair, got {kernel_size!r}")
+        if len(self.strides) != 2 or min(self.strides) < 1:
+            raise ValueError(f"strides must be a positive int or a pair, got {strides!r}")
+        self.padding = str(padding).lower()
+        if self.padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        self.data_format = _standardize_format(data_format)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = _initializer(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def _axes(self):
+        return (1, 2, 3) if self.data_format == "channels_last" else (2, 3, 1)
+
+    def build(self, input_shape):
+        c = input_shape[self._axes()[2]]
+        if c is None:
+            raise ValueError("DepthwiseConv2DTranspose needs a known channel count")
+        self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_size, c, 1),
+                                      initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer,
+                                      constraint=self.kernel_constraint)
+        self.bias = self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer,
+                                    regularizer=self.bias_regularizer,
+                                    constraint=self.bias_constraint) if self.use_bias else None
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        for axis, k, s in zip(self._axes()[:2], self.kernel_size, self.strides):
+            if shape[axis] is not None:
+                shape[axis] = _transpose_length(shape[axis], k, s, self.padding)
+        return tuple(shape)
+
+    def call(self, inputs):
+        from . import api
+
+        ya, xa, ca = self._axes()
+        dyn = tf.shape(inputs)
+        out = [dyn[0], None, None, None]
+        out[ca] = dyn[ca]
+        for axis, k, s in zip((ya, xa), self.kernel_size, self.strides):
+            out[axis] = _transpose_length(dyn[axis], k, s, self.padding)
+        y = api.depthwise_conv2d_transpose(inputs, tf.cast(self.kernel, inputs.dtype), tf.stack(out),
+                                           self.strides, self.padding.upper(),
+                                           data_format=_tf_format(self.data_format))
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype), data_format=_tf_format(self.data_format))
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self):
+        ser = keras.saving.serialize_keras_object
+        return {**super().get_config(), "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "data_format": self.data_format,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": ser(self.kernel_initializer),
+                "bias_initializer": ser(self.bias_initializer),
+                "kernel_regularizer": ser(self.kernel_regularizer),
+                "bias_regularizer": ser(self.bias_regularizer),
+                "kernel_constraint": ser(self.kernel_constraint),
+                "bias_constraint": ser(self.bias_constraint)}

@@ -1,0 +1,114 @@
+"""Keras layers against stock references: tf.nn.conv2d_transpose with the dense equivalent
+filter, keras.layers.Conv2DTranspose's shape rules, reload in a fresh process."""
+
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfupsample as tu
+from reference import assert_close, dense_filter
+from tfupsample.keras import BilinearInitializer, BilinearUpsampling2D, DepthwiseConv2DTranspose
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel,strides", [(3, 2), (1, 3), (5, 1), (4, (2, 3)), ((2, 5), (3, 2))])
+def test_output_shape_follows_conv2d_transpose(padding, kernel, strides, rng):
+    x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    ours = DepthwiseConv2DTranspose(kernel, strides, padding=padding)
+    stock = keras.layers.Conv2DTranspose(3, kernel, strides, padding=padding)
+    assert tuple(ours.compute_output_shape((None, 5, 6, 3))) == tuple(stock.compute_output_shape((None, 5, 6, 3)))
+    assert tuple(ours(x).shape) == tuple(stock(x).shape)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_equals_dense_conv2d_transpose_with_bias(data_format, rng):
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    layer = DepthwiseConv2DTranspose((3, 4), (2, 3), padding="same", use_bias=True,
+                                     kernel_initializer="glorot_uniform", bias_initializer="ones",
+                                     data_format=data_format)
+    xin = np.transpose(x, (0, 3, 1, 2)) if data_format == "channels_first" else x
+    y = np.asarray(layer(xin))
+    if data_format == "channels_first":
+        y = np.transpose(y, (0, 2, 3, 1))
+    w = layer.kernel.numpy()[..., 0]
+    expected = tf.nn.conv2d_transpose(x, dense_filter(w), [2, 8, 15, 3], [1, 2, 3, 1], "SAME").numpy() + 1.0
+    assert_close(y, expected, "float32")
+
+
+def test_bilinear_initializer_makes_the_bilinear_upsample(rng):
+    x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    for f in (2, 3, 4):
+        k = 2 * f - f % 2
+        layer = DepthwiseConv2DTranspose(k, f)  # kernel_initializer="bilinear" by default
+        assert_close(layer(x), tu.bilinear_upsample(x, f).numpy(), "float32")
+        assert_close(BilinearUpsampling2D(f)(x), tu.bilinear_upsample(x, f).numpy(), "float32")
+    np.testing.assert_allclose(BilinearInitializer()((4, 4, 2, 1)), tu.bilinear_upsample_weights(2, 2), rtol=1e-6)
+
+
+def test_refuses_groups_and_multipliers():
+    with pytest.raises(ValueError, match="depth_multiplier=1 only"):
+        DepthwiseConv2DTranspose(3, depth_multiplier=2)
+    with pytest.raises(ValueError, match="groups argument is not supported"):
+        DepthwiseConv2DTranspose(3, groups=4)
+    with pytest.raises(ValueError, match="padding must be 'same' or 'valid'"):
+        DepthwiseConv2DTranspose(3, padding="full")
+
+
+def test_config_round_trip():
+    layer = DepthwiseConv2DTranspose((3, 4), (2, 1), padding="valid", use_bias=True,
+                                     kernel_regularizer="l2", activation="relu")
+    clone = DepthwiseConv2DTranspose.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    up = BilinearUpsampling2D(4, data_format="channels_first")
+    assert BilinearUpsampling2D.from_config(up.get_config()).get_config() == up.get_config()
+
+
+def test_trains_the_kernel(rng):
+    inputs = keras.Input((4, 4, 2))
+    layer = DepthwiseConv2DTranspose(4, 2)
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = layer.kernel.numpy().copy()
+    x = rng.standard_normal((8, 4, 4, 2)).astype(np.float32)
+    y = rng.standard_normal((8, 8, 8, 2)).astype(np.float32)
+    history = model.fit(x, y, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not np.allclose(layer.kernel.numpy(), before)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_the_compute_dtype(policy, rng):
+    layer = DepthwiseConv2DTranspose(4, 2, dtype=policy)
+    up = BilinearUpsampling2D(2, dtype=policy)
+    x = rng.standard_normal((1, 3, 3, 2)).astype(np.float32)
+    compute = policy.split("_")[1]
+    assert layer(x).dtype == compute and up(x).dtype == compute
+    assert layer.kernel.dtype == "float32"
+
+
+SAVE_LOAD = r"""
+import sys, numpy as np, keras
+import tfupsample.keras  # registers the layers
+x = np.load(sys.argv[2])
+model = keras.models.load_model(sys.argv[1])
+np.save(sys.argv[3], np.asarray(model(x)))
+"""
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path, rng):
+    inputs = keras.Input((4, 5, 3))
+    h = DepthwiseConv2DTranspose(4, 2, use_bias=True, kernel_initializer="glorot_uniform")(inputs)
+    model = keras.Model(inputs, BilinearUpsampling2D(2)(h))
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    path, xpath, ypath = tmp_path / "m.keras", tmp_path / "x.npy", tmp_path / "y.npy"
+    model.save(path)
+    np.save(xpath, x)
+    r = subprocess.run([sys.executable, "-c", SAVE_LOAD, str(path), str(xpath), str(ypath)],
+                       capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(ypath), np.asarray(model(x)))
