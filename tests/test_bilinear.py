@@ -117,7 +117,7 @@ def test_second_order_gradient(rng):
     x = rng.standard_normal((1, 2, 3, 2))
     # The gradient op's own gradient (what a double backward through it needs).
     theoretical, numerical = tf.test.compute_gradient(
-        lambda dy: tu.api._ops.lib.tfup_bilinear_upsample_grad(dy, factor=3), [rng.standard_normal((1, 6, 9, 2))])
+        lambda dy: tu.api._ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=3), [rng.standard_normal((1, 6, 9, 2))])
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
 
 
@@ -149,7 +149,7 @@ def test_gradient_nan_reaches_only_the_inputs_whose_kernel_covers_it(factor):
     for oy, ox in [(0, 0), (factor - 1, 2 * factor - 1), (2 * factor + pad - 1, 3 * factor)]:
         dy = np.zeros((1, h * factor, w * factor, 2))
         dy[0, oy, ox, 1] = np.nan
-        dx = tu.api._ops.lib.tfup_bilinear_upsample_grad(dy, factor=factor).numpy()
+        dx = tu.api._ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=factor).numpy()
         expect = np.zeros((h, w), bool)
         for i in range(h):
             for j in range(w):

@@ -29,9 +29,9 @@ def test_verify_fails_when_an_implementation_is_wrong(monkeypatch):
     import tfupsample.api as api
 
     real_lib = api._ops.lib
-    real = real_lib.tfup_bilinear_upsample
+    real = real_lib.tfupsample_bilinear_upsample
     monkeypatch.setattr(api._ops, "lib", type("L", (), {
-        "tfup_bilinear_upsample": staticmethod(lambda x, **kw: real(x, **kw) * 1.001),
+        "tfupsample_bilinear_upsample": staticmethod(lambda x, **kw: real(x, **kw) * 1.001),
         "__getattr__": lambda self, name: getattr(real_lib, name),
     })())
     lines = []

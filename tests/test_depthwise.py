@@ -85,8 +85,8 @@ def test_second_order_gradients(rng):
     dy = rng.standard_normal((1, 6, 6, 2))
     kw = dict(strides=[2, 2], padding="SAME")
     for fn, args in [
-        (lambda a, b: lib.tfup_depthwise_conv2d_transpose_backprop_input(a, b, [1, 3, 3, 2], **kw), [dy, w]),
-        (lambda a, b: lib.tfup_depthwise_conv2d_transpose_backprop_filter(a, b, [3, 3, 2, 1], **kw), [x, dy]),
+        (lambda a, b: lib.tfupsample_depthwise_conv2d_transpose_backprop_input(a, b, [1, 3, 3, 2], **kw), [dy, w]),
+        (lambda a, b: lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(a, b, [3, 3, 2, 1], **kw), [x, dy]),
     ]:
         theoretical, numerical = tf.test.compute_gradient(fn, args)
         for t, nm in zip(theoretical, numerical):

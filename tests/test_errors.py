@@ -15,7 +15,7 @@ RAW_ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError)
 
 
 def raw(x=X, w=W, out=OUT, strides=(2, 2), padding="SAME", data_format="NHWC"):
-    return lib.tfup_depthwise_conv2d_transpose(x, w, out, strides=list(strides), padding=padding,
+    return lib.tfupsample_depthwise_conv2d_transpose(x, w, out, strides=list(strides), padding=padding,
                                               data_format=data_format)
 
 
@@ -37,19 +37,19 @@ def test_bad_factor(factor, err, match):
 @pytest.mark.parametrize("factor", [0, -3, 2**40])
 def test_bad_factor_raw_op(factor):
     with pytest.raises(tf.errors.InvalidArgumentError, match="factor"):
-        lib.tfup_bilinear_upsample(X, factor=factor)
+        lib.tfupsample_bilinear_upsample(X, factor=factor)
 
 
 def test_raw_op_output_too_large_is_an_error_not_a_crash():
     with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError)):
-        lib.tfup_bilinear_upsample(np.zeros((1, 1, 1, 1), np.float32), factor=2**31)
+        lib.tfupsample_bilinear_upsample(np.zeros((1, 1, 1, 1), np.float32), factor=2**31)
 
 
 def test_bad_rank():
     with pytest.raises(ValueError, match="images must be a 4-D tensor"):
         tu.bilinear_upsample(np.zeros((4, 5, 3), np.float32), 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="images must be 4-D"):
-        lib.tfup_bilinear_upsample(np.zeros((4, 5, 3), np.float32), factor=2)
+        lib.tfupsample_bilinear_upsample(np.zeros((4, 5, 3), np.float32), factor=2)
     with pytest.raises(ValueError, match="input must be a 4-D tensor"):
         tu.depthwise_conv2d_transpose(X[0], W, OUT, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="input must be 4-D"):
@@ -63,7 +63,7 @@ def test_integer_dtypes_are_refused(dtype):
     with pytest.raises(TypeError, match="input must be float16"):
         tu.depthwise_conv2d_transpose(X.astype(dtype), W, OUT, 2)
     with pytest.raises(RAW_ERRORS + (tf.errors.NotFoundError,)):
-        lib.tfup_bilinear_upsample(X.astype(dtype), factor=2)
+        lib.tfupsample_bilinear_upsample(X.astype(dtype), factor=2)
 
 
 def test_unknown_data_format_and_impl():
@@ -74,7 +74,7 @@ def test_unknown_data_format_and_impl():
     with pytest.raises(ValueError, match="impl must be"):
         tu.bilinear_upsample(X, 2, impl="fast")
     with pytest.raises(RAW_ERRORS):
-        lib.tfup_bilinear_upsample(X, factor=2, data_format="NWHC")
+        lib.tfupsample_bilinear_upsample(X, factor=2, data_format="NWHC")
 
 
 # ---- depthwise_conv2d_transpose ---------------------------------------------------------------
@@ -179,15 +179,15 @@ def test_gradient_ops_check_their_sizes():
     dy = np.zeros(OUT, np.float32)
     kw = dict(strides=[2, 2], padding="SAME")
     with pytest.raises(tf.errors.InvalidArgumentError, match="inconsistent"):
-        lib.tfup_depthwise_conv2d_transpose_backprop_input(dy, W, [1, 6, 5, 3], **kw)
+        lib.tfupsample_depthwise_conv2d_transpose_backprop_input(dy, W, [1, 6, 5, 3], **kw)
     with pytest.raises(tf.errors.InvalidArgumentError, match="input_sizes must be non-negative"):
-        lib.tfup_depthwise_conv2d_transpose_backprop_input(dy, W, [1, -4, 5, 3], **kw)
+        lib.tfupsample_depthwise_conv2d_transpose_backprop_input(dy, W, [1, -4, 5, 3], **kw)
     with pytest.raises(tf.errors.InvalidArgumentError, match="channel multiplier"):
-        lib.tfup_depthwise_conv2d_transpose_backprop_filter(X, dy, [4, 4, 3, 2], **kw)
+        lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(X, dy, [4, 4, 3, 2], **kw)
     with pytest.raises(tf.errors.InvalidArgumentError, match="filter_sizes must be a 1-D tensor"):
-        lib.tfup_depthwise_conv2d_transpose_backprop_filter(X, dy, [4, 4, 3], **kw)
+        lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(X, dy, [4, 4, 3], **kw)
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of factor 3"):
-        lib.tfup_bilinear_upsample_grad(dy, factor=3)
+        lib.tfupsample_bilinear_upsample_grad(dy, factor=3)
 
 
 def test_weights_arguments():

@@ -134,16 +134,16 @@ def test_labels_out_of_range_are_an_error(rng):
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"labels must be in \\[0, 7\\).*got {bad}"):
             tu.upsample_sparse_softmax_cross_entropy(labels, x, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have shape"):
-        lib.tfup_upsample_sparse_softmax_cross_entropy(np.zeros((2, 5, 5), np.int64), x, factor=2)
+        lib.tfupsample_upsample_sparse_softmax_cross_entropy(np.zeros((2, 5, 5), np.int64), x, factor=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="loss_grad must have shape"):
-        lib.tfup_upsample_sparse_softmax_cross_entropy_grad(np.zeros((2, 6, 10), np.int64), x,
+        lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(np.zeros((2, 6, 10), np.int64), x,
                                                             np.zeros((2, 6, 9), np.float32), factor=2)
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         tu.upsample_sparse_softmax_cross_entropy(labels.astype(np.float32), x, 2)
     with pytest.raises(ValueError, match="factor must be a positive integer"):
         tu.upsample_argmax(x, 0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="logits must be 4-D"):
-        lib.tfup_upsample_argmax(np.zeros((3, 3, 3), np.float32), factor=2)
+        lib.tfupsample_upsample_argmax(np.zeros((3, 3, 3), np.float32), factor=2)
 
 
 @pytest.mark.parametrize("factor", [2, 3])

@@ -23,10 +23,10 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
     kw = dict(strides=[2, 3], padding="SAME")
     res = {
         "up": tu.bilinear_upsample(x, 3), "up_nchw": tu.bilinear_upsample(tf.transpose(x, [0, 3, 1, 2]), 3, data_format="NCHW"),
-        "up_grad": lib.tfup_bilinear_upsample_grad(tf.cast(rng.standard_normal((2, 15, 18, 19)), dtype), factor=3),
-        "dw": lib.tfup_depthwise_conv2d_transpose(x, w, [2, 10, 18, 19], **kw),
-        "dw_dx": lib.tfup_depthwise_conv2d_transpose_backprop_input(dy, w, [2, 5, 6, 19], **kw),
-        "dw_dw": lib.tfup_depthwise_conv2d_transpose_backprop_filter(x, dy, [5, 4, 19, 1], **kw),
+        "up_grad": lib.tfupsample_bilinear_upsample_grad(tf.cast(rng.standard_normal((2, 15, 18, 19)), dtype), factor=3),
+        "dw": lib.tfupsample_depthwise_conv2d_transpose(x, w, [2, 10, 18, 19], **kw),
+        "dw_dx": lib.tfupsample_depthwise_conv2d_transpose_backprop_input(dy, w, [2, 5, 6, 19], **kw),
+        "dw_dw": lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(x, dy, [5, 4, 19, 1], **kw),
     }
     for k, v in res.items():
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()

@@ -112,3 +112,30 @@ def test_save_and_load_in_a_fresh_process(tmp_path, rng):
                        capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_array_equal(np.load(ypath), np.asarray(model(x)))
+
+
+EXPORT_LOAD = r"""
+import sys, numpy as np, tensorflow as tf
+if sys.argv[3] == "import":
+    import tfupsample  # registers the ops with TensorFlow
+model = tf.saved_model.load(sys.argv[1])
+np.save(sys.argv[2] + ".out.npy", model.serve(np.load(sys.argv[2])).numpy())
+"""
+
+
+def test_exported_savedmodel_reloads_after_import_tfupsample(tmp_path, rng):
+    inputs = keras.Input((4, 5, 3))
+    h = DepthwiseConv2DTranspose(4, 2, kernel_initializer="glorot_uniform")(inputs)
+    model = keras.Model(inputs, BilinearUpsampling2D(2)(h))
+    model.export(str(tmp_path / "sm"), verbose=False)
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = lambda mode: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", EXPORT_LOAD, str(tmp_path / "sm"), str(tmp_path / "x.npy"), mode],
+        capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
+    r = run("import")
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy.out.npy"), np.asarray(model(x)))
+    # Without the import, TensorFlow's own error names the missing op, whose name names us.
+    r = run("no-import")
+    assert r.returncode != 0 and "Op type not registered 'Tfupsample" in r.stderr

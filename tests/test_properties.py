@@ -107,17 +107,17 @@ for _ in range(150):
     which = rng.integers(0, 5)
     try:
         if which == 0:
-            lib.tfup_bilinear_upsample(tensor(int(rng.integers(2, 6)), dtype), factor=dim(), data_format=fmt)
+            lib.tfupsample_bilinear_upsample(tensor(int(rng.integers(2, 6)), dtype), factor=dim(), data_format=fmt)
         elif which == 1:
-            lib.tfup_bilinear_upsample_grad(tensor(4, dtype), factor=int(rng.integers(-1, 6)), data_format=fmt)
+            lib.tfupsample_bilinear_upsample_grad(tensor(4, dtype), factor=int(rng.integers(-1, 6)), data_format=fmt)
         elif which == 2:
-            lib.tfup_depthwise_conv2d_transpose(tensor(int(rng.integers(3, 6)), dtype), tensor(4, dtype),
+            lib.tfupsample_depthwise_conv2d_transpose(tensor(int(rng.integers(3, 6)), dtype), tensor(4, dtype),
                                                 shape(int(rng.choice([3, 4, 4, 5]))), strides=strides, padding=pad, data_format=fmt)
         elif which == 3:
-            lib.tfup_depthwise_conv2d_transpose_backprop_input(tensor(4, dtype), tensor(4, dtype), shape(4),
+            lib.tfupsample_depthwise_conv2d_transpose_backprop_input(tensor(4, dtype), tensor(4, dtype), shape(4),
                                                                strides=strides, padding=pad, data_format=fmt)
         else:
-            lib.tfup_depthwise_conv2d_transpose_backprop_filter(tensor(4, dtype), tensor(4, dtype), shape(4),
+            lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(tensor(4, dtype), tensor(4, dtype), shape(4),
                                                                 strides=strides, padding=pad, data_format=fmt)
         calls += 1
     except (tf.errors.OpError, ValueError, TypeError, OverflowError):

@@ -50,56 +50,56 @@ def _attrs(op):
     )
 
 
-@_register("TfupBilinearUpsample")
+@_register("TfupsampleBilinearUpsample")
 def _bilinear_upsample_grad(op, grad):
-    return lib.tfup_bilinear_upsample_grad(
+    return lib.tfupsample_bilinear_upsample_grad(
         grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
 
 
-@_register("TfupBilinearUpsampleGrad")
+@_register("TfupsampleBilinearUpsampleGrad")
 def _bilinear_upsample_grad_grad(op, grad):
     # The gradient op is linear in its input; its adjoint is the forward.
-    return lib.tfup_bilinear_upsample(
+    return lib.tfupsample_bilinear_upsample(
         grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
 
 
-@_register("TfupDepthwiseConv2dTranspose")
+@_register("TfupsampleDepthwiseConv2dTranspose")
 def _depthwise_grad(op, grad):
     x, w, out_shape = op.inputs
     a = _attrs(op)
-    dx = lib.tfup_depthwise_conv2d_transpose_backprop_input(
+    dx = lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
         grad, w, tf.shape(x, out_type=out_shape.dtype), **a)
-    dw = lib.tfup_depthwise_conv2d_transpose_backprop_filter(
+    dw = lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
         x, grad, tf.shape(w, out_type=out_shape.dtype), **a)
     return dx, dw, None
 
 
-@_register("TfupDepthwiseConv2dTransposeBackpropInput")
+@_register("TfupsampleDepthwiseConv2dTransposeBackpropInput")
 def _depthwise_backprop_input_grad(op, grad):
     dy, w, sizes = op.inputs
     a = _attrs(op)
-    d_dy = lib.tfup_depthwise_conv2d_transpose(grad, w, tf.shape(dy, out_type=sizes.dtype), **a)
-    d_w = lib.tfup_depthwise_conv2d_transpose_backprop_filter(
+    d_dy = lib.tfupsample_depthwise_conv2d_transpose(grad, w, tf.shape(dy, out_type=sizes.dtype), **a)
+    d_w = lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
         grad, dy, tf.shape(w, out_type=sizes.dtype), **a)
     return d_dy, d_w, None
 
 
-@_register("TfupDepthwiseConv2dTransposeBackpropFilter")
+@_register("TfupsampleDepthwiseConv2dTransposeBackpropFilter")
 def _depthwise_backprop_filter_grad(op, grad):
     x, dy, sizes = op.inputs
     a = _attrs(op)
-    d_x = lib.tfup_depthwise_conv2d_transpose_backprop_input(
+    d_x = lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
         dy, grad, tf.shape(x, out_type=sizes.dtype), **a)
-    d_dy = lib.tfup_depthwise_conv2d_transpose(x, grad, tf.shape(dy, out_type=sizes.dtype), **a)
+    d_dy = lib.tfupsample_depthwise_conv2d_transpose(x, grad, tf.shape(dy, out_type=sizes.dtype), **a)
     return d_x, d_dy, None
 
 
-@_register("TfupUpsampleSparseSoftmaxCrossEntropy")
+@_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
 def _upsample_cross_entropy_grad(op, grad):
     labels, logits = op.inputs
     attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label")}
-    return None, lib.tfup_upsample_sparse_softmax_cross_entropy_grad(labels, logits, grad, **attrs)
+    return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(labels, logits, grad, **attrs)
 
 
 if lib is not None:
-    _framework_ops.no_gradient("TfupUpsampleArgmax")  # argmax has none
+    _framework_ops.no_gradient("TfupsampleUpsampleArgmax")  # argmax has none

@@ -135,7 +135,7 @@ def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=N
             return _dense_bilinear(x, factor, data_format)
         if _use_pure_tf():
             return _pure_tf.bilinear_upsample(x, factor, data_format)
-        return _ops.lib.tfup_bilinear_upsample(x, factor=factor, data_format=data_format)
+        return _ops.lib.tfupsample_bilinear_upsample(x, factor=factor, data_format=data_format)
 
 
 def _dense_bilinear(x, factor, data_format):
@@ -175,7 +175,7 @@ def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SA
         if _use_pure_tf():
             _check_static_geometry(x, w, shape, (sy, sx), padding, data_format)
             return _pure_tf.depthwise_conv2d_transpose(x, w, shape, (sy, sx), padding, data_format)
-        return _ops.lib.tfup_depthwise_conv2d_transpose(
+        return _ops.lib.tfupsample_depthwise_conv2d_transpose(
             x, w, shape, strides=[sy, sx], padding=padding, data_format=data_format)
 
 

@@ -131,7 +131,7 @@ class Problem:
     def input_grad(self):
         f, dy = self.factor, self.dy
         return {
-            "tfupsample": lambda: lib.tfup_bilinear_upsample_grad(dy, factor=f),
+            "tfupsample": lambda: lib.tfupsample_bilinear_upsample_grad(dy, factor=f),
             "read dy once (floor)": lambda: tf.reduce_sum(dy),
             "tf.image.resize grad": lambda: tf.raw_ops.ResizeBilinearGrad(
                 grads=dy, original_image=self.x, align_corners=False, half_pixel_centers=True),
@@ -145,7 +145,7 @@ class Problem:
         f, dy, x = self.factor, self.dy, self.x
         sizes = [self.k, self.k, self.classes, 1]
         return {
-            "tfupsample": lambda: lib.tfup_depthwise_conv2d_transpose_backprop_filter(
+            "tfupsample": lambda: lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
                 x, dy, sizes, strides=[f, f], padding="SAME"),
             "depthwise_backprop_filter": lambda: tf.nn.depthwise_conv2d_backprop_filter(
                 dy, sizes, x, [1, f, f, 1], "SAME"),

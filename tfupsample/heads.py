@@ -33,7 +33,7 @@ def upsample_argmax(logits, factor, *, data_format="NHWC", output_type=tf.int64,
             up = bilinear_upsample(x, factor)
             labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
         else:
-            labels, scores = _ops.lib.tfup_upsample_argmax(x, factor=factor)
+            labels, scores = _ops.lib.tfupsample_upsample_argmax(x, factor=factor)
             labels = tf.cast(labels, output_type)
         return (labels, scores) if return_scores else labels
 
@@ -61,7 +61,7 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
         y = tf.cast(y, tf.int64)
         if _use_pure_tf():
             return _unfused_cross_entropy(y, x, factor, ignore_label)
-        return _ops.lib.tfup_upsample_sparse_softmax_cross_entropy(
+        return _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(
             y, x, factor=factor, ignore_label=0 if ignore_label is None else int(ignore_label),
             use_ignore_label=ignore_label is not None)
 

@@ -124,13 +124,13 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
 
 #define TFUP_REGISTER_HEADS(T)                                                                 \
   REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("TfupUpsampleArgmax").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
+      Name("TfupsampleUpsampleArgmax").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
       UpsampleArgmaxOp<T>);                                                                    \
-  REGISTER_KERNEL_BUILDER(Name("TfupUpsampleSparseSoftmaxCrossEntropy")                        \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy")                        \
                               .Device(tensorflow::DEVICE_CPU)                                  \
                               .TypeConstraint<T>("T"),                                         \
                           UpsampleCrossEntropyOp<T>);                                          \
-  REGISTER_KERNEL_BUILDER(Name("TfupUpsampleSparseSoftmaxCrossEntropyGrad")                    \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")                    \
                               .Device(tensorflow::DEVICE_CPU)                                  \
                               .TypeConstraint<T>("T"),                                         \
                           UpsampleCrossEntropyGradOp<T>);

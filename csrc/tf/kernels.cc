@@ -233,22 +233,22 @@ class DepthwiseOp : public OpKernel {
 
 #define TFUP_REGISTER_CPU(T)                                                                  \
   REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupBilinearUpsample").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),     \
+      Name("TfupsampleBilinearUpsample").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),     \
       BilinearUpsampleOp<T>);                                                                 \
   REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupBilinearUpsampleGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      Name("TfupsampleBilinearUpsampleGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
       BilinearUpsampleGradOp<T>);                                                             \
-  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTranspose")                                \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                                \
                               .Device(tensorflow::DEVICE_CPU)                                 \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("output_shape"),                                    \
                           DepthwiseOp<T, Mode::kForward>);                                    \
-  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTransposeBackpropInput")                   \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")                   \
                               .Device(tensorflow::DEVICE_CPU)                                 \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("input_sizes"),                                     \
                           DepthwiseOp<T, Mode::kBackpropInput>);                              \
-  REGISTER_KERNEL_BUILDER(Name("TfupDepthwiseConv2dTransposeBackpropFilter")                  \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")                  \
                               .Device(tensorflow::DEVICE_CPU)                                 \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("filter_sizes"),                                    \

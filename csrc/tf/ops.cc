@@ -92,7 +92,7 @@ absl::Status CheckStaticGeometry(InferenceContext* c, ShapeHandle in, ShapeHandl
 #define TFUP_LAYOUT_ATTRS                    \
   Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
 
-REGISTER_OP("TfupBilinearUpsample")
+REGISTER_OP("TfupsampleBilinearUpsample")
     .Input("images: T")
     .Output("output: T")
     .Attr("factor: int")
@@ -102,7 +102,7 @@ REGISTER_OP("TfupBilinearUpsample")
     .Doc("Bilinear upsample by an integer factor: the transposed convolution with the bilinear "
          "kernel of size 2f - f % 2, stride f, SAME padding, each channel on its own.");
 
-REGISTER_OP("TfupBilinearUpsampleGrad")
+REGISTER_OP("TfupsampleBilinearUpsampleGrad")
     .Input("output_grad: T")
     .Output("images_grad: T")
     .Attr("factor: int")
@@ -110,7 +110,7 @@ REGISTER_OP("TfupBilinearUpsampleGrad")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) { return BilinearShape(c, true); });
 
-REGISTER_OP("TfupDepthwiseConv2dTranspose")
+REGISTER_OP("TfupsampleDepthwiseConv2dTranspose")
     .Input("input: T")
     .Input("filter: T")
     .Input("output_shape: Tshape")
@@ -143,7 +143,7 @@ REGISTER_OP("TfupDepthwiseConv2dTranspose")
     .Doc("Depthwise (per-channel) transposed convolution with a [kh, kw, C, 1] filter; strides "
          "is [stride_h, stride_w] and may be unequal.");
 
-REGISTER_OP("TfupDepthwiseConv2dTransposeBackpropInput")
+REGISTER_OP("TfupsampleDepthwiseConv2dTransposeBackpropInput")
     .Input("output_grad: T")
     .Input("filter: T")
     .Input("input_sizes: Tshape")
@@ -160,7 +160,7 @@ REGISTER_OP("TfupDepthwiseConv2dTransposeBackpropInput")
       return absl::OkStatus();
     });
 
-REGISTER_OP("TfupDepthwiseConv2dTransposeBackpropFilter")
+REGISTER_OP("TfupsampleDepthwiseConv2dTransposeBackpropFilter")
     .Input("input: T")
     .Input("output_grad: T")
     .Input("filter_sizes: Tshape")
@@ -198,7 +198,7 @@ absl::Status HeadMapShape(InferenceContext* c, int logits_input, ShapeHandle* ma
 }
 }  // namespace
 
-REGISTER_OP("TfupUpsampleArgmax")
+REGISTER_OP("TfupsampleUpsampleArgmax")
     .Input("logits: T")
     .Output("labels: int64")
     .Output("scores: T")
@@ -214,7 +214,7 @@ REGISTER_OP("TfupUpsampleArgmax")
     .Doc("argmax over classes of the x`factor` bilinear upsample of NHWC logits, and that "
          "maximum, without the upsampled logits.");
 
-REGISTER_OP("TfupUpsampleSparseSoftmaxCrossEntropy")
+REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
     .Input("labels: int64")
     .Input("logits: T")
     .Output("loss: T")
@@ -233,7 +233,7 @@ REGISTER_OP("TfupUpsampleSparseSoftmaxCrossEntropy")
     .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
          "logits, without the upsampled logits; 0 where labels == ignore_label.");
 
-REGISTER_OP("TfupUpsampleSparseSoftmaxCrossEntropyGrad")
+REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
     .Input("labels: int64")
     .Input("logits: T")
     .Input("loss_grad: T")
