@@ -68,3 +68,18 @@ def test_bench_reports_the_dense_filter_it_skips():
                "--dense-limit-mb", "1")
     assert out.returncode == 0, out.stderr
     assert "filter alone 0.03 GB" in out.stdout  # 64*64*40*40*4 bytes, computed, not allocated
+
+
+def test_demo_writes_the_segmentation_picture(tmp_path):
+    out = tmp_path / "demo.png"
+    r = _cli("demo", "--image", "coffee", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "16.4 GB" in r.stdout and "neither was allocated" in r.stdout
+    assert out.stat().st_size > 10_000
+
+
+def test_demo_class_names_come_from_the_installed_package():
+    from tfupsample.demo import class_names
+
+    names = class_names()
+    assert len(names) == 1000 and names[0] == "tench"

@@ -1,4 +1,4 @@
-"""Command line: `tfupsample verify` and `tfupsample bench`."""
+"""Command line: `tfupsample verify`, `tfupsample bench`, `tfupsample demo`."""
 
 import argparse
 import os
@@ -34,6 +34,14 @@ def main(argv=None):
                    help="skip dense conv2d_transpose when its filter alone exceeds this (default 512)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
+    d = sub.add_parser("demo", help="VGG-16 FCN-32 on a sample image, upsampled x32 with "
+                                    "upsample_argmax; --train: the training example")
+    d.add_argument("--weights", help="the standard Keras ImageNet VGG-16 weights file (with top); "
+                                     "default: random weights, marked on the figure")
+    d.add_argument("--image", default="chelsea", help="a scikit-image sample (default chelsea)")
+    d.add_argument("--out", default=None, help="PNG to write (default demo.png / fcn32_shapes.png)")
+    d.add_argument("--train", action="store_true", help="train a small FCN-32 on generated shapes")
+    d.add_argument("--seconds", type=float, default=60.0, help="training time with --train")
     args = parser.parse_args(argv)
 
     if args.command == "verify":
@@ -61,6 +69,19 @@ def main(argv=None):
         if args.plot:
             bench_cli.plot(rows, args.plot)
             print(f"plot written to {args.plot}", file=sys.stderr)
+        return 0
+    if args.command == "demo":
+        if args.train:
+            from . import training
+
+            out = args.out or "fcn32_shapes.png"
+            r = training.train(seconds=args.seconds, png=out)
+            print(f"mean IoU before {r['iou_before']:.3f}, after {r['iou_after']:.3f}; largest change "
+                  f"of the x32 kernel {r['kernel_change']:.3g}; picture: {out}")
+        else:
+            from . import demo
+
+            demo.run(weights=args.weights, image=args.image, out=args.out or "demo.png")
         return 0
     return 2
 
