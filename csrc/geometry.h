@@ -58,6 +58,13 @@ struct Geometry {
   int64_t OutputElements() const { return n * y.n_out * x.n_out * c; }
 };
 
+// The label a segmentation head skips (loss 0, gradient 0), if any.
+struct IgnoreLabel {
+  bool use = false;
+  int64_t value = 0;
+  TFUP_HOST_DEVICE bool Skips(int64_t label) const { return use && label == value; }
+};
+
 // Bilinear kernel of an integer factor f: k = 2f - f % 2, centre f - 1 (odd k) or f - 0.5 (even k),
 // w(a) = 1 - |a - centre| / f.
 inline int64_t BilinearKernelSize(int64_t factor) { return 2 * factor - factor % 2; }

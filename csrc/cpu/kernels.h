@@ -38,12 +38,8 @@ void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_gra
                            const ParallelFor& pf);
 
 // Fused segmentation heads over NHWC logits [n, h, w, c] with the bilinear geometry g; label and
-// loss maps are [n, h*f, w*f]. Labels must be in [0, c) or the ignore label (the caller checks).
-struct IgnoreLabel {
-  bool use = false;
-  int64_t value = 0;
-  bool Skips(int64_t label) const { return use && label == value; }
-};
+// loss maps are [n, h*f, w*f]. Labels must be in [0, c) or the ignore label (the caller checks;
+// IgnoreLabel is in geometry.h, shared with the CUDA kernels).
 // labels = argmax over classes of the upsampled logits (ties: lowest class); scores (optional,
 // may be null) = that maximum. The values are the bits BilinearForward would write.
 template <typename T>

@@ -1,0 +1,201 @@
+// Per-position work of every CUDA kernel. Each body computes whole output elements from its
+// inputs in a fixed order (gather form, DESIGN.md): one writer per element, no atomics, so the
+// results are the same bits on every run.
+#pragma once
+
+#include "cuda/device.cuh"
+
+namespace tfup {
+namespace cuda {
+
+// A run of taps along one axis: source index i0 + m * di, tap t0 + m * dt, for m in [0, count).
+struct Run {
+  int64_t i0 = 0, di = 0, t0 = 0, dt = 0, count = 0;
+};
+
+// Forward: the inputs that output o reads: i = q, q-1, ... (q = (o + pad) / s) with taps
+// r, r+s, ... while the tap is inside the kernel and i inside the input.
+TFUP_HOST_DEVICE inline Run InputsOf(const Axis& a, const Divider& by_stride, int64_t o) {
+  const int64_t num = o + a.pad;
+  int64_t i = by_stride.Div(num), t = num - i * a.stride;
+  if (i > a.n_in - 1) {  // taps of inputs past the end
+    t += (i - (a.n_in - 1)) * a.stride;
+    i = a.n_in - 1;
+  }
+  Run r{i, -1, t, a.stride, 0};
+  if (t < a.k && i >= 0) {
+    const int64_t taps = by_stride.Div(a.k - 1 - t) + 1;
+    r.count = taps < i + 1 ? taps : i + 1;
+  }
+  return r;
+}
+
+// Gradient to the input: the outputs input i wrote, [i*s - pad, i*s - pad + k) clipped.
+TFUP_HOST_DEVICE inline Run OutputsOf(const Axis& a, int64_t i) {
+  const int64_t first = a.FirstOutput(i), end = a.EndOutput(i);
+  return Run{first, 1, first + a.pad - i * a.stride, 1, end > first ? end - first : 0};
+}
+
+// Weight of taps (ty, tx) for channel c: a [ky, kx, C] filter ...
+template <typename T>
+struct FilterWeights {
+  const T* w;
+  int64_t kx, C;
+  TFUP_HOST_DEVICE typename AccOf<T>::type operator()(int64_t ty, int64_t tx, int64_t c) const {
+    return ToAcc(w[(ty * kx + tx) * C + c]);
+  }
+};
+
+// ... or the bilinear kernel, computed: w(t) = (2f - |2t - (k - 1)|) / 2f per axis. A factor-1
+// axis (k = 1) has weight 1, which makes the one-axis passes of the bilinear gradient.
+template <typename A>
+struct BilinearWeights {
+  int64_t fy, fx;
+  TFUP_HOST_DEVICE static A Axis1(int64_t f, int64_t t) {
+    const int64_t k = 2 * f - f % 2;
+    int64_t twice = 2 * t - (k - 1);
+    if (twice < 0) twice = -twice;
+    return A(2 * f - twice) / A(2 * f);
+  }
+  TFUP_HOST_DEVICE A operator()(int64_t ty, int64_t tx, int64_t) const {
+    return Axis1(fy, ty) * Axis1(fx, tx);
+  }
+};
+
+// dst[n, y, x, c] = sum over the taps of src[n, iy, ix, c] * weight(ty, tx, c): the forward
+// (runs from InputsOf) and the gradient to the input (runs from OutputsOf) of every op.
+template <typename TS, typename TD, class Weights, bool kToInput>
+struct GatherBody {
+  Axis ay, ax;
+  Divider sy, sx;  // by the strides (forward only)
+  int64_t C;
+  Strides src_s, dst_s;
+  const TS* src;
+  TD* dst;
+  Weights weights;
+
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs) const {
+    using A = typename AccOf<TD>::type;
+    const Run ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
+    const Run rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
+    const TS* base = src + n * src_s.n;
+    TD* out = dst + dst_s.At(n, y, x, 0);
+    for (int64_t c = c0; c < C; c += cs) {
+      A acc = A(0);
+      for (int64_t my = 0; my < ry.count; ++my) {
+        const int64_t iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
+        for (int64_t mx = 0; mx < rx.count; ++mx) {
+          const int64_t ix = rx.i0 + mx * rx.di, tx = rx.t0 + mx * rx.dt;
+          acc += A(ToAcc(base[iy * src_s.y + ix * src_s.x + c * src_s.c])) * weights(ty, tx, c);
+        }
+      }
+      out[c * dst_s.c] = Store<TD>::From(acc);
+    }
+  }
+};
+
+// The bilinear forward: at most two inputs per axis, so the four weights and offsets are worked
+// out once per output position and the channel loop is four loads and a few multiply-adds.
+template <typename T>
+struct BilinearPixel {
+  using A = typename AccOf<T>::type;
+  A wy0, wy1, wx0, wx1;
+  int64_t off00, off01, off10, off11;  // element offsets of the four inputs (channel 0)
+
+  TFUP_HOST_DEVICE BilinearPixel(const Axis& ay, const Axis& ax, const Divider& sy,
+                                 const Divider& sx, const Strides& s, int64_t n, int64_t y,
+                                 int64_t x) {
+    const Run ry = InputsOf(ay, sy, y), rx = InputsOf(ax, sx, x);
+    // A missing second tap gets weight 0 and repeats the first offset (always in bounds).
+    wy0 = ry.count > 0 ? BilinearWeights<A>::Axis1(ay.stride, ry.t0) : A(0);
+    wy1 = ry.count > 1 ? BilinearWeights<A>::Axis1(ay.stride, ry.t0 + ry.dt) : A(0);
+    wx0 = rx.count > 0 ? BilinearWeights<A>::Axis1(ax.stride, rx.t0) : A(0);
+    wx1 = rx.count > 1 ? BilinearWeights<A>::Axis1(ax.stride, rx.t0 + rx.dt) : A(0);
+    const int64_t iy0 = ry.count > 0 ? ry.i0 : 0, iy1 = ry.count > 1 ? ry.i0 - 1 : iy0;
+    const int64_t ix0 = rx.count > 0 ? rx.i0 : 0, ix1 = rx.count > 1 ? rx.i0 - 1 : ix0;
+    off00 = s.At(n, iy0, ix0, 0);
+    off01 = s.At(n, iy0, ix1, 0);
+    off10 = s.At(n, iy1, ix0, 0);
+    off11 = s.At(n, iy1, ix1, 0);
+  }
+  // Same order of operations everywhere it is used (forward, argmax, loss), so equal bits.
+  TFUP_HOST_DEVICE A Value(const T* in, int64_t coff) const {
+    const A row0 = wx0 * ToAcc(in[off00 + coff]) + wx1 * ToAcc(in[off01 + coff]);
+    const A row1 = wx0 * ToAcc(in[off10 + coff]) + wx1 * ToAcc(in[off11 + coff]);
+    return wy0 * row0 + wy1 * row1;
+  }
+};
+
+template <typename T>
+struct BilinearForwardBody {
+  Axis ay, ax;
+  Divider sy, sx;
+  int64_t C;
+  Strides in_s, out_s;
+  const T* in;
+  T* out;
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs) const {
+    if (ay.n_in == 0 || ax.n_in == 0) return;  // no output either (SAME)
+    const BilinearPixel<T> px(ay, ax, sy, sx, in_s, n, y, x);
+    T* o = out + out_s.At(n, y, x, 0);
+    for (int64_t c = c0; c < C; c += cs) o[c * out_s.c] = Store<T>::From(px.Value(in, c * in_s.c));
+  }
+};
+
+// Filter gradient, stage 1: over a space (chunk, ty, tx, c), the sum over one chunk of the
+// (n, iy) rows of input[n, iy, ix, c] * output_grad[n, iy*sy - py + ty, ix*sx - px + tx, c].
+template <typename T>
+struct FilterPartialBody {
+  using A = typename AccOf<T>::type;
+  Axis ay, ax;
+  int64_t C, rows, rows_per_chunk, kx, ky;
+  Divider by_h;  // rows -> (n, iy)
+  Strides in_s, dy_s;
+  const T* in;
+  const T* dy;
+  A* partial;  // [chunks, ky, kx, C]
+
+  TFUP_HOST_DEVICE void operator()(int64_t chunk, int64_t ty, int64_t tx, int64_t c0,
+                                   int64_t cs) const {
+    // Inputs ix whose tap tx lands inside the output: 0 <= ix*sx - px + tx < n_out.
+    int64_t ix_lo = 0, ix_hi = ax.n_in - 1;
+    while (ix_lo <= ix_hi && ix_lo * ax.stride - ax.pad + tx < 0) ++ix_lo;
+    while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
+    const int64_t r0 = chunk * rows_per_chunk;
+    const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+    for (int64_t c = c0; c < C; c += cs) {
+      A acc = A(0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = by_h.Div(r), iy = r - n * ay.n_in;
+        const int64_t oy = iy * ay.stride - ay.pad + ty;
+        if (oy < 0 || oy >= ay.n_out) continue;
+        for (int64_t ix = ix_lo; ix <= ix_hi; ++ix) {
+          const int64_t ox = ix * ax.stride - ax.pad + tx;
+          acc += A(ToAcc(in[in_s.At(n, iy, ix, c)])) * A(ToAcc(dy[dy_s.At(n, oy, ox, c)]));
+        }
+      }
+      partial[((chunk * ky + ty) * kx + tx) * C + c] = acc;
+    }
+  }
+};
+
+// Stage 2: the chunks' partial sums added in chunk order.
+template <typename T>
+struct FilterReduceBody {
+  using A = typename AccOf<T>::type;
+  int64_t chunks, taps, C;  // taps = ky * kx
+  int64_t kx;
+  const A* partial;
+  T* filter_grad;
+  TFUP_HOST_DEVICE void operator()(int64_t, int64_t ty, int64_t tx, int64_t c0, int64_t cs) const {
+    const int64_t tap = ty * kx + tx;
+    for (int64_t c = c0; c < C; c += cs) {
+      A acc = A(0);
+      for (int64_t k = 0; k < chunks; ++k) acc += partial[(k * taps + tap) * C + c];
+      filter_grad[tap * C + c] = Store<T>::From(acc);
+    }
+  }
+};
+
+}  // namespace cuda
+}  // namespace tfup

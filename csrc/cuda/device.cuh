@@ -1,0 +1,164 @@
+// Building blocks of the CUDA kernels, written as __host__ __device__ code so that the whole
+// launch (grid, blocks, threads) can also be run on the CPU by a plain loop: the tests do that on
+// machines with nvcc but no GPU (tests/cuda_host), exercising the exact index code the GPU runs.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "geometry.h"
+
+namespace tfup {
+namespace cuda {
+
+// Half types are stored as such and accumulated in float.
+template <typename T> struct AccOf { using type = T; };
+template <> struct AccOf<__half> { using type = float; };
+template <> struct AccOf<__nv_bfloat16> { using type = float; };
+
+TFUP_HOST_DEVICE inline float ToAcc(__half v) { return __half2float(v); }
+TFUP_HOST_DEVICE inline float ToAcc(__nv_bfloat16 v) { return __bfloat162float(v); }
+TFUP_HOST_DEVICE inline float ToAcc(float v) { return v; }
+TFUP_HOST_DEVICE inline double ToAcc(double v) { return v; }
+
+template <typename T> struct Store;
+template <> struct Store<float> { TFUP_HOST_DEVICE static float From(float v) { return v; } };
+template <> struct Store<double> { TFUP_HOST_DEVICE static double From(double v) { return v; } };
+template <> struct Store<__half> {
+  TFUP_HOST_DEVICE static __half From(float v) { return __float2half_rn(v); }
+};
+template <> struct Store<__nv_bfloat16> {
+  TFUP_HOST_DEVICE static __nv_bfloat16 From(float v) { return __float2bfloat16_rn(v); }
+};
+
+TFUP_HOST_DEVICE inline uint64_t MulHi(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
+// Division of non-negative int64 values by a divisor fixed at launch: a multiply-high and two
+// shifts instead of the GPU's ~100-instruction 64-bit division (Granlund & Montgomery 1994).
+struct Divider {
+  uint64_t d = 1, m = 0;
+  int s = 0;
+  Divider() = default;
+  explicit Divider(int64_t divisor) : d(static_cast<uint64_t>(divisor)) {
+    if (d <= 1) return;
+    while ((uint64_t{1} << s) < d) ++s;
+    const unsigned __int128 one = 1;
+    m = static_cast<uint64_t>(((one << 64) * ((one << s) - d)) / d + 1);
+  }
+  TFUP_HOST_DEVICE int64_t Div(int64_t n) const {
+    if (d == 1) return n;
+    const uint64_t u = static_cast<uint64_t>(n), t = MulHi(m, u);
+    return static_cast<int64_t>((t + ((u - t) >> 1)) >> (s - 1));
+  }
+};
+
+// Element strides of an (n, y, x, c) tensor in its layout.
+struct Strides {
+  int64_t n = 0, y = 0, x = 0, c = 0;
+  TFUP_HOST_DEVICE int64_t At(int64_t in, int64_t iy, int64_t ix, int64_t ic) const {
+    return in * n + iy * y + ix * x + ic * c;
+  }
+};
+inline Strides StridesOf(Layout layout, int64_t h, int64_t w, int64_t c) {
+  if (layout == Layout::kNCHW) return {c * h * w, w, 1, h * w};
+  return {h * w * c, w * c, c, 1};
+}
+
+// A thread's place in a launch (what blockIdx / threadIdx / blockDim / gridDim say on the GPU).
+struct Pos {
+  int64_t block, grid;
+  int tx, ty, bx, by;
+};
+struct Shape {
+  int64_t grid = 1;
+  int bx = 1, by = 1;
+};
+
+// Work over an (n, y, x, c) space where c is the innermost dimension in memory: threads of a warp
+// run along c (coalesced), each thread takes one (n, y, x) and every bx-th channel, so the
+// per-position index work (taps, weights) is done once per position, not once per element.
+template <class Body>
+struct ChannelLanes {
+  Body body;
+  int64_t positions, C;
+  Divider w, h;  // by the x and y extents
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const int64_t step = p.grid * p.by;
+    for (int64_t i = p.block * p.by + p.ty; i < positions; i += step) {
+      const int64_t r = w.Div(i), x = i - r * static_cast<int64_t>(w.d);
+      const int64_t n = h.Div(r), y = r - n * static_cast<int64_t>(h.d);
+      body(n, y, x, p.tx, p.bx);
+    }
+  }
+  static Shape ShapeFor(int64_t positions, int64_t C) {
+    int lanes = 1;
+    while (lanes < 32 && lanes < C) lanes *= 2;
+    Shape s;
+    s.bx = lanes;
+    s.by = 256 / lanes;
+    const int64_t blocks = (positions + s.by - 1) / s.by;
+    s.grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
+    return s;
+  }
+};
+
+// One thread per element of an NCHW (n, c, y, x) space, threads along x (coalesced there).
+template <class Body>
+struct ColumnLanes {
+  Body body;
+  int64_t elements;
+  Divider w, h, c;  // by the x, y and channel extents
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const int64_t step = p.grid * p.bx;
+    for (int64_t i = p.block * p.bx + p.tx; i < elements; i += step) {
+      const int64_t r = w.Div(i), x = i - r * static_cast<int64_t>(w.d);
+      const int64_t r2 = h.Div(r), y = r - r2 * static_cast<int64_t>(h.d);
+      const int64_t n = c.Div(r2), ch = r2 - n * static_cast<int64_t>(c.d);
+      body(n, y, x, ch, static_cast<int64_t>(c.d));  // one channel: ch, step past the end
+    }
+  }
+  static Shape ShapeFor(int64_t elements) {
+    Shape s;
+    s.bx = 256;
+    const int64_t blocks = (elements + 255) / 256;
+    s.grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
+    return s;
+  }
+};
+
+// Runs a body over an (n, y, x, c) space in the layout's natural order.
+template <class Exec, class Body>
+void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, int64_t c,
+             const Body& body) {
+  if (n * h * w * c == 0) return;
+  if (layout == Layout::kNHWC) {
+    ChannelLanes<Body> k{body, n * h * w, c, Divider(w), Divider(h)};
+    exec(ChannelLanes<Body>::ShapeFor(n * h * w, c), k);
+  } else {
+    ColumnLanes<Body> k{body, n * h * w * c, Divider(w), Divider(h), Divider(c)};
+    exec(ColumnLanes<Body>::ShapeFor(n * h * w * c), k);
+  }
+}
+
+// Runs the same launch as the GPU would, one thread after another, on the CPU.
+struct HostExec {
+  template <class Fn>
+  void operator()(const Shape& s, const Fn& fn) const {
+    for (int64_t b = 0; b < s.grid; ++b)
+      for (int ty = 0; ty < s.by; ++ty)
+        for (int tx = 0; tx < s.bx; ++tx) fn(Pos{b, s.grid, tx, ty, s.bx, s.by});
+  }
+};
+
+}  // namespace cuda
+}  // namespace tfup

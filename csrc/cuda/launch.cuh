@@ -1,0 +1,177 @@
+// Every op as a sequence of launches, written once over an executor: DeviceExec (kernels.cu)
+// launches them on a stream, HostExec runs the same grid on the CPU (tests/cuda_host).
+#pragma once
+
+#include "cuda/heads.cuh"
+#include "cuda/kernels.h"
+
+namespace tfup {
+namespace cuda {
+
+template <class Fn>
+auto WithType(DType t, const Fn& fn) {
+  switch (t) {
+    case DType::kHalf: return fn(__half{});
+    case DType::kBFloat16: return fn(__nv_bfloat16{});
+    case DType::kFloat: return fn(float{});
+    default: return fn(double{});
+  }
+}
+inline int64_t AccBytes(DType t) { return t == DType::kDouble ? 8 : 4; }
+
+inline Strides InputStrides(const Geometry& g) {
+  return StridesOf(g.layout, g.y.n_in, g.x.n_in, g.c);
+}
+inline Strides OutputStrides(const Geometry& g) {
+  return StridesOf(g.layout, g.y.n_out, g.x.n_out, g.c);
+}
+// The axis of a one-axis pass: n in, n out, weight 1.
+inline Axis Identity(int64_t n) { return Axis{n, n, 1, 1, 0}; }
+
+template <class Exec>
+void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* in, void* out) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const BilinearForwardBody<T> b{g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), g.c,
+                                   InputStrides(g), OutputStrides(g),
+                                   static_cast<const T*>(in), static_cast<T*>(out)};
+    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
+  });
+}
+
+// Separable, in two gathers: along x into a [n, h_out, w_in, c] scratch (each output-gradient
+// element is read once from memory, its second reader finds it in cache), then along y.
+inline int64_t BilinearScratchBytes(const Geometry& g, DType t) {
+  return g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t);
+}
+template <class Exec>
+void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
+                              void* dx, void* scratch) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename AccOf<T>::type;
+    const Strides mid = StridesOf(g.layout, g.y.n_out, g.x.n_in, g.c);
+    A* rows = static_cast<A*>(scratch);
+    const GatherBody<T, A, BilinearWeights<A>, true> along_x{
+        Identity(g.y.n_out), g.x, Divider(), Divider(), g.c, OutputStrides(g), mid,
+        static_cast<const T*>(dy), rows, BilinearWeights<A>{1, g.x.stride}};
+    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
+    const GatherBody<A, T, BilinearWeights<A>, true> along_y{
+        g.y, Identity(g.x.n_in), Divider(), Divider(), g.c, mid, InputStrides(g), rows,
+        static_cast<T*>(dx), BilinearWeights<A>{g.y.stride, 1}};
+    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
+  });
+}
+
+template <class Exec>
+void RunDepthwiseForward(const Exec& ex, const Geometry& g, DType t, const void* in,
+                         const void* filter, void* out) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const GatherBody<T, T, FilterWeights<T>, false> b{
+        g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), g.c, InputStrides(g), OutputStrides(g),
+        static_cast<const T*>(in), static_cast<T*>(out),
+        FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
+    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
+  });
+}
+
+template <class Exec>
+void RunDepthwiseBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
+                               const void* filter, void* dx) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const GatherBody<T, T, FilterWeights<T>, true> b{
+        g.y, g.x, Divider(), Divider(), g.c, OutputStrides(g), InputStrides(g),
+        static_cast<const T*>(dy), static_cast<T*>(dx),
+        FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
+    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, b);
+  });
+}
+
+// Filter gradient: the (n, iy) rows are cut into chunks so that there are ~2^20 threads whatever
+// the filter size; each thread sums one chunk for one (tap, channel), then the chunks are added
+// in order. Fixed chunking (from the shapes only): the same bits on every run and every card.
+struct FilterChunks {
+  int64_t rows, per, count;
+  explicit FilterChunks(const Geometry& g) {
+    rows = g.n * g.y.n_in;
+    const int64_t items = g.y.k * g.x.k * g.c;
+    int64_t want = items > 0 ? ((int64_t{1} << 20) + items - 1) / items : 1;
+    if (want > rows) want = rows;
+    if (want < 1) want = 1;
+    per = (rows + want - 1) / want;
+    count = per > 0 ? (rows + per - 1) / per : 1;
+  }
+};
+inline int64_t FilterScratchBytes(const Geometry& g, DType t) {
+  return FilterChunks(g).count * g.y.k * g.x.k * g.c * AccBytes(t);
+}
+template <class Exec>
+void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, const void* in,
+                                const void* dy, void* dw, void* scratch) {
+  const FilterChunks chunks(g);
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename AccOf<T>::type;
+    A* partial = static_cast<A*>(scratch);
+    const FilterPartialBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, g.y.k,
+                                    Divider(g.y.n_in > 0 ? g.y.n_in : 1), InputStrides(g),
+                                    OutputStrides(g), static_cast<const T*>(in),
+                                    static_cast<const T*>(dy), partial};
+    ForEach(ex, Layout::kNHWC, chunks.count, g.y.k, g.x.k, g.c, part);
+    const FilterReduceBody<T> reduce{chunks.count, g.y.k * g.x.k, g.c, g.x.k, partial,
+                                     static_cast<T*>(dw)};
+    ForEach(ex, Layout::kNHWC, 1, g.y.k, g.x.k, g.c, reduce);
+  });
+}
+
+template <typename T>
+HeadBase<T> MakeHead(const Geometry& g, const void* logits) {
+  return HeadBase<T>{g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), g.c,
+                     StridesOf(Layout::kNHWC, g.y.n_in, g.x.n_in, g.c),
+                     static_cast<const T*>(logits)};
+}
+
+template <class Exec>
+void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* logits,
+                       int64_t* labels, void* scores) {
+  if (g.c == 0) return;
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const ArgmaxBody<T> b{MakeHead<T>(g, logits), labels, static_cast<T*>(scores)};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+  });
+}
+
+template <class Exec>
+void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
+                             const int64_t* labels, IgnoreLabel ignore, void* loss) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, ignore, static_cast<T*>(loss)};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+  });
+}
+
+inline int64_t CrossEntropyScratchBytes(const Geometry& g, DType t) {
+  return 2 * g.n * g.y.n_out * g.x.n_out * AccBytes(t);
+}
+template <class Exec>
+void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
+                                 const int64_t* labels, IgnoreLabel ignore, const void* loss_grad,
+                                 void* grad, void* scratch) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename AccOf<T>::type;
+    A* stats = static_cast<A*>(scratch);
+    const PixelStatsBody<T> s{MakeHead<T>(g, logits), labels, ignore,
+                              static_cast<const T*>(loss_grad), stats};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, s);
+    const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, stats, static_cast<T*>(grad)};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
+  });
+}
+
+}  // namespace cuda
+}  // namespace tfup

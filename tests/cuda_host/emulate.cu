@@ -1,0 +1,65 @@
+// The CUDA launch sequences of csrc/cuda run on the CPU (HostExec: every block and thread of the
+// same grid, one after another), for tests on machines with nvcc and no GPU. Built by
+// tests/test_cuda_host.py with nvcc as host code; called through ctypes.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/launch.cuh"
+
+namespace {
+std::string last_error;
+}
+
+// dims: n, h, w, c, out_h, out_w, ky, kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC,
+// 1 NCHW), ignore.use, ignore.value. dtype: 0 half, 1 bfloat16, 2 float, 3 double.
+extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a, void* b, void* c,
+                            void* e) {
+  using namespace tfup;
+  using namespace tfup::cuda;
+  Geometry g;
+  g.n = d[0];
+  g.c = d[3];
+  g.layout = d[11] ? Layout::kNCHW : Layout::kNHWC;
+  const Padding pad = d[10] ? Padding::kValid : Padding::kSame;
+  last_error = MakeAxis(d[1], d[4], d[6], d[8], pad, &g.y);
+  if (last_error.empty()) last_error = MakeAxis(d[2], d[5], d[7], d[9], pad, &g.x);
+  if (!last_error.empty()) return -1;
+  const IgnoreLabel ignore{d[12] != 0, d[13]};
+  const DType t = static_cast<DType>(dtype);
+  const HostExec ex;
+  const std::string name(op);
+  std::vector<char> scratch;
+  if (name == "bilinear_forward") {
+    RunBilinearForward(ex, g, t, a, b);
+  } else if (name == "bilinear_backprop_input") {
+    scratch.resize(BilinearScratchBytes(g, t) + 8);
+    RunBilinearBackpropInput(ex, g, t, a, b, scratch.data());
+  } else if (name == "depthwise_forward") {
+    RunDepthwiseForward(ex, g, t, a, b, c);
+  } else if (name == "depthwise_backprop_input") {
+    RunDepthwiseBackpropInput(ex, g, t, a, b, c);
+  } else if (name == "depthwise_backprop_filter") {
+    scratch.resize(FilterScratchBytes(g, t) + 8);
+    RunDepthwiseBackpropFilter(ex, g, t, a, b, c, scratch.data());
+  } else if (name == "argmax") {
+    RunUpsampleArgmax(ex, g, t, a, static_cast<int64_t*>(b), c);
+  } else if (name == "cross_entropy") {
+    RunUpsampleCrossEntropy(ex, g, t, a, static_cast<const int64_t*>(b), ignore, c);
+  } else if (name == "cross_entropy_grad") {
+    scratch.resize(CrossEntropyScratchBytes(g, t) + 8);
+    RunUpsampleCrossEntropyGrad(ex, g, t, a, static_cast<const int64_t*>(b), ignore, c, e,
+                                scratch.data());
+  } else {
+    last_error = "unknown op " + name;
+    return -1;
+  }
+  return 0;
+}
+
+extern "C" const char* tfup_emu_error() { return last_error.c_str(); }
+
+// The divider against plain division, over the values given.
+extern "C" int64_t tfup_emu_divide(int64_t n, int64_t d) {
+  return tfup::cuda::Divider(d).Div(n);
+}

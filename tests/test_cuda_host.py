@@ -1,0 +1,235 @@
+"""The CUDA kernels' launch sequences (csrc/cuda/launch.cuh), run on the CPU: nvcc compiles them as
+host code and every block and thread of the real grid runs in turn (tests/cuda_host/emulate.cu).
+This checks the GPU index arithmetic, tap runs, chunked filter reduction and heads against the
+NumPy loops on machines without a GPU; benchmarks/gpu_check.sh runs the same kernels on a GPU."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPES = {"float16": (0, np.float16), "bfloat16": (1, ml_dtypes.bfloat16),
+          "float32": (2, np.float32), "float64": (3, np.float64)}
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    so = str(tmp_path_factory.mktemp("cuda_host") / "emulate.so")
+    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC",
+                    "-I" + os.path.join(ROOT, "csrc"),
+                    os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
+    lib = ctypes.CDLL(so)
+    lib.tfup_emu_run.restype = ctypes.c_int
+    lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 4
+    lib.tfup_emu_error.restype = ctypes.c_char_p
+    lib.tfup_emu_divide.restype = ctypes.c_int64
+    lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    return lib
+
+
+def call(lib, op, dims, dtype, *arrays):
+    d = (ctypes.c_int64 * 14)(*dims)
+    ptrs = [a.ctypes.data if a is not None else None for a in arrays] + [None] * (4 - len(arrays))
+    assert lib.tfup_emu_run(op.encode(), d, DTYPES[dtype][0], *ptrs) == 0, lib.tfup_emu_error()
+
+
+def dims(x_shape, out_hw, k, s, padding="SAME", layout="NHWC", ignore=None):
+    n, h, w, c = x_shape
+    return [n, h, w, c, out_hw[0], out_hw[1], k[0], k[1], s[0], s[1], padding == "VALID",
+            layout == "NCHW", ignore is not None, ignore or 0]
+
+
+def to_layout(a, layout):
+    return np.ascontiguousarray(ref.to_nchw(a) if layout == "NCHW" else a)
+
+
+def from_layout(a, layout):
+    return ref.from_nchw(a) if layout == "NCHW" else a
+
+
+def bilinear_dims(shape, f, layout="NHWC"):
+    k = 2 * f - f % 2
+    return dims(shape, (shape[1] * f, shape[2] * f), (k, k), (f, f), "SAME", layout)
+
+
+def test_divider_matches_integer_division(emu):
+    rng = np.random.default_rng(0)
+    cases = [(n, d) for d in (1, 2, 3, 7, 32, 1000, 2**31 - 1, 2**31, 2**32 + 1, 2**62 + 3)
+             for n in (0, 1, d - 1, d, d + 1, 2**31, 2**32 - 1, 2**62, 2**63 - 1) if n >= 0]
+    cases += [(int(rng.integers(0, 2**63 - 1)), int(rng.integers(1, 2**rng.integers(1, 63))))
+              for _ in range(3000)]
+    for n, d in cases:
+        assert emu.tfup_emu_divide(n, d) == n // d, (n, d)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 5, 7, 8, 9, 32])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_bilinear_forward_and_gradient(emu, factor, layout, rng):
+    shape = (2, 3, 4, 5) if factor < 32 else (1, 2, 3, 3)
+    x = rng.standard_normal(shape)
+    oh, ow = shape[1] * factor, shape[2] * factor
+    for dtype, (_, np_t) in DTYPES.items():
+        xt = to_layout(x.astype(np_t), layout)
+        out = np.zeros_like(to_layout(np.zeros((shape[0], oh, ow, shape[3]), np_t), layout))
+        call(emu, "bilinear_forward", bilinear_dims(shape, factor, layout), dtype, xt, out)
+        ref.assert_close(from_layout(out.astype(np.float64), layout),
+                         ref.bilinear_loop(x.astype(np_t).astype(np.float64), factor), dtype)
+
+    dy = rng.standard_normal((shape[0], oh, ow, shape[3]))
+    k = ref.bilinear_kernel(factor)
+    expected = ref.transposed_conv_input_grad_loop(dy, np.repeat(k[:, :, None], shape[3], 2),
+                                                   shape[1:3], (factor, factor), "SAME")
+    for dtype in ("float32", "float64", "bfloat16"):
+        np_t = DTYPES[dtype][1]
+        dx = np.zeros_like(to_layout(x.astype(np_t), layout))
+        call(emu, "bilinear_backprop_input", bilinear_dims(shape, factor, layout), dtype,
+             to_layout(dy.astype(np_t), layout), dx)
+        exp = ref.transposed_conv_input_grad_loop(dy.astype(np_t).astype(np.float64),
+                                                  np.repeat(k[:, :, None], shape[3], 2),
+                                                  shape[1:3], (factor, factor), "SAME")
+        # A sum of up to (2f)^2 terms: the tolerance grows with it for the half types.
+        tol = ref.TOL[dtype] * (10 if dtype == "bfloat16" else 1)
+        err = np.max(np.abs(from_layout(dx.astype(np.float64), layout) - exp)) / max(1, np.max(np.abs(exp)))
+        assert err <= tol, (dtype, err)
+    assert expected.shape == x.shape
+
+
+CASES = [  # input [n, h, w, c], kernel, strides, padding, output size (None: the default)
+    ((2, 3, 4, 3), (4, 4), (2, 2), "SAME", None),
+    ((1, 3, 3, 2), (3, 5), (2, 3), "SAME", (5, 8)),
+    ((2, 2, 3, 4), (2, 2), (3, 3), "VALID", None),  # kernel smaller than the stride
+    ((1, 4, 2, 1), (5, 3), (1, 2), "VALID", (8, 6)),
+    ((1, 3, 2, 33), (6, 6), (3, 3), "SAME", (8, 6)),  # channels past one warp
+    ((2, 1, 1, 2), (1, 1), (1, 1), "SAME", None),
+    ((0, 3, 3, 2), (3, 3), (2, 2), "SAME", None),  # empty batch
+    ((1, 0, 3, 2), (3, 3), (2, 2), "VALID", (2, 7)),  # empty input height, non-empty output
+]
+
+
+def _out_hw(shape, k, s, padding, out):
+    if out is not None:
+        return out
+    return tuple(n * st if padding == "SAME" else (n - 1) * st + kk if n else 0
+                 for n, kk, st in zip(shape[1:3], k, s))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_depthwise_forward_and_gradients(emu, case, layout, dtype, rng):
+    shape, k, s, padding, out = case
+    out_hw = _out_hw(shape, k, s, padding, out)
+    np_t = DTYPES[dtype][1]
+    x = rng.standard_normal(shape).astype(np_t)
+    w = rng.standard_normal((*k, shape[3])).astype(np_t)
+    dy = rng.standard_normal((shape[0], *out_hw, shape[3])).astype(np_t)
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    d = dims(shape, out_hw, k, s, padding, layout)
+
+    y = np.full(to_layout(dy, layout).shape, np.nan, np_t)  # every element must be written
+    call(emu, "depthwise_forward", d, dtype, to_layout(x, layout), w, y)
+    ref.assert_close(from_layout(y.astype(np.float64), layout),
+                     ref.transposed_conv_loop(x64, w64, out_hw, s, padding), dtype)
+
+    dx = np.full(to_layout(x, layout).shape, np.nan, np_t)
+    call(emu, "depthwise_backprop_input", d, dtype, to_layout(dy, layout), w, dx)
+    ref.assert_close(from_layout(dx.astype(np.float64), layout),
+                     ref.transposed_conv_input_grad_loop(dy64, w64, shape[1:3], s, padding), dtype)
+
+    dw = np.full(w.shape, np.nan, np_t)
+    call(emu, "depthwise_backprop_filter", d, dtype, to_layout(x, layout), to_layout(dy, layout), dw)
+    expected = ref.transposed_conv_filter_grad_loop(x64, dy64, k, s, padding)
+    scale = max(1.0, np.sqrt(shape[0] * shape[1] * shape[2]))  # sums of many products
+    err = np.max(np.abs(dw.astype(np.float64) - expected), initial=0) / max(1, np.max(np.abs(expected), initial=0))
+    assert err <= ref.TOL[dtype] * scale, err
+
+
+def test_filter_gradient_chunked_over_many_rows(emu, rng):
+    # 1 tap x 1 channel: the rows are cut into many chunks (2^20 threads wanted), summed in order.
+    shape = (3, 700, 2, 1)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal((3, 1400, 4, 1))
+    dw = np.zeros((1, 1, 1))
+    call(emu, "depthwise_backprop_filter", dims(shape, (1400, 4), (1, 1), (2, 2)), "float64", x, dy, dw)
+    expected = ref.transposed_conv_filter_grad_loop(x, dy, (1, 1), (2, 2), "SAME")
+    np.testing.assert_allclose(dw, expected, rtol=1e-12)
+
+
+def _softmax_reference(up, labels, ignore=None):
+    """Loss and d loss / d up per pixel, from the definition (float64)."""
+    m = up.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
+    safe = np.where(labels == ignore, 0, labels) if ignore is not None else labels
+    loss = lse - np.take_along_axis(up, safe[..., None], -1)[..., 0]
+    p = np.exp(up - lse[..., None])
+    p[np.arange(p.shape[0])[:, None, None], np.arange(p.shape[1])[None, :, None],
+      np.arange(p.shape[2])[None, None, :], safe] -= 1
+    if ignore is not None:
+        loss = np.where(labels == ignore, 0, loss)
+        p = np.where((labels == ignore)[..., None], 0, p)
+    return loss, p
+
+
+@pytest.mark.parametrize("factor", [2, 3, 8, 32])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_heads(emu, factor, dtype, rng):
+    shape = (2, 3, 2, 7) if factor < 32 else (1, 2, 2, 5)
+    np_t = DTYPES[dtype][1]
+    x = (rng.standard_normal(shape) * 3).astype(np_t)
+    d = bilinear_dims(shape, factor)
+    oh, ow = shape[1] * factor, shape[2] * factor
+    up = np.zeros((shape[0], oh, ow, shape[3]), np_t)
+    call(emu, "bilinear_forward", d, dtype, x, up)
+
+    labels = np.zeros((shape[0], oh, ow), np.int64)
+    scores = np.zeros((shape[0], oh, ow), np_t)
+    call(emu, "argmax", d, dtype, x, labels, scores)
+    # The same arithmetic as the forward: labels and scores equal argmax / max of it, bit for bit.
+    np.testing.assert_array_equal(labels, np.argmax(up.astype(np.float64), -1))
+    np.testing.assert_array_equal(scores.astype(np.float64), up.astype(np.float64).max(-1))
+
+    up64 = ref.bilinear_loop(x.astype(np.float64), factor)
+    target = rng.integers(0, shape[3], labels.shape)
+    target[0, 0, :] = 3  # the ignore label, on one row
+    loss = np.zeros(labels.shape, np_t)
+    call(emu, "cross_entropy", d[:12] + [1, 3], dtype, x, target, loss)
+    exp_loss, exp_grad_up = _softmax_reference(up64, target, ignore=3)
+    tol = {"float16": 2e-2, "bfloat16": 1e-1, "float32": 1e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(loss.astype(np.float64), exp_loss, atol=tol, rtol=tol)
+    assert np.all(loss[0, 0, :] == 0)
+
+    g = rng.standard_normal(labels.shape)
+    grad = np.full(shape, np.nan, np_t)
+    call(emu, "cross_entropy_grad", d[:12] + [1, 3], dtype, x, target, g.astype(np_t), grad)
+    k = ref.bilinear_kernel(factor)
+    expected = ref.transposed_conv_input_grad_loop(exp_grad_up * g.astype(np_t).astype(np.float64)[..., None],
+                                                   np.repeat(k[:, :, None], shape[3], 2),
+                                                   shape[1:3], (factor, factor), "SAME")
+    err = np.max(np.abs(grad.astype(np.float64) - expected)) / max(1, np.max(np.abs(expected)))
+    assert err <= tol * 10, err
+
+
+def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
+    shape = (1, 2, 2, 4)
+    x = rng.standard_normal(shape)
+    d = bilinear_dims(shape, 2)
+    target = np.zeros((1, 4, 4), np.int64)
+    target[0, 1, 2] = 4  # out of range
+    target[0, 3, 3] = -1
+    loss = np.zeros(target.shape)
+    call(emu, "cross_entropy", d, "float64", x, target, loss)
+    bad = np.zeros(target.shape, bool)
+    bad[0, 1, 2] = bad[0, 3, 3] = True
+    assert np.all(np.isnan(loss[bad])) and np.all(np.isfinite(loss[~bad]))
+    grad = np.zeros(shape)
+    call(emu, "cross_entropy_grad", d, "float64", x, target, np.ones(target.shape), grad)
+    assert np.isnan(grad).any()
