@@ -233,3 +233,17 @@ def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
     grad = np.zeros(shape)
     call(emu, "cross_entropy_grad", d, "float64", x, target, np.ones(target.shape), grad)
     assert np.isnan(grad).any()
+
+
+def test_tf_gpu_adapter_compiles():
+    # The GPU registrations exist only under GOOGLE_CUDA, which this CPU build never defines:
+    # compile the TF adapters that way (syntax only) so that a break shows here, not on a GPU.
+    import tensorflow as tf
+
+    flags = [f for f in tf.sysconfig.get_compile_flags() if not f.startswith(("--std", "-std"))]
+    files = [os.path.join(ROOT, "csrc", "tf", f) for f in ("kernels.cc", "heads.cc")]
+    result = subprocess.run(["nvcc", "-std=c++17", "-x", "c++", "-c", "-DGOOGLE_CUDA=1",
+                             "-I" + os.path.join(ROOT, "csrc"),
+                             "-Xcompiler", "-fsyntax-only,-Wno-deprecated-declarations", *flags, *files],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,8 @@
 the dense [k, k, C, C] filter that tf.nn.conv2d_transpose needs.
 
 TensorFlow is imported on first use of a TF-level function, so that `tfupsample.numpy` (the
-NumPy binding over the same kernels) works without it.
+NumPy binding over the same kernels) and `tfupsample.cuda` (the CUDA kernels for CuPy / torch
+arrays) work without it.
 """
 
 import sys as _sys
@@ -24,7 +25,7 @@ __all__ = list(_API)
 
 
 def __getattr__(name):
-    if name in ("keras", "numpy"):  # submodules, imported on first use
+    if name in ("keras", "numpy", "cuda"):  # submodules, imported on first use
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -1,13 +1,12 @@
 """Public TensorFlow-level functions."""
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as _framework_ops
 from tensorflow.python.ops import control_flow_util as _control_flow_util
 
 from . import _ops, _pure_tf
+from ._checks import _check_data_format, _check_padding, _pair
 from ._weights import (bilinear_kernel_size, bilinear_upsample_weights,  # noqa: F401 (re-export)
                        check_factor)
 
@@ -17,18 +16,6 @@ _INT64_MAX = 2**63 - 1
 
 # ------------------------------------------------------------------------------------------------
 # Argument checks: each error names the argument and what was expected.
-
-def _check_data_format(data_format):
-    if data_format not in ("NHWC", "NCHW"):
-        raise ValueError(f"data_format must be 'NHWC' or 'NCHW', got {data_format!r}")
-    return data_format
-
-
-def _check_padding(padding):
-    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
-        return padding.upper()
-    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-
 
 def _float_tensor(x, name, dtype=None):
     x = tf.convert_to_tensor(x, dtype_hint=dtype)
@@ -45,29 +32,6 @@ def _layout_dims(x, data_format):
     """Static (n, h, w, c) of a 4-D tensor, None where unknown."""
     dims = x.shape.as_list() if x.shape.rank is not None else [None] * 4
     return (dims[0], dims[2], dims[3], dims[1]) if data_format == "NCHW" else tuple(dims)
-
-
-def _pair(value, name, data_format):
-    """An int, [h, w] or a 4-list ([1, h, w, 1] NHWC, [1, 1, h, w] NCHW) -> (h, w)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        values = [value, value]
-    else:
-        try:
-            values = list(np.asarray(value).reshape(-1))
-        except Exception:  # noqa: BLE001 -- anything unparsable gets the same message
-            values = None
-        if values is None or len(values) not in (2, 4) or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values):
-            raise ValueError(f"{name} must be an int, [{name}_h, {name}_w] or a list of 4 ints, got {value!r}")
-        if len(values) == 4:
-            hw, other = ((2, 3), (0, 1)) if data_format == "NCHW" else ((1, 2), (0, 3))
-            if values[other[0]] != 1 or values[other[1]] != 1:
-                raise ValueError(f"{name} must be 1 in the batch and channel dimensions, got {value!r}")
-            values = [values[hw[0]], values[hw[1]]]
-    values = [int(v) for v in values]
-    if min(values) < 1:
-        raise ValueError(f"{name} must be positive integers, got {value!r}")
-    return values
 
 
 def _output_shape_tensor(output_shape):

@@ -14,6 +14,26 @@ namespace cuda {
 
 enum class DType { kHalf, kBFloat16, kFloat, kDouble };
 
+// The flat argument list of the framework-free bindings (pybind11 module, CPU emulation):
+// n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label.
+// Fills g and ignore; returns "" or why the sizes are inconsistent.
+inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* ignore) {
+  if (d[0] < 0 || d[1] < 0 || d[2] < 0 || d[3] < 0) return "input dimensions must be non-negative";
+  g->n = d[0];
+  g->c = d[3];
+  g->layout = d[11] ? Layout::kNCHW : Layout::kNHWC;
+  const Padding pad = d[10] ? Padding::kValid : Padding::kSame;
+  std::string err = MakeAxis(d[1], d[4], d[6], d[8], pad, &g->y);
+  if (!err.empty()) return "height: " + err;
+  err = MakeAxis(d[2], d[5], d[7], d[9], pad, &g->x);
+  if (!err.empty()) return "width: " + err;
+  const int64_t in = CheckedMul(CheckedMul(CheckedMul(g->n, g->y.n_in), g->x.n_in), g->c);
+  const int64_t out = CheckedMul(CheckedMul(CheckedMul(g->n, g->y.n_out), g->x.n_out), g->c);
+  if (in < 0 || out < 0) return "the tensors would have more elements than int64 can index";
+  *ignore = IgnoreLabel{d[12] != 0, d[13]};
+  return "";
+}
+
 std::string BilinearForward(const Geometry& g, DType t, const void* input, void* output,
                             void* stream);
 // Scratch the input gradient needs (bytes, device memory, any alignment of 256).

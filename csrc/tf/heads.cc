@@ -1,6 +1,5 @@
 // OpKernels of the fused heads: check logits, labels and factor, then run the kernels.
-#include "cpu/kernels.h"
-#include "tf/runner.h"
+#include "tf/backends.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -40,12 +39,15 @@ class HeadOp : public OpKernel {
     return TensorShape::BuildTensorShape(dims, map);
   }
   // Labels: the map's shape, each in [0, classes) or the ignore label.
-  absl::Status CheckLabels(const Tensor& labels, const TensorShape& map, int64_t classes) const {
+  // (Values only where they are in host memory: on the GPU a bad label gives NaN, as in TF.)
+  absl::Status CheckLabels(const Tensor& labels, const TensorShape& map, int64_t classes,
+                           bool values) const {
     if (labels.shape() != map) {
       return absl::InvalidArgumentError(absl::StrCat("labels must have shape ", map.DebugString(),
                                                      " (the upsampled map), got ",
                                                      labels.shape().DebugString()));
     }
+    if (!values) return absl::OkStatus();
     const auto l = labels.flat<int64_t>();
     for (int64_t i = 0; i < l.size(); ++i) {
       if ((l(i) < 0 || l(i) >= classes) && !ignore_.Skips(l(i))) {
@@ -60,7 +62,7 @@ class HeadOp : public OpKernel {
   IgnoreLabel ignore_;
 };
 
-template <typename T>
+template <typename Device, typename T>
 class UpsampleArgmaxOp : public HeadOp {
  public:
   using HeadOp::HeadOp;
@@ -75,12 +77,12 @@ class UpsampleArgmaxOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
     if (map.num_elements() == 0) return;
-    UpsampleArgmax<T>(g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                      scores->flat<T>().data(), CpuRunner(ctx));
+    Backend<Device>::Argmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
+                            scores->flat<T>().data());
   }
 };
 
-template <typename T>
+template <typename Device, typename T>
 class UpsampleCrossEntropyOp : public HeadOp {
  public:
   using HeadOp::HeadOp;
@@ -89,16 +91,16 @@ class UpsampleCrossEntropyOp : public HeadOp {
     Geometry g;
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
-    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c, Backend<Device>::kChecksLabelValues));
     Tensor* loss = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
     if (map.num_elements() == 0) return;
-    UpsampleSoftmaxCrossEntropy<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                   ignore_, loss->flat<T>().data(), CpuRunner(ctx));
+    Backend<Device>::CrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                  ignore_, loss->flat<T>().data());
   }
 };
 
-template <typename T>
+template <typename Device, typename T>
 class UpsampleCrossEntropyGradOp : public HeadOp {
  public:
   using HeadOp::HeadOp;
@@ -107,37 +109,39 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     Geometry g;
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
-    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c, Backend<Device>::kChecksLabelValues));
     OP_REQUIRES(ctx, loss_grad.shape() == map,
                 absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
                                                         ", got ", loss_grad.shape().DebugString())));
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
-    UpsampleSoftmaxCrossEntropyGrad<T>(g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                       ignore_, loss_grad.flat<T>().data(),
-                                       grad->flat<T>().data(), CpuRunner(ctx));
+    Backend<Device>::CrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                      ignore_, loss_grad.flat<T>().data(), grad->flat<T>().data());
   }
 };
 
 }  // namespace
 
-#define TFUP_REGISTER_HEADS(T)                                                                 \
+#define TFUP_REGISTER_HEADS(DEV, D, T)                                                    \
   REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("TfupsampleUpsampleArgmax").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),        \
-      UpsampleArgmaxOp<T>);                                                                    \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy")                        \
-                              .Device(tensorflow::DEVICE_CPU)                                  \
-                              .TypeConstraint<T>("T"),                                         \
-                          UpsampleCrossEntropyOp<T>);                                          \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")                    \
-                              .Device(tensorflow::DEVICE_CPU)                                  \
-                              .TypeConstraint<T>("T"),                                         \
-                          UpsampleCrossEntropyGradOp<T>);
+      Name("TfupsampleUpsampleArgmax").Device(DEV).TypeConstraint<T>("T"),                     \
+      UpsampleArgmaxOp<D, T>);                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                     \
+      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),  \
+      UpsampleCrossEntropyOp<D, T>);                                                      \
+  REGISTER_KERNEL_BUILDER(                                                                     \
+      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"), \
+      UpsampleCrossEntropyGradOp<D, T>);
+#define TFUP_REGISTER_HEADS_ALL(DEV, D)        \
+  TFUP_REGISTER_HEADS(DEV, D, Eigen::half)     \
+  TFUP_REGISTER_HEADS(DEV, D, Eigen::bfloat16) \
+  TFUP_REGISTER_HEADS(DEV, D, float)           \
+  TFUP_REGISTER_HEADS(DEV, D, double)
 
-TFUP_REGISTER_HEADS(Eigen::half)
-TFUP_REGISTER_HEADS(Eigen::bfloat16)
-TFUP_REGISTER_HEADS(float)
-TFUP_REGISTER_HEADS(double)
+TFUP_REGISTER_HEADS_ALL(tensorflow::DEVICE_CPU, CPUDevice)
+#if GOOGLE_CUDA
+TFUP_REGISTER_HEADS_ALL(tensorflow::DEVICE_GPU, GPUDevice)
+#endif
 
 }  // namespace tfup

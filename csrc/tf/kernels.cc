@@ -2,8 +2,7 @@
 // Geometry, allocate, and hand raw pointers to the kernels in csrc/cpu.
 #include <array>
 
-#include "cpu/kernels.h"
-#include "tf/runner.h"
+#include "tf/backends.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -66,7 +65,7 @@ absl::Status ReadSizes(const Tensor& t, const char* name, std::array<int64_t, 4>
 // ----------------------------------------------------------------------------------------------
 // Bilinear
 
-template <typename T>
+template <typename Device, typename T>
 class BilinearUpsampleOp : public OpKernel {
  public:
   explicit BilinearUpsampleOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
@@ -88,8 +87,7 @@ class BilinearUpsampleOp : public OpKernel {
     OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     if (out->NumElements() == 0) return;
-    PreferHugePages(out->data(), out->TotalBytes());
-    BilinearForward<T>(g, in.flat<T>().data(), out->flat<T>().data(), CpuRunner(ctx));
+    Backend<Device>::BilinearForward(ctx, g, in.flat<T>().data(), out->flat<T>().data());
   }
 
  private:
@@ -97,7 +95,7 @@ class BilinearUpsampleOp : public OpKernel {
   int64_t factor_ = 1;
 };
 
-template <typename T>
+template <typename Device, typename T>
 class BilinearUpsampleGradOp : public OpKernel {
  public:
   explicit BilinearUpsampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
@@ -124,7 +122,7 @@ class BilinearUpsampleGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_in, g.x.n_in, g.c}, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &dx));
     if (dx->NumElements() == 0) return;
-    BilinearBackpropInput<T>(g, dy.flat<T>().data(), dx->flat<T>().data(), CpuRunner(ctx));
+    Backend<Device>::BilinearBackpropInput(ctx, g, dy.flat<T>().data(), dx->flat<T>().data());
   }
 
  private:
@@ -137,7 +135,7 @@ class BilinearUpsampleGradOp : public OpKernel {
 
 enum class Mode { kForward, kBackpropInput, kBackpropFilter };
 
-template <typename T, Mode kMode>
+template <typename Device, typename T, Mode kMode>
 class DepthwiseOp : public OpKernel {
  public:
   explicit DepthwiseOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
@@ -212,14 +210,13 @@ class DepthwiseOp : public OpKernel {
     if (kMode == Mode::kBackpropFilter) OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape(filter, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &result));
     if (result->NumElements() == 0) return;
-    PreferHugePages(result->data(), result->TotalBytes());
     T* r = result->flat<T>().data();
     if (kMode == Mode::kForward) {
-      DepthwiseForward<T>(g, x->flat<T>().data(), w->flat<T>().data(), r, CpuRunner(ctx));
+      Backend<Device>::DepthwiseForward(ctx, g, x->flat<T>().data(), w->flat<T>().data(), r);
     } else if (kMode == Mode::kBackpropInput) {
-      DepthwiseBackpropInput<T>(g, dy->flat<T>().data(), w->flat<T>().data(), r, CpuRunner(ctx));
+      Backend<Device>::DepthwiseBackpropInput(ctx, g, dy->flat<T>().data(), w->flat<T>().data(), r);
     } else {
-      DepthwiseBackpropFilter<T>(g, x->flat<T>().data(), dy->flat<T>().data(), r, CpuRunner(ctx));
+      Backend<Device>::DepthwiseBackpropFilter(ctx, g, x->flat<T>().data(), dy->flat<T>().data(), r);
     }
   }
 
@@ -231,32 +228,38 @@ class DepthwiseOp : public OpKernel {
 
 }  // namespace
 
-#define TFUP_REGISTER_CPU(T)                                                                  \
+// One set of registrations per device; the size vectors stay in host memory on both.
+#define TFUP_REGISTER(DEV, D, T)                                                          \
   REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupsampleBilinearUpsample").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),     \
-      BilinearUpsampleOp<T>);                                                                 \
+      Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"),                  \
+      BilinearUpsampleOp<D, T>);                                                         \
   REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupsampleBilinearUpsampleGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-      BilinearUpsampleGradOp<T>);                                                             \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                                \
-                              .Device(tensorflow::DEVICE_CPU)                                 \
+      Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),              \
+      BilinearUpsampleGradOp<D, T>);                                                     \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                          \
+                              .Device(DEV)                                                    \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("output_shape"),                                    \
-                          DepthwiseOp<T, Mode::kForward>);                                    \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")                   \
-                              .Device(tensorflow::DEVICE_CPU)                                 \
+                          DepthwiseOp<D, T, Mode::kForward>);                            \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")             \
+                              .Device(DEV)                                                    \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("input_sizes"),                                     \
-                          DepthwiseOp<T, Mode::kBackpropInput>);                              \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")                  \
-                              .Device(tensorflow::DEVICE_CPU)                                 \
+                          DepthwiseOp<D, T, Mode::kBackpropInput>);                      \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")            \
+                              .Device(DEV)                                                    \
                               .TypeConstraint<T>("T")                                         \
                               .HostMemory("filter_sizes"),                                    \
-                          DepthwiseOp<T, Mode::kBackpropFilter>);
+                          DepthwiseOp<D, T, Mode::kBackpropFilter>);
+#define TFUP_REGISTER_ALL(DEV, D)  \
+  TFUP_REGISTER(DEV, D, Eigen::half)     \
+  TFUP_REGISTER(DEV, D, Eigen::bfloat16) \
+  TFUP_REGISTER(DEV, D, float)           \
+  TFUP_REGISTER(DEV, D, double)
 
-TFUP_REGISTER_CPU(Eigen::half)
-TFUP_REGISTER_CPU(Eigen::bfloat16)
-TFUP_REGISTER_CPU(float)
-TFUP_REGISTER_CPU(double)
+TFUP_REGISTER_ALL(tensorflow::DEVICE_CPU, CPUDevice)
+#if GOOGLE_CUDA
+TFUP_REGISTER_ALL(tensorflow::DEVICE_GPU, GPUDevice)
+#endif
 
 }  // namespace tfup

@@ -18,14 +18,9 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   using namespace tfup;
   using namespace tfup::cuda;
   Geometry g;
-  g.n = d[0];
-  g.c = d[3];
-  g.layout = d[11] ? Layout::kNCHW : Layout::kNHWC;
-  const Padding pad = d[10] ? Padding::kValid : Padding::kSame;
-  last_error = MakeAxis(d[1], d[4], d[6], d[8], pad, &g.y);
-  if (last_error.empty()) last_error = MakeAxis(d[2], d[5], d[7], d[9], pad, &g.x);
+  IgnoreLabel ignore;
+  last_error = GeometryFromArgs(d, &g, &ignore);
   if (!last_error.empty()) return -1;
-  const IgnoreLabel ignore{d[12] != 0, d[13]};
   const DType t = static_cast<DType>(dtype);
   const HostExec ex;
   const std::string name(op);

@@ -1,0 +1,69 @@
+"""tfupsample.cuda's argument checks, which run before any GPU work (no GPU needed): arrays are
+described through __cuda_array_interface__ here; benchmarks/gpu_check.py runs the kernels."""
+
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+import tfupsample.cuda as tc
+
+
+class FakeGpuArray:
+    """Anything with a __cuda_array_interface__; its pointer is never dereferenced by the checks."""
+
+    def __init__(self, shape, typestr="<f4", strides=None):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr,
+                                         "data": (0, False), "strides": strides, "version": 3}
+
+
+def test_non_gpu_arrays_and_dtypes_are_refused():
+    with pytest.raises(TypeError, match="x must be a CUDA array"):
+        tc.bilinear_upsample([[1.0]], 2)
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        tc.bilinear_upsample(FakeGpuArray((1, 2, 2, 3), "<i4"), 2)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        tc.bilinear_upsample(FakeGpuArray((1, 2, 2, 3), "<f4", (48, 4, 24, 8)), 2)
+
+
+def test_shapes_factors_and_formats_are_checked():
+    x = FakeGpuArray((1, 2, 2, 3))
+    with pytest.raises(TypeError, match="factor must be a positive integer"):
+        tc.bilinear_upsample(x, 2.0)
+    with pytest.raises(ValueError, match="data_format must be"):
+        tc.bilinear_upsample(x, 2, data_format="NWHC")
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        tc.bilinear_upsample(FakeGpuArray((2, 2, 3)), 2)
+    with pytest.raises(ValueError, match=r"out must have shape \[1, 4, 4, 3\] and dtype float32"):
+        tc.bilinear_upsample(x, 2, out=FakeGpuArray((1, 4, 4, 2)))
+    with pytest.raises(TypeError, match="pass out"):  # no framework to allocate with
+        tc.bilinear_upsample(x, 2)
+    with pytest.raises(ValueError, match="multiples of factor 3"):
+        tc.bilinear_upsample_grad(FakeGpuArray((1, 4, 6, 3)), 3)
+    with pytest.raises(ValueError, match=r"filter must be \[kernel_h, kernel_w, 3\]"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 2, 1)), strides=2)
+    with pytest.raises(TypeError, match="filter must have x's dtype float32"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3), "<f8"), strides=2)
+    with pytest.raises(ValueError, match="padding must be"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3)), strides=2, padding="FULL")
+    with pytest.raises(ValueError, match="labels must be int64 of shape"):
+        tc.upsample_sparse_softmax_cross_entropy(FakeGpuArray((1, 4, 4), "<i8"), x, 4)
+
+
+def test_without_the_cuda_build_the_error_says_so():
+    try:
+        from tfupsample import _cuda_ext  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("this build has the CUDA kernels")
+    assert not tc.available()
+    x = FakeGpuArray((1, 2, 2, 3))
+    with pytest.raises(RuntimeError, match="built without its CUDA kernels"):
+        tc.bilinear_upsample(x, 2, out=FakeGpuArray((1, 4, 4, 3)))
+
+
+def test_importing_it_does_not_import_tensorflow():
+    code = "import sys, tfupsample.cuda; assert 'tensorflow' not in sys.modules, 'imported TF'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tempfile.gettempdir())

@@ -1,0 +1,334 @@
+"""tfupsample's CUDA kernels for GPU arrays of any framework -- CuPy, PyTorch, anything with
+`__cuda_array_interface__` or `__dlpack__` -- without TensorFlow.
+
+The same kernels the TF op runs on a GPU. Arrays must be C-contiguous and on a CUDA device;
+results are written into `out` when given, else into a new array of the input's framework
+(torch or CuPy). Work is queued on `stream` (a `cudaStream_t` as an int), by default the
+framework's current stream, and not waited for, as the frameworks' own ops do.
+
+    import torch, tfupsample.cuda as tc
+    x = torch.randn(1, 16, 22, 1000, device="cuda")
+    y = tc.bilinear_upsample(x, 32)          # [1, 512, 704, 1000]
+"""
+
+import ctypes
+
+from ._checks import _check_data_format, _check_padding, _pair
+from ._weights import bilinear_kernel_size, check_factor
+
+_DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+_TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i8": "int64"}
+_DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 64): "float64",
+              (0, 64): "int64"}
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
+_DL_CUDA, _DL_CUDA_MANAGED = 2, 13
+
+
+def available():
+    """True when the CUDA kernels were built (TFUPSAMPLE_CUDA) and a CUDA device is visible."""
+    try:
+        from . import _cuda_ext
+    except ImportError:
+        return False
+    return _cuda_ext.device_count() > 0
+
+
+def _ext():
+    try:
+        from . import _cuda_ext
+    except ImportError as e:
+        raise RuntimeError("tfupsample was built without its CUDA kernels: rebuild with a CUDA "
+                           "toolkit present (TFUPSAMPLE_CUDA=ON forces it)") from e
+    return _cuda_ext
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU arrays -> (pointer, shape, dtype)
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+class _View:
+    def __init__(self, array, name, ptr, shape, dtype, contiguous):
+        if dtype is None:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 (int64 for labels)")
+        if not contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        self.array, self.name, self.ptr, self.shape, self.dtype = array, name, ptr, tuple(shape), dtype
+
+
+def _contiguous(shape, strides, itemsize=1):
+    expected = itemsize
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _view(array, name):
+    try:
+        cai = array.__cuda_array_interface__
+    except (AttributeError, TypeError, RuntimeError, ValueError):
+        cai = None  # e.g. torch's bfloat16 has none: DLPack below
+    if cai is not None:
+        dtype = _TYPESTR.get(cai["typestr"])
+        shape = tuple(cai["shape"])
+        strides = cai.get("strides")
+        ok = strides is None or dtype is None or _contiguous(shape, strides, _ITEMSIZE[dtype])
+        return _View(array, name, cai["data"][0] or 0, shape, dtype, ok)
+    if hasattr(array, "__dlpack__"):
+        capsule = array.__dlpack__()
+        t = ctypes.cast(_capsule_pointer(capsule, b"dltensor"), ctypes.POINTER(_DLTensor)).contents
+        if t.device.device_type not in (_DL_CUDA, _DL_CUDA_MANAGED):
+            raise TypeError(f"{name} must be on a CUDA device, got DLPack device type {t.device.device_type}")
+        shape = tuple(t.shape[i] for i in range(t.ndim))
+        ok = not t.strides or _contiguous(shape, [t.strides[i] for i in range(t.ndim)])
+        dtype = _DL_DTYPES.get((t.dtype.code, t.dtype.bits)) if t.dtype.lanes == 1 else None
+        # The capsule is not consumed: the array keeps owning the memory, and `array` is held.
+        return _View(array, name, (t.data or 0) + t.byte_offset, shape, dtype, ok)
+    raise TypeError(f"{name} must be a CUDA array (CuPy, torch, or anything with "
+                    f"__cuda_array_interface__ or __dlpack__), got {type(array).__name__}")
+
+
+def _framework(array):
+    return type(array).__module__.split(".")[0]
+
+
+def _empty(like, name, shape, dtype):
+    if _framework(like) == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    if _framework(like) == "cupy" and dtype != "bfloat16":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype)
+    raise TypeError(f"pass {name}: an array of shape {list(shape)} and dtype {dtype} "
+                    f"(new arrays are made only for torch and CuPy inputs)")
+
+
+def _output(out, like, name, shape, dtype):
+    if out is None:
+        out = _empty(like.array, name, shape, dtype)
+    v = _view(out, name)
+    if v.shape != tuple(shape) or v.dtype != dtype:
+        raise ValueError(f"{name} must have shape {list(shape)} and dtype {dtype}, got "
+                         f"{list(v.shape)} {v.dtype}")
+    return v
+
+
+def _stream(like, stream):
+    if stream is not None:
+        return int(stream)
+    if _framework(like.array) == "torch":
+        import torch
+
+        return torch.cuda.current_stream(like.array.device).cuda_stream
+    if _framework(like.array) == "cupy":
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+    return 0
+
+
+def _rank4(v, data_format):
+    if len(v.shape) != 4:
+        raise ValueError(f"{v.name} must be 4-D, got shape {list(v.shape)}")
+    n, a, b, c = v.shape
+    return (n, b, c, a) if data_format == "NCHW" else (n, a, b, c)
+
+
+def _layout(n, h, w, c, data_format):
+    return (n, c, h, w) if data_format == "NCHW" else (n, h, w, c)
+
+
+def _same_dtype(v, like):
+    if v.dtype != like.dtype:
+        raise TypeError(f"{v.name} must have {like.name}'s dtype {like.dtype}, got {v.dtype}")
+
+
+def _run(op, args, views, stream):
+    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[views[0].dtype], [v.ptr for v in views],
+               stream)
+
+
+def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None):
+    return [n, h, w, c, oh, ow, k[0], k[1], s[0], s[1], padding == "VALID", data_format == "NCHW",
+            ignore_label is not None, ignore_label or 0]
+
+
+def _float(v):
+    if v.dtype not in _DTYPE_CODES:
+        raise TypeError(f"{v.name} must be float16, bfloat16, float32 or float64, got {v.dtype}")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------
+# Bilinear
+
+def bilinear_upsample(x, factor, *, data_format="NHWC", out=None, stream=None):
+    """Bilinear upsample by an integer `factor` (the FCN transposed convolution, SAME)."""
+    f, fmt = check_factor(factor), _check_data_format(data_format)
+    v = _float(_view(x, "x"))
+    n, h, w, c = _rank4(v, fmt)
+    k = bilinear_kernel_size(f)
+    o = _output(out, v, "out", _layout(n, h * f, w * f, c, fmt), v.dtype)
+    _run("bilinear_forward", _args(n, h, w, c, h * f, w * f, (k, k), (f, f), "SAME", fmt),
+         [v, o], _stream(v, stream))
+    return o.array
+
+
+def bilinear_upsample_grad(output_grad, factor, *, data_format="NHWC", out=None, stream=None):
+    """Gradient of `bilinear_upsample` to its input, given the output's gradient."""
+    f, fmt = check_factor(factor), _check_data_format(data_format)
+    v = _float(_view(output_grad, "output_grad"))
+    n, oh, ow, c = _rank4(v, fmt)
+    if oh % f or ow % f:
+        raise ValueError(f"output_grad height and width must be multiples of factor {f}, got {list(v.shape)}")
+    k = bilinear_kernel_size(f)
+    o = _output(out, v, "out", _layout(n, oh // f, ow // f, c, fmt), v.dtype)
+    _run("bilinear_backprop_input", _args(n, oh // f, ow // f, c, oh, ow, (k, k), (f, f), "SAME", fmt),
+         [v, o], _stream(v, stream))
+    return o.array
+
+
+# ------------------------------------------------------------------------------------------------
+# Depthwise transposed convolution: filter [kh, kw, C] or [kh, kw, C, 1]
+
+def _filter(filter, c):  # noqa: A002
+    v = _view(filter, "filter")
+    if len(v.shape) == 4 and v.shape[3] == 1:
+        v.shape = v.shape[:3]
+    if len(v.shape) != 3 or v.shape[2] != c:
+        raise ValueError(f"filter must be [kernel_h, kernel_w, {c}] or [kernel_h, kernel_w, {c}, 1], "
+                         f"got {list(v.shape)}")
+    return v
+
+
+def _default_size(n, k, s, padding):
+    return 0 if n == 0 else (n * s if padding == "SAME" else (n - 1) * s + k)
+
+
+def depthwise_conv2d_transpose(x, filter, output_size=None, strides=1, padding="SAME", *,  # noqa: A002
+                               data_format="NHWC", out=None, stream=None):
+    """Per-channel transposed convolution; output_size (h, w), default Keras' Conv2DTranspose's."""
+    fmt, pad = _check_data_format(data_format), _check_padding(padding)
+    s = _pair(strides, "strides", fmt)
+    v = _float(_view(x, "x"))
+    n, h, w, c = _rank4(v, fmt)
+    fv = _filter(filter, c)
+    _same_dtype(fv, v)
+    k = fv.shape[:2]
+    oh, ow = output_size or (_default_size(h, k[0], s[0], pad), _default_size(w, k[1], s[1], pad))
+    o = _output(out, v, "out", _layout(n, oh, ow, c, fmt), v.dtype)
+    _run("depthwise_forward", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, fv, o],
+         _stream(v, stream))
+    return o.array
+
+
+def depthwise_conv2d_transpose_backprop_input(output_grad, filter, input_size, strides=1,  # noqa: A002
+                                              padding="SAME", *, data_format="NHWC", out=None,
+                                              stream=None):
+    """Gradient to the input (input_size: its (h, w))."""
+    fmt, pad = _check_data_format(data_format), _check_padding(padding)
+    s = _pair(strides, "strides", fmt)
+    v = _float(_view(output_grad, "output_grad"))
+    n, oh, ow, c = _rank4(v, fmt)
+    fv = _filter(filter, c)
+    _same_dtype(fv, v)
+    h, w = input_size
+    o = _output(out, v, "out", _layout(n, h, w, c, fmt), v.dtype)
+    _run("depthwise_backprop_input", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
+         [v, fv, o], _stream(v, stream))
+    return o.array
+
+
+def depthwise_conv2d_transpose_backprop_filter(x, output_grad, kernel_size, strides=1,
+                                               padding="SAME", *, data_format="NHWC", out=None,
+                                               stream=None):
+    """Gradient to the [kh, kw, C] filter."""
+    fmt, pad = _check_data_format(data_format), _check_padding(padding)
+    s = _pair(strides, "strides", fmt)
+    k = _pair(kernel_size, "kernel_size", fmt)
+    v = _float(_view(x, "x"))
+    dv = _view(output_grad, "output_grad")
+    _same_dtype(dv, v)
+    n, h, w, c = _rank4(v, fmt)
+    n2, oh, ow, c2 = _rank4(dv, fmt)
+    if (n2, c2) != (n, c):
+        raise ValueError(f"output_grad must keep x's batch {n} and channels {c}, got {list(dv.shape)}")
+    o = _output(out, v, "out", (k[0], k[1], c), v.dtype)
+    _run("depthwise_backprop_filter", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, dv, o],
+         _stream(v, stream))
+    return o.array
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused heads (NHWC logits)
+
+def _head(logits, factor):
+    f = check_factor(factor)
+    v = _float(_view(logits, "logits"))
+    n, h, w, c = _rank4(v, "NHWC")
+    k = bilinear_kernel_size(f)
+    return v, f, (n, h * f, w * f), lambda ignore=None: _args(n, h, w, c, h * f, w * f, (k, k), (f, f),
+                                                              ignore_label=ignore)
+
+
+def _labels(labels, shape):
+    v = _view(labels, "labels")
+    if v.dtype != "int64" or v.shape != tuple(shape):
+        raise ValueError(f"labels must be int64 of shape {list(shape)}, got {v.dtype} {list(v.shape)}")
+    return v
+
+
+def upsample_argmax(logits, factor, *, stream=None):
+    """(labels int64 [n, h*f, w*f], scores) = argmax / max over classes of the upsampled logits."""
+    v, f, shape, args = _head(logits, factor)
+    if v.shape[3] == 0:
+        raise ValueError("logits must have at least one class")
+    labels = _output(None, v, "labels", shape, "int64")
+    scores = _output(None, v, "scores", shape, v.dtype)
+    _run("argmax", args(), [v, labels, scores], _stream(v, stream))
+    return labels.array, scores.array
+
+
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, stream=None):
+    """Per-pixel softmax cross-entropy of the upsampled logits; labels outside [0, C) give NaN."""
+    v, f, shape, args = _head(logits, factor)
+    lv = _labels(labels, shape)
+    loss = _output(None, v, "loss", shape, v.dtype)
+    _run("cross_entropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
+    return loss.array
+
+
+def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *,
+                                               ignore_label=None, stream=None):
+    """Gradient of the loss map to the coarse logits, given the loss map's gradient."""
+    v, f, shape, args = _head(logits, factor)
+    lv = _labels(labels, shape)
+    gv = _view(loss_grad, "loss_grad")
+    _same_dtype(gv, v)
+    if gv.shape != tuple(shape):
+        raise ValueError(f"loss_grad must have shape {list(shape)}, got {list(gv.shape)}")
+    grad = _output(None, v, "grad", v.shape, v.dtype)
+    _run("cross_entropy_grad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
+    return grad.array
