@@ -1,6 +1,7 @@
 """tfupsample.cuda's argument checks, which run before any GPU work (no GPU needed): arrays are
 described through __cuda_array_interface__ here; benchmarks/gpu_check.py runs the kernels."""
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -8,6 +9,7 @@ import tempfile
 import pytest
 
 import tfupsample.cuda as tc
+from cuda_host import emulator
 
 
 class FakeGpuArray:
@@ -52,11 +54,7 @@ def test_shapes_factors_and_formats_are_checked():
 
 
 def test_without_the_cuda_build_the_error_says_so():
-    try:
-        from tfupsample import _cuda_ext  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if os.path.exists(os.path.join(os.path.dirname(tc.__file__), "_tfupsample_cuda.so")):
         pytest.skip("this build has the CUDA kernels")
     assert not tc.available()
     x = FakeGpuArray((1, 2, 2, 3))
@@ -67,3 +65,14 @@ def test_without_the_cuda_build_the_error_says_so():
 def test_importing_it_does_not_import_tensorflow():
     code = "import sys, tfupsample.cuda; assert 'tensorflow' not in sys.modules, 'imported TF'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tempfile.gettempdir())
+
+
+@pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
+def test_gpu_check_script_passes_on_the_cpu_emulation(monkeypatch):
+    # benchmarks/gpu_check.py drives tfupsample.cuda end to end (array interface, out=, checks,
+    # references); over the CPU emulation of the kernels it must pass here before a GPU sees it.
+    monkeypatch.setattr(tc, "_ext", tc._ext)  # gpu_check points it at the emulation; restored
+    monkeypatch.syspath_prepend(os.path.join(emulator.ROOT, "benchmarks"))
+    import gpu_check
+
+    assert gpu_check.main(["--backend", "host", "--quick"]) == 0

@@ -5,7 +5,6 @@ NumPy loops on machines without a GPU; benchmarks/gpu_check.sh runs the same ker
 
 import ctypes
 import os
-import shutil
 import subprocess
 
 import ml_dtypes
@@ -13,27 +12,18 @@ import numpy as np
 import pytest
 
 import reference as ref
+from cuda_host import emulator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = emulator.ROOT
 DTYPES = {"float16": (0, np.float16), "bfloat16": (1, ml_dtypes.bfloat16),
           "float32": (2, np.float32), "float64": (3, np.float64)}
 
-pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+pytestmark = pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    so = str(tmp_path_factory.mktemp("cuda_host") / "emulate.so")
-    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC",
-                    "-I" + os.path.join(ROOT, "csrc"),
-                    os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
-    lib = ctypes.CDLL(so)
-    lib.tfup_emu_run.restype = ctypes.c_int
-    lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 4
-    lib.tfup_emu_error.restype = ctypes.c_char_p
-    lib.tfup_emu_divide.restype = ctypes.c_int64
-    lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
-    return lib
+    return emulator.build(str(tmp_path_factory.mktemp("cuda_host")))
 
 
 def call(lib, op, dims, dtype, *arrays):
@@ -74,7 +64,7 @@ def test_divider_matches_integer_division(emu):
 @pytest.mark.parametrize("factor", [1, 2, 3, 4, 5, 7, 8, 9, 32])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_bilinear_forward_and_gradient(emu, factor, layout, rng):
-    shape = (2, 3, 4, 5) if factor < 32 else (1, 2, 3, 3)
+    shape = {2: (1, 2, 2, 600), 32: (1, 2, 3, 3)}.get(factor, (2, 3, 4, 5))  # 600: 3 groups
     x = rng.standard_normal(shape)
     oh, ow = shape[1] * factor, shape[2] * factor
     for dtype, (_, np_t) in DTYPES.items():
@@ -109,6 +99,7 @@ CASES = [  # input [n, h, w, c], kernel, strides, padding, output size (None: th
     ((2, 2, 3, 4), (2, 2), (3, 3), "VALID", None),  # kernel smaller than the stride
     ((1, 4, 2, 1), (5, 3), (1, 2), "VALID", (8, 6)),
     ((1, 3, 2, 33), (6, 6), (3, 3), "SAME", (8, 6)),  # channels past one warp
+    ((1, 2, 2, 300), (3, 2), (2, 2), "SAME", None),  # channels split into groups of 256
     ((2, 1, 1, 2), (1, 1), (1, 1), "SAME", None),
     ((0, 3, 3, 2), (3, 3), (2, 2), "SAME", None),  # empty batch
     ((1, 0, 3, 2), (3, 3), (2, 2), "VALID", (2, 7)),  # empty input height, non-empty output

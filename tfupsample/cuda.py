@@ -12,6 +12,7 @@ framework's current stream, and not waited for, as the frameworks' own ops do.
 """
 
 import ctypes
+import os
 
 from ._checks import _check_data_format, _check_padding, _pair
 from ._weights import bilinear_kernel_size, check_factor
@@ -24,22 +25,51 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 
 
-def available():
-    """True when the CUDA kernels were built (TFUPSAMPLE_CUDA) and a CUDA device is visible."""
-    try:
-        from . import _cuda_ext
-    except ImportError:
-        return False
-    return _cuda_ext.device_count() > 0
+class _Library:
+    """The C ABI of _tfupsample_cuda.so (csrc/cuda/binding.cu), loaded with ctypes."""
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        self.lib.tfupsample_cuda_run.restype = ctypes.c_int
+        self.lib.tfupsample_cuda_run.argtypes = [
+            ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int,
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        self.lib.tfupsample_cuda_device_count.restype = ctypes.c_int
+
+    def run(self, op, args, dtype, pointers, stream):
+        error = ctypes.create_string_buffer(1024)
+        ptrs = (ctypes.c_void_p * 4)(*(list(pointers) + [None] * (4 - len(pointers))))
+        code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * 14)(*args), dtype, ptrs,
+                                            stream, error, len(error))
+        if code == 1:
+            raise ValueError(error.value.decode())
+        if code != 0:
+            raise RuntimeError(error.value.decode())
+
+    def device_count(self):
+        return self.lib.tfupsample_cuda_device_count()
+
+
+_library = None
 
 
 def _ext():
+    global _library
+    if _library is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tfupsample_cuda.so")
+        if not os.path.exists(path):
+            raise RuntimeError("tfupsample was built without its CUDA kernels: rebuild with a CUDA "
+                               "toolkit present (TFUPSAMPLE_CUDA=ON forces it)")
+        _library = _Library(path)
+    return _library
+
+
+def available():
+    """True when the CUDA kernels were built (TFUPSAMPLE_CUDA) and a CUDA device is visible."""
     try:
-        from . import _cuda_ext
-    except ImportError as e:
-        raise RuntimeError("tfupsample was built without its CUDA kernels: rebuild with a CUDA "
-                           "toolkit present (TFUPSAMPLE_CUDA=ON forces it)") from e
-    return _cuda_ext
+        return _ext().device_count() > 0
+    except (RuntimeError, OSError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,28 +330,31 @@ def _labels(labels, shape):
     return v
 
 
-def upsample_argmax(logits, factor, *, stream=None):
-    """(labels int64 [n, h*f, w*f], scores) = argmax / max over classes of the upsampled logits."""
+def upsample_argmax(logits, factor, *, out=None, stream=None):
+    """(labels int64 [n, h*f, w*f], scores) = argmax / max over classes of the upsampled logits
+    (ties: the lowest class). out: an optional (labels, scores) pair to write into."""
     v, f, shape, args = _head(logits, factor)
     if v.shape[3] == 0:
         raise ValueError("logits must have at least one class")
-    labels = _output(None, v, "labels", shape, "int64")
-    scores = _output(None, v, "scores", shape, v.dtype)
+    labels_out, scores_out = out if out is not None else (None, None)
+    labels = _output(labels_out, v, "labels", shape, "int64")
+    scores = _output(scores_out, v, "scores", shape, v.dtype)
     _run("argmax", args(), [v, labels, scores], _stream(v, stream))
     return labels.array, scores.array
 
 
-def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, stream=None):
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, out=None,
+                                          stream=None):
     """Per-pixel softmax cross-entropy of the upsampled logits; labels outside [0, C) give NaN."""
     v, f, shape, args = _head(logits, factor)
     lv = _labels(labels, shape)
-    loss = _output(None, v, "loss", shape, v.dtype)
+    loss = _output(out, v, "out", shape, v.dtype)
     _run("cross_entropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
     return loss.array
 
 
 def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *,
-                                               ignore_label=None, stream=None):
+                                               ignore_label=None, out=None, stream=None):
     """Gradient of the loss map to the coarse logits, given the loss map's gradient."""
     v, f, shape, args = _head(logits, factor)
     lv = _labels(labels, shape)
@@ -329,6 +362,6 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     _same_dtype(gv, v)
     if gv.shape != tuple(shape):
         raise ValueError(f"loss_grad must have shape {list(shape)}, got {list(gv.shape)}")
-    grad = _output(None, v, "grad", v.shape, v.dtype)
+    grad = _output(out, v, "out", v.shape, v.dtype)
     _run("cross_entropy_grad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
     return grad.array

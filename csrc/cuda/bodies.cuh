@@ -74,13 +74,14 @@ struct GatherBody {
   TD* dst;
   Weights weights;
 
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs) const {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
+                                   int64_t c_end) const {
     using A = typename AccOf<TD>::type;
     const Run ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
     const Run rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
     const TS* base = src + n * src_s.n;
     TD* out = dst + dst_s.At(n, y, x, 0);
-    for (int64_t c = c0; c < C; c += cs) {
+    for (int64_t c = c0; c < c_end; c += cs) {
       A acc = A(0);
       for (int64_t my = 0; my < ry.count; ++my) {
         const int64_t iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
@@ -134,11 +135,14 @@ struct BilinearForwardBody {
   Strides in_s, out_s;
   const T* in;
   T* out;
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs) const {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
+                                   int64_t c_end) const {
     if (ay.n_in == 0 || ax.n_in == 0) return;  // no output either (SAME)
     const BilinearPixel<T> px(ay, ax, sy, sx, in_s, n, y, x);
     T* o = out + out_s.At(n, y, x, 0);
-    for (int64_t c = c0; c < C; c += cs) o[c * out_s.c] = Store<T>::From(px.Value(in, c * in_s.c));
+    for (int64_t c = c0; c < c_end; c += cs) {
+      o[c * out_s.c] = Store<T>::From(px.Value(in, c * in_s.c));
+    }
   }
 };
 
@@ -156,14 +160,14 @@ struct FilterPartialBody {
   A* partial;  // [chunks, ky, kx, C]
 
   TFUP_HOST_DEVICE void operator()(int64_t chunk, int64_t ty, int64_t tx, int64_t c0,
-                                   int64_t cs) const {
+                                   int64_t cs, int64_t c_end) const {
     // Inputs ix whose tap tx lands inside the output: 0 <= ix*sx - px + tx < n_out.
     int64_t ix_lo = 0, ix_hi = ax.n_in - 1;
     while (ix_lo <= ix_hi && ix_lo * ax.stride - ax.pad + tx < 0) ++ix_lo;
     while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
-    for (int64_t c = c0; c < C; c += cs) {
+    for (int64_t c = c0; c < c_end; c += cs) {
       A acc = A(0);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = by_h.Div(r), iy = r - n * ay.n_in;
@@ -187,9 +191,10 @@ struct FilterReduceBody {
   int64_t kx;
   const A* partial;
   T* filter_grad;
-  TFUP_HOST_DEVICE void operator()(int64_t, int64_t ty, int64_t tx, int64_t c0, int64_t cs) const {
+  TFUP_HOST_DEVICE void operator()(int64_t, int64_t ty, int64_t tx, int64_t c0, int64_t cs,
+                                   int64_t c_end) const {
     const int64_t tap = ty * kx + tx;
-    for (int64_t c = c0; c < C; c += cs) {
+    for (int64_t c = c0; c < c_end; c += cs) {
       A acc = A(0);
       for (int64_t k = 0; k < chunks; ++k) acc += partial[(k * taps + tap) * C + c];
       filter_grad[tap * C + c] = Store<T>::From(acc);

@@ -83,31 +83,37 @@ struct Shape {
 };
 
 // Work over an (n, y, x, c) space where c is the innermost dimension in memory: threads of a warp
-// run along c (coalesced), each thread takes one (n, y, x) and every bx-th channel, so the
-// per-position index work (taps, weights) is done once per position, not once per element.
+// run along c (coalesced); a thread takes one (n, y, x) and every bx-th channel of a group of
+// kGroupLanes * bx channels, so the per-position index work (taps, weights) is done once per up to
+// kGroupLanes elements, while wide C still splits into enough warps to fill the card.
+constexpr int kGroupLanes = 8;
+
 template <class Body>
 struct ChannelLanes {
   Body body;
-  int64_t positions, C;
-  Divider w, h;  // by the x and y extents
+  int64_t items, C, group;  // items = positions * groups; group = channels per group
+  Divider groups, w, h;     // by the group count, the x and the y extents
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const int64_t step = p.grid * p.by;
-    for (int64_t i = p.block * p.by + p.ty; i < positions; i += step) {
-      const int64_t r = w.Div(i), x = i - r * static_cast<int64_t>(w.d);
+    for (int64_t i = p.block * p.by + p.ty; i < items; i += step) {
+      const int64_t pos = groups.Div(i), g = i - pos * static_cast<int64_t>(groups.d);
+      const int64_t r = w.Div(pos), x = pos - r * static_cast<int64_t>(w.d);
       const int64_t n = h.Div(r), y = r - n * static_cast<int64_t>(h.d);
-      body(n, y, x, p.tx, p.bx);
+      const int64_t c_end = (g + 1) * group < C ? (g + 1) * group : C;
+      body(n, y, x, g * group + p.tx, p.bx, c_end);
     }
   }
-  static Shape ShapeFor(int64_t positions, int64_t C) {
+  static ChannelLanes Make(const Body& body, int64_t positions, int64_t w, int64_t h, int64_t C,
+                           Shape* s) {
     int lanes = 1;
     while (lanes < 32 && lanes < C) lanes *= 2;
-    Shape s;
-    s.bx = lanes;
-    s.by = 256 / lanes;
-    const int64_t blocks = (positions + s.by - 1) / s.by;
-    s.grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
-    return s;
+    const int64_t group = int64_t{lanes} * kGroupLanes, count = (C + group - 1) / group;
+    s->bx = lanes;
+    s->by = 256 / lanes;
+    const int64_t items = positions * count, blocks = (items + s->by - 1) / s->by;
+    s->grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
+    return ChannelLanes{body, items, C, group, Divider(count), Divider(w), Divider(h)};
   }
 };
 
@@ -124,7 +130,7 @@ struct ColumnLanes {
       const int64_t r = w.Div(i), x = i - r * static_cast<int64_t>(w.d);
       const int64_t r2 = h.Div(r), y = r - r2 * static_cast<int64_t>(h.d);
       const int64_t n = c.Div(r2), ch = r2 - n * static_cast<int64_t>(c.d);
-      body(n, y, x, ch, static_cast<int64_t>(c.d));  // one channel: ch, step past the end
+      body(n, y, x, ch, 1, ch + 1);  // one channel
     }
   }
   static Shape ShapeFor(int64_t elements) {
@@ -142,8 +148,9 @@ void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, i
              const Body& body) {
   if (n * h * w * c == 0) return;
   if (layout == Layout::kNHWC) {
-    ChannelLanes<Body> k{body, n * h * w, c, Divider(w), Divider(h)};
-    exec(ChannelLanes<Body>::ShapeFor(n * h * w, c), k);
+    Shape s;
+    const ChannelLanes<Body> k = ChannelLanes<Body>::Make(body, n * h * w, w, h, c, &s);
+    exec(s, k);
   } else {
     ColumnLanes<Body> k{body, n * h * w * c, Divider(w), Divider(h), Divider(c)};
     exec(ColumnLanes<Body>::ShapeFor(n * h * w * c), k);

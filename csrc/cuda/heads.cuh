@@ -47,7 +47,7 @@ template <typename T>
 struct ArgmaxBody : HeadBase<T> {
   int64_t* labels;
   T* scores;  // may be null
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t) const {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const BilinearPixel<T> p = this->Pixel(n, y, x);
     int64_t best = 0;
@@ -84,7 +84,7 @@ struct CrossEntropyBody : HeadBase<T> {
   const int64_t* labels;
   IgnoreLabel ignore;
   T* loss;
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t) const {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const int64_t i = this->MapIndex(n, y, x), label = labels[i];
     A out = A(0);
@@ -109,7 +109,7 @@ struct PixelStatsBody : HeadBase<T> {
   IgnoreLabel ignore;
   const T* loss_grad;
   A* stats;  // [pixels, 2]: log-sum-exp, scale
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t) const {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     const int64_t i = this->MapIndex(n, y, x), label = labels[i];
     A lse = A(0), scale = A(0);
     if (!ignore.Skips(label)) {
@@ -134,9 +134,9 @@ struct CrossEntropyGradBody : HeadBase<T> {
   const A* stats;
   T* grad;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
-                                   int64_t cs) const {
+                                   int64_t cs, int64_t c_end) const {
     const Run ry = OutputsOf(this->ay, iy), rx = OutputsOf(this->ax, ix);
-    for (int64_t c = c0; c < this->C; c += cs) {
+    for (int64_t c = c0; c < c_end; c += cs) {
       A acc = A(0);
       for (int64_t my = 0; my < ry.count; ++my) {
         const int64_t y = ry.i0 + my;

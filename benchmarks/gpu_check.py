@@ -1,0 +1,457 @@
+"""GPU check of tfupsample's CUDA kernels, through tfupsample.cuda (no TensorFlow). Run by
+benchmarks/gpu_check.sh, which builds the kernels first.
+
+  --backend cuda   torch tensors on the GPU: parity, determinism, then timings against torch
+  --backend host   the same parity and determinism checks over the CPU emulation of the kernels
+                   (tests/cuda_host), on NumPy arrays: checks this script where there is no GPU
+  --sanitize       one small case of every op and dtype only (for compute-sanitizer)
+
+The reference is NumPy float64 written from the definition of the transposed convolution
+(out[i*s - pad + a] += x[i] * w[a]), independent of the kernels.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import tfupsample.cuda as tc  # noqa: E402
+
+FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
+TOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 2e-6, "float64": 1e-12}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference (NumPy, float64, NHWC)
+
+def _pad(n_in, n_out, k, s, padding):
+    return max((n_in - 1) * s + k - n_out, 0) // 2 if padding == "SAME" else 0
+
+
+def _taps(n_in, n_out, k, s, pad):
+    """Per tap a: the input slice [i0, i1] and the first output o0 it lands on (step s)."""
+    for a in range(k):
+        i0 = max(0, -((a - pad) // s))  # ceil((pad - a) / s)
+        i1 = min(n_in - 1, (n_out - 1 + pad - a) // s)
+        if i0 <= i1:
+            yield a, slice(i0, i1 + 1), slice(i0 * s - pad + a, i1 * s - pad + a + 1, s)
+
+
+def _all_taps(in_hw, out_hw, k, s, padding):
+    py = _pad(in_hw[0], out_hw[0], k[0], s[0], padding)
+    px = _pad(in_hw[1], out_hw[1], k[1], s[1], padding)
+    for a, iy, oy in _taps(in_hw[0], out_hw[0], k[0], s[0], py):
+        for b, ix, ox in _taps(in_hw[1], out_hw[1], k[1], s[1], px):
+            yield a, b, (slice(None), iy, ix), (slice(None), oy, ox)
+
+
+def ref_forward(x, w, out_hw, s, padding):
+    out = np.zeros((x.shape[0], *out_hw, x.shape[3]))
+    for a, b, i, o in _all_taps(x.shape[1:3], out_hw, w.shape[:2], s, padding):
+        out[o] += x[i] * w[a, b]
+    return out
+
+
+def ref_input_grad(dy, w, in_hw, s, padding):
+    dx = np.zeros((dy.shape[0], *in_hw, dy.shape[3]))
+    for a, b, i, o in _all_taps(in_hw, dy.shape[1:3], w.shape[:2], s, padding):
+        dx[i] += dy[o] * w[a, b]
+    return dx
+
+
+def ref_filter_grad(x, dy, k, s, padding):
+    dw = np.zeros((*k, x.shape[3]))
+    for a, b, i, o in _all_taps(x.shape[1:3], dy.shape[1:3], k, s, padding):
+        dw[a, b] = (dy[o] * x[i]).sum(axis=(0, 1, 2))
+    return dw
+
+
+def bilinear_filter(f, c):
+    k = 2 * f - f % 2
+    centre = (k - 1) / 2
+    w1 = 1 - np.abs(np.arange(k) - centre) / f
+    return np.repeat(np.outer(w1, w1)[:, :, None], c, axis=2)
+
+
+def softmax_reference(up, labels, ignore):
+    m = up.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
+    safe = np.where(labels == ignore, 0, labels)
+    loss = np.where(labels == ignore, 0, lse - np.take_along_axis(up, safe[..., None], -1)[..., 0])
+    grad = np.exp(up - lse[..., None]) - np.eye(up.shape[-1])[safe]
+    return loss, np.where((labels == ignore)[..., None], 0, grad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends: where the arrays live
+
+class Cuda:
+    name = "cuda"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.dtypes = ["float16", "bfloat16", "float32", "float64"]
+
+    def put(self, a, dtype):
+        t = self.torch
+        if dtype == "int64":
+            return t.from_numpy(np.ascontiguousarray(a, np.int64)).cuda()
+        host = np.ascontiguousarray(a, np.float64 if dtype == "float64" else np.float32)
+        return t.from_numpy(host).cuda().to(getattr(t, dtype)).contiguous()
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, dtype), device="cuda")
+
+    def get(self, a):
+        a = a.detach()
+        return (a.to(self.torch.float64) if a.is_floating_point() else a).cpu().numpy()
+
+    def equal(self, a, b):
+        return bool(self.torch.equal(a, b))
+
+    def sync(self):
+        self.torch.cuda.synchronize()
+
+
+class Host:
+    """NumPy arrays through the CPU emulation (no bfloat16: the CUDA array interface has none)."""
+
+    name = "host"
+
+    def __init__(self):
+        from cuda_host import emulator
+
+        self.emulator = emulator
+        lib = emulator.build(tempfile.mkdtemp())
+        tc._ext = lambda: emulator.Ext(lib)
+        self.dtypes = ["float16", "float32", "float64"]
+
+    def put(self, a, dtype):
+        return self.emulator.HostArray(np.asarray(a).astype(dtype))
+
+    def empty(self, shape, dtype):
+        return self.emulator.HostArray(np.full(shape, np.nan if dtype != "int64" else -7, dtype))
+
+    def get(self, a):
+        return a.array.astype(np.float64) if a.array.dtype.kind == "f" else a.array
+
+    def equal(self, a, b):
+        return a.array.tobytes() == b.array.tobytes()
+
+    def sync(self):
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity
+
+class Report:
+    def __init__(self):
+        self.failures, self.checked, self.worst = [], 0, {}
+
+    def close(self, what, dtype, actual, expected, scale=1.0):
+        self.checked += 1
+        err = float(np.max(np.abs(actual - expected), initial=0.0)) / max(
+            1.0, float(np.max(np.abs(expected), initial=0.0)))
+        key = (what.split("[")[0], dtype)
+        self.worst[key] = max(self.worst.get(key, 0.0), err)
+        if not err <= TOL[dtype] * scale:
+            self.failures.append(f"{what} {dtype}: max relative error {err:.3g}")
+
+    def true(self, what, ok):
+        self.checked += 1
+        if not ok:
+            self.failures.append(what)
+
+
+def to_layout(a, fmt):
+    return np.transpose(a, (0, 3, 1, 2)) if fmt == "NCHW" else a
+
+
+def from_layout(a, fmt):
+    return np.transpose(a, (0, 2, 3, 1)) if fmt == "NCHW" else a
+
+
+def layout_shape(nhwc, fmt):
+    n, h, w, c = nhwc
+    return (n, c, h, w) if fmt == "NCHW" else (n, h, w, c)
+
+
+def check_bilinear(be, rep, rng, factors, dtypes, layouts):
+    for f in factors:
+        shape = (1, 3, 4, 5) if f == 32 else (2, 5, 6, 7)
+        n, h, w, c = shape
+        wb = bilinear_filter(f, c)
+        for dtype in dtypes:
+            for fmt in layouts:
+                x = be.put(to_layout(rng.standard_normal(shape), fmt), dtype)
+                x64 = from_layout(be.get(x), fmt)
+                y = be.empty(layout_shape((n, h * f, w * f, c), fmt), dtype)
+                tc.bilinear_upsample(x, f, data_format=fmt, out=y)
+                be.sync()
+                rep.close(f"bilinear forward[f={f} {fmt}]", dtype, from_layout(be.get(y), fmt),
+                          ref_forward(x64, wb, (h * f, w * f), (f, f), "SAME"))
+                dy = be.put(to_layout(rng.standard_normal((n, h * f, w * f, c)), fmt), dtype)
+                dx = be.empty(layout_shape(shape, fmt), dtype)
+                tc.bilinear_upsample_grad(dy, f, data_format=fmt, out=dx)
+                be.sync()
+                rep.close(f"bilinear input grad[f={f} {fmt}]", dtype, from_layout(be.get(dx), fmt),
+                          ref_input_grad(from_layout(be.get(dy), fmt), wb, (h, w), (f, f), "SAME"),
+                          scale=4)
+
+
+def depthwise_cases(factors):
+    for f in factors:  # the FCN case: kernel 2f, stride f, SAME, a trained (random) filter
+        yield ((1, 3, 4, 5) if f == 32 else (2, 4, 5, 6)), (2 * f, 2 * f), (f, f), "SAME", None
+    yield (2, 3, 4, 3), (3, 5), (2, 3), "SAME", (5, 11)
+    yield (1, 3, 3, 4), (2, 2), (3, 3), "VALID", None
+    yield (1, 2, 2, 300), (3, 3), (2, 2), "VALID", (6, 5)
+
+
+def check_depthwise(be, rep, rng, factors, dtypes, layouts):
+    for shape, k, s, padding, out_hw in depthwise_cases(factors):
+        n, h, w, c = shape
+        if out_hw is None:
+            out_hw = (h * s[0], w * s[1]) if padding == "SAME" else ((h - 1) * s[0] + k[0], (w - 1) * s[1] + k[1])
+        tag = f"[{shape} k={k} s={s} {padding}"
+        for dtype in dtypes:
+            for fmt in layouts:
+                x = be.put(to_layout(rng.standard_normal(shape), fmt), dtype)
+                wt = be.put(rng.standard_normal((*k, c)), dtype)
+                dy = be.put(to_layout(rng.standard_normal((n, *out_hw, c)), fmt), dtype)
+                x64, w64, dy64 = from_layout(be.get(x), fmt), be.get(wt), from_layout(be.get(dy), fmt)
+                y = be.empty(layout_shape((n, *out_hw, c), fmt), dtype)
+                tc.depthwise_conv2d_transpose(x, wt, out_hw, s, padding, data_format=fmt, out=y)
+                dx = be.empty(layout_shape(shape, fmt), dtype)
+                tc.depthwise_conv2d_transpose_backprop_input(dy, wt, (h, w), s, padding,
+                                                             data_format=fmt, out=dx)
+                dw = be.empty((*k, c), dtype)
+                tc.depthwise_conv2d_transpose_backprop_filter(x, dy, k, s, padding,
+                                                              data_format=fmt, out=dw)
+                be.sync()
+                rep.close(f"depthwise forward{tag} {fmt}]", dtype, from_layout(be.get(y), fmt),
+                          ref_forward(x64, w64, out_hw, s, padding), scale=2)
+                rep.close(f"depthwise input grad{tag} {fmt}]", dtype, from_layout(be.get(dx), fmt),
+                          ref_input_grad(dy64, w64, (h, w), s, padding), scale=8)
+                rep.close(f"depthwise filter grad{tag} {fmt}]", dtype, be.get(dw),
+                          ref_filter_grad(x64, dy64, k, s, padding), scale=np.sqrt(n * h * w) * 4)
+
+
+def check_heads(be, rep, rng, factors, dtypes):
+    for f in factors:
+        shape = (1, 2, 3, 6) if f == 32 else (2, 3, 4, 9)
+        n, h, w, c = shape
+        wb = bilinear_filter(f, c)
+        m = (n, h * f, w * f)
+        for dtype in dtypes:
+            x = be.put(rng.standard_normal(shape) * 3, dtype)
+            up = be.empty((*m, c), dtype)
+            tc.bilinear_upsample(x, f, out=up)
+            labels, scores = be.empty(m, "int64"), be.empty(m, dtype)
+            tc.upsample_argmax(x, f, out=(labels, scores))
+            be.sync()
+            up_ours = be.get(up)
+            # Same arithmetic as our forward: equal to argmax / max of it, bit for bit.
+            rep.true(f"argmax[f={f}] {dtype}: labels differ from argmax of the forward",
+                     np.array_equal(be.get(labels), np.argmax(up_ours, -1)))
+            rep.true(f"argmax[f={f}] {dtype}: scores differ from max of the forward",
+                     np.array_equal(be.get(scores), up_ours.max(-1)))
+            target = rng.integers(0, c, m)
+            target[:, 0, :] = 2  # the ignore label on the first row
+            tl = be.put(target, "int64")
+            up64 = ref_forward(be.get(x), wb, m[1:], (f, f), "SAME")
+            loss_ref, grad_up = softmax_reference(up64, target, 2)
+            loss = be.empty(m, dtype)
+            tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, out=loss)
+            g = be.put(rng.standard_normal(m), dtype)
+            grad = be.empty(shape, dtype)
+            tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, ignore_label=2, out=grad)
+            be.sync()
+            rep.close(f"cross-entropy[f={f}]", dtype, be.get(loss), loss_ref, scale=4)
+            rep.close(f"cross-entropy grad[f={f}]", dtype, be.get(grad),
+                      ref_input_grad(grad_up * be.get(g)[..., None], wb, (h, w), (f, f), "SAME"),
+                      scale=16)
+
+
+def check_determinism(be, rep, rng, big):
+    """Every backward twice on the same inputs: the same bits (no atomics anywhere)."""
+    n, h, w, c, f = (2, 16, 22, 150, 8) if big else (1, 3, 4, 40, 4)
+    x = be.put(rng.standard_normal((n, h, w, c)), "float32")
+    dy = be.put(rng.standard_normal((n, h * f, w * f, c)), "float32")
+    wt = be.put(rng.standard_normal((2 * f, 2 * f, c)), "float32")
+    labels = be.put(rng.integers(0, c, (n, h * f, w * f)), "int64")
+    g = be.put(rng.standard_normal((n, h * f, w * f)), "float32")
+    runs = {
+        "bilinear input grad": lambda: tc.bilinear_upsample_grad(dy, f, out=be.empty((n, h, w, c), "float32")),
+        "depthwise input grad": lambda: tc.depthwise_conv2d_transpose_backprop_input(
+            dy, wt, (h, w), f, out=be.empty((n, h, w, c), "float32")),
+        "depthwise filter grad": lambda: tc.depthwise_conv2d_transpose_backprop_filter(
+            x, dy, 2 * f, f, out=be.empty((2 * f, 2 * f, c), "float32")),
+        "cross-entropy grad": lambda: tc.upsample_sparse_softmax_cross_entropy_grad(
+            labels, x, g, f, out=be.empty((n, h, w, c), "float32")),
+    }
+    for name, fn in runs.items():
+        a, b = fn(), fn()
+        be.sync()
+        rep.true(f"{name}: two runs differ", be.equal(a, b))
+
+
+def check_allocation(be, rep, rng):
+    """Without out=, the result is a new array of the input's framework."""
+    x = be.put(rng.standard_normal((1, 2, 3, 4)), "float32")
+    y = tc.bilinear_upsample(x, 2)
+    labels, scores = tc.upsample_argmax(x, 2)
+    be.sync()
+    rep.true("allocated output has the wrong shape", tuple(y.shape) == (1, 4, 6, 4) and tuple(labels.shape) == (1, 4, 6))
+    rep.close("allocated output", "float32", be.get(y),
+              ref_forward(be.get(x), bilinear_filter(2, 4), (4, 6), (2, 2), "SAME"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Timings (cuda only)
+
+def timings(be):
+    import torch
+    import torch.nn.functional as F
+
+    def timed(fn, reps=20):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return float(np.median(times))
+
+    f = 32
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    copy_ms = timed(lambda: b.copy_(a))
+    copy_bw = 2 * a.numel() / (copy_ms * 1e-3)  # bytes read + written per second
+    del a, b
+    rows = []
+    for shape in [(1, 16, 22, 1000), (8, 16, 22, 150)]:
+        n, h, w, c = shape
+        x = torch.randn(shape, device="cuda")
+        y = torch.empty((n, h * f, w * f, c), device="cuda")
+        dy = torch.randn((n, h * f, w * f, c), device="cuda")
+        dx = torch.empty(shape, device="cuda")
+        wb = torch.from_numpy(bilinear_filter(f, c)).float().cuda().contiguous()
+        wt = wb.permute(2, 0, 1).unsqueeze(1).contiguous()  # torch's [C, 1, k, k]
+        xc = x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        dyc = dy.permute(0, 3, 1, 2)
+        byte_fwd = 4 * (x.numel() + y.numel())
+        r = {"shape": list(shape), "factor": f, "copy_GBps": copy_bw / 1e9}
+        r["ours_forward_ms"] = timed(lambda: tc.bilinear_upsample(x, f, out=y))
+        r["ours_depthwise_forward_ms"] = timed(lambda: tc.depthwise_conv2d_transpose(x, wb, None, f, out=y))
+        r["torch_interpolate_ms"] = timed(lambda: F.interpolate(xc, scale_factor=f, mode="bilinear", align_corners=False))
+        with torch.no_grad():
+            r["torch_conv_transpose_ms"] = timed(lambda: F.conv_transpose2d(xc, wt, stride=f, padding=f // 2, groups=c))
+        r["ours_input_grad_ms"] = timed(lambda: tc.bilinear_upsample_grad(dy, f, out=dx))
+        r["ours_depthwise_input_grad_ms"] = timed(
+            lambda: tc.depthwise_conv2d_transpose_backprop_input(dy, wb, (h, w), f, out=dx))
+        xr = xc.detach().requires_grad_()
+        yi = F.interpolate(xr, scale_factor=f, mode="bilinear", align_corners=False)
+        r["torch_interpolate_grad_ms"] = timed(lambda: torch.autograd.grad(yi, xr, dyc, retain_graph=True))
+        del yi
+        yt = F.conv_transpose2d(xr, wt, stride=f, padding=f // 2, groups=c)
+        r["torch_conv_transpose_grad_ms"] = timed(lambda: torch.autograd.grad(yt, xr, dyc, retain_graph=True))
+        del yt
+        r["ours_filter_grad_ms"] = timed(
+            lambda: tc.depthwise_conv2d_transpose_backprop_filter(x, dy, 2 * f, f), reps=5)
+        labels = torch.randint(0, c, (n, h * f, w * f), device="cuda")
+        r["ours_argmax_ms"] = timed(lambda: tc.upsample_argmax(x, f))
+        r["torch_interpolate_argmax_ms"] = timed(
+            lambda: F.interpolate(xc, scale_factor=f, mode="bilinear", align_corners=False).argmax(1))
+        g = torch.ones((n, h * f, w * f), device="cuda")
+        r["ours_loss_fwd_grad_ms"] = timed(lambda: (
+            tc.upsample_sparse_softmax_cross_entropy(labels, x, f),
+            tc.upsample_sparse_softmax_cross_entropy_grad(labels, x, g, f)), reps=5)
+        r["forward_GBps"] = byte_fwd / (r["ours_forward_ms"] * 1e-3) / 1e9
+        r["input_grad_GBps"] = byte_fwd / (r["ours_input_grad_ms"] * 1e-3) / 1e9
+        r["forward_pct_of_copy"] = 100 * r["forward_GBps"] * 1e9 / copy_bw
+        r["input_grad_pct_of_copy"] = 100 * r["input_grad_GBps"] * 1e9 / copy_bw
+        r["targets"] = {
+            "forward >= 85% of copy bandwidth": r["forward_pct_of_copy"] >= 85,
+            "forward faster than torch interpolate": r["ours_forward_ms"] < r["torch_interpolate_ms"],
+            "forward faster than torch conv_transpose2d": r["ours_forward_ms"] < r["torch_conv_transpose_ms"],
+            "input grad >= 70% of copy bandwidth": r["input_grad_pct_of_copy"] >= 70,
+        }
+        rows.append(r)
+        del x, y, dy, dx, xr
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_timings(rows, device):
+    print(f"\nTimings on {device}, float32 NHWC, x32, median ms (CUDA events)")
+    for r in rows:
+        print(f"\n  {r['shape']}   device-to-device copy {r['copy_GBps']:.0f} GB/s (read + write)")
+        for k, v in r.items():
+            if k.endswith("_ms"):
+                print(f"    {k[:-3]:34s} {v:9.3f}")
+        print(f"    forward     {r['forward_GBps']:7.0f} GB/s = {r['forward_pct_of_copy']:.0f}% of copy")
+        print(f"    input grad  {r['input_grad_GBps']:7.0f} GB/s = {r['input_grad_pct_of_copy']:.0f}% of copy")
+        for name, ok in r["targets"].items():
+            print(f"    {'MET   ' if ok else 'MISSED'} {name}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=["cuda", "host"], default="cuda")
+    p.add_argument("--sanitize", action="store_true")
+    p.add_argument("--quick", action="store_true", help="fewer factors (host runs)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    be = Cuda() if args.backend == "cuda" else Host()
+    rng = np.random.default_rng(0)
+    rep = Report()
+    factors = [2, 3, 32] if (args.quick or args.sanitize) else FACTORS
+    layouts = ["NHWC", "NCHW"]
+    if args.sanitize:
+        check_bilinear(be, rep, rng, [3], be.dtypes, layouts)
+        check_depthwise(be, rep, rng, [2], be.dtypes, layouts)
+        check_heads(be, rep, rng, [3], be.dtypes)
+        check_determinism(be, rep, rng, big=False)
+    else:
+        check_bilinear(be, rep, rng, factors, be.dtypes, layouts)
+        check_depthwise(be, rep, rng, factors, be.dtypes, layouts)
+        check_heads(be, rep, rng, factors, be.dtypes)
+        check_determinism(be, rep, rng, big=args.backend == "cuda" and not args.quick)
+        if args.backend == "cuda":
+            check_allocation(be, rep, rng)
+    print(f"parity and determinism ({be.name}): {rep.checked} checks, {len(rep.failures)} failed")
+    for (what, dtype), err in sorted(rep.worst.items()):
+        print(f"  worst relative error  {what:28s} {dtype:9s} {err:.2e}")
+    for msg in rep.failures[:40]:
+        print("  FAIL", msg)
+    result = {"backend": be.name, "checks": rep.checked, "failures": rep.failures,
+              "worst": {f"{w} {d}": e for (w, d), e in rep.worst.items()}}
+    if args.backend == "cuda" and not args.sanitize:
+        import torch
+
+        device = torch.cuda.get_device_name()
+        result["device"] = device
+        result["timings"] = timings(be)
+        print_timings(result["timings"], device)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 1 if rep.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The CUDA launch sequences run on the CPU (emulate.cu, built with nvcc as host code), behind the
+same interface as tfupsample's `_cuda_ext`, with NumPy arrays standing in for GPU arrays. Used by
+tests/test_cuda_host.py, tests/test_cuda_binding.py and `benchmarks/gpu_check.py --backend host`.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def have_nvcc():
+    return shutil.which("nvcc") is not None
+
+
+def build(directory):
+    """Compile emulate.cu into directory; returns the loaded library."""
+    so = os.path.join(directory, "emulate.so")
+    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC",
+                    "-I" + os.path.join(ROOT, "csrc"),
+                    os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
+    lib = ctypes.CDLL(so)
+    lib.tfup_emu_run.restype = ctypes.c_int
+    lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 4
+    lib.tfup_emu_error.restype = ctypes.c_char_p
+    lib.tfup_emu_divide.restype = ctypes.c_int64
+    lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    return lib
+
+
+class Ext:
+    """Stands in for tfupsample._cuda_ext: run(op, args, dtype, pointers, stream) on the CPU."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def run(self, op, args, dtype, pointers, stream):
+        d = (ctypes.c_int64 * 14)(*args)
+        ptrs = list(pointers) + [None] * (4 - len(pointers))
+        if self.lib.tfup_emu_run(op.encode(), d, dtype, *ptrs) != 0:
+            raise ValueError(self.lib.tfup_emu_error().decode())
+
+    def device_count(self):
+        return 1
+
+
+class HostArray:
+    """A NumPy array presented as a GPU array (float16/32/64, int64: the CUDA array interface has
+    no bfloat16)."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+        self.__cuda_array_interface__ = {
+            "shape": self.array.shape, "typestr": self.array.dtype.str, "version": 3,
+            "data": (self.array.ctypes.data if self.array.size else 0, False), "strides": None}
+        self.shape = self.array.shape
