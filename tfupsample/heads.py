@@ -45,8 +45,9 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
     computed pixel by pixel (log-sum-exp with the max subtracted, float32 for half inputs).
 
     Pixels whose label equals `ignore_label` (e.g. 255 in PASCAL VOC) give 0 loss and 0
-    gradient. Any other label outside [0, classes) is an InvalidArgumentError. The gradient to
-    `logits` never allocates anything of the upsampled logits' size.
+    gradient. Any other label outside [0, classes) is an InvalidArgumentError on the CPU and, as
+    with TF's own GPU kernel, NaN loss and gradient on a GPU. The gradient to `logits` never
+    allocates anything of the upsampled logits' size.
     """
     factor = check_factor(factor)
     if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral)):

@@ -36,14 +36,17 @@ TFUP_HOST_DEVICE inline Run OutputsOf(const Axis& a, int64_t i) {
   return Run{first, 1, first + a.pad - i * a.stride, 1, end > first ? end - first : 0};
 }
 
-// Weight of taps (ty, tx) for channel c: a [ky, kx, C] filter ...
+// Weights of tap (ty, tx): At(ty, tx) gives a per-channel weight function. A [ky, kx, C] filter ...
 template <typename T>
 struct FilterWeights {
+  using A = typename AccOf<T>::type;
   const T* w;
   int64_t kx, C;
-  TFUP_HOST_DEVICE typename AccOf<T>::type operator()(int64_t ty, int64_t tx, int64_t c) const {
-    return ToAcc(w[(ty * kx + tx) * C + c]);
-  }
+  struct Tap {
+    const T* p;
+    TFUP_HOST_DEVICE A operator()(int64_t c) const { return ToAcc(p[c]); }
+  };
+  TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{w + (ty * kx + tx) * C}; }
 };
 
 // ... or the bilinear kernel, computed: w(t) = (2f - |2t - (k - 1)|) / 2f per axis. A factor-1
@@ -57,13 +60,17 @@ struct BilinearWeights {
     if (twice < 0) twice = -twice;
     return A(2 * f - twice) / A(2 * f);
   }
-  TFUP_HOST_DEVICE A operator()(int64_t ty, int64_t tx, int64_t) const {
-    return Axis1(fy, ty) * Axis1(fx, tx);
-  }
+  struct Tap {
+    A v;
+    TFUP_HOST_DEVICE A operator()(int64_t) const { return v; }
+  };
+  TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{Axis1(fy, ty) * Axis1(fx, tx)}; }
 };
 
 // dst[n, y, x, c] = sum over the taps of src[n, iy, ix, c] * weight(ty, tx, c): the forward
-// (runs from InputsOf) and the gradient to the input (runs from OutputsOf) of every op.
+// (runs from InputsOf) and the gradient to the input (runs from OutputsOf) of every op. A thread
+// keeps its (up to kGroupLanes) channels' sums in registers, so each tap's indices and weight are
+// worked out once for all of them; each channel still adds its taps in the same fixed order.
 template <typename TS, typename TD, class Weights, bool kToInput>
 struct GatherBody {
   Axis ay, ax;
@@ -79,18 +86,27 @@ struct GatherBody {
     using A = typename AccOf<TD>::type;
     const Run ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
     const Run rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
-    const TS* base = src + n * src_s.n;
-    TD* out = dst + dst_s.At(n, y, x, 0);
-    for (int64_t c = c0; c < c_end; c += cs) {
-      A acc = A(0);
-      for (int64_t my = 0; my < ry.count; ++my) {
-        const int64_t iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
-        for (int64_t mx = 0; mx < rx.count; ++mx) {
-          const int64_t ix = rx.i0 + mx * rx.di, tx = rx.t0 + mx * rx.dt;
-          acc += A(ToAcc(base[iy * src_s.y + ix * src_s.x + c * src_s.c])) * weights(ty, tx, c);
+    const TS* base = src + n * src_s.n + c0 * src_s.c;
+    const int64_t step = cs * src_s.c;
+    A acc[kGroupLanes];
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
+    for (int64_t my = 0; my < ry.count; ++my) {
+      const int64_t iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
+      for (int64_t mx = 0; mx < rx.count; ++mx) {
+        const int64_t ix = rx.i0 + mx * rx.di, tx = rx.t0 + mx * rx.dt;
+        const auto w = weights.At(ty, tx);
+        const TS* p = base + iy * src_s.y + ix * src_s.x;
+        TFUP_UNROLL
+        for (int j = 0; j < kGroupLanes; ++j) {
+          if (c0 + j * cs < c_end) acc[j] += A(ToAcc(p[j * step])) * w(c0 + j * cs);
         }
       }
-      out[c * dst_s.c] = Store<TD>::From(acc);
+    }
+    TD* out = dst + dst_s.At(n, y, x, c0);
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) {
+      if (c0 + j * cs < c_end) out[j * cs * dst_s.c] = Store<TD>::From(acc[j]);
     }
   }
 };
@@ -167,18 +183,29 @@ struct FilterPartialBody {
     while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
-    for (int64_t c = c0; c < c_end; c += cs) {
-      A acc = A(0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = by_h.Div(r), iy = r - n * ay.n_in;
-        const int64_t oy = iy * ay.stride - ay.pad + ty;
-        if (oy < 0 || oy >= ay.n_out) continue;
-        for (int64_t ix = ix_lo; ix <= ix_hi; ++ix) {
-          const int64_t ox = ix * ax.stride - ax.pad + tx;
-          acc += A(ToAcc(in[in_s.At(n, iy, ix, c)])) * A(ToAcc(dy[dy_s.At(n, oy, ox, c)]));
+    const int64_t in_step = cs * in_s.c, dy_step = cs * dy_s.c;
+    A acc[kGroupLanes];
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = by_h.Div(r), iy = r - n * ay.n_in;
+      const int64_t oy = iy * ay.stride - ay.pad + ty;
+      if (oy < 0 || oy >= ay.n_out) continue;
+      const T* x_row = in + in_s.At(n, iy, 0, c0);
+      const T* dy_row = dy + dy_s.At(n, oy, 0, c0);
+      for (int64_t ix = ix_lo; ix <= ix_hi; ++ix) {
+        const T* xp = x_row + ix * in_s.x;
+        const T* dp = dy_row + (ix * ax.stride - ax.pad + tx) * dy_s.x;
+        TFUP_UNROLL
+        for (int j = 0; j < kGroupLanes; ++j) {
+          if (c0 + j * cs < c_end) acc[j] += A(ToAcc(xp[j * in_step])) * A(ToAcc(dp[j * dy_step]));
         }
       }
-      partial[((chunk * ky + ty) * kx + tx) * C + c] = acc;
+    }
+    A* out = partial + ((chunk * ky + ty) * kx + tx) * C + c0;
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) {
+      if (c0 + j * cs < c_end) out[j * cs] = acc[j];
     }
   }
 };

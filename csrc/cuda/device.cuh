@@ -10,6 +10,12 @@
 
 #include "geometry.h"
 
+#if defined(__CUDA_ARCH__)
+#define TFUP_UNROLL _Pragma("unroll")
+#else
+#define TFUP_UNROLL
+#endif
+
 namespace tfup {
 namespace cuda {
 

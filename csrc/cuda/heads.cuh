@@ -136,21 +136,30 @@ struct CrossEntropyGradBody : HeadBase<T> {
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
                                    int64_t cs, int64_t c_end) const {
     const Run ry = OutputsOf(this->ay, iy), rx = OutputsOf(this->ax, ix);
-    for (int64_t c = c0; c < c_end; c += cs) {
-      A acc = A(0);
-      for (int64_t my = 0; my < ry.count; ++my) {
-        const int64_t y = ry.i0 + my;
-        const A wy = BilinearWeights<A>::Axis1(this->ay.stride, ry.t0 + my);
-        for (int64_t mx = 0; mx < rx.count; ++mx) {
-          const int64_t x = rx.i0 + mx, i = this->MapIndex(n, y, x);
-          const A scale = stats[2 * i + 1];
-          if (scale == A(0)) continue;  // ignored pixel, or a zero upstream gradient
-          const A wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
-          const A p = Exp(this->Score(this->Pixel(n, y, x), c) - stats[2 * i]);
-          acc += scale * (wy * wx) * (p - (labels[i] == c ? A(1) : A(0)));
+    A acc[kGroupLanes];
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
+    for (int64_t my = 0; my < ry.count; ++my) {
+      const int64_t y = ry.i0 + my;
+      const A wy = BilinearWeights<A>::Axis1(this->ay.stride, ry.t0 + my);
+      for (int64_t mx = 0; mx < rx.count; ++mx) {
+        const int64_t x = rx.i0 + mx, i = this->MapIndex(n, y, x);
+        const A scale = stats[2 * i + 1];
+        if (scale == A(0)) continue;  // ignored pixel, or a zero upstream gradient
+        const A lse = stats[2 * i], wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
+        const A sw = scale * (wy * wx);
+        const BilinearPixel<T> px = this->Pixel(n, y, x);
+        const int64_t label = labels[i];
+        TFUP_UNROLL
+        for (int j = 0; j < kGroupLanes; ++j) {
+          const int64_t c = c0 + j * cs;
+          if (c < c_end) acc[j] += sw * (Exp(this->Score(px, c) - lse) - (label == c ? A(1) : A(0)));
         }
       }
-      grad[this->s.At(n, iy, ix, c)] = Store<T>::From(acc);
+    }
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) {
+      if (c0 + j * cs < c_end) grad[this->s.At(n, iy, ix, c0 + j * cs)] = Store<T>::From(acc[j]);
     }
   }
 };
