@@ -76,3 +76,22 @@ def test_gpu_check_script_passes_on_the_cpu_emulation(monkeypatch):
     import gpu_check
 
     assert gpu_check.main(["--backend", "host", "--quick"]) == 0
+
+
+@pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
+def test_c_abi_library_builds_and_reports_errors(tmp_path):
+    # The library gpu_check.sh builds, loaded the way tfupsample.cuda loads it: the ctypes
+    # signature must match binding.cu, and a bad geometry must come back as a ValueError (checked
+    # before any CUDA call, so this runs without a GPU).
+    so = str(tmp_path / "_tfupsample_cuda.so")
+    subprocess.run(["nvcc", "-std=c++17", "-O0", "-arch=sm_90", "-shared", "-Xcompiler", "-fPIC",
+                    "-I" + os.path.join(emulator.ROOT, "csrc"),
+                    os.path.join(emulator.ROOT, "csrc", "cuda", "kernels.cu"),
+                    os.path.join(emulator.ROOT, "csrc", "cuda", "binding.cu"), "-o", so], check=True)
+    lib = tc._Library(so)
+    assert lib.device_count() >= 0
+    args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
+    with pytest.raises(ValueError, match=r"height: output size 5 is inconsistent .* expected a value in \[3, 4\]"):
+        lib.run("bilinear_forward", args, 2, [0, 0], 0)
+    with pytest.raises(ValueError, match="dtype must be 0..3"):
+        lib.run("bilinear_forward", args, 7, [0, 0], 0)
