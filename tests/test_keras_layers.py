@@ -115,7 +115,11 @@ def test_save_and_load_in_a_fresh_process(tmp_path, rng):
 
 
 EXPORT_LOAD = r"""
-import sys, numpy as np, tensorflow as tf
+import sys, numpy as np
+if sys.argv[3] == "load_ops":  # tfupsample first: nothing registered until load_ops()
+    import tfupsample
+    assert tfupsample.load_ops() == "op"
+import tensorflow as tf
 if sys.argv[3] == "import":
     import tfupsample  # registers the ops with TensorFlow
 model = tf.saved_model.load(sys.argv[1])
@@ -133,9 +137,10 @@ def test_exported_savedmodel_reloads_after_import_tfupsample(tmp_path, rng):
     run = lambda mode: subprocess.run(  # noqa: E731
         [sys.executable, "-c", EXPORT_LOAD, str(tmp_path / "sm"), str(tmp_path / "x.npy"), mode],
         capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
-    r = run("import")
-    assert r.returncode == 0, r.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(tmp_path / "x.npy.out.npy"), np.asarray(model(x)))
+    for mode in ("import", "load_ops"):
+        r = run(mode)
+        assert r.returncode == 0, r.stderr[-3000:]
+        np.testing.assert_array_equal(np.load(tmp_path / "x.npy.out.npy"), np.asarray(model(x)))
     # Without the import, TensorFlow's own error names the missing op, whose name names us.
     r = run("no-import")
     assert r.returncode != 0 and "Op type not registered 'Tfupsample" in r.stderr

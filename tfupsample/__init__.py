@@ -21,7 +21,21 @@ _API = (
     "upsample_sparse_softmax_cross_entropy",
 )
 
-__all__ = list(_API)
+__all__ = list(_API) + ["load_ops"]
+
+
+def load_ops():
+    """Register tfupsample's TensorFlow ops and their gradients now, importing TensorFlow.
+
+    `import tfupsample` does this by itself only when TensorFlow is already imported (so that
+    `tfupsample.numpy` and `tfupsample.cuda` never import it). Call it before
+    `tf.saved_model.load` of a model that uses the ops when nothing else of tfupsample's
+    TensorFlow API has been used yet. Returns `backend()`: "op", or "pure-tf" if the library
+    could not load.
+    """
+    from . import api, heads  # noqa: F401 (registers the ops, the gradients and the heads)
+
+    return api.backend()
 
 
 def __getattr__(name):
