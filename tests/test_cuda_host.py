@@ -238,3 +238,21 @@ def test_tf_gpu_adapter_compiles():
                              "-Xcompiler", "-fsyntax-only,-Wno-deprecated-declarations", *flags, *files],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_bilinear_forward_vector_paths_agree_bitwise(emu, rng):
+    # C = 8: 4-wide vectors when aligned; from a buffer offset by one element, the scalar path.
+    # Both do the same arithmetic per element: the same bits.
+    shape, f = (2, 3, 4, 8), 3
+    x = rng.standard_normal(shape).astype(np.float32)
+    buf = np.zeros(x.size + 1, np.float32)
+    buf[1:] = x.ravel()
+    shifted = buf[1:].reshape(shape)
+    assert shifted.ctypes.data % 16 != 0
+    outs = []
+    for src in (x, shifted):
+        out = np.zeros((2, 9, 12, 8), np.float32)
+        call(emu, "bilinear_forward", bilinear_dims(shape, f), "float32", src, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    ref.assert_close(outs[0], ref.bilinear_loop(x.astype(np.float64), f), "float32")
