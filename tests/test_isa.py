@@ -17,7 +17,10 @@ from tfupsample._ops import lib
 rng = np.random.default_rng(7)
 out = {"isa": np.array(tnp.kernel_isa())}
 for dtype in ("float32", "float64", "float16", "bfloat16"):
-    x = tf.cast(rng.standard_normal((2, 5, 6, 19)), dtype)
+    xv = rng.standard_normal((2, 5, 6, 19))
+    # Conversions at the edges: inf, nan, overflow to inf, half subnormals, rounding ties.
+    xv[0, 0, 0, :8] = [np.inf, -np.inf, np.nan, 6.5e4, 1e-7, 3e-5, 1 + 2**-11, 2049.0]
+    x = tf.cast(xv, dtype)
     w = tf.cast(rng.standard_normal((5, 4, 19, 1)), dtype)
     dy = tf.cast(rng.standard_normal((2, 10, 18, 19)), dtype)
     kw = dict(strides=[2, 3], padding="SAME")

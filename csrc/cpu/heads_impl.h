@@ -107,7 +107,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     const A target = v[y];
     A m;
     const A sum = ExpShifted(v, C, &m);
-    loss[i] = static_cast<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
+    loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
   });
 }
 
@@ -133,7 +133,7 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
       if (ignore.Skips(y)) continue;  // dv = 0
-      const A gl = static_cast<A>(loss_grad[base + ox]);
+      const A gl = Widen(loss_grad[base + ox]);
       plan.Pixel(row, ox, C, d);
       A m;
       const A scale = gl / ExpShifted(d, C, &m);

@@ -15,10 +15,13 @@
 #ifdef TFUP_HALF_TYPES
 #include <Eigen/Core>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // its functions carry their own target attributes
+#endif
 
 #if defined(TFUP_ISA_AVX2)
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")  // F16C: float16 conversions (every AVX2 CPU has it)
 #endif
 #define TFUP_ISA avx2
 #else

@@ -66,7 +66,7 @@ void PreferHugePages(void* data, int64_t bytes) {
 #endif
 }
 
-// AVX2 where the CPU has it; TFUPSAMPLE_ISA=baseline forces the baseline build (tests compare the
+// AVX2 (with F16C) where the CPU has it; TFUPSAMPLE_ISA=baseline forces the baseline build (tests compare the
 // two: with contraction off they must agree bit for bit).
 bool UseAvx2() {
   static const bool use = [] {
@@ -74,7 +74,7 @@ bool UseAvx2() {
     if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
+    return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("f16c") != 0;
 #else
     return false;
 #endif

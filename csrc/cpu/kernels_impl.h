@@ -25,6 +25,26 @@ namespace TFUP_ISA {
 template <typename T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// Stored type <-> accumulator. isa.cc overloads them for Eigen::half in the AVX2 build (F16C),
+// where Eigen's own conversion is scalar bit manipulation several times slower than the kernel.
+template <typename T>
+inline Acc<T> Widen(T v) {
+  return static_cast<Acc<T>>(v);
+}
+template <typename T>
+inline T Narrow(Acc<T> v) {
+  return static_cast<T>(v);
+}
+#if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
+inline float Widen(Eigen::half v) { return _cvtsh_ss(Eigen::numext::bit_cast<uint16_t>(v)); }
+template <>
+inline Eigen::half Narrow<Eigen::half>(float v) {
+  // Round to nearest even, as Eigen does (the ISA test compares the two builds bit for bit).
+  return Eigen::numext::bit_cast<Eigen::half>(
+      static_cast<uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)));
+}
+#endif
+
 struct Slabs {
   int64_t count;  // number of slabs
   int64_t cc;     // channels per pixel inside a slab (C in NHWC, 1 in NCHW)
@@ -60,7 +80,7 @@ std::vector<A> BilinearTable(const Axis& a) {
 template <typename T, typename A>
 std::vector<A> ConvertFilter(const Geometry& g, const T* filter) {
   std::vector<A> f(g.y.k * g.x.k * g.c);
-  for (size_t i = 0; i < f.size(); ++i) f[i] = static_cast<A>(filter[i]);
+  for (size_t i = 0; i < f.size(); ++i) f[i] = Widen(filter[i]);
   return f;
 }
 
@@ -89,15 +109,15 @@ inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy
   const T* __restrict p11 = rows[CY - 1] + cols[CX - 1];
   const A wy0 = wy[0], wy1 = wy[CY - 1], wx0 = wx[0], wx1 = wx[CX - 1];
   for (int64_t c = 0; c < cc; ++c) {
-    A h0 = wx0 * static_cast<A>(p00[c]);
-    if (CX == 2) h0 += wx1 * static_cast<A>(p01[c]);
+    A h0 = wx0 * Widen(p00[c]);
+    if (CX == 2) h0 += wx1 * Widen(p01[c]);
     A v = wy0 * h0;
     if (CY == 2) {
-      A h1 = wx0 * static_cast<A>(p10[c]);
-      if (CX == 2) h1 += wx1 * static_cast<A>(p11[c]);
+      A h1 = wx0 * Widen(p10[c]);
+      if (CX == 2) h1 += wx1 * Widen(p11[c]);
       v += wy1 * h1;
     }
-    out[c] = static_cast<O>(v);
+    out[c] = Narrow<O>(v);
   }
 }
 
@@ -158,8 +178,8 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
         const T* row = in + iy * W;
         for (int64_t ox = 0; ox < OW; ++ox) {
           const int64_t ix = tx.first[ox];
-          A v = wx[g.x.Tap(ox, ix)] * static_cast<A>(row[ix]);
-          if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * static_cast<A>(row[ix + 1]);
+          A v = wx[g.x.Tap(ox, ix)] * Widen(row[ix]);
+          if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * Widen(row[ix + 1]);
           h[slot][ox] = v;
         }
         h_row[slot] = iy;
@@ -182,10 +202,10 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
           for (int64_t ox = 0; ox < OW; ++ox) {
             A v = w0 * h0[ox];
             v += w1 * h1[ox];
-            o[ox] = static_cast<T>(v);
+            o[ox] = Narrow<T>(v);
           }
         } else {
-          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = static_cast<T>(w0 * h0[ox]);
+          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = Narrow<T>(w0 * h0[ox]);
         }
       }
     }
@@ -227,10 +247,10 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
         for (int64_t ix = tx.first[ox]; ix < tx.first[ox] + tx.count[ox]; ++ix) {
           const A* fp = fs + (a * kx + g.x.Tap(ox, ix)) * C;
           const T* xp = in + (iy * W + ix) * cc;
-          for (int64_t c = 0; c < cc; ++c) acc[c] += fp[c] * static_cast<A>(xp[c]);
+          for (int64_t c = 0; c < cc; ++c) acc[c] += fp[c] * Widen(xp[c]);
         }
       }
-      for (int64_t c = 0; c < cc; ++c) out[ox * cc + c] = static_cast<T>(acc[c]);
+      for (int64_t c = 0; c < cc; ++c) out[ox * cc + c] = Narrow<T>(acc[c]);
     }
   });
 }
@@ -284,7 +304,7 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
         T* dx = input_grad + ((blk.s * H + i) * W) * cc + blk.c0;
         const A* a = blk.acc.data() + (i - blk.i0) * row;
         for (int64_t j = 0; j < W; ++j)
-          for (int64_t c = 0; c < blk.nc; ++c) dx[j * cc + c] = static_cast<T>(a[j * blk.nc + c]);
+          for (int64_t c = 0; c < blk.nc; ++c) dx[j * cc + c] = Narrow<T>(a[j * blk.nc + c]);
       }
     }
   });
@@ -317,7 +337,7 @@ void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vect
     for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
       const A w = wx[g.x.Tap(ox, j)];
       const Src* __restrict d = dy + ox * stride;
-      for (int64_t c = 0; c < nc; ++c) rj[c] += w * static_cast<A>(d[c]);
+      for (int64_t c = 0; c < nc; ++c) rj[c] += w * Widen(d[c]);
     }
   }
   AddToInputRows(g, wy, r, b, oy, lo, hi);
@@ -368,7 +388,7 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
         const A a = static_cast<A>(ox + ax.pad - jh * f);
         const T* __restrict d = dy + ox * cc;
         for (int64_t c = 0; c < nc; ++c) {
-          const A v = static_cast<A>(d[c]);
+          const A v = Widen(d[c]);
           s0[c] += v;
           s1[c] += a * v;
         }
@@ -383,7 +403,7 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
           const A a = static_cast<A>(f - 1);
           const T* __restrict d = dy + o_split * cc;
           for (int64_t c = 0; c < nc; ++c) {
-            const A v = static_cast<A>(d[c]);
+            const A v = Widen(d[c]);
             s0[c] += v;
             s1[c] += a * v;
           }
@@ -422,7 +442,7 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
         for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
           const A* __restrict fp = fa + g.x.Tap(ox, j) * C;
           const T* __restrict d = dy + ox * cc;
-          for (int64_t c = 0; c < nc; ++c) aj[c] += fp[c] * static_cast<A>(d[c]);
+          for (int64_t c = 0; c < nc; ++c) aj[c] += fp[c] * Widen(d[c]);
         }
       }
     }
@@ -465,7 +485,7 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
               for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
                 A* ab = accc + g.x.Tap(ox, j) * nc;
                 const T* d = dr + ox * cc;
-                for (int64_t e = 0; e < cnt; ++e) ab[e] += static_cast<A>(d[e]) * static_cast<A>(xp[e]);
+                for (int64_t e = 0; e < cnt; ++e) ab[e] += Widen(d[e]) * Widen(xp[e]);
               }
             }
           }
@@ -473,7 +493,7 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
       }
       for (int64_t b = 0; b < kx; ++b)
         for (int64_t e = 0; e < nc; ++e)
-          filter_grad[(a * kx + b) * C + c0 + e] = static_cast<T>(acc[b * nc + e]);
+          filter_grad[(a * kx + b) * C + c0 + e] = Narrow<T>(acc[b * nc + e]);
     }
   });
 }
