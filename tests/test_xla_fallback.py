@@ -90,6 +90,15 @@ with tf.GradientTape() as tape:
     y2 = tu.conv2d_transpose(x, w, [1, 6, 8, 2], 2)
     loss = tf.reduce_sum(y1) + tf.reduce_sum(y2 * y2)
 dx, dw = tape.gradient(loss, [x, w])
+# Sizes known only at run time: the stock-op path checks them when the graph runs.
+f = tf.function(lambda x, s: tu.depthwise_conv2d_transpose(x, tf.ones([4, 4, 2, 1], tf.float64), s, 2),
+                input_signature=[tf.TensorSpec([None, None, None, 2], tf.float64), tf.TensorSpec([4], tf.int32)])
+assert f(x, tf.constant([1, 6, 8, 2])).shape == (1, 6, 8, 2)
+try:
+    f(x, tf.constant([1, 9, 8, 2]))
+    raise SystemExit("a bad run-time output_shape was accepted")
+except tf.errors.InvalidArgumentError as e:
+    assert "output_shape is inconsistent" in str(e), str(e)
 np.savez(__import__("sys").argv[1], x=x.numpy(), w=w.numpy(), y1=y1.numpy(), y2=y2.numpy(), dx=dx.numpy(), dw=dw.numpy())
 """
 

@@ -137,8 +137,11 @@ def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SA
             raise ValueError(f"filter has {fdims[2]} channels but input has {c}")
         shape = _output_shape_tensor(output_shape)
         if _use_pure_tf():
-            _check_static_geometry(x, w, shape, (sy, sx), padding, data_format)
-            return _pure_tf.depthwise_conv2d_transpose(x, w, shape, (sy, sx), padding, data_format)
+            checks = []
+            if not _check_static_geometry(x, w, shape, (sy, sx), padding, data_format):
+                checks = _dynamic_geometry_check(x, w, shape, (sy, sx), padding, data_format)
+            with tf.control_dependencies(checks):
+                return _pure_tf.depthwise_conv2d_transpose(x, w, shape, (sy, sx), padding, data_format)
         return _ops.lib.tfupsample_depthwise_conv2d_transpose(
             x, w, shape, strides=[sy, sx], padding=padding, data_format=data_format)
 
@@ -151,7 +154,7 @@ def _check_static_geometry(x, w, shape, strides, padding, data_format):
     out = tf.get_static_value(shape)
     k = w.shape.as_list()[:2] if w.shape.rank == 4 else [None, None]
     if out is None or None in dims or None in k:
-        return
+        return False
     out = [int(v) for v in out]
     out_dims = (out[0], out[2], out[3], out[1]) if data_format == "NCHW" else tuple(out)
     if out_dims[0] != dims[0] or out_dims[3] != dims[3]:
@@ -160,6 +163,24 @@ def _check_static_geometry(x, w, shape, strides, padding, data_format):
     err = check_depthwise_geometry(list(dims), list(out_dims[1:3]), k, list(strides), padding)
     if err:
         raise ValueError(f"output_shape: {err}")
+    return True
+
+
+def _dynamic_geometry_check(x, w, shape, strides, padding, data_format):
+    """The same rule as a run-time assertion, for sizes known only when the graph runs (the
+    load fallback inside a tf.function with unknown shapes). Under XLA every size is static."""
+    if _control_flow_util.GraphOrParentsInXlaContext(_framework_ops.get_default_graph()):
+        return []
+    xs, out = tf.shape(x, out_type=tf.int64), tf.cast(shape, tf.int64)
+    order = [0, 2, 3, 1] if data_format == "NCHW" else [0, 1, 2, 3]
+    xs, out = tf.gather(xs, order), tf.gather(out, order)
+    k, s = tf.shape(w, out_type=tf.int64)[:2], tf.constant(strides, tf.int64)
+    o = out[1:3]
+    back = (o + s - 1) // s if padding == "SAME" else tf.where(o < k, tf.zeros_like(o), (o - k) // s + 1)
+    ok = tf.reduce_all(tf.concat([back == xs[1:3], [out[0] == xs[0], out[3] == xs[3]], o >= 0], 0))
+    return [tf.debugging.Assert(ok, [f"output_shape is inconsistent with the input, kernel size, "
+                                     f"strides {list(strides)} and padding {padding}: output_shape",
+                                     shape, "input shape", tf.shape(x), "kernel size", k])]
 
 
 def _dilate(w, dy, dx):
