@@ -95,3 +95,21 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
         lib.run("bilinear_forward", args, 2, [0, 0], 0)
     with pytest.raises(ValueError, match="dtype must be 0..3"):
         lib.run("bilinear_forward", args, 7, [0, 0], 0)
+
+
+def test_dlpack_arrays_are_read_through_the_capsule(monkeypatch):
+    # NumPy arrays export DLPack capsules (on the CPU device): with the CPU admitted for the test,
+    # the pointer, shape, dtype and contiguity read through ctypes must match NumPy's own.
+    import numpy as np
+
+    with pytest.raises(TypeError, match="x must be on a CUDA device, got DLPack device type 1"):
+        tc._view(np.zeros((2, 3), np.float32), "x")
+    monkeypatch.setattr(tc, "_DL_CUDA", 1)
+    for dtype in ("float16", "float32", "float64", "int64"):
+        a = np.arange(24).astype(dtype).reshape(2, 3, 4)
+        v = tc._view(a, "a")
+        assert (v.ptr, v.shape, v.dtype) == (a.ctypes.data, (2, 3, 4), dtype)
+    with pytest.raises(ValueError, match="b must be C-contiguous"):
+        tc._view(np.zeros((4, 6), np.float32)[:, ::2], "b")
+    with pytest.raises(TypeError, match="c must be float16, bfloat16, float32 or float64"):
+        tc._view(np.zeros(3, np.int32), "c")
