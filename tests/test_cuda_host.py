@@ -256,3 +256,23 @@ def test_bilinear_forward_vector_paths_agree_bitwise(emu, rng):
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     ref.assert_close(outs[0], ref.bilinear_loop(x.astype(np.float64), f), "float32")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_non_finite_inputs_reach_only_their_taps(emu, layout):
+    # inf and NaN in the corners and the middle: the outputs they reach are inf / NaN exactly as
+    # in the loop from the definition (a skipped tap is not "weight 0 times inf").
+    shape, f = (1, 4, 5, 8), 4
+    x = np.ones(shape)
+    x[0, 0, 0, :4] = np.inf
+    x[0, 3, 4, 4:] = -np.inf
+    x[0, 2, 2, 1] = np.nan
+    expected = ref.bilinear_loop(x, f)
+    for dtype in ("float32", "float64", "float16"):
+        np_t = DTYPES[dtype][1]
+        out = np.zeros(to_layout(np.zeros(expected.shape), layout).shape, np_t)
+        call(emu, "bilinear_forward", bilinear_dims(shape, f, layout), dtype, to_layout(x.astype(np_t), layout), out)
+        got = from_layout(out.astype(np.float64), layout)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))

@@ -118,12 +118,16 @@ struct BilinearPixel {
   using A = typename AccOf<T>::type;
   A wy0, wy1, wx0, wx1;
   int64_t off00, off01, off10, off11;  // element offsets of the four inputs (channel 0)
+  bool two_y, two_x;                   // whether the second tap exists along y / x
 
   TFUP_HOST_DEVICE BilinearPixel(const Axis& ay, const Axis& ax, const Divider& sy,
                                  const Divider& sx, const Strides& s, int64_t n, int64_t y,
                                  int64_t x) {
     const Run ry = InputsOf(ay, sy, y), rx = InputsOf(ax, sx, x);
-    // A missing second tap gets weight 0 and repeats the first offset (always in bounds).
+    // A missing second tap repeats the first offset (always in bounds) and is skipped by Mix, so
+    // an inf or NaN input reaches exactly the outputs its taps reach.
+    two_y = ry.count > 1;
+    two_x = rx.count > 1;
     wy0 = ry.count > 0 ? BilinearWeights<A>::Axis1(ay.stride, ry.t0) : A(0);
     wy1 = ry.count > 1 ? BilinearWeights<A>::Axis1(ay.stride, ry.t0 + ry.dt) : A(0);
     wx0 = rx.count > 0 ? BilinearWeights<A>::Axis1(ax.stride, rx.t0) : A(0);
@@ -137,8 +141,9 @@ struct BilinearPixel {
   }
   // Same order of operations everywhere it is used (forward, argmax, loss), so equal bits.
   TFUP_HOST_DEVICE A Mix(A v00, A v01, A v10, A v11) const {
-    const A row0 = wx0 * v00 + wx1 * v01;
-    const A row1 = wx0 * v10 + wx1 * v11;
+    const A row0 = two_x ? wx0 * v00 + wx1 * v01 : wx0 * v00;
+    if (!two_y) return wy0 * row0;
+    const A row1 = two_x ? wx0 * v10 + wx1 * v11 : wx0 * v10;
     return wy0 * row0 + wy1 * row1;
   }
   TFUP_HOST_DEVICE A Value(const T* in, int64_t coff) const {
