@@ -49,6 +49,10 @@ def test_shapes_factors_and_formats_are_checked():
         tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3), "<f8"), strides=2)
     with pytest.raises(ValueError, match="padding must be"):
         tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3)), strides=2, padding="FULL")
+    with pytest.raises(ValueError, match=r"output_size must be \(height, width\)"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3)), (8, -1), 2)
+    with pytest.raises(ValueError, match=r"input_size must be \(height, width\)"):
+        tc.depthwise_conv2d_transpose_backprop_input(FakeGpuArray((1, 4, 4, 3)), FakeGpuArray((4, 4, 3)), 2, 2)
     with pytest.raises(ValueError, match="labels must be int64 of shape"):
         tc.upsample_sparse_softmax_cross_entropy(FakeGpuArray((1, 4, 4), "<i8"), x, 4)
 

@@ -253,6 +253,18 @@ def _filter(filter, c):  # noqa: A002
     return v
 
 
+def _size2(value, name):
+    """(h, w) of non-negative ints, or a ValueError naming the argument."""
+    try:
+        h, w = (int(v) for v in value)
+        ok = h >= 0 and w >= 0 and all(float(v) == int(v) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be (height, width) of non-negative integers, got {value!r}")
+    return h, w
+
+
 def _default_size(n, k, s, padding):
     return 0 if n == 0 else (n * s if padding == "SAME" else (n - 1) * s + k)
 
@@ -267,7 +279,10 @@ def depthwise_conv2d_transpose(x, filter, output_size=None, strides=1, padding="
     fv = _filter(filter, c)
     _same_dtype(fv, v)
     k = fv.shape[:2]
-    oh, ow = output_size or (_default_size(h, k[0], s[0], pad), _default_size(w, k[1], s[1], pad))
+    if output_size is None:
+        oh, ow = _default_size(h, k[0], s[0], pad), _default_size(w, k[1], s[1], pad)
+    else:
+        oh, ow = _size2(output_size, "output_size")
     o = _output(out, v, "out", _layout(n, oh, ow, c, fmt), v.dtype)
     _run("depthwise_forward", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, fv, o],
          _stream(v, stream))
@@ -284,7 +299,7 @@ def depthwise_conv2d_transpose_backprop_input(output_grad, filter, input_size, s
     n, oh, ow, c = _rank4(v, fmt)
     fv = _filter(filter, c)
     _same_dtype(fv, v)
-    h, w = input_size
+    h, w = _size2(input_size, "input_size")
     o = _output(out, v, "out", _layout(n, h, w, c, fmt), v.dtype)
     _run("depthwise_backprop_input", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
          [v, fv, o], _stream(v, stream))
