@@ -15,6 +15,8 @@ import json
 import os
 import sys
 import tempfile
+import time
+import traceback
 
 import numpy as np
 
@@ -427,20 +429,25 @@ def main(argv=None):
     be = Cuda() if args.backend == "cuda" else Host()
     rng = np.random.default_rng(0)
     rep = Report()
-    factors = [2, 3, 32] if (args.quick or args.sanitize) else FACTORS
+    factors = [2, 3, 32] if args.quick else FACTORS
     layouts = ["NHWC", "NCHW"]
-    if args.sanitize:
-        check_bilinear(be, rep, rng, [3], be.dtypes, layouts)
-        check_depthwise(be, rep, rng, [2], be.dtypes, layouts)
-        check_heads(be, rep, rng, [3], be.dtypes)
-        check_determinism(be, rep, rng, big=False)
-    else:
-        check_bilinear(be, rep, rng, factors, be.dtypes, layouts)
-        check_depthwise(be, rep, rng, factors, be.dtypes, layouts)
-        check_heads(be, rep, rng, factors, be.dtypes)
-        check_determinism(be, rep, rng, big=args.backend == "cuda" and not args.quick)
-        if args.backend == "cuda":
-            check_allocation(be, rep, rng)
+    small = args.sanitize
+    sections = [
+        ("bilinear", lambda: check_bilinear(be, rep, rng, [3] if small else factors, be.dtypes, layouts)),
+        ("depthwise", lambda: check_depthwise(be, rep, rng, [2] if small else factors, be.dtypes, layouts)),
+        ("heads", lambda: check_heads(be, rep, rng, [3] if small else factors, be.dtypes)),
+        ("determinism", lambda: check_determinism(be, rep, rng, big=args.backend == "cuda" and not (small or args.quick))),
+    ]
+    if args.backend == "cuda" and not small:
+        sections.append(("allocation", lambda: check_allocation(be, rep, rng)))
+    for name, fn in sections:  # one failing section must not hide the others' results
+        start = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rep.failures.append(f"{name}: raised {type(e).__name__}: {e}")
+        print(f"  {name}: done in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"parity and determinism ({be.name}): {rep.checked} checks, {len(rep.failures)} failed")
     for (what, dtype), err in sorted(rep.worst.items()):
         print(f"  worst relative error  {what:28s} {dtype:9s} {err:.2e}")
@@ -453,8 +460,12 @@ def main(argv=None):
 
         device = torch.cuda.get_device_name()
         result["device"] = device
-        result["timings"] = timings(be)
-        print_timings(result["timings"], device)
+        try:
+            result["timings"] = timings(be)
+            print_timings(result["timings"], device)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rep.failures.append(f"timings: raised {type(e).__name__}: {e}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
