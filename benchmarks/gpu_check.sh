@@ -22,7 +22,7 @@ status=$?
 
 echo "== compute-sanitizer memcheck (small cases of every op and dtype)"
 if command -v compute-sanitizer >/dev/null 2>&1; then
-  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
     "$py" benchmarks/gpu_check.py --backend cuda --sanitize
   sanitizer=$?
   echo "memcheck exit status: $sanitizer"
