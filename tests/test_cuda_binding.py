@@ -117,3 +117,14 @@ def test_dlpack_arrays_are_read_through_the_capsule(monkeypatch):
         tc._view(np.zeros((4, 6), np.float32)[:, ::2], "b")
     with pytest.raises(TypeError, match="c must be float16, bfloat16, float32 or float64"):
         tc._view(np.zeros(3, np.int32), "c")
+
+
+def test_streams_are_taken_as_ints_or_framework_stream_objects():
+    class TorchLike:
+        cuda_stream = 1234
+
+    class CupyLike:
+        ptr = 5678
+
+    x = tc._view(FakeGpuArray((1, 2, 2, 3)), "x")
+    assert [tc._stream(x, s) for s in (None, 42, TorchLike(), CupyLike())] == [0, 42, 1234, 5678]

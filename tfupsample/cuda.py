@@ -3,8 +3,8 @@
 
 The same kernels the TF op runs on a GPU. Arrays must be C-contiguous and on a CUDA device;
 results are written into `out` when given, else into a new array of the input's framework
-(torch or CuPy). Work is queued on `stream` (a `cudaStream_t` as an int), by default the
-framework's current stream, and not waited for, as the frameworks' own ops do.
+(torch or CuPy). Work is queued on `stream` (a `cudaStream_t` as an int, a torch or CuPy stream),
+by default the framework's current stream, and not waited for, as the frameworks' own ops do.
 
     import torch, tfupsample.cuda as tc
     x = torch.randn(1, 16, 22, 1000, device="cuda")
@@ -166,7 +166,12 @@ def _output(out, like, name, shape, dtype):
 
 
 def _stream(like, stream):
+    """A cudaStream_t as an int: given (an int, a torch.cuda.Stream, a CuPy stream), or the
+    current stream of the array's framework, or the legacy default stream."""
     if stream is not None:
+        for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
+            if hasattr(stream, attr):
+                return int(getattr(stream, attr))
         return int(stream)
     if _framework(like.array) == "torch":
         import torch
