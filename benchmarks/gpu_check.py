@@ -4,6 +4,8 @@ benchmarks/gpu_check.sh, which builds the kernels first.
   --backend cuda   torch tensors on the GPU: parity, determinism, then timings against torch
   --backend host   the same parity and determinism checks over the CPU emulation of the kernels
                    (tests/cuda_host), on NumPy arrays: checks this script where there is no GPU
+  --backend torch-cpu  the cuda backend's code and the timing code, on torch CPU tensors over the
+                   emulation (DLPack, bfloat16 included): a dry run where torch has no GPU
   --sanitize       one small case of every op and dtype only (for compute-sanitizer)
 
 The reference is NumPy float64 written from the definition of the transposed convolution
@@ -95,23 +97,30 @@ def softmax_reference(up, labels, ignore):
 # Backends: where the arrays live
 
 class Cuda:
+    """torch tensors on the GPU. With device="cpu" (backend torch-cpu) the same code runs on torch
+    CPU tensors over the CPU emulation, reaching it through DLPack: a dry run of this class."""
+
     name = "cuda"
 
-    def __init__(self):
+    def __init__(self, device="cuda"):
         import torch
 
-        self.torch = torch
+        self.torch, self.device = torch, device
         self.dtypes = ["float16", "bfloat16", "float32", "float64"]
+        if device != "cuda":
+            Host.use_emulation()
+            tc._DL_CUDA = 1  # admit the CPU device
+            self.name = "torch-cpu"
 
     def put(self, a, dtype):
         t = self.torch
         if dtype == "int64":
-            return t.from_numpy(np.ascontiguousarray(a, np.int64)).cuda()
+            return t.from_numpy(np.ascontiguousarray(a, np.int64)).to(self.device)
         host = np.ascontiguousarray(a, np.float64 if dtype == "float64" else np.float32)
-        return t.from_numpy(host).cuda().to(getattr(t, dtype)).contiguous()
+        return t.from_numpy(host).to(self.device).to(getattr(t, dtype)).contiguous()
 
     def empty(self, shape, dtype):
-        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, dtype), device="cuda")
+        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, dtype), device=self.device)
 
     def get(self, a):
         a = a.detach()
@@ -121,7 +130,8 @@ class Cuda:
         return bool(self.torch.equal(a, b))
 
     def sync(self):
-        self.torch.cuda.synchronize()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
 
 class Host:
@@ -133,9 +143,16 @@ class Host:
         from cuda_host import emulator
 
         self.emulator = emulator
+        self.use_emulation()
+        self.dtypes = ["float16", "float32", "float64"]
+
+    @staticmethod
+    def use_emulation():
+        """Point tfupsample.cuda at the CPU emulation of the kernels."""
+        from cuda_host import emulator
+
         lib = emulator.build(tempfile.mkdtemp())
         tc._ext = lambda: emulator.Ext(lib)
-        self.dtypes = ["float16", "float32", "float64"]
 
     def put(self, a, dtype):
         return self.emulator.HostArray(np.asarray(a).astype(dtype))
@@ -322,44 +339,43 @@ def check_allocation(be, rep, rng):
 # ------------------------------------------------------------------------------------------------
 # Timings (cuda only)
 
-def timings(be):
+def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=32):
+    """Median ms of ours and the torch peers. device="cpu" (with tiny shapes, over the CPU
+    emulation) only exercises this code where there is no GPU."""
     import torch
     import torch.nn.functional as F
 
-    def timed(fn, reps=20):
+    def once(fn):
+        if device != "cuda":
+            start = time.perf_counter()
+            fn()
+            return 1000 * (time.perf_counter() - start)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         end.synchronize()
-        first = start.elapsed_time(end)  # a slow peer gets fewer runs: the check must stay short
+        return start.elapsed_time(end)
+
+    def timed(fn, reps=20):
+        first = once(fn)  # a slow peer gets fewer runs: the check must stay short
         warm, reps = (2, reps) if first < 200 else (0, max(3, min(reps, int(3000 / first))))
         for _ in range(warm):
             fn()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return float(np.median(times))
+        return float(np.median([once(fn) for _ in range(reps)]))
 
-    f = 32
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    copy_ms = timed(lambda: b.copy_(a))
-    copy_bw = 2 * a.numel() / (copy_ms * 1e-3)  # bytes read + written per second
-    del a, b
-    rows = []
-    for shape in [(1, 16, 22, 1000), (8, 16, 22, 150)]:
+    def copy_bandwidth():
+        a = torch.empty(1 << 30 if device == "cuda" else 1 << 20, dtype=torch.uint8, device=device)
+        b = torch.empty_like(a)
+        return 2 * a.numel() / (timed(lambda: b.copy_(a)) * 1e-3)  # bytes read + written per s
+
+    def one_shape(shape, f, copy_bw):
         n, h, w, c = shape
-        x = torch.randn(shape, device="cuda")
-        y = torch.empty((n, h * f, w * f, c), device="cuda")
-        dy = torch.randn((n, h * f, w * f, c), device="cuda")
-        dx = torch.empty(shape, device="cuda")
-        wb = torch.from_numpy(bilinear_filter(f, c)).float().cuda().contiguous()
+        x = torch.randn(shape, device=device)
+        y = torch.empty((n, h * f, w * f, c), device=device)
+        dy = torch.randn((n, h * f, w * f, c), device=device)
+        dx = torch.empty(shape, device=device)
+        wb = torch.from_numpy(bilinear_filter(f, c)).float().to(device).contiguous()
         wt = wb.permute(2, 0, 1).unsqueeze(1).contiguous()  # torch's [C, 1, k, k]
         xc = x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         dyc = dy.permute(0, 3, 1, 2)
@@ -376,17 +392,15 @@ def timings(be):
         xr = xc.detach().requires_grad_()
         yi = F.interpolate(xr, scale_factor=f, mode="bilinear", align_corners=False)
         r["torch_interpolate_grad_ms"] = timed(lambda: torch.autograd.grad(yi, xr, dyc, retain_graph=True))
-        del yi
         yt = F.conv_transpose2d(xr, wt, stride=f, padding=f // 2, groups=c)
         r["torch_conv_transpose_grad_ms"] = timed(lambda: torch.autograd.grad(yt, xr, dyc, retain_graph=True))
-        del yt
         r["ours_filter_grad_ms"] = timed(
             lambda: tc.depthwise_conv2d_transpose_backprop_filter(x, dy, 2 * f, f), reps=5)
-        labels = torch.randint(0, c, (n, h * f, w * f), device="cuda")
+        labels = torch.randint(0, c, (n, h * f, w * f), device=device)
         r["ours_argmax_ms"] = timed(lambda: tc.upsample_argmax(x, f))
         r["torch_interpolate_argmax_ms"] = timed(
             lambda: F.interpolate(xc, scale_factor=f, mode="bilinear", align_corners=False).argmax(1))
-        g = torch.ones((n, h * f, w * f), device="cuda")
+        g = torch.ones((n, h * f, w * f), device=device)
         r["ours_loss_fwd_grad_ms"] = timed(lambda: (
             tc.upsample_sparse_softmax_cross_entropy(labels, x, f),
             tc.upsample_sparse_softmax_cross_entropy_grad(labels, x, g, f)), reps=5)
@@ -400,16 +414,22 @@ def timings(be):
             "forward faster than torch conv_transpose2d": r["ours_forward_ms"] < r["torch_conv_transpose_ms"],
             "input grad >= 70% of copy bandwidth": r["input_grad_pct_of_copy"] >= 70,
         }
-        rows.append(r)
-        del x, y, dy, dx, xr
-        torch.cuda.empty_cache()
+        return r
+
+    copy_bw = copy_bandwidth()
+    rows = []
+    for shape in shapes:
+        rows.append(one_shape(shape, factor, copy_bw))
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the previous shape's tensors are gone with its frame
     return rows
 
 
 def print_timings(rows, device):
-    print(f"\nTimings on {device}, float32 NHWC, x32, median ms (CUDA events)")
+    print(f"\nTimings on {device}, float32 NHWC, median ms (CUDA events)")
     for r in rows:
-        print(f"\n  {r['shape']}   device-to-device copy {r['copy_GBps']:.0f} GB/s (read + write)")
+        print(f"\n  {r['shape']} x{r['factor']}   device-to-device copy {r['copy_GBps']:.0f} GB/s "
+              "(read + write)")
         for k, v in r.items():
             if k.endswith("_ms"):
                 print(f"    {k[:-3]:34s} {v:9.3f}")
@@ -421,12 +441,12 @@ def print_timings(rows, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=["cuda", "host"], default="cuda")
+    p.add_argument("--backend", choices=["cuda", "host", "torch-cpu"], default="cuda")
     p.add_argument("--sanitize", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer factors (host runs)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    be = Cuda() if args.backend == "cuda" else Host()
+    be = {"cuda": Cuda, "host": Host, "torch-cpu": lambda: Cuda("cpu")}[args.backend]()
     rng = np.random.default_rng(0)
     rep = Report()
     factors = [2, 3, 32] if args.quick else FACTORS
@@ -438,7 +458,7 @@ def main(argv=None):
         ("heads", lambda: check_heads(be, rep, rng, [3] if small else factors, be.dtypes)),
         ("determinism", lambda: check_determinism(be, rep, rng, big=args.backend == "cuda" and not (small or args.quick))),
     ]
-    if args.backend == "cuda" and not small:
+    if args.backend != "host" and not small:  # new arrays need torch
         sections.append(("allocation", lambda: check_allocation(be, rep, rng)))
     for name, fn in sections:  # one failing section must not hide the others' results
         start = time.perf_counter()
@@ -461,11 +481,15 @@ def main(argv=None):
         device = torch.cuda.get_device_name()
         result["device"] = device
         try:
-            result["timings"] = timings(be)
+            result["timings"] = timings()
             print_timings(result["timings"], device)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rep.failures.append(f"timings: raised {type(e).__name__}: {e}")
+    if args.backend == "torch-cpu":  # the timing code on tiny shapes
+        rows = timings("cpu", shapes=((1, 2, 3, 8), (2, 2, 2, 6)), factor=4)
+        print_timings(rows, "the CPU emulation (dry run: the figures mean nothing)")
+        result["timings"] = rows
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -128,3 +128,16 @@ def test_streams_are_taken_as_ints_or_framework_stream_objects():
 
     x = tc._view(FakeGpuArray((1, 2, 2, 3)), "x")
     assert [tc._stream(x, s) for s in (None, 42, TorchLike(), CupyLike())] == [0, 42, 1234, 5678]
+
+
+@pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
+def test_gpu_check_torch_dry_run(monkeypatch):
+    # Where torch is installed (not in CI): the script's torch backend and timing code, on torch
+    # CPU tensors over the emulation (DLPack, bfloat16 included).
+    pytest.importorskip("torch")
+    monkeypatch.setattr(tc, "_ext", tc._ext)
+    monkeypatch.setattr(tc, "_DL_CUDA", tc._DL_CUDA)
+    monkeypatch.syspath_prepend(os.path.join(emulator.ROOT, "benchmarks"))
+    import gpu_check
+
+    assert gpu_check.main(["--backend", "torch-cpu", "--quick"]) == 0

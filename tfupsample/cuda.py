@@ -173,7 +173,7 @@ def _stream(like, stream):
             if hasattr(stream, attr):
                 return int(getattr(stream, attr))
         return int(stream)
-    if _framework(like.array) == "torch":
+    if _framework(like.array) == "torch" and like.array.is_cuda:
         import torch
 
         return torch.cuda.current_stream(like.array.device).cuda_stream
