@@ -45,6 +45,87 @@ inline Eigen::half Narrow<Eigen::half>(float v) {
 }
 #endif
 
+// The channel loops, as row primitives: plain loops the compiler vectorises, and for float16 in
+// the AVX2 build 8 channels at a time through F16C. Same operations in the same order (a product,
+// then a sum; contraction is off), so the same bits either way.
+template <typename A, typename T>
+inline void MulAddRow(A* __restrict acc, const A* __restrict w, const T* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += w[c] * Widen(x[c]);
+}
+template <typename A, typename T>
+inline void ScaleAddRow(A* __restrict acc, A w, const T* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += w * Widen(x[c]);
+}
+template <typename A, typename T>
+inline void ProductAddRow(A* __restrict acc, const T* __restrict x, const T* __restrict y,
+                          int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += Widen(x[c]) * Widen(y[c]);
+}
+// s0 += x, s1 += a * x (the two running sums of the bilinear gradient's blocks).
+template <typename A, typename T>
+inline void MomentsRow(A* __restrict s0, A* __restrict s1, A a, const T* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A v = Widen(x[c]);
+    s0[c] += v;
+    s1[c] += a * v;
+  }
+}
+template <typename T, typename A>
+inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) out[c] = Narrow<T>(in[c]);
+}
+#if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
+inline __m256 Load8(const Eigen::half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline void MulAddRow(float* acc, const float* w, const Eigen::half* x, int64_t n) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(w + c), Load8(x + c));
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), p));
+  }
+  for (; c < n; ++c) acc[c] += w[c] * Widen(x[c]);
+}
+inline void ScaleAddRow(float* acc, float w, const Eigen::half* x, int64_t n) {
+  const __m256 wv = _mm256_set1_ps(w);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), _mm256_mul_ps(wv, Load8(x + c))));
+  }
+  for (; c < n; ++c) acc[c] += w * Widen(x[c]);
+}
+inline void ProductAddRow(float* acc, const Eigen::half* x, const Eigen::half* y, int64_t n) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 p = _mm256_mul_ps(Load8(x + c), Load8(y + c));
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), p));
+  }
+  for (; c < n; ++c) acc[c] += Widen(x[c]) * Widen(y[c]);
+}
+inline void MomentsRow(float* s0, float* s1, float a, const Eigen::half* x, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = Load8(x + c);
+    _mm256_storeu_ps(s0 + c, _mm256_add_ps(_mm256_loadu_ps(s0 + c), v));
+    _mm256_storeu_ps(s1 + c, _mm256_add_ps(_mm256_loadu_ps(s1 + c), _mm256_mul_ps(av, v)));
+  }
+  for (; c < n; ++c) {
+    const float v = Widen(x[c]);
+    s0[c] += v;
+    s1[c] += a * v;
+  }
+}
+inline void NarrowRow(Eigen::half* out, const float* in, int64_t n) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + c), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), h);
+  }
+  for (; c < n; ++c) out[c] = Narrow<Eigen::half>(in[c]);
+}
+#endif
+
 struct Slabs {
   int64_t count;  // number of slabs
   int64_t cc;     // channels per pixel inside a slab (C in NHWC, 1 in NCHW)
@@ -247,10 +328,10 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
         for (int64_t ix = tx.first[ox]; ix < tx.first[ox] + tx.count[ox]; ++ix) {
           const A* fp = fs + (a * kx + g.x.Tap(ox, ix)) * C;
           const T* xp = in + (iy * W + ix) * cc;
-          for (int64_t c = 0; c < cc; ++c) acc[c] += fp[c] * Widen(xp[c]);
+          MulAddRow(acc.data(), fp, xp, cc);
         }
       }
-      for (int64_t c = 0; c < cc; ++c) out[ox * cc + c] = Narrow<T>(acc[c]);
+      NarrowRow(out + ox * cc, acc.data(), cc);
     }
   });
 }
@@ -304,7 +385,7 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
         T* dx = input_grad + ((blk.s * H + i) * W) * cc + blk.c0;
         const A* a = blk.acc.data() + (i - blk.i0) * row;
         for (int64_t j = 0; j < W; ++j)
-          for (int64_t c = 0; c < blk.nc; ++c) dx[j * cc + c] = Narrow<T>(a[j * blk.nc + c]);
+          NarrowRow(dx + j * cc, a + j * blk.nc, blk.nc);
       }
     }
   });
@@ -337,7 +418,7 @@ void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vect
     for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
       const A w = wx[g.x.Tap(ox, j)];
       const Src* __restrict d = dy + ox * stride;
-      for (int64_t c = 0; c < nc; ++c) rj[c] += w * Widen(d[c]);
+      ScaleAddRow(rj, w, d, nc);
     }
   }
   AddToInputRows(g, wy, r, b, oy, lo, hi);
@@ -386,12 +467,7 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
       std::fill(s0, s0 + 2 * nc, A(0));
       for (int64_t ox = o0; ox < o_split; ++ox) {
         const A a = static_cast<A>(ox + ax.pad - jh * f);
-        const T* __restrict d = dy + ox * cc;
-        for (int64_t c = 0; c < nc; ++c) {
-          const A v = Widen(d[c]);
-          s0[c] += v;
-          s1[c] += a * v;
-        }
+        MomentsRow(s0, s1, a, dy + ox * cc, nc);
       }
       const A* fs0 = s0;
       const A* fs1 = s1;
@@ -401,12 +477,7 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
         fs1 = f1;
         if (o_split < o1) {  // the centre output: rising half only
           const A a = static_cast<A>(f - 1);
-          const T* __restrict d = dy + o_split * cc;
-          for (int64_t c = 0; c < nc; ++c) {
-            const A v = Widen(d[c]);
-            s0[c] += v;
-            s1[c] += a * v;
-          }
+          MomentsRow(s0, s1, a, dy + o_split * cc, nc);
         }
       }
       if (jh < W) {
@@ -442,7 +513,7 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
         for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
           const A* __restrict fp = fa + g.x.Tap(ox, j) * C;
           const T* __restrict d = dy + ox * cc;
-          for (int64_t c = 0; c < nc; ++c) aj[c] += fp[c] * Widen(d[c]);
+          MulAddRow(aj, fp, d, nc);
         }
       }
     }
@@ -485,15 +556,15 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
               for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
                 A* ab = accc + g.x.Tap(ox, j) * nc;
                 const T* d = dr + ox * cc;
-                for (int64_t e = 0; e < cnt; ++e) ab[e] += Widen(d[e]) * Widen(xp[e]);
+                ProductAddRow(ab, d, xp, cnt);
               }
             }
           }
         }
       }
-      for (int64_t b = 0; b < kx; ++b)
-        for (int64_t e = 0; e < nc; ++e)
-          filter_grad[(a * kx + b) * C + c0 + e] = Narrow<T>(acc[b * nc + e]);
+      for (int64_t b = 0; b < kx; ++b) {
+        NarrowRow(filter_grad + (a * kx + b) * C + c0, acc.data() + b * nc, nc);
+      }
     }
   });
 }
