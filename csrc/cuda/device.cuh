@@ -86,6 +86,13 @@ struct Pos {
 struct Shape {
   int64_t grid = 1;
   int bx = 1, by = 1;
+  // Blocks of bx x by threads, enough for `work` units of `per_block` each, at most 2^20 blocks
+  // (the launches loop grid-stride, so any grid covers all the work).
+  static Shape Of(int bx, int by, int64_t work, int64_t per_block) {
+    constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+    const int64_t blocks = (work + per_block - 1) / per_block;
+    return Shape{blocks < kMaxBlocks ? (blocks > 0 ? blocks : 1) : kMaxBlocks, bx, by};
+  }
 };
 
 // Work over an (n, y, x, c) space where c is the innermost dimension in memory: threads of a warp
@@ -115,10 +122,8 @@ struct ChannelLanes {
     int lanes = 1;
     while (lanes < 32 && lanes < C) lanes *= 2;
     const int64_t group = int64_t{lanes} * kGroupLanes, count = (C + group - 1) / group;
-    s->bx = lanes;
-    s->by = 256 / lanes;
-    const int64_t items = positions * count, blocks = (items + s->by - 1) / s->by;
-    s->grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
+    const int64_t items = positions * count;
+    *s = Shape::Of(lanes, 256 / lanes, items, 256 / lanes);
     return ChannelLanes{body, items, C, group, Divider(count), Divider(w), Divider(h)};
   }
 };
@@ -139,13 +144,7 @@ struct ColumnLanes {
       body(n, y, x, ch, 1, ch + 1);  // one channel
     }
   }
-  static Shape ShapeFor(int64_t elements) {
-    Shape s;
-    s.bx = 256;
-    const int64_t blocks = (elements + 255) / 256;
-    s.grid = blocks < (int64_t{1} << 20) ? (blocks > 0 ? blocks : 1) : (int64_t{1} << 20);
-    return s;
-  }
+  static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }
 };
 
 // Runs a body over an (n, y, x, c) space in the layout's natural order.

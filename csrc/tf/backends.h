@@ -143,4 +143,15 @@ struct Backend<GPUDevice> {
 };
 #endif  // GOOGLE_CUDA
 
+// Expands REG(DEVICE_NAME, Device, T) for every dtype on every device this build has.
+#define TFUP_FOR_EACH_TYPE(REG, DEV, D) \
+  REG(DEV, D, Eigen::half) REG(DEV, D, Eigen::bfloat16) REG(DEV, D, float) REG(DEV, D, double)
+#if GOOGLE_CUDA
+#define TFUP_REGISTER_ON_EVERY_DEVICE(REG)                    \
+  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice) \
+  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_GPU, GPUDevice)
+#else
+#define TFUP_REGISTER_ON_EVERY_DEVICE(REG) TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice)
+#endif
+
 }  // namespace tfup

@@ -123,25 +123,17 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
 
 }  // namespace
 
-#define TFUP_REGISTER_HEADS(DEV, D, T)                                                    \
-  REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("TfupsampleUpsampleArgmax").Device(DEV).TypeConstraint<T>("T"),                     \
-      UpsampleArgmaxOp<D, T>);                                                            \
-  REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),  \
-      UpsampleCrossEntropyOp<D, T>);                                                      \
-  REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"), \
+#define TFUP_REGISTER_HEADS(DEV, D, T)                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleUpsampleArgmax").Device(DEV).TypeConstraint<T>("T"),                         \
+      UpsampleArgmaxOp<D, T>);                                                                     \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),      \
+      UpsampleCrossEntropyOp<D, T>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),  \
       UpsampleCrossEntropyGradOp<D, T>);
-#define TFUP_REGISTER_HEADS_ALL(DEV, D)        \
-  TFUP_REGISTER_HEADS(DEV, D, Eigen::half)     \
-  TFUP_REGISTER_HEADS(DEV, D, Eigen::bfloat16) \
-  TFUP_REGISTER_HEADS(DEV, D, float)           \
-  TFUP_REGISTER_HEADS(DEV, D, double)
 
-TFUP_REGISTER_HEADS_ALL(tensorflow::DEVICE_CPU, CPUDevice)
-#if GOOGLE_CUDA
-TFUP_REGISTER_HEADS_ALL(tensorflow::DEVICE_GPU, GPUDevice)
-#endif
+TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER_HEADS)
 
 }  // namespace tfup

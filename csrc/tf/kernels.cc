@@ -228,38 +228,30 @@ class DepthwiseOp : public OpKernel {
 
 }  // namespace
 
-// One set of registrations per device; the size vectors stay in host memory on both.
-#define TFUP_REGISTER(DEV, D, T)                                                          \
-  REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"),                  \
-      BilinearUpsampleOp<D, T>);                                                         \
-  REGISTER_KERNEL_BUILDER(                                                                    \
-      Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),              \
-      BilinearUpsampleGradOp<D, T>);                                                     \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                          \
-                              .Device(DEV)                                                    \
-                              .TypeConstraint<T>("T")                                         \
-                              .HostMemory("output_shape"),                                    \
-                          DepthwiseOp<D, T, Mode::kForward>);                            \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")             \
-                              .Device(DEV)                                                    \
-                              .TypeConstraint<T>("T")                                         \
-                              .HostMemory("input_sizes"),                                     \
-                          DepthwiseOp<D, T, Mode::kBackpropInput>);                      \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")            \
-                              .Device(DEV)                                                    \
-                              .TypeConstraint<T>("T")                                         \
-                              .HostMemory("filter_sizes"),                                    \
+// Registered on every device this build has; the size vectors stay in host memory on all.
+#define TFUP_REGISTER(DEV, D, T)                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"),                       \
+      BilinearUpsampleOp<D, T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),                   \
+      BilinearUpsampleGradOp<D, T>);                                                               \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                               \
+                              .Device(DEV)                                                         \
+                              .TypeConstraint<T>("T")                                              \
+                              .HostMemory("output_shape"),                                         \
+                          DepthwiseOp<D, T, Mode::kForward>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")                  \
+                              .Device(DEV)                                                         \
+                              .TypeConstraint<T>("T")                                              \
+                              .HostMemory("input_sizes"),                                          \
+                          DepthwiseOp<D, T, Mode::kBackpropInput>);                                \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")                 \
+                              .Device(DEV)                                                         \
+                              .TypeConstraint<T>("T")                                              \
+                              .HostMemory("filter_sizes"),                                         \
                           DepthwiseOp<D, T, Mode::kBackpropFilter>);
-#define TFUP_REGISTER_ALL(DEV, D)  \
-  TFUP_REGISTER(DEV, D, Eigen::half)     \
-  TFUP_REGISTER(DEV, D, Eigen::bfloat16) \
-  TFUP_REGISTER(DEV, D, float)           \
-  TFUP_REGISTER(DEV, D, double)
 
-TFUP_REGISTER_ALL(tensorflow::DEVICE_CPU, CPUDevice)
-#if GOOGLE_CUDA
-TFUP_REGISTER_ALL(tensorflow::DEVICE_GPU, GPUDevice)
-#endif
+TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER)
 
 }  // namespace tfup
