@@ -8,8 +8,9 @@ benchmarks/gpu_check.sh, which builds the kernels first.
                    emulation (DLPack, bfloat16 included): a dry run where torch has no GPU
   --sanitize       one small case of every op and dtype only (for compute-sanitizer)
 
-The reference is NumPy float64 written from the definition of the transposed convolution
-(out[i*s - pad + a] += x[i] * w[a]), independent of the kernels.
+The reference is the test suite's (tests/reference.py): NumPy float64 loops written from the
+definition of the transposed convolution (out[i*s - pad + a] += x[i] * w[a]), independent of the
+kernels.
 """
 
 import argparse
@@ -26,71 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+import reference as ref  # noqa: E402 (tests/reference.py: the test suite's NumPy loops)
 import tfupsample.cuda as tc  # noqa: E402
 
 FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
 TOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 2e-6, "float64": 1e-12}
-
-
-# ------------------------------------------------------------------------------------------------
-# Reference (NumPy, float64, NHWC)
-
-def _pad(n_in, n_out, k, s, padding):
-    return max((n_in - 1) * s + k - n_out, 0) // 2 if padding == "SAME" else 0
-
-
-def _taps(n_in, n_out, k, s, pad):
-    """Per tap a: the input slice [i0, i1] and the first output o0 it lands on (step s)."""
-    for a in range(k):
-        i0 = max(0, -((a - pad) // s))  # ceil((pad - a) / s)
-        i1 = min(n_in - 1, (n_out - 1 + pad - a) // s)
-        if i0 <= i1:
-            yield a, slice(i0, i1 + 1), slice(i0 * s - pad + a, i1 * s - pad + a + 1, s)
-
-
-def _all_taps(in_hw, out_hw, k, s, padding):
-    py = _pad(in_hw[0], out_hw[0], k[0], s[0], padding)
-    px = _pad(in_hw[1], out_hw[1], k[1], s[1], padding)
-    for a, iy, oy in _taps(in_hw[0], out_hw[0], k[0], s[0], py):
-        for b, ix, ox in _taps(in_hw[1], out_hw[1], k[1], s[1], px):
-            yield a, b, (slice(None), iy, ix), (slice(None), oy, ox)
-
-
-def ref_forward(x, w, out_hw, s, padding):
-    out = np.zeros((x.shape[0], *out_hw, x.shape[3]))
-    for a, b, i, o in _all_taps(x.shape[1:3], out_hw, w.shape[:2], s, padding):
-        out[o] += x[i] * w[a, b]
-    return out
-
-
-def ref_input_grad(dy, w, in_hw, s, padding):
-    dx = np.zeros((dy.shape[0], *in_hw, dy.shape[3]))
-    for a, b, i, o in _all_taps(in_hw, dy.shape[1:3], w.shape[:2], s, padding):
-        dx[i] += dy[o] * w[a, b]
-    return dx
-
-
-def ref_filter_grad(x, dy, k, s, padding):
-    dw = np.zeros((*k, x.shape[3]))
-    for a, b, i, o in _all_taps(x.shape[1:3], dy.shape[1:3], k, s, padding):
-        dw[a, b] = (dy[o] * x[i]).sum(axis=(0, 1, 2))
-    return dw
-
-
-def bilinear_filter(f, c):
-    k = 2 * f - f % 2
-    centre = (k - 1) / 2
-    w1 = 1 - np.abs(np.arange(k) - centre) / f
-    return np.repeat(np.outer(w1, w1)[:, :, None], c, axis=2)
-
-
-def softmax_reference(up, labels, ignore):
-    m = up.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
-    safe = np.where(labels == ignore, 0, labels)
-    loss = np.where(labels == ignore, 0, lse - np.take_along_axis(up, safe[..., None], -1)[..., 0])
-    grad = np.exp(up - lse[..., None]) - np.eye(up.shape[-1])[safe]
-    return loss, np.where((labels == ignore)[..., None], 0, grad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,12 +133,7 @@ class Report:
             self.failures.append(what)
 
 
-def to_layout(a, fmt):
-    return np.transpose(a, (0, 3, 1, 2)) if fmt == "NCHW" else a
-
-
-def from_layout(a, fmt):
-    return np.transpose(a, (0, 2, 3, 1)) if fmt == "NCHW" else a
+to_layout, from_layout = ref.to_layout, ref.from_layout
 
 
 def layout_shape(nhwc, fmt):
@@ -210,7 +146,7 @@ def check_bilinear(be, rep, rng, factors, dtypes, layouts):
         # Channels 8 / 6 / 7 take the kernel's 4-, 2- and 1-wide vector paths (NHWC).
         shape = (1, 3, 4, 6) if f == 32 else (2, 5, 6, 8 if f % 2 else 7)
         n, h, w, c = shape
-        wb = bilinear_filter(f, c)
+        wb = ref.bilinear_filter(f, c)
         for dtype in dtypes:
             for fmt in layouts:
                 x = be.put(to_layout(rng.standard_normal(shape), fmt), dtype)
@@ -219,14 +155,15 @@ def check_bilinear(be, rep, rng, factors, dtypes, layouts):
                 tc.bilinear_upsample(x, f, data_format=fmt, out=y)
                 be.sync()
                 rep.close(f"bilinear forward[f={f} {fmt}]", dtype, from_layout(be.get(y), fmt),
-                          ref_forward(x64, wb, (h * f, w * f), (f, f), "SAME"))
+                          ref.transposed_conv_loop(x64, wb, (h * f, w * f), (f, f), "SAME"))
                 dy = be.put(to_layout(rng.standard_normal((n, h * f, w * f, c)), fmt), dtype)
                 dx = be.empty(layout_shape(shape, fmt), dtype)
                 tc.bilinear_upsample_grad(dy, f, data_format=fmt, out=dx)
                 be.sync()
+                expected = ref.transposed_conv_input_grad_loop(from_layout(be.get(dy), fmt), wb, (h, w),
+                                                               (f, f), "SAME")
                 rep.close(f"bilinear input grad[f={f} {fmt}]", dtype, from_layout(be.get(dx), fmt),
-                          ref_input_grad(from_layout(be.get(dy), fmt), wb, (h, w), (f, f), "SAME"),
-                          scale=4)
+                          expected, scale=4)
 
 
 def depthwise_cases(factors):
@@ -259,18 +196,19 @@ def check_depthwise(be, rep, rng, factors, dtypes, layouts):
                                                               data_format=fmt, out=dw)
                 be.sync()
                 rep.close(f"depthwise forward{tag} {fmt}]", dtype, from_layout(be.get(y), fmt),
-                          ref_forward(x64, w64, out_hw, s, padding), scale=2)
+                          ref.transposed_conv_loop(x64, w64, out_hw, s, padding), scale=2)
                 rep.close(f"depthwise input grad{tag} {fmt}]", dtype, from_layout(be.get(dx), fmt),
-                          ref_input_grad(dy64, w64, (h, w), s, padding), scale=8)
+                          ref.transposed_conv_input_grad_loop(dy64, w64, (h, w), s, padding), scale=8)
                 rep.close(f"depthwise filter grad{tag} {fmt}]", dtype, be.get(dw),
-                          ref_filter_grad(x64, dy64, k, s, padding), scale=np.sqrt(n * h * w) * 4)
+                          ref.transposed_conv_filter_grad_loop(x64, dy64, k, s, padding),
+                          scale=np.sqrt(n * h * w) * 4)
 
 
 def check_heads(be, rep, rng, factors, dtypes):
     for f in factors:
         shape = (1, 2, 3, 6) if f == 32 else (2, 3, 4, 9)
         n, h, w, c = shape
-        wb = bilinear_filter(f, c)
+        wb = ref.bilinear_filter(f, c)
         m = (n, h * f, w * f)
         for dtype in dtypes:
             x = be.put(rng.standard_normal(shape) * 3, dtype)
@@ -288,8 +226,8 @@ def check_heads(be, rep, rng, factors, dtypes):
             target = rng.integers(0, c, m)
             target[:, 0, :] = 2  # the ignore label on the first row
             tl = be.put(target, "int64")
-            up64 = ref_forward(be.get(x), wb, m[1:], (f, f), "SAME")
-            loss_ref, grad_up = softmax_reference(up64, target, 2)
+            up64 = ref.transposed_conv_loop(be.get(x), wb, m[1:], (f, f), "SAME")
+            loss_ref, grad_up = ref.softmax_cross_entropy(up64, target, ignore=2)
             loss = be.empty(m, dtype)
             tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, out=loss)
             g = be.put(rng.standard_normal(m), dtype)
@@ -297,9 +235,9 @@ def check_heads(be, rep, rng, factors, dtypes):
             tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, ignore_label=2, out=grad)
             be.sync()
             rep.close(f"cross-entropy[f={f}]", dtype, be.get(loss), loss_ref, scale=4)
-            rep.close(f"cross-entropy grad[f={f}]", dtype, be.get(grad),
-                      ref_input_grad(grad_up * be.get(g)[..., None], wb, (h, w), (f, f), "SAME"),
-                      scale=16)
+            expected = ref.transposed_conv_input_grad_loop(grad_up * be.get(g)[..., None], wb, (h, w),
+                                                           (f, f), "SAME")
+            rep.close(f"cross-entropy grad[f={f}]", dtype, be.get(grad), expected, scale=16)
 
 
 def check_determinism(be, rep, rng, big):
@@ -333,7 +271,7 @@ def check_allocation(be, rep, rng):
     be.sync()
     rep.true("allocated output has the wrong shape", tuple(y.shape) == (1, 4, 6, 4) and tuple(labels.shape) == (1, 4, 6))
     rep.close("allocated output", "float32", be.get(y),
-              ref_forward(be.get(x), bilinear_filter(2, 4), (4, 6), (2, 2), "SAME"))
+              ref.transposed_conv_loop(be.get(x), ref.bilinear_filter(2, 4), (4, 6), (2, 2), "SAME"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,7 +313,7 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
         y = torch.empty((n, h * f, w * f, c), device=device)
         dy = torch.randn((n, h * f, w * f, c), device=device)
         dx = torch.empty(shape, device=device)
-        wb = torch.from_numpy(bilinear_filter(f, c)).float().to(device).contiguous()
+        wb = torch.from_numpy(ref.bilinear_filter(f, c)).float().to(device).contiguous()
         wt = wb.permute(2, 0, 1).unsqueeze(1).contiguous()  # torch's [C, 1, k, k]
         xc = x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         dyc = dy.permute(0, 3, 1, 2)

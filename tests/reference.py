@@ -1,7 +1,11 @@
-"""Independent references, written from the definitions (not from tfupsample's code)."""
+"""Independent references, written from the definitions (not from tfupsample's code).
+
+Only dense_transpose needs TensorFlow (imported there), so benchmarks/gpu_check.py can use the
+rest on GPU machines that have none."""
+
+import sys
 
 import numpy as np
-import tensorflow as tf
 
 # Tolerances per dtype, relative to max(1, |reference|).
 TOL = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-5, "float64": 1e-12}
@@ -42,9 +46,13 @@ def bilinear_kernel(factor):
     return (1 - abs(og[0] - centre) / factor) * (1 - abs(og[1] - centre) / factor)
 
 
+def bilinear_filter(factor, channels):
+    """The bilinear kernel as a per-channel [k, k, channels] filter."""
+    return np.repeat(bilinear_kernel(factor)[:, :, None], channels, axis=2)
+
+
 def bilinear_loop(x, factor):
-    k = bilinear_kernel(factor)
-    w = np.repeat(k[:, :, None], x.shape[-1], axis=2)
+    w = bilinear_filter(factor, x.shape[-1])
     return transposed_conv_loop(x.astype(np.float64), w, (x.shape[1] * factor, x.shape[2] * factor),
                                 (factor, factor), "SAME")
 
@@ -59,6 +67,8 @@ def dense_filter(w):
 
 def dense_transpose(x, w, out_shape, strides, padding):
     """Stock tf.nn.conv2d_transpose with the dense filter (NHWC)."""
+    import tensorflow as tf
+
     return tf.nn.conv2d_transpose(x, dense_filter(w), out_shape, [1, *strides, 1], padding).numpy()
 
 
@@ -70,7 +80,10 @@ def skimage_rescale(x, factor):
 
 
 def assert_close(actual, expected, dtype="float64"):
-    actual = np.asarray(tf.cast(actual, tf.float64) if tf.is_tensor(actual) else actual, np.float64)
+    tf = sys.modules.get("tensorflow")  # a TF tensor implies TF is imported
+    if tf is not None and tf.is_tensor(actual):
+        actual = tf.cast(actual, tf.float64)
+    actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
@@ -84,6 +97,16 @@ def to_nchw(x):
 
 def from_nchw(x):
     return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def to_layout(x, data_format):
+    """An NHWC array in data_format's order (C-contiguous)."""
+    return np.ascontiguousarray(to_nchw(x) if data_format == "NCHW" else x)
+
+
+def from_layout(x, data_format):
+    """An array in data_format's order back to NHWC."""
+    return from_nchw(x) if data_format == "NCHW" else np.asarray(x)
 
 
 def transposed_conv_input_grad_loop(dy, w, in_hw, strides, padding):
@@ -100,3 +123,15 @@ def transposed_conv_filter_grad_loop(x, dy, k_hw, strides, padding):
     for i, j, a, b, o, p in _pairs(x.shape[1:3], dy.shape[1:3], k_hw, strides, padding):
         dw[a, b, :] += (dy[:, o, p, :] * x[:, i, j, :]).sum(axis=0)
     return dw
+
+
+def softmax_cross_entropy(up, labels, ignore=None):
+    """Per-pixel loss logsumexp(up) - up[label] and its gradient softmax(up) - onehot(label) to
+    `up` ([..., classes], float64), both 0 at the ignore label."""
+    m = up.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
+    skip = labels == ignore if ignore is not None else np.zeros(labels.shape, bool)
+    safe = np.where(skip, 0, labels)
+    loss = np.where(skip, 0, lse - np.take_along_axis(up, safe[..., None], -1)[..., 0])
+    grad = np.exp(up - lse[..., None]) - np.eye(up.shape[-1])[safe]
+    return loss, np.where(skip[..., None], 0, grad)

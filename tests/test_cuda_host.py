@@ -3,7 +3,6 @@ host code and every block and thread of the real grid runs in turn (tests/cuda_h
 This checks the GPU index arithmetic, tap runs, chunked filter reduction and heads against the
 NumPy loops on machines without a GPU; benchmarks/gpu_check.sh runs the same kernels on a GPU."""
 
-import ctypes
 import os
 import subprocess
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+import tfupsample.cuda as tc
 from cuda_host import emulator
 
 ROOT = emulator.ROOT
@@ -27,23 +27,16 @@ def emu(tmp_path_factory):
 
 
 def call(lib, op, dims, dtype, *arrays):
-    d = (ctypes.c_int64 * 14)(*dims)
-    ptrs = [a.ctypes.data if a is not None else None for a in arrays] + [None] * (4 - len(arrays))
-    assert lib.tfup_emu_run(op.encode(), d, DTYPES[dtype][0], *ptrs) == 0, lib.tfup_emu_error()
+    """Runs op on NumPy arrays; a refused call raises (ValueError with the kernel's reason)."""
+    emulator.Ext(lib).run(op, dims, DTYPES[dtype][0], [a.ctypes.data for a in arrays], 0)
 
 
 def dims(x_shape, out_hw, k, s, padding="SAME", layout="NHWC", ignore=None):
-    n, h, w, c = x_shape
-    return [n, h, w, c, out_hw[0], out_hw[1], k[0], k[1], s[0], s[1], padding == "VALID",
-            layout == "NCHW", ignore is not None, ignore or 0]
+    """The 14 values the bindings pass (tfupsample.cuda builds them the same way)."""
+    return tc._args(*x_shape, *out_hw, k, s, padding, layout, ignore)
 
 
-def to_layout(a, layout):
-    return np.ascontiguousarray(ref.to_nchw(a) if layout == "NCHW" else a)
-
-
-def from_layout(a, layout):
-    return ref.from_nchw(a) if layout == "NCHW" else a
+to_layout, from_layout = ref.to_layout, ref.from_layout
 
 
 def bilinear_dims(shape, f, layout="NHWC"):
@@ -75,22 +68,19 @@ def test_bilinear_forward_and_gradient(emu, factor, layout, rng):
                          ref.bilinear_loop(x.astype(np_t).astype(np.float64), factor), dtype)
 
     dy = rng.standard_normal((shape[0], oh, ow, shape[3]))
-    k = ref.bilinear_kernel(factor)
-    expected = ref.transposed_conv_input_grad_loop(dy, np.repeat(k[:, :, None], shape[3], 2),
-                                                   shape[1:3], (factor, factor), "SAME")
     for dtype in ("float32", "float64", "bfloat16"):
         np_t = DTYPES[dtype][1]
         dx = np.zeros_like(to_layout(x.astype(np_t), layout))
         call(emu, "bilinear_backprop_input", bilinear_dims(shape, factor, layout), dtype,
              to_layout(dy.astype(np_t), layout), dx)
         exp = ref.transposed_conv_input_grad_loop(dy.astype(np_t).astype(np.float64),
-                                                  np.repeat(k[:, :, None], shape[3], 2),
+                                                  ref.bilinear_filter(factor, shape[3]),
                                                   shape[1:3], (factor, factor), "SAME")
         # A sum of up to (2f)^2 terms: the tolerance grows with it for the half types.
         tol = ref.TOL[dtype] * (10 if dtype == "bfloat16" else 1)
         err = np.max(np.abs(from_layout(dx.astype(np.float64), layout) - exp)) / max(1, np.max(np.abs(exp)))
         assert err <= tol, (dtype, err)
-    assert expected.shape == x.shape
+        assert exp.shape == x.shape
 
 
 CASES = [  # input [n, h, w, c], kernel, strides, padding, output size (None: the default)
@@ -155,21 +145,6 @@ def test_filter_gradient_chunked_over_many_rows(emu, rng):
     np.testing.assert_allclose(dw, expected, rtol=1e-12)
 
 
-def _softmax_reference(up, labels, ignore=None):
-    """Loss and d loss / d up per pixel, from the definition (float64)."""
-    m = up.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
-    safe = np.where(labels == ignore, 0, labels) if ignore is not None else labels
-    loss = lse - np.take_along_axis(up, safe[..., None], -1)[..., 0]
-    p = np.exp(up - lse[..., None])
-    p[np.arange(p.shape[0])[:, None, None], np.arange(p.shape[1])[None, :, None],
-      np.arange(p.shape[2])[None, None, :], safe] -= 1
-    if ignore is not None:
-        loss = np.where(labels == ignore, 0, loss)
-        p = np.where((labels == ignore)[..., None], 0, p)
-    return loss, p
-
-
 @pytest.mark.parametrize("factor", [2, 3, 8, 32])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_heads(emu, factor, dtype, rng):
@@ -193,7 +168,7 @@ def test_heads(emu, factor, dtype, rng):
     target[0, 0, :] = 3  # the ignore label, on one row
     loss = np.zeros(labels.shape, np_t)
     call(emu, "cross_entropy", d[:12] + [1, 3], dtype, x, target, loss)
-    exp_loss, exp_grad_up = _softmax_reference(up64, target, ignore=3)
+    exp_loss, exp_grad_up = ref.softmax_cross_entropy(up64, target, ignore=3)
     tol = {"float16": 2e-2, "bfloat16": 1e-1, "float32": 1e-5, "float64": 1e-12}[dtype]
     np.testing.assert_allclose(loss.astype(np.float64), exp_loss, atol=tol, rtol=tol)
     assert np.all(loss[0, 0, :] == 0)
@@ -201,9 +176,8 @@ def test_heads(emu, factor, dtype, rng):
     g = rng.standard_normal(labels.shape)
     grad = np.full(shape, np.nan, np_t)
     call(emu, "cross_entropy_grad", d[:12] + [1, 3], dtype, x, target, g.astype(np_t), grad)
-    k = ref.bilinear_kernel(factor)
     expected = ref.transposed_conv_input_grad_loop(exp_grad_up * g.astype(np_t).astype(np.float64)[..., None],
-                                                   np.repeat(k[:, :, None], shape[3], 2),
+                                                   ref.bilinear_filter(factor, shape[3]),
                                                    shape[1:3], (factor, factor), "SAME")
     err = np.max(np.abs(grad.astype(np.float64) - expected)) / max(1, np.max(np.abs(expected)))
     assert err <= tol * 10, err

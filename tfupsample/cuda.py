@@ -274,15 +274,22 @@ def _default_size(n, k, s, padding):
     return 0 if n == 0 else (n * s if padding == "SAME" else (n - 1) * s + k)
 
 
+def _with_filter(array, name, filter, strides, padding, data_format):  # noqa: A002
+    """The checked operands of the two ops that take a filter: (format, padding, strides, the
+    array's view, its (n, h, w, c), the filter's view)."""
+    fmt, pad = _check_data_format(data_format), _check_padding(padding)
+    s = _pair(strides, "strides", fmt)
+    v = _float(_view(array, name))
+    dims = _rank4(v, fmt)
+    fv = _filter(filter, dims[3])
+    _same_dtype(fv, v)
+    return fmt, pad, s, v, dims, fv
+
+
 def depthwise_conv2d_transpose(x, filter, output_size=None, strides=1, padding="SAME", *,  # noqa: A002
                                data_format="NHWC", out=None, stream=None):
     """Per-channel transposed convolution; output_size (h, w), default Keras' Conv2DTranspose's."""
-    fmt, pad = _check_data_format(data_format), _check_padding(padding)
-    s = _pair(strides, "strides", fmt)
-    v = _float(_view(x, "x"))
-    n, h, w, c = _rank4(v, fmt)
-    fv = _filter(filter, c)
-    _same_dtype(fv, v)
+    fmt, pad, s, v, (n, h, w, c), fv = _with_filter(x, "x", filter, strides, padding, data_format)
     k = fv.shape[:2]
     if output_size is None:
         oh, ow = _default_size(h, k[0], s[0], pad), _default_size(w, k[1], s[1], pad)
@@ -298,12 +305,8 @@ def depthwise_conv2d_transpose_backprop_input(output_grad, filter, input_size, s
                                               padding="SAME", *, data_format="NHWC", out=None,
                                               stream=None):
     """Gradient to the input (input_size: its (h, w))."""
-    fmt, pad = _check_data_format(data_format), _check_padding(padding)
-    s = _pair(strides, "strides", fmt)
-    v = _float(_view(output_grad, "output_grad"))
-    n, oh, ow, c = _rank4(v, fmt)
-    fv = _filter(filter, c)
-    _same_dtype(fv, v)
+    fmt, pad, s, v, (n, oh, ow, c), fv = _with_filter(output_grad, "output_grad", filter, strides,
+                                                       padding, data_format)
     h, w = _size2(input_size, "input_size")
     o = _output(out, v, "out", _layout(n, h, w, c, fmt), v.dtype)
     _run("depthwise_backprop_input", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
