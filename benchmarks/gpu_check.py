@@ -187,19 +187,19 @@ def check_depthwise(be, rep, rng, factors, dtypes, layouts):
                 dy = be.put(to_layout(rng.standard_normal((n, *out_hw, c)), fmt), dtype)
                 x64, w64, dy64 = from_layout(be.get(x), fmt), be.get(wt), from_layout(be.get(dy), fmt)
                 y = be.empty(layout_shape((n, *out_hw, c), fmt), dtype)
-                tc.depthwise_conv2d_transpose(x, wt, out_hw, s, padding, data_format=fmt, out=y)
+                tc.depthwise_conv2d_transpose(x, wt, layout_shape((n, *out_hw, c), fmt), s, padding, fmt, out=y)
                 dx = be.empty(layout_shape(shape, fmt), dtype)
-                tc.depthwise_conv2d_transpose_backprop_input(dy, wt, (h, w), s, padding,
-                                                             data_format=fmt, out=dx)
-                dw = be.empty((*k, c), dtype)
-                tc.depthwise_conv2d_transpose_backprop_filter(x, dy, k, s, padding,
-                                                              data_format=fmt, out=dw)
+                tc.depthwise_conv2d_transpose_backprop_input(dy, wt, layout_shape(shape, fmt), s, padding,
+                                                             fmt, out=dx)
+                dw = be.empty((*k, c, 1), dtype)
+                tc.depthwise_conv2d_transpose_backprop_filter(x, dy, (*k, c, 1), s, padding,
+                                                              fmt, out=dw)
                 be.sync()
                 rep.close(f"depthwise forward{tag} {fmt}]", dtype, from_layout(be.get(y), fmt),
                           ref.transposed_conv_loop(x64, w64, out_hw, s, padding), scale=2)
                 rep.close(f"depthwise input grad{tag} {fmt}]", dtype, from_layout(be.get(dx), fmt),
                           ref.transposed_conv_input_grad_loop(dy64, w64, (h, w), s, padding), scale=8)
-                rep.close(f"depthwise filter grad{tag} {fmt}]", dtype, be.get(dw),
+                rep.close(f"depthwise filter grad{tag} {fmt}]", dtype, be.get(dw)[..., 0],
                           ref.transposed_conv_filter_grad_loop(x64, dy64, k, s, padding),
                           scale=np.sqrt(n * h * w) * 4)
 
@@ -215,7 +215,7 @@ def check_heads(be, rep, rng, factors, dtypes):
             up = be.empty((*m, c), dtype)
             tc.bilinear_upsample(x, f, out=up)
             labels, scores = be.empty(m, "int64"), be.empty(m, dtype)
-            tc.upsample_argmax(x, f, out=(labels, scores))
+            tc.upsample_argmax(x, f, return_scores=True, out=(labels, scores))
             be.sync()
             up_ours = be.get(up)
             # Same arithmetic as our forward: equal to argmax / max of it, bit for bit.
@@ -251,9 +251,9 @@ def check_determinism(be, rep, rng, big):
     runs = {
         "bilinear input grad": lambda: tc.bilinear_upsample_grad(dy, f, out=be.empty((n, h, w, c), "float32")),
         "depthwise input grad": lambda: tc.depthwise_conv2d_transpose_backprop_input(
-            dy, wt, (h, w), f, out=be.empty((n, h, w, c), "float32")),
+            dy, wt, (n, h, w, c), f, out=be.empty((n, h, w, c), "float32")),
         "depthwise filter grad": lambda: tc.depthwise_conv2d_transpose_backprop_filter(
-            x, dy, 2 * f, f, out=be.empty((2 * f, 2 * f, c), "float32")),
+            x, dy, (2 * f, 2 * f, c, 1), f, out=be.empty((2 * f, 2 * f, c, 1), "float32")),
         "cross-entropy grad": lambda: tc.upsample_sparse_softmax_cross_entropy_grad(
             labels, x, g, f, out=be.empty((n, h, w, c), "float32")),
     }
@@ -267,7 +267,7 @@ def check_allocation(be, rep, rng):
     """Without out=, the result is a new array of the input's framework."""
     x = be.put(rng.standard_normal((1, 2, 3, 4)), "float32")
     y = tc.bilinear_upsample(x, 2)
-    labels, scores = tc.upsample_argmax(x, 2)
+    labels, scores = tc.upsample_argmax(x, 2, return_scores=True)
     be.sync()
     rep.true("allocated output has the wrong shape", tuple(y.shape) == (1, 4, 6, 4) and tuple(labels.shape) == (1, 4, 6))
     rep.close("allocated output", "float32", be.get(y),
@@ -326,14 +326,14 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
             r["torch_conv_transpose_ms"] = timed(lambda: F.conv_transpose2d(xc, wt, stride=f, padding=f // 2, groups=c))
         r["ours_input_grad_ms"] = timed(lambda: tc.bilinear_upsample_grad(dy, f, out=dx))
         r["ours_depthwise_input_grad_ms"] = timed(
-            lambda: tc.depthwise_conv2d_transpose_backprop_input(dy, wb, (h, w), f, out=dx))
+            lambda: tc.depthwise_conv2d_transpose_backprop_input(dy, wb, shape, f, out=dx))
         xr = xc.detach().requires_grad_()
         yi = F.interpolate(xr, scale_factor=f, mode="bilinear", align_corners=False)
         r["torch_interpolate_grad_ms"] = timed(lambda: torch.autograd.grad(yi, xr, dyc, retain_graph=True))
         yt = F.conv_transpose2d(xr, wt, stride=f, padding=f // 2, groups=c)
         r["torch_conv_transpose_grad_ms"] = timed(lambda: torch.autograd.grad(yt, xr, dyc, retain_graph=True))
         r["ours_filter_grad_ms"] = timed(
-            lambda: tc.depthwise_conv2d_transpose_backprop_filter(x, dy, 2 * f, f), reps=5)
+            lambda: tc.depthwise_conv2d_transpose_backprop_filter(x, dy, (2 * f, 2 * f, c, 1), f), reps=5)
         labels = torch.randint(0, c, (n, h * f, w * f), device=device)
         r["ours_argmax_ms"] = timed(lambda: tc.upsample_argmax(x, f))
         r["torch_interpolate_argmax_ms"] = timed(

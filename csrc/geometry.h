@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <climits>
 #include <limits>
 #include <string>
 
@@ -66,16 +67,20 @@ struct IgnoreLabel {
 };
 
 // Bilinear kernel of an integer factor f: k = 2f - f % 2, centre f - 1 (odd k) or f - 0.5 (even k),
-// w(a) = 1 - |a - centre| / f.
-inline int64_t BilinearKernelSize(int64_t factor) { return 2 * factor - factor % 2; }
+// w(a) = 1 - |a - centre| / f. The only definition of the weight: every kernel (CPU and CUDA) and,
+// through the bindings, every Python path (weights, Keras initializer, stock-op lowering) uses it.
+TFUP_HOST_DEVICE inline int64_t BilinearKernelSize(int64_t factor) {
+  return 2 * factor - factor % 2;
+}
 
 template <typename Acc>
 TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
-  // Twice the distance to the centre is an integer: 2a - (k - 1). Keeps odd and even k exact.
-  const int64_t k = 2 * factor - factor % 2;
+  // Twice the distance to the centre is an integer d = |2a - (k - 1)|, so the weight is the
+  // fraction (2f - d) / 2f of two exact integers: one division, correctly rounded in Acc.
+  const int64_t k = BilinearKernelSize(factor);
   int64_t twice = 2 * a - (k - 1);
   if (twice < 0) twice = -twice;
-  return Acc(1) - Acc(twice) / Acc(2 * factor);
+  return Acc(2 * factor - twice) / Acc(2 * factor);
 }
 
 // a * b, or -1 when it overflows int64 (both non-negative).
@@ -85,35 +90,45 @@ inline int64_t CheckedMul(int64_t a, int64_t b) {
   return a * b;
 }
 
-// Output length a transposed convolution may have, and its padding. Returns "" when n_out is
-// legal for (n_in, k, s, padding) -- i.e. the forward convolution maps n_out back to n_in --
-// and sets axis; otherwise the reason.
+// The output lengths a transposed convolution may have for (n_in, k, s, padding): those whose
+// forward convolution maps back to n_in (SAME: ceil(n_out / s); VALID: ceil((n_out - k + 1) / s)),
+// i.e. [lo, hi] below. The same rule as tf.nn.conv2d_transpose's.
+struct OutputRange {
+  int64_t lo, hi;
+};
+// a * b + c for non-negative operands, saturated at INT64_MAX (huge sizes then fail the checks).
+TFUP_HOST_DEVICE inline int64_t SaturatedMulAdd(int64_t a, int64_t b, int64_t c) {
+  const int64_t max = INT64_MAX;
+  if (a != 0 && b > (max - c) / a) return max;
+  return a * b + c;
+}
+TFUP_HOST_DEVICE inline OutputRange LegalOutputSizes(int64_t n_in, int64_t k, int64_t s,
+                                                     Padding padding) {
+  if (n_in == 0) return {0, padding == Padding::kSame ? 0 : k - 1};
+  if (padding == Padding::kSame) return {SaturatedMulAdd(n_in - 1, s, 1), SaturatedMulAdd(n_in, s, 0)};
+  return {SaturatedMulAdd(n_in - 1, s, k), SaturatedMulAdd(n_in, s, k - 1)};
+}
+
+// The output length when none is given -- keras.layers.Conv2DTranspose's rule (no output
+// padding): SAME n * s, VALID n * s + max(k - s, 0). Always inside LegalOutputSizes.
+TFUP_HOST_DEVICE inline int64_t DefaultOutputSize(int64_t n_in, int64_t k, int64_t s,
+                                                  Padding padding) {
+  return SaturatedMulAdd(n_in, s, padding == Padding::kValid && k > s ? k - s : 0);
+}
+
+// Checks n_out against LegalOutputSizes. Returns "" when it is legal and sets axis (with the
+// padding before: SAME max((n_in - 1) * s + k - n_out, 0) / 2, VALID 0); otherwise the reason.
 inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, Padding padding,
                             Axis* axis) {
   if (n_in < 0 || n_out < 0) return "sizes must be non-negative";
   if (k < 1) return "kernel size must be at least 1, got " + std::to_string(k);
   if (s < 1) return "stride must be at least 1, got " + std::to_string(s);
-  // The forward convolution of n_out: SAME -> ceil(n_out / s); VALID -> ceil((n_out - k + 1) / s).
-  int64_t back;
-  if (padding == Padding::kSame) {
-    back = (n_out + s - 1) / s;
-  } else {
-    back = n_out < k ? 0 : (n_out - k) / s + 1;
-  }
-  if (back != n_in) {
-    // The legal range, for the message.
-    int64_t lo, hi;
-    if (padding == Padding::kSame) {
-      lo = n_in == 0 ? 0 : (n_in - 1) * s + 1;
-      hi = n_in * s;
-    } else {
-      lo = n_in == 0 ? 0 : (n_in - 1) * s + k;
-      hi = n_in == 0 ? k - 1 : n_in * s + k - 1;
-    }
+  const OutputRange r = LegalOutputSizes(n_in, k, s, padding);
+  if (n_out < r.lo || n_out > r.hi) {
     return "output size " + std::to_string(n_out) + " is inconsistent with input size " +
            std::to_string(n_in) + ", kernel size " + std::to_string(k) + ", stride " +
            std::to_string(s) + " and padding " + (padding == Padding::kSame ? "SAME" : "VALID") +
-           ": expected a value in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+           ": expected a value in [" + std::to_string(r.lo) + ", " + std::to_string(r.hi) + "]";
   }
   int64_t pad = 0;
   if (padding == Padding::kSame) {
@@ -126,12 +141,6 @@ inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, P
   axis->stride = s;
   axis->pad = pad;
   return "";
-}
-
-// The default output length (what Keras' Conv2DTranspose picks): SAME n*s, VALID (n-1)*s + k.
-inline int64_t DefaultOutputSize(int64_t n_in, int64_t k, int64_t s, Padding padding) {
-  if (n_in == 0) return 0;
-  return padding == Padding::kSame ? n_in * s : (n_in - 1) * s + k;
 }
 
 }  // namespace tfup

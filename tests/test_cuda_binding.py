@@ -21,11 +21,11 @@ class FakeGpuArray:
 
 
 def test_non_gpu_arrays_and_dtypes_are_refused():
-    with pytest.raises(TypeError, match="x must be a CUDA array"):
+    with pytest.raises(TypeError, match="images must be a CUDA array"):
         tc.bilinear_upsample([[1.0]], 2)
-    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+    with pytest.raises(TypeError, match="images must be float16, bfloat16, float32 or float64"):
         tc.bilinear_upsample(FakeGpuArray((1, 2, 2, 3), "<i4"), 2)
-    with pytest.raises(ValueError, match="x must be C-contiguous"):
+    with pytest.raises(ValueError, match="images must be C-contiguous"):
         tc.bilinear_upsample(FakeGpuArray((1, 2, 2, 3), "<f4", (48, 4, 24, 8)), 2)
 
 
@@ -35,7 +35,7 @@ def test_shapes_factors_and_formats_are_checked():
         tc.bilinear_upsample(x, 2.0)
     with pytest.raises(ValueError, match="data_format must be"):
         tc.bilinear_upsample(x, 2, data_format="NWHC")
-    with pytest.raises(ValueError, match="x must be 4-D"):
+    with pytest.raises(ValueError, match="images must be 4-D"):
         tc.bilinear_upsample(FakeGpuArray((2, 2, 3)), 2)
     with pytest.raises(ValueError, match=r"out must have shape \[1, 4, 4, 3\] and dtype float32"):
         tc.bilinear_upsample(x, 2, out=FakeGpuArray((1, 4, 4, 2)))
@@ -43,16 +43,23 @@ def test_shapes_factors_and_formats_are_checked():
         tc.bilinear_upsample(x, 2)
     with pytest.raises(ValueError, match="multiples of factor 3"):
         tc.bilinear_upsample_grad(FakeGpuArray((1, 4, 6, 3)), 3)
-    with pytest.raises(ValueError, match=r"filter must be \[kernel_h, kernel_w, 3\]"):
-        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 2, 1)), strides=2)
-    with pytest.raises(TypeError, match="filter must have x's dtype float32"):
-        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3), "<f8"), strides=2)
+    f3 = FakeGpuArray((4, 4, 3))
+    with pytest.raises(ValueError, match=r"filter must be \[kernel_h, kernel_w, 3, 1\]"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 2, 1)), [1, 4, 4, 3], 2)
+    with pytest.raises(TypeError, match="filter must have input's dtype float32"):
+        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3), "<f8"), [1, 4, 4, 3], 2)
     with pytest.raises(ValueError, match="padding must be"):
-        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3)), strides=2, padding="FULL")
-    with pytest.raises(ValueError, match=r"output_size must be \(height, width\)"):
-        tc.depthwise_conv2d_transpose(x, FakeGpuArray((4, 4, 3)), (8, -1), 2)
-    with pytest.raises(ValueError, match=r"input_size must be \(height, width\)"):
-        tc.depthwise_conv2d_transpose_backprop_input(FakeGpuArray((1, 4, 4, 3)), FakeGpuArray((4, 4, 3)), 2, 2)
+        tc.depthwise_conv2d_transpose(x, f3, [1, 4, 4, 3], 2, padding="FULL")
+    with pytest.raises(ValueError, match="output_shape must be 4 non-negative integers"):
+        tc.depthwise_conv2d_transpose(x, f3, (1, 8, -1, 3), 2)
+    with pytest.raises(ValueError, match=r"output_shape must keep the batch 1 and channels 3"):
+        tc.depthwise_conv2d_transpose(x, f3, (1, 4, 4, 2), 2)
+    with pytest.raises(ValueError, match="input_sizes must be 4 non-negative integers"):
+        tc.depthwise_conv2d_transpose_backprop_input(FakeGpuArray((1, 4, 4, 3)), f3, 2, 2)
+    with pytest.raises(ValueError, match=r"filter_sizes must be \[kernel_h, kernel_w, 3, 1\]"):
+        tc.depthwise_conv2d_transpose_backprop_filter(x, FakeGpuArray((1, 4, 4, 3)), [4, 4, 2, 1], 2)
+    with pytest.raises(TypeError, match="output_type must be int32 or int64"):
+        tc.upsample_argmax(x, 2, output_type="float32")
     with pytest.raises(ValueError, match="labels must be int64 of shape"):
         tc.upsample_sparse_softmax_cross_entropy(FakeGpuArray((1, 4, 4), "<i8"), x, 4)
 

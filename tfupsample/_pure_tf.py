@@ -7,6 +7,8 @@ up to float rounding, and it never builds the dense [k, k, C, C] filter.
 
 import tensorflow as tf
 
+from ._weights import bilinear_kernel_1d
+
 
 def _axis_pad(n_in, n_out, k, s, padding):
     """Padding before, as in geometry.h: SAME max((n_in - 1) * s + k - n_out, 0) // 2, VALID 0."""
@@ -17,13 +19,15 @@ def _axis_pad(n_in, n_out, k, s, padding):
 
 def _interpolation_matrix(n_in, factor, dtype):
     """[n_in * f, n_in] matrix of the 1-D bilinear transposed convolution (SAME)."""
-    k = 2 * factor - factor % 2
-    pad = (factor - factor % 2) // 2
+    w1 = tf.constant(bilinear_kernel_1d(factor), tf.float64)  # geometry.h's weights
+    k = w1.shape[0]
+    pad = (k - factor) // 2  # SAME: ((n_in - 1) * f + k - n_in * f) // 2
     o = tf.range(n_in * factor)[:, None]
     i = tf.range(n_in)[None, :]
     tap = o + pad - i * factor
-    w = 1.0 - tf.abs(tf.cast(2 * tap - (k - 1), tf.float64)) / (2.0 * factor)  # exact for float64
-    return tf.cast(tf.where((tap >= 0) & (tap < k), w, tf.zeros_like(w)), dtype)
+    inside = (tap >= 0) & (tap < k)
+    w = tf.gather(w1, tf.where(inside, tap, tf.zeros_like(tap)))
+    return tf.cast(tf.where(inside, w, tf.zeros_like(w)), dtype)
 
 
 def bilinear_upsample(x, factor, data_format):

@@ -16,16 +16,23 @@ def check_factor(factor, name="factor"):
 
 def bilinear_kernel_size(factor):
     """Kernel size 2f - f % 2 of the bilinear upsample by `factor`."""
-    factor = check_factor(factor)
-    return 2 * factor - factor % 2
+    from ._numpy_ext import bilinear_kernel_size as size  # geometry.h's BilinearKernelSize
+
+    return int(size(check_factor(factor)))
 
 
 def bilinear_kernel_1d(factor, dtype=np.float64):
-    """w(a) = 1 - |a - centre| / f for a in [0, k), centre f - 1 (k odd) or f - 0.5 (k even)."""
-    factor = check_factor(factor)
-    k = bilinear_kernel_size(factor)
-    centre = (k - 1) / 2.0
-    return (1.0 - np.abs(np.arange(k) - centre) / factor).astype(dtype)
+    """w(a) = 1 - |a - centre| / f for a in [0, k), centre f - 1 (k odd) or f - 0.5 (k even):
+    geometry.h's BilinearWeight (the kernels' own weights), computed in float64 and cast."""
+    from ._numpy_ext import bilinear_kernel_1d as kernel
+
+    return kernel(check_factor(factor), "float64").astype(dtype)
+
+
+def bilinear_kernel_2d(kernel_h, kernel_w):
+    """The 2-D bilinear kernel [kernel_h, kernel_w] (float64): the outer product of the 1-D
+    kernels of the factors whose kernel sizes these are ((k + 1) // 2: every k is one)."""
+    return np.outer(bilinear_kernel_1d((kernel_h + 1) // 2), bilinear_kernel_1d((kernel_w + 1) // 2))
 
 
 def bilinear_upsample_weights(factor, number_of_classes, *, dense=False, dtype="float32"):
@@ -43,8 +50,8 @@ def bilinear_upsample_weights(factor, number_of_classes, *, dense=False, dtype="
     dtype = np.dtype(dtype)
     if dtype.kind != "f" and dtype.name != "bfloat16":
         raise TypeError(f"dtype must be a floating type, got {dtype}")
-    w1 = bilinear_kernel_1d(factor)
-    kernel = np.outer(w1, w1)
+    k = bilinear_kernel_size(factor)
+    kernel = bilinear_kernel_2d(k, k)
     c = int(number_of_classes)
     if not dense:
         return np.repeat(kernel[:, :, None, None], c, axis=2).astype(dtype)

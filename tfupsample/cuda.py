@@ -15,7 +15,7 @@ import ctypes
 import os
 
 from ._checks import _check_data_format, _check_padding, _pair
-from ._weights import bilinear_kernel_size, check_factor
+from ._weights import check_factor
 
 _DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 _TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i8": "int64"}
@@ -35,6 +35,10 @@ class _Library:
             ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int,
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
         self.lib.tfupsample_cuda_device_count.restype = ctypes.c_int
+        self.lib.tfupsample_cuda_bilinear_kernel_size.restype = ctypes.c_int64
+        self.lib.tfupsample_cuda_bilinear_kernel_size.argtypes = [ctypes.c_int64]
+        self.lib.tfupsample_cuda_default_output_size.restype = ctypes.c_int64
+        self.lib.tfupsample_cuda_default_output_size.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int]
 
     def run(self, op, args, dtype, pointers, stream):
         error = ctypes.create_string_buffer(1024)
@@ -48,6 +52,13 @@ class _Library:
 
     def device_count(self):
         return self.lib.tfupsample_cuda_device_count()
+
+    # geometry.h's rules, from the same library (this module imports no other binary).
+    def bilinear_kernel_size(self, factor):
+        return self.lib.tfupsample_cuda_bilinear_kernel_size(factor)
+
+    def default_output_size(self, n, k, s, padding):
+        return self.lib.tfupsample_cuda_default_output_size(n, k, s, padding == "VALID")
 
 
 _library = None
@@ -217,61 +228,67 @@ def _float(v):
 
 
 # ------------------------------------------------------------------------------------------------
-# Bilinear
+# The functions: the names, argument order and return conventions of the TF-level API
+# (tfupsample.bilinear_upsample, ...), plus `out=` and `stream=`.
 
-def bilinear_upsample(x, factor, *, data_format="NHWC", out=None, stream=None):
+def bilinear_upsample(images, factor, *, data_format="NHWC", out=None, stream=None):
     """Bilinear upsample by an integer `factor` (the FCN transposed convolution, SAME)."""
     f, fmt = check_factor(factor), _check_data_format(data_format)
-    v = _float(_view(x, "x"))
+    v = _float(_view(images, "images"))
     n, h, w, c = _rank4(v, fmt)
-    k = bilinear_kernel_size(f)
     o = _output(out, v, "out", _layout(n, h * f, w * f, c, fmt), v.dtype)
+    k = _ext().bilinear_kernel_size(f)
     _run("bilinear_forward", _args(n, h, w, c, h * f, w * f, (k, k), (f, f), "SAME", fmt),
          [v, o], _stream(v, stream))
     return o.array
 
 
-def bilinear_upsample_grad(output_grad, factor, *, data_format="NHWC", out=None, stream=None):
-    """Gradient of `bilinear_upsample` to its input, given the output's gradient."""
+def bilinear_upsample_grad(grad, factor, *, data_format="NHWC", out=None, stream=None):
+    """Gradient of `bilinear_upsample` to its input, given the output's gradient `grad`."""
     f, fmt = check_factor(factor), _check_data_format(data_format)
-    v = _float(_view(output_grad, "output_grad"))
+    v = _float(_view(grad, "grad"))
     n, oh, ow, c = _rank4(v, fmt)
     if oh % f or ow % f:
-        raise ValueError(f"output_grad height and width must be multiples of factor {f}, got {list(v.shape)}")
-    k = bilinear_kernel_size(f)
+        raise ValueError(f"grad height and width must be multiples of factor {f}, got {list(v.shape)}")
     o = _output(out, v, "out", _layout(n, oh // f, ow // f, c, fmt), v.dtype)
+    k = _ext().bilinear_kernel_size(f)
     _run("bilinear_backprop_input", _args(n, oh // f, ow // f, c, oh, ow, (k, k), (f, f), "SAME", fmt),
          [v, o], _stream(v, stream))
     return o.array
 
 
 # ------------------------------------------------------------------------------------------------
-# Depthwise transposed convolution: filter [kh, kw, C] or [kh, kw, C, 1]
+# Depthwise transposed convolution: filter [kh, kw, C, 1] (or [kh, kw, C])
 
 def _filter(filter, c):  # noqa: A002
     v = _view(filter, "filter")
     if len(v.shape) == 4 and v.shape[3] == 1:
         v.shape = v.shape[:3]
     if len(v.shape) != 3 or v.shape[2] != c:
-        raise ValueError(f"filter must be [kernel_h, kernel_w, {c}] or [kernel_h, kernel_w, {c}, 1], "
+        raise ValueError(f"filter must be [kernel_h, kernel_w, {c}, 1] (or [kernel_h, kernel_w, {c}]), "
                          f"got {list(v.shape)}")
     return v
 
 
-def _size2(value, name):
-    """(h, w) of non-negative ints, or a ValueError naming the argument."""
+def _sizes(value, name, count):
+    """`count` non-negative ints, or a ValueError naming the argument."""
     try:
-        h, w = (int(v) for v in value)
-        ok = h >= 0 and w >= 0 and all(float(v) == int(v) for v in value)
+        values = [int(v) for v in value]
+        ok = len(values) == count and min(values) >= 0 and all(float(v) == int(v) for v in value)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be (height, width) of non-negative integers, got {value!r}")
+        raise ValueError(f"{name} must be {count} non-negative integers, got {value!r}")
+    return values
+
+
+def _hw(value, name, n, c, fmt):
+    """(h, w) of a 4-D size in `fmt` order whose batch and channels must be (n, c)."""
+    dims = _sizes(value, name, 4)
+    nn, h, w, cc = (dims[0], dims[2], dims[3], dims[1]) if fmt == "NCHW" else dims
+    if (nn, cc) != (n, c):
+        raise ValueError(f"{name} must keep the batch {n} and channels {c}, got {dims}")
     return h, w
-
-
-def _default_size(n, k, s, padding):
-    return 0 if n == 0 else (n * s if padding == "SAME" else (n - 1) * s + k)
 
 
 def _with_filter(array, name, filter, strides, padding, data_format):  # noqa: A002
@@ -286,64 +303,84 @@ def _with_filter(array, name, filter, strides, padding, data_format):  # noqa: A
     return fmt, pad, s, v, dims, fv
 
 
-def depthwise_conv2d_transpose(x, filter, output_size=None, strides=1, padding="SAME", *,  # noqa: A002
-                               data_format="NHWC", out=None, stream=None):
-    """Per-channel transposed convolution; output_size (h, w), default Keras' Conv2DTranspose's."""
-    fmt, pad, s, v, (n, h, w, c), fv = _with_filter(x, "x", filter, strides, padding, data_format)
+def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SAME",  # noqa: A002
+                               data_format="NHWC", *, out=None, stream=None):
+    """Per-channel transposed convolution. `output_shape`: 4 ints in `data_format` order, or
+    None for keras.layers.Conv2DTranspose's default size."""
+    fmt, pad, s, v, (n, h, w, c), fv = _with_filter(input, "input", filter, strides, padding, data_format)
     k = fv.shape[:2]
-    if output_size is None:
-        oh, ow = _default_size(h, k[0], s[0], pad), _default_size(w, k[1], s[1], pad)
+    if output_shape is None:
+        lib = _ext()
+        oh, ow = lib.default_output_size(h, k[0], s[0], pad), lib.default_output_size(w, k[1], s[1], pad)
     else:
-        oh, ow = _size2(output_size, "output_size")
+        oh, ow = _hw(output_shape, "output_shape", n, c, fmt)
     o = _output(out, v, "out", _layout(n, oh, ow, c, fmt), v.dtype)
     _run("depthwise_forward", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, fv, o],
          _stream(v, stream))
     return o.array
 
 
-def depthwise_conv2d_transpose_backprop_input(output_grad, filter, input_size, strides=1,  # noqa: A002
-                                              padding="SAME", *, data_format="NHWC", out=None,
+def depthwise_conv2d_transpose_backprop_input(out_backprop, filter, input_sizes, strides,  # noqa: A002
+                                              padding="SAME", data_format="NHWC", *, out=None,
                                               stream=None):
-    """Gradient to the input (input_size: its (h, w))."""
-    fmt, pad, s, v, (n, oh, ow, c), fv = _with_filter(output_grad, "output_grad", filter, strides,
+    """Gradient to the input; `input_sizes`: its 4 dimensions in `data_format` order."""
+    fmt, pad, s, v, (n, oh, ow, c), fv = _with_filter(out_backprop, "out_backprop", filter, strides,
                                                        padding, data_format)
-    h, w = _size2(input_size, "input_size")
+    h, w = _hw(input_sizes, "input_sizes", n, c, fmt)
     o = _output(out, v, "out", _layout(n, h, w, c, fmt), v.dtype)
     _run("depthwise_backprop_input", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
          [v, fv, o], _stream(v, stream))
     return o.array
 
 
-def depthwise_conv2d_transpose_backprop_filter(x, output_grad, kernel_size, strides=1,
-                                               padding="SAME", *, data_format="NHWC", out=None,
+def depthwise_conv2d_transpose_backprop_filter(input, out_backprop, filter_sizes, strides,  # noqa: A002
+                                               padding="SAME", data_format="NHWC", *, out=None,
                                                stream=None):
-    """Gradient to the [kh, kw, C] filter."""
+    """Gradient to the filter; `filter_sizes`: [kernel_h, kernel_w, C, 1]. Returns that shape."""
     fmt, pad = _check_data_format(data_format), _check_padding(padding)
     s = _pair(strides, "strides", fmt)
-    k = _pair(kernel_size, "kernel_size", fmt)
-    v = _float(_view(x, "x"))
-    dv = _view(output_grad, "output_grad")
+    v = _float(_view(input, "input"))
+    dv = _view(out_backprop, "out_backprop")
     _same_dtype(dv, v)
     n, h, w, c = _rank4(v, fmt)
     n2, oh, ow, c2 = _rank4(dv, fmt)
     if (n2, c2) != (n, c):
-        raise ValueError(f"output_grad must keep x's batch {n} and channels {c}, got {list(dv.shape)}")
-    o = _output(out, v, "out", (k[0], k[1], c), v.dtype)
-    _run("depthwise_backprop_filter", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, dv, o],
+        raise ValueError(f"out_backprop must keep input's batch {n} and channels {c}, got {list(dv.shape)}")
+    kh, kw, kc, km = _sizes(filter_sizes, "filter_sizes", 4)
+    if (kc, km) != (c, 1) or min(kh, kw) < 1:
+        raise ValueError(f"filter_sizes must be [kernel_h, kernel_w, {c}, 1], got {list(filter_sizes)}")
+    o = _output(out, v, "out", (kh, kw, c, 1), v.dtype)
+    _run("depthwise_backprop_filter", _args(n, h, w, c, oh, ow, (kh, kw), s, pad, fmt), [v, dv, o],
          _stream(v, stream))
     return o.array
 
 
 # ------------------------------------------------------------------------------------------------
-# Fused heads (NHWC logits)
+# Fused heads. The kernels read NHWC logits; NCHW ones are transposed once by their framework
+# (they are the small, coarse tensor), as the TF-level functions do.
 
-def _head(logits, factor):
-    f = check_factor(factor)
+def _permuted(array, perm):
+    if hasattr(array, "permute"):  # torch (and the test suite's host arrays)
+        return array.permute(*perm).contiguous()
+    if _framework(array) == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(array.transpose(perm))
+    raise TypeError(f"data_format='NCHW' needs a torch or CuPy array, got {type(array).__name__}")
+
+
+def _head(logits, factor, data_format):
+    f, fmt = check_factor(factor), _check_data_format(data_format)
+    if fmt == "NCHW":
+        logits = _permuted(logits, (0, 2, 3, 1))
     v = _float(_view(logits, "logits"))
     n, h, w, c = _rank4(v, "NHWC")
-    k = bilinear_kernel_size(f)
-    return v, f, (n, h * f, w * f), lambda ignore=None: _args(n, h, w, c, h * f, w * f, (k, k), (f, f),
-                                                              ignore_label=ignore)
+
+    def args(ignore=None):
+        k = _ext().bilinear_kernel_size(f)
+        return _args(n, h, w, c, h * f, w * f, (k, k), (f, f), ignore_label=ignore)
+
+    return v, (n, h * f, w * f), args
 
 
 def _labels(labels, shape):
@@ -353,23 +390,38 @@ def _labels(labels, shape):
     return v
 
 
-def upsample_argmax(logits, factor, *, out=None, stream=None):
-    """(labels int64 [n, h*f, w*f], scores) = argmax / max over classes of the upsampled logits
-    (ties: the lowest class). out: an optional (labels, scores) pair to write into."""
-    v, f, shape, args = _head(logits, factor)
+def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", return_scores=False,
+                    out=None, stream=None):
+    """Labels [N, H*f, W*f] = argmax over classes of the upsampled logits (ties: the lowest
+    class); with return_scores=True, (labels, scores). output_type: "int64" or "int32" (int32
+    labels are converted by the array's framework after the kernel). out: the labels array, or
+    the (labels, scores) pair with return_scores=True."""
+    if str(output_type) not in ("int64", "int32", "torch.int64", "torch.int32"):
+        raise TypeError(f"output_type must be int32 or int64, got {output_type!r}")
+    v, shape, args = _head(logits, factor, data_format)
     if v.shape[3] == 0:
         raise ValueError("logits must have at least one class")
-    labels_out, scores_out = out if out is not None else (None, None)
+    labels_out, scores_out = (out if out is not None else (None, None)) if return_scores else (out, None)
+    int32 = str(output_type).endswith("int32")
+    if int32 and labels_out is not None:
+        raise ValueError("out= for the labels needs output_type int64 (the kernel writes int64)")
     labels = _output(labels_out, v, "labels", shape, "int64")
     scores = _output(scores_out, v, "scores", shape, v.dtype)
     _run("argmax", args(), [v, labels, scores], _stream(v, stream))
-    return labels.array, scores.array
+    result = labels.array
+    if int32:
+        import importlib
+
+        fw = _framework(result)
+        result = result.to(importlib.import_module("torch").int32) if fw == "torch" else result.astype("int32")
+    return (result, scores.array) if return_scores else result
 
 
-def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, out=None,
-                                          stream=None):
-    """Per-pixel softmax cross-entropy of the upsampled logits; labels outside [0, C) give NaN."""
-    v, f, shape, args = _head(logits, factor)
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None,
+                                          data_format="NHWC", out=None, stream=None):
+    """Per-pixel softmax cross-entropy [N, H*f, W*f] of the upsampled logits; labels outside
+    [0, C) (other than ignore_label) give NaN."""
+    v, shape, args = _head(logits, factor, data_format)
     lv = _labels(labels, shape)
     loss = _output(out, v, "out", shape, v.dtype)
     _run("cross_entropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
@@ -377,14 +429,20 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
 
 
 def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *,
-                                               ignore_label=None, out=None, stream=None):
-    """Gradient of the loss map to the coarse logits, given the loss map's gradient."""
-    v, f, shape, args = _head(logits, factor)
+                                               ignore_label=None, data_format="NHWC", out=None,
+                                               stream=None):
+    """Gradient of the loss map to the coarse logits (in `data_format`), given its gradient."""
+    v, shape, args = _head(logits, factor, data_format)
     lv = _labels(labels, shape)
     gv = _view(loss_grad, "loss_grad")
     _same_dtype(gv, v)
     if gv.shape != tuple(shape):
         raise ValueError(f"loss_grad must have shape {list(shape)}, got {list(gv.shape)}")
-    grad = _output(out, v, "out", v.shape, v.dtype)
+    nchw = data_format == "NCHW"
+    if nchw and out is not None:
+        raise ValueError("out= is for NHWC logits (an NCHW gradient is a transposed copy)")
+    grad = _output(None if nchw else out, v, "out", v.shape, v.dtype)
     _run("cross_entropy_grad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
-    return grad.array
+    if not nchw:
+        return grad.array
+    return _permuted(grad.array, (0, 3, 1, 2))

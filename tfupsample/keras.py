@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ._weights import check_factor
+from ._numpy_ext import default_output_size
+from ._weights import bilinear_kernel_2d, check_factor
 from .heads import upsample_sparse_softmax_cross_entropy
 
 
@@ -47,13 +48,6 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
 # ------------------------------------------------------------------------------------------------
 # Layers
 
-def _bilinear_1d(k):
-    """The bilinear kernel of length k (k = 2f - f % 2 for factor f; any k works)."""
-    f = (k + 1) // 2
-    centre = (k - 1) / 2.0
-    return 1.0 - np.abs(np.arange(k) - centre) / f
-
-
 @keras.saving.register_keras_serializable(package="tfupsample")
 class BilinearInitializer(keras.initializers.Initializer):
     """Bilinear upsampling kernel for a `[kh, kw, C, 1]` (or `[kh, kw, C, C]`, diagonal) filter:
@@ -62,7 +56,7 @@ class BilinearInitializer(keras.initializers.Initializer):
     def __call__(self, shape, dtype=None):
         if len(shape) != 4 or shape[3] not in (1, shape[2]):
             raise ValueError(f"BilinearInitializer needs a [kh, kw, C, 1] or [kh, kw, C, C] shape, got {shape}")
-        k2 = np.outer(_bilinear_1d(shape[0]), _bilinear_1d(shape[1]))
+        k2 = bilinear_kernel_2d(shape[0], shape[1])
         w = np.zeros(shape)
         if shape[3] == 1:
             w[:] = k2[:, :, None, None]
@@ -90,8 +84,9 @@ def _tf_format(data_format):
 
 
 def _transpose_length(n, k, s, padding):
-    """Output length of keras.layers.Conv2DTranspose (no output_padding)."""
-    return n * s if padding == "same" else n * s + max(k - s, 0)
+    """Output length of keras.layers.Conv2DTranspose (no output_padding): geometry.h's
+    DefaultOutputSize, n * s + its value at n = 0 (a tensor n stays a tensor)."""
+    return n * s + default_output_size(0, k, s, padding.upper())
 
 
 @keras.saving.register_keras_serializable(package="tfupsample")

@@ -113,3 +113,11 @@ extern "C" int tfupsample_cuda_device_count() {
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
+
+// geometry.h's rules, for tfupsample/cuda.py (which sizes the outputs it allocates with them).
+extern "C" int64_t tfupsample_cuda_bilinear_kernel_size(int64_t factor) {
+  return tfup::BilinearKernelSize(factor);
+}
+extern "C" int64_t tfupsample_cuda_default_output_size(int64_t n, int64_t k, int64_t s, int valid) {
+  return tfup::DefaultOutputSize(n, k, s, valid ? tfup::Padding::kValid : tfup::Padding::kSame);
+}

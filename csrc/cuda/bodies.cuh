@@ -49,17 +49,13 @@ struct FilterWeights {
   TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{w + (ty * kx + tx) * C}; }
 };
 
-// ... or the bilinear kernel, computed: w(t) = (2f - |2t - (k - 1)|) / 2f per axis. A factor-1
-// axis (k = 1) has weight 1, which makes the one-axis passes of the bilinear gradient.
+// ... or the bilinear kernel, computed per axis by geometry.h's BilinearWeight (the one
+// definition the CPU kernels use too). A factor-1 axis (k = 1) has weight 1, which makes the
+// one-axis passes of the bilinear gradient.
 template <typename A>
 struct BilinearWeights {
   int64_t fy, fx;
-  TFUP_HOST_DEVICE static A Axis1(int64_t f, int64_t t) {
-    const int64_t k = 2 * f - f % 2;
-    int64_t twice = 2 * t - (k - 1);
-    if (twice < 0) twice = -twice;
-    return A(2 * f - twice) / A(2 * f);
-  }
+  TFUP_HOST_DEVICE static A Axis1(int64_t f, int64_t t) { return BilinearWeight<A>(f, t); }
   struct Tap {
     A v;
     TFUP_HOST_DEVICE A operator()(int64_t) const { return v; }

@@ -89,6 +89,34 @@ std::string CheckDepthwiseGeometry(std::vector<int64_t> in, std::vector<int64_t>
                                Layout::kNHWC, &g);
 }
 
+// geometry.h's bilinear weights, for the Python paths that build the kernel as a tensor.
+py::array BilinearKernel1d(int64_t factor, const std::string& dtype) {
+  if (factor < 1) throw py::value_error("factor must be a positive integer, got " + std::to_string(factor));
+  const int64_t k = BilinearKernelSize(factor);
+  if (dtype == "float32") {
+    py::array_t<float> w(k);
+    for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWeight<float>(factor, a);
+    return std::move(w);
+  }
+  if (dtype != "float64") throw py::value_error("dtype must be 'float32' or 'float64', got " + dtype);
+  py::array_t<double> w(k);
+  for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWeight<double>(factor, a);
+  return std::move(w);
+}
+
+Padding ParsePadding(const std::string& padding) {
+  if (padding == "SAME") return Padding::kSame;
+  if (padding == "VALID") return Padding::kValid;
+  throw py::value_error("padding must be 'SAME' or 'VALID', got '" + padding + "'");
+}
+
+void CheckAxisArgs(int64_t n, int64_t k, int64_t s) {
+  if (n < 0 || k < 1 || s < 1) {
+    throw py::value_error("need size >= 0, kernel size >= 1 and stride >= 1, got " +
+                          std::to_string(n) + ", " + std::to_string(k) + ", " + std::to_string(s));
+  }
+}
+
 }  // namespace
 }  // namespace tfup
 
@@ -100,6 +128,25 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("check_depthwise_geometry", &tfup::CheckDepthwiseGeometry, py::arg("input_nhwc"),
         py::arg("output_hw"), py::arg("kernel_hw"), py::arg("strides"), py::arg("padding"),
         "'' if the transposed convolution's output size is legal, else the reason.");
+  m.def("bilinear_kernel_1d", &tfup::BilinearKernel1d, py::arg("factor"), py::arg("dtype") = "float64",
+        "The 1-D bilinear kernel of an integer factor (length 2f - f % 2), each weight computed "
+        "in dtype ('float32' or 'float64') exactly as the kernels compute it.");
+  m.def("bilinear_kernel_size", [](int64_t f) { return tfup::BilinearKernelSize(f); }, py::arg("factor"));
+  m.def("default_output_size",
+        [](int64_t n, int64_t k, int64_t s, const std::string& padding) {
+          tfup::CheckAxisArgs(n, k, s);
+          return tfup::DefaultOutputSize(n, k, s, tfup::ParsePadding(padding));
+        },
+        py::arg("size"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+        "Output length when none is given (keras.layers.Conv2DTranspose's rule).");
+  m.def("legal_output_sizes",
+        [](int64_t n, int64_t k, int64_t s, const std::string& padding) {
+          tfup::CheckAxisArgs(n, k, s);
+          const auto r = tfup::LegalOutputSizes(n, k, s, tfup::ParsePadding(padding));
+          return std::make_pair(r.lo, r.hi);
+        },
+        py::arg("size"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+        "(lo, hi): the output lengths a transposed convolution of this axis may have.");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
         "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
         "forces the latter; both give the same bits).");

@@ -58,3 +58,11 @@ extern "C" const char* tfup_emu_error() { return last_error.c_str(); }
 extern "C" int64_t tfup_emu_divide(int64_t n, int64_t d) {
   return tfup::cuda::Divider(d).Div(n);
 }
+
+// geometry.h's rules, as binding.cu exports them.
+extern "C" int64_t tfup_emu_bilinear_kernel_size(int64_t factor) {
+  return tfup::BilinearKernelSize(factor);
+}
+extern "C" int64_t tfup_emu_default_output_size(int64_t n, int64_t k, int64_t s, int valid) {
+  return tfup::DefaultOutputSize(n, k, s, valid ? tfup::Padding::kValid : tfup::Padding::kSame);
+}

@@ -29,6 +29,10 @@ def build(directory):
     lib.tfup_emu_error.restype = ctypes.c_char_p
     lib.tfup_emu_divide.restype = ctypes.c_int64
     lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    lib.tfup_emu_bilinear_kernel_size.restype = ctypes.c_int64
+    lib.tfup_emu_bilinear_kernel_size.argtypes = [ctypes.c_int64]
+    lib.tfup_emu_default_output_size.restype = ctypes.c_int64
+    lib.tfup_emu_default_output_size.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -46,6 +50,12 @@ class Ext:
 
     def device_count(self):
         return 1
+
+    def bilinear_kernel_size(self, factor):
+        return self.lib.tfup_emu_bilinear_kernel_size(factor)
+
+    def default_output_size(self, n, k, s, padding):
+        return self.lib.tfup_emu_default_output_size(n, k, s, padding == "VALID")
 
 
 class HostArray:
