@@ -173,17 +173,49 @@ def test_keras_loss_trains_a_model(rng):
 
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
-    loss = UpsampledSparseCategoricalCrossentropy(4, ignore_label=255)
+    loss = UpsampledSparseCategoricalCrossentropy(4, ignore_class=255)
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
     x = rng.standard_normal((8, 4, 4, 3)).astype(np.float32)
     y = rng.integers(0, 5, (8, 16, 16))
-    y[:, 0, :] = 255
+    y[:, :8, :] = 255
     history = model.fit(x, y, epochs=5, batch_size=8, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
-    # The reported loss is the fused per-pixel loss averaged over all pixels.
-    expected = tf.reduce_mean(tu.upsample_sparse_softmax_cross_entropy(y, model(x), 4, ignore_label=255))
+    # The reported loss is Keras' own loss on the upsampled logits: ignored pixels out of the mean.
+    stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    expected = stock(y, tu.bilinear_upsample(model(x), 4, impl="dense"))
     np.testing.assert_allclose(model.evaluate(x, y, verbose=0), expected.numpy(), rtol=1e-5)
     restored = UpsampledSparseCategoricalCrossentropy.from_config(loss.get_config())
-    assert (restored.factor, restored.ignore_label) == (4, 255)
+    assert (restored.factor, restored.ignore_class) == (4, 255)
     with pytest.raises(ValueError, match="from_logits=True"):
         UpsampledSparseCategoricalCrossentropy(4, from_logits=False)
+
+
+@pytest.mark.parametrize("ignore", [None, 255])
+@pytest.mark.parametrize("weights", [None, "per_image", "per_pixel"])
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "none"])
+def test_keras_loss_equals_keras_on_the_upsampled_logits(ignore, weights, reduction, rng):
+    import keras
+
+    from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
+
+    logits = tf.constant(rng.standard_normal((4, 3, 5, 6)) * 2, tf.float32)
+    y = rng.integers(0, 6, (4, 12, 20))
+    if ignore is not None:
+        y[:, :6] = ignore  # half of every image
+        y[3] = ignore  # and one image entirely
+    sw = {None: None, "per_image": rng.uniform(0.5, 2, (4, 1, 1)),
+          "per_pixel": rng.uniform(0, 2, (4, 12, 20))}[weights]
+    ours = UpsampledSparseCategoricalCrossentropy(4, ignore_class=ignore, reduction=reduction)
+    stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore,
+                                                       reduction=reduction)
+    up = tu.bilinear_upsample(logits, 4, impl="dense")  # the reference upsample
+    np.testing.assert_allclose(ours(y, logits, sample_weight=sw).numpy(),
+                               stock(y, up, sample_weight=sw).numpy(), rtol=2e-5, atol=1e-6)
+
+
+def test_keras_loss_takes_ignore_label_as_another_name():
+    from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
+
+    assert UpsampledSparseCategoricalCrossentropy(2, ignore_label=7).ignore_class == 7
+    with pytest.raises(ValueError, match="pass one"):
+        UpsampledSparseCategoricalCrossentropy(2, ignore_class=3, ignore_label=7)

@@ -35,8 +35,19 @@ def _layout_dims(x, data_format):
 
 
 def _output_shape_tensor(output_shape):
-    """output_shape as a 1-D int32/int64 tensor of 4 elements, checked where it is static."""
-    if isinstance(output_shape, (tf.Tensor, tf.Variable)):
+    """output_shape as a 1-D int32/int64 tensor of 4 elements, checked where it is static.
+
+    Takes what tf.nn.conv2d_transpose takes: a list or tuple of Python ints and scalar integer
+    tensors (mixed freely), a 1-D int32/int64 tensor or variable, a TensorShape, a NumPy array.
+    """
+    if isinstance(output_shape, tf.TensorShape):
+        if not output_shape.is_fully_defined():
+            raise ValueError(f"output_shape must be fully defined, got {output_shape}")
+        output_shape = output_shape.as_list()
+    if isinstance(output_shape, (list, tuple)) and any(
+            tf.is_tensor(v) or isinstance(v, tf.Variable) for v in output_shape):
+        shape = _stack_sizes(output_shape)
+    elif tf.is_tensor(output_shape) or isinstance(output_shape, tf.Variable):
         shape = tf.convert_to_tensor(output_shape)
         if shape.dtype not in (tf.int32, tf.int64):
             raise TypeError(f"output_shape must be int32 or int64, got {shape.dtype.name}")
@@ -57,6 +68,26 @@ def _output_shape_tensor(output_shape):
     return shape
 
 
+def _stack_sizes(values):
+    """A list mixing Python ints and scalar integer tensors -> one 1-D tensor (int64 if any
+    element is int64, else int32), as TensorFlow packs such a list."""
+    tensors = [tf.convert_to_tensor(v) if (tf.is_tensor(v) or isinstance(v, tf.Variable)) else None
+               for v in values]
+    for i, t in enumerate(tensors):
+        if t is not None and (t.dtype not in (tf.int32, tf.int64) or t.shape.rank not in (None, 0)):
+            raise TypeError(f"output_shape[{i}] must be a Python int or a scalar int32/int64 tensor, "
+                            f"got {t.dtype.name} of shape {t.shape}")
+    dtype = tf.int64 if any(t is not None and t.dtype == tf.int64 for t in tensors) else tf.int32
+    parts = []
+    for i, (v, t) in enumerate(zip(values, tensors)):
+        if t is None:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"output_shape[{i}] must be a Python int or a scalar integer tensor, got {v!r}")
+            t = tf.constant(int(v), dtype)
+        parts.append(tf.reshape(tf.cast(t, dtype), []))
+    return tf.stack(parts)
+
+
 # ------------------------------------------------------------------------------------------------
 # Which implementation runs.
 
@@ -67,10 +98,23 @@ def backend():
     return "op" if _ops.lib is not None else "pure-tf"
 
 
-def _use_pure_tf():
-    # Custom ops cannot be compiled by XLA: inside jit_compile, lower to stock ops.
-    return _ops.lib is None or _control_flow_util.GraphOrParentsInXlaContext(
-        _framework_ops.get_default_graph())
+def _in_xla():
+    return _control_flow_util.GraphOrParentsInXlaContext(_framework_ops.get_default_graph())
+
+
+def _use_pure_tf(impl="auto"):
+    """Whether this call runs the stock-op lowering. "auto": when the compiled kernels cannot run
+    (inside jit_compile, since XLA cannot compile custom ops, or when the library did not load).
+    "op": never -- an error saying why when the kernel cannot run."""
+    if impl == "op":
+        if _ops.lib is None:
+            raise RuntimeError(f"impl='op' needs tfupsample's compiled kernels, which did not load: "
+                               f"{_ops.load_error}")
+        if _in_xla():
+            raise RuntimeError("impl='op' cannot run under XLA (jit_compile=True): XLA cannot compile "
+                               "custom ops; use impl='auto' to lower to stock TensorFlow ops there")
+        return False
+    return _ops.lib is None or _in_xla()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,12 +123,16 @@ def _use_pure_tf():
 def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=None):
     """Upsample `images` by the integer `factor` with the bilinear kernel.
 
-    Exactly `tf.nn.conv2d_transpose(images, W, [N, H*f, W*f, C], f, "SAME")` with the dense bilinear
-    filter `W = bilinear_upsample_weights(f, C, dense=True)`, computed per channel without it.
+    `tf.nn.conv2d_transpose(images, W, [N, H*f, W*f, C], f, "SAME")` with the dense bilinear
+    filter `W = bilinear_upsample_weights(f, C, dense=True)`, computed per channel without it
+    (equal up to float rounding: the kernel sums its four taps separably, rows of two column
+    sums, see the README's guarantees for the bound).
 
-    impl: "auto" or "op" run tfupsample's kernel (the kernel is computed on the fly: no filter
-    tensor exists); "dense" builds the dense [k, k, C, C] filter and calls tf.nn.conv2d_transpose
-    (the reference, for verification; its size grows with C squared).
+    impl: "auto" runs tfupsample's kernel (the kernel is computed on the fly: no filter tensor
+    exists), or the stock-op lowering where the kernel cannot run (under XLA, or when the compiled
+    library did not load); "op" always runs the kernel and raises RuntimeError, saying why, where
+    it cannot; "dense" builds the dense [k, k, C, C] filter and calls tf.nn.conv2d_transpose (the
+    reference, for verification; its size grows with C squared).
     """
     factor = check_factor(factor)
     _check_data_format(data_format)
@@ -97,7 +145,7 @@ def bilinear_upsample(images, factor, *, data_format="NHWC", impl="auto", name=N
             raise ValueError(f"factor {factor} is too large: the output of {x.shape} would not fit in memory")
         if impl == "dense":
             return _dense_bilinear(x, factor, data_format)
-        if _use_pure_tf():
+        if _use_pure_tf(impl):
             return _pure_tf.bilinear_upsample(x, factor, data_format)
         return _ops.lib.tfupsample_bilinear_upsample(x, factor=factor, data_format=data_format)
 
@@ -197,23 +245,37 @@ def _dilate(w, dy, dx):
 
 def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
                      data_format="NHWC", dilations=None, name=None):
-    """Drop-in for `tf.nn.conv2d_transpose`.
+    """Drop-in for `tf.nn.conv2d_transpose`: every call it accepts gives its answer.
 
-    A `[kh, kw, C, 1]` filter applied to a C-channel input runs tfupsample's per-channel op (the
-    dense filter it stands for is never built); any other filter `[kh, kw, C_out, C_in]` goes to
-    `tf.nn.conv2d_transpose` unchanged, with the same arguments.
+    The rule: a `[kh, kw, C, 1]` filter applied to an input with C channels runs tfupsample's
+    per-channel op (the dense `[kh, kw, C, C]` filter it stands for is never built). Every other
+    call -- any other filter, or a `[kh, kw, C, 1]` filter on a 1-channel input, which stock TF
+    reads as 1 -> C channels -- goes to `tf.nn.conv2d_transpose` unchanged. When the input's
+    channel count is unknown when the graph is traced, the choice is made when it runs
+    (`tf.cond` on the channel count), so the meaning never depends on what was known at trace
+    time. (For C > 1 stock TF refuses the per-channel call; for C = 1 both readings agree.)
     """
     x = tf.convert_to_tensor(input)
     fshape = filters.shape if hasattr(filters, "shape") else np.shape(filters)
     fdims = list(fshape) if len(fshape) == 4 else None
-    c = _layout_dims(x, data_format)[3] if data_format in ("NHWC", "NCHW") and x.shape.rank == 4 else None
-    depthwise = (fdims is not None and fdims[3] == 1 and fdims[2] is not None
-                 and (c is None or c == fdims[2]) and not (c is None and fdims[2] == 1))
-    if not depthwise:
+    per_channel_filter = fdims is not None and fdims[3] == 1 and fdims[2] is not None
+    known = data_format in ("NHWC", "NCHW") and x.shape.rank == 4
+    c = _layout_dims(x, data_format)[3] if known else None
+
+    def stock():
         return tf.nn.conv2d_transpose(x, filters, output_shape, strides, padding=padding,
                                       data_format=data_format, dilations=dilations, name=name)
-    dy, dx = _pair(1 if dilations is None else dilations, "dilations", data_format)
-    with tf.name_scope(name or "conv2d_transpose"):
-        w = _float_tensor(filters, "filters", dtype=x.dtype if x.dtype in _FLOAT_DTYPES else None)
-        return depthwise_conv2d_transpose(x, _dilate(w, dy, dx), output_shape, strides,
-                                          padding=padding, data_format=data_format)
+
+    def per_channel():
+        dy, dx = _pair(1 if dilations is None else dilations, "dilations", data_format)
+        with tf.name_scope(name or "conv2d_transpose"):
+            w = _float_tensor(filters, "filters", dtype=x.dtype if x.dtype in _FLOAT_DTYPES else None)
+            return depthwise_conv2d_transpose(x, _dilate(w, dy, dx), output_shape, strides,
+                                              padding=padding, data_format=data_format)
+
+    if not per_channel_filter or not known or (c is not None and c != fdims[2]):
+        return stock()
+    if c is not None:
+        return per_channel()
+    channels = tf.shape(x)[1 if data_format == "NCHW" else 3]
+    return tf.cond(tf.equal(channels, fdims[2]), per_channel, stock)

@@ -9,25 +9,45 @@ from ._weights import bilinear_kernel_2d, check_factor
 from .heads import upsample_sparse_softmax_cross_entropy
 
 
+def _set_mask(losses, mask):
+    """Attach a Keras mask to per-sample losses, as keras.losses.sparse_categorical_crossentropy
+    does for ignore_class: the loss reduction then leaves masked entries out of the mean."""
+    try:
+        from keras.src.backend import set_keras_mask
+    except ImportError:  # Keras versions before the helper set the attribute directly
+        losses._keras_mask = mask
+    else:
+        set_keras_mask(losses, mask)
+    return losses
+
+
 @keras.saving.register_keras_serializable(package="tfupsample")
 class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
-    """Sparse categorical cross-entropy of the x`factor` bilinear upsample of the model's coarse
-    logits against full-resolution labels, without materialising the upsampled logits.
+    """`keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=...)` of the
+    x`factor` bilinear upsample of the model's coarse logits, without materialising the upsampled
+    logits.
 
     Use on a model whose output is the coarse logits `[N, H, W, classes]`; `y_true` is the label
-    map `[N, H*factor, W*factor]` (or with a trailing 1). Pixels equal to `ignore_label` count as 0
-    loss (the default reduction still averages over every pixel).
+    map `[N, H*factor, W*factor]` (or with a trailing 1). Pixels whose label is `ignore_class`
+    (e.g. 255 in PASCAL VOC) are left out, as in Keras: 0 loss, and out of the mean of the default
+    reduction. `ignore_label` is accepted as another name for `ignore_class` (the function-level
+    API's name).
     """
 
-    def __init__(self, factor, ignore_label=None, from_logits=True,
+    def __init__(self, factor, ignore_class=None, from_logits=True,
                  reduction="sum_over_batch_size", name="upsampled_sparse_categorical_crossentropy",
-                 dtype=None):
+                 dtype=None, ignore_label=None):
         if not from_logits:
             raise ValueError("UpsampledSparseCategoricalCrossentropy needs from_logits=True: "
                              "upsampling probabilities is not the same as upsampling logits")
+        if ignore_label is not None:
+            if ignore_class is not None and ignore_class != ignore_label:
+                raise ValueError(f"ignore_class={ignore_class} and ignore_label={ignore_label} "
+                                 "name the same thing: pass one")
+            ignore_class = ignore_label
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.factor = check_factor(factor)
-        self.ignore_label = ignore_label
+        self.ignore_class = ignore_class
         self.from_logits = True
 
     def call(self, y_true, y_pred):
@@ -36,12 +56,15 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
             labels = tf.squeeze(labels, -1)
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int64)  # Keras may hand labels over as floats
-        return upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor,
-                                                     ignore_label=self.ignore_label)
+        losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor,
+                                                       ignore_label=self.ignore_class)
+        if self.ignore_class is None:
+            return losses
+        return _set_mask(losses, tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)))
 
     def get_config(self):
         config = super().get_config()
-        config.update(factor=self.factor, ignore_label=self.ignore_label, from_logits=True)
+        config.update(factor=self.factor, ignore_class=self.ignore_class, from_logits=True)
         return config
 
 
