@@ -83,3 +83,10 @@ def test_demo_class_names_come_from_the_installed_package():
 
     names = class_names()
     assert len(names) == 1000 and names[0] == "tench"
+
+
+@pytest.mark.parametrize("size", ["16", "0x4", "4x5x6", "ax3"])
+def test_bench_size_is_checked_even_under_python_O(size):
+    r = subprocess.run([sys.executable, "-O", "-m", "tfupsample.cli", "bench", "--size", size],
+                       capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+    assert r.returncode == 2 and "--size takes HxW" in r.stderr, r.stderr[-2000:]

@@ -68,6 +68,16 @@ def test_backend_reports_the_compiled_ops():
     assert tu.backend() == "op"
 
 
+def test_impl_op_refuses_xla_and_says_why():
+    x = tf.ones([1, 2, 3, 2])
+    np.testing.assert_array_equal(tu.bilinear_upsample(x, 2, impl="op").numpy(),
+                                  tu.bilinear_upsample(x, 2).numpy())
+    with pytest.raises(RuntimeError, match="impl='op' cannot run under XLA"):
+        tf.function(lambda v: tu.bilinear_upsample(v, 2, impl="op"), jit_compile=True)(x)
+    # impl="auto" lowers to stock ops there.
+    assert tf.function(lambda v: tu.bilinear_upsample(v, 2), jit_compile=True)(x).shape == (1, 4, 6, 2)
+
+
 FALLBACK_SCRIPT = r"""
 import warnings, numpy as np, tensorflow as tf
 def refuse(path):
@@ -99,6 +109,21 @@ try:
     raise SystemExit("a bad run-time output_shape was accepted")
 except tf.errors.InvalidArgumentError as e:
     assert "output_shape is inconsistent" in str(e), str(e)
+# impl="op" insists on the kernel, and says why it cannot run.
+try:
+    tu.bilinear_upsample(x, 2, impl="op")
+    raise SystemExit("impl='op' ran without the compiled library")
+except RuntimeError as e:
+    assert "impl='op'" in str(e) and "forced" in str(e), str(e)
+# The benchmarks time the stock-op path and say so.
+from tfupsample import bench, bench_cli
+rows = bench_cli.run([3], [2], (2, 3), 1, 64, progress=open("/dev/null", "w"))
+ours = [r for r in rows if r["impl"] == "tfupsample"]
+assert ours and all("stock-op fallback" in r.get("note", "") for r in ours), rows
+p = bench.Problem(1, 2, 3, 3, 2)
+for peers in (p.input_grad(), p.filter_grad()):
+    assert "stock-op fallback" in peers["tfupsample"].note
+    bench.measure(peers["tfupsample"], 1, 1)
 np.savez(__import__("sys").argv[1], x=x.numpy(), w=w.numpy(), y1=y1.numpy(), y2=y2.numpy(), dx=dx.numpy(), dw=dw.numpy())
 """
 

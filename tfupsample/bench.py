@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfupsample as tu
-from tfupsample._ops import lib
+from tfupsample import _ops
 from tfupsample._weights import bilinear_kernel_size
 
 
@@ -106,7 +106,7 @@ class Problem:
     def forward(self, dense_limit_bytes=1 << 30):
         f, x = self.factor, self.x
         peers = {
-            "tfupsample": lambda: tu.bilinear_upsample(x, f),
+            "tfupsample": self._ours(lambda: tu.bilinear_upsample(x, f)),
             "np.full (write floor)": lambda: np.full(self.out_shape, 1.0, np.float32),
             "tf.image.resize": lambda: tf.image.resize(x, self.out_shape[1:3], "bilinear"),
             "depthwise_backprop_input": self._depthwise_backprop_input(),
@@ -127,11 +127,32 @@ class Problem:
             return Peer(fn)
         return Peer(fn, self.classes / c, f"time scaled from {c} classes")
 
+    @staticmethod
+    def _ours(op, fallback=None):
+        """Our op; where the compiled library did not load (`backend() == "pure-tf"`) the row is
+        marked, and a gradient op is replaced by the stock-op lowering's autodiff gradient
+        (`fallback`, which includes that forward)."""
+        if _ops.lib is not None:
+            return op
+        note = "stock-op fallback (library not loaded)"
+        if fallback is not None:
+            note += ": forward + autodiff gradient"
+        return Peer(fallback or op, 1.0, note)
+
+    @staticmethod
+    def _vjp(fn, x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return tape.gradient(y, x, output_gradients=dy)
+
     # ---- input-gradient peers (given the output gradient dy)
     def input_grad(self):
         f, dy = self.factor, self.dy
         return {
-            "tfupsample": lambda: lib.tfupsample_bilinear_upsample_grad(dy, factor=f),
+            "tfupsample": self._ours(
+                lambda: _ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=f),
+                lambda: self._vjp(lambda x: tu.bilinear_upsample(x, f), self.x, dy)),
             "read dy once (floor)": lambda: tf.reduce_sum(dy),
             "tf.image.resize grad": lambda: tf.raw_ops.ResizeBilinearGrad(
                 grads=dy, original_image=self.x, align_corners=False, half_pixel_centers=True),
@@ -145,8 +166,11 @@ class Problem:
         f, dy, x = self.factor, self.dy, self.x
         sizes = [self.k, self.k, self.classes, 1]
         return {
-            "tfupsample": lambda: lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
-                x, dy, sizes, strides=[f, f], padding="SAME"),
+            "tfupsample": self._ours(
+                lambda: _ops.lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
+                    x, dy, sizes, strides=[f, f], padding="SAME"),
+                lambda: self._vjp(lambda w: tu.depthwise_conv2d_transpose(
+                    x, w, self.out_shape, f, "SAME"), self.filter, dy)),
             "depthwise_backprop_filter": lambda: tf.nn.depthwise_conv2d_backprop_filter(
                 dy, sizes, x, [1, f, f, 1], "SAME"),
         }

@@ -53,8 +53,9 @@ def main(argv=None):
 
         try:
             size = tuple(int(v) for v in args.size.lower().split("x"))
-            assert len(size) == 2 and min(size) >= 1
-        except (ValueError, AssertionError):
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:  # a real check: it must survive python -O
             parser.error(f"--size takes HxW, e.g. 16x22, got {args.size!r}")
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")

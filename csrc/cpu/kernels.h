@@ -4,8 +4,12 @@
 // element from exactly one place, in a fixed order: results do not depend on the thread count.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <mutex>
+#include <string>
 
 #include "geometry.h"
 
@@ -15,6 +19,28 @@ namespace tfup {
 // unit that lets the runner decide how finely to split.
 using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
                                        const std::function<void(int64_t, int64_t)>& work)>;
+
+// For the runners: calls split(w), where w forwards to work but catches what work throws (a
+// std::bad_alloc of its scratch, say) in whichever thread runs it, so nothing escapes into a
+// thread pool (which would end the process). The first exception is rethrown here once split has
+// returned, for the caller to turn into an error; units not yet started are then skipped.
+template <class Split>
+void RunCatching(Split&& split, const std::function<void(int64_t, int64_t)>& work) {
+  std::mutex mutex;
+  std::exception_ptr first;
+  std::atomic<bool> failed{false};
+  split([&](int64_t begin, int64_t end) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    try {
+      work(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!first) first = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
+    }
+  });
+  if (first) std::rethrow_exception(first);
+}
 
 // Forward. filter is [ky, kx, C] (the [kh, kw, C, 1] tensor, multiplier dropped).
 template <typename T>

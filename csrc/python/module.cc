@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -16,20 +17,29 @@ namespace py = pybind11;
 namespace tfup {
 namespace {
 
-// Contiguous chunks on a few std::threads; small problems stay on the calling thread.
+// Contiguous chunks on a few std::threads; small problems stay on the calling thread. A thread
+// that cannot be started leaves its chunks to the calling thread; an exception in a chunk is
+// rethrown here (pybind11 turns std::bad_alloc into MemoryError).
 void ThreadRunner(int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
   const int64_t want = std::min<int64_t>({hw, total, std::max<int64_t>(1, total * cost / 100000)});
-  if (want <= 1) {
-    fn(0, total);
-    return;
-  }
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < want; ++t) {
-    const int64_t b = total * t / want, e = total * (t + 1) / want;
-    threads.emplace_back([&fn, b, e] { fn(b, e); });
-  }
-  for (auto& th : threads) th.join();
+  RunCatching([&](const std::function<void(int64_t, int64_t)>& work) {
+    if (want <= 1) return work(0, total);
+    std::vector<std::thread> threads;
+    threads.reserve(want);
+    int64_t t = 1;
+    for (; t < want; ++t) {
+      const int64_t b = total * t / want, e = total * (t + 1) / want;
+      try {
+        threads.emplace_back([&work, b, e] { work(b, e); });
+      } catch (const std::system_error&) {
+        break;
+      }
+    }
+    work(0, total / want);  // chunk 0 here, and any chunks no thread could be started for
+    if (t < want) work(total * t / want, total);
+    for (auto& th : threads) th.join();
+  }, fn);
 }
 
 template <typename T>

@@ -28,38 +28,38 @@ struct Backend<CPUDevice> {
   template <typename T>
   static void BilinearForward(Ctx* ctx, const Geometry& g, const T* in, T* out) {
     PreferHugePages(out, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
-    tfup::BilinearForward<T>(g, in, out, CpuRunner(ctx));
+    RunGuarded(ctx, "BilinearForward", [&] { tfup::BilinearForward<T>(g, in, out, CpuRunner(ctx)); });
   }
   template <typename T>
   static void BilinearBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, T* dx) {
-    tfup::BilinearBackpropInput<T>(g, dy, dx, CpuRunner(ctx));
+    RunGuarded(ctx, "BilinearBackpropInput", [&] { tfup::BilinearBackpropInput<T>(g, dy, dx, CpuRunner(ctx)); });
   }
   template <typename T>
   static void DepthwiseForward(Ctx* ctx, const Geometry& g, const T* in, const T* w, T* out) {
     PreferHugePages(out, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
-    tfup::DepthwiseForward<T>(g, in, w, out, CpuRunner(ctx));
+    RunGuarded(ctx, "DepthwiseForward", [&] { tfup::DepthwiseForward<T>(g, in, w, out, CpuRunner(ctx)); });
   }
   template <typename T>
   static void DepthwiseBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, const T* w, T* dx) {
-    tfup::DepthwiseBackpropInput<T>(g, dy, w, dx, CpuRunner(ctx));
+    RunGuarded(ctx, "DepthwiseBackpropInput", [&] { tfup::DepthwiseBackpropInput<T>(g, dy, w, dx, CpuRunner(ctx)); });
   }
   template <typename T>
   static void DepthwiseBackpropFilter(Ctx* ctx, const Geometry& g, const T* in, const T* dy, T* dw) {
-    tfup::DepthwiseBackpropFilter<T>(g, in, dy, dw, CpuRunner(ctx));
+    RunGuarded(ctx, "DepthwiseBackpropFilter", [&] { tfup::DepthwiseBackpropFilter<T>(g, in, dy, dw, CpuRunner(ctx)); });
   }
   template <typename T>
   static void Argmax(Ctx* ctx, const Geometry& g, const T* logits, int64_t* labels, T* scores) {
-    UpsampleArgmax<T>(g, logits, labels, scores, CpuRunner(ctx));
+    RunGuarded(ctx, "UpsampleArgmax", [&] { UpsampleArgmax<T>(g, logits, labels, scores, CpuRunner(ctx)); });
   }
   template <typename T>
   static void CrossEntropy(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
                            IgnoreLabel ignore, T* loss) {
-    UpsampleSoftmaxCrossEntropy<T>(g, logits, labels, ignore, loss, CpuRunner(ctx));
+    RunGuarded(ctx, "UpsampleSoftmaxCrossEntropy", [&] { UpsampleSoftmaxCrossEntropy<T>(g, logits, labels, ignore, loss, CpuRunner(ctx)); });
   }
   template <typename T>
   static void CrossEntropyGrad(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
                                IgnoreLabel ignore, const T* loss_grad, T* grad) {
-    UpsampleSoftmaxCrossEntropyGrad<T>(g, logits, labels, ignore, loss_grad, grad, CpuRunner(ctx));
+    RunGuarded(ctx, "UpsampleSoftmaxCrossEntropyGrad", [&] { UpsampleSoftmaxCrossEntropyGrad<T>(g, logits, labels, ignore, loss_grad, grad, CpuRunner(ctx)); });
   }
 };
 
