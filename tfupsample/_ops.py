@@ -101,5 +101,14 @@ def _upsample_cross_entropy_grad(op, grad):
     return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(labels, logits, grad, **attrs)
 
 
+@_register("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
+def _upsample_cross_entropy_grad_grad(op, grad):
+    raise NotImplementedError(
+        "the second derivative of upsample_sparse_softmax_cross_entropy (op "
+        "TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad) is not implemented: it would need the "
+        "full-resolution logits the fused loss avoids. For Hessian-vector products use the unfused "
+        "tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tfupsample.bilinear_upsample(logits, f)).")
+
+
 if lib is not None:
     _framework_ops.no_gradient("TfupsampleUpsampleArgmax")  # argmax has none

@@ -7,36 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include "softmax_exp.h"
 
 namespace tfup {
 namespace TFUP_ISA {
 
-// exp for the softmax: Cephes' single-precision polynomial, branch-free so that the loop over
-// classes vectorises (a libm call per element would not). Relative error ~2e-7 for x <= 0,
-// which is all it is given (logits minus their max).
-inline float SoftmaxExp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  // n = round(x / ln 2) by adding and removing 1.5 * 2^23; the integer n is then also in the low
-  // bits of t. No floor() and no float-to-int conversion: both would stop the loop vectorising.
-  constexpr float kRound = 12582912.0f;  // bits 0x4B400000
-  const float t = x * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = r * r * p + r + 1.0f;
-  int32_t t_bits;
-  std::memcpy(&t_bits, &t, sizeof(t_bits));
-  const int32_t bits = (t_bits - 0x4B400000 + 127) * (1 << 23);  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return e * scale;
-}
-inline double SoftmaxExp(double x) { return std::exp(x); }
 
 // Runs fn(row, ox, index, buffer) for every output pixel, a row of pixels per work unit; index is
 // the pixel's position in the [n, h*f, w*f] map, buffer holds C values of type O for fn's use.
@@ -82,6 +59,15 @@ inline A Reduce8(const A* v, int64_t C, A init, Op op) {
   return r;
 }
 
+// A pixel's class scores for the loss: the upsampled logits as the forward stores them, i.e.
+// rounded to T for the half types (the CUDA kernels do the same), then widened.
+template <typename T, typename A>
+inline void ScoresAsStored(A* v, int64_t C) {
+  if constexpr (!std::is_same_v<T, A>) {
+    for (int64_t c = 0; c < C; ++c) v[c] = Widen(Narrow<T>(v[c]));
+  }
+}
+
 // Softmax of one pixel's upsampled logits v (in place: v becomes exp(v - max)); returns the sum.
 template <typename A>
 inline A ExpShifted(A* v, int64_t C, A* max_out) {
@@ -104,6 +90,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
       return;
     }
     plan.Pixel(row, ox, C, v);
+    ScoresAsStored<T>(v, C);
     const A target = v[y];
     A m;
     const A sum = ExpShifted(v, C, &m);
@@ -132,9 +119,10 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
     const int64_t base = (b.s * OH + oy) * OW;
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
-      if (ignore.Skips(y)) continue;  // dv = 0
+      if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
       const A gl = Widen(loss_grad[base + ox]);
       plan.Pixel(row, ox, C, d);
+      ScoresAsStored<T>(d, C);
       A m;
       const A scale = gl / ExpShifted(d, C, &m);
       for (int64_t c = 0; c < C; ++c) d[c] *= scale;

@@ -8,12 +8,14 @@
 #include <math.h>
 
 #include "cuda/bodies.cuh"
+#include "softmax_exp.h"
 
 namespace tfup {
 namespace cuda {
 
-TFUP_HOST_DEVICE inline float Exp(float v) { return expf(v); }
-TFUP_HOST_DEVICE inline double Exp(double v) { return exp(v); }
+// The softmax's exp is softmax_exp.h's, as on the CPU.
+template <typename A>
+TFUP_HOST_DEVICE inline A Exp(A v) { return SoftmaxExp(v); }
 TFUP_HOST_DEVICE inline float Log(float v) { return logf(v); }
 TFUP_HOST_DEVICE inline double Log(double v) { return log(v); }
 template <typename A>
@@ -126,11 +128,13 @@ struct PixelStatsBody : HeadBase<T> {
 };
 
 // Pass 2 (space (n, iy, ix, c) over the logits): gather over the output pixels this logit
-// reaches of scale * weight * (softmax - onehot).
+// reaches of scale * weight * (softmax - onehot). Ignored pixels are skipped; every other pixel
+// counts, so NaN logits give NaN even where the upstream gradient is 0 (0 * NaN), as on the CPU.
 template <typename T>
 struct CrossEntropyGradBody : HeadBase<T> {
   using A = typename AccOf<T>::type;
   const int64_t* labels;
+  IgnoreLabel ignore;
   const A* stats;
   T* grad;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
@@ -144,12 +148,12 @@ struct CrossEntropyGradBody : HeadBase<T> {
       const A wy = BilinearWeights<A>::Axis1(this->ay.stride, ry.t0 + my);
       for (int64_t mx = 0; mx < rx.count; ++mx) {
         const int64_t x = rx.i0 + mx, i = this->MapIndex(n, y, x);
+        const int64_t label = labels[i];
+        if (ignore.Skips(label)) continue;
         const A scale = stats[2 * i + 1];
-        if (scale == A(0)) continue;  // ignored pixel, or a zero upstream gradient
         const A lse = stats[2 * i], wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
         const A sw = scale * (wy * wx);
         const BilinearPixel<T> px = this->Pixel(n, y, x);
-        const int64_t label = labels[i];
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;

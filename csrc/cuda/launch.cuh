@@ -192,7 +192,8 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
     const PixelStatsBody<T> s{MakeHead<T>(g, logits), labels, ignore,
                               static_cast<const T*>(loss_grad), stats};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, s);
-    const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, stats, static_cast<T*>(grad)};
+    const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, ignore, stats,
+                                    static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
 }

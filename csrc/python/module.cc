@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "softmax_exp.h"
 
 namespace py = pybind11;
 
@@ -157,6 +158,13 @@ PYBIND11_MODULE(_numpy_ext, m) {
         },
         py::arg("size"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
         "(lo, hi): the output lengths a transposed convolution of this axis may have.");
+  m.def("softmax_exp",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+          py::array_t<float> y(x.size());
+          for (py::ssize_t i = 0; i < x.size(); ++i) y.mutable_data()[i] = tfup::SoftmaxExp(x.data()[i]);
+          return y;
+        },
+        py::arg("x"), "softmax_exp.h's float exp, elementwise (for testing its error bound).");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
         "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
         "forces the latter; both give the same bits).");

@@ -1,0 +1,48 @@
+// The exp of the fused softmax cross-entropy, one definition for the CPU and CUDA kernels (see
+// docs/DESIGN.md, "Fused heads"). float: Cephes' single-precision polynomial, branch-free so the
+// CPU loop over classes vectorises (a libm call per element would not); within 2 ulp of the
+// correctly rounded exp on [-87, 0], the only arguments it gets (scores minus their maximum),
+// tested through the NumPy binding. NaN in, NaN out. double: the C library's exp.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "geometry.h"
+
+namespace tfup {
+
+TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
+  x = x < -87.0f ? -87.0f : x;  // exp underflows below; NaN stays NaN (the comparison is false)
+  // n = round(x / ln 2) by adding and removing 1.5 * 2^23; the integer n is then also in the low
+  // bits of t. No floor() and no float-to-int conversion: both would stop the loop vectorising.
+  constexpr float kRound = 12582912.0f;  // bits 0x4B400000
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = r * r * p + r + 1.0f;
+#if defined(__CUDA_ARCH__)
+  const int32_t t_bits = __float_as_int(t);
+#else
+  int32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof(t_bits));
+#endif
+  const int32_t bits = (t_bits - 0x4B400000 + 127) * (1 << 23);  // 2^n
+#if defined(__CUDA_ARCH__)
+  const float scale = __int_as_float(bits);
+#else
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+#endif
+  return e * scale;
+}
+TFUP_HOST_DEVICE inline double SoftmaxExp(double x) { return exp(x); }
+
+}  // namespace tfup

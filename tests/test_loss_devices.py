@@ -1,0 +1,123 @@
+"""The fused loss is one function on both devices: the CPU op and the CUDA kernels (run on the
+CPU) round scores the same way for half types, use the same exp (within its stated bound), and
+propagate NaN the same way -- and the way the unfused definition does."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference as ref
+import tfupsample as tu
+import tfupsample.cuda as tc
+from cuda_host import emulator
+from tfupsample import _numpy_ext
+
+NP = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
+CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+
+
+def test_softmax_exp_is_within_two_ulp_of_exp():
+    # Every argument the loss gives it lies in [-87, 0] (scores minus their maximum).
+    x = np.concatenate([np.linspace(-87, 0, 2_000_001, dtype=np.float32),
+                        -np.logspace(-30, 0, 10_001).astype(np.float32), [0.0, -0.0]]).astype(np.float32)
+    ours = np.asarray(_numpy_ext.softmax_exp(x), np.float64)
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    worst = float(np.max(np.abs(ours - exact) / ulp))
+    assert worst <= 2.0, f"softmax exp is {worst:.2f} ulp from exp"
+    assert np.isnan(_numpy_ext.softmax_exp(np.array([np.nan], np.float32))[0])
+    assert _numpy_ext.softmax_exp(np.array([-200.0], np.float32))[0] < 1e-37  # clamped, not garbage
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    if not emulator.have_nvcc():
+        pytest.skip("needs nvcc")
+    return emulator.build(str(tmp_path_factory.mktemp("cuda_host_loss")))
+
+
+def _cuda(emu, op, args, dtype, *arrays):
+    emulator.Ext(emu).run(op, args, CODE[dtype], [a.ctypes.data for a in arrays], 0)
+
+
+def _case(rng, dtype, factor=3, shape=(2, 3, 4, 6)):
+    x = (rng.standard_normal(shape) * 3).astype(NP[dtype])
+    n, h, w, c = shape
+    labels = rng.integers(0, c, (n, h * factor, w * factor))
+    labels[0, 0, :] = 255  # ignored
+    g = rng.standard_normal(labels.shape).astype(NP[dtype])
+    g[1, 2, :] = 0  # a zero upstream gradient on one row
+    return x, labels, g
+
+
+def _both(emu, x, labels, g, factor, dtype):
+    """(loss, grad) from the CPU op and from the CUDA kernels, as float64."""
+    k = 2 * factor - factor % 2
+    n, h, w, c = x.shape
+    args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
+    loss_cuda, grad_cuda = np.zeros(labels.shape, x.dtype), np.zeros(x.shape, x.dtype)
+    _cuda(emu, "cross_entropy", args, dtype, x, labels, loss_cuda)
+    _cuda(emu, "cross_entropy_grad", args, dtype, x, labels, g, grad_cuda)
+    xt = tf.constant(x.astype(np.float64), tf.as_dtype(dtype)) if dtype == "bfloat16" else tf.constant(x)
+    with tf.device("/CPU:0"):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tu.upsample_sparse_softmax_cross_entropy(labels, xt, factor, ignore_label=255)
+        grad = tape.gradient(loss, xt, output_gradients=tf.constant(g.astype(np.float64), loss.dtype))
+    as64 = lambda v: tf.cast(v, tf.float64).numpy() if tf.is_tensor(v) else np.asarray(v, np.float64)  # noqa: E731
+    return (as64(loss), as64(grad)), (as64(loss_cuda), as64(grad_cuda))
+
+
+@pytest.mark.parametrize("dtype", list(NP))
+@pytest.mark.parametrize("factor", [2, 3, 8])
+def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, rng):
+    x, labels, g = _case(rng, dtype, factor)
+    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype)
+    # Same scores (rounded to the storage type for half types), same exp; only the order of the
+    # sums over classes and over output pixels differs: within one rounding of the result.
+    ref.assert_close(loss_c, loss, dtype)
+    ref.assert_close(grad_c, grad, dtype)
+    if dtype in ("float16", "bfloat16"):
+        # Both are the loss of the upsample as stored (rounded to the storage type).
+        up = tu.bilinear_upsample(tf.constant(x.astype(np.float64), tf.as_dtype(dtype)), factor)
+        expected, _ = ref.softmax_cross_entropy(tf.cast(up, tf.float64).numpy(), labels, ignore=255)
+        ref.assert_close(loss, expected, dtype)
+        ref.assert_close(loss_c, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_logits_propagate_alike_and_as_the_definition(emu, dtype, rng):
+    factor = 2
+    x, labels, g = _case(rng, dtype, factor)
+    x[1, 1, 1, 2] = np.nan
+    g[1] = 0  # image 1 has a zero upstream gradient everywhere: 0 * NaN is still NaN
+    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype)
+    # The definition: stock ops on our upsample, with an ignore mask as the fused op applies it
+    # (ignored pixels contribute nothing).
+    xt = tf.constant(x)
+    keep = labels != 255
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        up = tu.bilinear_upsample(xt, factor, impl="dense")
+        per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(keep, labels, 0), up)
+        up_keep = tf.boolean_mask(per_pixel, keep)
+    d_keep = tape.gradient(up_keep, xt, output_gradients=tf.constant(g[keep]))
+    expected_loss = np.where(keep, per_pixel.numpy(), 0)
+    for name, a, b in (("loss CPU", loss, expected_loss), ("loss CUDA", loss_c, expected_loss),
+                       ("grad CPU", grad, d_keep.numpy()), ("grad CUDA", grad_c, d_keep.numpy())):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+    assert np.isnan(grad[1]).any() and not np.isnan(loss[0, 0]).any()  # ignored pixels stay 0
+
+
+def test_second_gradient_is_a_clear_error(rng):
+    x = tf.constant(rng.standard_normal((1, 2, 2, 3)), tf.float32)
+    labels = rng.integers(0, 3, (1, 4, 4))
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(labels, x, 2))
+        grad = inner.gradient(loss, x)
+    with pytest.raises(NotImplementedError, match="second derivative of upsample_sparse_softmax_cross_entropy"):
+        outer.gradient(grad, x)
