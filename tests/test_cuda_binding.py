@@ -89,6 +89,15 @@ def test_gpu_check_script_passes_on_the_cpu_emulation(monkeypatch):
     assert gpu_check.main(["--backend", "host", "--quick"]) == 0
 
 
+def _visible_gpus():
+    """CUDA devices as the driver lists them (0 without a driver)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
 @pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
 def test_c_abi_library_builds_and_reports_errors(tmp_path):
     # The library gpu_check.sh builds, loaded the way tfupsample.cuda loads it: the ctypes
@@ -100,7 +109,11 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
                     os.path.join(emulator.ROOT, "csrc", "cuda", "kernels.cu"),
                     os.path.join(emulator.ROOT, "csrc", "cuda", "binding.cu"), "-o", so], check=True)
     lib = tc._Library(so)
-    assert lib.device_count() >= 0
+    assert lib.device_count() == _visible_gpus()
+    # geometry.h's rules through the C ABI (tfupsample.cuda sizes its outputs with them).
+    assert lib.bilinear_kernel_size(3) == 5 and lib.bilinear_kernel_size(4) == 8
+    assert lib.default_output_size(2, 2, 3, "VALID") == 6  # Keras: n * s + max(k - s, 0)
+    assert lib.default_output_size(2, 5, 3, "VALID") == 8 and lib.default_output_size(2, 5, 3, "SAME") == 6
     args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
     with pytest.raises(ValueError, match=r"height: output size 5 is inconsistent .* expected a value in \[3, 4\]"):
         lib.run("bilinear_forward", args, 2, [0, 0], 0)

@@ -98,7 +98,7 @@ def shape(rank):
 def tensor(rank, dtype):
     s = [max(0, min(v, 8)) for v in shape(rank)]
     return tf.cast(rng.standard_normal(s), dtype)
-calls = 0
+ran = refused = 0
 for _ in range(150):
     dtype = rng.choice(["float32", "float64", "float16", "bfloat16", "int32"])
     fmt = rng.choice(["NHWC", "NCHW", "NWHC"])
@@ -119,10 +119,11 @@ for _ in range(150):
         else:
             lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(tensor(4, dtype), tensor(4, dtype), shape(4),
                                                                 strides=strides, padding=pad, data_format=fmt)
-        calls += 1
-    except (tf.errors.OpError, ValueError, TypeError, OverflowError):
-        calls += 1
-print("calls", calls)
+        ran += 1
+    except (tf.errors.OpError, ValueError, TypeError, OverflowError) as e:
+        assert str(e).strip(), "an error without a message"
+        refused += 1
+print("ran", ran, "refused", refused)
 """
 
 
@@ -133,4 +134,6 @@ def test_fuzz_raw_ops_never_kill_the_process():
                            text=True, timeout=600, cwd=tempfile.gettempdir())
         assert r.returncode >= 0, f"seed {seed}: killed by signal {-r.returncode}\n{r.stderr[-3000:]}"
         assert r.returncode == 0, f"seed {seed}: {r.stderr[-3000:]}"
-        assert r.stdout.strip() == "calls 150"
+        _, ran, _, refused = r.stdout.split()
+        # Every call came back, and the fuzz reached both outcomes (it is not all refusals).
+        assert int(ran) + int(refused) == 150 and int(ran) > 0 and int(refused) > 0, r.stdout
