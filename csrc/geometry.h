@@ -73,14 +73,21 @@ TFUP_HOST_DEVICE inline int64_t BilinearKernelSize(int64_t factor) {
   return 2 * factor - factor % 2;
 }
 
+// Tap a of the bilinear window of any length k, the kernel of factor f = (k + 1) / 2 when
+// k = 2f - f % 2 (the Keras initializer uses other lengths too).
 template <typename Acc>
-TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
+TFUP_HOST_DEVICE inline Acc BilinearWindowWeight(int64_t k, int64_t a) {
   // Twice the distance to the centre is an integer d = |2a - (k - 1)|, so the weight is the
   // fraction (2f - d) / 2f of two exact integers: one division, correctly rounded in Acc.
-  const int64_t k = BilinearKernelSize(factor);
+  const int64_t f = (k + 1) / 2;
   int64_t twice = 2 * a - (k - 1);
   if (twice < 0) twice = -twice;
-  return Acc(2 * factor - twice) / Acc(2 * factor);
+  return Acc(2 * f - twice) / Acc(2 * f);
+}
+
+template <typename Acc>
+TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
+  return BilinearWindowWeight<Acc>(BilinearKernelSize(factor), a);
 }
 
 // a * b, or -1 when it overflows int64 (both non-negative).
@@ -116,7 +123,8 @@ TFUP_HOST_DEVICE inline int64_t DefaultOutputSize(int64_t n_in, int64_t k, int64
   return SaturatedMulAdd(n_in, s, padding == Padding::kValid && k > s ? k - s : 0);
 }
 
-// Checks n_out against LegalOutputSizes. Returns "" when it is legal and sets axis (with the
+// Checks n_out against LegalOutputSizes (any n_out when n_in or n_out is 0, as stock TF).
+// Returns "" when it is legal and sets axis (with the
 // padding before: SAME max((n_in - 1) * s + k - n_out, 0) / 2, VALID 0); otherwise the reason.
 inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, Padding padding,
                             Axis* axis) {
@@ -124,7 +132,10 @@ inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, P
   if (k < 1) return "kernel size must be at least 1, got " + std::to_string(k);
   if (s < 1) return "stride must be at least 1, got " + std::to_string(s);
   const OutputRange r = LegalOutputSizes(n_in, k, s, padding);
-  if (n_out < r.lo || n_out > r.hi) {
+  // As in tf.nn.conv2d_transpose, an empty input or an empty output goes with any size of the
+  // other: the result is zeros, or empty.
+  const bool empty = n_in == 0 || n_out == 0;
+  if (!empty && (n_out < r.lo || n_out > r.hi)) {
     return "output size " + std::to_string(n_out) + " is inconsistent with input size " +
            std::to_string(n_in) + ", kernel size " + std::to_string(k) + ", stride " +
            std::to_string(s) + " and padding " + (padding == Padding::kSame ? "SAME" : "VALID") +

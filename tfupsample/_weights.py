@@ -24,15 +24,20 @@ def bilinear_kernel_size(factor):
 def bilinear_kernel_1d(factor, dtype=np.float64):
     """w(a) = 1 - |a - centre| / f for a in [0, k), centre f - 1 (k odd) or f - 0.5 (k even):
     geometry.h's BilinearWeight (the kernels' own weights), computed in float64 and cast."""
-    from ._numpy_ext import bilinear_kernel_1d as kernel
+    return bilinear_window(bilinear_kernel_size(factor)).astype(dtype)
 
-    return kernel(check_factor(factor), "float64").astype(dtype)
+
+def bilinear_window(kernel_size):
+    """The 1-D bilinear window of any length k (float64): the kernel of factor (k + 1) // 2 when
+    k = 2f - f % 2, and the same formula for other lengths (geometry.h's BilinearWindowWeight)."""
+    from ._numpy_ext import bilinear_window as window
+
+    return window(int(kernel_size), "float64")
 
 
 def bilinear_kernel_2d(kernel_h, kernel_w):
-    """The 2-D bilinear kernel [kernel_h, kernel_w] (float64): the outer product of the 1-D
-    kernels of the factors whose kernel sizes these are ((k + 1) // 2: every k is one)."""
-    return np.outer(bilinear_kernel_1d((kernel_h + 1) // 2), bilinear_kernel_1d((kernel_w + 1) // 2))
+    """The 2-D bilinear kernel [kernel_h, kernel_w] (float64): the outer product of the windows."""
+    return np.outer(bilinear_window(kernel_h), bilinear_window(kernel_w))
 
 
 def bilinear_upsample_weights(factor, number_of_classes, *, dense=False, dtype="float32"):

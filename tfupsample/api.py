@@ -225,7 +225,8 @@ def _dynamic_geometry_check(x, w, shape, strides, padding, data_format):
     k, s = tf.shape(w, out_type=tf.int64)[:2], tf.constant(strides, tf.int64)
     o = out[1:3]
     back = (o + s - 1) // s if padding == "SAME" else tf.where(o < k, tf.zeros_like(o), (o - k) // s + 1)
-    ok = tf.reduce_all(tf.concat([back == xs[1:3], [out[0] == xs[0], out[3] == xs[3]], o >= 0], 0))
+    empty = (o == 0) | (xs[1:3] == 0)  # as in the kernels: an empty side goes with any size
+    ok = tf.reduce_all(tf.concat([(back == xs[1:3]) | empty, [out[0] == xs[0], out[3] == xs[3]], o >= 0], 0))
     return [tf.debugging.Assert(ok, [f"output_shape is inconsistent with the input, kernel size, "
                                      f"strides {list(strides)} and padding {padding}: output_shape",
                                      shape, "input shape", tf.shape(x), "kernel size", k])]

@@ -13,8 +13,10 @@ struct Run {
   int64_t i0 = 0, di = 0, t0 = 0, dt = 0, count = 0;
 };
 
-// Forward: the inputs that output o reads: i = q, q-1, ... (q = (o + pad) / s) with taps
-// r, r+s, ... while the tap is inside the kernel and i inside the input.
+// Forward: the inputs that output o reads, in ascending order like the CPU kernels (so that
+// sums of more than two taps are added in the same order, the same bits): the last one is
+// q = (o + pad) / s (clipped to the input) with tap r; the run starts count - 1 inputs before it,
+// at tap r + (count - 1) * s, while taps stay inside the kernel and inputs inside the input.
 TFUP_HOST_DEVICE inline Run InputsOf(const Axis& a, const Divider& by_stride, int64_t o) {
   const int64_t num = o + a.pad;
   int64_t i = by_stride.Div(num), t = num - i * a.stride;
@@ -22,10 +24,12 @@ TFUP_HOST_DEVICE inline Run InputsOf(const Axis& a, const Divider& by_stride, in
     t += (i - (a.n_in - 1)) * a.stride;
     i = a.n_in - 1;
   }
-  Run r{i, -1, t, a.stride, 0};
+  Run r{i, 1, t, -a.stride, 0};
   if (t < a.k && i >= 0) {
     const int64_t taps = by_stride.Div(a.k - 1 - t) + 1;
     r.count = taps < i + 1 ? taps : i + 1;
+    r.i0 = i - (r.count - 1);
+    r.t0 = t + (r.count - 1) * a.stride;
   }
   return r;
 }
@@ -128,8 +132,8 @@ struct BilinearPixel {
     wy1 = ry.count > 1 ? BilinearWeights<A>::Axis1(ay.stride, ry.t0 + ry.dt) : A(0);
     wx0 = rx.count > 0 ? BilinearWeights<A>::Axis1(ax.stride, rx.t0) : A(0);
     wx1 = rx.count > 1 ? BilinearWeights<A>::Axis1(ax.stride, rx.t0 + rx.dt) : A(0);
-    const int64_t iy0 = ry.count > 0 ? ry.i0 : 0, iy1 = ry.count > 1 ? ry.i0 - 1 : iy0;
-    const int64_t ix0 = rx.count > 0 ? rx.i0 : 0, ix1 = rx.count > 1 ? rx.i0 - 1 : ix0;
+    const int64_t iy0 = ry.count > 0 ? ry.i0 : 0, iy1 = ry.count > 1 ? ry.i0 + 1 : iy0;
+    const int64_t ix0 = rx.count > 0 ? rx.i0 : 0, ix1 = rx.count > 1 ? rx.i0 + 1 : ix0;
     off00 = s.At(n, iy0, ix0, 0);
     off01 = s.At(n, iy0, ix1, 0);
     off10 = s.At(n, iy1, ix0, 0);

@@ -100,18 +100,18 @@ std::string CheckDepthwiseGeometry(std::vector<int64_t> in, std::vector<int64_t>
                                Layout::kNHWC, &g);
 }
 
-// geometry.h's bilinear weights, for the Python paths that build the kernel as a tensor.
-py::array BilinearKernel1d(int64_t factor, const std::string& dtype) {
-  if (factor < 1) throw py::value_error("factor must be a positive integer, got " + std::to_string(factor));
-  const int64_t k = BilinearKernelSize(factor);
+// geometry.h's bilinear weights, for the Python paths that build the kernel as a tensor: the
+// window of length k (k = 2f - f % 2 for factor f), each weight computed in dtype.
+py::array BilinearWindow(int64_t k, const std::string& dtype) {
+  if (k < 1) throw py::value_error("kernel size must be a positive integer, got " + std::to_string(k));
   if (dtype == "float32") {
     py::array_t<float> w(k);
-    for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWeight<float>(factor, a);
+    for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWindowWeight<float>(k, a);
     return std::move(w);
   }
   if (dtype != "float64") throw py::value_error("dtype must be 'float32' or 'float64', got " + dtype);
   py::array_t<double> w(k);
-  for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWeight<double>(factor, a);
+  for (int64_t a = 0; a < k; ++a) w.mutable_data()[a] = BilinearWindowWeight<double>(k, a);
   return std::move(w);
 }
 
@@ -139,9 +139,9 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("check_depthwise_geometry", &tfup::CheckDepthwiseGeometry, py::arg("input_nhwc"),
         py::arg("output_hw"), py::arg("kernel_hw"), py::arg("strides"), py::arg("padding"),
         "'' if the transposed convolution's output size is legal, else the reason.");
-  m.def("bilinear_kernel_1d", &tfup::BilinearKernel1d, py::arg("factor"), py::arg("dtype") = "float64",
-        "The 1-D bilinear kernel of an integer factor (length 2f - f % 2), each weight computed "
-        "in dtype ('float32' or 'float64') exactly as the kernels compute it.");
+  m.def("bilinear_window", &tfup::BilinearWindow, py::arg("kernel_size"), py::arg("dtype") = "float64",
+        "The 1-D bilinear window of length kernel_size (2f - f % 2 for factor f), each weight "
+        "computed in dtype ('float32' or 'float64') exactly as the kernels compute it.");
   m.def("bilinear_kernel_size", [](int64_t f) { return tfup::BilinearKernelSize(f); }, py::arg("factor"));
   m.def("default_output_size",
         [](int64_t n, int64_t k, int64_t s, const std::string& padding) {
