@@ -250,3 +250,22 @@ def test_cuda_kernels_equal_cpu_kernels(emu, case, layout, dtype, rng):
             assert np.max(np.abs(cpu[key] - cuda[key])) <= terms * np.finfo(dtype).eps * max(scale, 1), key
         else:  # same taps in the same order: the same bits
             np.testing.assert_array_equal(cuda[key], cpu[key], err_msg=key)
+
+
+def test_run_time_size_check_is_the_kernels_rule():
+    # The stock-op path checks sizes known only when the graph runs with TF ops
+    # (api._dynamic_geometry_check): the same verdicts as the kernel's own check, over a grid.
+    from tfupsample.api import _dynamic_geometry_check
+
+    for n in (0, 1, 2, 3):
+        for _, k, s, p in [g for g in GRID if g[0] == 1]:
+            P = p.upper()
+            for o in range(0, n * s + k + 2):
+                kernel = _numpy_ext.check_depthwise_geometry([1, n, 1, 1], [o, 1], [k, 1], [s, 1], P)
+                try:
+                    _dynamic_geometry_check(tf.zeros([1, n, 1, 1]), tf.zeros([k, 1, 1, 1]),
+                                            tf.constant([1, o, 1, 1]), (s, 1), P, "NHWC")
+                    ok = True
+                except tf.errors.InvalidArgumentError:
+                    ok = False
+                assert ok == (kernel == ""), (n, k, s, p, o, kernel)

@@ -1,5 +1,5 @@
 // Per-position work of every CUDA kernel. Each body computes whole output elements from its
-// inputs in a fixed order (gather form, DESIGN.md): one writer per element, no atomics, so the
+// inputs in a fixed order (docs/DESIGN.md, "Index geometry": gather form): one writer per element, no atomics, so the
 // results are the same bits on every run.
 #pragma once
 
