@@ -13,6 +13,25 @@
 
 namespace tfup {
 
+TFUP_HOST_DEVICE inline int32_t BitsOf(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(v);
+#else
+  int32_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+#endif
+}
+TFUP_HOST_DEVICE inline float FloatOf(int32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(b);
+#else
+  float v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+#endif
+}
+
 TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
   x = x < -87.0f ? -87.0f : x;  // exp underflows below; NaN stays NaN (the comparison is false)
   // n = round(x / ln 2) by adding and removing 1.5 * 2^23; the integer n is then also in the low
@@ -28,19 +47,8 @@ TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = r * r * p + r + 1.0f;
-#if defined(__CUDA_ARCH__)
-  const int32_t t_bits = __float_as_int(t);
-#else
-  int32_t t_bits;
-  std::memcpy(&t_bits, &t, sizeof(t_bits));
-#endif
-  const int32_t bits = (t_bits - 0x4B400000 + 127) * (1 << 23);  // 2^n
-#if defined(__CUDA_ARCH__)
-  const float scale = __int_as_float(bits);
-#else
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-#endif
+  const int32_t bits = (BitsOf(t) - 0x4B400000 + 127) * (1 << 23);  // 2^n
+  const float scale = FloatOf(bits);
   return e * scale;
 }
 TFUP_HOST_DEVICE inline double SoftmaxExp(double x) { return exp(x); }

@@ -9,3 +9,13 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def emu(tmp_path_factory):
+    """The CUDA kernels' launch sequences built as CPU code (tests/cuda_host), once per run."""
+    from cuda_host import emulator
+
+    if not emulator.have_nvcc():
+        pytest.skip("needs nvcc")
+    return emulator.build(str(tmp_path_factory.mktemp("cuda_host")))

@@ -21,11 +21,6 @@ DTYPES = {"float16": (0, np.float16), "bfloat16": (1, ml_dtypes.bfloat16),
 pytestmark = pytest.mark.skipif(not emulator.have_nvcc(), reason="needs nvcc")
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return emulator.build(str(tmp_path_factory.mktemp("cuda_host")))
-
-
 def call(lib, op, dims, dtype, *arrays):
     """Runs op on NumPy arrays; a refused call raises (ValueError with the kernel's reason)."""
     emulator.Ext(lib).run(op, dims, DTYPES[dtype][0], [a.ctypes.data for a in arrays], 0)

@@ -95,13 +95,6 @@ GRID = [(n, k, s, p) for n in (1, 2, 3, 5) for k in (1, 2, 3, 4, 6) for s in (1,
         for p in ("same", "valid")]
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    if not emulator.have_nvcc():
-        pytest.skip("needs nvcc")
-    return emulator.build(str(tmp_path_factory.mktemp("cuda_host_dropin")))
-
-
 def test_output_sizes_agree_with_keras_conv2d_transpose(emu):
     import keras
 

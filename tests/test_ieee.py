@@ -104,13 +104,6 @@ def test_depthwise_op(case, layout, dtype, rng):
 
 # ---- the CUDA kernels, run on the CPU
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    if not emulator.have_nvcc():
-        pytest.skip("needs nvcc")
-    return emulator.build(str(tmp_path_factory.mktemp("cuda_host_ieee")))
-
-
 def _emu_run(emu, op, args, dtype, *arrays):
     emulator.Ext(emu).run(op, args, CUDA_DTYPES[dtype], [a.ctypes.data for a in arrays], 0)
 

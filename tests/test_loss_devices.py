@@ -30,13 +30,6 @@ def test_softmax_exp_is_within_two_ulp_of_exp():
     assert _numpy_ext.softmax_exp(np.array([-200.0], np.float32))[0] < 1e-37  # clamped, not garbage
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    if not emulator.have_nvcc():
-        pytest.skip("needs nvcc")
-    return emulator.build(str(tmp_path_factory.mktemp("cuda_host_loss")))
-
-
 def _cuda(emu, op, args, dtype, *arrays):
     emulator.Ext(emu).run(op, args, CODE[dtype], [a.ctypes.data for a in arrays], 0)
 
