@@ -58,3 +58,54 @@ def __dir__():
 # then be loaded right after `import tfupsample`).
 if "tensorflow" in _sys.modules:
     from . import _ops  # noqa: F401
+
+
+# Keras objects (layers, initializer, loss) are registered for deserialisation whenever Keras is
+# in the process: now if it is already imported, else right after it is -- so `.keras` files load
+# after `import tfupsample` in either order, while `tfupsample.numpy` / `tfupsample.cuda` alone
+# never import Keras or TensorFlow.
+def _keras_name():
+    import os
+
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true", "yes")
+    return "tf_keras" if legacy else "keras"
+
+
+def _register_keras():
+    try:
+        from . import keras  # noqa: F401 (its import registers the classes)
+    except ImportError as e:  # a Keras without what the layers need: say so once, keep going
+        import warnings
+
+        warnings.warn(f"tfupsample: Keras objects not registered: {e}", RuntimeWarning, stacklevel=2)
+
+
+class _AfterKerasImport:
+    """A one-shot import hook: lets the usual finders load Keras, then registers."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.util
+
+        _sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_keras()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if _keras_name() in _sys.modules:
+    _register_keras()
+elif not any(isinstance(f, _AfterKerasImport) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _AfterKerasImport(_keras_name()))

@@ -24,8 +24,9 @@ def _load():
         built = ("an unknown TensorFlow" if _build_info is None else
                  f"TensorFlow {_build_info.TF_VERSION} (C++11 ABI {_build_info.CXX11_ABI_FLAG})")
         reason = (f"could not load {path}: {e}. It was built against {built}; this process has "
-                  f"TensorFlow {tf.__version__}. Reinstall tfupsample against the TensorFlow you "
-                  "use (pip install --force-reinstall .).")
+                  f"TensorFlow {tf.__version__}. Rebuild tfupsample in this environment, which "
+                  "builds it against the TensorFlow installed here and leaves that TensorFlow as "
+                  "it is: pip install --force-reinstall --no-deps <tfupsample source>.")
         warnings.warn(f"tfupsample: {reason} Falling back to stock TensorFlow ops (slower, more "
                       "memory).", RuntimeWarning, stacklevel=3)
         return None, reason

@@ -1,8 +1,25 @@
-"""Keras 3 layers, initializer and loss (TensorFlow backend)."""
+"""Keras layers, initializer and loss (TensorFlow backend).
 
-import keras
+They are classes of the Keras that `tf.keras` is in this process: Keras 3, or legacy Keras
+(`tf_keras`) when `TF_USE_LEGACY_KERAS` is set, as TensorFlow itself decides. `import tfupsample`
+registers them for deserialisation as soon as that Keras is imported.
+"""
+
+import os
+
 import numpy as np
 import tensorflow as tf
+
+if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true", "yes"):
+    import tf_keras as keras
+
+    LEGACY = True
+    _floatx, _image_data_format = keras.backend.floatx, keras.backend.image_data_format
+else:
+    import keras
+
+    LEGACY = False
+    _floatx, _image_data_format = keras.config.floatx, keras.config.image_data_format
 
 from ._numpy_ext import default_output_size
 from ._weights import bilinear_kernel_2d, check_factor
@@ -45,7 +62,10 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
                 raise ValueError(f"ignore_class={ignore_class} and ignore_label={ignore_label} "
                                  "name the same thing: pass one")
             ignore_class = ignore_label
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if LEGACY:  # tf_keras' Loss takes no dtype
+            super().__init__(name=name, reduction=reduction)
+        else:
+            super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.factor = check_factor(factor)
         self.ignore_class = ignore_class
         self.from_logits = True
@@ -85,7 +105,7 @@ class BilinearInitializer(keras.initializers.Initializer):
             w[:] = k2[:, :, None, None]
         else:
             w[:, :, np.arange(shape[2]), np.arange(shape[2])] = k2[:, :, None]
-        return keras.ops.convert_to_tensor(w, dtype=dtype or keras.config.floatx())
+        return tf.constant(w, dtype=dtype or _floatx())
 
     def get_config(self):
         return {}
@@ -96,7 +116,7 @@ def _initializer(value):
 
 
 def _standardize_format(data_format):
-    fmt = keras.config.image_data_format() if data_format is None else str(data_format).lower()
+    fmt = _image_data_format() if data_format is None else str(data_format).lower()
     if fmt not in ("channels_last", "channels_first"):
         raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
     return fmt
