@@ -100,3 +100,94 @@ print("ok")
 def test_layers_work_under_legacy_keras(tmp_path):
     out = _python(LEGACY, str(tmp_path), env={"TF_USE_LEGACY_KERAS": "1"})
     assert out.strip().endswith("ok")
+
+
+EXPORT = """
+import sys, numpy as np, tensorflow as tf, keras
+import tfupsample as tu
+from tfupsample.keras import BilinearUpsampling2D, DepthwiseConv2DTranspose
+out_dir = sys.argv[1]
+inp = keras.Input((4, 5, 3))  # batch unknown
+h = keras.layers.Conv2D(6, 1)(inp)
+model = keras.Model(inp, DepthwiseConv2DTranspose(4, strides=2, use_bias=True)(BilinearUpsampling2D(2)(h)))
+
+
+class Head(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 5, 6], tf.float32)])
+    def __call__(self, logits):
+        return tu.upsample_argmax(logits, 4, output_type=tf.int32)
+
+
+x = np.random.default_rng(0).standard_normal((2, 4, 5, 3)).astype(np.float32)
+logits = np.random.default_rng(1).standard_normal((2, 4, 5, 6)).astype(np.float32)
+with tu.stock_ops():
+    model.export(out_dir + "/model", verbose=False)
+    tf.saved_model.save(Head(), out_dir + "/head")
+for name in ("model", "head"):
+    assert b"Tfupsample" not in open(f"{out_dir}/{name}/saved_model.pb", "rb").read(), name
+np.save(out_dir + "/x.npy", x)
+np.save(out_dir + "/y.npy", model(x).numpy())  # the compiled kernels, for comparison
+np.save(out_dir + "/logits.npy", logits)
+np.save(out_dir + "/labels.npy", tu.upsample_argmax(logits, 4).numpy())
+"""
+
+SERVE = """
+import sys, numpy as np, tensorflow as tf
+out_dir = sys.argv[1]
+x, y = np.load(out_dir + "/x.npy"), np.load(out_dir + "/y.npy")
+logits, labels = np.load(out_dir + "/logits.npy"), np.load(out_dir + "/labels.npy")
+# A process without tfupsample: the SavedModels load and run on stock ops.
+model = tf.saved_model.load(out_dir + "/model")
+np.testing.assert_allclose(model.serve(x).numpy(), y, rtol=1e-5, atol=1e-5)
+head = tf.saved_model.load(out_dir + "/head")
+got = head(logits).numpy()
+assert (got != labels).mean() < 1e-3, (got != labels).mean()  # ties may break by rounding
+# And they convert to TFLite; the interpreter runs them at a batch size chosen now.
+for name, inp, expected in (("model", x, y), ("head", logits, labels)):
+    conv = tf.lite.TFLiteConverter.from_saved_model(f"{out_dir}/{name}")
+    it = tf.lite.Interpreter(model_content=conv.convert())
+    d = it.get_input_details()[0]
+    it.resize_tensor_input(d["index"], list(inp.shape))
+    it.allocate_tensors()
+    it.set_tensor(d["index"], inp)
+    it.invoke()
+    out = it.get_tensor(it.get_output_details()[0]["index"])
+    if name == "model":
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    else:
+        assert (out != expected).mean() < 1e-3
+assert not any(m.startswith("tfupsample") for m in sys.modules), "tfupsample was imported"
+print("ok")
+"""
+
+
+def test_export_with_stock_ops_serves_and_converts_without_tfupsample(tmp_path):
+    _python(EXPORT, str(tmp_path))
+    assert _python(SERVE, str(tmp_path)).strip().endswith("ok")
+
+
+def test_stock_op_lowering_under_xla_with_unknown_batch_and_sizes(rng):
+    import numpy as np
+    import tensorflow as tf
+
+    import reference as ref
+    import tfupsample as tu
+
+    conv = tf.keras.layers.Conv2D(3, 1)
+    w = tf.constant(rng.standard_normal((5, 3, 3, 1)), tf.float32)
+
+    def net(x):
+        h = conv(x)
+        n, hh, ww = tf.shape(h)[0], tf.shape(h)[1], tf.shape(h)[2]
+        up = tu.bilinear_upsample(h, 2)
+        d = tu.depthwise_conv2d_transpose(h, w, [n, 2 * hh, 3 * ww, 3], [2, 3], "SAME")
+        return up, d, tu.upsample_argmax(h, 2)
+
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    expected = [v.numpy() for v in net(tf.constant(x))]
+    for spec in ([None, 4, 5, 3], [None, None, None, 3]):
+        xla = tf.function(net, jit_compile=True, input_signature=[tf.TensorSpec(spec, tf.float32)])
+        got = xla(tf.constant(x))
+        ref.assert_close(got[0].numpy(), expected[0], "float32")
+        ref.assert_close(got[1].numpy(), expected[1], "float32")
+        assert (got[2].numpy() != expected[2]).mean() < 1e-3

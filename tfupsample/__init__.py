@@ -19,6 +19,7 @@ _API = (
     "bilinear_kernel_size",
     "upsample_argmax",
     "upsample_sparse_softmax_cross_entropy",
+    "stock_ops",
 )
 
 __all__ = list(_API) + ["load_ops"]

@@ -1,5 +1,8 @@
 """Public TensorFlow-level functions."""
 
+import contextlib
+import threading
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as _framework_ops
@@ -84,8 +87,12 @@ def _stack_sizes(values):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"output_shape[{i}] must be a Python int or a scalar integer tensor, got {v!r}")
             t = tf.constant(int(v), dtype)
-        parts.append(tf.reshape(tf.cast(t, dtype), []))
-    return tf.stack(parts)
+        if t.dtype != dtype:
+            t = tf.cast(t, dtype)
+        if t.shape.rank != 0:
+            t = tf.reshape(t, [])
+        parts.append(t)
+    return tf.stack(parts)  # tf.get_static_value(..., partial=True) still sees the constants
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,6 +105,33 @@ def backend():
     return "op" if _ops.lib is not None else "pure-tf"
 
 
+_stock = threading.local()
+
+
+@contextlib.contextmanager
+def stock_ops():
+    """Within this context every tfupsample function and Keras layer traces to stock TensorFlow
+    ops only (the same lowering XLA gets), so what is exported -- `model.export(path)`,
+    `tf.saved_model.save`, a `tf.function` -- loads and runs where tfupsample is not installed
+    (TensorFlow Serving, another process) and converts with `tf.lite.TFLiteConverter`:
+
+        with tfupsample.stock_ops():
+            model.export("exported")
+
+    Same results within float rounding; slower and hungrier than the kernels. It applies to what
+    is traced or run inside it, in this thread.
+    """
+    _stock.depth = getattr(_stock, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _stock.depth -= 1
+
+
+def _in_stock_ops():
+    return getattr(_stock, "depth", 0) > 0
+
+
 def _in_xla():
     return _control_flow_util.GraphOrParentsInXlaContext(_framework_ops.get_default_graph())
 
@@ -107,6 +141,9 @@ def _use_pure_tf(impl="auto"):
     (inside jit_compile, since XLA cannot compile custom ops, or when the library did not load).
     "op": never -- an error saying why when the kernel cannot run."""
     if impl == "op":
+        if _in_stock_ops():
+            raise RuntimeError("impl='op' cannot run inside tfupsample.stock_ops(), which asks for "
+                               "stock TensorFlow ops only")
         if _ops.lib is None:
             raise RuntimeError(f"impl='op' needs tfupsample's compiled kernels, which did not load: "
                                f"{_ops.load_error}")
@@ -114,7 +151,7 @@ def _use_pure_tf(impl="auto"):
             raise RuntimeError("impl='op' cannot run under XLA (jit_compile=True): XLA cannot compile "
                                "custom ops; use impl='auto' to lower to stock TensorFlow ops there")
         return False
-    return _ops.lib is None or _in_xla()
+    return _ops.lib is None or _in_stock_ops() or _in_xla()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -218,11 +218,13 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
 
         ya, xa, ca = self._axes()
         dyn = tf.shape(inputs)
-        out = [dyn[0], None, None, None]
-        out[ca] = dyn[ca]
+        # Sizes known when tracing stay Python ints (the output keeps a static shape).
+        dims = [inputs.shape[i] if inputs.shape[i] is not None else dyn[i] for i in range(4)]
+        out = [dims[0], None, None, None]
+        out[ca] = dims[ca]
         for axis, k, s in zip((ya, xa), self.kernel_size, self.strides):
-            out[axis] = _transpose_length(dyn[axis], k, s, self.padding)
-        y = api.depthwise_conv2d_transpose(inputs, tf.cast(self.kernel, inputs.dtype), tf.stack(out),
+            out[axis] = _transpose_length(dims[axis], k, s, self.padding)
+        y = api.depthwise_conv2d_transpose(inputs, tf.cast(self.kernel, inputs.dtype), out,
                                            self.strides, self.padding.upper(),
                                            data_format=_tf_format(self.data_format))
         if self.use_bias:
