@@ -191,3 +191,42 @@ def test_stock_op_lowering_under_xla_with_unknown_batch_and_sizes(rng):
         ref.assert_close(got[0].numpy(), expected[0], "float32")
         ref.assert_close(got[1].numpy(), expected[1], "float32")
         assert (got[2].numpy() != expected[2]).mean() < 1e-3
+
+
+def _free_ports(count):
+    import socket
+
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training_matches_one_process(tmp_path):
+    # Two worker processes on localhost, MultiWorkerMirroredStrategy and a custom training loop
+    # (examples/multi_worker.py): both end with the same weights, those of one process training
+    # on the same global batches.
+    import numpy as np
+
+    script = os.path.join(ROOT, "examples", "multi_worker.py")
+    workers = ",".join(f"localhost:{p}" for p in _free_ports(2))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    procs = [subprocess.Popen([sys.executable, script, "--workers", workers, "--index", str(i),
+                               "--out", str(tmp_path / f"w{i}.npy")], cwd=tempfile.gettempdir(),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    subprocess.run([sys.executable, script, "--out", str(tmp_path / "one.npy")], check=True,
+                   cwd=tempfile.gettempdir(), env=env, capture_output=True, timeout=240)
+    w0, w1, one = (np.load(tmp_path / f"{n}.npy") for n in ("w0", "w1", "one"))
+    np.testing.assert_array_equal(w0, w1)
+    np.testing.assert_allclose(w0, one, rtol=1e-5, atol=1e-6)
