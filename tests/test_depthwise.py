@@ -175,3 +175,25 @@ def test_empty_inputs():
     # No input pixels at all: VALID still has k - 1 output rows, all zero.
     y = tu.depthwise_conv2d_transpose(np.zeros((1, 0, 2, 2), np.float32), w, [1, 2, 5, 2], 2, "VALID")
     np.testing.assert_array_equal(y.numpy(), np.zeros((1, 2, 5, 2)))
+
+
+def test_gradient_skips_what_nobody_asked_for(monkeypatch, rng):
+    # Through the tape, asking for the filter gradient alone must not compute the input gradient
+    # (it costs as much as the filter gradient), and the other way round.
+    from tfupsample import _ops
+
+    calls = []
+    for name in ("tfupsample_depthwise_conv2d_transpose_backprop_input",
+                 "tfupsample_depthwise_conv2d_transpose_backprop_filter"):
+        fn = getattr(_ops.lib, name)
+        monkeypatch.setattr(_ops.lib, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    # The tape records which inputs are watched when the op runs: only those get a gradient.
+    x = tf.constant(rng.standard_normal((1, 3, 4, 2)), tf.float32)
+    w = tf.constant(rng.standard_normal((4, 4, 2, 1)), tf.float32)
+    for wanted, op in ((w, "filter"), (x, "input")):
+        calls.clear()
+        with tf.GradientTape() as tape:
+            tape.watch(wanted)
+            y = tu.depthwise_conv2d_transpose(x, w, [1, 6, 8, 2], 2)
+        assert tape.gradient(y, wanted) is not None
+        assert calls == [f"tfupsample_depthwise_conv2d_transpose_backprop_{op}"], calls

@@ -64,13 +64,19 @@ def _bilinear_upsample_grad_grad(op, grad):
         grad, factor=op.get_attr("factor"), data_format=op.get_attr("data_format"))
 
 
+def _skipped(op):
+    """Inputs whose gradient nobody asked for (the tape says so; a graph gradient computes all)."""
+    return getattr(op, "skip_input_indices", None) or ()
+
+
 @_register("TfupsampleDepthwiseConv2dTranspose")
 def _depthwise_grad(op, grad):
     x, w, out_shape = op.inputs
     a = _attrs(op)
-    dx = lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
+    skip = _skipped(op)
+    dx = None if 0 in skip else lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
         grad, w, tf.shape(x, out_type=out_shape.dtype), **a)
-    dw = lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
+    dw = None if 1 in skip else lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
         x, grad, tf.shape(w, out_type=out_shape.dtype), **a)
     return dx, dw, None
 
