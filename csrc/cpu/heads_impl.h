@@ -68,6 +68,18 @@ inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const AxisTaps& t, i
   return runs;
 }
 
+// Classes packed for evaluation: their four taps contiguously (as A) and their class ids, in
+// ascending class order.
+template <typename A>
+struct Packed {
+  std::vector<A> q;  // [4][cap]: taps 00, 01, 10, 11
+  std::vector<int64_t> id;
+  int64_t k = 0, cap = 0;
+  explicit Packed(int64_t c) : q(4 * c), id(c), cap(c) {}
+  A* Tap(int t) { return q.data() + t * cap; }
+  const A* Tap(int t) const { return q.data() + t * cap; }
+};
+
 template <typename T>
 void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* scores,
                         const ParallelFor& pf) {
@@ -76,15 +88,74 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
   const auto yruns = SameTapRuns(plan.ty, OH), xruns = SameTapRuns(plan.tx, OW);
   const int64_t ny = static_cast<int64_t>(yruns.size());
+  constexpr int64_t kSub = 8;  // sub-blocks of kSub x kSub outputs for the second pruning
   // Bound on |computed - exact| of a value, per unit of the largest |logit| involved: a few
   // roundings in A, plus one of T for the stored value (rounding can make a smaller value equal
   // to a larger one, a tie the lowest class would win).
   const A margin = A(8) * std::numeric_limits<A>::epsilon() +
                    A(2) * static_cast<A>(std::numeric_limits<T>::epsilon());
-  // Work unit: one image x one run of output rows with the same two input rows.
+  const A inf = std::numeric_limits<A>::infinity();
+
+  // Work unit: one image x one run of output rows that read the same two input rows.
   pf(g.n * ny, OW * C * 2 * std::max<int64_t>(1, OH / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
-    std::vector<A> hi(C), packed(4 * C), vals(C);
-    std::vector<int64_t> cand(C);
+    std::vector<A> hi(C), vals(C), cols(2 * C), corner(4 * C);
+    Packed<A> block(C), sub(C);
+
+    // The column values along y of output row oy for the packed classes (the forward's first
+    // step, once per row) into c0 / c1.
+    auto columns = [&](const Packed<A>& pk, A wy0, A wy1, bool two_y, A* c0, A* c1) {
+      const A *q00 = pk.Tap(0), *q01 = pk.Tap(1), *q10 = pk.Tap(2), *q11 = pk.Tap(3);
+      for (int64_t k = 0; k < pk.k; ++k) {
+        A a = wy0 * q00[k];
+        if (two_y) a += wy1 * q10[k];
+        A b = wy0 * q01[k];
+        if (two_y) b += wy1 * q11[k];
+        c0[k] = a;
+        c1[k] = b;
+      }
+    };
+    // Pixel values (the forward's second step along x), stored as T and widened back: the
+    // values the argmax of the forward compares.
+    auto pixel = [&](int64_t n, A wx0, A wx1, bool two_x, const A* c0, const A* c1, A* v) {
+      if (two_x) {
+        for (int64_t k = 0; k < n; ++k) {
+          A r = wx0 * c0[k];
+          r += wx1 * c1[k];
+          v[k] = Widen(Narrow<T>(r));
+        }
+      } else {
+        for (int64_t k = 0; k < n; ++k) v[k] = Widen(Narrow<T>(wx0 * c0[k]));
+      }
+    };
+    // Labels (and scores) of rows [a0, a1) x columns [b0, b1) from the packed classes.
+    auto evaluate = [&](const Packed<A>& pk, bool finite, const T* in, int64_t s, int64_t ix,
+                        bool two_x, int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
+      const int64_t K = pk.k;
+      A* c0 = cols.data();
+      A* c1 = c0 + K;
+      for (int64_t oy = a0; oy < a1; ++oy) {
+        const auto row = plan.RowTaps(in, oy, C);
+        columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
+        const int64_t base = (s * OH + oy) * OW;
+        for (int64_t ox = b0; ox < b1; ++ox) {
+          const A wx0 = plan.wx[g.x.Tap(ox, ix)];
+          const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
+          A* v = vals.data();
+          pixel(K, wx0, wx1, two_x, c0, c1, v);
+          int64_t best = 0;
+          if (finite && K > 16) {  // no NaN: the maximum, then its first (lowest class) place
+            const A m = Reduce8(v, K, v[0], [](A x, A y) { return y > x ? y : x; });
+            while (v[best] != m) ++best;
+          } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
+            for (int64_t k = 1; k < K; ++k)
+              if (v[k] > v[best]) best = k;
+          }
+          labels[base + ox] = pk.id[best];
+          if (scores != nullptr) scores[base + ox] = Narrow<T>(v[best]);
+        }
+      }
+    };
+
     for (int64_t u = begin; u < end; ++u) {
       const int64_t s = u / ny;
       const auto [y0, y1] = yruns[u % ny];
@@ -92,19 +163,19 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       const auto row0 = plan.RowTaps(in, y0, C);
       for (const auto& [x0, x1] : xruns) {
         const int64_t ix = plan.tx.first[x0], nx = plan.tx.count[x0];
-        const T* p00 = row0.rows[0] + ix * C;
-        const T* p01 = row0.rows[0] + (ix + nx - 1) * C;
-        const T* p10 = row0.rows[1] + ix * C;
-        const T* p11 = row0.rows[1] + (ix + nx - 1) * C;
-        const bool inside = row0.n == 2 && nx == 2;  // weights sum to 1 in both axes
-        // Bounds per class, the largest |bound|, and whether every value is finite.
-        A best_lo = -std::numeric_limits<A>::infinity(), big = A(0);
+        const T* p[4] = {row0.rows[0] + ix * C, row0.rows[0] + (ix + nx - 1) * C,
+                         row0.rows[1] + ix * C, row0.rows[1] + (ix + nx - 1) * C};
+        // Inside the image (two taps on both axes) the weights sum to 1: a pixel's value is a
+        // convex combination of its four taps. At a border 0 joins the bounds.
+        const bool inside = row0.n == 2 && nx == 2;
+        // 1. Bounds per class over the whole block, the largest |bound|, finiteness.
+        A best_lo = -inf, big = A(0);
         bool finite = true;
         for (int64_t c = 0; c < C; ++c) {
-          const A a = Widen(p00[c]), b = Widen(p01[c]), d = Widen(p10[c]), e = Widen(p11[c]);
+          const A a = Widen(p[0][c]), b = Widen(p[1][c]), d = Widen(p[2][c]), e = Widen(p[3][c]);
           A lo = std::min(std::min(a, b), std::min(d, e));
           A up = std::max(std::max(a, b), std::max(d, e));
-          if (!inside) {  // a border: weights sum to less than 1, so 0 bounds too
+          if (!inside) {
             lo = std::min(lo, A(0));
             up = std::max(up, A(0));
           }
@@ -114,60 +185,67 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           best_lo = std::max(best_lo, lo);
           hi[c] = up;
         }
-        // The survivors in ascending class order, their four taps packed contiguously.
-        int64_t K = 0;
-        const A cut = best_lo - A(2) * margin * big;
+        // |computed - exact| of any value here. A class is dropped only when its computed values
+        // stay below the best class's by more than one more delta everywhere, which also covers
+        // the rounding of the stored values to T (equal stored values would be a tie).
+        const A delta = margin * big;
+        block.k = 0;
         for (int64_t c = 0; c < C; ++c) {
-          if (!finite || !(hi[c] < cut)) cand[K++] = c;
+          if (finite && hi[c] < best_lo - A(3) * delta) continue;  // never the maximum here
+          const int64_t k = block.k++;
+          block.id[k] = c;
+          for (int t = 0; t < 4; ++t) block.Tap(t)[k] = Widen(p[t][c]);
         }
-        A* __restrict q00 = packed.data();
-        A* __restrict q01 = q00 + K;
-        A* __restrict q10 = q01 + K;
-        A* __restrict q11 = q10 + K;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t c = cand[k];
-          q00[k] = Widen(p00[c]);
-          q01[k] = Widen(p01[c]);
-          q10[k] = Widen(p10[c]);
-          q11[k] = Widen(p11[c]);
+        if (!inside || !finite || block.k <= 2) {
+          evaluate(block, finite, in, s, ix, nx == 2, y0, y1, x0, x1);
+          continue;
         }
-        for (int64_t oy = y0; oy < y1; ++oy) {
-          const auto row = plan.RowTaps(in, oy, C);
-          const A wy0 = row.w[0], wy1 = row.w[1];
-          const int64_t base = (s * OH + oy) * OW;
-          for (int64_t ox = x0; ox < x1; ++ox) {
-            const A wx0 = plan.wx[g.x.Tap(ox, ix)], wx1 = plan.wx[g.x.Tap(ox, ix + nx - 1)];
-            // The forward's operations in its order (BilinearPixel), on the survivors, stored
-            // as T and widened back: the values argmax of the forward compares.
-            A* __restrict v = vals.data();
+        // 2. Inside, a value is bilinear in the two weights, which are affine in the output
+        // position along a run: over a sub-block its extremes are at the sub-block's corner
+        // pixels. Their computed values bound every pixel's computed value to within 2 delta
+        // (one for each computed value against its exact one).
+        for (int64_t a0 = y0; a0 < y1; a0 += kSub) {
+          const int64_t a1 = std::min(y1, a0 + kSub);
+          const auto top = plan.RowTaps(in, a0, C), bottom = plan.RowTaps(in, a1 - 1, C);
+          const int64_t K = block.k;
+          A* t0 = corner.data();
+          A* t1 = t0 + K;
+          A* b0c = t1 + K;
+          A* b1c = b0c + K;
+          columns(block, top.w[0], top.w[1], true, t0, t1);
+          columns(block, bottom.w[0], bottom.w[1], true, b0c, b1c);
+          for (int64_t b0 = x0; b0 < x1; b0 += kSub) {
+            const int64_t b1 = std::min(x1, b0 + kSub);
+            const A l0 = plan.wx[g.x.Tap(b0, ix)], l1 = plan.wx[g.x.Tap(b0, ix + 1)];
+            const A r0 = plan.wx[g.x.Tap(b1 - 1, ix)], r1 = plan.wx[g.x.Tap(b1 - 1, ix + 1)];
+            A sub_lo = -inf;
             for (int64_t k = 0; k < K; ++k) {
-              A h0 = wx0 * q00[k];
-              if (nx == 2) h0 += wx1 * q01[k];
-              A r = wy0 * h0;
-              if (row.n == 2) {
-                A h1 = wx0 * q10[k];
-                if (nx == 2) h1 += wx1 * q11[k];
-                r += wy1 * h1;
-              }
-              v[k] = Widen(Narrow<T>(r));
+              A v00 = l0 * t0[k];
+              v00 += l1 * t1[k];
+              A v01 = r0 * t0[k];
+              v01 += r1 * t1[k];
+              A v10 = l0 * b0c[k];
+              v10 += l1 * b1c[k];
+              A v11 = r0 * b0c[k];
+              v11 += r1 * b1c[k];
+              const A lo = std::min(std::min(v00, v01), std::min(v10, v11));
+              hi[k] = std::max(std::max(v00, v01), std::max(v10, v11));
+              sub_lo = std::max(sub_lo, lo);
             }
-            int64_t best = 0;
-            if (finite) {  // no NaN: the maximum, then its first (lowest class) position
-              const A m = Reduce8(v, K, v[0], [](A x, A y) { return y > x ? y : x; });
-              while (v[best] != m) ++best;
-            } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
-              for (int64_t k = 1; k < K; ++k)
-                if (v[k] > v[best]) best = k;
+            sub.k = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              if (hi[k] < sub_lo - A(5) * delta) continue;
+              const int64_t j = sub.k++;
+              sub.id[j] = block.id[k];
+              for (int t = 0; t < 4; ++t) sub.Tap(t)[j] = block.Tap(t)[k];
             }
-            labels[base + ox] = cand[best];
-            if (scores != nullptr) scores[base + ox] = Narrow<T>(v[best]);
+            evaluate(sub, true, in, s, ix, true, a0, a1, b0, b1);
           }
         }
       }
     }
   });
 }
-
 
 // A pixel's class scores for the loss: the upsampled logits as the forward stores them, i.e.
 // rounded to T for the half types (the CUDA kernels do the same), then widened.

@@ -155,7 +155,9 @@ void ForEachRow(const ParallelFor& pf, int64_t slabs, int64_t rows, int64_t cost
 // ---------------------------------------------------------------------------------------------
 // Forward (gather): each output pixel sums its taps.
 
-// Bilinear pixel with CY x CX taps: sum_ty wy * (sum_tx wx * x). Templated so that the 2x2
+// Bilinear pixel with CY x CX taps, in the bilinear order of operations (docs/DESIGN.md, "The
+// bilinear kernel"): each input column along y, then the columns along x:
+// wx0 * (wy0 * x00 + wy1 * x10) + wx1 * (wy0 * x01 + wy1 * x11). Templated so that the 2x2
 // interior case is one fused pass over the channels with a single write per output element;
 // __restrict lets the compiler vectorise it without alias checks.
 template <int CY, int CX, typename T, typename A, typename O>
@@ -167,13 +169,13 @@ inline void BilinearPixel(const T* const* rows, const int64_t* cols, const A* wy
   const T* __restrict p11 = rows[CY - 1] + cols[CX - 1];
   const A wy0 = wy[0], wy1 = wy[CY - 1], wx0 = wx[0], wx1 = wx[CX - 1];
   for (int64_t c = 0; c < cc; ++c) {
-    A h0 = wx0 * Widen(p00[c]);
-    if (CX == 2) h0 += wx1 * Widen(p01[c]);
-    A v = wy0 * h0;
-    if (CY == 2) {
-      A h1 = wx0 * Widen(p10[c]);
-      if (CX == 2) h1 += wx1 * Widen(p11[c]);
-      v += wy1 * h1;
+    A col0 = wy0 * Widen(p00[c]);
+    if (CY == 2) col0 += wy1 * Widen(p10[c]);
+    A v = wx0 * col0;
+    if (CX == 2) {
+      A col1 = wy0 * Widen(p01[c]);
+      if (CY == 2) col1 += wy1 * Widen(p11[c]);
+      v += wx1 * col1;
     }
     out[c] = Narrow<O>(v);
   }
@@ -214,11 +216,10 @@ struct BilinearPlan {
   }
 };
 
-// One pixel per channel (NCHW planes, or C = 1): vectorising over channels is impossible, so the
-// rows are done separably instead -- each input row is interpolated along x once (h), kept while
-// the band of output rows that shares it is written, and each output row is wy0 * h0 + wy1 * h1,
-// a contiguous pass. Same operations in the same order as BilinearPixel: both layouts agree
-// bitwise.
+// One pixel per channel (NCHW planes, or C = 1): vectorising over channels is impossible, so
+// each output row is done separably instead -- its two input rows combined along y once (r, one
+// input row long), then each output pixel is wx0 * r[ix] + wx1 * r[ix + 1], a contiguous pass.
+// The same operations in the same order as BilinearPixel: both layouts agree bitwise.
 template <typename T>
 void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
@@ -229,41 +230,31 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(64, OH / 4));
   const int64_t bands = (OH + band - 1) / band;
   pf(sl.count * bands, band * OW * 4, [&](int64_t begin, int64_t end) {
-    std::vector<A> h[2] = {std::vector<A>(OW), std::vector<A>(OW)};
-    int64_t h_row[2];
-    auto interpolated = [&](int slot, const T* in, int64_t iy) -> const A* {
-      if (h_row[slot] != iy) {
-        const T* row = in + iy * W;
-        for (int64_t ox = 0; ox < OW; ++ox) {
-          const int64_t ix = tx.first[ox];
-          A v = wx[g.x.Tap(ox, ix)] * Widen(row[ix]);
-          if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * Widen(row[ix + 1]);
-          h[slot][ox] = v;
-        }
-        h_row[slot] = iy;
-      }
-      return h[slot].data();
-    };
+    std::vector<A> r(W);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t s = u / bands, o0 = (u % bands) * band, o1 = std::min(OH, o0 + band);
       const T* in = input + s * g.y.n_in * W;
-      h_row[0] = h_row[1] = -1;  // a new unit: nothing cached
       for (int64_t oy = o0; oy < o1; ++oy) {
         const int64_t iy = ty.first[oy], ny = ty.count[oy];
-        // Input row iy lives in slot iy % 2, so moving down one input row keeps the other.
-        const A* __restrict h0 = interpolated(iy % 2, in, iy);
+        const T* __restrict row0 = in + iy * W;
         const A w0 = wy[g.y.Tap(oy, iy)];
-        T* __restrict o = output + (s * OH + oy) * OW;
         if (ny == 2) {
-          const A* __restrict h1 = interpolated((iy + 1) % 2, in, iy + 1);
+          const T* __restrict row1 = row0 + W;
           const A w1 = wy[g.y.Tap(oy, iy + 1)];
-          for (int64_t ox = 0; ox < OW; ++ox) {
-            A v = w0 * h0[ox];
-            v += w1 * h1[ox];
-            o[ox] = Narrow<T>(v);
+          for (int64_t j = 0; j < W; ++j) {
+            A v = w0 * Widen(row0[j]);
+            v += w1 * Widen(row1[j]);
+            r[j] = v;
           }
         } else {
-          for (int64_t ox = 0; ox < OW; ++ox) o[ox] = Narrow<T>(w0 * h0[ox]);
+          for (int64_t j = 0; j < W; ++j) r[j] = w0 * Widen(row0[j]);
+        }
+        T* __restrict o = output + (s * OH + oy) * OW;
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          const int64_t ix = tx.first[ox];
+          A v = wx[g.x.Tap(ox, ix)] * r[ix];
+          if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * r[ix + 1];
+          o[ox] = Narrow<T>(v);
         }
       }
     }

@@ -139,12 +139,14 @@ struct BilinearPixel {
     off10 = s.At(n, iy1, ix0, 0);
     off11 = s.At(n, iy1, ix1, 0);
   }
-  // Same order of operations everywhere it is used (forward, argmax, loss), so equal bits.
+  // The bilinear order of operations (docs/DESIGN.md, "The bilinear kernel"): each input column
+  // along y first, then the two columns along x -- as on the CPU, so equal bits everywhere it
+  // is used (forward, argmax, loss).
   TFUP_HOST_DEVICE A Mix(A v00, A v01, A v10, A v11) const {
-    const A row0 = two_x ? wx0 * v00 + wx1 * v01 : wx0 * v00;
-    if (!two_y) return wy0 * row0;
-    const A row1 = two_x ? wx0 * v10 + wx1 * v11 : wx0 * v10;
-    return wy0 * row0 + wy1 * row1;
+    const A col0 = two_y ? wy0 * v00 + wy1 * v10 : wy0 * v00;
+    if (!two_x) return wx0 * col0;
+    const A col1 = two_y ? wy0 * v01 + wy1 * v11 : wy0 * v01;
+    return wx0 * col0 + wx1 * col1;
   }
   TFUP_HOST_DEVICE A Value(const T* in, int64_t coff) const {
     return Mix(ToAcc(in[off00 + coff]), ToAcc(in[off01 + coff]), ToAcc(in[off10 + coff]),
