@@ -88,7 +88,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
   const auto yruns = SameTapRuns(plan.ty, OH), xruns = SameTapRuns(plan.tx, OW);
   const int64_t ny = static_cast<int64_t>(yruns.size());
-  constexpr int64_t kSub = 8;  // sub-blocks of kSub x kSub outputs for the second pruning
+  constexpr int64_t kSub = 16;  // sub-blocks of kSub x kSub outputs for the second pruning
   // Bound on |computed - exact| of a value, per unit of the largest |logit| involved: a few
   // roundings in A, plus one of T for the stored value (rounding can make a smaller value equal
   // to a larger one, a tie the lowest class would win).
@@ -137,6 +137,18 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
         const auto row = plan.RowTaps(in, oy, C);
         columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
         const int64_t base = (s * OH + oy) * OW;
+        if (K == 1) {  // one class left: its label everywhere, its values as the scores
+          std::fill(labels + base + b0, labels + base + b1, pk.id[0]);
+          if (scores == nullptr) continue;
+          for (int64_t ox = b0; ox < b1; ++ox) {
+            const A wx0 = plan.wx[g.x.Tap(ox, ix)];
+            const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
+            A v;
+            pixel(1, wx0, wx1, two_x, c0, c1, &v);
+            scores[base + ox] = Narrow<T>(v);
+          }
+          continue;
+        }
         for (int64_t ox = b0; ox < b1; ++ox) {
           const A wx0 = plan.wx[g.x.Tap(ox, ix)];
           const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
