@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfupsample as tu
-from conftest import EXTRA, record
+from conftest import ENVIRONMENT, EXTRA, LINES, record
 from tfupsample import bench
 
 ROUNDS = dict(rounds=7, warmup_rounds=3, iterations=1)
@@ -114,3 +114,16 @@ def test_heads_peak_memory(benchmark, what):
     benchmark.pedantic(lambda: None, rounds=1)
     if peak is not None:
         EXTRA[f"{what}: peak RSS growth / map bytes"] = f"{peak / budget:.2f} (target <= 2)"
+
+
+@pytest.mark.parametrize("logits", ["random", "segmentation"])
+def test_targets(benchmark, logits):
+    """The targets, as `tfupsample bench --targets` measures and prints them."""
+    which = ("forward", "input_grad", "filter_grad", "argmax", "loss") if logits == "random" else ("argmax",)
+    ENVIRONMENT.update(bench.environment())
+    found = bench.targets(logits=(logits,), which=which)
+    benchmark.group = "targets"
+    benchmark.pedantic(lambda: None, rounds=1)
+    for t in found:
+        LINES.append(t.line())
+        benchmark.extra_info[t.name] = t.as_dict()

@@ -61,6 +61,33 @@ def test_bench_json_small():
     assert {"tfupsample", "tf.image.resize", "depthwise_backprop_input", "dense conv2d_transpose"} <= impls
     assert all(r["ms"] is None or r["ms"] >= 0 for r in data["rows"])
     assert "[1/1]" in out.stderr  # the progress line
+    env = data["environment"]
+    assert env["cores"] >= 1 and env["tensorflow"].startswith("tensorflow") and env["backend"] == "op"
+    assert isinstance(env["onednn"], (bool, type(None)))
+
+
+@pytest.mark.parametrize("logits", ["random", "segmentation"])
+def test_bench_targets_small(logits):
+    # Each target is ours against a floor or a peer measured in the same run, with its verdict.
+    import json
+
+    out = _cli("bench", "--targets", "--logits", logits, "--classes", "6", "--factors", "4",
+               "--size", "3x4", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    names = [t["name"] for t in data["targets"]]
+    assert any("write floor" in t["ref_name"] for t in data["targets"])
+    assert any("read floor" in t["ref_name"] for t in data["targets"])
+    assert f"upsample_argmax, {logits} logits" in names and not any(
+        "argmax" in n and logits not in n for n in names)
+    for t in data["targets"]:
+        ratio = t["ours_ms"] / t["ref_ms"] if t["kind"] == "at_most" else t["ref_ms"] / t["ours_ms"]
+        assert abs(ratio - t["ratio"]) < 1e-9 and t["met"] == (
+            ratio <= t["limit"] if t["kind"] == "at_most" else ratio >= t["limit"])
+    text = _cli("bench", "--targets", "--logits", logits, "--classes", "6", "--factors", "4",
+                "--size", "3x4", "--repeats", "1")
+    assert text.returncode == 0 and "CPU:" in text.stdout and "oneDNN" in text.stdout
+    assert all(line.startswith(("MET", "MISSED")) for line in text.stdout.splitlines()[2:])
 
 
 def test_bench_reports_the_dense_filter_it_skips():

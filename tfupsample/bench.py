@@ -48,6 +48,7 @@ def measure(fn, repeats=3, warmup=3):
         base = _status_kb("VmRSS")
         t0 = time.perf_counter()
         out = fn()
+        _touch(out)
         times.append(time.perf_counter() - t0)
         if can_peak and base is not None:
             peaks.append((_status_kb("VmHWM") - base) * 1024)
@@ -69,10 +70,12 @@ class Peer:
         return self.fn()
 
 
-# Stock depthwise_conv2d_backprop_input loops over every kernel tap for every output element: at
-# [1,16,22,100] x32 it took 42 s on the 2-vCPU dev machine. Above this many channels it is timed
-# on this many and scaled.
+# Stock depthwise_conv2d_backprop_input without oneDNN loops over every kernel tap for every
+# output element (minutes at 1000 classes x32); with oneDNN it takes a fraction of a second. A
+# slow peer is probed on this many channels first, and scaled only if a real call would take
+# over a minute.
 SLOW_PEER_CHANNELS = 4
+MINUTE = 60.0
 
 
 def dense_filter_bytes(factor, classes, itemsize=4):
@@ -107,7 +110,7 @@ class Problem:
         f, x = self.factor, self.x
         peers = {
             "tfupsample": self._ours(lambda: tu.bilinear_upsample(x, f)),
-            "np.full (write floor)": lambda: np.full(self.out_shape, 1.0, np.float32),
+            "write floor (tf.fill)": write_floor(self.out_shape),
             "tf.image.resize": lambda: tf.image.resize(x, self.out_shape[1:3], "bilinear"),
             "depthwise_backprop_input": self._depthwise_backprop_input(),
         }
@@ -118,14 +121,9 @@ class Problem:
         return peers
 
     def _depthwise_backprop_input(self):
-        c = min(self.classes, SLOW_PEER_CHANNELS)
-        x, w = self.x[..., :c], self.filter[:, :, :c]
-        shape = self.out_shape[:3] + [c]
-        fn = lambda: tf.nn.depthwise_conv2d_backprop_input(  # noqa: E731
-            shape, w, x, [1, self.factor, self.factor, 1], "SAME")
-        if c == self.classes:
-            return Peer(fn)
-        return Peer(fn, self.classes / c, f"time scaled from {c} classes")
+        return scaled_peer(lambda c: lambda: tf.nn.depthwise_conv2d_backprop_input(
+            self.out_shape[:3] + [c], self.filter[:, :, :c], self.x[..., :c],
+            [1, self.factor, self.factor, 1], "SAME"), self.classes)
 
     @staticmethod
     def _ours(op, fallback=None):
@@ -202,21 +200,232 @@ class Problem:
                 return tape.gradient(loss, x)
             return step
 
-        c = min(self.classes, SLOW_PEER_CHANNELS)
-        xs, ws = tf.Variable(self.x[..., :c]), tf.Variable(self.filter[:, :, :c])
-        small_labels = tf.math.floormod(labels, c)
+        def stock_on(c):
+            xs, ws = tf.Variable(self.x[..., :c]), tf.Variable(self.filter[:, :, :c])
+            small_labels = tf.math.floormod(labels, c)
 
-        def stock():
-            with tf.GradientTape() as tape:  # the stock pipeline, filter trainable as in FCN
-                up = tf.nn.depthwise_conv2d_backprop_input(self.out_shape[:3] + [c], ws, xs, [1, f, f, 1], "SAME")
-                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(small_labels, up))
-            return tape.gradient(loss, [xs, ws])
+            def stock():
+                with tf.GradientTape() as tape:  # the stock pipeline, filter trainable as in FCN
+                    up = tf.nn.depthwise_conv2d_backprop_input(self.out_shape[:3] + [c], ws, xs, [1, f, f, 1], "SAME")
+                    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(small_labels, up))
+                return tape.gradient(loss, [xs, ws])
+            return stock
 
         peers = {
             "tfupsample fused loss": run(lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, f)),
             "bilinear_upsample + stock loss": run(lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels, tu.bilinear_upsample(x, f))),
+            "stock depthwise pipeline": scaled_peer(stock_on, self.classes),
         }
-        peers["stock depthwise pipeline"] = Peer(stock, self.classes / c,
-                                                 f"time scaled from {c} classes") if c < self.classes else Peer(stock)
         return peers
+
+
+# ------------------------------------------------------------------------------------------------
+# The machine, floors, and the targets: every figure a ratio measured in one run.
+
+def environment():
+    """What the figures depend on: CPU, ISA, cores, TensorFlow build, oneDNN, threads."""
+    import os
+    import platform
+
+    from tfupsample import numpy as tnp
+
+    flags = set()
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    dist = "unknown"
+    try:
+        import importlib.metadata as md
+
+        for name in ("tensorflow-cpu", "tensorflow", "tensorflow-intel"):
+            try:
+                dist = f"{name} {md.version(name)}"
+                break
+            except md.PackageNotFoundError:
+                continue
+    except ImportError:
+        pass
+    return {
+        "cpu": model, "isa": sorted(flags & {"avx2", "avx512f", "avx512bw", "f16c", "fma"}),
+        "cores": os.cpu_count(), "tensorflow": dist, "onednn": onednn,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
+        "kernel_isa": tnp.kernel_isa(), "backend": tu.backend(),
+    }
+
+
+def _touch(result):
+    """Wait for a result by reading one element of each tensor (never a whole large tensor:
+    `.numpy()` copies it)."""
+    for r in result if isinstance(result, (tuple, list)) else (result,):
+        if isinstance(r, tf.Tensor) and r.shape.rank:
+            r[(0,) * r.shape.rank].numpy()
+        elif isinstance(r, tf.Tensor):
+            r.numpy()
+
+
+def timed(fn, repeats=7, warmup=2):
+    """Median seconds of fn() over `repeats` calls after `warmup`, each result touched."""
+    for _ in range(warmup):
+        _touch(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _touch(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write_floor(shape, dtype=tf.float32):
+    """Writing the output's bytes once on every core into warm memory: `tf.fill`, whose buffer
+    TF's allocator hands back already mapped after the first call, as it does an op's output.
+    (A single-threaded NumPy refill is no floor on a multi-core machine; a fresh np.full would
+    also pay page faults.)"""
+    return lambda: tf.fill(shape, tf.constant(1, dtype))
+
+
+def read_floor(t):
+    """Reading a tensor once: tf.reduce_sum."""
+    return lambda: tf.reduce_sum(t)
+
+
+def segmentation_logits(n, h, w, classes, seed=0, lead=8.0):
+    """Segmentation-like logits: a smooth label field (a few blobs), one-hot x `lead` plus unit
+    noise, so one class leads by a margin almost everywhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    centres = rng.uniform([0, 0], [h, w], (6, 2))
+    cls = rng.integers(0, classes, 6)
+    field = cls[np.argmin([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres], 0)]
+    x = rng.standard_normal((n, h, w, classes)).astype(np.float32)
+    x[:, yy, xx, field] += lead
+    return tf.constant(x)
+
+
+def scaled_peer(make, classes):
+    """A per-channel stock peer as a Peer: make(c) is the call on c channels. Timed for real
+    unless a probe on a few channels says the real call would take over a minute (stock
+    depthwise ops without oneDNN can); then run on the few channels and scaled, and said."""
+    c = min(classes, SLOW_PEER_CHANNELS)
+    estimate = timed(make(c), repeats=1, warmup=1) * classes / c
+    if c == classes or estimate <= MINUTE:
+        return Peer(make(classes))
+    return Peer(make(c), classes / c, f"time scaled from {c} classes (a real call: ~{estimate:.0f} s)")
+
+
+def real_or_scaled(fn_of_channels, classes, probe=4):
+    """(seconds, note) of a per-channel stock peer at `classes`: timed for real, unless a probe
+    on `probe` channels says the real call would take over a minute; then scaled, and said."""
+    t_probe = timed(lambda: fn_of_channels(probe), repeats=1, warmup=1)
+    estimate = t_probe * classes / probe
+    if estimate > MINUTE:
+        return estimate, f"scaled from {probe} classes (a real call would take ~{estimate:.0f} s)"
+    return timed(lambda: fn_of_channels(classes), repeats=3, warmup=1), None
+
+
+class Target:
+    """One target: `ours` against `ref` (a floor or a peer) as ours / ref (`at_most`: the ratio
+    must not exceed `limit`) or ref / ours (`faster`: ours must be at least `limit` x faster)."""
+
+    def __init__(self, name, ours_ms, ref_name, ref_ms, kind, limit, note=None):
+        self.name, self.ours_ms, self.ref_name, self.ref_ms = name, ours_ms, ref_name, ref_ms
+        self.kind, self.limit, self.note = kind, limit, note
+        self.ratio = ours_ms / ref_ms if kind == "at_most" else ref_ms / ours_ms
+        self.met = self.ratio <= limit if kind == "at_most" else self.ratio >= limit
+
+    def line(self):
+        if self.kind == "at_most":
+            ratio = f"ours/{self.ref_name} {self.ratio:.2f}x, target <= {self.limit:g}x"
+        else:
+            ratio = f"{self.ref_name}/ours {self.ratio:.2f}x (ours faster), target >= {self.limit:g}x"
+        note = f" [{self.note}]" if self.note else ""
+        return (f"{'MET   ' if self.met else 'MISSED'} {self.name}: ours {self.ours_ms:.1f} ms, "
+                f"{self.ref_name} {self.ref_ms:.1f} ms, {ratio}{note}")
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in ("name", "ours_ms", "ref_name", "ref_ms", "kind",
+                                              "limit", "ratio", "met", "note")}
+
+
+def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=("random", "segmentation"),
+            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss")):
+    """Measures the targets in this process and returns them (a list of Target)."""
+    h, w = size
+    ms = lambda s: s * 1e3  # noqa: E731
+    out = []
+    prob = Problem(1, h, w, classes, factor)
+    f, x, shape = factor, prob.x, prob.out_shape
+    if "forward" in which:
+        ours = ms(timed(lambda: tu.bilinear_upsample(x, f), repeats))
+        floor = ms(timed(write_floor(shape), repeats))
+        resize = ms(timed(lambda: tf.image.resize(x, shape[1:3], "bilinear"), repeats))
+        filt = prob.filter
+
+        def stock(c):
+            return tf.nn.depthwise_conv2d_backprop_input(shape[:3] + [c], filt[:, :, :c], x[..., :c],
+                                                         [1, f, f, 1], "SAME")
+        stock_s, note = real_or_scaled(stock, classes)
+        out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3),
+                Target("forward vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0),
+                Target("forward vs stock depthwise_conv2d_backprop_input", ours,
+                       "depthwise_conv2d_backprop_input", ms(stock_s), "faster", 1.0, note)]
+    if "input_grad" in which:
+        dy = prob.dy
+        ours = ms(timed(lambda: _ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=f), repeats))
+        floor = ms(timed(read_floor(dy), repeats))
+        out.append(Target("input gradient vs the read floor", ours, "read floor", floor, "at_most", 1.3))
+    if "filter_grad" in which:
+        fp = Problem(1, h, w, filter_classes, factor)
+        fx, fdy = fp.x, fp.dy
+        wv = tf.Variable(fp.filter)
+
+        def tape_filter_grad():  # as a user gets it: through the tape, the filter only
+            with tf.GradientTape() as tape:
+                y = tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f)
+            return tape.gradient(y, wv, output_gradients=fdy)
+
+        # The tape's figure includes the forward it records; the floor is reading dy once.
+        ours = ms(timed(tape_filter_grad, repeats))
+        fwd = ms(timed(lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f), repeats))
+        floor = ms(timed(read_floor(fdy), repeats))
+        out.append(Target(f"filter gradient ({filter_classes} classes) through the tape, less its "
+                          "forward, vs the read floor", max(ours - fwd, 1e-3), "read floor", floor,
+                          "at_most", 3.0, f"tape {ours:.1f} ms incl. forward {fwd:.1f} ms"))
+    if "argmax" in which:
+        for kind in logits:
+            xl = x if kind == "random" else segmentation_logits(1, h, w, classes)
+            ours = ms(timed(lambda: tu.upsample_argmax(xl, f), repeats))
+            unfused = ms(timed(lambda: tf.argmax(tu.bilinear_upsample(xl, f), -1), repeats))
+            out.append(Target(f"upsample_argmax, {kind} logits", ours,
+                              "bilinear_upsample + tf.argmax", unfused, "faster",
+                              4.0 if kind == "random" else 20.0))
+    if "loss" in which:
+        labels = prob.labels
+
+        def step(loss_fn):
+            def run():
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = tf.reduce_sum(loss_fn())
+                return tape.gradient(loss, x)
+            return run
+
+        ours = ms(timed(step(lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, f)), max(3, repeats // 2)))
+        unfused = ms(timed(step(lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, tu.bilinear_upsample(x, f))), 3, 1))
+        out.append(Target("fused loss forward + gradient", ours, "bilinear_upsample + stock loss + gradient",
+                          unfused, "faster", 6.0))
+    return out

@@ -17,6 +17,14 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+def describe(env):
+    """One line naming what the figures depend on."""
+    onednn = {True: "on", False: "off", None: "unknown"}[env["onednn"]]
+    return (f"CPU: {env['cpu']} ({', '.join(env['isa'])}), {env['cores']} cores; "
+            f"{env['tensorflow']}, oneDNN {onednn}, intra-op threads {env['intra_op_threads']}; "
+            f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}")
+
+
 def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
     rows = []
     combos = [(c, f) for c in classes for f in factors]

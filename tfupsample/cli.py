@@ -32,6 +32,11 @@ def main(argv=None):
     b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     b.add_argument("--dense-limit-mb", type=int, default=512,
                    help="skip dense conv2d_transpose when its filter alone exceeds this (default 512)")
+    b.add_argument("--targets", action="store_true",
+                   help="measure the performance targets instead of the grid: each a ratio against "
+                        "this machine's floors and the stock peers timed in this run")
+    b.add_argument("--logits", choices=["random", "segmentation", "both"], default="both",
+                   help="logits for the upsample_argmax target (default both)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
     d = sub.add_parser("demo", help="VGG-16 FCN-32 on a sample image, upsampled x32 with "
@@ -59,13 +64,29 @@ def main(argv=None):
             parser.error(f"--size takes HxW, e.g. 16x22, got {args.size!r}")
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
+        import json
+
+        from . import bench
+
+        env = bench.environment()
+        if args.targets:
+            logits = ("random", "segmentation") if args.logits == "both" else (args.logits,)
+            found = bench.targets(size=size, classes=max(args.classes), factor=max(args.factors),
+                                  logits=logits, repeats=max(args.repeats, 3))
+            if args.json:
+                print(json.dumps({"environment": env, "targets": [t.as_dict() for t in found]}, indent=1))
+            else:
+                print(bench_cli.describe(env))
+                print(f"[1, {size[0]}, {size[1]}, {max(args.classes)}] float32 NHWC, x{max(args.factors)}")
+                for t in found:
+                    print(t.line())
+            return 0
         rows = bench_cli.run(args.classes, args.factors, size, args.repeats, args.dense_limit_mb)
         if args.json:
-            import json
-
-            print(json.dumps({"cpu": bench_cli.cpu_name(), "size": size, "rows": rows}, indent=1))
+            print(json.dumps({"environment": env, "size": size, "rows": rows}, indent=1))
         else:
-            print(f"CPU: {bench_cli.cpu_name()}; input [1, {size[0]}, {size[1]}, classes] float32 NHWC")
+            print(bench_cli.describe(env))
+            print(f"input [1, {size[0]}, {size[1]}, classes] float32 NHWC")
             print(bench_cli.table(rows))
         if args.plot:
             bench_cli.plot(rows, args.plot)
