@@ -1,5 +1,5 @@
-"""The AVX2 and the baseline builds of the kernels give the same bits (contraction is off in
-both), for every kernel; TFUPSAMPLE_ISA=baseline selects the baseline build in a subprocess."""
+"""The AVX-512, AVX2 and baseline builds of the kernels give the same bits (contraction is off in
+all), for every kernel; TFUPSAMPLE_ISA=baseline|avx2 selects a build in a subprocess."""
 
 import os
 import subprocess
@@ -28,6 +28,9 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
         "dw": lib.tfupsample_depthwise_conv2d_transpose(x, w, [2, 10, 18, 19], **kw),
         "dw_dx": lib.tfupsample_depthwise_conv2d_transpose_backprop_input(dy, w, [2, 5, 6, 19], **kw),
         "dw_dw": lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(x, dy, [5, 4, 19, 1], **kw),
+        "argmax": tu.upsample_argmax(x * 4, 8, return_scores=True)[1],
+        "argmax_labels": tu.upsample_argmax(x * 4, 8),
+        "loss": tu.upsample_sparse_softmax_cross_entropy(rng.integers(0, 19, (2, 40, 48)), x, 8),
     }
     for k, v in res.items():
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
@@ -55,12 +58,17 @@ def _run(path, isa=None):
     return dict(np.load(path))
 
 
-def test_baseline_and_best_builds_agree_bitwise(tmp_path):
+def test_every_build_agrees_bitwise(tmp_path):
     best = _run(str(tmp_path / "best.npz"))
+    avx2 = _run(str(tmp_path / "avx2.npz"), "avx2")
     base = _run(str(tmp_path / "base.npz"), "baseline")
     assert str(base["isa"]) == "baseline"  # TFUPSAMPLE_ISA=baseline is honoured
-    # Dispatch picks the AVX2 build wherever the CPU has what it needs (as /proc/cpuinfo says).
-    assert str(best["isa"]) == ("avx2" if _cpu_has("avx2", "f16c") else "baseline")
+    # Dispatch picks the best build the CPU has (as /proc/cpuinfo says); TFUPSAMPLE_ISA=avx2 caps it.
+    expected = ("avx512" if _cpu_has("avx2", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+                else "avx2" if _cpu_has("avx2", "f16c") else "baseline")
+    assert str(best["isa"]) == expected
+    assert str(avx2["isa"]) == ("baseline" if expected == "baseline" else "avx2")
     for key in best:
         if key != "isa":
             np.testing.assert_array_equal(best[key], base[key], err_msg=key)
+            np.testing.assert_array_equal(avx2[key], base[key], err_msg=key)

@@ -31,11 +31,15 @@ namespace tfup {
 
 namespace base { TFUP_DECLARE_ISA_ENTRY_POINTS }
 namespace avx2 { TFUP_DECLARE_ISA_ENTRY_POINTS }
+namespace avx512 { TFUP_DECLARE_ISA_ENTRY_POINTS }
 
-bool UseAvx2();
+// The build that runs on this CPU (kernels.cc): 0 baseline, 1 AVX2, 2 AVX-512.
+int IsaLevel();
 
-#define TFUP_DISPATCH(fn, ...) \
-  (UseAvx2() ? avx2::fn##Impl<T>(__VA_ARGS__) : base::fn##Impl<T>(__VA_ARGS__))
+#define TFUP_DISPATCH(fn, ...)                                                   \
+  (IsaLevel() == 2   ? avx512::fn##Impl<T>(__VA_ARGS__)                          \
+   : IsaLevel() == 1 ? avx2::fn##Impl<T>(__VA_ARGS__)                            \
+                     : base::fn##Impl<T>(__VA_ARGS__))
 
 template <typename T>
 void DepthwiseForward(const Geometry& g, const T* input, const T* filter, T* output,

@@ -1,9 +1,10 @@
-// One build of the CPU kernels for one instruction set. CMake compiles this file once as
-// tfup::base (any x86-64 / the host's baseline) and once as tfup::avx2 (TFUP_ISA_AVX2: GCC's
-// target pragma), with TFUP_HALF_TYPES choosing float/double or the Eigen half types.
+// One build of the CPU kernels for one instruction set. CMake compiles this file as tfup::base
+// (any x86-64 / the host's baseline), tfup::avx2 (TFUP_ISA_AVX2: GCC's target pragma) and
+// tfup::avx512 (TFUP_ISA_AVX512), with TFUP_HALF_TYPES choosing float/double or the Eigen half
+// types.
 // Every kernel symbol lives in its build's namespace, and the standard library is included
 // before the pragma, so the AVX2 build never lends a function to the baseline one.
-// Floating-point contraction is off in both (CMake), so both builds give the same bits.
+// Floating-point contraction is off in all (CMake), so every build gives the same bits.
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -19,7 +20,14 @@
 #include <immintrin.h>  // its functions carry their own target attributes
 #endif
 
-#if defined(TFUP_ISA_AVX2)
+#if defined(TFUP_ISA_AVX512)
+#if defined(__x86_64__) || defined(__i386__)
+// AVX-512 (F, BW, VL, DQ) with 512-bit vectors preferred; it keeps the AVX2 build's intrinsics
+// (TFUP_ISA_AVX2 is defined too), so float16 goes through F16C the same way.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,prefer-vector-width=512")
+#endif
+#define TFUP_ISA avx512
+#elif defined(TFUP_ISA_AVX2)
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,f16c")  // F16C: float16 conversions (every AVX2 CPU has it)
 #endif

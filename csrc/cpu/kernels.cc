@@ -66,23 +66,32 @@ void PreferHugePages(void* data, int64_t bytes) {
 #endif
 }
 
-// AVX2 (with F16C) where the CPU has it; TFUPSAMPLE_ISA=baseline forces the baseline build (tests compare the
-// two: with contraction off they must agree bit for bit).
-bool UseAvx2() {
-  static const bool use = [] {
-    const char* forced = std::getenv("TFUPSAMPLE_ISA");
-    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+// The best build this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 (with F16C), else the
+// baseline. TFUPSAMPLE_ISA=baseline|avx2 caps it (tests compare the builds: with contraction
+// off they must agree bit for bit).
+int IsaLevel() {
+  static const int level = [] {
+    int best = 0;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("f16c") != 0;
-#else
-    return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) best = 1;
+    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      best = 2;
+    }
 #endif
+    const char* forced = std::getenv("TFUPSAMPLE_ISA");
+    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return 0;
+    if (forced != nullptr && std::strcmp(forced, "avx2") == 0) return best < 1 ? best : 1;
+    return best;
   }();
-  return use;
+  return level;
 }
 
-const char* KernelIsa() { return UseAvx2() ? "avx2" : "baseline"; }
+const char* KernelIsa() {
+  static const char* const names[] = {"baseline", "avx2", "avx512"};
+  return names[IsaLevel()];
+}
 
 TFUP_INSTANTIATE_CPU_KERNELS(float)
 TFUP_INSTANTIATE_CPU_KERNELS(double)
