@@ -90,6 +90,9 @@ with warnings.catch_warnings(record=True) as caught:
 msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "tfupsample" in str(w.message)]
 assert len(msgs) == 1, msgs
 assert "forced" in msgs[0] and "Falling back" in msgs[0], msgs[0]
+# It names the TensorFlow built against and the one running, and the fix (which keeps TF as is).
+assert f"this process has TensorFlow {tf.__version__}" in msgs[0] and "built against TensorFlow" in msgs[0], msgs[0]
+assert "pip install --force-reinstall --no-deps" in msgs[0], msgs[0]
 assert tu.backend() == "pure-tf"
 rng = np.random.default_rng(0)
 x = tf.constant(rng.standard_normal((1, 3, 4, 2)))

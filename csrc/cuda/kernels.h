@@ -14,7 +14,7 @@ namespace cuda {
 
 enum class DType { kHalf, kBFloat16, kFloat, kDouble };
 
-// The flat argument list of the framework-free bindings (pybind11 module, CPU emulation):
+// The flat argument list of the framework-free bindings (the C ABI of binding.cu, the CPU emulation):
 // n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label.
 // Fills g and ignore; returns "" or why the sizes are inconsistent.
 inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* ignore) {
