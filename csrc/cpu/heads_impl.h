@@ -32,15 +32,15 @@ void ForEachOutputPixel(const BilinearPlan<T, A>& plan, const T* logits, int64_t
   });
 }
 
-// upsample_argmax with pruning (docs/DESIGN.md, "Fused heads"). Along an output row, the pixels
-// that share their taps (a block of up to f outputs) are, per class, a combination of the same
-// <= 4 coarse values with weights in [0, 1] that sum to 1 inside the image (a convex
-// combination: the value lies between the smallest and largest of the 4) or to less at its
-// borders (then 0 joins the bounds). A class whose upper bound is below the best lower bound,
-// by more than the rounding of the computed values, can be neither the maximum nor tied with it
-// anywhere in the block, so only the survivors are evaluated -- with exactly the forward's
-// arithmetic, so labels and scores are the bits of argmax / max of bilinear_upsample. Non-finite
-// logits in a block turn pruning off there.
+// upsample_argmax with pruning (docs/DESIGN.md, "Fused heads"). The pixels that share their taps
+// (a block of up to f x f outputs) are, per class, a convex combination of the same <= 4 coarse
+// values, times a positive factor common to every class (a border's single tap weight, else 1):
+// the classes' order at a pixel is that of values between the smallest and largest of their 4.
+// A class whose upper bound is below the best lower bound, by more than the rounding of the
+// computed values, can be neither the maximum nor tied with it anywhere in the block, so only
+// the survivors are evaluated -- with exactly the forward's arithmetic, so labels and scores are
+// the bits of argmax / max of bilinear_upsample. Non-finite logits in a block turn pruning off
+// there.
 // Reductions over a pixel's classes with 8 partial results, combined in a fixed order: the loop
 // vectorises (a single running sum would not, without reassociating floats) and every build gives
 // the same bits.
@@ -177,29 +177,27 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
         const int64_t ix = plan.tx.first[x0], nx = plan.tx.count[x0];
         const T* p[4] = {row0.rows[0] + ix * C, row0.rows[0] + (ix + nx - 1) * C,
                          row0.rows[1] + ix * C, row0.rows[1] + (ix + nx - 1) * C};
-        // Inside the image (two taps on both axes) the weights sum to 1: a pixel's value is a
-        // convex combination of its four taps. At a border 0 joins the bounds.
-        const bool inside = row0.n == 2 && nx == 2;
-        // 1. Bounds per class over the whole block, the largest |bound|, finiteness.
-        A best_lo = -inf, big = A(0);
-        bool finite = true;
+        const bool two_y = row0.n == 2, two_x = nx == 2;
+        // 1. Bounds per class over the whole block (elementwise, so it vectorises), then the
+        // best lower bound, the largest |bound| and finiteness as reductions.
+        A* __restrict lo = vals.data();
+        A* __restrict up = hi.data();
+        int64_t ok = 0;  // classes whose four values are all finite
         for (int64_t c = 0; c < C; ++c) {
           const A a = Widen(p[0][c]), b = Widen(p[1][c]), d = Widen(p[2][c]), e = Widen(p[3][c]);
-          A lo = std::min(std::min(a, b), std::min(d, e));
-          A up = std::max(std::max(a, b), std::max(d, e));
-          if (!inside) {
-            lo = std::min(lo, A(0));
-            up = std::max(up, A(0));
-          }
-          finite = finite && std::abs(lo) <= std::numeric_limits<A>::max() &&
-                   std::abs(up) <= std::numeric_limits<A>::max();
-          big = std::max(big, std::max(std::abs(lo), std::abs(up)));
-          best_lo = std::max(best_lo, lo);
-          hi[c] = up;
+          const A l = std::min(std::min(a, b), std::min(d, e));
+          const A u = std::max(std::max(a, b), std::max(d, e));
+          lo[c] = l;
+          up[c] = u;
+          const A top = std::numeric_limits<A>::max();
+          ok += (std::abs(a) <= top) & (std::abs(b) <= top) & (std::abs(d) <= top) & (std::abs(e) <= top);
         }
-        // |computed - exact| of any value here. A class is dropped only when its computed values
-        // stay below the best class's by more than one more delta everywhere, which also covers
-        // the rounding of the stored values to T (equal stored values would be a tie).
+        const bool finite = ok == C;
+        const auto max_of = [](A x, A y) { return y > x ? y : x; };
+        const A best_lo = C > 0 ? Reduce8(lo, C, lo[0], max_of) : A(0);
+        // lo <= up per class, so |lo| and |up| are at most max(-min lo, max up).
+        const A min_lo = C > 0 ? Reduce8(lo, C, lo[0], [](A x, A y) { return y < x ? y : x; }) : A(0);
+        const A big = std::max(std::max(-min_lo, C > 0 ? Reduce8(up, C, up[0], max_of) : A(0)), A(0));
         const A delta = margin * big;
         block.k = 0;
         for (int64_t c = 0; c < C; ++c) {
@@ -208,12 +206,12 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           block.id[k] = c;
           for (int t = 0; t < 4; ++t) block.Tap(t)[k] = Widen(p[t][c]);
         }
-        if (!inside || !finite || block.k <= 2) {
-          evaluate(block, finite, in, s, ix, nx == 2, y0, y1, x0, x1);
+        if (!finite || block.k <= 2) {
+          evaluate(block, finite, in, s, ix, two_x, y0, y1, x0, x1);
           continue;
         }
-        // 2. Inside, a value is bilinear in the two weights, which are affine in the output
-        // position along a run: over a sub-block its extremes are at the sub-block's corner
+        // 2. Along a run each tap's weight is affine in the output position, so a value is
+        // bilinear in the position: over a sub-block its extremes are at the sub-block's corner
         // pixels. Their computed values bound every pixel's computed value to within 2 delta
         // (one for each computed value against its exact one).
         for (int64_t a0 = y0; a0 < y1; a0 += kSub) {
@@ -224,22 +222,25 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           A* t1 = t0 + K;
           A* b0c = t1 + K;
           A* b1c = b0c + K;
-          columns(block, top.w[0], top.w[1], true, t0, t1);
-          columns(block, bottom.w[0], bottom.w[1], true, b0c, b1c);
+          columns(block, top.w[0], top.w[1], two_y, t0, t1);
+          columns(block, bottom.w[0], bottom.w[1], two_y, b0c, b1c);
           for (int64_t b0 = x0; b0 < x1; b0 += kSub) {
             const int64_t b1 = std::min(x1, b0 + kSub);
-            const A l0 = plan.wx[g.x.Tap(b0, ix)], l1 = plan.wx[g.x.Tap(b0, ix + 1)];
-            const A r0 = plan.wx[g.x.Tap(b1 - 1, ix)], r1 = plan.wx[g.x.Tap(b1 - 1, ix + 1)];
+            const A l0 = plan.wx[g.x.Tap(b0, ix)], r0 = plan.wx[g.x.Tap(b1 - 1, ix)];
+            const A l1 = two_x ? plan.wx[g.x.Tap(b0, ix + 1)] : A(0);
+            const A r1 = two_x ? plan.wx[g.x.Tap(b1 - 1, ix + 1)] : A(0);
             A sub_lo = -inf;
             for (int64_t k = 0; k < K; ++k) {
               A v00 = l0 * t0[k];
-              v00 += l1 * t1[k];
               A v01 = r0 * t0[k];
-              v01 += r1 * t1[k];
               A v10 = l0 * b0c[k];
-              v10 += l1 * b1c[k];
               A v11 = r0 * b0c[k];
-              v11 += r1 * b1c[k];
+              if (two_x) {
+                v00 += l1 * t1[k];
+                v01 += r1 * t1[k];
+                v10 += l1 * b1c[k];
+                v11 += r1 * b1c[k];
+              }
               const A lo = std::min(std::min(v00, v01), std::min(v10, v11));
               hi[k] = std::max(std::max(v00, v01), std::max(v10, v11));
               sub_lo = std::max(sub_lo, lo);
@@ -251,7 +252,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
               sub.id[j] = block.id[k];
               for (int t = 0; t < 4; ++t) sub.Tap(t)[j] = block.Tap(t)[k];
             }
-            evaluate(sub, true, in, s, ix, true, a0, a1, b0, b1);
+            evaluate(sub, true, in, s, ix, two_x, a0, a1, b0, b1);
           }
         }
       }
