@@ -413,19 +413,9 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                               "bilinear_upsample + tf.argmax", unfused, "faster",
                               4.0 if kind == "random" else 20.0))
     if "loss" in which:
-        labels = prob.labels
-
-        def step(loss_fn):
-            def run():
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    loss = tf.reduce_sum(loss_fn())
-                return tape.gradient(loss, x)
-            return run
-
-        ours = ms(timed(step(lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, f)), max(3, repeats // 2)))
-        unfused = ms(timed(step(lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels, tu.bilinear_upsample(x, f))), 3, 1))
+        peers = prob.loss_and_grad()
+        ours = ms(timed(peers["tfupsample fused loss"], max(3, repeats // 2)))
+        unfused = ms(timed(peers["bilinear_upsample + stock loss"], 3, 1))
         out.append(Target("fused loss forward + gradient", ours, "bilinear_upsample + stock loss + gradient",
                           unfused, "faster", 6.0))
     return out
