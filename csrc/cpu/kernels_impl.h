@@ -469,8 +469,12 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
 
 // ---------------------------------------------------------------------------------------------
 // Filter gradient: dw[a, b, c] = sum over (n, i, j) of dy[n, i*sy - py + a, j*sx - px + b, c] *
-// x[n, i, j, c]. One owner per (filter row a, channel block) sums in a fixed (n, i, j) order:
-// deterministic, no atomics, no scratch beyond one kx x block accumulator.
+// x[n, i, j, c]. One owner per (residue of the filter row modulo sy, channel block) sums in a
+// fixed (n, i, j) order: deterministic, no atomics. The filter rows a, a + sy, a + 2 sy, ... of
+// one residue read the same output-gradient rows (with input rows one apart), so an owner takes
+// each of its output-gradient rows once and adds it to all of them at once: dy comes from memory
+// once, not once per filter row. Every dw element still adds its terms in ascending (n, i, j)
+// order, so the bits are those of one running sum per element.
 
 template <typename T>
 void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* output_grad,
@@ -478,39 +482,51 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const int64_t C = g.c, ky = g.y.k, kx = g.x.k, H = g.y.n_in, W = g.x.n_in;
-  const int64_t OH = g.y.n_out, OW = g.x.n_out;
+  const int64_t OH = g.y.n_out, OW = g.x.n_out, sy = g.y.stride;
   if (ky * kx * C == 0) return;
   const int64_t block = sl.planar ? 1 : std::min<int64_t>(C, 256);
   const int64_t blocks = (C + block - 1) / block;
-  pf(ky * blocks, g.n * H * W * block * 4, [&](int64_t begin, int64_t end) {
+  const int64_t residues = std::min(sy, ky);
+  const int64_t per_residue = (ky + sy - 1) / sy;  // filter rows of a residue, at most
+  pf(residues * blocks, g.n * H * W * block * 4 * per_residue, [&](int64_t begin, int64_t end) {
     std::vector<A> acc;
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t a = u / blocks, c0 = (u % blocks) * block, nc = std::min(block, C - c0);
-      acc.assign(kx * nc, A(0));
+      const int64_t r = u / blocks, c0 = (u % blocks) * block, nc = std::min(block, C - c0);
+      const int64_t rows = (ky - r + sy - 1) / sy;  // filter rows r, r + sy, ... below ky
+      acc.assign(rows * kx * nc, A(0));              // [rows][kx][nc]
       for (int64_t n = 0; n < g.n; ++n) {
         for (int64_t c = 0; c < (sl.planar ? nc : 1); ++c) {
           // The slab and the channel offset inside its pixels for this (n, channel block).
           const int64_t s = sl.planar ? n * C + c0 + c : n;
           const int64_t coff = sl.planar ? 0 : c0, cnt = sl.planar ? 1 : nc, cc = sl.cc;
-          A* accc = acc.data() + (sl.planar ? c : 0);  // acc is [kx][nc]
-          for (int64_t i = 0; i < H; ++i) {
-            const int64_t oy = i * g.y.stride - g.y.pad + a;
+          A* accc = acc.data() + (sl.planar ? c : 0);
+          // Filter row a = r + m sy pairs input row i with output row (i + m) sy - py + r: the
+          // output rows of this residue in ascending order q = i + m, each read once and paired
+          // with its input rows i = q - m. For every a, i ascends with q: the definition's order.
+          for (int64_t q = 0; q < H + rows - 1; ++q) {
+            const int64_t oy = q * sy - g.y.pad + r;
             if (oy < 0 || oy >= OH) continue;
-            const T* xr = input + (s * H + i) * W * cc + coff;
             const T* dr = output_grad + (s * OH + oy) * OW * cc + coff;
-            for (int64_t j = 0; j < W; ++j) {
-              const T* xp = xr + j * cc;
-              for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
-                A* ab = accc + g.x.Tap(ox, j) * nc;
-                const T* d = dr + ox * cc;
-                ProductAddRow(ab, d, xp, cnt);
+            for (int64_t m = 0; m < rows; ++m) {
+              const int64_t i = q - m;
+              if (i < 0 || i >= H) continue;
+              const T* xr = input + (s * H + i) * W * cc + coff;
+              A* acca = accc + m * kx * nc;
+              for (int64_t j = 0; j < W; ++j) {
+                const T* xp = xr + j * cc;
+                for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
+                  ProductAddRow(acca + g.x.Tap(ox, j) * nc, dr + ox * cc, xp, cnt);
+                }
               }
             }
           }
         }
       }
-      for (int64_t b = 0; b < kx; ++b) {
-        NarrowRow(filter_grad + (a * kx + b) * C + c0, acc.data() + b * nc, nc);
+      for (int64_t m = 0; m < rows; ++m) {
+        const int64_t a = r + m * sy;
+        for (int64_t bx = 0; bx < kx; ++bx) {
+          NarrowRow(filter_grad + (a * kx + bx) * C + c0, acc.data() + (m * kx + bx) * nc, nc);
+        }
       }
     }
   });
