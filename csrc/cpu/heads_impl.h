@@ -17,30 +17,6 @@
 namespace tfup {
 namespace TFUP_ISA {
 
-
-// Runs fn(row, ox, index, buffer) for every output pixel, a row of pixels per work unit; index is
-// the pixel's position in the [n, h*f, w*f] map, buffer holds C values of type O for fn's use.
-template <typename O, typename T, typename A, typename Fn>
-void ForEachOutputPixel(const BilinearPlan<T, A>& plan, const T* logits, int64_t cost_per_pixel,
-                        const ParallelFor& pf, Fn&& fn) {
-  const Geometry& g = plan.g;
-  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out;
-  ForEachRow(pf, g.n, OH, OW * cost_per_pixel, [&](int64_t s, int64_t oy) {
-    std::vector<O> buffer(C);
-    const auto row = plan.RowTaps(logits + s * g.y.n_in * g.x.n_in * C, oy, C);
-    for (int64_t ox = 0; ox < OW; ++ox) fn(row, ox, (s * OH + oy) * OW + ox, buffer.data());
-  });
-}
-
-// upsample_argmax with pruning (docs/DESIGN.md, "Fused heads"). The pixels that share their taps
-// (a block of up to f x f outputs) are, per class, a convex combination of the same <= 4 coarse
-// values, times a positive factor common to every class (a border's single tap weight, else 1):
-// the classes' order at a pixel is that of values between the smallest and largest of their 4.
-// A class whose upper bound is below the best lower bound, by more than the rounding of the
-// computed values, can be neither the maximum nor tied with it anywhere in the block, so only
-// the survivors are evaluated -- with exactly the forward's arithmetic, so labels and scores are
-// the bits of argmax / max of bilinear_upsample. Non-finite logits in a block turn pruning off
-// there.
 // Reductions over a pixel's classes with 8 partial results, combined in a fixed order: the loop
 // vectorises (a single running sum would not, without reassociating floats) and every build gives
 // the same bits.
@@ -80,6 +56,15 @@ struct Packed {
   const A* Tap(int t) const { return q.data() + t * cap; }
 };
 
+// upsample_argmax with pruning (docs/DESIGN.md, "Fused heads"). The pixels that share their taps
+// (a block of up to f x f outputs) are, per class, a convex combination of the same <= 4 coarse
+// values, times a positive factor common to every class (a border's single tap weight, else 1):
+// the classes' order at a pixel is that of values between the smallest and largest of their 4.
+// A class whose upper bound is below the best lower bound, by more than the rounding of the
+// computed values, can be neither the maximum nor tied with it anywhere in the block, so only
+// the survivors are evaluated -- with exactly the forward's arithmetic, so labels and scores are
+// the bits of argmax / max of bilinear_upsample. Non-finite logits in a block turn pruning off
+// there.
 template <typename T>
 void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* scores,
                         const ParallelFor& pf) {
@@ -283,19 +268,24 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
                                      IgnoreLabel ignore, T* loss, const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
-  const int64_t C = g.c;
-  ForEachOutputPixel<A>(plan, logits, C * 16, pf, [&](const auto& row, int64_t ox, int64_t i, A* v) {
-    const int64_t y = labels[i];
-    if (ignore.Skips(y)) {
-      loss[i] = T(0);
-      return;
+  const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
+  ForEachRow(pf, g.n, OH, OW * C * 16, [&](int64_t s, int64_t oy) {
+    std::vector<A> cols(W * C), v(C);
+    plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
+    const int64_t base = (s * OH + oy) * OW;
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (ignore.Skips(y)) {
+        loss[i] = T(0);
+        continue;
+      }
+      plan.PixelFromColumns(cols.data(), ox, C, v.data());  // the forward's values
+      ScoresAsStored<T>(v.data(), C);
+      const A target = v[y];
+      A m;
+      const A sum = ExpShifted(v.data(), C, &m);
+      loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
     }
-    plan.Pixel(row, ox, C, v);
-    ScoresAsStored<T>(v, C);
-    const A target = v[y];
-    A m;
-    const A sum = ExpShifted(v, C, &m);
-    loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
   });
 }
 
@@ -313,16 +303,17 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
   SweepInputBands<T>(g, logits_grad, pf, 24, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
     b.scratch.assign(ax.n_in * C, A(0));
-    b.scratch2.resize(C);
+    b.scratch2.resize(C + ax.n_in * C);
     A* r = b.scratch.data();
     A* __restrict d = b.scratch2.data();
-    const auto row = plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C);
+    A* cols = d + C;
+    plan.Columns(plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C), C, cols);
     const int64_t base = (b.s * OH + oy) * OW;
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
       if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
       const A gl = Widen(loss_grad[base + ox]);
-      plan.Pixel(row, ox, C, d);
+      plan.PixelFromColumns(cols, ox, C, d);
       ScoresAsStored<T>(d, C);
       A m;
       const A scale = gl / ExpShifted(d, C, &m);

@@ -202,6 +202,42 @@ struct BilinearPlan {
     return Row{{in + iy * W * cc, in + (iy + ny - 1) * W * cc},
                {wy[g.y.Tap(oy, iy)], wy[g.y.Tap(oy, iy + ny - 1)]}, ny};
   }
+  // The row's column values along y, once for the whole row: cols[j * cc + c] for the W input
+  // columns (the first step of BilinearPixel's order).
+  void Columns(const Row& r, int64_t cc, A* __restrict cols) const {
+    const T* __restrict r0 = r.rows[0];
+    const T* __restrict r1 = r.rows[1];
+    const A wy0 = r.w[0], wy1 = r.w[1];
+    const int64_t n = g.x.n_in * cc;
+    if (r.n == 2) {
+      for (int64_t e = 0; e < n; ++e) {
+        A v = wy0 * Widen(r0[e]);
+        v += wy1 * Widen(r1[e]);
+        cols[e] = v;
+      }
+    } else {
+      for (int64_t e = 0; e < n; ++e) cols[e] = wy0 * Widen(r0[e]);
+    }
+  }
+  // Pixel ox from those columns (the second step): cc values written to out (as O). The same
+  // operations in the same order as Pixel, so the same bits.
+  template <typename O>
+  void PixelFromColumns(const A* cols, int64_t ox, int64_t cc, O* __restrict out) const {
+    const int64_t ix = tx.first[ox];
+    const A* __restrict c0 = cols + ix * cc;
+    const A wx0 = wx[g.x.Tap(ox, ix)];
+    if (tx.count[ox] == 2) {
+      const A* __restrict c1 = c0 + cc;
+      const A wx1 = wx[g.x.Tap(ox, ix + 1)];
+      for (int64_t c = 0; c < cc; ++c) {
+        A v = wx0 * c0[c];
+        v += wx1 * c1[c];
+        out[c] = Narrow<O>(v);
+      }
+    } else {
+      for (int64_t c = 0; c < cc; ++c) out[c] = Narrow<O>(wx0 * c0[c]);
+    }
+  }
   // Pixel ox of that row: cc values written to out (as O).
   template <typename O>
   void Pixel(const Row& r, int64_t ox, int64_t cc, O* out) const {
@@ -268,42 +304,14 @@ void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const Par
   if (sl.cc == 1) return BilinearForwardPlanar(g, input, output, pf);
   const BilinearPlan<T, A> plan(g);
   const int64_t cc = sl.cc, OW = g.x.n_out, W = g.x.n_in;
-  // The row's column values along y once (cols, one input row long), then each pixel is
-  // wx0 * cols[ix] + wx1 * cols[ix + 1] -- the operations of BilinearPixel in its order, so the
-  // same bits, without its per-pixel set-up (which dominates for narrow pixels).
+  // The row's column values along y once, then each pixel from them (BilinearPlan::Columns /
+  // PixelFromColumns): the operations of BilinearPixel in its order, so the same bits, without
+  // its per-pixel set-up (which dominates for narrow pixels).
   ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 4, [&](int64_t s, int64_t oy) {
     std::vector<A> cols(W * cc);
-    const auto row = plan.RowTaps(input + s * g.y.n_in * W * cc, oy, cc);
-    const T* __restrict r0 = row.rows[0];
-    const T* __restrict r1 = row.rows[1];
-    const A wy0 = row.w[0], wy1 = row.w[1];
-    if (row.n == 2) {
-      for (int64_t e = 0; e < W * cc; ++e) {
-        A v = wy0 * Widen(r0[e]);
-        v += wy1 * Widen(r1[e]);
-        cols[e] = v;
-      }
-    } else {
-      for (int64_t e = 0; e < W * cc; ++e) cols[e] = wy0 * Widen(r0[e]);
-    }
+    plan.Columns(plan.RowTaps(input + s * g.y.n_in * W * cc, oy, cc), cc, cols.data());
     T* out = output + (s * g.y.n_out + oy) * OW * cc;
-    for (int64_t ox = 0; ox < OW; ++ox) {
-      const int64_t ix = plan.tx.first[ox];
-      const A* __restrict c0 = cols.data() + ix * cc;
-      const A wx0 = plan.wx[g.x.Tap(ox, ix)];
-      T* __restrict o = out + ox * cc;
-      if (plan.tx.count[ox] == 2) {
-        const A* __restrict c1 = c0 + cc;
-        const A wx1 = plan.wx[g.x.Tap(ox, ix + 1)];
-        for (int64_t c = 0; c < cc; ++c) {
-          A v = wx0 * c0[c];
-          v += wx1 * c1[c];
-          o[c] = Narrow<T>(v);
-        }
-      } else {
-        for (int64_t c = 0; c < cc; ++c) o[c] = Narrow<T>(wx0 * c0[c]);
-      }
-    }
+    for (int64_t ox = 0; ox < OW; ++ox) plan.PixelFromColumns(cols.data(), ox, cc, out + ox * cc);
   });
 }
 
