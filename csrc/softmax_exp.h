@@ -8,27 +8,26 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "geometry.h"
 
 namespace tfup {
 
-TFUP_HOST_DEVICE inline int32_t BitsOf(float v) {
+// The bits of a float as int32 and back (std::memcpy on the host, the intrinsics on a device).
+template <typename To, typename From>
+TFUP_HOST_DEVICE inline To BitCast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
 #if defined(__CUDA_ARCH__)
-  return __float_as_int(v);
+  if constexpr (std::is_same_v<To, int32_t>) {
+    return __float_as_int(v);
+  } else {
+    return __int_as_float(v);
+  }
 #else
-  int32_t b;
-  std::memcpy(&b, &v, sizeof(b));
-  return b;
-#endif
-}
-TFUP_HOST_DEVICE inline float FloatOf(int32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __int_as_float(b);
-#else
-  float v;
-  std::memcpy(&v, &b, sizeof(v));
-  return v;
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
 #endif
 }
 
@@ -47,8 +46,8 @@ TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = r * r * p + r + 1.0f;
-  const int32_t bits = (BitsOf(t) - 0x4B400000 + 127) * (1 << 23);  // 2^n
-  const float scale = FloatOf(bits);
+  const int32_t bits = (BitCast<int32_t>(t) - 0x4B400000 + 127) * (1 << 23);  // 2^n
+  const float scale = BitCast<float>(bits);
   return e * scale;
 }
 TFUP_HOST_DEVICE inline double SoftmaxExp(double x) { return exp(x); }

@@ -260,8 +260,9 @@ template <typename T>
 void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
-  const AxisTaps ty(g.y), tx(g.x);
-  const std::vector<A> wy = BilinearTable<A>(g.y), wx = BilinearTable<A>(g.x);
+  const BilinearPlan<T, A> plan(g);
+  const AxisTaps& tx = plan.tx;
+  const std::vector<A>& wx = plan.wx;
   const int64_t W = g.x.n_in, OW = g.x.n_out, OH = g.y.n_out;
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(64, OH / 4));
   const int64_t bands = (OH + band - 1) / band;
@@ -271,22 +272,9 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
       const int64_t s = u / bands, o0 = (u % bands) * band, o1 = std::min(OH, o0 + band);
       const T* in = input + s * g.y.n_in * W;
       for (int64_t oy = o0; oy < o1; ++oy) {
-        const int64_t iy = ty.first[oy], ny = ty.count[oy];
-        const T* __restrict row0 = in + iy * W;
-        const A w0 = wy[g.y.Tap(oy, iy)];
-        if (ny == 2) {
-          const T* __restrict row1 = row0 + W;
-          const A w1 = wy[g.y.Tap(oy, iy + 1)];
-          for (int64_t j = 0; j < W; ++j) {
-            A v = w0 * Widen(row0[j]);
-            v += w1 * Widen(row1[j]);
-            r[j] = v;
-          }
-        } else {
-          for (int64_t j = 0; j < W; ++j) r[j] = w0 * Widen(row0[j]);
-        }
+        plan.Columns(plan.RowTaps(in, oy, 1), 1, r.data());  // along y, once per row
         T* __restrict o = output + (s * OH + oy) * OW;
-        for (int64_t ox = 0; ox < OW; ++ox) {
+        for (int64_t ox = 0; ox < OW; ++ox) {  // then along x: PixelFromColumns, inlined
           const int64_t ix = tx.first[ox];
           A v = wx[g.x.Tap(ox, ix)] * r[ix];
           if (tx.count[ox] == 2) v += wx[g.x.Tap(ox, ix + 1)] * r[ix + 1];
