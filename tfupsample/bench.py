@@ -86,10 +86,13 @@ def dense_filter_bytes(factor, classes, itemsize=4):
 class Problem:
     """An x`factor` upsample of [n, h, w, classes] float32 logits, NHWC."""
 
-    def __init__(self, n, h, w, classes, factor, seed=0):
+    def __init__(self, n, h, w, classes, factor, seed=0, logits="random"):
         rng = np.random.default_rng(seed)
         self.factor, self.classes = factor, classes
-        self.x = tf.constant(rng.standard_normal((n, h, w, classes), dtype=np.float32))
+        if logits == "segmentation":
+            self.x = segmentation_logits(n, h, w, classes, seed)
+        else:
+            self.x = tf.constant(rng.standard_normal((n, h, w, classes), dtype=np.float32))
         self.out_shape = [n, h * factor, w * factor, classes]
         self.k = bilinear_kernel_size(factor)
         self.filter = tf.constant(tu.bilinear_upsample_weights(factor, classes))
@@ -151,7 +154,7 @@ class Problem:
             "tfupsample": self._ours(
                 lambda: _ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=f),
                 lambda: self._vjp(lambda x: tu.bilinear_upsample(x, f), self.x, dy)),
-            "read dy once (floor)": lambda: tf.reduce_sum(dy),
+            "read dy once (floor)": read_floor(dy),
             "tf.image.resize grad": lambda: tf.raw_ops.ResizeBilinearGrad(
                 grads=dy, original_image=self.x, align_corners=False, half_pixel_centers=True),
             # The adjoint of depthwise_conv2d_backprop_input with respect to its input.
@@ -223,12 +226,9 @@ class Problem:
 # ------------------------------------------------------------------------------------------------
 # The machine, floors, and the targets: every figure a ratio measured in one run.
 
-def environment():
-    """What the figures depend on: CPU, ISA, cores, TensorFlow build, oneDNN, threads."""
-    import os
+def cpu_info():
+    """(model name, set of ISA flags) of this CPU, from /proc/cpuinfo where there is one."""
     import platform
-
-    from tfupsample import numpy as tnp
 
     flags = set()
     model = platform.processor() or "unknown CPU"
@@ -241,6 +241,16 @@ def environment():
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return model, flags
+
+
+def environment():
+    """What the figures depend on: CPU, ISA, cores, TensorFlow build, oneDNN, threads."""
+    import os
+
+    from tfupsample import numpy as tnp
+
+    model, flags = cpu_info()
     try:
         from tensorflow.python.util import _pywrap_util_port
 
@@ -326,16 +336,6 @@ def scaled_peer(make, classes):
     return Peer(make(c), classes / c, f"time scaled from {c} classes (a real call: ~{estimate:.0f} s)")
 
 
-def real_or_scaled(fn_of_channels, classes, probe=4):
-    """(seconds, note) of a per-channel stock peer at `classes`: timed for real, unless a probe
-    on `probe` channels says the real call would take over a minute; then scaled, and said."""
-    t_probe = timed(lambda: fn_of_channels(probe), repeats=1, warmup=1)
-    estimate = t_probe * classes / probe
-    if estimate > MINUTE:
-        return estimate, f"scaled from {probe} classes (a real call would take ~{estimate:.0f} s)"
-    return timed(lambda: fn_of_channels(classes), repeats=3, warmup=1), None
-
-
 class Target:
     """One target: `ours` against `ref` (a floor or a peer) as ours / ref (`at_most`: the ratio
     must not exceed `limit`) or ref / ours (`faster`: ours must be at least `limit` x faster)."""
@@ -365,28 +365,30 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
     """Measures the targets in this process and returns them (a list of Target)."""
     h, w = size
     ms = lambda s: s * 1e3  # noqa: E731
+
+    def run(peer, reps=repeats):
+        """(ms, note) of one of Problem's peers, a scaled one's time scaled."""
+        return ms(timed(peer, reps)) * getattr(peer, "scale", 1.0), getattr(peer, "note", None)
+
     out = []
     prob = Problem(1, h, w, classes, factor)
-    f, x, shape = factor, prob.x, prob.out_shape
+    f = factor
     if "forward" in which:
-        ours = ms(timed(lambda: tu.bilinear_upsample(x, f), repeats))
-        floor = ms(timed(write_floor(shape), repeats))
-        resize = ms(timed(lambda: tf.image.resize(x, shape[1:3], "bilinear"), repeats))
-        filt = prob.filter
-
-        def stock(c):
-            return tf.nn.depthwise_conv2d_backprop_input(shape[:3] + [c], filt[:, :, :c], x[..., :c],
-                                                         [1, f, f, 1], "SAME")
-        stock_s, note = real_or_scaled(stock, classes)
-        out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3),
-                Target("forward vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0),
+        peers = prob.forward(dense_limit_bytes=0)
+        ours, ours_note = run(peers["tfupsample"])
+        floor, _ = run(peers["write floor (tf.fill)"])
+        resize, _ = run(peers["tf.image.resize"])
+        stock, note = run(peers["depthwise_backprop_input"], 3)
+        out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3, ours_note),
+                Target("forward vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0, ours_note),
                 Target("forward vs stock depthwise_conv2d_backprop_input", ours,
-                       "depthwise_conv2d_backprop_input", ms(stock_s), "faster", 1.0, note)]
+                       "depthwise_conv2d_backprop_input", stock, "faster", 1.0, note or ours_note)]
     if "input_grad" in which:
-        dy = prob.dy
-        ours = ms(timed(lambda: _ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=f), repeats))
-        floor = ms(timed(read_floor(dy), repeats))
-        out.append(Target("input gradient vs the read floor", ours, "read floor", floor, "at_most", 1.3))
+        peers = prob.input_grad()
+        ours, ours_note = run(peers["tfupsample"])
+        floor, _ = run(peers["read dy once (floor)"])
+        out.append(Target("input gradient vs the read floor", ours, "read floor", floor, "at_most", 1.3,
+                          ours_note))
     if "filter_grad" in which:
         fp = Problem(1, h, w, filter_classes, factor)
         fx, fdy = fp.x, fp.dy
@@ -406,15 +408,15 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                           "at_most", 3.0, f"tape {ours:.1f} ms incl. forward {fwd:.1f} ms"))
     if "argmax" in which:
         for kind in logits:
-            xl = x if kind == "random" else segmentation_logits(1, h, w, classes)
-            ours = ms(timed(lambda: tu.upsample_argmax(xl, f), repeats))
-            unfused = ms(timed(lambda: tf.argmax(tu.bilinear_upsample(xl, f), -1), repeats))
+            peers = (prob if kind == "random" else Problem(1, h, w, classes, factor, logits=kind)).argmax()
+            ours, _ = run(peers["tfupsample upsample_argmax"])
+            unfused, _ = run(peers["bilinear_upsample + tf.argmax"])
             out.append(Target(f"upsample_argmax, {kind} logits", ours,
                               "bilinear_upsample + tf.argmax", unfused, "faster",
                               4.0 if kind == "random" else 20.0))
     if "loss" in which:
         peers = prob.loss_and_grad()
-        ours = ms(timed(peers["tfupsample fused loss"], max(3, repeats // 2)))
+        ours, _ = run(peers["tfupsample fused loss"], max(3, repeats // 2))
         unfused = ms(timed(peers["bilinear_upsample + stock loss"], 3, 1))
         out.append(Target("fused loss forward + gradient", ours, "bilinear_upsample + stock loss + gradient",
                           unfused, "faster", 6.0))

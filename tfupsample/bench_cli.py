@@ -1,20 +1,12 @@
 """`tfupsample bench`: time and peak memory of ours and the stock peers, classes x factors."""
 
-import platform
 import sys
 
 from . import bench
 
 
 def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return bench.cpu_info()[0]
 
 
 def describe(env):

@@ -5,12 +5,12 @@ They are classes of the Keras that `tf.keras` is in this process: Keras 3, or le
 registers them for deserialisation as soon as that Keras is imported.
 """
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true", "yes"):
+from . import _keras_name
+
+if _keras_name() == "tf_keras":  # the rule TensorFlow applies to tf.keras, written once
     import tf_keras as keras
 
     LEGACY = True
@@ -29,9 +29,12 @@ from .heads import upsample_sparse_softmax_cross_entropy
 def _set_mask(losses, mask):
     """Attach a Keras mask to per-sample losses, as keras.losses.sparse_categorical_crossentropy
     does for ignore_class: the loss reduction then leaves masked entries out of the mean."""
+    if LEGACY:  # tf_keras reads the attribute
+        losses._keras_mask = mask
+        return losses
     try:
         from keras.src.backend import set_keras_mask
-    except ImportError:  # Keras versions before the helper set the attribute directly
+    except ImportError:  # Keras 3 versions before the helper set the attribute directly
         losses._keras_mask = mask
     else:
         set_keras_mask(losses, mask)
