@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 SUPPORTED = ((2, 16), (2, 21))  # oldest and newest supported minor series, inclusive
-OTHER_DEPENDENCIES = ["numpy>=1.24", "scikit-image>=0.21"]
+OTHER_DEPENDENCIES = ["numpy>=1.24"]  # the tools' own needs are extras (pyproject.toml)
 _DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
 
 _PROBE = """

@@ -25,7 +25,7 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.section("tfupsample targets (ratios measured in this run)")
     if ENVIRONMENT:
-        from tfupsample import bench_cli
+        from tfupsample.tools import bench_cli
 
         tr.write_line(bench_cli.describe(ENVIRONMENT))
     for line in LINES:

@@ -17,13 +17,13 @@ nvcc -std=c++17 -O3 -arch="sm_$arch" -shared -Xcompiler -fPIC -Icsrc \
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 echo "== parity, determinism, timings"
-PYTHONUNBUFFERED=1 "$py" benchmarks/gpu_check.py --backend cuda "$@"
+PYTHONUNBUFFERED=1 "$py" -m benchmarks.gpu_check --backend cuda "$@"
 status=$?
 
 echo "== compute-sanitizer memcheck (small cases of every op and dtype)"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-    "$py" benchmarks/gpu_check.py --backend cuda --sanitize
+    "$py" -m benchmarks.gpu_check --backend cuda --sanitize
   sanitizer=$?
   echo "memcheck exit status: $sanitizer"
   [ "$sanitizer" -eq 0 ] || status=1

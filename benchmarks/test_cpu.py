@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfupsample as tu
 from conftest import ENVIRONMENT, EXTRA, LINES, record
-from tfupsample import bench
+from tfupsample.tools import bench
 
 ROUNDS = dict(rounds=7, warmup_rounds=3, iterations=1)
 BIG = bench.Problem(1, 16, 22, 1000, 32)
@@ -22,10 +22,22 @@ def run_peer(benchmark, peer, group, name, rounds=ROUNDS):
     record(benchmark, group, name, scale)
 
 
-@pytest.mark.parametrize("name", list(BIG.forward(dense_limit_bytes=0)))
-def test_forward(benchmark, name):
-    benchmark.group = "forward x32, 1000 classes"
-    run_peer(benchmark, BIG.forward(dense_limit_bytes=0)[name], "forward", name)
+# The FCN-32 shape, ours against each peer: (group, record key, the problem's peers, rounds).
+PAIRS = [
+    ("forward x32, 1000 classes", "forward", lambda: BIG.forward(dense_limit_bytes=0), ROUNDS),
+    ("input gradient x32, 1000 classes", "input_grad", BIG.input_grad, ROUNDS),
+    ("upsample + argmax x32, 1000 classes", "argmax", BIG.argmax, ROUNDS),
+    ("softmax cross-entropy forward + gradient x32, 1000 classes", "loss", BIG.loss_and_grad,
+     dict(rounds=3, warmup_rounds=1)),
+]
+
+
+@pytest.mark.parametrize("group, key, peers, rounds, name",
+                         [pytest.param(*pair, name, id=f"{pair[1]}-{name}") for pair in PAIRS
+                          for name in pair[2]()])
+def test_fcn32(benchmark, group, key, peers, rounds, name):
+    benchmark.group = group
+    run_peer(benchmark, peers()[name], key, name, rounds)
 
 
 @pytest.mark.parametrize("classes", [64, 128])
@@ -35,12 +47,6 @@ def test_forward_dense_small_classes(benchmark, classes):
     benchmark.group = "dense conv2d_transpose"
     benchmark.pedantic(prob.forward()["dense conv2d_transpose"], **ROUNDS)
     EXTRA["dense filter bytes at 1000 classes x32"] = f"{bench.dense_filter_bytes(32, 1000) / 1e9:.1f} GB"
-
-
-@pytest.mark.parametrize("name", list(BIG.input_grad()))
-def test_input_grad(benchmark, name):
-    benchmark.group = "input gradient x32, 1000 classes"
-    run_peer(benchmark, BIG.input_grad()[name], "input_grad", name)
 
 
 @pytest.mark.parametrize("name", list(FILTER.filter_grad()))
@@ -87,18 +93,6 @@ def test_peak_memory(benchmark, what):
     if peak is not None:
         EXTRA[f"{what}: peak RSS growth / output bytes"] = f"{peak / out_bytes:.3f}"
         benchmark.extra_info["peak_over_output"] = peak / out_bytes
-
-
-@pytest.mark.parametrize("name", list(BIG.argmax()))
-def test_argmax(benchmark, name):
-    benchmark.group = "upsample + argmax x32, 1000 classes"
-    run_peer(benchmark, BIG.argmax()[name], "argmax", name)
-
-
-@pytest.mark.parametrize("name", list(BIG.loss_and_grad()))
-def test_loss_and_grad(benchmark, name):
-    benchmark.group = "softmax cross-entropy forward + gradient x32, 1000 classes"
-    run_peer(benchmark, BIG.loss_and_grad()[name], "loss", name, dict(rounds=3, warmup_rounds=1))
 
 
 @pytest.mark.parametrize("what", ["argmax", "loss"])

@@ -8,7 +8,7 @@ as in FCN; prints the mean IoU before and after and saves image / ground truth /
 
 import argparse
 
-from tfupsample import training
+from tfupsample.tools import training
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seconds", type=float, default=60.0)

@@ -6,16 +6,16 @@ import tempfile
 
 import pytest
 
-import tfupsample.verify as verify
+import tfupsample.tools.verify as verify
 
 
 def _cli(*args):
     # Run outside the checkout so the installed package is the one imported.
-    return subprocess.run([sys.executable, "-m", "tfupsample.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tfupsample.tools.cli", *args], capture_output=True,
                           text=True, timeout=600, cwd=tempfile.gettempdir())
 
 
-def test_verify_passes_for_the_seed_factors():
+def test_verify_passes_for_factors_2_to_9():
     out = _cli("verify", "--factors", "2,3,4,5,6,7,8,9")
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [line for line in out.stdout.splitlines() if line.split()[0].isdigit()]
@@ -37,6 +37,23 @@ def test_verify_fails_when_an_implementation_is_wrong(monkeypatch):
     lines = []
     assert verify.run([2], out=lines.append) is False
     assert lines[-2].endswith("FAIL") and lines[-1] == "FAILED"
+
+
+@pytest.mark.parametrize("argv, needs, extra", [
+    (["verify"], "scikit-image", "verify"),
+    (["demo"], "scikit-image", "demo"),
+    (["demo", "--train"], "matplotlib", "plot"),
+    (["bench", "--plot", "x.png"], "matplotlib", "plot"),
+])
+def test_a_tool_without_its_extra_names_the_extra(argv, needs, extra, monkeypatch, capsys):
+    from tfupsample.tools import cli
+
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("skimage", "matplotlib") else real(name, *a))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needs in err and f"pip install 'tfupsample[{extra}]'" in err, err
 
 
 def test_bad_factors_argument():
@@ -106,7 +123,7 @@ def test_demo_writes_the_segmentation_picture(tmp_path):
 
 
 def test_demo_class_names_come_from_the_installed_package():
-    from tfupsample.demo import class_names
+    from tfupsample.tools.demo import class_names
 
     names = class_names()
     assert len(names) == 1000 and names[0] == "tench"
@@ -114,6 +131,6 @@ def test_demo_class_names_come_from_the_installed_package():
 
 @pytest.mark.parametrize("size", ["16", "0x4", "4x5x6", "ax3"])
 def test_bench_size_is_checked_even_under_python_O(size):
-    r = subprocess.run([sys.executable, "-O", "-m", "tfupsample.cli", "bench", "--size", size],
+    r = subprocess.run([sys.executable, "-O", "-m", "tfupsample.tools.cli", "bench", "--size", size],
                        capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
     assert r.returncode == 2 and "--size takes HxW" in r.stderr, r.stderr[-2000:]

@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import reference as ref
+import tfupsample.testing as ref
 import tfupsample.cuda as tc
 from cuda_host import emulator
 
@@ -58,7 +58,7 @@ def test_bilinear_forward_and_gradient(emu, factor, layout, rng):
     for dtype, (_, np_t) in DTYPES.items():
         xt = to_layout(x.astype(np_t), layout)
         out = np.zeros_like(to_layout(np.zeros((shape[0], oh, ow, shape[3]), np_t), layout))
-        call(emu, "bilinear_forward", bilinear_dims(shape, factor, layout), dtype, xt, out)
+        call(emu, "BilinearForward", bilinear_dims(shape, factor, layout), dtype, xt, out)
         ref.assert_close(from_layout(out.astype(np.float64), layout),
                          ref.bilinear_loop(x.astype(np_t).astype(np.float64), factor), dtype)
 
@@ -66,15 +66,13 @@ def test_bilinear_forward_and_gradient(emu, factor, layout, rng):
     for dtype in ("float32", "float64", "bfloat16"):
         np_t = DTYPES[dtype][1]
         dx = np.full_like(to_layout(x.astype(np_t), layout), np.nan)  # unwritten stays NaN
-        call(emu, "bilinear_backprop_input", bilinear_dims(shape, factor, layout), dtype,
+        call(emu, "BilinearBackpropInput", bilinear_dims(shape, factor, layout), dtype,
              to_layout(dy.astype(np_t), layout), dx)
         exp = ref.transposed_conv_input_grad_loop(dy.astype(np_t).astype(np.float64),
                                                   ref.bilinear_filter(factor, shape[3]),
                                                   shape[1:3], (factor, factor), "SAME")
-        # A sum of up to (2f)^2 terms: the tolerance grows with it for the half types.
-        tol = ref.TOL[dtype] * (10 if dtype == "bfloat16" else 1)
-        err = np.max(np.abs(from_layout(dx.astype(np.float64), layout) - exp)) / max(1, np.max(np.abs(exp)))
-        assert err <= tol, (dtype, err)  # NaN (an element never written) fails this too
+        # NaN (an element never written) fails this too.
+        ref.assert_close(from_layout(dx, layout), exp, dtype, "input_grad")
 
 
 CASES = [  # input [n, h, w, c], kernel, strides, padding, output size (None: the default)
@@ -111,21 +109,20 @@ def test_depthwise_forward_and_gradients(emu, case, layout, dtype, rng):
     d = dims(shape, out_hw, k, s, padding, layout)
 
     y = np.full(to_layout(dy, layout).shape, np.nan, np_t)  # every element must be written
-    call(emu, "depthwise_forward", d, dtype, to_layout(x, layout), w, y)
+    call(emu, "DepthwiseForward", d, dtype, to_layout(x, layout), w, y)
     ref.assert_close(from_layout(y.astype(np.float64), layout),
                      ref.transposed_conv_loop(x64, w64, out_hw, s, padding), dtype)
 
     dx = np.full(to_layout(x, layout).shape, np.nan, np_t)
-    call(emu, "depthwise_backprop_input", d, dtype, to_layout(dy, layout), w, dx)
+    call(emu, "DepthwiseBackpropInput", d, dtype, to_layout(dy, layout), w, dx)
     ref.assert_close(from_layout(dx.astype(np.float64), layout),
-                     ref.transposed_conv_input_grad_loop(dy64, w64, shape[1:3], s, padding), dtype)
+                     ref.transposed_conv_input_grad_loop(dy64, w64, shape[1:3], s, padding), dtype,
+                     "input_grad")
 
     dw = np.full(w.shape, np.nan, np_t)
-    call(emu, "depthwise_backprop_filter", d, dtype, to_layout(x, layout), to_layout(dy, layout), dw)
-    expected = ref.transposed_conv_filter_grad_loop(x64, dy64, k, s, padding)
-    scale = max(1.0, np.sqrt(shape[0] * shape[1] * shape[2]))  # sums of many products
-    err = np.max(np.abs(dw.astype(np.float64) - expected), initial=0) / max(1, np.max(np.abs(expected), initial=0))
-    assert err <= ref.TOL[dtype] * scale, err
+    call(emu, "DepthwiseBackpropFilter", d, dtype, to_layout(x, layout), to_layout(dy, layout), dw)
+    ref.assert_close(dw, ref.transposed_conv_filter_grad_loop(x64, dy64, k, s, padding), dtype,
+                     "filter_grad")
 
 
 def test_filter_gradient_chunked_over_many_rows(emu, rng):
@@ -134,9 +131,9 @@ def test_filter_gradient_chunked_over_many_rows(emu, rng):
     x = rng.standard_normal(shape)
     dy = rng.standard_normal((3, 1400, 4, 1))
     dw = np.zeros((1, 1, 1))
-    call(emu, "depthwise_backprop_filter", dims(shape, (1400, 4), (1, 1), (2, 2)), "float64", x, dy, dw)
+    call(emu, "DepthwiseBackpropFilter", dims(shape, (1400, 4), (1, 1), (2, 2)), "float64", x, dy, dw)
     expected = ref.transposed_conv_filter_grad_loop(x, dy, (1, 1), (2, 2), "SAME")
-    np.testing.assert_allclose(dw, expected, rtol=1e-12)
+    ref.assert_close(dw, expected, "float64", "filter_grad")
 
 
 @pytest.mark.parametrize("factor", [2, 3, 8, 32])
@@ -148,11 +145,11 @@ def test_heads(emu, factor, dtype, rng):
     d = bilinear_dims(shape, factor)
     oh, ow = shape[1] * factor, shape[2] * factor
     up = np.zeros((shape[0], oh, ow, shape[3]), np_t)
-    call(emu, "bilinear_forward", d, dtype, x, up)
+    call(emu, "BilinearForward", d, dtype, x, up)
 
     labels = np.zeros((shape[0], oh, ow), np.int64)
     scores = np.zeros((shape[0], oh, ow), np_t)
-    call(emu, "argmax", d, dtype, x, labels, scores)
+    call(emu, "UpsampleArgmax", d, dtype, x, labels, scores)
     # The same arithmetic as the forward: labels and scores equal argmax / max of it, bit for bit.
     np.testing.assert_array_equal(labels, np.argmax(up.astype(np.float64), -1))
     np.testing.assert_array_equal(scores.astype(np.float64), up.astype(np.float64).max(-1))
@@ -161,20 +158,18 @@ def test_heads(emu, factor, dtype, rng):
     target = rng.integers(0, shape[3], labels.shape)
     target[0, 0, :] = 3  # the ignore label, on one row
     loss = np.zeros(labels.shape, np_t)
-    call(emu, "cross_entropy", d[:12] + [1, 3], dtype, x, target, loss)
+    call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3], dtype, x, target, loss)
     exp_loss, exp_grad_up = ref.softmax_cross_entropy(up64, target, ignore=3)
-    tol = {"float16": 2e-2, "bfloat16": 1e-1, "float32": 1e-5, "float64": 1e-12}[dtype]
-    np.testing.assert_allclose(loss.astype(np.float64), exp_loss, atol=tol, rtol=tol)
+    ref.assert_close(loss, exp_loss, dtype, "loss")
     assert np.all(loss[0, 0, :] == 0)
 
     g = rng.standard_normal(labels.shape)
     grad = np.full(shape, np.nan, np_t)
-    call(emu, "cross_entropy_grad", d[:12] + [1, 3], dtype, x, target, g.astype(np_t), grad)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3], dtype, x, target, g.astype(np_t), grad)
     expected = ref.transposed_conv_input_grad_loop(exp_grad_up * g.astype(np_t).astype(np.float64)[..., None],
                                                    ref.bilinear_filter(factor, shape[3]),
                                                    shape[1:3], (factor, factor), "SAME")
-    err = np.max(np.abs(grad.astype(np.float64) - expected)) / max(1, np.max(np.abs(expected)))
-    assert err <= tol * 10, err
+    ref.assert_close(grad, expected, dtype, "loss_grad")
 
 
 def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
@@ -185,12 +180,12 @@ def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
     target[0, 1, 2] = 4  # out of range
     target[0, 3, 3] = -1
     loss = np.zeros(target.shape)
-    call(emu, "cross_entropy", d, "float64", x, target, loss)
+    call(emu, "UpsampleSoftmaxCrossEntropy", d, "float64", x, target, loss)
     bad = np.zeros(target.shape, bool)
     bad[0, 1, 2] = bad[0, 3, 3] = True
     assert np.all(np.isnan(loss[bad])) and np.all(np.isfinite(loss[~bad]))
     grad = np.zeros(shape)
-    call(emu, "cross_entropy_grad", d, "float64", x, target, np.ones(target.shape), grad)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d, "float64", x, target, np.ones(target.shape), grad)
     assert np.isnan(grad).any()
 
 
@@ -220,7 +215,7 @@ def test_bilinear_forward_vector_paths_agree_bitwise(emu, rng):
     outs = []
     for src in (x, shifted):
         out = np.zeros((2, 9, 12, 8), np.float32)
-        call(emu, "bilinear_forward", bilinear_dims(shape, f), "float32", src, out)
+        call(emu, "BilinearForward", bilinear_dims(shape, f), "float32", src, out)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     ref.assert_close(outs[0], ref.bilinear_loop(x.astype(np.float64), f), "float32")
@@ -239,7 +234,7 @@ def test_non_finite_inputs_reach_only_their_taps(emu, layout):
     for dtype in ("float32", "float64", "float16"):
         np_t = DTYPES[dtype][1]
         out = np.zeros(to_layout(np.zeros(expected.shape), layout).shape, np_t)
-        call(emu, "bilinear_forward", bilinear_dims(shape, f, layout), dtype, to_layout(x.astype(np_t), layout), out)
+        call(emu, "BilinearForward", bilinear_dims(shape, f, layout), dtype, to_layout(x.astype(np_t), layout), out)
         got = from_layout(out.astype(np.float64), layout)
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
         np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))

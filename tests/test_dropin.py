@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference as ref
+import tfupsample.testing as ref
 import tfupsample as tu
 import tfupsample.cuda as tc
 from cuda_host import emulator
@@ -145,7 +145,7 @@ def test_legal_output_sizes_are_what_stock_tf_accepts(n, rng):
             assert (expected is not None) == ours_ok, (n, k, s, p, o, lo, hi)
             if expected is not None:
                 y = tu.conv2d_transpose(x, w, [1, o, 2, 1], [s, 1], P).numpy()
-                np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6, err_msg=str((n, k, s, p, o)))
+                ref.assert_close(y, expected, "float32", what=str((n, k, s, p, o)))
 
 
 # ---- one weight, across paths and devices ----------------------------------------------------
@@ -209,17 +209,17 @@ def _cpu_and_cuda(emu, dtype, layout, shape, k, s, padding, out_hw, rng):
             "depthwise filter grad": lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(x, dy, [*k, c, 1], **a)[..., 0],
         }
     cuda = {
-        "depthwise forward": run("depthwise_forward", x, wt, dy),
-        "depthwise input grad": run("depthwise_backprop_input", dy, wt, x),
-        "depthwise filter grad": run("depthwise_backprop_filter", x, dy, wt),
+        "depthwise forward": run("DepthwiseForward", x, wt, dy),
+        "depthwise input grad": run("DepthwiseBackpropInput", dy, wt, x),
+        "depthwise filter grad": run("DepthwiseBackpropFilter", x, dy, wt),
     }
     if k[0] == 2 * s[0] - s[0] % 2 and k == (k[0], k[0]) and s[0] == s[1] and padding == "SAME" and out_hw == (h * s[0], w * s[1]):
         f = s[0]
         with tf.device("/CPU:0"):
             cpu["bilinear forward"] = tu.bilinear_upsample(x, f, data_format=layout)
             cpu["bilinear input grad"] = lib.tfupsample_bilinear_upsample_grad(dy, factor=f, data_format=layout)
-        cuda["bilinear forward"] = run("bilinear_forward", x, dy)
-        cuda["bilinear input grad"] = run("bilinear_backprop_input", dy, x)
+        cuda["bilinear forward"] = run("BilinearForward", x, dy)
+        cuda["bilinear input grad"] = run("BilinearBackpropInput", dy, x)
     return {key: np.asarray(v) for key, v in cpu.items()}, cuda
 
 

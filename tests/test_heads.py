@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tfupsample as tu
 from tfupsample._ops import lib
+from tfupsample.testing import assert_close
 
 FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -70,8 +71,8 @@ def test_cross_entropy_and_gradient_match_unfused(factor, rng):
         ref = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tu.bilinear_upsample(x, factor, impl="dense"))
         ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, factor)
         lr, lo = tf.reduce_sum(ref * g), tf.reduce_sum(ours * g)
-    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(tape.gradient(lo, x).numpy(), tape.gradient(lr, x).numpy(), rtol=1e-10, atol=1e-12)
+    assert_close(ours, ref, "float64", "loss")
+    assert_close(tape.gradient(lo, x), tape.gradient(lr, x), "float64", "loss_grad")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -82,8 +83,7 @@ def test_cross_entropy_lower_precisions(dtype, rng):
         labels, tu.bilinear_upsample(tf.cast(x, tf.float64), 4))
     ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, 4)
     assert ours.dtype == x.dtype
-    tol = {"float16": 2e-2, "bfloat16": 1e-1, "float32": 1e-5}[dtype]
-    np.testing.assert_allclose(tf.cast(ours, tf.float64).numpy(), ref.numpy(), rtol=tol, atol=tol)
+    assert_close(ours, ref, dtype, "loss")
 
 
 def test_cross_entropy_is_stable_for_large_logits(rng):
@@ -92,7 +92,7 @@ def test_cross_entropy_is_stable_for_large_logits(rng):
     ours = tu.upsample_sparse_softmax_cross_entropy(labels, x, 2).numpy()
     ref = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tu.bilinear_upsample(x, 2)).numpy()
     assert np.isfinite(ours).all()
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-2)
+    assert_close(ours, ref, "float32", "loss")
 
 
 def test_ignore_label_gives_zero_loss_and_gradient(rng):
@@ -110,8 +110,8 @@ def test_ignore_label_gives_zero_loss_and_gradient(rng):
         tape2.watch(x)
         ref = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(keep, labels, 0), tu.bilinear_upsample(x, 3))
         ref_total = tf.reduce_sum(tf.where(keep, ref, 0.0))
-    np.testing.assert_allclose(loss.numpy()[keep], ref.numpy()[keep], rtol=1e-12)
-    np.testing.assert_allclose(tape.gradient(total, x).numpy(), tape2.gradient(ref_total, x).numpy(), rtol=1e-10, atol=1e-12)
+    assert_close(loss.numpy()[keep], ref.numpy()[keep], "float64", "loss")
+    assert_close(tape.gradient(total, x), tape2.gradient(ref_total, x), "float64", "loss_grad")
     # Every label ignored: loss 0, gradient exactly 0.
     with tf.GradientTape() as tape3:
         tape3.watch(x)
@@ -123,7 +123,7 @@ def test_gradient_numeric(rng):
     labels = rng.integers(0, 4, (1, 6, 4))
     theoretical, numerical = tf.test.compute_gradient(
         lambda t: tu.upsample_sparse_softmax_cross_entropy(labels, t, 2), [rng.standard_normal((1, 3, 2, 4))])
-    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
+    assert_close(theoretical[0], numerical[0], "float64", "jacobian")
 
 
 def test_labels_out_of_range_are_an_error(rng):
@@ -162,8 +162,8 @@ def test_heads_under_xla(factor, rng):
     a = tf.function(step, jit_compile=True)(x)
     b = step(x)
     np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
-    np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), rtol=1e-5)
-    np.testing.assert_allclose(a[2].numpy(), b[2].numpy(), rtol=1e-4, atol=1e-5)
+    assert_close(a[1], b[1], "float32", "loss")
+    assert_close(a[2], b[2], "float32", "loss_grad")
 
 
 def test_keras_loss_trains_a_model(rng):
@@ -183,7 +183,7 @@ def test_keras_loss_trains_a_model(rng):
     # The reported loss is Keras' own loss on the upsampled logits: ignored pixels out of the mean.
     stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
     expected = stock(y, tu.bilinear_upsample(model(x), 4, impl="dense"))
-    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), expected.numpy(), rtol=1e-5)
+    assert_close(model.evaluate(x, y, verbose=0), expected, "float32", "loss")
     restored = UpsampledSparseCategoricalCrossentropy.from_config(loss.get_config())
     assert (restored.factor, restored.ignore_class) == (4, 255)
     with pytest.raises(ValueError, match="from_logits=True"):
@@ -209,8 +209,7 @@ def test_keras_loss_equals_keras_on_the_upsampled_logits(ignore, weights, reduct
     stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore,
                                                        reduction=reduction)
     up = tu.bilinear_upsample(logits, 4, impl="dense")  # the reference upsample
-    np.testing.assert_allclose(ours(y, logits, sample_weight=sw).numpy(),
-                               stock(y, up, sample_weight=sw).numpy(), rtol=2e-5, atol=1e-6)
+    assert_close(ours(y, logits, sample_weight=sw), stock(y, up, sample_weight=sw), "float32", "loss")
 
 
 def test_keras_loss_takes_ignore_label_as_another_name():

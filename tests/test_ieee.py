@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference as ref
+import tfupsample.testing as ref
 import tfupsample as tu
 from tfupsample._ops import lib
 from cuda_host import emulator
@@ -124,8 +124,8 @@ def test_bilinear_cuda_kernels(emu, factor, layout, dtype, rng):
     args = _args((n, h, w, c), (h * factor, w * factor), (k, k), (factor, factor), "SAME", layout)
     xin, dyin = (np.ascontiguousarray(ref.to_layout(v, layout), dtype) for v in (x, dy))
     y, dx = np.zeros(dyin.shape, dtype), np.zeros(xin.shape, dtype)
-    _emu_run(emu, "bilinear_forward", args, dtype, xin, y)
-    _emu_run(emu, "bilinear_backprop_input", args, dtype, dyin, dx)
+    _emu_run(emu, "BilinearForward", args, dtype, xin, y)
+    _emu_run(emu, "BilinearBackpropInput", args, dtype, dyin, dx)
     kern = ref.bilinear_filter(factor, c)
     _assert_same_specials(ref.from_layout(y, layout), ref.bilinear_loop(x, factor))
     _assert_same_specials(ref.from_layout(dx, layout),
@@ -145,9 +145,9 @@ def test_depthwise_cuda_kernels(emu, case, layout, dtype, rng):
     lay = lambda v: np.ascontiguousarray(ref.to_layout(v, layout), dtype)  # noqa: E731
     xin, dyin, dyf, wt = lay(x), lay(dy), lay(dy_finite), np.ascontiguousarray(filt, dtype)
     y, dx, dw = np.zeros(dyin.shape, dtype), np.zeros(xin.shape, dtype), np.zeros(filt.shape, dtype)
-    _emu_run(emu, "depthwise_forward", args, dtype, xin, wt, y)
-    _emu_run(emu, "depthwise_backprop_input", args, dtype, dyin, wt, dx)
-    _emu_run(emu, "depthwise_backprop_filter", args, dtype, xin, dyf, dw)
+    _emu_run(emu, "DepthwiseForward", args, dtype, xin, wt, y)
+    _emu_run(emu, "DepthwiseBackpropInput", args, dtype, dyin, wt, dx)
+    _emu_run(emu, "DepthwiseBackpropFilter", args, dtype, xin, dyf, dw)
     _assert_same_specials(ref.from_layout(y, layout), ref.transposed_conv_loop(x, filt, out_hw, s, padding))
     _assert_same_specials(ref.from_layout(dx, layout),
                           ref.transposed_conv_input_grad_loop(dy, filt, (h, w), s, padding))

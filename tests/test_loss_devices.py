@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference as ref
+import tfupsample.testing as ref
 import tfupsample as tu
 import tfupsample.cuda as tc
 from cuda_host import emulator
@@ -50,8 +50,8 @@ def _both(emu, x, labels, g, factor, dtype):
     n, h, w, c = x.shape
     args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
     loss_cuda, grad_cuda = np.zeros(labels.shape, x.dtype), np.zeros(x.shape, x.dtype)
-    _cuda(emu, "cross_entropy", args, dtype, x, labels, loss_cuda)
-    _cuda(emu, "cross_entropy_grad", args, dtype, x, labels, g, grad_cuda)
+    _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda)
+    _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, g, grad_cuda)
     xt = tf.constant(x.astype(np.float64), tf.as_dtype(dtype)) if dtype == "bfloat16" else tf.constant(x)
     with tf.device("/CPU:0"):
         with tf.GradientTape() as tape:
@@ -69,14 +69,14 @@ def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, rng):
     (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype)
     # Same scores (rounded to the storage type for half types), same exp; only the order of the
     # sums over classes and over output pixels differs: within one rounding of the result.
-    ref.assert_close(loss_c, loss, dtype)
-    ref.assert_close(grad_c, grad, dtype)
+    ref.assert_close(loss_c, loss, dtype, "loss")
+    ref.assert_close(grad_c, grad, dtype, "loss_grad")
     if dtype in ("float16", "bfloat16"):
         # Both are the loss of the upsample as stored (rounded to the storage type).
         up = tu.bilinear_upsample(tf.constant(x.astype(np.float64), tf.as_dtype(dtype)), factor)
         expected, _ = ref.softmax_cross_entropy(tf.cast(up, tf.float64).numpy(), labels, ignore=255)
-        ref.assert_close(loss, expected, dtype)
-        ref.assert_close(loss_c, expected, dtype)
+        ref.assert_close(loss, expected, dtype, "loss")
+        ref.assert_close(loss_c, expected, dtype, "loss")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

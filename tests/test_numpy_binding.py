@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tfupsample.numpy as tnp
-from reference import assert_close, bilinear_loop, skimage_rescale
+from tfupsample.testing import assert_close, bilinear_loop, skimage_rescale
 
 
 @pytest.mark.parametrize("factor", [1, 2, 3, 6])
@@ -68,9 +68,12 @@ def test_errors(args, err, match):
         tnp.bilinear_upsample(*args)
 
 
-def test_import_does_not_import_tensorflow():
-    code = ("import sys, numpy as np, tfupsample.numpy as t; "
+def test_import_does_not_import_tensorflow_nor_the_tools_extras():
+    # scikit-image and matplotlib made unimportable: the library, its references included, needs neither.
+    code = ("import sys; sys.modules['skimage'] = sys.modules['matplotlib'] = None; "
+            "import numpy as np, tfupsample.numpy as t, tfupsample.testing as ref; "
             "y = t.bilinear_upsample(np.ones((2, 2, 1), np.float32), 2); "
+            "ref.assert_close(y[None], ref.bilinear_loop(np.ones((1, 2, 2, 1)), 2), 'float32'); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; print(y.shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=tempfile.gettempdir())

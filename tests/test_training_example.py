@@ -3,7 +3,7 @@ gradient and changes, and the mean IoU rises."""
 
 import numpy as np
 
-from tfupsample import training
+from tfupsample.tools import training
 
 
 def test_short_training_learns(tmp_path):

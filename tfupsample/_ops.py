@@ -69,36 +69,38 @@ def _skipped(op):
     return getattr(op, "skip_input_indices", None) or ()
 
 
-@_register("TfupsampleDepthwiseConv2dTranspose")
+# The three depthwise ops are the partial derivatives of T(x, w, dy) = <dy, conv(x, w)>, where
+# conv is the depthwise transposed convolution: the forward is dT/d(dy), the input gradient dT/dx,
+# the filter gradient dT/dw. Each takes the other two as inputs, so the gradient of any of them
+# with respect to one of its inputs is another partial, with the upstream gradient in place of
+# what the op computes.
+_DEPTHWISE = {  # op: (the partial it computes, its two tensor inputs)
+    "TfupsampleDepthwiseConv2dTranspose": ("dy", ("x", "w")),
+    "TfupsampleDepthwiseConv2dTransposeBackpropInput": ("x", ("dy", "w")),
+    "TfupsampleDepthwiseConv2dTransposeBackpropFilter": ("w", ("x", "dy")),
+}
+
+
+def _partial(wrt, v, shape, attrs):
+    """dT/d(wrt) at the values v {"x", "w", "dy"}, of the given shape."""
+    if wrt == "dy":
+        return lib.tfupsample_depthwise_conv2d_transpose(v["x"], v["w"], shape, **attrs)
+    if wrt == "x":
+        return lib.tfupsample_depthwise_conv2d_transpose_backprop_input(v["dy"], v["w"], shape, **attrs)
+    return lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(v["x"], v["dy"], shape, **attrs)
+
+
 def _depthwise_grad(op, grad):
-    x, w, out_shape = op.inputs
-    a = _attrs(op)
+    computes, names = _DEPTHWISE[op.type]
+    sizes = op.inputs[2]
+    values = dict(zip(names, op.inputs[:2]), **{computes: grad})
     skip = _skipped(op)
-    dx = None if 0 in skip else lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
-        grad, w, tf.shape(x, out_type=out_shape.dtype), **a)
-    dw = None if 1 in skip else lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
-        x, grad, tf.shape(w, out_type=out_shape.dtype), **a)
-    return dx, dw, None
+    return (*(None if i in skip else _partial(name, values, tf.shape(op.inputs[i], out_type=sizes.dtype), _attrs(op))
+              for i, name in enumerate(names)), None)
 
 
-@_register("TfupsampleDepthwiseConv2dTransposeBackpropInput")
-def _depthwise_backprop_input_grad(op, grad):
-    dy, w, sizes = op.inputs
-    a = _attrs(op)
-    d_dy = lib.tfupsample_depthwise_conv2d_transpose(grad, w, tf.shape(dy, out_type=sizes.dtype), **a)
-    d_w = lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
-        grad, dy, tf.shape(w, out_type=sizes.dtype), **a)
-    return d_dy, d_w, None
-
-
-@_register("TfupsampleDepthwiseConv2dTransposeBackpropFilter")
-def _depthwise_backprop_filter_grad(op, grad):
-    x, dy, sizes = op.inputs
-    a = _attrs(op)
-    d_x = lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
-        dy, grad, tf.shape(x, out_type=sizes.dtype), **a)
-    d_dy = lib.tfupsample_depthwise_conv2d_transpose(x, grad, tf.shape(dy, out_type=sizes.dtype), **a)
-    return d_x, d_dy, None
+for _name in _DEPTHWISE:
+    _register(_name)(_depthwise_grad)
 
 
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")

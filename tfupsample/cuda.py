@@ -238,7 +238,7 @@ def bilinear_upsample(images, factor, *, data_format="NHWC", out=None, stream=No
     n, h, w, c = _rank4(v, fmt)
     o = _output(out, v, "out", _layout(n, h * f, w * f, c, fmt), v.dtype)
     k = _ext().bilinear_kernel_size(f)
-    _run("bilinear_forward", _args(n, h, w, c, h * f, w * f, (k, k), (f, f), "SAME", fmt),
+    _run("BilinearForward", _args(n, h, w, c, h * f, w * f, (k, k), (f, f), "SAME", fmt),
          [v, o], _stream(v, stream))
     return o.array
 
@@ -252,7 +252,7 @@ def bilinear_upsample_grad(grad, factor, *, data_format="NHWC", out=None, stream
         raise ValueError(f"grad height and width must be multiples of factor {f}, got {list(v.shape)}")
     o = _output(out, v, "out", _layout(n, oh // f, ow // f, c, fmt), v.dtype)
     k = _ext().bilinear_kernel_size(f)
-    _run("bilinear_backprop_input", _args(n, oh // f, ow // f, c, oh, ow, (k, k), (f, f), "SAME", fmt),
+    _run("BilinearBackpropInput", _args(n, oh // f, ow // f, c, oh, ow, (k, k), (f, f), "SAME", fmt),
          [v, o], _stream(v, stream))
     return o.array
 
@@ -315,7 +315,7 @@ def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SA
     else:
         oh, ow = _hw(output_shape, "output_shape", n, c, fmt)
     o = _output(out, v, "out", _layout(n, oh, ow, c, fmt), v.dtype)
-    _run("depthwise_forward", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, fv, o],
+    _run("DepthwiseForward", _args(n, h, w, c, oh, ow, k, s, pad, fmt), [v, fv, o],
          _stream(v, stream))
     return o.array
 
@@ -328,7 +328,7 @@ def depthwise_conv2d_transpose_backprop_input(out_backprop, filter, input_sizes,
                                                        padding, data_format)
     h, w = _hw(input_sizes, "input_sizes", n, c, fmt)
     o = _output(out, v, "out", _layout(n, h, w, c, fmt), v.dtype)
-    _run("depthwise_backprop_input", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
+    _run("DepthwiseBackpropInput", _args(n, h, w, c, oh, ow, fv.shape[:2], s, pad, fmt),
          [v, fv, o], _stream(v, stream))
     return o.array
 
@@ -350,7 +350,7 @@ def depthwise_conv2d_transpose_backprop_filter(input, out_backprop, filter_sizes
     if (kc, km) != (c, 1) or min(kh, kw) < 1:
         raise ValueError(f"filter_sizes must be [kernel_h, kernel_w, {c}, 1], got {list(filter_sizes)}")
     o = _output(out, v, "out", (kh, kw, c, 1), v.dtype)
-    _run("depthwise_backprop_filter", _args(n, h, w, c, oh, ow, (kh, kw), s, pad, fmt), [v, dv, o],
+    _run("DepthwiseBackpropFilter", _args(n, h, w, c, oh, ow, (kh, kw), s, pad, fmt), [v, dv, o],
          _stream(v, stream))
     return o.array
 
@@ -407,7 +407,7 @@ def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", 
         raise ValueError("out= for the labels needs output_type int64 (the kernel writes int64)")
     labels = _output(labels_out, v, "labels", shape, "int64")
     scores = _output(scores_out, v, "scores", shape, v.dtype)
-    _run("argmax", args(), [v, labels, scores], _stream(v, stream))
+    _run("UpsampleArgmax", args(), [v, labels, scores], _stream(v, stream))
     result = labels.array
     if int32:
         import importlib
@@ -424,7 +424,7 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
     v, shape, args = _head(logits, factor, data_format)
     lv = _labels(labels, shape)
     loss = _output(out, v, "out", shape, v.dtype)
-    _run("cross_entropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
+    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
     return loss.array
 
 
@@ -442,7 +442,7 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     if nchw and out is not None:
         raise ValueError("out= is for NHWC logits (an NCHW gradient is a transposed copy)")
     grad = _output(None if nchw else out, v, "out", v.shape, v.dtype)
-    _run("cross_entropy_grad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
+    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
     if not nchw:
         return grad.array
     return _permuted(grad.array, (0, 3, 1, 2))

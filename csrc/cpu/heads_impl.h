@@ -329,14 +329,5 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   }, /*split_channels=*/false);
 }
 
-#define TFUP_INSTANTIATE_HEADS(T)                                                           \
-  template void UpsampleArgmaxImpl<T>(const Geometry&, const T*, int64_t*, T*,              \
-                                      const ParallelFor&);                                  \
-  template void UpsampleSoftmaxCrossEntropyImpl<T>(const Geometry&, const T*, const int64_t*, \
-                                                   IgnoreLabel, T*, const ParallelFor&);    \
-  template void UpsampleSoftmaxCrossEntropyGradImpl<T>(const Geometry&, const T*,           \
-                                                       const int64_t*, IgnoreLabel, const T*, \
-                                                       T*, const ParallelFor&);
-
 }  // namespace TFUP_ISA
 }  // namespace tfup

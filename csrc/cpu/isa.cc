@@ -39,18 +39,15 @@
 #include "cpu/kernels_impl.h"
 #include "cpu/heads_impl.h"
 
+// This build's NameImpl of every kernel of kernel_list.h, for each element type.
 namespace tfup {
 namespace TFUP_ISA {
 #ifdef TFUP_HALF_TYPES
-TFUP_INSTANTIATE_ISA(Eigen::half)
-TFUP_INSTANTIATE_ISA(Eigen::bfloat16)
-TFUP_INSTANTIATE_HEADS(Eigen::half)
-TFUP_INSTANTIATE_HEADS(Eigen::bfloat16)
+TFUP_KERNELS(TFUP_INSTANTIATE_KERNEL_IMPL, Eigen::half)
+TFUP_KERNELS(TFUP_INSTANTIATE_KERNEL_IMPL, Eigen::bfloat16)
 #else
-TFUP_INSTANTIATE_ISA(float)
-TFUP_INSTANTIATE_ISA(double)
-TFUP_INSTANTIATE_HEADS(float)
-TFUP_INSTANTIATE_HEADS(double)
+TFUP_KERNELS(TFUP_INSTANTIATE_KERNEL_IMPL, float)
+TFUP_KERNELS(TFUP_INSTANTIATE_KERNEL_IMPL, double)
 #endif
 }  // namespace TFUP_ISA
 }  // namespace tfup

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "cpu/kernel_list.h"
 #include "geometry.h"
 
 namespace tfup {
@@ -42,50 +43,15 @@ void RunCatching(Split&& split, const std::function<void(int64_t, int64_t)>& wor
   if (first) std::rethrow_exception(first);
 }
 
-// Forward. filter is [ky, kx, C] (the [kh, kw, C, 1] tensor, multiplier dropped).
-template <typename T>
-void DepthwiseForward(const Geometry& g, const T* input, const T* filter, T* output,
-                      const ParallelFor& pf);
-// Gradient to the input: output_grad has the output's shape, input_grad the input's.
-template <typename T>
-void DepthwiseBackpropInput(const Geometry& g, const T* output_grad, const T* filter,
-                            T* input_grad, const ParallelFor& pf);
-// Gradient to the filter [ky, kx, C].
-template <typename T>
-void DepthwiseBackpropFilter(const Geometry& g, const T* input, const T* output_grad,
-                             T* filter_grad, const ParallelFor& pf);
+// The kernels of kernel_list.h: template <typename T> void DepthwiseForward(const Geometry& g,
+// const T* input, const T* filter, T* output, const ParallelFor& pf), and so on.
+TFUP_KERNELS(TFUP_DECLARE_KERNEL, T)
 
-// Bilinear upsample: geometry with stride = factor, k = BilinearKernelSize(factor), SAME padding;
-// the kernel is computed on the fly (no filter tensor exists).
-template <typename T>
-void BilinearForward(const Geometry& g, const T* input, T* output, const ParallelFor& pf);
-template <typename T>
-void BilinearBackpropInput(const Geometry& g, const T* output_grad, T* input_grad,
-                           const ParallelFor& pf);
-
-// Fused segmentation heads over NHWC logits [n, h, w, c] with the bilinear geometry g; label and
-// loss maps are [n, h*f, w*f]. Labels must be in [0, c) or the ignore label (the caller checks;
-// IgnoreLabel is in geometry.h, shared with the CUDA kernels).
-// labels = argmax over classes of the upsampled logits (ties: lowest class); scores (optional,
-// may be null) = that maximum. The values are the bits BilinearForward would write.
-template <typename T>
-void UpsampleArgmax(const Geometry& g, const T* logits, int64_t* labels, T* scores,
-                    const ParallelFor& pf);
-// loss = logsumexp(v) - v[label] per output pixel, 0 at the ignore label.
-template <typename T>
-void UpsampleSoftmaxCrossEntropy(const Geometry& g, const T* logits, const int64_t* labels,
-                                 IgnoreLabel ignore, T* loss, const ParallelFor& pf);
-// Gradient to the logits given the loss map's gradient.
-template <typename T>
-void UpsampleSoftmaxCrossEntropyGrad(const Geometry& g, const T* logits, const int64_t* labels,
-                                     IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
-                                     const ParallelFor& pf);
-
-// Which build of the kernels runs on this CPU: "avx2" or "baseline".
+// Which build of the kernels runs on this CPU: "avx512", "avx2" or "baseline".
 const char* KernelIsa();
 
 // Asks the kernel to back a large, freshly allocated buffer with transparent huge pages before it
-// is first written. A x32 upsample writes ~1.4 GB into new memory; with 4 KB pages the page
+// is first written (the forwards do, for their output). A x32 upsample writes ~1.4 GB into new memory; with 4 KB pages the page
 // faults cost several times the writing itself (NumPy does the same for its large arrays).
 // A hint only: does nothing where unsupported or for small buffers.
 void PreferHugePages(void* data, int64_t bytes);

@@ -288,6 +288,7 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
 template <typename T>
 void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
+  PreferHugePages(output, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
   const Slabs sl = MakeSlabs(g);
   if (sl.cc == 1) return BilinearForwardPlanar(g, input, output, pf);
   const BilinearPlan<T, A> plan(g);
@@ -307,6 +308,7 @@ template <typename T>
 void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T* output,
                           const ParallelFor& pf) {
   using A = Acc<T>;
+  PreferHugePages(output, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
   const Slabs sl = MakeSlabs(g);
   const AxisTaps ty(g.y), tx(g.x);
   const std::vector<A> f = ConvertFilter<T, A>(g, filter);
@@ -527,16 +529,6 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
     }
   });
 }
-
-#define TFUP_INSTANTIATE_ISA(T)                                                              \
-  template void DepthwiseForwardImpl<T>(const Geometry&, const T*, const T*, T*,             \
-                                        const ParallelFor&);                                 \
-  template void DepthwiseBackpropInputImpl<T>(const Geometry&, const T*, const T*, T*,       \
-                                              const ParallelFor&);                           \
-  template void DepthwiseBackpropFilterImpl<T>(const Geometry&, const T*, const T*, T*,      \
-                                               const ParallelFor&);                          \
-  template void BilinearForwardImpl<T>(const Geometry&, const T*, T*, const ParallelFor&);   \
-  template void BilinearBackpropInputImpl<T>(const Geometry&, const T*, T*, const ParallelFor&);
 
 }  // namespace TFUP_ISA
 }  // namespace tfup

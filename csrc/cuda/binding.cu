@@ -42,41 +42,22 @@ int DeviceOf(const void* p) {
   return current;
 }
 
-std::string Dispatch(const std::string& op, const Geometry& g, DType t, IgnoreLabel ignore,
+// Runs op with its scratch from the stream-ordered allocator; *known is false for no such op.
+std::string Dispatch(const char* op, const Geometry& g, DType t, IgnoreLabel ignore,
                      void* const* p, cudaStream_t stream, bool* known) {
-  *known = true;
-  if (op == "bilinear_forward") return BilinearForward(g, t, p[0], p[1], stream);
-  if (op == "depthwise_forward") return DepthwiseForward(g, t, p[0], p[1], p[2], stream);
-  if (op == "depthwise_backprop_input") return DepthwiseBackpropInput(g, t, p[0], p[1], p[2], stream);
-  if (op == "argmax") return UpsampleArgmax(g, t, p[0], static_cast<int64_t*>(p[1]), p[2], stream);
-  if (op == "cross_entropy") {
-    return UpsampleSoftmaxCrossEntropy(g, t, p[0], static_cast<const int64_t*>(p[1]), ignore, p[2],
-                                       stream);
-  }
-  // The ops with scratch.
-  int64_t bytes = -1;
-  if (op == "bilinear_backprop_input") bytes = BilinearBackpropInputScratch(g, t);
-  if (op == "depthwise_backprop_filter") bytes = DepthwiseBackpropFilterScratch(g, t);
-  if (op == "cross_entropy_grad") bytes = UpsampleSoftmaxCrossEntropyGradScratch(g, t);
-  if (bytes < 0) {
-    *known = false;
-    return "unknown op " + op;
-  }
+  const int64_t bytes = OpScratchBytes(op, g, t);
+  *known = bytes >= 0;
+  if (!*known) return std::string("unknown op ") + op;
   Scratch s(bytes, stream);
   if (s.status != cudaSuccess) return std::string("CUDA error: ") + cudaGetErrorString(s.status);
-  if (op == "bilinear_backprop_input") return BilinearBackpropInput(g, t, p[0], p[1], s.p, stream);
-  if (op == "depthwise_backprop_filter") {
-    return DepthwiseBackpropFilter(g, t, p[0], p[1], p[2], s.p, stream);
-  }
-  return UpsampleSoftmaxCrossEntropyGrad(g, t, p[0], static_cast<const int64_t*>(p[1]), ignore,
-                                         p[2], p[3], s.p, stream);
+  return RunOp(op, g, t, ignore, p, s.p, stream);
 }
 
 }  // namespace
 }  // namespace cuda
 }  // namespace tfup
 
-// Runs op (see tfupsample/cuda.py) on the device holding pointers[0], on stream. args: the 14
+// Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding pointers[0], on stream. args: the 14
 // values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. Returns 0, or
 // 1 (bad arguments) / 2 (CUDA error) with the reason in error.
 extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtype,

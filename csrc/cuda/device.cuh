@@ -78,6 +78,15 @@ inline Strides StridesOf(Layout layout, int64_t h, int64_t w, int64_t c) {
   return {h * w * c, w * c, c, 1};
 }
 
+// Splits a flat index i into (i / d, i % d).
+struct QuotRem {
+  int64_t q, r;
+};
+TFUP_HOST_DEVICE inline QuotRem Split(const Divider& d, int64_t i) {
+  const int64_t q = d.Div(i);
+  return QuotRem{q, i - q * static_cast<int64_t>(d.d)};
+}
+
 // A thread's place in a launch (what blockIdx / threadIdx / blockDim / gridDim say on the GPU).
 struct Pos {
   int64_t block, grid;
@@ -110,11 +119,9 @@ struct ChannelLanes {
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const int64_t step = p.grid * p.by;
     for (int64_t i = p.block * p.by + p.ty; i < items; i += step) {
-      const int64_t pos = groups.Div(i), g = i - pos * static_cast<int64_t>(groups.d);
-      const int64_t r = w.Div(pos), x = pos - r * static_cast<int64_t>(w.d);
-      const int64_t n = h.Div(r), y = r - n * static_cast<int64_t>(h.d);
-      const int64_t c_end = (g + 1) * group < C ? (g + 1) * group : C;
-      body(n, y, x, g * group + p.tx, p.bx, c_end);
+      const QuotRem pg = Split(groups, i), yx = Split(w, pg.q), ny = Split(h, yx.q);
+      const int64_t g = pg.r, c_end = (g + 1) * group < C ? (g + 1) * group : C;
+      body(ny.q, ny.r, yx.r, g * group + p.tx, p.bx, c_end);
     }
   }
   static ChannelLanes Make(const Body& body, int64_t positions, int64_t w, int64_t h, int64_t C,
@@ -138,10 +145,8 @@ struct ColumnLanes {
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const int64_t step = p.grid * p.bx;
     for (int64_t i = p.block * p.bx + p.tx; i < elements; i += step) {
-      const int64_t r = w.Div(i), x = i - r * static_cast<int64_t>(w.d);
-      const int64_t r2 = h.Div(r), y = r - r2 * static_cast<int64_t>(h.d);
-      const int64_t n = c.Div(r2), ch = r2 - n * static_cast<int64_t>(c.d);
-      body(n, y, x, ch, 1, ch + 1);  // one channel
+      const QuotRem yx = Split(w, i), cy = Split(h, yx.q), nc = Split(c, cy.q);
+      body(nc.q, cy.r, yx.r, nc.r, 1, nc.r + 1);  // one channel
     }
   }
   static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }

@@ -46,66 +46,17 @@ std::string Launch(const char* op, void* stream, Sequence&& sequence) {
 
 }  // namespace
 
-std::string BilinearForward(const Geometry& g, DType t, const void* input, void* output,
-                            void* stream) {
-  return Launch("bilinear_forward", stream, [&](const DeviceExec& ex) {
-    RunBilinearForward(ex, g, t, input, output);
-  });
+int64_t OpScratchBytes(const char* op, const Geometry& g, DType t) {
+  const Op<DeviceExec>* found = FindOp<DeviceExec>(op);
+  return found == nullptr ? -1 : found->scratch_bytes(g, t);
 }
-int64_t BilinearBackpropInputScratch(const Geometry& g, DType t) {
-  return BilinearScratchBytes(g, t);
-}
-std::string BilinearBackpropInput(const Geometry& g, DType t, const void* output_grad,
-                                  void* input_grad, void* scratch, void* stream) {
-  return Launch("bilinear_backprop_input", stream, [&](const DeviceExec& ex) {
-    RunBilinearBackpropInput(ex, g, t, output_grad, input_grad, scratch);
-  });
-}
-std::string DepthwiseForward(const Geometry& g, DType t, const void* input, const void* filter,
-                             void* output, void* stream) {
-  return Launch("depthwise_forward", stream, [&](const DeviceExec& ex) {
-    RunDepthwiseForward(ex, g, t, input, filter, output);
-  });
-}
-std::string DepthwiseBackpropInput(const Geometry& g, DType t, const void* output_grad,
-                                   const void* filter, void* input_grad, void* stream) {
-  return Launch("depthwise_backprop_input", stream, [&](const DeviceExec& ex) {
-    RunDepthwiseBackpropInput(ex, g, t, output_grad, filter, input_grad);
-  });
-}
-int64_t DepthwiseBackpropFilterScratch(const Geometry& g, DType t) {
-  return FilterScratchBytes(g, t);
-}
-std::string DepthwiseBackpropFilter(const Geometry& g, DType t, const void* input,
-                                    const void* output_grad, void* filter_grad, void* scratch,
-                                    void* stream) {
-  return Launch("depthwise_backprop_filter", stream, [&](const DeviceExec& ex) {
-    RunDepthwiseBackpropFilter(ex, g, t, input, output_grad, filter_grad, scratch);
-  });
-}
-std::string UpsampleArgmax(const Geometry& g, DType t, const void* logits, int64_t* labels,
-                           void* scores, void* stream) {
-  return Launch("upsample_argmax", stream, [&](const DeviceExec& ex) {
-    RunUpsampleArgmax(ex, g, t, logits, labels, scores);
-  });
-}
-std::string UpsampleSoftmaxCrossEntropy(const Geometry& g, DType t, const void* logits,
-                                        const int64_t* labels, IgnoreLabel ignore, void* loss,
-                                        void* stream) {
-  return Launch("upsample_cross_entropy", stream, [&](const DeviceExec& ex) {
-    RunUpsampleCrossEntropy(ex, g, t, logits, labels, ignore, loss);
-  });
-}
-int64_t UpsampleSoftmaxCrossEntropyGradScratch(const Geometry& g, DType t) {
-  return CrossEntropyScratchBytes(g, t);
-}
-std::string UpsampleSoftmaxCrossEntropyGrad(const Geometry& g, DType t, const void* logits,
-                                            const int64_t* labels, IgnoreLabel ignore,
-                                            const void* loss_grad, void* logits_grad,
-                                            void* scratch, void* stream) {
-  return Launch("upsample_cross_entropy_grad", stream, [&](const DeviceExec& ex) {
-    RunUpsampleCrossEntropyGrad(ex, g, t, logits, labels, ignore, loss_grad, logits_grad,
-                              scratch);
+
+std::string RunOp(const char* op, const Geometry& g, DType t, IgnoreLabel ignore,
+                  void* const* pointers, void* scratch, void* stream) {
+  const Op<DeviceExec>* found = FindOp<DeviceExec>(op);
+  if (found == nullptr) return std::string("unknown op ") + op;
+  return Launch(op, stream, [&](const DeviceExec& ex) {
+    found->run(ex, OpCall{g, t, ignore, pointers, scratch});
   });
 }
 

@@ -2,6 +2,8 @@
 // launches them on a stream, HostExec runs the same grid on the CPU (tests/cuda_host).
 #pragma once
 
+#include <cstring>
+
 #include "cuda/heads.cuh"
 #include "cuda/kernels.h"
 
@@ -87,29 +89,21 @@ void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const 
   });
 }
 
-template <class Exec>
-void RunDepthwiseForward(const Exec& ex, const Geometry& g, DType t, const void* in,
-                         const void* filter, void* out) {
+// The forward gathers each output from its inputs; the input gradient (kAdjoint) each input from
+// the outputs it reaches, with the same taps.
+template <bool kAdjoint, class Exec>
+void RunDepthwiseGather(const Exec& ex, const Geometry& g, DType t, const void* src,
+                        const void* filter, void* dst) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const GatherBody<T, T, FilterWeights<T>, false> b{
-        g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), g.c, InputStrides(g), OutputStrides(g),
-        static_cast<const T*>(in), static_cast<T*>(out),
-        FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
-    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
-  });
-}
-
-template <class Exec>
-void RunDepthwiseBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
-                               const void* filter, void* dx) {
-  WithType(t, [&](auto tag) {
-    using T = decltype(tag);
-    const GatherBody<T, T, FilterWeights<T>, true> b{
-        g.y, g.x, Divider(), Divider(), g.c, OutputStrides(g), InputStrides(g),
-        static_cast<const T*>(dy), static_cast<T*>(dx),
-        FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
-    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, b);
+    const Divider sy = kAdjoint ? Divider() : Divider(g.y.stride);
+    const Divider sx = kAdjoint ? Divider() : Divider(g.x.stride);
+    const GatherBody<T, T, FilterWeights<T>, kAdjoint> b{
+        g.y, g.x, sy, sx, g.c, kAdjoint ? OutputStrides(g) : InputStrides(g),
+        kAdjoint ? InputStrides(g) : OutputStrides(g), static_cast<const T*>(src),
+        static_cast<T*>(dst), FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
+    ForEach(ex, g.layout, g.n, kAdjoint ? g.y.n_in : g.y.n_out, kAdjoint ? g.x.n_in : g.x.n_out,
+            g.c, b);
   });
 }
 
@@ -196,6 +190,59 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
                                     static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
+}
+
+// The op table: every op by its name in csrc/cpu/kernel_list.h, with the scratch it needs and its
+// launch sequence, the pointers in the kernel list's order. The only list of CUDA ops: the TF op
+// kernels (tf/backends.h) and the C ABI (binding.cu) reach them through RunOp / OpScratchBytes
+// (kernels.cu), the CPU emulation (tests/cuda_host/emulate.cu) through FindOp<HostExec>.
+struct OpCall {
+  const Geometry& g;
+  DType t;
+  IgnoreLabel ignore;
+  void* const* p;  // the op's arrays, in the kernel list's order
+  void* scratch;   // OpScratchBytes of device memory
+};
+template <class Exec>
+struct Op {
+  const char* name;
+  int64_t (*scratch_bytes)(const Geometry&, DType);
+  void (*run)(const Exec&, const OpCall&);
+};
+inline int64_t NoScratch(const Geometry&, DType) { return 0; }
+
+template <class Exec>
+const Op<Exec>* FindOp(const char* name) {
+  using C = const OpCall&;
+  using E = const Exec&;
+  static const Op<Exec> ops[] = {
+      {"BilinearForward", NoScratch,
+       [](E ex, C c) { RunBilinearForward(ex, c.g, c.t, c.p[0], c.p[1]); }},
+      {"BilinearBackpropInput", BilinearScratchBytes,
+       [](E ex, C c) { RunBilinearBackpropInput(ex, c.g, c.t, c.p[0], c.p[1], c.scratch); }},
+      {"DepthwiseForward", NoScratch,
+       [](E ex, C c) { RunDepthwiseGather<false>(ex, c.g, c.t, c.p[0], c.p[1], c.p[2]); }},
+      {"DepthwiseBackpropInput", NoScratch,
+       [](E ex, C c) { RunDepthwiseGather<true>(ex, c.g, c.t, c.p[0], c.p[1], c.p[2]); }},
+      {"DepthwiseBackpropFilter", FilterScratchBytes,
+       [](E ex, C c) { RunDepthwiseBackpropFilter(ex, c.g, c.t, c.p[0], c.p[1], c.p[2], c.scratch); }},
+      {"UpsampleArgmax", NoScratch,
+       [](E ex, C c) { RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
+      {"UpsampleSoftmaxCrossEntropy", NoScratch,
+       [](E ex, C c) {
+         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,
+                                 c.p[2]);
+       }},
+      {"UpsampleSoftmaxCrossEntropyGrad", CrossEntropyScratchBytes,
+       [](E ex, C c) {
+         RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]),
+                                     c.ignore, c.p[2], c.p[3], c.scratch);
+       }},
+  };
+  for (const Op<Exec>& op : ops) {
+    if (std::strcmp(op.name, name) == 0) return &op;
+  }
+  return nullptr;
 }
 
 }  // namespace cuda

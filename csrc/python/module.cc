@@ -60,7 +60,6 @@ py::array Upsample(py::array in_any, int64_t factor) {
   if (g.OutputElements() > 0) {
     const T* src = in.data();
     T* dst = out.mutable_data();
-    PreferHugePages(dst, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
     py::gil_scoped_release release;
     BilinearForward<T>(g, src, dst, ThreadRunner);
   }

@@ -21,50 +21,38 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 
 template <typename Device> struct Backend;
 
+// One static member template per kernel of csrc/cpu/kernel_list.h, with its parameters after the
+// context: Backend<Device>::BilinearForward<T>(ctx, g, input, output), and so on.
 template <>
 struct Backend<CPUDevice> {
   static constexpr bool kChecksLabelValues = true;  // labels are in host memory
-  using Ctx = tensorflow::OpKernelContext;
-  template <typename T>
-  static void BilinearForward(Ctx* ctx, const Geometry& g, const T* in, T* out) {
-    PreferHugePages(out, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
-    RunGuarded(ctx, "BilinearForward", [&] { tfup::BilinearForward<T>(g, in, out, CpuRunner(ctx)); });
+
+#define TFUP_CPU_BACKEND(Name, Params, Args)                                              \
+  template <typename T>                                                                   \
+  static void Name(tensorflow::OpKernelContext* ctx, TFUP_UNPAREN Params) {               \
+    RunGuarded(ctx, #Name, [&] { tfup::Name<T>(TFUP_UNPAREN Args, CpuRunner(ctx)); });   \
   }
-  template <typename T>
-  static void BilinearBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, T* dx) {
-    RunGuarded(ctx, "BilinearBackpropInput", [&] { tfup::BilinearBackpropInput<T>(g, dy, dx, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void DepthwiseForward(Ctx* ctx, const Geometry& g, const T* in, const T* w, T* out) {
-    PreferHugePages(out, g.OutputElements() * static_cast<int64_t>(sizeof(T)));
-    RunGuarded(ctx, "DepthwiseForward", [&] { tfup::DepthwiseForward<T>(g, in, w, out, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void DepthwiseBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, const T* w, T* dx) {
-    RunGuarded(ctx, "DepthwiseBackpropInput", [&] { tfup::DepthwiseBackpropInput<T>(g, dy, w, dx, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void DepthwiseBackpropFilter(Ctx* ctx, const Geometry& g, const T* in, const T* dy, T* dw) {
-    RunGuarded(ctx, "DepthwiseBackpropFilter", [&] { tfup::DepthwiseBackpropFilter<T>(g, in, dy, dw, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void Argmax(Ctx* ctx, const Geometry& g, const T* logits, int64_t* labels, T* scores) {
-    RunGuarded(ctx, "UpsampleArgmax", [&] { UpsampleArgmax<T>(g, logits, labels, scores, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void CrossEntropy(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
-                           IgnoreLabel ignore, T* loss) {
-    RunGuarded(ctx, "UpsampleSoftmaxCrossEntropy", [&] { UpsampleSoftmaxCrossEntropy<T>(g, logits, labels, ignore, loss, CpuRunner(ctx)); });
-  }
-  template <typename T>
-  static void CrossEntropyGrad(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
-                               IgnoreLabel ignore, const T* loss_grad, T* grad) {
-    RunGuarded(ctx, "UpsampleSoftmaxCrossEntropyGrad", [&] { UpsampleSoftmaxCrossEntropyGrad<T>(g, logits, labels, ignore, loss_grad, grad, CpuRunner(ctx)); });
-  }
+  TFUP_KERNELS(TFUP_CPU_BACKEND, T)
+#undef TFUP_CPU_BACKEND
 };
 
 #if GOOGLE_CUDA
 using GPUDevice = Eigen::GpuDevice;
+
+// The arguments of a kernel call as the CUDA op table takes them: the arrays in order, the
+// geometry and the ignore label apart.
+struct CudaCall {
+  const Geometry* g = nullptr;
+  IgnoreLabel ignore;
+  void* p[4] = {};
+  int n = 0;
+  void Add(const Geometry& geometry) { g = &geometry; }
+  void Add(IgnoreLabel label) { ignore = label; }
+  template <typename P>
+  void Add(P* pointer) { p[n++] = const_cast<void*>(static_cast<const void*>(pointer)); }
+  template <typename... A>
+  explicit CudaCall(const A&... args) { (Add(args), ...); }
+};
 
 template <typename T> cuda::DType DTypeOf();
 template <> inline cuda::DType DTypeOf<Eigen::half>() { return cuda::DType::kHalf; }
@@ -76,70 +64,31 @@ template <>
 struct Backend<GPUDevice> {
   // Labels live on the device: out-of-range ones give NaN (as TF's GPU softmax cross-entropy).
   static constexpr bool kChecksLabelValues = false;
-  using Ctx = tensorflow::OpKernelContext;
 
-  static void* Stream(Ctx* ctx) { return ctx->eigen_device<GPUDevice>().stream(); }
-  static void Check(Ctx* ctx, const std::string& err) {
+  // Launches op on the context's stream, with its scratch from TF's allocator (freed when the
+  // op's step no longer needs it; stream order keeps that safe).
+  template <typename T>
+  static void Run(tensorflow::OpKernelContext* ctx, const char* op, const CudaCall& call) {
+    const cuda::DType t = DTypeOf<T>();
+    const int64_t bytes = cuda::OpScratchBytes(op, *call.g, t);
+    tensorflow::Tensor holder;
+    void* scratch = nullptr;
+    if (bytes > 0) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), &holder));
+      scratch = holder.data();
+    }
+    const std::string err = cuda::RunOp(op, *call.g, t, call.ignore, call.p, scratch,
+                                        ctx->eigen_device<GPUDevice>().stream());
     if (!err.empty()) ctx->SetStatus(absl::InternalError(err));
   }
-  // Device scratch from TF's allocator, freed when the op's step no longer needs it (stream
-  // order keeps that safe).
-  static void* Scratch(Ctx* ctx, int64_t bytes, tensorflow::Tensor* holder) {
-    const tensorflow::Status s =
-        ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes > 0 ? bytes : 1}), holder);
-    if (!s.ok()) {
-      ctx->SetStatus(s);
-      return nullptr;
-    }
-    return holder->data();
-  }
 
-  template <typename T>
-  static void BilinearForward(Ctx* ctx, const Geometry& g, const T* in, T* out) {
-    Check(ctx, cuda::BilinearForward(g, DTypeOf<T>(), in, out, Stream(ctx)));
+#define TFUP_GPU_BACKEND(Name, Params, Args)                                 \
+  template <typename T>                                                      \
+  static void Name(tensorflow::OpKernelContext* ctx, TFUP_UNPAREN Params) {  \
+    Run<T>(ctx, #Name, CudaCall(TFUP_UNPAREN Args));                         \
   }
-  template <typename T>
-  static void BilinearBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, T* dx) {
-    tensorflow::Tensor holder;
-    void* s = Scratch(ctx, cuda::BilinearBackpropInputScratch(g, DTypeOf<T>()), &holder);
-    if (s != nullptr) Check(ctx, cuda::BilinearBackpropInput(g, DTypeOf<T>(), dy, dx, s, Stream(ctx)));
-  }
-  template <typename T>
-  static void DepthwiseForward(Ctx* ctx, const Geometry& g, const T* in, const T* w, T* out) {
-    Check(ctx, cuda::DepthwiseForward(g, DTypeOf<T>(), in, w, out, Stream(ctx)));
-  }
-  template <typename T>
-  static void DepthwiseBackpropInput(Ctx* ctx, const Geometry& g, const T* dy, const T* w, T* dx) {
-    Check(ctx, cuda::DepthwiseBackpropInput(g, DTypeOf<T>(), dy, w, dx, Stream(ctx)));
-  }
-  template <typename T>
-  static void DepthwiseBackpropFilter(Ctx* ctx, const Geometry& g, const T* in, const T* dy, T* dw) {
-    tensorflow::Tensor holder;
-    void* s = Scratch(ctx, cuda::DepthwiseBackpropFilterScratch(g, DTypeOf<T>()), &holder);
-    if (s != nullptr) {
-      Check(ctx, cuda::DepthwiseBackpropFilter(g, DTypeOf<T>(), in, dy, dw, s, Stream(ctx)));
-    }
-  }
-  template <typename T>
-  static void Argmax(Ctx* ctx, const Geometry& g, const T* logits, int64_t* labels, T* scores) {
-    Check(ctx, cuda::UpsampleArgmax(g, DTypeOf<T>(), logits, labels, scores, Stream(ctx)));
-  }
-  template <typename T>
-  static void CrossEntropy(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
-                           IgnoreLabel ignore, T* loss) {
-    Check(ctx, cuda::UpsampleSoftmaxCrossEntropy(g, DTypeOf<T>(), logits, labels, ignore, loss,
-                                                 Stream(ctx)));
-  }
-  template <typename T>
-  static void CrossEntropyGrad(Ctx* ctx, const Geometry& g, const T* logits, const int64_t* labels,
-                               IgnoreLabel ignore, const T* loss_grad, T* grad) {
-    tensorflow::Tensor holder;
-    void* s = Scratch(ctx, cuda::UpsampleSoftmaxCrossEntropyGradScratch(g, DTypeOf<T>()), &holder);
-    if (s != nullptr) {
-      Check(ctx, cuda::UpsampleSoftmaxCrossEntropyGrad(g, DTypeOf<T>(), logits, labels, ignore,
-                                                       loss_grad, grad, s, Stream(ctx)));
-    }
-  }
+  TFUP_KERNELS(TFUP_GPU_BACKEND, T)
+#undef TFUP_GPU_BACKEND
 };
 #endif  // GOOGLE_CUDA
 

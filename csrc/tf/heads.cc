@@ -1,5 +1,7 @@
-// OpKernels of the fused heads: check logits, labels and factor, then run the kernels.
+// The fused heads (NHWC logits; labels / loss [N, H*f, W*f]): registrations, and the OpKernels,
+// which check logits, labels and factor, then run the kernels. Python: tfupsample/heads.py.
 #include "tf/backends.h"
+#include "tf/shapes.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -17,8 +19,7 @@ class HeadOp : public OpKernel {
  public:
   explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
-    OP_REQUIRES(ctx, factor_ >= 1,
-                absl::InvalidArgumentError(absl::StrCat("factor must be a positive integer, got ", factor_)));
+    OP_REQUIRES_OK(ctx, CheckFactor(factor_));
     if (ctx->HasAttr("ignore_label")) {
       OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
       OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
@@ -77,7 +78,7 @@ class UpsampleArgmaxOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
     if (map.num_elements() == 0) return;
-    Backend<Device>::Argmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
+    Backend<Device>::UpsampleArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
                             scores->flat<T>().data());
   }
 };
@@ -95,7 +96,7 @@ class UpsampleCrossEntropyOp : public HeadOp {
     Tensor* loss = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
     if (map.num_elements() == 0) return;
-    Backend<Device>::CrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+    Backend<Device>::UpsampleSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
                                   ignore_, loss->flat<T>().data());
   }
 };
@@ -116,12 +117,66 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
-    Backend<Device>::CrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+    Backend<Device>::UpsampleSoftmaxCrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
                                       ignore_, loss_grad.flat<T>().data(), grad->flat<T>().data());
   }
 };
 
 }  // namespace
+
+// ---- Registrations.
+using shapes::InferenceContext;
+using shapes::ShapeHandle;
+
+REGISTER_OP("TfupsampleUpsampleArgmax")
+    .Input("logits: T")
+    .Output("labels: int64")
+    .Output("scores: T")
+    .Attr("factor: int")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map;
+      TF_RETURN_IF_ERROR(shapes::HeadMapShape(c, 0, &map));
+      c->set_output(0, map);
+      c->set_output(1, map);
+      return absl::OkStatus();
+    })
+    .Doc("argmax over classes of the x`factor` bilinear upsample of NHWC logits, and that "
+         "maximum, without the upsampled logits.");
+
+REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Output("loss: T")
+    .Attr("factor: int")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map, labels;
+      TF_RETURN_IF_ERROR(shapes::HeadMapShape(c, 1, &map));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &labels));
+      TF_RETURN_IF_ERROR(c->Merge(map, labels, &map));
+      c->set_output(0, map);
+      return absl::OkStatus();
+    })
+    .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
+         "logits, without the upsampled logits; 0 where labels == ignore_label.");
+
+REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Input("loss_grad: T")
+    .Output("logits_grad: T")
+    .Attr("factor: int")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      return absl::OkStatus();
+    });
+
 
 #define TFUP_REGISTER_HEADS(DEV, D, T)                                                             \
   REGISTER_KERNEL_BUILDER(                                                                         \

@@ -1,8 +1,11 @@
-// CPU OpKernels: validate every argument (the raw ops must be safe to call directly), build the
-// Geometry, allocate, and hand raw pointers to the kernels in csrc/cpu.
+// The bilinear and depthwise ops: registrations (with their shape functions), and the OpKernels,
+// which validate every argument (the raw ops must be safe to call directly), build the Geometry,
+// allocate, and hand raw pointers to the kernels through tf/backends.h. The Python wrappers and
+// gradients are in tfupsample/api.py and tfupsample/_ops.py.
 #include <array>
 
 #include "tf/backends.h"
+#include "tf/shapes.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -65,64 +68,41 @@ absl::Status ReadSizes(const Tensor& t, const char* name, std::array<int64_t, 4>
 // ----------------------------------------------------------------------------------------------
 // Bilinear
 
-template <typename Device, typename T>
-class BilinearUpsampleOp : public OpKernel {
+// The forward (kGrad false: images -> output) and its gradient (output_grad -> images_grad).
+template <typename Device, typename T, bool kGrad>
+class BilinearOp : public OpKernel {
  public:
-  explicit BilinearUpsampleOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
+  explicit BilinearOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
-    OP_REQUIRES(ctx, factor_ >= 1,
-                absl::InvalidArgumentError(
-                    absl::StrCat("factor must be a positive integer, got ", factor_)));
+    OP_REQUIRES_OK(ctx, CheckFactor(factor_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank4(in, "images"));
-    const Dims4 d = layout_.Read(in.shape());
+    OP_REQUIRES_OK(ctx, CheckRank4(in, kGrad ? "output_grad" : "images"));
+    Dims4 d = layout_.Read(in.shape());
+    if (kGrad) {  // the geometry is the forward's: its input is this op's output
+      OP_REQUIRES(ctx, d[1] % factor_ == 0 && d[2] % factor_ == 0,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "output_grad height and width must be multiples of factor ", factor_,
+                      ", got shape ", in.shape().DebugString())));
+      d[1] /= factor_;
+      d[2] /= factor_;
+    }
     Geometry g;
     const std::string err = MakeBilinearGeometry(d[0], d[1], d[2], d[3], factor_, layout_.layout, &g);
     OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
     Tensor* out = nullptr;
     TensorShape shape;
-    OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
+    OP_REQUIRES_OK(ctx, layout_.Shape(kGrad ? Dims4{g.n, g.y.n_in, g.x.n_in, g.c}
+                                            : Dims4{g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     if (out->NumElements() == 0) return;
-    Backend<Device>::BilinearForward(ctx, g, in.flat<T>().data(), out->flat<T>().data());
-  }
-
- private:
-  LayoutAttr layout_;
-  int64_t factor_ = 1;
-};
-
-template <typename Device, typename T>
-class BilinearUpsampleGradOp : public OpKernel {
- public:
-  explicit BilinearUpsampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
-    OP_REQUIRES(ctx, factor_ >= 1,
-                absl::InvalidArgumentError(
-                    absl::StrCat("factor must be a positive integer, got ", factor_)));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& dy = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank4(dy, "output_grad"));
-    const Dims4 d = layout_.Read(dy.shape());
-    OP_REQUIRES(ctx, d[1] % factor_ == 0 && d[2] % factor_ == 0,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "output_grad height and width must be multiples of factor ", factor_,
-                    ", got shape ", dy.shape().DebugString())));
-    Geometry g;
-    const std::string err =
-        MakeBilinearGeometry(d[0], d[1] / factor_, d[2] / factor_, d[3], factor_, layout_.layout, &g);
-    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
-    Tensor* dx = nullptr;
-    TensorShape shape;
-    OP_REQUIRES_OK(ctx, layout_.Shape({g.n, g.y.n_in, g.x.n_in, g.c}, &shape));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &dx));
-    if (dx->NumElements() == 0) return;
-    Backend<Device>::BilinearBackpropInput(ctx, g, dy.flat<T>().data(), dx->flat<T>().data());
+    if (kGrad) {
+      Backend<Device>::BilinearBackpropInput(ctx, g, in.flat<T>().data(), out->flat<T>().data());
+    } else {
+      Backend<Device>::BilinearForward(ctx, g, in.flat<T>().data(), out->flat<T>().data());
+    }
   }
 
  private:
@@ -228,14 +208,88 @@ class DepthwiseOp : public OpKernel {
 
 }  // namespace
 
-// Registered on every device this build has; the size vectors stay in host memory on all.
+// ---- Registrations.
+using shapes::InferenceContext;
+using shapes::ShapeHandle;
+using shapes::DimensionHandle;
+
+REGISTER_OP("TfupsampleBilinearUpsample")
+    .Input("images: T")
+    .Output("output: T")
+    .Attr("factor: int")
+    .TFUP_LAYOUT_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) { return shapes::BilinearShape(c, false); })
+    .Doc("Bilinear upsample by an integer factor: the transposed convolution with the bilinear "
+         "kernel of size 2f - f % 2, stride f, SAME padding, each channel on its own.");
+
+REGISTER_OP("TfupsampleBilinearUpsampleGrad")
+    .Input("output_grad: T")
+    .Output("images_grad: T")
+    .Attr("factor: int")
+    .TFUP_LAYOUT_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) { return shapes::BilinearShape(c, true); });
+
+REGISTER_OP("TfupsampleDepthwiseConv2dTranspose")
+    .Input("input: T")
+    .Input("filter: T")
+    .Input("output_shape: Tshape")
+    .Output("output: T")
+    .Attr("strides: list(int) >= 2")
+    .Attr("padding: {'SAME', 'VALID'}")
+    .TFUP_LAYOUT_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .Attr("Tshape: {int32, int64} = DT_INT32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle in, filter, out;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &in));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
+      TF_RETURN_IF_ERROR(shapes::ShapeFromTensor(c, 2, &out));
+      DimensionHandle multiplier;  // [kh, kw, C, 1]: channel multiplier 1
+      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(filter, 3), 1, &multiplier));
+      auto d = shapes::LayoutDims(c);
+      TF_RETURN_IF_ERROR(d.status());
+      // Batch and channels carry over from the input; a conflict is an error now.
+      DimensionHandle batch, channels;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(out, 0), c->Dim(in, 0), &batch));
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(out, d->c), c->Dim(in, d->c), &channels));
+      TF_RETURN_IF_ERROR(c->Merge(channels, c->Dim(filter, 2), &channels));
+      TF_RETURN_IF_ERROR(c->ReplaceDim(out, 0, batch, &out));
+      TF_RETURN_IF_ERROR(c->ReplaceDim(out, d->c, channels, &out));
+      TF_RETURN_IF_ERROR(shapes::CheckStaticGeometry(c, in, filter, out, *d));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    })
+    .Doc("Depthwise (per-channel) transposed convolution with a [kh, kw, C, 1] filter; strides "
+         "is [stride_h, stride_w] and may be unequal.");
+
+// The two gradients of the depthwise op share everything but their tensors' names.
+#define TFUP_DEPTHWISE_GRAD_OP(NAME, FIRST, SECOND, SIZES, OUTPUT)                    \
+  REGISTER_OP(NAME)                                                                   \
+      .Input(FIRST ": T")                                                             \
+      .Input(SECOND ": T")                                                            \
+      .Input(SIZES ": Tshape")                                                        \
+      .Output(OUTPUT ": T")                                                           \
+      .Attr("strides: list(int) >= 2")                                                \
+      .Attr("padding: {'SAME', 'VALID'}")                                             \
+      .TFUP_LAYOUT_ATTRS                                                              \
+      .Attr(TFUP_FLOAT_TYPES)                                                         \
+      .Attr("Tshape: {int32, int64} = DT_INT32")                                      \
+      .SetShapeFn(shapes::ShapeFromSizesInput)
+TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropInput", "output_grad", "filter",
+                       "input_sizes", "input_grad");
+TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropFilter", "input", "output_grad",
+                       "filter_sizes", "filter_grad");
+
+// Kernels, on every device this build has; the size vectors stay in host memory on all.
 #define TFUP_REGISTER(DEV, D, T)                                                                   \
   REGISTER_KERNEL_BUILDER(                                                                         \
       Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"),                       \
-      BilinearUpsampleOp<D, T>);                                                                   \
+      BilinearOp<D, T, false>);                                                                   \
   REGISTER_KERNEL_BUILDER(                                                                         \
       Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),                   \
-      BilinearUpsampleGradOp<D, T>);                                                               \
+      BilinearOp<D, T, true>);                                                               \
   REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                               \
                               .Device(DEV)                                                         \
                               .TypeConstraint<T>("T")                                              \

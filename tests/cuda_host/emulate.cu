@@ -11,8 +11,9 @@ namespace {
 std::string last_error;
 }
 
-// dims: n, h, w, c, out_h, out_w, ky, kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC,
-// 1 NCHW), ignore.use, ignore.value. dtype: 0 half, 1 bfloat16, 2 float, 3 double.
+// op: a name of launch.cuh's table (csrc/cpu/kernel_list.h's). dims: n, h, w, c, out_h, out_w, ky,
+// kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), ignore.use, ignore.value.
+// dtype: 0 half, 1 bfloat16, 2 float, 3 double.
 extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a, void* b, void* c,
                             void* e) {
   using namespace tfup;
@@ -21,34 +22,15 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   IgnoreLabel ignore;
   last_error = GeometryFromArgs(d, &g, &ignore);
   if (!last_error.empty()) return -1;
-  const DType t = static_cast<DType>(dtype);
-  const HostExec ex;
-  const std::string name(op);
-  std::vector<char> scratch;
-  if (name == "bilinear_forward") {
-    RunBilinearForward(ex, g, t, a, b);
-  } else if (name == "bilinear_backprop_input") {
-    scratch.resize(BilinearScratchBytes(g, t) + 8);
-    RunBilinearBackpropInput(ex, g, t, a, b, scratch.data());
-  } else if (name == "depthwise_forward") {
-    RunDepthwiseForward(ex, g, t, a, b, c);
-  } else if (name == "depthwise_backprop_input") {
-    RunDepthwiseBackpropInput(ex, g, t, a, b, c);
-  } else if (name == "depthwise_backprop_filter") {
-    scratch.resize(FilterScratchBytes(g, t) + 8);
-    RunDepthwiseBackpropFilter(ex, g, t, a, b, c, scratch.data());
-  } else if (name == "argmax") {
-    RunUpsampleArgmax(ex, g, t, a, static_cast<int64_t*>(b), c);
-  } else if (name == "cross_entropy") {
-    RunUpsampleCrossEntropy(ex, g, t, a, static_cast<const int64_t*>(b), ignore, c);
-  } else if (name == "cross_entropy_grad") {
-    scratch.resize(CrossEntropyScratchBytes(g, t) + 8);
-    RunUpsampleCrossEntropyGrad(ex, g, t, a, static_cast<const int64_t*>(b), ignore, c, e,
-                                scratch.data());
-  } else {
-    last_error = "unknown op " + name;
+  const Op<HostExec>* found = FindOp<HostExec>(op);
+  if (found == nullptr) {
+    last_error = std::string("unknown op ") + op;
     return -1;
   }
+  const DType t = static_cast<DType>(dtype);
+  std::vector<char> scratch(found->scratch_bytes(g, t) + 8);
+  void* const pointers[] = {a, b, c, e};
+  found->run(HostExec{}, OpCall{g, t, ignore, pointers, scratch.data()});
   return 0;
 }
 

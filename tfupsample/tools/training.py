@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from .keras import DepthwiseConv2DTranspose
+from tfupsample.keras import DepthwiseConv2DTranspose
 
 
 def make_shapes(n, size=128, classes=4, seed=0):

@@ -1,8 +1,27 @@
 """Command line: `tfupsample verify`, `tfupsample bench`, `tfupsample demo`."""
 
 import argparse
+import importlib.util
 import os
 import sys
+
+# What each program needs beyond the library: (extra, {module: distribution}).
+NEEDS = {
+    "verify": ("verify", {"skimage": "scikit-image"}),
+    "demo": ("demo", {"skimage": "scikit-image", "matplotlib": "matplotlib"}),
+    "demo --train": ("plot", {"matplotlib": "matplotlib"}),
+    "bench --plot": ("plot", {"matplotlib": "matplotlib"}),
+}
+
+
+def missing(program):
+    """None, or the message telling which extra to install for `tfupsample <program>`."""
+    extra, modules = NEEDS[program]
+    absent = [dist for mod, dist in modules.items() if importlib.util.find_spec(mod) is None]
+    if not absent:
+        return None
+    return (f"tfupsample {program} needs {' and '.join(absent)}, which is not installed: "
+            f"pip install 'tfupsample[{extra}]' (or pip install {' '.join(absent)})")
 
 
 def _factors(text):
@@ -49,6 +68,11 @@ def main(argv=None):
     d.add_argument("--seconds", type=float, default=60.0, help="training time with --train")
     args = parser.parse_args(argv)
 
+    program = args.command + (" --train" if getattr(args, "train", False) else "") + (
+        " --plot" if getattr(args, "plot", None) else "")
+    if program in NEEDS and missing(program):
+        print(missing(program), file=sys.stderr)
+        return 2
     if args.command == "verify":
         from . import verify
 

@@ -1,57 +1,48 @@
-"""`tfupsample verify`: the seed's parity check, factor by factor.
+"""`tfupsample verify`: parity, factor by factor.
 
-For each factor, the seed's 3x3x3 test image and random inputs of several shapes go through our
-op (NHWC and NCHW), the NumPy binding, the dense `tf.nn.conv2d_transpose` with the seed's
+For each factor, a 3x3x3 test image (value (x + y) / 6) and random inputs of several shapes go
+through our op (NHWC and NCHW), the NumPy binding, the dense `tf.nn.conv2d_transpose` with the
 [k, k, C, C] filter, and skimage's `rescale(order=1, mode="constant", clip=False)`. Gradients of
 our ops (to the input, and to a trainable bilinear-initialised filter) are compared with autodiff
-through the dense path.
+through the dense path. Bounds: tfupsample.testing's table for float32.
 """
 
 import numpy as np
 
+from tfupsample import testing
+
 SHAPES = [(1, 5, 7, 1), (2, 4, 6, 21), (1, 3, 5, 10)]
+# Which bound of tfupsample.testing each column is held to.
+COLUMNS = {"forward": "forward", "nchw": "forward", "numpy": "forward", "skimage": "forward",
+           "grad_input": "input_grad", "grad_filter": "filter_grad"}
 
 
-def seed_image():
-    """The seed's test image: 3x3, 3 channels, value (x + y) / 6."""
+def test_image():
+    """3x3, 3 channels, value (x + y) / 6."""
     y, x = np.mgrid[0:3, 0:3]
     img = (x + y) / 6.0
     return np.repeat(img[None, :, :, None], 3, axis=3).astype(np.float32)
 
 
-def _skimage(x, factor):
-    from skimage.transform import rescale
-
-    return np.stack([rescale(im.astype(np.float64), factor, order=1, mode="constant", cval=0,
-                             clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
-
-
-def _max_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return np.inf
-    return float(np.max(np.abs(a - b), initial=0.0) / max(1.0, float(np.max(np.abs(b), initial=0.0))))
-
-
-def check_factor(factor, rng, tol=1e-5):
-    """Max relative errors {name: err} for one factor, across all inputs."""
+def check_factor(factor, rng):
+    """{column: (max relative error, within its bound)} for one factor, across all inputs."""
     import tensorflow as tf
 
     import tfupsample as tu
     import tfupsample.numpy as tnp
 
-    errs = {"forward": 0.0, "numpy": 0.0, "skimage": 0.0, "nchw": 0.0, "grad_input": 0.0,
-            "grad_filter": 0.0}
-    inputs = [seed_image()] + [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    errs = dict.fromkeys(COLUMNS, 0.0)
+    err = testing.relative_error
+    inputs = [test_image()] + [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     for x in inputs:
         c = x.shape[-1]
         dense = tu.bilinear_upsample(x, factor, impl="dense").numpy()
         upd = lambda k, v: errs.__setitem__(k, max(errs[k], v))  # noqa: E731
-        upd("forward", _max_err(tu.bilinear_upsample(x, factor), dense))
-        upd("numpy", _max_err(tnp.bilinear_upsample(x, factor), dense))
-        upd("skimage", _max_err(_skimage(x, factor), dense))
+        upd("forward", err(tu.bilinear_upsample(x, factor), dense))
+        upd("numpy", err(tnp.bilinear_upsample(x, factor), dense))
+        upd("skimage", err(testing.skimage_rescale(x, factor), dense))
         nchw = tu.bilinear_upsample(x.transpose(0, 3, 1, 2), factor, data_format="NCHW")
-        upd("nchw", _max_err(np.transpose(nchw, (0, 2, 3, 1)), dense))
+        upd("nchw", err(np.transpose(nchw, (0, 2, 3, 1)), dense))
 
         # Gradients: upstream g, our ops vs autodiff through the dense conv2d_transpose.
         g = rng.standard_normal(dense.shape).astype(np.float32)
@@ -66,18 +57,18 @@ def check_factor(factor, rng, tol=1e-5):
             ref = tf.reduce_sum(tf.nn.conv2d_transpose(xt, wd, out_shape, factor, "SAME") * g)
         dx_ref, dwd_ref = tape.gradient(ref, [xt, wd])
         dw_ref = np.stack([dwd_ref.numpy()[:, :, i, i] for i in range(c)], axis=2)[..., None]
-        upd("grad_input", _max_err(tape.gradient(ours, xt), dx_ref))
+        upd("grad_input", err(tape.gradient(ours, xt), dx_ref))
         dx2, dw2 = tape.gradient(ours_dw, [xt, w])
-        upd("grad_input", _max_err(dx2, dx_ref))
-        upd("grad_filter", _max_err(dw2, dw_ref))
-    return {k: (v, v <= tol) for k, v in errs.items()}
+        upd("grad_input", err(dx2, dx_ref))
+        upd("grad_filter", err(dw2, dw_ref))
+    return {k: (v, v <= testing.tolerance(COLUMNS[k], "float32")) for k, v in errs.items()}
 
 
 def run(factors, seed=0, out=print):
     rng = np.random.default_rng(seed)
-    names = ["forward", "nchw", "numpy", "skimage", "grad_input", "grad_filter"]
+    names = list(COLUMNS)
     out("tfupsample verify: max relative error against the dense tf.nn.conv2d_transpose "
-        f"(seed image + {len(SHAPES)} random inputs per factor)")
+        f"(a test image + {len(SHAPES)} random inputs per factor)")
     out(f"{'factor':>6}  " + "  ".join(f"{n:>11}" for n in names) + "  result")
     ok = True
     for f in factors:

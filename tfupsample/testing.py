@@ -1,0 +1,236 @@
+"""Independent references for tfupsample's ops, and the tolerances they are held to.
+
+Every op is defined here again as a NumPy float64 loop written from its definition (the scatter
+form of the transposed convolution, out[i*s - pad + a] += x[i] * w[a]; the FCN bilinear kernel
+from its formula), not from tfupsample's code. The test suite, `tfupsample verify` and
+`benchmarks/gpu_check.py` all compare against these, with the one tolerance table below and one
+`assert_close`. Only `dense_transpose` needs TensorFlow and only `skimage_rescale` scikit-image
+(each imports it when called), so the rest runs wherever NumPy does (a GPU machine without TF).
+
+All arrays are NHWC unless a function says otherwise; `to_layout` / `from_layout` convert.
+"""
+
+import numpy as np
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# The largest error allowed: max |actual - reference| / max(1, max |reference|), per operation and
+# dtype. The reference sees the values the op saw (inputs already rounded to the dtype), so what
+# is left is the op's own rounding: its accumulation (in float32 for the half types), and the final
+# rounding to the dtype, up to 2^-10 of the value for float16, 2^-7 for bfloat16, 2^-23 for
+# float32 and 2^-52 for float64 at the bottom of a binade. The bounds are about twice that for the
+# half types; for float32, the accumulation of a few dozen terms dominates.
+#            float16  bfloat16  float32  float64
+TOLERANCES = {
+    # A sum of at most (k/s)^2 products per output (36 with a 6x6 kernel at stride 1), rounded
+    # once to the dtype.
+    "forward": (2e-3, 1e-2, 4e-6, 1e-12),
+    # Each input sums every output its k x k taps reach (4096 products at factor 32): rounding
+    # grows with the count, 5x the forward's bound for float32 and 10x for float64.
+    "input_grad": (2e-3, 1e-2, 2e-5, 1e-11),
+    # A sum over every output a tap reaches (N*H*W products): as the input gradient's, and twice
+    # the forward's bound for the half types.
+    "filter_grad": (4e-3, 2e-2, 2e-5, 1e-11),
+    # The half types round the upsampled scores to the dtype before the softmax (as the unfused
+    # path does); a score's rounding goes straight into log-sum-exp - score: twice the forward's.
+    "loss": (4e-3, 2e-2, 4e-6, 1e-12),
+    # softmax - onehot of those scores (an exp of each), then the input gradient's sum of up to
+    # (2f)^2 terms: twice the loss's bound for float32.
+    "loss_grad": (4e-3, 2e-2, 1e-5, 1e-12),
+    # tf.test.compute_gradient's numerical Jacobian (central differences in float64) against the
+    # theoretical one: the differences' truncation error, not the op's rounding.
+    "jacobian": (None, None, None, 1e-7),
+}
+
+
+def tolerance(op, dtype):
+    """The bound for op ("forward", "input_grad", "filter_grad", "loss", "loss_grad", "jacobian")
+    in dtype (a name, NumPy dtype or tf.DType)."""
+    if not isinstance(dtype, str):
+        dtype = getattr(dtype, "name", None) or np.dtype(dtype).name
+    if op not in TOLERANCES:
+        raise ValueError(f"op must be one of {sorted(TOLERANCES)}, got {op!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    tol = TOLERANCES[op][DTYPES.index(dtype)]
+    if tol is None:
+        raise ValueError(f"no tolerance for {op} in {dtype}")
+    return tol
+
+
+def _float64(a):
+    if hasattr(a, "numpy") and callable(a.numpy):  # a TF / torch CPU tensor, any dtype
+        import sys
+
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and tf.is_tensor(a):
+            a = tf.cast(a, tf.float64)
+        a = a.numpy()
+    return np.asarray(a, np.float64)
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| / max(1, max |expected|); inf where the shapes differ, NaN where
+    actual has a NaN that expected has not (so no bound passes it)."""
+    actual, expected = _float64(actual), _float64(expected)
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    diff = np.abs(actual - expected)
+    if np.isnan(diff).any():
+        return float("nan")
+    return float(np.max(diff, initial=0.0)) / scale
+
+
+def assert_close(actual, expected, dtype="float64", op="forward", what=""):
+    """Fails unless relative_error(actual, expected) <= tolerance(op, dtype); `what` names the
+    case in the message."""
+    a, e = _float64(actual), _float64(expected)
+    where = f"{what}: " if what else ""
+    assert a.shape == e.shape, f"{where}shape {a.shape} != reference shape {e.shape}"
+    err, tol = relative_error(a, e), tolerance(op, dtype)
+    assert err <= tol, f"{where}{op} {dtype}: max relative error {err:.3g} > {tol}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts
+
+def to_nchw(x):
+    return np.transpose(x, (0, 3, 1, 2))
+
+
+def from_nchw(x):
+    return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def to_layout(x, data_format):
+    """An NHWC array in data_format's order (C-contiguous)."""
+    return np.ascontiguousarray(to_nchw(x) if data_format == "NCHW" else x)
+
+
+def from_layout(x, data_format):
+    """An array in data_format's order back to NHWC."""
+    return from_nchw(x) if data_format == "NCHW" else np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Definitions
+
+def _pairs(in_hw, out_hw, k_hw, strides, padding):
+    """Every (i, j, a, b, o, p): input pixel (i, j) reaches output (o, p) through tap (a, b).
+
+    TF's convention for the padding of a transposed convolution: SAME pads
+    max((n_in - 1) * s + k - n_out, 0) // 2 before, VALID pads nothing.
+    """
+    (h, wd), (oh, ow), (kh, kw), (sh, sw) = in_hw, out_hw, k_hw, strides
+    ph = max((h - 1) * sh + kh - oh, 0) // 2 if padding == "SAME" else 0
+    pw = max((wd - 1) * sw + kw - ow, 0) // 2 if padding == "SAME" else 0
+    for i in range(h):
+        for j in range(wd):
+            for a in range(kh):
+                for b in range(kw):
+                    o, p = i * sh - ph + a, j * sw - pw + b
+                    if 0 <= o < oh and 0 <= p < ow:
+                        yield i, j, a, b, o, p
+
+
+def transposed_conv_loop(x, w, out_hw, strides, padding):
+    """Depthwise transposed convolution by scattering every input pixel through every tap.
+    x [N, H, W, C], w [kh, kw, C]; float64 [N, *out_hw, C]."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    out = np.zeros((x.shape[0], *out_hw, x.shape[3]), np.float64)
+    for i, j, a, b, o, p in _pairs(x.shape[1:3], out_hw, w.shape[:2], strides, padding):
+        out[:, o, p, :] += x[:, i, j, :] * w[a, b, :]
+    return out
+
+
+def transposed_conv_input_grad_loop(dy, w, in_hw, strides, padding):
+    """Adjoint of transposed_conv_loop with respect to x."""
+    dy, w = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+    dx = np.zeros((dy.shape[0], *in_hw, dy.shape[3]))
+    for i, j, a, b, o, p in _pairs(in_hw, dy.shape[1:3], w.shape[:2], strides, padding):
+        dx[:, i, j, :] += dy[:, o, p, :] * w[a, b, :]
+    return dx
+
+
+def transposed_conv_filter_grad_loop(x, dy, k_hw, strides, padding):
+    """Adjoint of transposed_conv_loop with respect to w: [kh, kw, C]."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    dw = np.zeros((*k_hw, x.shape[3]))
+    for i, j, a, b, o, p in _pairs(x.shape[1:3], dy.shape[1:3], k_hw, strides, padding):
+        dw[a, b, :] += (dy[:, o, p, :] * x[:, i, j, :]).sum(axis=0)
+    return dw
+
+
+def bilinear_kernel(factor):
+    """The FCN bilinear kernel (`upsample_filt` of the FCN reference code): size 2f - f % 2."""
+    size = 2 * factor - factor % 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    return (1 - abs(og[0] - centre) / factor) * (1 - abs(og[1] - centre) / factor)
+
+
+def bilinear_filter(factor, channels):
+    """The bilinear kernel as a per-channel [k, k, channels] filter."""
+    return np.repeat(bilinear_kernel(factor)[:, :, None], channels, axis=2)
+
+
+def bilinear_loop(x, factor):
+    """Bilinear upsample by factor: the transposed convolution with the FCN kernel, stride
+    factor, SAME padding, output factor x the input."""
+    w = bilinear_filter(factor, x.shape[-1])
+    return transposed_conv_loop(x, w, (x.shape[1] * factor, x.shape[2] * factor),
+                                (factor, factor), "SAME")
+
+
+def bilinear_grad_loop(dy, factor):
+    """Adjoint of bilinear_loop: the input gradient for an output gradient dy."""
+    h, w = dy.shape[1] // factor, dy.shape[2] // factor
+    return transposed_conv_input_grad_loop(dy, bilinear_filter(factor, dy.shape[-1]), (h, w),
+                                           (factor, factor), "SAME")
+
+
+def softmax_cross_entropy(up, labels, ignore=None):
+    """Per-pixel loss logsumexp(up) - up[label] and its gradient softmax(up) - onehot(label) to
+    `up` ([..., classes], float64), both 0 at the ignore label."""
+    up = np.asarray(up, np.float64)
+    m = up.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
+    skip = labels == ignore if ignore is not None else np.zeros(labels.shape, bool)
+    safe = np.where(skip, 0, labels)
+    loss = np.where(skip, 0, lse - np.take_along_axis(up, safe[..., None], -1)[..., 0])
+    grad = np.exp(up - lse[..., None]) - np.eye(up.shape[-1])[safe]
+    return loss, np.where(skip[..., None], 0, grad)
+
+
+def upsample_softmax_cross_entropy(x, labels, factor, loss_grad, ignore=None):
+    """The fused loss head from its definition: (per-pixel loss of bilinear_loop(x, factor),
+    gradient to x given the loss map's gradient loss_grad)."""
+    loss, grad_up = softmax_cross_entropy(bilinear_loop(x, factor), labels, ignore)
+    return loss, bilinear_grad_loop(grad_up * np.asarray(loss_grad, np.float64)[..., None], factor)
+
+
+def dense_filter(w):
+    """[kh, kw, C] -> the dense [kh, kw, C, C] filter of tf.nn.conv2d_transpose."""
+    kh, kw, c = w.shape
+    d = np.zeros((kh, kw, c, c), w.dtype)
+    d[:, :, np.arange(c), np.arange(c)] = w
+    return d
+
+
+def dense_transpose(x, w, out_shape, strides, padding):
+    """Stock tf.nn.conv2d_transpose with the dense filter (NHWC); needs TensorFlow."""
+    import tensorflow as tf
+
+    return tf.nn.conv2d_transpose(x, dense_filter(w), out_shape, [1, *strides, 1], padding).numpy()
+
+
+def skimage_rescale(x, factor):
+    """skimage's order-1 rescale with zero borders, which equals the bilinear transposed
+    convolution with SAME padding; needs scikit-image."""
+    try:
+        from skimage.transform import rescale
+    except ImportError as e:
+        raise ImportError("skimage_rescale needs scikit-image: pip install 'tfupsample[verify]'") from e
+    return np.stack([rescale(np.asarray(im, np.float64), factor, order=1, mode="constant", cval=0,
+                             clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
