@@ -25,7 +25,7 @@ def test_matches_dense_conv2d_transpose(factor, rng):
     dense = tu.bilinear_upsample(x, factor, impl="dense").numpy()
     w = tu.bilinear_upsample_weights(factor, 5, dense=True)
     stock = tf.nn.conv2d_transpose(x, w, [2, 3 * factor, 4 * factor, 5], factor, "SAME").numpy()
-    np.testing.assert_array_equal(dense, stock)  # impl="dense" is exactly the seed's call
+    np.testing.assert_array_equal(dense, stock)  # impl="dense" is exactly this stock call
     assert_close(tu.bilinear_upsample(x, factor), stock, "float32")
 
 

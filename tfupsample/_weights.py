@@ -44,7 +44,7 @@ def bilinear_upsample_weights(factor, number_of_classes, *, dense=False, dtype="
     """The bilinear filter for `number_of_classes` channels.
 
     Returns `[k, k, C, 1]` (for `depthwise_conv2d_transpose` / `conv2d_transpose`), or with
-    `dense=True` the seed's dense `[k, k, C, C]` filter for `tf.nn.conv2d_transpose`, whose only
+    `dense=True` the dense `[k, k, C, C]` filter for `tf.nn.conv2d_transpose`, whose only
     non-zeros are on the channel diagonal (k * k * C * C elements: mind the size).
     """
     factor = check_factor(factor)

@@ -17,6 +17,13 @@
 
 namespace tfup {
 
+// What the OpKernels (kernels.cc, heads.cc) use of TensorFlow.
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
 using CPUDevice = Eigen::ThreadPoolDevice;
 
 template <typename Device> struct Backend;

@@ -8,13 +8,6 @@
 namespace tfup {
 namespace {
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-
-
 class HeadOp : public OpKernel {
  public:
   explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {

@@ -13,11 +13,6 @@
 namespace tfup {
 namespace {
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
 using Dims4 = std::array<int64_t, 4>;  // always (n, h, w, c), whatever the layout
 
 

@@ -1,4 +1,4 @@
-"""`tfupsample demo`: the seed's experiment. VGG-16 made fully convolutional, run on a sample
+"""`tfupsample demo`: the FCN-32 experiment. VGG-16 made fully convolutional, run on a sample
 image that ships with scikit-image; its 1000-class logits upsampled x32 into a segmentation map
 with upsample_argmax (the 1000-class full-size logits never exist)."""
 
