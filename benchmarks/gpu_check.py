@@ -342,7 +342,10 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
         r["ours_filter_grad_ms"] = timed(
             lambda: tc.depthwise_conv2d_transpose_backprop_filter(x, dy, (2 * f, 2 * f, c, 1), f), reps=5)
         labels = torch.randint(0, c, (n, h * f, w * f), device=device)
-        r["ours_argmax_ms"] = timed(lambda: tc.upsample_argmax(x, f))
+        r["ours_argmax_ms"] = timed(lambda: tc.upsample_argmax(x, f))  # random logits: the worst case
+        seg = torch.from_numpy(ref.segmentation_logits(np.random.default_rng(0), shape).astype(np.float32))
+        seg = seg.to(device).contiguous()
+        r["ours_argmax_segmentation_ms"] = timed(lambda: tc.upsample_argmax(seg, f))
         r["torch_interpolate_argmax_ms"] = timed(
             lambda: F.interpolate(xc, scale_factor=f, mode="bilinear", align_corners=False).argmax(1))
         g = torch.ones((n, h * f, w * f), device=device)
@@ -358,6 +361,8 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
             "forward faster than torch interpolate": r["ours_forward_ms"] < r["torch_interpolate_ms"],
             "forward faster than torch conv_transpose2d": r["ours_forward_ms"] < r["torch_conv_transpose_ms"],
             "input grad >= 70% of copy bandwidth": r["input_grad_pct_of_copy"] >= 70,
+            "argmax >= 4x faster than interpolate + argmax (random logits)":
+                r["torch_interpolate_argmax_ms"] >= 4 * r["ours_argmax_ms"],
         }
         return r
 

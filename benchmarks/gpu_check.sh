@@ -12,7 +12,7 @@ arch=${CUDA_ARCH:-90}
 echo "== build (nvcc, sm_$arch)"
 # The same two sources CMake builds into _tfupsample_cuda.so; nvcc alone, so that the GPU machine
 # needs no Python headers, pybind11 or TensorFlow.
-nvcc -std=c++17 -O3 -arch="sm_$arch" -shared -Xcompiler -fPIC -Icsrc \
+nvcc -std=c++17 -O3 --fmad=false -arch="sm_$arch" -shared -Xcompiler -fPIC -Icsrc \
   csrc/cuda/kernels.cu csrc/cuda/binding.cu -o tfupsample/_tfupsample_cuda.so || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 

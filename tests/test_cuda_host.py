@@ -172,6 +172,33 @@ def test_heads(emu, factor, dtype, rng):
     ref.assert_close(grad, expected, dtype, "loss_grad")
 
 
+@pytest.mark.parametrize("factor", [2, 3, 5, 8, 32])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("kind", ref.ARGMAX_CASES)
+def test_pruned_argmax_equals_argmax_of_the_forward(emu, factor, dtype, kind, rng):
+    # The two-pass argmax (candidates per cell, then the survivors per pixel) against the argmax
+    # of the CUDA forward, bit for bit, on the logits that stress the pruning.
+    shape = (1, 3, 4, 40) if factor >= 16 else (2, 5, 6, 40)
+    np_t = DTYPES[dtype][1]
+    x = ref.argmax_logits(kind, shape, rng, dtype).astype(np_t)
+    d = bilinear_dims(shape, factor)
+    oh, ow = shape[1] * factor, shape[2] * factor
+    up = np.zeros((shape[0], oh, ow, shape[3]), np_t)
+    call(emu, "BilinearForward", d, dtype, x, up)
+    labels = np.full((shape[0], oh, ow), -7, np.int64)
+    scores = np.zeros((shape[0], oh, ow), np_t)
+    call(emu, "UpsampleArgmax", d, dtype, x, labels, scores)
+    up64 = up.astype(np.float64)
+    # tf.argmax's order: the first maximum, a NaN never wins (the ops' rule on both devices).
+    expected = np.zeros(labels.shape, np.int64)
+    best = up64[..., 0].copy()
+    for c in range(1, shape[3]):
+        better = up64[..., c] > best
+        expected[better], best[better] = c, up64[..., c][better]
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(scores.astype(np.float64), np.take_along_axis(up64, labels[..., None], -1)[..., 0])
+
+
 def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
     shape = (1, 2, 2, 4)
     x = rng.standard_normal(shape)

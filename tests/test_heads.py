@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfupsample as tu
 from tfupsample._ops import lib
-from tfupsample.testing import assert_close
+from tfupsample.testing import ARGMAX_CASES, argmax_logits, assert_close
 
 FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -220,40 +220,15 @@ def test_keras_loss_takes_ignore_label_as_another_name():
         UpsampledSparseCategoricalCrossentropy(2, ignore_class=3, ignore_label=7)
 
 
-def _segmentation_logits(rng, n, h, w, c, lead=8.0):
-    """A smooth label field (a few blobs), one-hot x lead plus unit noise: one class leads."""
-    yy, xx = np.mgrid[:h, :w]
-    centres = rng.uniform([0, 0], [h, w], (4, 2))
-    cls = rng.integers(0, c, 4)
-    field = cls[np.argmin([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres], 0)]
-    x = rng.standard_normal((n, h, w, c))
-    x[:, yy, xx, field] += lead
-    return x
-
-
 @pytest.mark.parametrize("factor", [2, 3, 5, 8, 16, 32])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["random", "segmentation", "ties", "near_ties", "huge", "non_finite"])
+@pytest.mark.parametrize("kind", ARGMAX_CASES)
 def test_pruned_argmax_equals_unfused_bitwise(factor, dtype, kind, rng):
     # The pruned argmax against tf.argmax / reduce_max of our (unfused) upsample, bit for bit,
     # on the logits that stress the pruning: near and exact ties (the lowest class must win),
     # huge magnitudes (the rounding margin scales), inf / NaN (pruning off there).
-    n, h, w, c = (1, 3, 4, 40) if factor >= 16 else (2, 5, 6, 40)
-    x = _segmentation_logits(rng, n, h, w, c) if kind == "segmentation" else rng.standard_normal((n, h, w, c))
-    if kind == "ties":
-        x[..., 7] = x[..., 3] = x.max(-1) + 1  # two leading classes, equal everywhere
-        x[..., 20] = x[..., 11]
-    elif kind == "near_ties":
-        x[..., 9] = np.nextafter(x[..., 4].astype(np.float32), np.float32(np.inf))
-        x[..., 4] += 0.0
-        x[..., 9] = np.maximum(x[..., 9], x.max(-1))
-        x[..., 4] = np.nextafter(x[..., 9].astype(np.float32), np.float32(-np.inf))
-    elif kind == "huge":
-        x = x * 1e30 if dtype in ("float32", "float64", "bfloat16") else x * 1e4
-    elif kind == "non_finite":
-        x[0, 1, 2, 5] = np.inf
-        x[0, 2, 1, :] = -np.inf
-        x[-1, 0, 0, 3] = np.nan
+    shape = (1, 3, 4, 40) if factor >= 16 else (2, 5, 6, 40)
+    x = argmax_logits(kind, shape, rng, dtype)
     xt = tf.cast(x, dtype)
     up = tu.bilinear_upsample(xt, factor)
     labels, scores = tu.upsample_argmax(xt, factor, return_scores=True)

@@ -234,3 +234,45 @@ def skimage_rescale(x, factor):
         raise ImportError("skimage_rescale needs scikit-image: pip install 'tfupsample[verify]'") from e
     return np.stack([rescale(np.asarray(im, np.float64), factor, order=1, mode="constant", cval=0,
                              clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
+
+
+# ------------------------------------------------------------------------------------------------
+# Logits that stress upsample_argmax's pruning
+
+def segmentation_logits(rng, shape, lead=8.0, blobs=4):
+    """Segmentation-like logits [n, h, w, c] (float64): a smooth label field (a few blobs),
+    one-hot x lead plus unit noise, so one class leads by a margin almost everywhere."""
+    n, h, w, c = shape
+    yy, xx = np.mgrid[:h, :w]
+    centres = rng.uniform([0, 0], [h, w], (blobs, 2))
+    cls = rng.integers(0, c, blobs)
+    field = cls[np.argmin([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres], 0)]
+    x = rng.standard_normal((n, h, w, c))
+    x[:, yy, xx, field] += lead
+    return x
+
+
+ARGMAX_CASES = ("random", "segmentation", "ties", "near_ties", "huge", "non_finite")
+
+
+def argmax_logits(kind, shape, rng, dtype="float32"):
+    """Logits [n, h, w, c] (c >= 21, h >= 3, w >= 3; float64 values) of one of ARGMAX_CASES:
+    uniform random, segmentation-like, exact ties between leading classes (the lowest must win),
+    1-ulp near-ties, huge magnitudes (the rounding margin scales with them), inf / NaN."""
+    n, h, w, c = shape
+    x = segmentation_logits(rng, shape) if kind == "segmentation" else rng.standard_normal(shape)
+    if kind == "ties":
+        x[..., 7] = x[..., 3] = x.max(-1) + 1  # two leading classes, equal everywhere
+        x[..., 20] = x[..., 11]
+    elif kind == "near_ties":
+        x[..., 9] = np.maximum(np.nextafter(x[..., 4].astype(np.float32), np.float32(np.inf)), x.max(-1))
+        x[..., 4] = np.nextafter(x[..., 9].astype(np.float32), np.float32(-np.inf))
+    elif kind == "huge":
+        x = x * 1e30 if dtype in ("float32", "float64", "bfloat16") else x * 1e4
+    elif kind == "non_finite":
+        x[0, 1, 2, 5] = np.inf
+        x[0, 2, 1, :] = -np.inf
+        x[-1, 0, 0, 3] = np.nan
+    elif kind not in ("random", "segmentation"):
+        raise ValueError(f"kind must be one of {ARGMAX_CASES}, got {kind!r}")
+    return x

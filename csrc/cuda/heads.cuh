@@ -5,6 +5,7 @@
 // GPU sparse_softmax_cross_entropy does (checking them would need a device-to-host copy).
 #pragma once
 
+#include <float.h>
 #include <math.h>
 
 #include "cuda/bodies.cuh"
@@ -44,19 +45,93 @@ struct HeadBase {
   }
 };
 
-// Space (n, y, x, 1) over the output pixels.
+// upsample_argmax in two passes, with the CPU kernel's pruning (docs/DESIGN.md, "Fused heads").
+// A cell is the set of output pixels that read the same taps; along an axis output o is in cell
+// 2 * (its first input) + (1 if it reads two), which grows with o, so an image has
+// (2 h) x (2 w) cells, some empty. Pass 1 keeps, per cell, the classes whose largest tap value
+// reaches the best smallest one (less a bound on the rounding of the computed values): no other
+// class can be the maximum, or tie with it, at any pixel of the cell. Pass 2 evaluates only those
+// at each pixel, with the forward's arithmetic, in ascending class order.
+TFUP_HOST_DEVICE inline int64_t CellOf(const Axis& a, const Divider& s, int64_t o) {
+  const Run r = InputsOf(a, s, o);
+  return 2 * r.i0 + (r.count > 1 ? 1 : 0);
+}
+
+TFUP_HOST_DEVICE inline float FiniteMax(float) { return FLT_MAX; }
+TFUP_HOST_DEVICE inline double FiniteMax(double) { return DBL_MAX; }
+
+// Relative rounding of one operation in T (as std::numeric_limits<T>::epsilon()).
+template <typename T> struct Epsilon;
+template <> struct Epsilon<__half> { static constexpr double v = 1.0 / 1024; };
+template <> struct Epsilon<__nv_bfloat16> { static constexpr double v = 1.0 / 128; };
+template <> struct Epsilon<float> { static constexpr double v = 1.1920928955078125e-07; };
+template <> struct Epsilon<double> { static constexpr double v = 2.220446049250313e-16; };
+
+// Pass 1, space (n, cy, cx, 1) over the cells. cand holds per cell C + 1 values: the number of
+// candidates (-1: every class, where a tap value is not finite) and their ids, ascending.
+template <typename T>
+struct ArgmaxCandidatesBody : HeadBase<T> {
+  int64_t* cand;
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t cy, int64_t cx, int64_t, int64_t, int64_t) const {
+    using A = typename AccOf<T>::type;
+    const int64_t C = this->C;
+    int64_t* out = cand + ((n * 2 * this->ay.n_in + cy) * 2 * this->ax.n_in + cx) * (C + 1);
+    const int64_t iy0 = cy / 2, iy1 = iy0 + (cy % 2), ix0 = cx / 2, ix1 = ix0 + (cx % 2);
+    if (iy1 >= this->ay.n_in || ix1 >= this->ax.n_in) {  // no pixel reads past the input
+      out[0] = 0;
+      return;
+    }
+    const T* p[4] = {this->logits + this->s.At(n, iy0, ix0, 0), this->logits + this->s.At(n, iy0, ix1, 0),
+                     this->logits + this->s.At(n, iy1, ix0, 0), this->logits + this->s.At(n, iy1, ix1, 0)};
+    const A top = FiniteMax(A(0));
+    A best_lo = -A(INFINITY), min_lo = A(INFINITY), max_up = -A(INFINITY);
+    bool finite = true;
+    for (int64_t c = 0; c < C; ++c) {
+      const A a = ToAcc(p[0][c]), b = ToAcc(p[1][c]), d = ToAcc(p[2][c]), e = ToAcc(p[3][c]);
+      finite = finite && fabs(a) <= top && fabs(b) <= top && fabs(d) <= top && fabs(e) <= top;
+      const A lo = fmin(fmin(a, b), fmin(d, e)), up = fmax(fmax(a, b), fmax(d, e));
+      best_lo = lo > best_lo ? lo : best_lo;
+      min_lo = lo < min_lo ? lo : min_lo;
+      max_up = up > max_up ? up : max_up;
+    }
+    if (!finite) {
+      out[0] = -1;
+      return;
+    }
+    // As on the CPU: a few roundings in A, and one of T for the stored value (which can make a
+    // smaller value equal to a larger one, a tie the lowest class would win).
+    const A margin = A(8 * Epsilon<A>::v + 2 * Epsilon<T>::v);
+    const A big = fmax(fmax(-min_lo, max_up), A(0));
+    const A cut = best_lo - A(3) * margin * big;
+    int64_t k = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const A a = ToAcc(p[0][c]), b = ToAcc(p[1][c]), d = ToAcc(p[2][c]), e = ToAcc(p[3][c]);
+      if (!(fmax(fmax(a, b), fmax(d, e)) < cut)) out[1 + k++] = c;
+    }
+    out[0] = k;
+  }
+};
+
+// Pass 2, space (n, y, x, 1) over the output pixels: the best of the cell's candidates.
 template <typename T>
 struct ArgmaxBody : HeadBase<T> {
+  const int64_t* cand;
   int64_t* labels;
   T* scores;  // may be null
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const BilinearPixel<T> p = this->Pixel(n, y, x);
-    int64_t best = 0;
-    A best_v = this->Score(p, 0);
-    for (int64_t c = 1; c < this->C; ++c) {
+    const int64_t cell = (n * 2 * this->ay.n_in + CellOf(this->ay, this->sy, y)) * 2 * this->ax.n_in +
+                         CellOf(this->ax, this->sx, x);
+    const int64_t* list = cand + cell * (this->C + 1);
+    const int64_t K = list[0] < 0 ? this->C : list[0];
+    const bool all = list[0] < 0;
+    int64_t best = all ? 0 : list[1];
+    A best_v = this->Score(p, best);
+    for (int64_t k = 1; k < K; ++k) {
+      const int64_t c = all ? k : list[1 + k];
       const A v = this->Score(p, c);
-      if (v > best_v) {  // ties: the lowest class, like tf.argmax
+      if (v > best_v) {  // ties: the lowest class, like tf.argmax (candidates ascend)
         best = c;
         best_v = v;
       }

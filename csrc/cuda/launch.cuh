@@ -151,13 +151,22 @@ HeadBase<T> MakeHead(const Geometry& g, const void* logits) {
                      static_cast<const T*>(logits)};
 }
 
+// Pass 1's candidate lists: per cell (n x 2h x 2w of them) a count and up to C class ids.
+inline int64_t ArgmaxScratchBytes(const Geometry& g, DType) {
+  const int64_t cells = CheckedMul(CheckedMul(g.n, 2 * g.y.n_in), 2 * g.x.n_in);
+  const int64_t bytes = CheckedMul(CheckedMul(cells, g.c + 1), 8);
+  return bytes < 0 ? INT64_MAX : bytes;  // too large: the allocation fails and says so
+}
 template <class Exec>
 void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                       int64_t* labels, void* scores) {
+                       int64_t* labels, void* scores, void* scratch) {
   if (g.c == 0) return;
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const ArgmaxBody<T> b{MakeHead<T>(g, logits), labels, static_cast<T*>(scores)};
+    int64_t* cand = static_cast<int64_t*>(scratch);
+    const ArgmaxCandidatesBody<T> cells{MakeHead<T>(g, logits), cand};
+    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in, 2 * g.x.n_in, 1, cells);
+    const ArgmaxBody<T> b{MakeHead<T>(g, logits), cand, labels, static_cast<T*>(scores)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
@@ -226,8 +235,10 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunDepthwiseGather<true>(ex, c.g, c.t, c.p[0], c.p[1], c.p[2]); }},
       {"DepthwiseBackpropFilter", FilterScratchBytes,
        [](E ex, C c) { RunDepthwiseBackpropFilter(ex, c.g, c.t, c.p[0], c.p[1], c.p[2], c.scratch); }},
-      {"UpsampleArgmax", NoScratch,
-       [](E ex, C c) { RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
+      {"UpsampleArgmax", ArgmaxScratchBytes,
+       [](E ex, C c) {
+         RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2], c.scratch);
+       }},
       {"UpsampleSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
          RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,

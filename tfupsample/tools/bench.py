@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfupsample as tu
-from tfupsample import _ops
+from tfupsample import _ops, testing
 from tfupsample._weights import bilinear_kernel_size
 
 
@@ -313,16 +313,10 @@ def read_floor(t):
 
 
 def segmentation_logits(n, h, w, classes, seed=0, lead=8.0):
-    """Segmentation-like logits: a smooth label field (a few blobs), one-hot x `lead` plus unit
-    noise, so one class leads by a margin almost everywhere."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    centres = rng.uniform([0, 0], [h, w], (6, 2))
-    cls = rng.integers(0, classes, 6)
-    field = cls[np.argmin([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres], 0)]
-    x = rng.standard_normal((n, h, w, classes)).astype(np.float32)
-    x[:, yy, xx, field] += lead
-    return tf.constant(x)
+    """Segmentation-like logits (tfupsample.testing's): a smooth label field (a few blobs),
+    one-hot x `lead` plus unit noise, so one class leads by a margin almost everywhere."""
+    x = testing.segmentation_logits(np.random.default_rng(seed), (n, h, w, classes), lead, blobs=6)
+    return tf.constant(x.astype(np.float32))
 
 
 def scaled_peer(make, classes):
