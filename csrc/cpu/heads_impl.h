@@ -17,20 +17,48 @@
 namespace tfup {
 namespace TFUP_ISA {
 
-// Reductions over a pixel's classes with 8 partial results, combined in a fixed order: the loop
-// vectorises (a single running sum would not, without reassociating floats) and every build gives
-// the same bits.
+// Reductions over a pixel's classes. Eight 32-byte vectors of partial results (64 floats or 32
+// doubles) are eight independent chains, so the loop runs at the machine's throughput instead of
+// one operation's latency; the partials are then combined in a fixed tree. The order is the same
+// in every build -- GCC's vector extension lowers a 32-byte vector to two SSE registers, one AVX
+// register, or the low half of an AVX-512 one -- so every build gives the same bits. op takes two
+// scalars or two vectors.
 template <typename A, typename Op>
-inline A Reduce8(const A* v, int64_t C, A init, Op op) {
-  A part[8] = {init, init, init, init, init, init, init, init};
+inline A Reduce(const A* v, int64_t C, A init, Op op) {
+  constexpr int kChains = 8, kLanes = 32 / static_cast<int>(sizeof(A)), kParts = kChains * kLanes;
+  typedef A Vec __attribute__((vector_size(32)));
+  Vec acc[kChains];
+  for (int j = 0; j < kChains; ++j)
+    for (int l = 0; l < kLanes; ++l) acc[j][l] = init;
   int64_t c = 0;
-  for (; c + 8 <= C; c += 8)
-    for (int k = 0; k < 8; ++k) part[k] = op(part[k], v[c + k]);
+  for (; c + kParts <= C; c += kParts) {
+    for (int j = 0; j < kChains; ++j) {
+      Vec x;
+      std::memcpy(&x, v + c + j * kLanes, sizeof(x));
+      acc[j] = op(acc[j], x);
+    }
+  }
+  A part[kParts];
+  std::memcpy(part, acc, sizeof(part));
   for (int k = 0; c < C; ++c, ++k) part[k] = op(part[k], v[c]);
-  A r = part[0];
-  for (int k = 1; k < 8; ++k) r = op(r, part[k]);
-  return r;
+  for (int half = kParts / 2; half >= 1; half /= 2)
+    for (int k = 0; k < half; ++k) part[k] = op(part[k], part[k + half]);
+  return part[0];
 }
+
+// The maximum and minimum as Reduce's op (a NaN operand on the right is never taken).
+struct MaxOp {
+  template <typename V>
+  V operator()(V a, V b) const { return b > a ? b : a; }
+};
+struct MinOp {
+  template <typename V>
+  V operator()(V a, V b) const { return b < a ? b : a; }
+};
+struct AddOp {
+  template <typename V>
+  V operator()(V a, V b) const { return a + b; }
+};
 
 // Runs of consecutive outputs along an axis that read the same inputs: [begin, end) pairs.
 inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const AxisTaps& t, int64_t n_out) {
@@ -141,7 +169,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           pixel(K, wx0, wx1, two_x, c0, c1, v);
           int64_t best = 0;
           if (finite && K > 16) {  // no NaN: the maximum, then its first (lowest class) place
-            const A m = Reduce8(v, K, v[0], [](A x, A y) { return y > x ? y : x; });
+            const A m = Reduce(v, K, v[0], MaxOp());
             while (v[best] != m) ++best;
           } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
             for (int64_t k = 1; k < K; ++k)
@@ -178,11 +206,10 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           ok += (std::abs(a) <= top) & (std::abs(b) <= top) & (std::abs(d) <= top) & (std::abs(e) <= top);
         }
         const bool finite = ok == C;
-        const auto max_of = [](A x, A y) { return y > x ? y : x; };
-        const A best_lo = C > 0 ? Reduce8(lo, C, lo[0], max_of) : A(0);
+        const A best_lo = C > 0 ? Reduce(lo, C, lo[0], MaxOp()) : A(0);
         // lo <= up per class, so |lo| and |up| are at most max(-min lo, max up).
-        const A min_lo = C > 0 ? Reduce8(lo, C, lo[0], [](A x, A y) { return y < x ? y : x; }) : A(0);
-        const A big = std::max(std::max(-min_lo, C > 0 ? Reduce8(up, C, up[0], max_of) : A(0)), A(0));
+        const A min_lo = C > 0 ? Reduce(lo, C, lo[0], MinOp()) : A(0);
+        const A big = std::max(std::max(-min_lo, C > 0 ? Reduce(up, C, up[0], MaxOp()) : A(0)), A(0));
         const A delta = margin * big;
         block.k = 0;
         for (int64_t c = 0; c < C; ++c) {
@@ -257,10 +284,10 @@ inline void ScoresAsStored(A* v, int64_t C) {
 // Softmax of one pixel's upsampled logits v (in place: v becomes exp(v - max)); returns the sum.
 template <typename A>
 inline A ExpShifted(A* v, int64_t C, A* max_out) {
-  const A m = Reduce8(v, C, v[0], [](A a, A b) { return b > a ? b : a; });
+  const A m = Reduce(v, C, v[0], MaxOp());
   for (int64_t c = 0; c < C; ++c) v[c] = SoftmaxExp(v[c] - m);
   *max_out = m;
-  return Reduce8(v, C, A(0), [](A a, A b) { return a + b; });
+  return Reduce(v, C, A(0), AddOp());
 }
 
 template <typename T>
@@ -290,7 +317,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
 }
 
 // Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, one
-// pixel at a time, folded at once into r (the output row reduced along x: each r[j] still sums its
+// pixel at a time (the softmax's scale folded into each tap's weight), added at once into r (the output row reduced along x: each r[j] still sums its
 // outputs in ascending order) and then into the input rows like the bilinear input gradient. The
 // scratch is one pixel and one input row per thread.
 template <typename T>
@@ -316,13 +343,12 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
       plan.PixelFromColumns(cols, ox, C, d);
       ScoresAsStored<T>(d, C);
       A m;
-      const A scale = gl / ExpShifted(d, C, &m);
-      for (int64_t c = 0; c < C; ++c) d[c] *= scale;
-      d[y] -= gl;
+      const A scale = gl / ExpShifted(d, C, &m);  // d[c] * scale: the softmax times gl
       for (int64_t j = ax.FirstInput(ox); j <= ax.LastInput(ox); ++j) {
-        const A w = plan.wx[ax.Tap(ox, j)];
+        const A w = plan.wx[ax.Tap(ox, j)], ws = w * scale;
         A* __restrict rj = r + j * C;
-        for (int64_t c = 0; c < C; ++c) rj[c] += w * d[c];
+        for (int64_t c = 0; c < C; ++c) rj[c] += ws * d[c];
+        rj[y] -= w * gl;  // the one-hot
       }
     }
     AddToInputRows(g, plan.wy, static_cast<const A*>(r), b, oy, lo, hi);

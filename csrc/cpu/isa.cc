@@ -24,12 +24,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 // AVX-512 (F, BW, VL, DQ) with 512-bit vectors preferred; it keeps the AVX2 build's intrinsics
 // (TFUP_ISA_AVX2 is defined too), so float16 goes through F16C the same way.
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
 #endif
 #define TFUP_ISA avx512
 #elif defined(TFUP_ISA_AVX2)
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx2,f16c")  // F16C: float16 conversions (every AVX2 CPU has it)
+#pragma GCC target("avx2,fma,f16c")  // F16C: float16 conversions; FMA: the softmax's exp (both on every AVX2 CPU)
 #endif
 #define TFUP_ISA avx2
 #else

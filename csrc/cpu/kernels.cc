@@ -66,7 +66,7 @@ void PreferHugePages(void* data, int64_t bytes) {
 #endif
 }
 
-// The best build this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 (with F16C), else the
+// The best build this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 (with F16C, FMA), else the
 // baseline. TFUPSAMPLE_ISA=baseline|avx2 caps it (tests compare the builds: with contraction
 // off they must agree bit for bit).
 int IsaLevel() {
@@ -74,7 +74,10 @@ int IsaLevel() {
     int best = 0;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) best = 1;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("fma")) {
+      best = 1;
+    }
     if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
       best = 2;
