@@ -190,6 +190,13 @@ def bilinear_grad_loop(dy, factor):
                                            (factor, factor), "SAME")
 
 
+def upsample_argmax_loop(x, factor):
+    """upsample_argmax from its definition: (labels, scores) of bilinear_loop(x, factor) -- the
+    first maximum over classes (ties: the lowest class) and that maximum."""
+    up = bilinear_loop(x, factor)
+    return up.argmax(-1), up.max(-1)
+
+
 def softmax_cross_entropy(up, labels, ignore=None):
     """Per-pixel loss logsumexp(up) - up[label] and its gradient softmax(up) - onehot(label) to
     `up` ([..., classes], float64), both 0 at the ignore label."""
