@@ -61,6 +61,20 @@ inline void ProductAddRow(A* __restrict acc, const T* __restrict x, const T* __r
                           int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] += Widen(x[c]) * Widen(y[c]);
 }
+// Four ProductAddRows sharing d: a_k[c] += d[c] * x_k[c] (each element one product and one sum,
+// as ProductAddRow), d read once.
+template <typename A>
+inline void ProductAddRows4(A* __restrict a0, A* __restrict a1, A* __restrict a2, A* __restrict a3,
+                            const A* __restrict d, const A* __restrict x0, const A* __restrict x1,
+                            const A* __restrict x2, const A* __restrict x3, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A v = d[c];
+    a0[c] += v * x0[c];
+    a1[c] += v * x1[c];
+    a2[c] += v * x2[c];
+    a3[c] += v * x3[c];
+  }
+}
 template <typename T, typename A>
 inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
   for (int64_t c = 0; c < n; ++c) out[c] = Narrow<T>(in[c]);
@@ -500,20 +514,32 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
           A* accc = acc.data() + (sl.planar ? c : 0);
           // Filter row a = r + m sy pairs input row i with output row (i + m) sy - py + r: the
           // output rows of this residue in ascending order q = i + m, each read once and paired
-          // with its input rows i = q - m. For every a, i ascends with q: the definition's order.
+          // with its input rows i = q - m. Along the row, each output pixel is used at once for
+          // all its taps (it stays in L1). For every tap, (i, j) ascends: the definition's order.
           for (int64_t q = 0; q < H + rows - 1; ++q) {
             const int64_t oy = q * sy - g.y.pad + r;
             if (oy < 0 || oy >= OH) continue;
             const T* dr = output_grad + (s * OH + oy) * OW * cc + coff;
-            for (int64_t m = 0; m < rows; ++m) {
-              const int64_t i = q - m;
-              if (i < 0 || i >= H) continue;
-              const T* xr = input + (s * H + i) * W * cc + coff;
-              A* acca = accc + m * kx * nc;
-              for (int64_t j = 0; j < W; ++j) {
-                const T* xp = xr + j * cc;
-                for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
-                  ProductAddRow(acca + g.x.Tap(ox, j) * nc, dr + ox * cc, xp, cnt);
+            const int64_t m0 = std::max<int64_t>(0, q - (H - 1)), m1 = std::min(rows - 1, q);
+            for (int64_t ox = 0; ox < OW; ++ox) {
+              const T* d = dr + ox * cc;
+              const int64_t j0 = g.x.FirstInput(ox), j1 = g.x.LastInput(ox);
+              if constexpr (std::is_same_v<T, A>) {
+                if (j1 == j0 + 1 && m1 == m0 + 1) {  // two inputs along each axis: one pass
+                  const int64_t b0 = g.x.Tap(ox, j0), b1 = g.x.Tap(ox, j1);
+                  const T* x0 = input + ((s * H + q - m0) * W + j0) * cc + coff;
+                  const T* x1 = input + ((s * H + q - m1) * W + j0) * cc + coff;
+                  ProductAddRows4(accc + (m0 * kx + b0) * nc, accc + (m1 * kx + b0) * nc,
+                                  accc + (m0 * kx + b1) * nc, accc + (m1 * kx + b1) * nc, d, x0,
+                                  x1, x0 + cc, x1 + cc, cnt);
+                  continue;
+                }
+              }
+              for (int64_t j = j0; j <= j1; ++j) {
+                const int64_t b = g.x.Tap(ox, j);
+                for (int64_t m = m0; m <= m1; ++m) {
+                  const T* xp = input + ((s * H + q - m) * W + j) * cc + coff;
+                  ProductAddRow(accc + (m * kx + b) * nc, d, xp, cnt);
                 }
               }
             }
