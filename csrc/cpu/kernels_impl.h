@@ -425,12 +425,21 @@ void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vect
   const int64_t nc = b.nc, W = g.x.n_in;
   b.scratch.assign(W * nc, A(0));
   A* r = b.scratch.data();
-  for (int64_t j = 0; j < W; ++j) {
-    A* __restrict rj = r + j * nc;
-    for (int64_t ox = g.x.FirstOutput(j); ox < g.x.EndOutput(j); ++ox) {
-      const A w = wx[g.x.Tap(ox, j)];
-      const Src* __restrict d = dy + ox * stride;
-      ScaleAddRow(rj, w, d, nc);
+  // Pixel by pixel, each used at once for its (at most two) input columns; each r[j] still sums
+  // its outputs in ascending order. The row streams from memory once: where a pixel's channels
+  // span whole cache lines, the pixels ~16 KB ahead are prefetched (measured at [1,16,22,1000]
+  // x32 in five interleaved runs each: median 1.56x the read floor without, 1.37x with).
+  constexpr int64_t kAheadBytes = int64_t{16} << 10;
+  const int64_t OW = g.x.n_out, bytes = nc * static_cast<int64_t>(sizeof(Src));
+  const int64_t ahead = bytes >= 64 ? (kAheadBytes + bytes - 1) / bytes : 0;
+  for (int64_t ox = 0; ox < OW; ++ox) {
+    const Src* __restrict d = dy + ox * stride;
+    if (ahead > 0 && ox + ahead < OW) {
+      const char* p = reinterpret_cast<const char*>(dy + (ox + ahead) * stride);
+      for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
+    }
+    for (int64_t j = g.x.FirstInput(ox); j <= g.x.LastInput(ox); ++j) {
+      ScaleAddRow(r + j * nc, wx[g.x.Tap(ox, j)], d, nc);
     }
   }
   AddToInputRows(g, wy, r, b, oy, lo, hi);
