@@ -94,8 +94,8 @@ def _depthwise_grad(op, grad):
     computes, names = _DEPTHWISE[op.type]
     sizes = op.inputs[2]
     values = dict(zip(names, op.inputs[:2]), **{computes: grad})
-    skip = _skipped(op)
-    return (*(None if i in skip else _partial(name, values, tf.shape(op.inputs[i], out_type=sizes.dtype), _attrs(op))
+    skip, attrs = _skipped(op), _attrs(op)
+    return (*(None if i in skip else _partial(name, values, tf.shape(op.inputs[i], out_type=sizes.dtype), attrs)
               for i, name in enumerate(names)), None)
 
 

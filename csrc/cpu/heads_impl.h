@@ -196,13 +196,13 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
         A* __restrict lo = vals.data();
         A* __restrict up = hi.data();
         int64_t ok = 0;  // classes whose four values are all finite
+        const A top = std::numeric_limits<A>::max();
         for (int64_t c = 0; c < C; ++c) {
           const A a = Widen(p[0][c]), b = Widen(p[1][c]), d = Widen(p[2][c]), e = Widen(p[3][c]);
           const A l = std::min(std::min(a, b), std::min(d, e));
           const A u = std::max(std::max(a, b), std::max(d, e));
           lo[c] = l;
           up[c] = u;
-          const A top = std::numeric_limits<A>::max();
           ok += (std::abs(a) <= top) & (std::abs(b) <= top) & (std::abs(d) <= top) & (std::abs(e) <= top);
         }
         const bool finite = ok == C;
@@ -317,9 +317,10 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
 }
 
 // Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, one
-// pixel at a time (the softmax's scale folded into each tap's weight), added at once into r (the output row reduced along x: each r[j] still sums its
-// outputs in ascending order) and then into the input rows like the bilinear input gradient. The
-// scratch is one pixel and one input row per thread.
+// pixel at a time (the softmax's scale folded into each tap's weight), added at once into r (the
+// output row reduced along x: each r[j] still sums its outputs in ascending order) and then into
+// the input rows like the bilinear input gradient. The scratch is one pixel and one input row per
+// thread.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
                                          IgnoreLabel ignore, const T* loss_grad, T* logits_grad,

@@ -57,6 +57,12 @@ TFUP_HOST_DEVICE inline int64_t CellOf(const Axis& a, const Divider& s, int64_t 
   return 2 * r.i0 + (r.count > 1 ? 1 : 0);
 }
 
+// The candidate list of cell (n, cy, cx): C + 1 values (see ArgmaxCandidatesBody).
+template <typename T, typename I>
+TFUP_HOST_DEVICE I* CellList(const HeadBase<T>& h, I* cand, int64_t n, int64_t cy, int64_t cx) {
+  return cand + ((n * 2 * h.ay.n_in + cy) * 2 * h.ax.n_in + cx) * (h.C + 1);
+}
+
 TFUP_HOST_DEVICE inline float FiniteMax(float) { return FLT_MAX; }
 TFUP_HOST_DEVICE inline double FiniteMax(double) { return DBL_MAX; }
 
@@ -75,7 +81,7 @@ struct ArgmaxCandidatesBody : HeadBase<T> {
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t cy, int64_t cx, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const int64_t C = this->C;
-    int64_t* out = cand + ((n * 2 * this->ay.n_in + cy) * 2 * this->ax.n_in + cx) * (C + 1);
+    int64_t* out = CellList(*this, cand, n, cy, cx);
     const int64_t iy0 = cy / 2, iy1 = iy0 + (cy % 2), ix0 = cx / 2, ix1 = ix0 + (cx % 2);
     if (iy1 >= this->ay.n_in || ix1 >= this->ax.n_in) {  // no pixel reads past the input
       out[0] = 0;
@@ -121,9 +127,8 @@ struct ArgmaxBody : HeadBase<T> {
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const BilinearPixel<T> p = this->Pixel(n, y, x);
-    const int64_t cell = (n * 2 * this->ay.n_in + CellOf(this->ay, this->sy, y)) * 2 * this->ax.n_in +
-                         CellOf(this->ax, this->sx, x);
-    const int64_t* list = cand + cell * (this->C + 1);
+    const int64_t* list =
+        CellList(*this, cand, n, CellOf(this->ay, this->sy, y), CellOf(this->ax, this->sx, x));
     const int64_t K = list[0] < 0 ? this->C : list[0];
     const bool all = list[0] < 0;
     int64_t best = all ? 0 : list[1];

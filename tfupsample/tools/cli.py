@@ -70,8 +70,9 @@ def main(argv=None):
 
     program = args.command + (" --train" if getattr(args, "train", False) else "") + (
         " --plot" if getattr(args, "plot", None) else "")
-    if program in NEEDS and missing(program):
-        print(missing(program), file=sys.stderr)
+    why = missing(program) if program in NEEDS else None
+    if why:
+        print(why, file=sys.stderr)
         return 2
     if args.command == "verify":
         from . import verify
