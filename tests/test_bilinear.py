@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import tfupsample as tu
-from tfupsample.testing import (assert_close, bilinear_loop, from_nchw, skimage_rescale, to_nchw)
+from tfupsample.testing import (assert_close, bilinear_grad_loop, bilinear_loop, from_nchw, skimage_rescale,
+                                to_nchw)
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
@@ -111,6 +112,26 @@ def test_gradient_matches_dense_autodiff(factor, rng):
         ours = tf.reduce_sum(tu.bilinear_upsample(x, factor) * g)
         dense = tf.reduce_sum(tu.bilinear_upsample(x, factor, impl="dense") * g)
     assert_close(tape.gradient(ours, x), tape.gradient(dense, x), op="input_grad")
+
+
+# Tall images cut into several row bands (the output rows two bands share are reduced once, into
+# a buffer both bands read), channel counts off the kernel's 64-channel blocks, and one above the
+# 1024 at which channels split into blocks of 512.
+BANDED = [(2, (1, 40, 5, 70)), (3, (2, 19, 4, 130)), (8, (1, 20, 3, 64)), (16, (1, 9, 2, 1100)),
+          (32, (1, 5, 3, 8)), (4, (1, 9, 4, 3))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("factor,shape", BANDED, ids=str)
+def test_input_gradient_over_row_bands(dtype, factor, shape, rng):
+    n, h, w, c = shape
+    dy = tf.cast(rng.standard_normal((n, h * factor, w * factor, c)), dtype)
+    dx = tu.api._ops.lib.tfupsample_bilinear_upsample_grad(dy, factor=factor)
+    assert_close(dx, bilinear_grad_loop(tf.cast(dy, tf.float64).numpy(), factor), dtype, "input_grad")
+    # Each input's sum runs over its outputs in the same order in either layout: the same bits.
+    nchw = tu.api._ops.lib.tfupsample_bilinear_upsample_grad(tf.transpose(dy, [0, 3, 1, 2]), factor=factor,
+                                                              data_format="NCHW")
+    np.testing.assert_array_equal(from_nchw(nchw.numpy()), dx.numpy())
 
 
 def test_second_order_gradient(rng):

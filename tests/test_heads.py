@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import tfupsample as tu
 from tfupsample._ops import lib
-from tfupsample.testing import ARGMAX_CASES, argmax_logits, assert_close, bilinear_loop, upsample_argmax_loop
+from tfupsample.testing import (ARGMAX_CASES, argmax_logits, assert_close, bilinear_loop, upsample_argmax_loop,
+                                upsample_softmax_cross_entropy)
 
 FACTORS = [2, 3, 4, 5, 6, 7, 8, 9, 32]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -73,6 +74,21 @@ def test_cross_entropy_and_gradient_match_unfused(factor, rng):
         lr, lo = tf.reduce_sum(ref * g), tf.reduce_sum(ours * g)
     assert_close(ours, ref, "float64", "loss")
     assert_close(tape.gradient(lo, x), tape.gradient(lr, x), "float64", "loss_grad")
+
+
+@pytest.mark.parametrize("factor,shape", [(2, (1, 40, 3, 5)), (4, (2, 19, 2, 70)), (16, (1, 9, 2, 3))], ids=str)
+def test_cross_entropy_gradient_over_row_bands(factor, shape, rng):
+    # Tall enough for several row bands, whose shared output rows are reduced once into a buffer.
+    x = rng.standard_normal(shape) * 3
+    labels = _labels(rng, x, factor, shape[-1])
+    labels[0, :factor] = 255
+    g = rng.standard_normal(labels.shape)
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        loss = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(labels, xt, factor, ignore_label=255) * g)
+    _, expected = upsample_softmax_cross_entropy(x, labels, factor, g, ignore=255)
+    assert_close(tape.gradient(loss, xt), expected, "float64", "loss_grad")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

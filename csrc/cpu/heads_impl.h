@@ -329,10 +329,9 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   const BilinearPlan<T, A> plan(g);
   const Axis& ax = g.x;
   const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
-  SweepInputBands<T>(g, logits_grad, pf, 24, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
-    b.scratch.assign(ax.n_in * C, A(0));
+  SweepSeparable<T>(g, plan.wy, logits_grad, pf, 24, /*split_channels=*/false,
+                    [&](InputBlock<A>& b, int64_t oy, A* r) {
     b.scratch2.resize(C + ax.n_in * C);
-    A* r = b.scratch.data();
     A* __restrict d = b.scratch2.data();
     A* cols = d + C;
     plan.Columns(plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C), C, cols);
@@ -352,8 +351,7 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
         rj[y] -= w * gl;  // the one-hot
       }
     }
-    AddToInputRows(g, plan.wy, static_cast<const A*>(r), b, oy, lo, hi);
-  }, /*split_channels=*/false);
+  });
 }
 
 }  // namespace TFUP_ISA

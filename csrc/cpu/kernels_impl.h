@@ -361,30 +361,52 @@ struct InputBlock {
   std::vector<A> acc, scratch, scratch2;
 };
 
+// How an input gradient is cut into units: slabs x bands of `band` input rows x channel blocks.
+// Units are numbered slab-major, then band, then channel block.
+struct InputBands {
+  int64_t slabs, H, cc, band, bands, cblock, cblocks;
+  int64_t Units() const { return slabs * bands * cblocks; }
+  template <typename A>
+  void Set(int64_t u, InputBlock<A>& b) const {
+    b.s = u / (bands * cblocks);
+    b.i0 = (u / cblocks % bands) * band;
+    b.i1 = std::min(H, b.i0 + band);
+    b.c0 = (u % cblocks) * cblock;
+    b.nc = std::min(cblock, cc - b.c0);
+  }
+};
+
+// Channel blocks where a slab has many channels, so a batch-1 image still splits finely; bands
+// of at most `max_band` input rows (adjacent bands both read the k - s output rows they share).
+// Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
+// than row bands (each unit then strides through every row of dy).
+inline InputBands MakeInputBands(const Geometry& g, const Slabs& sl, bool split_channels,
+                                 int64_t max_band) {
+  InputBands ib;
+  ib.slabs = sl.count;
+  ib.H = g.y.n_in;
+  ib.cc = sl.cc;
+  ib.cblock = split_channels && ib.cc >= 1024 ? 512 : std::max<int64_t>(ib.cc, 1);
+  ib.cblocks = (ib.cc + ib.cblock - 1) / ib.cblock;
+  ib.band = std::max<int64_t>(1, std::min<int64_t>(max_band, ib.H / 2));
+  ib.bands = (ib.H + ib.band - 1) / ib.band;
+  return ib;
+}
+
+// Sweeps every unit: add_output_row(block, oy, lo, hi) adds output row oy to the block's input
+// rows [lo, hi], for the output rows oy the band reads in ascending order; then the block's
+// accumulator is narrowed into input_grad.
 template <typename T, typename RowFn>
-void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
-                     int64_t cost_per_element, RowFn&& add_output_row, bool split_channels = true) {
+void SweepBands(const Geometry& g, const InputBands& ib, T* input_grad, const ParallelFor& pf,
+                int64_t cost_per_element, RowFn&& add_output_row) {
   using A = Acc<T>;
-  const Slabs sl = MakeSlabs(g);
-  const int64_t H = g.y.n_in, W = g.x.n_in, cc = sl.cc;
-  if (sl.count == 0 || H == 0 || cc == 0) return;
-  // Bands of a few input rows (adjacent bands both read the k - s output rows they share), and
-  // channel blocks where a slab has many channels, so a batch-1 image still splits finely.
-  // Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
-  // than row bands (each unit then strides through every row of dy).
-  const int64_t cblock = split_channels && cc >= 1024 ? 512 : cc;
-  const int64_t cblocks = (cc + cblock - 1) / cblock;
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, H / 2));
-  const int64_t bands = (H + band - 1) / band;
-  const int64_t cost = cost_per_element * g.y.stride * g.x.stride * band * W * cblock;
-  pf(sl.count * bands * cblocks, cost, [&](int64_t begin, int64_t end) {
+  const int64_t H = ib.H, W = g.x.n_in, cc = ib.cc;
+  if (ib.slabs == 0 || H == 0 || cc == 0) return;
+  const int64_t cost = cost_per_element * g.y.stride * g.x.stride * ib.band * W * ib.cblock;
+  pf(ib.Units(), cost, [&](int64_t begin, int64_t end) {
     InputBlock<A> blk;
     for (int64_t u = begin; u < end; ++u) {
-      blk.s = u / (bands * cblocks);
-      blk.i0 = (u / cblocks % bands) * band;
-      blk.i1 = std::min(H, blk.i0 + band);
-      blk.c0 = (u % cblocks) * cblock;
-      blk.nc = std::min(cblock, cc - blk.c0);
+      ib.Set(u, blk);
       const int64_t row = W * blk.nc;
       blk.acc.assign((blk.i1 - blk.i0) * row, A(0));
       const int64_t oy_end = g.y.EndOutput(blk.i1 - 1);
@@ -403,6 +425,13 @@ void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
   });
 }
 
+template <typename T, typename RowFn>
+void SweepInputBands(const Geometry& g, T* input_grad, const ParallelFor& pf,
+                     int64_t cost_per_element, RowFn&& add_output_row) {
+  const InputBands ib = MakeInputBands(g, MakeSlabs(g), true, 16);
+  SweepBands(g, ib, input_grad, pf, cost_per_element, add_output_row);
+}
+
 // Adds r (one input row's worth, the output row oy reduced along x) to the input rows [lo, hi]
 // that row oy belongs to, with their row weight.
 template <typename A>
@@ -416,33 +445,151 @@ void AddToInputRows(const Geometry& g, const std::vector<A>& wy, const A* r, Inp
   }
 }
 
-// Separable: reduce output row oy (pixels `stride` apart, b.nc channels each) along x once (r, one
-// input row long), then add it to the input rows it belongs to.
-template <typename A, typename Src>
-void AddBilinearRow(const Geometry& g, const std::vector<A>& wx, const std::vector<A>& wy,
-                    const Src* dy, int64_t stride, InputBlock<A>& b, int64_t oy, int64_t lo,
-                    int64_t hi) {
-  const int64_t nc = b.nc, W = g.x.n_in;
-  b.scratch.assign(W * nc, A(0));
-  A* r = b.scratch.data();
-  // Pixel by pixel, each used at once for its (at most two) input columns; each r[j] still sums
-  // its outputs in ascending order. The row streams from memory once: where a pixel's channels
-  // span whole cache lines, the pixels ~16 KB ahead are prefetched (measured at [1,16,22,1000]
-  // x32 in five interleaved runs each: median 1.56x the read floor without, 1.37x with).
-  constexpr int64_t kAheadBytes = int64_t{16} << 10;
-  const int64_t OW = g.x.n_out, bytes = nc * static_cast<int64_t>(sizeof(Src));
-  const int64_t ahead = bytes >= 64 ? (kAheadBytes + bytes - 1) / bytes : 0;
-  for (int64_t ox = 0; ox < OW; ++ox) {
-    const Src* __restrict d = dy + ox * stride;
-    if (ahead > 0 && ox + ahead < OW) {
-      const char* p = reinterpret_cast<const char*>(dy + (ox + ahead) * stride);
-      for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
+// A separable input gradient: dx[i] = sum over the output rows oy that input row i feeds, in
+// ascending order, of wy(tap) * r(oy), where r(oy) = reduce_row(block, oy, r) is output row oy
+// reduced along x (one input row long: W x b.nc, zeroed before the call; it may use the block's
+// scratch2). The k - s output rows two adjacent bands share are reduced once, first, into a
+// buffer both bands read (each r is the same bits wherever it is computed), so the output
+// gradient is read -- or, for the fused loss, recomputed -- once, and bands can be few rows
+// tall: at [1,16,22,1000] x32 re-reading them cost ~10% of the input gradient's time. Where the
+// buffer would exceed 1/16 of the output (small factors, whose shared rows are a large part of
+// each band), the bands reduce them each on their own instead.
+template <typename T, typename ReduceFn>
+void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_grad,
+                    const ParallelFor& pf, int64_t cost_per_element, bool split_channels,
+                    ReduceFn&& reduce_row) {
+  using A = Acc<T>;
+  const Slabs sl = MakeSlabs(g);
+  const int64_t W = g.x.n_in;
+  InputBands ib = MakeInputBands(g, sl, split_channels, 8);
+  // Shared rows of the boundary above band b (b = 1 .. bands-1): [FirstOutput(i0), EndOutput(i0
+  // - 1)), i0 = b * band, stored from first[b] on; one row holds W x cblock elements.
+  std::vector<int64_t> first(ib.bands + 1, 0);
+  for (int64_t b = 1; b < ib.bands; ++b) {
+    const int64_t i0 = b * ib.band;
+    first[b + 1] = first[b] + std::max<int64_t>(0, g.y.EndOutput(i0 - 1) - g.y.FirstOutput(i0));
+  }
+  const int64_t shared = first[ib.bands], row = W * ib.cblock;
+  const bool buffered = shared > 0 && sl.count * ib.cblocks * shared * row * 16 <= g.OutputElements();
+  if (!buffered) ib = MakeInputBands(g, sl, split_channels, 16);
+  std::vector<A> rows(buffered ? sl.count * ib.cblocks * shared * row : 0);
+  auto stored = [&](int64_t s, int64_t cb, int64_t b, int64_t oy) {
+    return rows.data() + ((s * ib.cblocks + cb) * shared + first[b] + oy - g.y.FirstOutput(b * ib.band)) * row;
+  };
+  if (buffered) {
+    // One unit per (slab, channel block, shared row).
+    pf(sl.count * ib.cblocks * shared, cost_per_element * g.x.stride * row, [&](int64_t begin, int64_t end) {
+      InputBlock<A> blk;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t t = u % shared, cb = u / shared % ib.cblocks;
+        blk.s = u / (shared * ib.cblocks);
+        blk.c0 = cb * ib.cblock;
+        blk.nc = std::min(ib.cblock, ib.cc - blk.c0);
+        const int64_t b = std::upper_bound(first.begin() + 1, first.end(), t) - first.begin() - 1;
+        const int64_t oy = g.y.FirstOutput(b * ib.band) + t - first[b];
+        A* r = stored(blk.s, cb, b, oy);
+        std::fill(r, r + W * blk.nc, A(0));
+        reduce_row(blk, oy, r);
+      }
+    });
+  }
+  SweepBands(g, ib, input_grad, pf, cost_per_element, [&](InputBlock<A>& blk, int64_t oy, int64_t lo, int64_t hi) {
+    const A* r = nullptr;
+    if (buffered) {
+      const int64_t cb = blk.c0 / ib.cblock;
+      if (blk.i0 > 0 && oy < g.y.EndOutput(blk.i0 - 1)) r = stored(blk.s, cb, blk.i0 / ib.band, oy);
+      if (blk.i1 < ib.H && oy >= g.y.FirstOutput(blk.i1)) r = stored(blk.s, cb, blk.i1 / ib.band, oy);
     }
-    for (int64_t j = g.x.FirstInput(ox); j <= g.x.LastInput(ox); ++j) {
-      ScaleAddRow(r + j * nc, wx[g.x.Tap(ox, j)], d, nc);
+    if (r == nullptr) {
+      blk.scratch.assign(W * blk.nc, A(0));
+      reduce_row(blk, oy, blk.scratch.data());
+      r = blk.scratch.data();
+    }
+    AddToInputRows(g, wy, r, blk, oy, lo, hi);
+  });
+}
+
+// Adds the outputs [o0, o1) of one output-gradient row, which all read input columns j and
+// j + 1, into r0 (r[j]) and r1 (r[j + 1]). Channels go 64 at a time: the 2 x 64 sums stay in
+// registers over the whole run, so r is loaded and stored once per run rather than once per
+// pixel, and each element still adds its outputs in ascending order (same bits as one pixel at a
+// time). While a block sums, the same channels of the run after it are prefetched. Measured at
+// [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel, 1.07x so;
+// without the prefetch 1.30x.
+template <typename A>
+void AddRunTwoColumns(const Axis& ax, const std::vector<A>& wx, const A* dy, int64_t stride,
+                      int64_t nc, int64_t o0, int64_t o1, int64_t j, A* __restrict r0,
+                      A* __restrict r1) {
+  constexpr int64_t kBlock = 64;
+  const int64_t len = o1 - o0, prefetch_end = std::min(ax.n_out, o1 + len);
+  for (int64_t c0 = 0; c0 < nc; c0 += kBlock) {
+    const int64_t n = std::min(kBlock, nc - c0);
+    if (n < kBlock) {
+      for (int64_t o = o0; o < o1; ++o) {
+        const A w0 = wx[ax.Tap(o, j)], w1 = wx[ax.Tap(o, j + 1)];
+        const A* __restrict d = dy + o * stride + c0;
+        for (int64_t c = 0; c < n; ++c) {
+          r0[c0 + c] += w0 * d[c];
+          r1[c0 + c] += w1 * d[c];
+        }
+      }
+      continue;
+    }
+    A a0[kBlock], a1[kBlock];
+    for (int64_t c = 0; c < kBlock; ++c) {
+      a0[c] = r0[c0 + c];
+      a1[c] = r1[c0 + c];
+    }
+    for (int64_t o = o0; o < o1; ++o) {
+      const A w0 = wx[ax.Tap(o, j)], w1 = wx[ax.Tap(o, j + 1)];
+      const A* __restrict d = dy + o * stride + c0;
+      if (o + len < prefetch_end) {
+        const char* p = reinterpret_cast<const char*>(d + len * stride);
+        for (int64_t e = 0; e < kBlock * static_cast<int64_t>(sizeof(A)); e += 64) __builtin_prefetch(p + e);
+      }
+      for (int64_t c = 0; c < kBlock; ++c) {
+        a0[c] += w0 * d[c];
+        a1[c] += w1 * d[c];
+      }
+    }
+    for (int64_t c = 0; c < kBlock; ++c) {
+      r0[c0 + c] = a0[c];
+      r1[c0 + c] = a1[c];
     }
   }
-  AddToInputRows(g, wy, r, b, oy, lo, hi);
+}
+
+// Output row oy reduced along x into r (W x nc, zeroed): pixels `stride` apart, nc channels
+// each; each r[j] sums its outputs in ascending order. Consecutive outputs that read the same
+// input columns form a run (about a factor long); float and double runs over two columns go
+// through AddRunTwoColumns, the rest (edges, half types) pixel by pixel, each pixel used at once
+// for its input columns, with the pixels ~16 KB ahead prefetched where a pixel spans whole
+// cache lines (measured in five interleaved runs each: 1.56x the read floor without, 1.37x with).
+template <typename A, typename Src>
+void ReduceBilinearRow(const Geometry& g, const std::vector<A>& wx, const Src* dy, int64_t stride,
+                       int64_t nc, A* r) {
+  constexpr int64_t kAheadBytes = int64_t{16} << 10;
+  const Axis& ax = g.x;
+  const int64_t OW = ax.n_out, bytes = nc * static_cast<int64_t>(sizeof(Src));
+  const int64_t ahead = bytes >= 64 ? (kAheadBytes + bytes - 1) / bytes : 0;
+  for (int64_t o0 = 0, o1; o0 < OW; o0 = o1) {
+    const int64_t j0 = ax.FirstInput(o0), j1 = ax.LastInput(o0);
+    for (o1 = o0 + 1; o1 < OW && ax.FirstInput(o1) == j0 && ax.LastInput(o1) == j1;) ++o1;
+    if constexpr (std::is_same_v<A, Src>) {
+      if (j1 == j0 + 1) {
+        AddRunTwoColumns(ax, wx, dy, stride, nc, o0, o1, j0, r + j0 * nc, r + j1 * nc);
+        continue;
+      }
+    }
+    for (int64_t ox = o0; ox < o1; ++ox) {
+      const Src* __restrict d = dy + ox * stride;
+      if (ahead > 0 && ox + ahead < OW) {
+        const char* p = reinterpret_cast<const char*>(dy + (ox + ahead) * stride);
+        for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
+      }
+      for (int64_t j = j0; j <= j1; ++j) ScaleAddRow(r + j * nc, wx[ax.Tap(ox, j)], d, nc);
+    }
+  }
 }
 
 template <typename T>
@@ -456,8 +603,8 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
   // kernel weight, which is never 0 inside the kernel, so an inf or NaN in dy reaches exactly the
   // inputs whose taps touch it, with the definition's sign. (A block-moment shortcut -- S0 = sum
   // dy, S1 = sum a * dy -- read dy once but turned inf into NaN through 0 * inf and inf - inf.)
-  SweepInputBands<T>(g, input_grad, pf, 4, [&](InputBlock<A>& b, int64_t oy, int64_t lo, int64_t hi) {
-    AddBilinearRow(g, wx, wy, output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0, cc, b, oy, lo, hi);
+  SweepSeparable<T>(g, wy, input_grad, pf, 4, true, [&](InputBlock<A>& b, int64_t oy, A* r) {
+    ReduceBilinearRow(g, wx, output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0, cc, b.nc, r);
   });
 }
 
