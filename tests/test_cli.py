@@ -81,6 +81,27 @@ def test_bench_json_small():
     env = data["environment"]
     assert env["cores"] >= 1 and env["tensorflow"].startswith("tensorflow") and env["backend"] == "op"
     assert isinstance(env["onednn"], (bool, type(None)))
+    # The grid's targets: vs tf.image.resize everywhere; vs the write floor only from 64 MB up.
+    assert [t["name"] for t in data["targets"]] == ["forward, 3 classes x2 vs tf.image.resize"]
+    rows = {r["impl"]: r for r in data["rows"]}
+    t = data["targets"][0]
+    assert (t["ours_ms"], t["ref_ms"]) == (rows["tfupsample"]["ms"], rows["tf.image.resize"]["ms"])
+    assert t["met"] == (t["ref_ms"] >= t["ours_ms"])
+    assert rows["tfupsample"]["calls"] >= 1
+
+
+def test_grid_targets_apply_the_floor_from_64_mb():
+    from tfupsample.tools.bench_cli import grid_targets
+
+    rows = [dict(classes=c, factor=f, impl=impl, ms=ms, output_mb=mb)
+            for c, f, mb, times in ((21, 2, 0.2, (1.0, 0.5, 0.9)), (1000, 32, 1375.0, (160.0, 100.0, 200.0)))
+            for impl, ms in zip(("tfupsample", "write floor (tf.fill)", "tf.image.resize"), times)]
+    found = {t.name: t for t in grid_targets(rows)}
+    assert sorted(found) == ["forward, 1000 classes x32 (1375 MB) vs the write floor",
+                             "forward, 1000 classes x32 vs tf.image.resize", "forward, 21 classes x2 vs tf.image.resize"]
+    assert not found["forward, 1000 classes x32 (1375 MB) vs the write floor"].met  # 1.6x > 1.5x
+    assert not found["forward, 21 classes x2 vs tf.image.resize"].met  # slower than resize
+    assert found["forward, 1000 classes x32 vs tf.image.resize"].met
 
 
 @pytest.mark.parametrize("logits", ["random", "segmentation"])

@@ -34,29 +34,37 @@ def _reset_peak():
         return False
 
 
-def measure(fn, repeats=3, warmup=3):
-    """(median seconds, peak RSS growth in bytes or None) of fn(), after `warmup` calls (the
-    allocator needs a few to reach its steady state of reused, already-mapped buffers).
+def measure_once(fn):
+    """(seconds, peak RSS growth in bytes or None) of one call of fn(), its result touched."""
+    gc.collect()
+    can_peak = _reset_peak()
+    base = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    out = fn()
+    _touch(out)
+    seconds = time.perf_counter() - t0
+    peak = (_status_kb("VmHWM") - base) * 1024 if can_peak and base is not None else None
+    del out
+    return seconds, peak
 
-    A Peer run on fewer channels has its time scaled and no memory figure."""
-    for _ in range(warmup):
-        fn()  # its result is dropped at once
-    times, peaks = [], []
-    for _ in range(repeats):
-        gc.collect()
-        can_peak = _reset_peak()
-        base = _status_kb("VmRSS")
-        t0 = time.perf_counter()
-        out = fn()
-        _touch(out)
-        times.append(time.perf_counter() - t0)
-        if can_peak and base is not None:
-            peaks.append((_status_kb("VmHWM") - base) * 1024)
-        del out
+
+def summarize(fn, calls):
+    """(median seconds, largest peak growth or None) of measure_once results; a Peer run on
+    fewer channels has its time scaled and no memory figure."""
+    seconds = statistics.median(t for t, _ in calls)
+    peaks = [p for _, p in calls if p is not None]
     scale = getattr(fn, "scale", 1.0)
     if scale != 1.0:
-        return statistics.median(times) * scale, None
-    return statistics.median(times), (max(peaks) if peaks else None)
+        return seconds * scale, None
+    return seconds, (max(peaks) if peaks else None)
+
+
+def measure(fn, repeats=3, warmup=3):
+    """(median seconds, peak RSS growth in bytes or None) of fn(), after `warmup` calls (the
+    allocator needs a few to reach its steady state of reused, already-mapped buffers)."""
+    for _ in range(warmup):
+        fn()  # its result is dropped at once
+    return summarize(fn, [measure_once(fn) for _ in range(repeats)])
 
 
 class Peer:

@@ -17,21 +17,33 @@ def describe(env):
             f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}")
 
 
+# Fast calls are noisy: every peer of a grid cell is called in turn, round after round, for at
+# least `repeats` rounds and about this many seconds of the slowest peer (at most MAX_ROUNDS).
+GRID_SECONDS = 1.0
+MAX_ROUNDS = 31
+
+
 def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
     rows = []
     combos = [(c, f) for c in classes for f in factors]
     for i, (c, f) in enumerate(combos, 1):
+        progress.write(f"\r[{i}/{len(combos)}] classes={c} factor={f}   ")
+        progress.flush()
         prob = bench.Problem(1, size[0], size[1], c, f)
         peers = prob.forward(dense_limit_bytes=dense_limit_mb << 20)
-        for fn in peers.values():  # every peer once first: the allocator's state is then the
-            fn()                   # same for all, whichever is timed first
+        # Every peer a few times first (the allocator's state is then the same for all, whichever
+        # is timed first), then interleaved rounds, so a slow spell of the machine hits all alike.
+        slowest = max(max(bench.measure_once(fn)[0] for _ in range(3)) for fn in peers.values())
+        rounds = max(repeats, min(MAX_ROUNDS, int(GRID_SECONDS / max(slowest, 1e-6))))
+        calls = {name: [] for name in peers}
+        for _ in range(rounds):
+            for name, fn in peers.items():
+                calls[name].append(bench.measure_once(fn))
         for name, fn in peers.items():
-            progress.write(f"\r[{i}/{len(combos)}] classes={c} factor={f} {name:<28}")
-            progress.flush()
-            t, mem = bench.measure(fn, repeats)
+            t, mem = bench.summarize(fn, calls[name])
             row = dict(classes=c, factor=f, impl=name, ms=t * 1e3,
                        peak_mb=None if mem is None else mem / 2**20,
-                       output_mb=prob.output_bytes / 2**20)
+                       output_mb=prob.output_bytes / 2**20, calls=rounds)
             if getattr(fn, "note", None):
                 row["note"] = fn.note
             rows.append(row)
@@ -42,6 +54,31 @@ def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
         del prob
     progress.write("\r" + " " * 70 + "\r")
     return rows
+
+
+# The grid's targets: the forward within 1.5x the write floor wherever its output is at least
+# 64 MB (below that, fixed costs dominate a call of a few milliseconds), and never slower than
+# tf.image.resize.
+FLOOR_LIMIT, FLOOR_FROM_MB = 1.5, 64
+
+
+def grid_targets(rows):
+    """The grid's targets (a list of bench.Target) from run()'s rows."""
+    ms = {(r["classes"], r["factor"], r["impl"]): r["ms"] for r in rows}
+    out = []
+    for (c, f, impl), ours in ms.items():
+        if impl != "tfupsample":
+            continue
+        at = f"forward, {c} classes x{f}"
+        output_mb = next(r["output_mb"] for r in rows if (r["classes"], r["factor"]) == (c, f))
+        floor = ms.get((c, f, "write floor (tf.fill)"))
+        if floor and output_mb >= FLOOR_FROM_MB:
+            out.append(bench.Target(f"{at} ({output_mb:.0f} MB) vs the write floor", ours, "write floor",
+                                    floor, "at_most", FLOOR_LIMIT))
+        resize = ms.get((c, f, "tf.image.resize"))
+        if resize:
+            out.append(bench.Target(f"{at} vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0))
+    return out
 
 
 def table(rows):

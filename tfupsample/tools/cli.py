@@ -48,7 +48,7 @@ def main(argv=None):
     b.add_argument("--classes", type=_factors, default=[21, 150, 1000], help="default 21,150,1000")
     b.add_argument("--factors", type=_factors, default=[2, 8, 32], help="default 2,8,32")
     b.add_argument("--size", default="16x22", help="coarse input HxW (default 16x22, VGG-16 on 512x704)")
-    b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+    b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement, at least (median; the grid calls its peers in turn, more rounds for fast cells)")
     b.add_argument("--dense-limit-mb", type=int, default=512,
                    help="skip dense conv2d_transpose when its filter alone exceeds this (default 512)")
     b.add_argument("--targets", action="store_true",
@@ -107,12 +107,16 @@ def main(argv=None):
                     print(t.line())
             return 0
         rows = bench_cli.run(args.classes, args.factors, size, args.repeats, args.dense_limit_mb)
+        found = bench_cli.grid_targets(rows)
         if args.json:
-            print(json.dumps({"environment": env, "size": size, "rows": rows}, indent=1))
+            print(json.dumps({"environment": env, "size": size, "rows": rows,
+                              "targets": [t.as_dict() for t in found]}, indent=1))
         else:
             print(bench_cli.describe(env))
             print(f"input [1, {size[0]}, {size[1]}, classes] float32 NHWC")
             print(bench_cli.table(rows))
+            for t in found:
+                print(t.line())
         if args.plot:
             bench_cli.plot(rows, args.plot)
             print(f"plot written to {args.plot}", file=sys.stderr)
