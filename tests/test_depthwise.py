@@ -17,6 +17,9 @@ CASES = [
     (1, 5, 4, 9, 7, 6, 2, 2, "SAME", 9, 7),         # explicit, non-default output size
     (1, 3, 4, 1, 4, 4, 2, 2, "VALID", 9, 11),       # VALID with extra output rows / columns
     (3, 2, 2, 4, 8, 8, 4, 4, "SAME", None, None),   # bilinear-like k = 2s
+    # channel counts across the filter gradient's register blocks (32, 8, 1 channels)
+    (1, 5, 4, 45, 6, 6, 3, 3, "SAME", None, None),
+    (2, 4, 3, 70, 5, 4, 3, 2, "SAME", None, None),
 ]
 
 

@@ -61,20 +61,6 @@ inline void ProductAddRow(A* __restrict acc, const T* __restrict x, const T* __r
                           int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] += Widen(x[c]) * Widen(y[c]);
 }
-// Four ProductAddRows sharing d: a_k[c] += d[c] * x_k[c] (each element one product and one sum,
-// as ProductAddRow), d read once.
-template <typename A>
-inline void ProductAddRows4(A* __restrict a0, A* __restrict a1, A* __restrict a2, A* __restrict a3,
-                            const A* __restrict d, const A* __restrict x0, const A* __restrict x1,
-                            const A* __restrict x2, const A* __restrict x3, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    const A v = d[c];
-    a0[c] += v * x0[c];
-    a1[c] += v * x1[c];
-    a2[c] += v * x2[c];
-    a3[c] += v * x3[c];
-  }
-}
 template <typename T, typename A>
 inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
   for (int64_t c = 0; c < n; ++c) out[c] = Narrow<T>(in[c]);
@@ -644,6 +630,88 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
 // once, not once per filter row. Every dw element still adds its terms in ascending (n, i, j)
 // order, so the bits are those of one running sum per element.
 
+// One output-gradient row of the filter gradient (float, double; channels in pixels, nc >= 32
+// of them from dr / x0 / x1 on, pixels cc apart) paired with two input rows x0 (filter row
+// acc0) and x1 (the next filter row, acc1): acc_m[b] += dy[ox] * x_m[j] for every tap b = ox + px
+// - j sx. The outputs of one x residue bx (ox = u sx - px + bx) meet the taps bx + t sx at input
+// column u - t; for bx with two taps, the interior pixels are summed 32 channels at a time with
+// the 2 x 2 sums held in registers, u ascending, so the accumulators are loaded and stored once
+// per pass rather than once per pixel; each element still adds its terms in ascending j (the
+// same bits as one pixel at a time). While a pass runs, the same pixels of `next` (the next row
+// this owner reads, or null) are prefetched. Measured at [1,16,22,100] x32, interleaved: 2.6x the
+// read floor pixel by pixel, 1.95x so; NCHW 3x faster than pixel by pixel.
+template <typename A>
+void AddFilterRowTwoInputRows(const Axis& ax, const A* dr, const A* next, const A* x0, const A* x1,
+                              int64_t cc, int64_t nc, A* acc0, A* acc1) {
+  constexpr int64_t kBlock = 32;
+  const int64_t sx = ax.stride, kx = ax.k, px = ax.pad, W = ax.n_in, OW = ax.n_out;
+  const int64_t bytes = nc * static_cast<int64_t>(sizeof(A));
+  for (int64_t bx = 0; bx < std::min(sx, kx); ++bx) {
+    const int64_t nt = (kx - bx + sx - 1) / sx;
+    // Pixels u: ox = u sx - px + bx in [0, OW).
+    const int64_t u0 = px - bx > 0 ? (px - bx + sx - 1) / sx : 0;
+    const int64_t u1 = OW + px - bx > 0 ? (OW + px - bx + sx - 1) / sx : 0;
+    auto pixel = [&](int64_t u) {  // one pixel, all its taps
+      const A* d = dr + (u * sx - px + bx) * cc;
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t j = u - t;
+        if (j < 0 || j >= W) continue;
+        ProductAddRow(acc0 + (bx + t * sx) * nc, d, x0 + j * cc, nc);
+        ProductAddRow(acc1 + (bx + t * sx) * nc, d, x1 + j * cc, nc);
+      }
+    };
+    if (next != nullptr) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const char* p = reinterpret_cast<const char*>(next + (u * sx - px + bx) * cc);
+        for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
+      }
+    }
+    // Interior: both taps' columns inside the image (nt == 2 and 1 <= u <= W - 1).
+    const int64_t i0 = nt == 2 ? std::max<int64_t>(u0, 1) : u1, i1 = nt == 2 ? std::min(u1, W) : u1;
+    for (int64_t u = u0; u < std::min(i0, u1); ++u) pixel(u);
+    if (i0 < i1) {
+      A* __restrict r00 = acc0 + bx * nc;
+      A* __restrict r01 = acc0 + (bx + sx) * nc;
+      A* __restrict r10 = acc1 + bx * nc;
+      A* __restrict r11 = acc1 + (bx + sx) * nc;
+      int64_t c0 = 0;
+      auto pass = [&](auto block) {  // channels [c0, c0 + B), B a compile-time constant
+        constexpr int64_t B = decltype(block)::value;
+        A a00[B], a01[B], a10[B], a11[B];
+        for (int64_t c = 0; c < B; ++c) {
+          a00[c] = r00[c0 + c];
+          a01[c] = r01[c0 + c];
+          a10[c] = r10[c0 + c];
+          a11[c] = r11[c0 + c];
+        }
+        for (int64_t u = i0; u < i1; ++u) {
+          const A* __restrict d = dr + (u * sx - px + bx) * cc + c0;
+          const A* __restrict xa = x0 + u * cc + c0;
+          const A* __restrict xb = x1 + u * cc + c0;
+          for (int64_t c = 0; c < B; ++c) {
+            const A v = d[c];
+            a00[c] += v * xa[c];
+            a10[c] += v * xb[c];
+            a01[c] += v * xa[c - cc];
+            a11[c] += v * xb[c - cc];
+          }
+        }
+        for (int64_t c = 0; c < B; ++c) {
+          r00[c0 + c] = a00[c];
+          r01[c0 + c] = a01[c];
+          r10[c0 + c] = a10[c];
+          r11[c0 + c] = a11[c];
+        }
+        c0 += B;
+      };
+      while (c0 + kBlock <= nc) pass(std::integral_constant<int64_t, kBlock>());
+      while (c0 + 8 <= nc) pass(std::integral_constant<int64_t, 8>());
+      while (c0 < nc) pass(std::integral_constant<int64_t, 1>());
+    }
+    for (int64_t u = std::max(i1, u0); u < u1; ++u) pixel(u);
+  }
+}
+
 template <typename T>
 void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* output_grad,
                                  T* filter_grad, const ParallelFor& pf) {
@@ -670,27 +738,30 @@ void DepthwiseBackpropFilterImpl(const Geometry& g, const T* input, const T* out
           A* accc = acc.data() + (sl.planar ? c : 0);
           // Filter row a = r + m sy pairs input row i with output row (i + m) sy - py + r: the
           // output rows of this residue in ascending order q = i + m, each read once and paired
-          // with its input rows i = q - m. Along the row, each output pixel is used at once for
-          // all its taps (it stays in L1). For every tap, (i, j) ascends: the definition's order.
-          for (int64_t q = 0; q < H + rows - 1; ++q) {
+          // with its input rows i = q - m. A row with two input rows goes through
+          // AddFilterRowTwoInputRows; any other, pixel by pixel, each used at once for all its
+          // taps. For every tap, (i, j) ascends: the definition's order.
+          auto row_of = [&](int64_t q) -> const T* {  // output-gradient row of q, or null
             const int64_t oy = q * sy - g.y.pad + r;
-            if (oy < 0 || oy >= OH) continue;
-            const T* dr = output_grad + (s * OH + oy) * OW * cc + coff;
+            return oy < 0 || oy >= OH ? nullptr : output_grad + (s * OH + oy) * OW * cc + coff;
+          };
+          for (int64_t q = 0; q < H + rows - 1; ++q) {
+            const T* dr = row_of(q);
+            if (dr == nullptr) continue;
             const int64_t m0 = std::max<int64_t>(0, q - (H - 1)), m1 = std::min(rows - 1, q);
+            if constexpr (std::is_same_v<T, A>) {
+              if (m1 == m0 + 1) {  // every row but the first and last, for a kernel k <= 2s
+                const T* next = nullptr;
+                for (int64_t qn = q + 1; qn < H + rows - 1 && next == nullptr; ++qn) next = row_of(qn);
+                AddFilterRowTwoInputRows(g.x, dr, next, input + (s * H + q - m0) * W * cc + coff,
+                                         input + (s * H + q - m1) * W * cc + coff, cc, cnt,
+                                         accc + m0 * kx * nc, accc + m1 * kx * nc);
+                continue;
+              }
+            }
             for (int64_t ox = 0; ox < OW; ++ox) {
               const T* d = dr + ox * cc;
               const int64_t j0 = g.x.FirstInput(ox), j1 = g.x.LastInput(ox);
-              if constexpr (std::is_same_v<T, A>) {
-                if (j1 == j0 + 1 && m1 == m0 + 1) {  // two inputs along each axis: one pass
-                  const int64_t b0 = g.x.Tap(ox, j0), b1 = g.x.Tap(ox, j1);
-                  const T* x0 = input + ((s * H + q - m0) * W + j0) * cc + coff;
-                  const T* x1 = input + ((s * H + q - m1) * W + j0) * cc + coff;
-                  ProductAddRows4(accc + (m0 * kx + b0) * nc, accc + (m1 * kx + b0) * nc,
-                                  accc + (m0 * kx + b1) * nc, accc + (m1 * kx + b1) * nc, d, x0,
-                                  x1, x0 + cc, x1 + cc, cnt);
-                  continue;
-                }
-              }
               for (int64_t j = j0; j <= j1; ++j) {
                 const int64_t b = g.x.Tap(ox, j);
                 for (int64_t m = m0; m <= m1; ++m) {
