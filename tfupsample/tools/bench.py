@@ -352,7 +352,8 @@ class Target:
         if self.kind == "at_most":
             ratio = f"ours/{self.ref_name} {self.ratio:.2f}x, target <= {self.limit:g}x"
         else:
-            ratio = f"{self.ref_name}/ours {self.ratio:.2f}x (ours faster), target >= {self.limit:g}x"
+            ratio = (f"{self.ref_name}/ours {self.ratio:.2f}x (ours {'faster' if self.ratio >= 1 else 'slower'}), "
+                     f"target >= {self.limit:g}x")
         note = f" [{self.note}]" if self.note else ""
         return (f"{'MET   ' if self.met else 'MISSED'} {self.name}: ours {self.ours_ms:.1f} ms, "
                 f"{self.ref_name} {self.ref_ms:.1f} ms, {ratio}{note}")

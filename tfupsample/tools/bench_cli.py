@@ -1,5 +1,6 @@
 """`tfupsample bench`: time and peak memory of ours and the stock peers, classes x factors."""
 
+import statistics
 import sys
 
 from . import bench
@@ -17,10 +18,10 @@ def describe(env):
             f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}")
 
 
-# Fast calls are noisy: every peer of a grid cell is called in turn, round after round, for at
-# least `repeats` rounds and about this many seconds of the slowest peer (at most MAX_ROUNDS).
-GRID_SECONDS = 1.0
-MAX_ROUNDS = 31
+# Fast calls are noisy: the peers of a grid cell are called in turn, round after round, each for
+# at least `repeats` rounds and about GRID_SECONDS of its own calls (at most MAX_ROUNDS).
+GRID_SECONDS = 0.5
+MAX_ROUNDS = 101
 
 
 def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
@@ -32,18 +33,21 @@ def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
         prob = bench.Problem(1, size[0], size[1], c, f)
         peers = prob.forward(dense_limit_bytes=dense_limit_mb << 20)
         # Every peer a few times first (the allocator's state is then the same for all, whichever
-        # is timed first), then interleaved rounds, so a slow spell of the machine hits all alike.
-        slowest = max(max(bench.measure_once(fn)[0] for _ in range(3)) for fn in peers.values())
-        rounds = max(repeats, min(MAX_ROUNDS, int(GRID_SECONDS / max(slowest, 1e-6))))
-        calls = {name: [] for name in peers}
-        for _ in range(rounds):
+        # is timed first), then timed in interleaved rounds, so a slow spell of the machine hits
+        # all alike; the peak memory of each from calls of its own (they collect garbage first).
+        first = {name: max(bench.measure_once(fn)[0] for _ in range(3)) for name, fn in peers.items()}
+        rounds = {name: max(repeats, min(MAX_ROUNDS, int(GRID_SECONDS / max(t, 1e-6)))) for name, t in first.items()}
+        times = {name: [] for name in peers}
+        for k in range(max(rounds.values())):
             for name, fn in peers.items():
-                calls[name].append(bench.measure_once(fn))
+                if k < rounds[name]:
+                    times[name].append(bench.timed(fn, repeats=1, warmup=0))
         for name, fn in peers.items():
-            t, mem = bench.summarize(fn, calls[name])
+            _, mem = bench.summarize(fn, [bench.measure_once(fn) for _ in range(min(repeats, 3))])
+            t = statistics.median(times[name]) * getattr(fn, "scale", 1.0)
             row = dict(classes=c, factor=f, impl=name, ms=t * 1e3,
                        peak_mb=None if mem is None else mem / 2**20,
-                       output_mb=prob.output_bytes / 2**20, calls=rounds)
+                       output_mb=prob.output_bytes / 2**20, calls=rounds[name])
             if getattr(fn, "note", None):
                 row["note"] = fn.note
             rows.append(row)
