@@ -329,8 +329,11 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   const BilinearPlan<T, A> plan(g);
   const Axis& ax = g.x;
   const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
+  // The shared-row buffer takes at most the labels' bytes (the head allocates nothing of the
+  // upsampled logits' size); beyond that the bands recompute the rows they share.
+  const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
   SweepSeparable<T>(g, plan.wy, logits_grad, pf, 24, /*split_channels=*/false,
-                    [&](InputBlock<A>& b, int64_t oy, A* r) {
+                    label_bytes / static_cast<int64_t>(sizeof(A)), [&](InputBlock<A>& b, int64_t oy, A* r) {
     b.scratch2.resize(C + ax.n_in * C);
     A* __restrict d = b.scratch2.data();
     A* cols = d + C;

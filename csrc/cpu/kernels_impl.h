@@ -438,12 +438,12 @@ void AddToInputRows(const Geometry& g, const std::vector<A>& wy, const A* r, Inp
 // buffer both bands read (each r is the same bits wherever it is computed), so the output
 // gradient is read -- or, for the fused loss, recomputed -- once, and bands can be few rows
 // tall: at [1,16,22,1000] x32 re-reading them cost ~10% of the input gradient's time. Where the
-// buffer would exceed 1/16 of the output (small factors, whose shared rows are a large part of
-// each band), the bands reduce them each on their own instead.
+// buffer would exceed max_buffer elements (the caller's memory budget), the bands reduce them
+// each on their own instead.
 template <typename T, typename ReduceFn>
 void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_grad,
                     const ParallelFor& pf, int64_t cost_per_element, bool split_channels,
-                    ReduceFn&& reduce_row) {
+                    int64_t max_buffer, ReduceFn&& reduce_row) {
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const int64_t W = g.x.n_in;
@@ -456,7 +456,7 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
     first[b + 1] = first[b] + std::max<int64_t>(0, g.y.EndOutput(i0 - 1) - g.y.FirstOutput(i0));
   }
   const int64_t shared = first[ib.bands], row = W * ib.cblock;
-  const bool buffered = shared > 0 && sl.count * ib.cblocks * shared * row * 16 <= g.OutputElements();
+  const bool buffered = shared > 0 && sl.count * ib.cblocks * shared * row <= max_buffer;
   if (!buffered) ib = MakeInputBands(g, sl, split_channels, 16);
   std::vector<A> rows(buffered ? sl.count * ib.cblocks * shared * row : 0);
   auto stored = [&](int64_t s, int64_t cb, int64_t b, int64_t oy) {
@@ -589,7 +589,9 @@ void BilinearBackpropInputImpl(const Geometry& g, const T* output_grad, T* input
   // kernel weight, which is never 0 inside the kernel, so an inf or NaN in dy reaches exactly the
   // inputs whose taps touch it, with the definition's sign. (A block-moment shortcut -- S0 = sum
   // dy, S1 = sum a * dy -- read dy once but turned inf into NaN through 0 * inf and inf - inf.)
-  SweepSeparable<T>(g, wy, input_grad, pf, 4, true, [&](InputBlock<A>& b, int64_t oy, A* r) {
+  // The buffer: at most 1/16 of dy, which is in memory anyway (small factors, whose shared rows
+  // are a large part of each band, go without).
+  SweepSeparable<T>(g, wy, input_grad, pf, 4, true, g.OutputElements() / 16, [&](InputBlock<A>& b, int64_t oy, A* r) {
     ReduceBilinearRow(g, wx, output_grad + (b.s * g.y.n_out + oy) * OW * cc + b.c0, cc, b.nc, r);
   });
 }
