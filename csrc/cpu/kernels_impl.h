@@ -65,6 +65,12 @@ template <typename T, typename A>
 inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
   for (int64_t c = 0; c < n; ++c) out[c] = Narrow<T>(in[c]);
 }
+// Asks for the cache lines of [p, p + bytes) ahead of their use (a hint: no fault, no effect on
+// the results).
+inline void PrefetchBytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(c + e);
+}
 #if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
 inline __m256 Load8(const Eigen::half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -447,6 +453,8 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   using A = Acc<T>;
   const Slabs sl = MakeSlabs(g);
   const int64_t W = g.x.n_in;
+  // Bands of up to 8 rows where the shared rows are buffered (more units cost no re-reading),
+  // of up to 16 where they are not (fewer shared rows to reduce twice).
   InputBands ib = MakeInputBands(g, sl, split_channels, 8);
   // Shared rows of the boundary above band b (b = 1 .. bands-1): [FirstOutput(i0), EndOutput(i0
   // - 1)), i0 = b * band, stored from first[b] on; one row holds W x cblock elements.
@@ -529,10 +537,7 @@ void AddRunTwoColumns(const Axis& ax, const std::vector<A>& wx, const A* dy, int
     for (int64_t o = o0; o < o1; ++o) {
       const A w0 = wx[ax.Tap(o, j)], w1 = wx[ax.Tap(o, j + 1)];
       const A* __restrict d = dy + o * stride + c0;
-      if (o + len < prefetch_end) {
-        const char* p = reinterpret_cast<const char*>(d + len * stride);
-        for (int64_t e = 0; e < kBlock * static_cast<int64_t>(sizeof(A)); e += 64) __builtin_prefetch(p + e);
-      }
+      if (o + len < prefetch_end) PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(A)));
       for (int64_t c = 0; c < kBlock; ++c) {
         a0[c] += w0 * d[c];
         a1[c] += w1 * d[c];
@@ -569,10 +574,7 @@ void ReduceBilinearRow(const Geometry& g, const std::vector<A>& wx, const Src* d
     }
     for (int64_t ox = o0; ox < o1; ++ox) {
       const Src* __restrict d = dy + ox * stride;
-      if (ahead > 0 && ox + ahead < OW) {
-        const char* p = reinterpret_cast<const char*>(dy + (ox + ahead) * stride);
-        for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
-      }
+      if (ahead > 0 && ox + ahead < OW) PrefetchBytes(dy + (ox + ahead) * stride, bytes);
       for (int64_t j = j0; j <= j1; ++j) ScaleAddRow(r + j * nc, wx[ax.Tap(ox, j)], d, nc);
     }
   }
@@ -632,12 +634,12 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
 // once, not once per filter row. Every dw element still adds its terms in ascending (n, i, j)
 // order, so the bits are those of one running sum per element.
 
-// One output-gradient row of the filter gradient (float, double; channels in pixels, nc >= 32
-// of them from dr / x0 / x1 on, pixels cc apart) paired with two input rows x0 (filter row
+// One output-gradient row of the filter gradient (float, double; nc channels from dr / x0 / x1
+// on, pixels cc apart; the accumulators' taps nc apart) paired with two input rows x0 (filter row
 // acc0) and x1 (the next filter row, acc1): acc_m[b] += dy[ox] * x_m[j] for every tap b = ox + px
 // - j sx. The outputs of one x residue bx (ox = u sx - px + bx) meet the taps bx + t sx at input
-// column u - t; for bx with two taps, the interior pixels are summed 32 channels at a time with
-// the 2 x 2 sums held in registers, u ascending, so the accumulators are loaded and stored once
+// column u - t; for bx with two taps, the interior pixels are summed in blocks of 32, then 8,
+// then 1 channel with the 2 x 2 sums held in registers, u ascending, so the accumulators are loaded and stored once
 // per pass rather than once per pixel; each element still adds its terms in ascending j (the
 // same bits as one pixel at a time). While a pass runs, the same pixels of `next` (the next row
 // this owner reads, or null) are prefetched. Measured at [1,16,22,100] x32, interleaved: 2.6x the
@@ -663,10 +665,7 @@ void AddFilterRowTwoInputRows(const Axis& ax, const A* dr, const A* next, const 
       }
     };
     if (next != nullptr) {
-      for (int64_t u = u0; u < u1; ++u) {
-        const char* p = reinterpret_cast<const char*>(next + (u * sx - px + bx) * cc);
-        for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(p + e);
-      }
+      for (int64_t u = u0; u < u1; ++u) PrefetchBytes(next + (u * sx - px + bx) * cc, bytes);
     }
     // Interior: both taps' columns inside the image (nt == 2 and 1 <= u <= W - 1).
     const int64_t i0 = nt == 2 ? std::max<int64_t>(u0, 1) : u1, i1 = nt == 2 ? std::min(u1, W) : u1;
