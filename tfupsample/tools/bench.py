@@ -295,31 +295,27 @@ def _touch(result):
             r.numpy()
 
 
-def timed(fn, repeats=7, warmup=2):
-    """Median seconds of fn() over `repeats` calls after `warmup`, each result touched."""
-    for _ in range(warmup):
-        _touch(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _touch(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def timed_together(fns, repeats=7, warmup=2):
     """Median seconds of each of fns (a list), called in turn, round after round, so that a slow
-    spell of the machine hits all of them alike; each result touched."""
+    spell of the machine hits all of them alike; each result touched. `repeats` is one count for
+    all, or a list of one per fn (a fn whose rounds are done sits the later ones out)."""
+    counts = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats] * len(fns)
     for _ in range(warmup):
         for fn in fns:
             _touch(fn())
     times = [[] for _ in fns]
-    for _ in range(repeats):
+    for k in range(max(counts, default=0)):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            _touch(fn())
-            times[i].append(time.perf_counter() - t0)
+            if k < counts[i]:
+                t0 = time.perf_counter()
+                _touch(fn())
+                times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
+
+
+def timed(fn, repeats=7, warmup=2):
+    """Median seconds of fn() over `repeats` calls after `warmup`, each result touched."""
+    return timed_together([fn], repeats, warmup)[0]
 
 
 def write_floor(shape, dtype=tf.float32):

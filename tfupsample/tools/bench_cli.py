@@ -1,6 +1,5 @@
 """`tfupsample bench`: time and peak memory of ours and the stock peers, classes x factors."""
 
-import statistics
 import sys
 
 from . import bench
@@ -37,14 +36,10 @@ def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
         # all alike; the peak memory of each from calls of its own (they collect garbage first).
         first = {name: max(bench.measure_once(fn)[0] for _ in range(3)) for name, fn in peers.items()}
         rounds = {name: max(repeats, min(MAX_ROUNDS, int(GRID_SECONDS / max(t, 1e-6)))) for name, t in first.items()}
-        times = {name: [] for name in peers}
-        for k in range(max(rounds.values())):
-            for name, fn in peers.items():
-                if k < rounds[name]:
-                    times[name].append(bench.timed(fn, repeats=1, warmup=0))
-        for name, fn in peers.items():
+        medians = bench.timed_together(list(peers.values()), [rounds[name] for name in peers], warmup=0)
+        for (name, fn), median in zip(peers.items(), medians):
             _, mem = bench.summarize(fn, [bench.measure_once(fn) for _ in range(min(repeats, 3))])
-            t = statistics.median(times[name]) * getattr(fn, "scale", 1.0)
+            t = median * getattr(fn, "scale", 1.0)
             row = dict(classes=c, factor=f, impl=name, ms=t * 1e3,
                        peak_mb=None if mem is None else mem / 2**20,
                        output_mb=prob.output_bytes / 2**20, calls=rounds[name])
