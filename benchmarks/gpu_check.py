@@ -229,11 +229,12 @@ def check_heads(be, rep, rng, factors, dtypes):
             target = rng.integers(0, c, m)
             target[:, 0, :] = 2  # the ignore label on the first row
             tl = be.put(target, "int64")
-            loss = be.empty(m, dtype)
-            tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, out=loss)
+            loss, stats = be.empty(m, dtype), be.empty((*m, 2), "float64")
+            tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, return_stats=True,
+                                                     out=(loss, stats))
             g = be.put(rng.standard_normal(m), dtype)
             grad = be.empty(shape, dtype)
-            tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, ignore_label=2, out=grad)
+            tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, stats=stats, ignore_label=2, out=grad)
             be.sync()
             loss_ref, expected = ref.upsample_softmax_cross_entropy(be.get(x), target, f, be.get(g),
                                                                     ignore=2)
@@ -249,6 +250,9 @@ def check_determinism(be, rep, rng, big):
     wt = be.put(rng.standard_normal((2 * f, 2 * f, c)), "float32")
     labels = be.put(rng.integers(0, c, (n, h * f, w * f)), "int64")
     g = be.put(rng.standard_normal((n, h * f, w * f)), "float32")
+    stats = be.empty((n, h * f, w * f, 2), "float64")
+    tc.upsample_sparse_softmax_cross_entropy(labels, x, f, return_stats=True,
+                                             out=(be.empty((n, h * f, w * f), "float32"), stats))
     runs = {
         "bilinear input grad": lambda: tc.bilinear_upsample_grad(dy, f, out=be.empty((n, h, w, c), "float32")),
         "depthwise input grad": lambda: tc.depthwise_conv2d_transpose_backprop_input(
@@ -256,7 +260,7 @@ def check_determinism(be, rep, rng, big):
         "depthwise filter grad": lambda: tc.depthwise_conv2d_transpose_backprop_filter(
             x, dy, (2 * f, 2 * f, c, 1), f, out=be.empty((2 * f, 2 * f, c, 1), "float32")),
         "cross-entropy grad": lambda: tc.upsample_sparse_softmax_cross_entropy_grad(
-            labels, x, g, f, out=be.empty((n, h, w, c), "float32")),
+            labels, x, g, f, stats=stats, out=be.empty((n, h, w, c), "float32")),
     }
     for name, fn in runs.items():
         a, b = fn(), fn()
@@ -273,6 +277,15 @@ def check_allocation(be, rep, rng):
     rep.true("allocated output has the wrong shape", tuple(y.shape) == (1, 4, 6, 4) and tuple(labels.shape) == (1, 4, 6))
     rep.close("allocated output", "float32", be.get(y),
               ref.bilinear_loop(be.get(x), 2))
+    # The loss gradient without the forward's stats computes them first: the same result.
+    target = be.put(rng.integers(0, 4, (1, 4, 6)), "int64")
+    g = be.put(rng.standard_normal((1, 4, 6)), "float32")
+    loss, stats = tc.upsample_sparse_softmax_cross_entropy(target, x, 2, return_stats=True)
+    with_stats = tc.upsample_sparse_softmax_cross_entropy_grad(target, x, g, 2, stats=stats)
+    without = tc.upsample_sparse_softmax_cross_entropy_grad(target, x, g, 2)
+    be.sync()
+    rep.true("allocated stats have the wrong shape", tuple(stats.shape) == (1, 4, 6, 2))
+    rep.true("loss gradient without stats differs from the one with them", be.equal(with_stats, without))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,9 +356,11 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
         r["torch_interpolate_argmax_ms"] = timed(
             lambda: F.interpolate(xc, scale_factor=f, mode="bilinear", align_corners=False).argmax(1))
         g = torch.ones((n, h * f, w * f), device=device)
-        r["ours_loss_fwd_grad_ms"] = timed(lambda: (
-            tc.upsample_sparse_softmax_cross_entropy(labels, x, f),
-            tc.upsample_sparse_softmax_cross_entropy_grad(labels, x, g, f)), reps=5)
+        def loss_fwd_grad():  # as TF runs it: the gradient takes the forward's stats
+            _, stats = tc.upsample_sparse_softmax_cross_entropy(labels, x, f, return_stats=True)
+            return tc.upsample_sparse_softmax_cross_entropy_grad(labels, x, g, f, stats=stats)
+
+        r["ours_loss_fwd_grad_ms"] = timed(loss_fwd_grad, reps=5)
         r["forward_GBps"] = byte_fwd / (r["ours_forward_ms"] * 1e-3) / 1e9
         r["input_grad_GBps"] = byte_fwd / (r["ours_input_grad_ms"] * 1e-3) / 1e9
         r["forward_pct_of_copy"] = 100 * r["forward_GBps"] * 1e9 / copy_bw

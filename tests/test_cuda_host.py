@@ -157,12 +157,19 @@ def test_heads(emu, factor, dtype, rng):
     g = rng.standard_normal(labels.shape)
     exp_loss, expected = ref.upsample_softmax_cross_entropy(x, target, factor, g.astype(np_t), ignore=3)
     loss = np.zeros(labels.shape, np_t)
-    call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3], dtype, x, target, loss)
+    stats = np.full(labels.shape + (2,), np.nan)
+    call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3], dtype, x, target, loss, stats)
     ref.assert_close(loss, exp_loss, dtype, "loss")
     assert np.all(loss[0, 0, :] == 0)
+    # stats: the scores' max and sum of exp(score - max), from the upsample as stored; 0 where
+    # the label is ignored.
+    up64, keep = up.astype(np.float64), target != 3
+    top = up64.max(-1)
+    ref.assert_close(stats[..., 0], np.where(keep, top, 0), dtype, "loss")
+    ref.assert_close(stats[..., 1], np.where(keep, np.exp(up64 - top[..., None]).sum(-1), 0), dtype, "loss")
 
     grad = np.full(shape, np.nan, np_t)
-    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3], dtype, x, target, g.astype(np_t), grad)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3], dtype, x, target, stats, g.astype(np_t), grad)
     ref.assert_close(grad, expected, dtype, "loss_grad")
 
 
@@ -200,13 +207,14 @@ def test_bad_labels_give_nan_like_tf_on_gpu(emu, rng):
     target = np.zeros((1, 4, 4), np.int64)
     target[0, 1, 2] = 4  # out of range
     target[0, 3, 3] = -1
-    loss = np.zeros(target.shape)
-    call(emu, "UpsampleSoftmaxCrossEntropy", d, "float64", x, target, loss)
+    loss, stats = np.zeros(target.shape), np.zeros(target.shape + (2,))
+    call(emu, "UpsampleSoftmaxCrossEntropy", d, "float64", x, target, loss, stats)
     bad = np.zeros(target.shape, bool)
     bad[0, 1, 2] = bad[0, 3, 3] = True
     assert np.all(np.isnan(loss[bad])) and np.all(np.isfinite(loss[~bad]))
+    assert np.all(np.isnan(stats[bad])) and np.all(np.isfinite(stats[~bad]))
     grad = np.zeros(shape)
-    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d, "float64", x, target, np.ones(target.shape), grad)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d, "float64", x, target, stats, np.ones(target.shape), grad)
     assert np.isnan(grad).any()
 
 

@@ -153,9 +153,13 @@ def test_labels_out_of_range_are_an_error(rng):
             tu.upsample_sparse_softmax_cross_entropy(labels, x, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have shape"):
         lib.tfupsample_upsample_sparse_softmax_cross_entropy(np.zeros((2, 5, 5), np.int64), x, factor=2)
+    grad = lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad
+    stats = np.zeros((2, 6, 10, 2))
     with pytest.raises(tf.errors.InvalidArgumentError, match="loss_grad must have shape"):
-        lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(np.zeros((2, 6, 10), np.int64), x,
-                                                            np.zeros((2, 6, 9), np.float32), factor=2)
+        grad(np.zeros((2, 6, 10), np.int64), x, stats, np.zeros((2, 6, 9), np.float32), factor=2)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"stats must have shape \[2,6,10,2\] \(the forward's second output\), got \[2,6,10\]"):
+        grad(np.zeros((2, 6, 10), np.int64), x, stats[..., 0], np.zeros((2, 6, 10), np.float32), factor=2)
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         tu.upsample_sparse_softmax_cross_entropy(labels.astype(np.float32), x, 2)
     with pytest.raises(ValueError, match="factor must be a positive integer"):

@@ -50,8 +50,9 @@ def _both(emu, x, labels, g, factor, dtype):
     n, h, w, c = x.shape
     args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
     loss_cuda, grad_cuda = np.zeros(labels.shape, x.dtype), np.zeros(x.shape, x.dtype)
-    _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda)
-    _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, g, grad_cuda)
+    stats = np.zeros(labels.shape + (2,))
+    _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda, stats)
+    _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, stats, g, grad_cuda)
     xt = tf.constant(x.astype(np.float64), tf.as_dtype(dtype)) if dtype == "bfloat16" else tf.constant(x)
     with tf.device("/CPU:0"):
         with tf.GradientTape() as tape:

@@ -104,10 +104,13 @@ for _name in _DEPTHWISE:
 
 
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
-def _upsample_cross_entropy_grad(op, grad):
+def _upsample_cross_entropy_grad(op, grad, _stats_grad):
+    # The stats output is the forward's per-pixel (max, sum) for this gradient; nothing that
+    # differentiates reads it (heads.py returns only the loss).
     labels, logits = op.inputs
     attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label")}
-    return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(labels, logits, grad, **attrs)
+    return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
+        labels, logits, op.outputs[1], grad, **attrs)
 
 
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")

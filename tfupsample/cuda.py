@@ -23,6 +23,7 @@ _DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 6
               (0, 64): "int64"}
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
+_MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
 
 
 class _Library:
@@ -42,7 +43,7 @@ class _Library:
 
     def run(self, op, args, dtype, pointers, stream):
         error = ctypes.create_string_buffer(1024)
-        ptrs = (ctypes.c_void_p * 4)(*(list(pointers) + [None] * (4 - len(pointers))))
+        ptrs = (ctypes.c_void_p * _MAX_ARRAYS)(*(list(pointers) + [None] * (_MAX_ARRAYS - len(pointers))))
         code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * 14)(*args), dtype, ptrs,
                                             stream, error, len(error))
         if code == 1:
@@ -212,8 +213,8 @@ def _same_dtype(v, like):
 
 
 def _run(op, args, views, stream):
-    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[views[0].dtype], [v.ptr for v in views],
-               stream)
+    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[views[0].dtype],
+               [None if v is None else v.ptr for v in views], stream)
 
 
 def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None):
@@ -418,20 +419,27 @@ def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", 
 
 
 def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None,
-                                          data_format="NHWC", out=None, stream=None):
+                                          data_format="NHWC", out=None, return_stats=False,
+                                          stream=None):
     """Per-pixel softmax cross-entropy [N, H*f, W*f] of the upsampled logits; labels outside
-    [0, C) (other than ignore_label) give NaN."""
+    [0, C) (other than ignore_label) give NaN. With return_stats=True, (loss, stats): stats
+    [N, H*f, W*f, 2] float64 holds each pixel's largest score and sum of exp(score - largest),
+    which `upsample_sparse_softmax_cross_entropy_grad(..., stats=stats)` takes instead of
+    computing them again; out is then the (loss, stats) pair."""
     v, shape, args = _head(logits, factor, data_format)
     lv = _labels(labels, shape)
-    loss = _output(out, v, "out", shape, v.dtype)
-    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, loss], _stream(v, stream))
-    return loss.array
+    loss_out, stats_out = (out if out is not None else (None, None)) if return_stats else (out, None)
+    loss = _output(loss_out, v, "out", shape, v.dtype)
+    stats = _output(stats_out, v, "stats", (*shape, 2), "float64") if return_stats else None
+    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, loss, stats], _stream(v, stream))
+    return (loss.array, stats.array) if return_stats else loss.array
 
 
-def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *,
+def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *, stats=None,
                                                ignore_label=None, data_format="NHWC", out=None,
                                                stream=None):
-    """Gradient of the loss map to the coarse logits (in `data_format`), given its gradient."""
+    """Gradient of the loss map to the coarse logits (in `data_format`), given its gradient, and
+    the forward's `stats` (return_stats=True) when kept: without them they are computed first."""
     v, shape, args = _head(logits, factor, data_format)
     lv = _labels(labels, shape)
     gv = _view(loss_grad, "loss_grad")
@@ -441,8 +449,14 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     nchw = data_format == "NCHW"
     if nchw and out is not None:
         raise ValueError("out= is for NHWC logits (an NCHW gradient is a transposed copy)")
+    st = _stream(v, stream)
+    if stats is None:
+        sv = _output(None, v, "stats", (*shape, 2), "float64")
+        _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, None, sv], st)
+    else:
+        sv = _output(stats, v, "stats", (*shape, 2), "float64")
     grad = _output(None if nchw else out, v, "out", v.shape, v.dtype)
-    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label), [v, lv, gv, grad], _stream(v, stream))
+    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label), [v, lv, sv, gv, grad], st)
     if not nchw:
         return grad.array
     return _permuted(grad.array, (0, 3, 1, 2))

@@ -62,9 +62,10 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
         y = tf.cast(y, tf.int64)
         if _use_pure_tf():
             return _unfused_cross_entropy(y, x, factor, ignore_label)
-        return _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(
+        loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(
             y, x, factor=factor, ignore_label=0 if ignore_label is None else int(ignore_label),
             use_ignore_label=ignore_label is not None)
+        return loss  # _stats: each pixel's softmax max and sum, kept for the gradient
 
 
 def _unfused_cross_entropy(labels, x, factor, ignore_label):

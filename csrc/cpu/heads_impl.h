@@ -290,9 +290,12 @@ inline A ExpShifted(A* v, int64_t C, A* max_out) {
   return Reduce(v, C, A(0), AddOp());
 }
 
+// The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
+// the gradient takes instead of computing them again -- two of its passes over the classes.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                     IgnoreLabel ignore, T* loss, const ParallelFor& pf) {
+                                     IgnoreLabel ignore, T* loss, double* stats,
+                                     const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
@@ -303,7 +306,8 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (ignore.Skips(y)) {
-        loss[i] = T(0);
+        if (loss != nullptr) loss[i] = T(0);
+        if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
         continue;
       }
       plan.PixelFromColumns(cols.data(), ox, C, v.data());  // the forward's values
@@ -311,20 +315,25 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
       const A target = v[y];
       A m;
       const A sum = ExpShifted(v.data(), C, &m);
-      loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
+      if (loss != nullptr) loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
+      if (stats != nullptr) {
+        stats[2 * i] = static_cast<double>(m);
+        stats[2 * i + 1] = static_cast<double>(sum);
+      }
     }
   });
 }
 
 // Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, one
-// pixel at a time (the softmax's scale folded into each tap's weight), added at once into r (the
+// pixel at a time (the softmax exp(v - max) / sum from the forward's stats, its scale folded into
+// each tap's weight: the same bits as computing max and sum here), added at once into r (the
 // output row reduced along x: each r[j] still sums its outputs in ascending order) and then into
 // the input rows like the bilinear input gradient. The scratch is one pixel and one input row per
 // thread.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                         IgnoreLabel ignore, const T* loss_grad, T* logits_grad,
-                                         const ParallelFor& pf) {
+                                         IgnoreLabel ignore, const double* stats,
+                                         const T* loss_grad, T* logits_grad, const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
   const Axis& ax = g.x;
@@ -343,10 +352,11 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
       const int64_t y = labels[base + ox];
       if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
       const A gl = Widen(loss_grad[base + ox]);
+      const A m = static_cast<A>(stats[2 * (base + ox)]), sum = static_cast<A>(stats[2 * (base + ox) + 1]);
       plan.PixelFromColumns(cols, ox, C, d);
       ScoresAsStored<T>(d, C);
-      A m;
-      const A scale = gl / ExpShifted(d, C, &m);  // d[c] * scale: the softmax times gl
+      for (int64_t c = 0; c < C; ++c) d[c] = SoftmaxExp(d[c] - m);
+      const A scale = gl / sum;  // d[c] * scale: the softmax times gl
       for (int64_t j = ax.FirstInput(ox); j <= ax.LastInput(ox); ++j) {
         const A w = plan.wx[ax.Tap(ox, j)], ws = w * scale;
         A* __restrict rj = r + j * C;

@@ -30,16 +30,18 @@
      BilinearForward writes. */                                                             \
   X(UpsampleArgmax, (const Geometry& g, const T* logits, int64_t* labels, T* scores),       \
     (g, logits, labels, scores))                                                            \
-  /* loss = logsumexp(v) - v[label] per output pixel, 0 at the ignore label. */             \
+  /* loss = logsumexp(v) - v[label] per output pixel, 0 at the ignore label; stats        \
+     [n, h*f, w*f, 2] the pixel's softmax statistics (max v, sum of exp(v - max)), 0 at the \
+     ignore label. Either output may be null (the CUDA gradient asks for stats alone). */   \
   X(UpsampleSoftmaxCrossEntropy,                                                            \
     (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
-     T* loss),                                                                              \
-    (g, logits, labels, ignore, loss))                                                      \
-  /* Its gradient to the logits, given the loss map's gradient. */                          \
+     T* loss, double* stats),                                                               \
+    (g, logits, labels, ignore, loss, stats))                                               \
+  /* Its gradient to the logits, given the forward's stats and the loss map's gradient. */  \
   X(UpsampleSoftmaxCrossEntropyGrad,                                                        \
     (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
-     const T* loss_grad, T* logits_grad),                                                   \
-    (g, logits, labels, ignore, loss_grad, logits_grad))
+     const double* stats, const T* loss_grad, T* logits_grad),                              \
+    (g, logits, labels, ignore, stats, loss_grad, logits_grad))
 
 #define TFUP_UNPAREN(...) __VA_ARGS__
 

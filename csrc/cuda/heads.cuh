@@ -147,75 +147,65 @@ struct ArgmaxBody : HeadBase<T> {
   }
 };
 
-// Per pixel: the log-sum-exp of the scores, and the loss logsumexp - score[label].
+// Per pixel: the softmax statistics of the scores, max and sum of exp(score - max).
 template <typename T>
-TFUP_HOST_DEVICE typename AccOf<T>::type LogSumExp(const HeadBase<T>& h, const BilinearPixel<T>& p) {
+struct SoftmaxStats {
   using A = typename AccOf<T>::type;
-  A m = h.Score(p, 0);
-  for (int64_t c = 1; c < h.C; ++c) {
-    const A v = h.Score(p, c);
-    m = v > m ? v : m;
+  A max, sum;
+  TFUP_HOST_DEVICE SoftmaxStats(const HeadBase<T>& h, const BilinearPixel<T>& p) {
+    max = h.Score(p, 0);
+    for (int64_t c = 1; c < h.C; ++c) {
+      const A v = h.Score(p, c);
+      max = v > max ? v : max;
+    }
+    sum = A(0);
+    for (int64_t c = 0; c < h.C; ++c) sum += Exp(h.Score(p, c) - max);
   }
-  A sum = A(0);
-  for (int64_t c = 0; c < h.C; ++c) sum += Exp(h.Score(p, c) - m);
-  return m + Log(sum);
-}
+};
 
+// The loss logsumexp - score[label] and the stats (max, sum) the gradient takes; either output
+// may be null. A bad label gives NaN for both, an ignored pixel 0.
 template <typename T>
 struct CrossEntropyBody : HeadBase<T> {
   const int64_t* labels;
   IgnoreLabel ignore;
   T* loss;
+  double* stats;  // [pixels, 2]
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const int64_t i = this->MapIndex(n, y, x), label = labels[i];
-    A out = A(0);
+    A out = A(0), max = A(0), sum = A(0);
     if (!ignore.Skips(label)) {
       if (label < 0 || label >= this->C) {
-        out = QuietNaN<A>();
+        out = max = sum = QuietNaN<A>();
       } else {
         const BilinearPixel<T> p = this->Pixel(n, y, x);
-        out = LogSumExp(*this, p) - this->Score(p, label);
+        const SoftmaxStats<T> st(*this, p);
+        max = st.max;
+        sum = st.sum;
+        out = (max + Log(sum)) - this->Score(p, label);
       }
     }
-    loss[i] = Store<T>::From(out);
+    if (loss != nullptr) loss[i] = Store<T>::From(out);
+    if (stats != nullptr) {
+      stats[2 * i] = static_cast<double>(max);
+      stats[2 * i + 1] = static_cast<double>(sum);
+    }
   }
 };
 
-// Gradient, pass 1 (space (n, y, x, 1) over output pixels): per pixel the log-sum-exp and the
-// loss gradient that scales it (0 at the ignore label, NaN for a bad label).
-template <typename T>
-struct PixelStatsBody : HeadBase<T> {
-  using A = typename AccOf<T>::type;
-  const int64_t* labels;
-  IgnoreLabel ignore;
-  const T* loss_grad;
-  A* stats;  // [pixels, 2]: log-sum-exp, scale
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
-    const int64_t i = this->MapIndex(n, y, x), label = labels[i];
-    A lse = A(0), scale = A(0);
-    if (!ignore.Skips(label)) {
-      if (label < 0 || label >= this->C) {
-        lse = scale = QuietNaN<A>();
-      } else {
-        lse = LogSumExp(*this, this->Pixel(n, y, x));
-        scale = ToAcc(loss_grad[i]);
-      }
-    }
-    stats[2 * i] = lse;
-    stats[2 * i + 1] = scale;
-  }
-};
-
-// Pass 2 (space (n, iy, ix, c) over the logits): gather over the output pixels this logit
-// reaches of scale * weight * (softmax - onehot). Ignored pixels are skipped; every other pixel
-// counts, so NaN logits give NaN even where the upstream gradient is 0 (0 * NaN), as on the CPU.
+// The gradient (space (n, iy, ix, c) over the logits): gather over the output pixels this logit
+// reaches of loss_grad * weight * (softmax - onehot), the softmax exp(score - max) / sum from the
+// forward's stats. Ignored pixels are skipped; every other pixel counts, so NaN logits give NaN
+// even where the upstream gradient is 0 (0 * NaN), as on the CPU, and a bad label's NaN stats
+// give NaN.
 template <typename T>
 struct CrossEntropyGradBody : HeadBase<T> {
   using A = typename AccOf<T>::type;
   const int64_t* labels;
   IgnoreLabel ignore;
-  const A* stats;
+  const double* stats;
+  const T* loss_grad;
   T* grad;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
                                    int64_t cs, int64_t c_end) const {
@@ -230,14 +220,14 @@ struct CrossEntropyGradBody : HeadBase<T> {
         const int64_t x = rx.i0 + mx, i = this->MapIndex(n, y, x);
         const int64_t label = labels[i];
         if (ignore.Skips(label)) continue;
-        const A scale = stats[2 * i + 1];
-        const A lse = stats[2 * i], wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
-        const A sw = scale * (wy * wx);
+        const A max = static_cast<A>(stats[2 * i]), sum = static_cast<A>(stats[2 * i + 1]);
+        const A wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
+        const A sw = ToAcc(loss_grad[i]) * (wy * wx), soft = sw / sum;
         const BilinearPixel<T> px = this->Pixel(n, y, x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;
-          if (c < c_end) acc[j] += sw * (Exp(this->Score(px, c) - lse) - (label == c ? A(1) : A(0)));
+          if (c < c_end) acc[j] += soft * Exp(this->Score(px, c) - max) - (label == c ? sw : A(0));
         }
       }
     }

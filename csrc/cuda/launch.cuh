@@ -173,30 +173,22 @@ void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* l
 
 template <class Exec>
 void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                             const int64_t* labels, IgnoreLabel ignore, void* loss) {
+                             const int64_t* labels, IgnoreLabel ignore, void* loss, double* stats) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, ignore, static_cast<T*>(loss)};
+    const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, ignore, static_cast<T*>(loss), stats};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
-inline int64_t CrossEntropyScratchBytes(const Geometry& g, DType t) {
-  return 2 * g.n * g.y.n_out * g.x.n_out * AccBytes(t);
-}
 template <class Exec>
 void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                                 const int64_t* labels, IgnoreLabel ignore, const void* loss_grad,
-                                 void* grad, void* scratch) {
+                                 const int64_t* labels, IgnoreLabel ignore, const double* stats,
+                                 const void* loss_grad, void* grad) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    using A = typename AccOf<T>::type;
-    A* stats = static_cast<A*>(scratch);
-    const PixelStatsBody<T> s{MakeHead<T>(g, logits), labels, ignore,
-                              static_cast<const T*>(loss_grad), stats};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, s);
     const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, ignore, stats,
-                                    static_cast<T*>(grad)};
+                                    static_cast<const T*>(loss_grad), static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
 }
@@ -242,12 +234,12 @@ const Op<Exec>* FindOp(const char* name) {
       {"UpsampleSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
          RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,
-                                 c.p[2]);
+                                 c.p[2], static_cast<double*>(c.p[3]));
        }},
-      {"UpsampleSoftmaxCrossEntropyGrad", CrossEntropyScratchBytes,
+      {"UpsampleSoftmaxCrossEntropyGrad", NoScratch,
        [](E ex, C c) {
          RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]),
-                                     c.ignore, c.p[2], c.p[3], c.scratch);
+                                     c.ignore, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
        }},
   };
   for (const Op<Exec>& op : ops) {

@@ -51,7 +51,7 @@ using GPUDevice = Eigen::GpuDevice;
 struct CudaCall {
   const Geometry* g = nullptr;
   IgnoreLabel ignore;
-  void* p[4] = {};
+  void* p[5] = {};
   int n = 0;
   void Add(const Geometry& geometry) { g = &geometry; }
   void Add(IgnoreLabel label) { ignore = label; }

@@ -52,6 +52,11 @@ class HeadOp : public OpKernel {
     }
     return absl::OkStatus();
   }
+  // The loss forward's softmax statistics: (max, sum) per pixel of the map.
+  static TensorShape StatsShape(TensorShape map) {
+    map.AddDim(2);
+    return map;
+  }
   int64_t factor_ = 1;
   IgnoreLabel ignore_;
 };
@@ -86,11 +91,12 @@ class UpsampleCrossEntropyOp : public HeadOp {
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
     OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c, Backend<Device>::kChecksLabelValues));
-    Tensor* loss = nullptr;
+    Tensor *loss = nullptr, *stats = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, StatsShape(map), &stats));
     if (map.num_elements() == 0) return;
     Backend<Device>::UpsampleSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                  ignore_, loss->flat<T>().data());
+                                  ignore_, loss->flat<T>().data(), stats->flat<double>().data());
   }
 };
 
@@ -99,11 +105,16 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
  public:
   using HeadOp::HeadOp;
   void Compute(OpKernelContext* ctx) override {
-    const Tensor &labels = ctx->input(0), &logits = ctx->input(1), &loss_grad = ctx->input(2);
+    const Tensor &labels = ctx->input(0), &logits = ctx->input(1), &stats = ctx->input(2),
+                 &loss_grad = ctx->input(3);
     Geometry g;
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
     OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c, Backend<Device>::kChecksLabelValues));
+    OP_REQUIRES(ctx, stats.shape() == StatsShape(map),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "stats must have shape ", StatsShape(map).DebugString(),
+                    " (the forward's second output), got ", stats.shape().DebugString())));
     OP_REQUIRES(ctx, loss_grad.shape() == map,
                 absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
                                                         ", got ", loss_grad.shape().DebugString())));
@@ -111,7 +122,8 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
     Backend<Device>::UpsampleSoftmaxCrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                      ignore_, loss_grad.flat<T>().data(), grad->flat<T>().data());
+                                      ignore_, stats.flat<double>().data(), loss_grad.flat<T>().data(),
+                                      grad->flat<T>().data());
   }
 };
 
@@ -141,24 +153,29 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
     .Input("labels: int64")
     .Input("logits: T")
     .Output("loss: T")
+    .Output("stats: float64")
     .Attr("factor: int")
     .Attr("ignore_label: int = 0")
     .Attr("use_ignore_label: bool = false")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle map, labels;
+      ShapeHandle map, labels, stats;
       TF_RETURN_IF_ERROR(shapes::HeadMapShape(c, 1, &map));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &labels));
       TF_RETURN_IF_ERROR(c->Merge(map, labels, &map));
+      TF_RETURN_IF_ERROR(c->Concatenate(map, c->Vector(2), &stats));
       c->set_output(0, map);
+      c->set_output(1, stats);
       return absl::OkStatus();
     })
     .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
-         "logits, without the upsampled logits; 0 where labels == ignore_label.");
+         "logits, without the upsampled logits; 0 where labels == ignore_label. stats: each "
+         "pixel's max score and sum of exp(score - max), for the gradient.");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
     .Input("labels: int64")
     .Input("logits: T")
+    .Input("stats: float64")
     .Input("loss_grad: T")
     .Output("logits_grad: T")
     .Attr("factor: int")

@@ -15,7 +15,7 @@ std::string last_error;
 // kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), ignore.use, ignore.value.
 // dtype: 0 half, 1 bfloat16, 2 float, 3 double.
 extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a, void* b, void* c,
-                            void* e) {
+                            void* e, void* f) {
   using namespace tfup;
   using namespace tfup::cuda;
   Geometry g;
@@ -29,7 +29,7 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   }
   const DType t = static_cast<DType>(dtype);
   std::vector<char> scratch(found->scratch_bytes(g, t) + 8);
-  void* const pointers[] = {a, b, c, e};
+  void* const pointers[] = {a, b, c, e, f};
   found->run(HostExec{}, OpCall{g, t, ignore, pointers, scratch.data()});
   return 0;
 }

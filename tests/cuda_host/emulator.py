@@ -25,7 +25,7 @@ def build(directory):
                     os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
     lib = ctypes.CDLL(so)
     lib.tfup_emu_run.restype = ctypes.c_int
-    lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 4
+    lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 5
     lib.tfup_emu_error.restype = ctypes.c_char_p
     lib.tfup_emu_divide.restype = ctypes.c_int64
     lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
@@ -44,7 +44,7 @@ class Ext:
 
     def run(self, op, args, dtype, pointers, stream):
         d = (ctypes.c_int64 * 14)(*args)
-        ptrs = list(pointers) + [None] * (4 - len(pointers))
+        ptrs = list(pointers) + [None] * (5 - len(pointers))
         if self.lib.tfup_emu_run(op.encode(), d, dtype, *ptrs) != 0:
             raise ValueError(self.lib.tfup_emu_error().decode())
 
