@@ -49,6 +49,14 @@ def test_divider_matches_integer_division(emu):
         assert emu.tfup_emu_divide(n, d) == n // d, (n, d)
 
 
+def test_argmax_cells_tile_each_axis(emu):
+    # Every output lies in its cell's span, the spans tile the axis, none is longer than the
+    # factor (the argmax's sub-blocks per cell are sized by it).
+    for f in list(range(1, 41)) + [63, 64, 100]:
+        for n in (1, 2, 3, 4, 7, 16):
+            assert emu.tfup_emu_check_cells(n, f) == 0, (n, f)
+
+
 @pytest.mark.parametrize("factor", [1, 2, 3, 4, 5, 7, 8, 9, 32])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_bilinear_forward_and_gradient(emu, factor, layout, rng):

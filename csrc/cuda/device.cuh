@@ -47,6 +47,15 @@ TFUP_HOST_DEVICE inline uint64_t MulHi(uint64_t a, uint64_t b) {
 #endif
 }
 
+// The index of the lowest set bit of v != 0.
+TFUP_HOST_DEVICE inline int LowestBit(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __ffsll(static_cast<long long>(v)) - 1;
+#else
+  return __builtin_ctzll(v);
+#endif
+}
+
 // Division of non-negative int64 values by a divisor fixed at launch: a multiply-high and two
 // shifts instead of the GPU's ~100-instruction 64-bit division (Granlund & Montgomery 1994).
 struct Divider {

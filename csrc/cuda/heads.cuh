@@ -45,22 +45,51 @@ struct HeadBase {
   }
 };
 
-// upsample_argmax in two passes, with the CPU kernel's pruning (docs/DESIGN.md, "Fused heads").
-// A cell is the set of output pixels that read the same taps; along an axis output o is in cell
-// 2 * (its first input) + (1 if it reads two), which grows with o, so an image has
-// (2 h) x (2 w) cells, some empty. Pass 1 keeps, per cell, the classes whose largest tap value
-// reaches the best smallest one (less a bound on the rounding of the computed values): no other
-// class can be the maximum, or tie with it, at any pixel of the cell. Pass 2 evaluates only those
-// at each pixel, with the forward's arithmetic, in ascending class order.
+// upsample_argmax in two passes, with both levels of the CPU kernel's pruning (docs/DESIGN.md,
+// "Fused heads"). A cell is the set of output pixels that read the same taps; along an axis output
+// o is in cell 2 * (its first input) + (1 if it reads two), which grows with o, so an image has
+// (2 h) x (2 w) cells, some empty. A cell is at most f outputs long and is cut, from its first
+// output, into sub-blocks of up to kArgmaxSub outputs: Sub(f) = ceil(f / kArgmaxSub) per cell per
+// axis. Pass 1, one thread per sub-block, keeps the classes that can be the maximum (or tie with
+// it) at one of its pixels, as a bit mask; pass 2 evaluates only those at each pixel, with the
+// forward's arithmetic, in ascending class order.
+constexpr int64_t kArgmaxSub = 16;  // the CPU kernel's kSub
+TFUP_HOST_DEVICE inline int64_t SubBlocks(const Axis& a) { return (a.stride + kArgmaxSub - 1) / kArgmaxSub; }
+TFUP_HOST_DEVICE inline int64_t MaskWords(int64_t C) { return (C + 63) / 64; }
+
 TFUP_HOST_DEVICE inline int64_t CellOf(const Axis& a, const Divider& s, int64_t o) {
   const Run r = InputsOf(a, s, o);
   return 2 * r.i0 + (r.count > 1 ? 1 : 0);
 }
 
-// The candidate list of cell (n, cy, cx): C + 1 values (see ArgmaxCandidatesBody).
-template <typename T, typename I>
-TFUP_HOST_DEVICE I* CellList(const HeadBase<T>& h, I* cand, int64_t n, int64_t cy, int64_t cx) {
-  return cand + ((n * 2 * h.ay.n_in + cy) * 2 * h.ax.n_in + cx) * (h.C + 1);
+// The outputs [first, end) of cell c along an axis (first >= end: none). Two taps i0, i0 + 1: the
+// outputs both reach; one tap: those i0 reaches and neither neighbour does (one range, as k <= 2s).
+struct Span {
+  int64_t first, end;
+};
+TFUP_HOST_DEVICE inline Span CellSpan(const Axis& a, int64_t c) {
+  const int64_t i0 = c / 2;
+  if (c % 2 == 1) {
+    if (i0 + 1 >= a.n_in) return Span{0, 0};
+    return Span{a.FirstOutput(i0 + 1), a.EndOutput(i0)};
+  }
+  int64_t first = a.FirstOutput(i0), end = a.EndOutput(i0);
+  if (i0 > 0 && a.EndOutput(i0 - 1) > first) first = a.EndOutput(i0 - 1);
+  if (i0 + 1 < a.n_in && a.FirstOutput(i0 + 1) < end) end = a.FirstOutput(i0 + 1);
+  return Span{first, end};
+}
+
+// The index of output o's sub-block along an axis: cell * Sub(f) + its place in the cell.
+TFUP_HOST_DEVICE inline int64_t SubBlockOf(const Axis& a, const Divider& s, int64_t o) {
+  const int64_t c = CellOf(a, s, o);
+  return c * SubBlocks(a) + (o - CellSpan(a, c).first) / kArgmaxSub;
+}
+
+// The mask of sub-block (n, by, bx): MaskWords(C) words, bit c of word c / 64 for class c.
+template <typename T, typename M>
+TFUP_HOST_DEVICE M* SubBlockMask(const HeadBase<T>& h, M* masks, int64_t n, int64_t by, int64_t bx) {
+  const int64_t rows = 2 * h.ay.n_in * SubBlocks(h.ay), cols = 2 * h.ax.n_in * SubBlocks(h.ax);
+  return masks + ((n * rows + by) * cols + bx) * MaskWords(h.C);
 }
 
 TFUP_HOST_DEVICE inline float FiniteMax(float) { return FLT_MAX; }
@@ -73,20 +102,30 @@ template <> struct Epsilon<__nv_bfloat16> { static constexpr double v = 1.0 / 12
 template <> struct Epsilon<float> { static constexpr double v = 1.1920928955078125e-07; };
 template <> struct Epsilon<double> { static constexpr double v = 2.220446049250313e-16; };
 
-// Pass 1, space (n, cy, cx, 1) over the cells. cand holds per cell C + 1 values: the number of
-// candidates (-1: every class, where a tap value is not finite) and their ids, ascending.
+// Pass 1, space (n, by, bx, 1) over the sub-blocks. First level, over the cell: a class whose
+// largest tap value is below the best smallest one by more than 3 delta (delta bounds the
+// rounding of a computed value) is never the maximum in the cell. Second level, over the
+// sub-block: a pixel's value is bilinear in its position within a cell, so the values at the
+// sub-block's four corner pixels bound it to within 2 delta; a class whose largest corner value is
+// below the best smallest one by more than 5 delta is dropped too. Every class is kept where a tap
+// value is not finite. Pixels past the sub-block grid's cells have no sub-block, so none reads an
+// empty one.
 template <typename T>
 struct ArgmaxCandidatesBody : HeadBase<T> {
-  int64_t* cand;
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t cy, int64_t cx, int64_t, int64_t, int64_t) const {
+  uint64_t* masks;
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t by, int64_t bx, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
-    const int64_t C = this->C;
-    int64_t* out = CellList(*this, cand, n, cy, cx);
+    const int64_t C = this->C, words = MaskWords(C);
+    uint64_t* mask = SubBlockMask(*this, masks, n, by, bx);
+    for (int64_t k = 0; k < words; ++k) mask[k] = 0;
+    const int64_t cy = by / SubBlocks(this->ay), cx = bx / SubBlocks(this->ax);
+    const Span cell_y = CellSpan(this->ay, cy), cell_x = CellSpan(this->ax, cx);
+    const int64_t y0 = cell_y.first + (by % SubBlocks(this->ay)) * kArgmaxSub;
+    const int64_t x0 = cell_x.first + (bx % SubBlocks(this->ax)) * kArgmaxSub;
+    const int64_t y1 = y0 + kArgmaxSub < cell_y.end ? y0 + kArgmaxSub : cell_y.end;
+    const int64_t x1 = x0 + kArgmaxSub < cell_x.end ? x0 + kArgmaxSub : cell_x.end;
+    if (y0 >= y1 || x0 >= x1) return;  // no pixel here
     const int64_t iy0 = cy / 2, iy1 = iy0 + (cy % 2), ix0 = cx / 2, ix1 = ix0 + (cx % 2);
-    if (iy1 >= this->ay.n_in || ix1 >= this->ax.n_in) {  // no pixel reads past the input
-      out[0] = 0;
-      return;
-    }
     const T* p[4] = {this->logits + this->s.At(n, iy0, ix0, 0), this->logits + this->s.At(n, iy0, ix1, 0),
                      this->logits + this->s.At(n, iy1, ix0, 0), this->logits + this->s.At(n, iy1, ix1, 0)};
     const A top = FiniteMax(A(0));
@@ -101,44 +140,58 @@ struct ArgmaxCandidatesBody : HeadBase<T> {
       max_up = up > max_up ? up : max_up;
     }
     if (!finite) {
-      out[0] = -1;
+      for (int64_t c = 0; c < C; ++c) mask[c / 64] |= uint64_t{1} << (c % 64);
       return;
     }
     // As on the CPU: a few roundings in A, and one of T for the stored value (which can make a
     // smaller value equal to a larger one, a tie the lowest class would win).
     const A margin = A(8 * Epsilon<A>::v + 2 * Epsilon<T>::v);
-    const A big = fmax(fmax(-min_lo, max_up), A(0));
-    const A cut = best_lo - A(3) * margin * big;
-    int64_t k = 0;
+    const A delta = margin * fmax(fmax(-min_lo, max_up), A(0));
+    const A cut = best_lo - A(3) * delta;
+    const BilinearPixel<T> q[4] = {this->Pixel(n, y0, x0), this->Pixel(n, y0, x1 - 1),
+                                   this->Pixel(n, y1 - 1, x0), this->Pixel(n, y1 - 1, x1 - 1)};
+    auto up_of = [&](int64_t c) {
+      return fmax(fmax(ToAcc(p[0][c]), ToAcc(p[1][c])), fmax(ToAcc(p[2][c]), ToAcc(p[3][c])));
+    };
+    A sub_lo = -A(INFINITY);
     for (int64_t c = 0; c < C; ++c) {
-      const A a = ToAcc(p[0][c]), b = ToAcc(p[1][c]), d = ToAcc(p[2][c]), e = ToAcc(p[3][c]);
-      if (!(fmax(fmax(a, b), fmax(d, e)) < cut)) out[1 + k++] = c;
+      if (up_of(c) < cut) continue;
+      const A v0 = q[0].Value(this->logits, c), v1 = q[1].Value(this->logits, c);
+      const A v2 = q[2].Value(this->logits, c), v3 = q[3].Value(this->logits, c);
+      const A lo = fmin(fmin(v0, v1), fmin(v2, v3));
+      sub_lo = lo > sub_lo ? lo : sub_lo;
     }
-    out[0] = k;
+    const A sub_cut = sub_lo - A(5) * delta;
+    for (int64_t c = 0; c < C; ++c) {
+      if (up_of(c) < cut) continue;
+      const A v0 = q[0].Value(this->logits, c), v1 = q[1].Value(this->logits, c);
+      const A v2 = q[2].Value(this->logits, c), v3 = q[3].Value(this->logits, c);
+      if (!(fmax(fmax(v0, v1), fmax(v2, v3)) < sub_cut)) mask[c / 64] |= uint64_t{1} << (c % 64);
+    }
   }
 };
 
-// Pass 2, space (n, y, x, 1) over the output pixels: the best of the cell's candidates.
+// Pass 2, space (n, y, x, 1) over the output pixels: the best of its sub-block's classes.
 template <typename T>
 struct ArgmaxBody : HeadBase<T> {
-  const int64_t* cand;
+  const uint64_t* masks;
   int64_t* labels;
   T* scores;  // may be null
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const BilinearPixel<T> p = this->Pixel(n, y, x);
-    const int64_t* list =
-        CellList(*this, cand, n, CellOf(this->ay, this->sy, y), CellOf(this->ax, this->sx, x));
-    const int64_t K = list[0] < 0 ? this->C : list[0];
-    const bool all = list[0] < 0;
-    int64_t best = all ? 0 : list[1];
-    A best_v = this->Score(p, best);
-    for (int64_t k = 1; k < K; ++k) {
-      const int64_t c = all ? k : list[1 + k];
-      const A v = this->Score(p, c);
-      if (v > best_v) {  // ties: the lowest class, like tf.argmax (candidates ascend)
-        best = c;
-        best_v = v;
+    const uint64_t* mask = SubBlockMask(*this, masks, n, SubBlockOf(this->ay, this->sy, y),
+                                        SubBlockOf(this->ax, this->sx, x));
+    int64_t best = -1;
+    A best_v = A(0);
+    for (int64_t k = 0; k < MaskWords(this->C); ++k) {
+      for (uint64_t bits = mask[k]; bits != 0; bits &= bits - 1) {
+        const int64_t c = 64 * k + LowestBit(bits);
+        const A v = this->Score(p, c);
+        if (best < 0 || v > best_v) {  // ties: the lowest class, like tf.argmax (classes ascend)
+          best = c;
+          best_v = v;
+        }
       }
     }
     const int64_t i = this->MapIndex(n, y, x);

@@ -151,10 +151,10 @@ HeadBase<T> MakeHead(const Geometry& g, const void* logits) {
                      static_cast<const T*>(logits)};
 }
 
-// Pass 1's candidate lists: per cell (n x 2h x 2w of them) a count and up to C class ids.
+// Pass 1's class masks: per sub-block (n x 2h Sub(f) x 2w Sub(f) of them) one bit per class.
 inline int64_t ArgmaxScratchBytes(const Geometry& g, DType) {
-  const int64_t cells = CheckedMul(CheckedMul(g.n, 2 * g.y.n_in), 2 * g.x.n_in);
-  const int64_t bytes = CheckedMul(CheckedMul(cells, g.c + 1), 8);
+  const int64_t rows = CheckedMul(2 * g.y.n_in, SubBlocks(g.y)), cols = CheckedMul(2 * g.x.n_in, SubBlocks(g.x));
+  const int64_t bytes = CheckedMul(CheckedMul(CheckedMul(g.n, rows), cols), MaskWords(g.c) * 8);
   return bytes < 0 ? INT64_MAX : bytes;  // too large: the allocation fails and says so
 }
 template <class Exec>
@@ -163,10 +163,10 @@ void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* l
   if (g.c == 0) return;
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    int64_t* cand = static_cast<int64_t*>(scratch);
-    const ArgmaxCandidatesBody<T> cells{MakeHead<T>(g, logits), cand};
-    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in, 2 * g.x.n_in, 1, cells);
-    const ArgmaxBody<T> b{MakeHead<T>(g, logits), cand, labels, static_cast<T*>(scores)};
+    uint64_t* masks = static_cast<uint64_t*>(scratch);
+    const ArgmaxCandidatesBody<T> blocks{MakeHead<T>(g, logits), masks};
+    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in * SubBlocks(g.y), 2 * g.x.n_in * SubBlocks(g.x), 1, blocks);
+    const ArgmaxBody<T> b{MakeHead<T>(g, logits), masks, labels, static_cast<T*>(scores)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }

@@ -41,6 +41,32 @@ extern "C" int64_t tfup_emu_divide(int64_t n, int64_t d) {
   return tfup::cuda::Divider(d).Div(n);
 }
 
+// The argmax's cells along one axis of n inputs upsampled by f: the number of outputs whose cell's
+// span does not hold them, plus the outputs over all spans that are not exactly n * f, plus the
+// spans longer than f (a cell must fit its sub-blocks).
+extern "C" int64_t tfup_emu_check_cells(int64_t n, int64_t f) {
+  using namespace tfup;
+  using namespace tfup::cuda;
+  const int64_t k = 2 * f - f % 2, d[] = {1, n, 1, 1, n * f, f, k, k, f, f, 0, 0, 0, 0};
+  Geometry g;
+  IgnoreLabel ignore;
+  if (!GeometryFromArgs(d, &g, &ignore).empty()) return -1;
+  const Axis& a = g.y;
+  const Divider s(a.stride);
+  int64_t bad = 0, covered = 0;
+  for (int64_t o = 0; o < a.n_out; ++o) {
+    const Span span = CellSpan(a, CellOf(a, s, o));
+    bad += !(span.first <= o && o < span.end);
+  }
+  for (int64_t c = 0; c < 2 * a.n_in; ++c) {
+    const Span span = CellSpan(a, c);
+    const int64_t len = span.end > span.first ? span.end - span.first : 0;
+    covered += len;
+    bad += len > f;
+  }
+  return bad + (covered != a.n_out);
+}
+
 // geometry.h's rules, as binding.cu exports them.
 extern "C" int64_t tfup_emu_bilinear_kernel_size(int64_t factor) {
   return tfup::BilinearKernelSize(factor);

@@ -27,6 +27,8 @@ def build(directory):
     lib.tfup_emu_run.restype = ctypes.c_int
     lib.tfup_emu_run.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int] + [ctypes.c_void_p] * 5
     lib.tfup_emu_error.restype = ctypes.c_char_p
+    lib.tfup_emu_check_cells.restype = ctypes.c_int64
+    lib.tfup_emu_check_cells.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.tfup_emu_divide.restype = ctypes.c_int64
     lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.tfup_emu_bilinear_kernel_size.restype = ctypes.c_int64
