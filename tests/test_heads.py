@@ -91,6 +91,23 @@ def test_cross_entropy_gradient_over_row_bands(factor, shape, rng):
     assert_close(tape.gradient(loss, xt), expected, "float64", "loss_grad")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_stats_are_the_softmax_max_and_sum(dtype, rng):
+    # The forward's second output, which the gradient takes: per pixel the largest upsampled score
+    # (as stored in the dtype) and the sum of exp(score - largest); 0 at the ignore label.
+    x = _logits(rng, 3, dtype=dtype)
+    labels = _labels(rng, x, 3, 7)
+    labels[1, 2:5] = 255
+    _, stats = lib.tfupsample_upsample_sparse_softmax_cross_entropy(
+        labels, x, factor=3, ignore_label=255, use_ignore_label=True)
+    assert stats.dtype == tf.float64 and stats.shape == labels.shape + (2,)
+    up = tf.cast(tf.cast(bilinear_loop(tf.cast(x, tf.float64).numpy(), 3), dtype), tf.float64).numpy()
+    top = up.max(-1)
+    keep = labels != 255
+    assert_close(stats[..., 0], np.where(keep, top, 0), dtype, "loss")
+    assert_close(stats[..., 1], np.where(keep, np.exp(up - top[..., None]).sum(-1), 0), dtype, "loss")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_cross_entropy_lower_precisions(dtype, rng):
     x = _logits(rng, 4, dtype=dtype)
