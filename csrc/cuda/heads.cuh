@@ -49,8 +49,8 @@ struct HeadBase {
 // "Fused heads"). A cell is the set of output pixels that read the same taps; along an axis output
 // o is in cell 2 * (its first input) + (1 if it reads two), which grows with o, so an image has
 // (2 h) x (2 w) cells, some empty. A cell is at most f outputs long and is cut, from its first
-// output, into sub-blocks of up to kArgmaxSub outputs: Sub(f) = ceil(f / kArgmaxSub) per cell per
-// axis. Pass 1, one thread per sub-block, keeps the classes that can be the maximum (or tie with
+// output, into sub-blocks of up to kArgmaxSub outputs: SubBlocks = ceil(f / kArgmaxSub) per cell
+// per axis. Pass 1, one thread per sub-block, keeps the classes that can be the maximum (or tie with
 // it) at one of its pixels, as a bit mask; pass 2 evaluates only those at each pixel, with the
 // forward's arithmetic, in ascending class order.
 constexpr int64_t kArgmaxSub = 16;  // the CPU kernel's kSub
@@ -79,7 +79,7 @@ TFUP_HOST_DEVICE inline Span CellSpan(const Axis& a, int64_t c) {
   return Span{first, end};
 }
 
-// The index of output o's sub-block along an axis: cell * Sub(f) + its place in the cell.
+// The index of output o's sub-block along an axis: cell * SubBlocks + its place in the cell.
 TFUP_HOST_DEVICE inline int64_t SubBlockOf(const Axis& a, const Divider& s, int64_t o) {
   const int64_t c = CellOf(a, s, o);
   return c * SubBlocks(a) + (o - CellSpan(a, c).first) / kArgmaxSub;

@@ -151,7 +151,7 @@ HeadBase<T> MakeHead(const Geometry& g, const void* logits) {
                      static_cast<const T*>(logits)};
 }
 
-// Pass 1's class masks: per sub-block (n x 2h Sub(f) x 2w Sub(f) of them) one bit per class.
+// Pass 1's class masks: per sub-block (n x 2h SubBlocks x 2w SubBlocks of them) a bit per class.
 inline int64_t ArgmaxScratchBytes(const Geometry& g, DType) {
   const int64_t rows = CheckedMul(2 * g.y.n_in, SubBlocks(g.y)), cols = CheckedMul(2 * g.x.n_in, SubBlocks(g.x));
   const int64_t bytes = CheckedMul(CheckedMul(CheckedMul(g.n, rows), cols), MaskWords(g.c) * 8);
