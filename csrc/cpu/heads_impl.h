@@ -60,18 +60,6 @@ struct AddOp {
   V operator()(V a, V b) const { return a + b; }
 };
 
-// Runs of consecutive outputs along an axis that read the same inputs: [begin, end) pairs.
-inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const AxisTaps& t, int64_t n_out) {
-  std::vector<std::pair<int64_t, int64_t>> runs;
-  for (int64_t o0 = 0; o0 < n_out;) {
-    int64_t o1 = o0 + 1;
-    while (o1 < n_out && t.first[o1] == t.first[o0] && t.count[o1] == t.count[o0]) ++o1;
-    runs.emplace_back(o0, o1);
-    o0 = o1;
-  }
-  return runs;
-}
-
 // Classes packed for evaluation: their four taps contiguously (as A) and their class ids, in
 // ascending class order.
 template <typename A>
@@ -99,7 +87,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
-  const auto yruns = SameTapRuns(plan.ty, OH), xruns = SameTapRuns(plan.tx, OW);
+  const auto yruns = SameTapRuns(plan.ty), xruns = SameTapRuns(plan.tx);
   const int64_t ny = static_cast<int64_t>(yruns.size());
   constexpr int64_t kSub = 16;  // sub-blocks of kSub x kSub outputs for the second pruning
   // Bound on |computed - exact| of a value, per unit of the largest |logit| involved: a few
