@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import tfupsample as tu
-from tfupsample.testing import (assert_close, bilinear_grad_loop, bilinear_loop, from_nchw, skimage_rescale,
-                                to_nchw)
+from tfupsample.testing import (assert_close, bilinear_filter, bilinear_grad_loop, bilinear_loop, dense_bilinear,
+                                dense_filter, from_nchw, skimage_rescale, to_nchw)
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
@@ -22,12 +22,14 @@ def test_matches_skimage_and_loop(factor, shape, rng):
 
 @pytest.mark.parametrize("factor", [2, 3, 7, 32])
 def test_matches_dense_conv2d_transpose(factor, rng):
+    # The stock call with the dense filter written from the formula (not from our weights).
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
-    dense = tu.bilinear_upsample(x, factor, impl="dense").numpy()
-    w = tu.bilinear_upsample_weights(factor, 5, dense=True)
-    stock = tf.nn.conv2d_transpose(x, w, [2, 3 * factor, 4 * factor, 5], factor, "SAME").numpy()
-    np.testing.assert_array_equal(dense, stock)  # impl="dense" is exactly this stock call
+    stock = dense_bilinear(x, factor).numpy()
+    assert_close(tu.bilinear_upsample(x, factor, impl="dense"), stock, "float32")
     assert_close(tu.bilinear_upsample(x, factor), stock, "float32")
+    # impl="dense" is that stock call with our dense filter, which is the formula's.
+    np.testing.assert_allclose(tu.bilinear_upsample_weights(factor, 5, dense=True),
+                               dense_filter(bilinear_filter(factor, 5)), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -110,7 +112,7 @@ def test_gradient_matches_dense_autodiff(factor, rng):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         ours = tf.reduce_sum(tu.bilinear_upsample(x, factor) * g)
-        dense = tf.reduce_sum(tu.bilinear_upsample(x, factor, impl="dense") * g)
+        dense = tf.reduce_sum(dense_bilinear(x, factor) * g)
     assert_close(tape.gradient(ours, x), tape.gradient(dense, x), op="input_grad")
 
 

@@ -153,18 +153,20 @@ def test_heads(emu, factor, dtype, rng):
     up = np.zeros((shape[0], oh, ow, shape[3]), np_t)
     call(emu, "BilinearForward", d, dtype, x, up)
 
-    labels = np.zeros((shape[0], oh, ow), np.int64)
-    scores = np.zeros((shape[0], oh, ow), np_t)
+    labels = np.full((shape[0], oh, ow), -7, np.int64)  # every element must be written
+    scores = np.full((shape[0], oh, ow), np.nan, np_t)
     call(emu, "UpsampleArgmax", d, dtype, x, labels, scores)
     # The same arithmetic as the forward: labels and scores equal argmax / max of it, bit for bit.
     np.testing.assert_array_equal(labels, np.argmax(up.astype(np.float64), -1))
     np.testing.assert_array_equal(scores.astype(np.float64), up.astype(np.float64).max(-1))
+    # And the float64 definition, which shares nothing with the kernels (the forward above does).
+    ref.assert_argmax_matches_loop(labels, scores, x.astype(np.float64), factor, dtype)
 
     target = rng.integers(0, shape[3], labels.shape)
     target[0, 0, :] = 3  # the ignore label, on one row
     g = rng.standard_normal(labels.shape)
     exp_loss, expected = ref.upsample_softmax_cross_entropy(x, target, factor, g.astype(np_t), ignore=3)
-    loss = np.zeros(labels.shape, np_t)
+    loss = np.full(labels.shape, np.nan, np_t)  # so "ignored pixels give 0" can fail
     stats = np.full(labels.shape + (2,), np.nan)
     call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3], dtype, x, target, loss, stats)
     ref.assert_close(loss, exp_loss, dtype, "loss")
@@ -195,8 +197,10 @@ def test_pruned_argmax_equals_argmax_of_the_forward(emu, factor, dtype, kind, rn
     up = np.zeros((shape[0], oh, ow, shape[3]), np_t)
     call(emu, "BilinearForward", d, dtype, x, up)
     labels = np.full((shape[0], oh, ow), -7, np.int64)
-    scores = np.zeros((shape[0], oh, ow), np_t)
+    scores = np.full((shape[0], oh, ow), np.nan, np_t)
     call(emu, "UpsampleArgmax", d, dtype, x, labels, scores)
+    if kind in ("random", "segmentation", "huge"):  # the float64 definition, away from near-ties
+        ref.assert_argmax_matches_loop(labels, scores, x.astype(np.float64), factor, dtype)
     up64 = up.astype(np.float64)
     # tf.argmax's order: the first maximum, a NaN never wins (the ops' rule on both devices).
     expected = np.zeros(labels.shape, np.int64)

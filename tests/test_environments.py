@@ -3,6 +3,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -108,9 +109,11 @@ import sys, numpy as np, tensorflow as tf, keras
 import tfupsample as tu
 from tfupsample.keras import BilinearUpsampling2D, DepthwiseConv2DTranspose
 out_dir = sys.argv[1]
+from tfupsample import testing as ref
 inp = keras.Input((4, 5, 3))  # batch unknown
-h = keras.layers.Conv2D(6, 1)(inp)
-model = keras.Model(inp, DepthwiseConv2DTranspose(4, strides=2, use_bias=True)(BilinearUpsampling2D(2)(h)))
+conv, dw = keras.layers.Conv2D(6, 1), DepthwiseConv2DTranspose(4, strides=2, use_bias=True)
+model = keras.Model(inp, dw(BilinearUpsampling2D(2)(conv(inp))))
+dw.bias.assign(np.linspace(-1, 1, 6).astype(np.float32))
 
 
 class Head(tf.Module):
@@ -130,6 +133,14 @@ np.save(out_dir + "/x.npy", x)
 np.save(out_dir + "/y.npy", model(x).numpy())  # the compiled kernels, for comparison
 np.save(out_dir + "/logits.npy", logits)
 np.save(out_dir + "/labels.npy", tu.upsample_argmax(logits, 4).numpy())
+# The float64 definitions (tfupsample.testing's loops with the model's weights), for the served
+# and converted models too.
+h = np.einsum("nhwc,cd->nhwd", x.astype(np.float64), conv.kernel.numpy()[0, 0]) + conv.bias.numpy()
+y_ref = ref.transposed_conv_loop(ref.bilinear_loop(h, 2), dw.kernel.numpy()[..., 0], (16, 20), (2, 2), "SAME")
+np.save(out_dir + "/y_ref.npy", y_ref + dw.bias.numpy())
+labels_ref, clear, _ = ref.argmax_reference(logits, 4, "float32")  # clear: no near-tie to swap
+np.save(out_dir + "/labels_ref.npy", labels_ref)
+np.save(out_dir + "/clear.npy", clear)
 """
 
 SERVE = """
@@ -137,12 +148,20 @@ import sys, numpy as np, tensorflow as tf
 out_dir, tol = sys.argv[1], float(sys.argv[2])  # tfupsample.testing's bound, from the caller
 x, y = np.load(out_dir + "/x.npy"), np.load(out_dir + "/y.npy")
 logits, labels = np.load(out_dir + "/logits.npy"), np.load(out_dir + "/labels.npy")
+y_ref, labels_ref, clear = (np.load(f"{out_dir}/{n}.npy") for n in ("y_ref", "labels_ref", "clear"))
+assert clear.mean() > 0.9
+def check(out, expected):  # against the compiled kernels' result and against the definition
+    if expected is y:
+        for e in (y, y_ref):
+            assert np.abs(out - e).max() <= tol * max(1, np.abs(e).max()), np.abs(out - e).max()
+    else:
+        assert (out != expected).mean() < 1e-3, (out != expected).mean()  # ties may break by rounding
+        assert (out[clear] == labels_ref[clear]).all()
 # A process without tfupsample: the SavedModels load and run on stock ops.
 model = tf.saved_model.load(out_dir + "/model")
-assert np.abs(model.serve(x).numpy() - y).max() <= tol * max(1, np.abs(y).max())
+check(model.serve(x).numpy(), y)
 head = tf.saved_model.load(out_dir + "/head")
-got = head(logits).numpy()
-assert (got != labels).mean() < 1e-3, (got != labels).mean()  # ties may break by rounding
+check(head(logits).numpy(), labels)
 # And they convert to TFLite; the interpreter runs them at a batch size chosen now.
 for name, inp, expected in (("model", x, y), ("head", logits, labels)):
     conv = tf.lite.TFLiteConverter.from_saved_model(f"{out_dir}/{name}")
@@ -152,11 +171,7 @@ for name, inp, expected in (("model", x, y), ("head", logits, labels)):
     it.allocate_tensors()
     it.set_tensor(d["index"], inp)
     it.invoke()
-    out = it.get_tensor(it.get_output_details()[0]["index"])
-    if name == "model":
-        assert np.abs(out - expected).max() <= tol * max(1, np.abs(expected).max())
-    else:
-        assert (out != expected).mean() < 1e-3
+    check(it.get_tensor(it.get_output_details()[0]["index"]), expected)
 assert not any(m.startswith("tfupsample") for m in sys.modules), "tfupsample was imported"
 print("ok")
 """
@@ -194,6 +209,12 @@ def test_stock_op_lowering_under_xla_with_unknown_batch_and_sizes(rng):
         ref.assert_close(got[0].numpy(), expected[0], "float32")
         ref.assert_close(got[1].numpy(), expected[1], "float32")
         assert (got[2].numpy() != expected[2]).mean() < 1e-3
+        # And against the float64 definitions, from the same 1x1 convolution's output.
+        h = conv(tf.constant(x)).numpy().astype(np.float64)
+        ref.assert_close(got[0].numpy(), ref.bilinear_loop(h, 2), "float32")
+        ref.assert_close(got[1].numpy(), ref.transposed_conv_loop(h, w.numpy()[..., 0].astype(np.float64), (8, 15),
+                                                                  (2, 3), "SAME"), "float32")
+        ref.assert_argmax_matches_loop(got[2].numpy(), None, h, 2, "float32")
 
 
 def _free_ports(count):
@@ -215,17 +236,24 @@ def test_multi_worker_training_matches_one_process(tmp_path):
     import numpy as np
 
     script = os.path.join(ROOT, "examples", "multi_worker.py")
-    workers = ",".join(f"localhost:{p}" for p in _free_ports(2))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    procs = [subprocess.Popen([sys.executable, script, "--workers", workers, "--index", str(i),
-                               "--out", str(tmp_path / f"w{i}.npy")], cwd=tempfile.gettempdir(),
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    # The workers must know each other's ports before they start, so the ports are picked free
+    # here and may be taken by another process before a worker binds them: then try new ones.
+    for attempt in range(3):
+        workers = ",".join(f"localhost:{p}" for p in _free_ports(2))
+        procs = [subprocess.Popen([sys.executable, script, "--workers", workers, "--index", str(i),
+                                   "--out", str(tmp_path / f"w{i}.npy")], cwd=tempfile.gettempdir(),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+        try:
+            outs = [p.communicate(timeout=240)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        taken = any(re.search(r"address already in use|failed to bind|could not start grpc server", out, re.I)
+                    for p, out in zip(procs, outs) if p.returncode != 0)
+        if not taken:
+            break
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     subprocess.run([sys.executable, script, "--out", str(tmp_path / "one.npy")], check=True,

@@ -62,7 +62,8 @@ def test_integer_dtypes_are_refused(dtype):
         tu.bilinear_upsample(X.astype(dtype), 2)
     with pytest.raises(TypeError, match="input must be float16"):
         tu.depthwise_conv2d_transpose(X.astype(dtype), W, OUT, 2)
-    with pytest.raises(RAW_ERRORS + (tf.errors.NotFoundError,)):
+    with pytest.raises(RAW_ERRORS + (tf.errors.NotFoundError,),
+                       match=r"attr 'T' of \w+ is not in the list of allowed values: half, bfloat16, float, double"):
         lib.tfupsample_bilinear_upsample(X.astype(dtype), factor=2)
 
 
@@ -73,7 +74,7 @@ def test_unknown_data_format_and_impl():
         tu.depthwise_conv2d_transpose(X, W, OUT, 2, data_format="channels_last")
     with pytest.raises(ValueError, match="impl must be"):
         tu.bilinear_upsample(X, 2, impl="fast")
-    with pytest.raises(RAW_ERRORS):
+    with pytest.raises(RAW_ERRORS, match="attr 'data_format' of \"NWHC\" is not in the list of allowed values: \"NHWC\", \"NCHW\""):
         lib.tfupsample_bilinear_upsample(X, factor=2, data_format="NWHC")
 
 
@@ -124,7 +125,7 @@ def test_bad_padding():
         tu.depthwise_conv2d_transpose(X, W, OUT, 2, padding="FULL")
     with pytest.raises(ValueError, match="padding"):
         tu.depthwise_conv2d_transpose(X, W, OUT, 2, padding=[[0, 0], [1, 1], [1, 1], [0, 0]])
-    with pytest.raises(RAW_ERRORS):
+    with pytest.raises(RAW_ERRORS, match="attr 'padding' of \"FULL\" is not in the list of allowed values: \"SAME\", \"VALID\""):
         raw(padding="FULL")
 
 

@@ -44,23 +44,51 @@ def _case(rng, dtype, factor=3, shape=(2, 3, 4, 6)):
     return x, labels, g
 
 
-def _both(emu, x, labels, g, factor, dtype):
-    """(loss, grad) from the CPU op and from the CUDA kernels, as float64."""
-    k = 2 * factor - factor % 2
-    n, h, w, c = x.shape
-    args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
-    loss_cuda, grad_cuda = np.zeros(labels.shape, x.dtype), np.zeros(x.shape, x.dtype)
-    stats = np.zeros(labels.shape + (2,))
-    _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda, stats)
-    _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, stats, g, grad_cuda)
+def _cpu(x, labels, g, factor, dtype):
+    """(loss, grad) of the CPU op, as float64."""
     xt = tf.constant(x.astype(np.float64), tf.as_dtype(dtype)) if dtype == "bfloat16" else tf.constant(x)
     with tf.device("/CPU:0"):
         with tf.GradientTape() as tape:
             tape.watch(xt)
             loss = tu.upsample_sparse_softmax_cross_entropy(labels, xt, factor, ignore_label=255)
         grad = tape.gradient(loss, xt, output_gradients=tf.constant(g.astype(np.float64), loss.dtype))
-    as64 = lambda v: tf.cast(v, tf.float64).numpy() if tf.is_tensor(v) else np.asarray(v, np.float64)  # noqa: E731
-    return (as64(loss), as64(grad)), (as64(loss_cuda), as64(grad_cuda))
+    return tf.cast(loss, tf.float64).numpy(), tf.cast(grad, tf.float64).numpy()
+
+
+def _both(emu, x, labels, g, factor, dtype):
+    """(loss, grad) from the CPU op and from the CUDA kernels, as float64."""
+    k = 2 * factor - factor % 2
+    n, h, w, c = x.shape
+    args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
+    loss_cuda, grad_cuda = np.full(labels.shape, np.nan, x.dtype), np.full(x.shape, np.nan, x.dtype)
+    stats = np.full(labels.shape + (2,), np.nan)
+    _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda, stats)
+    _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, stats, g, grad_cuda)
+    as64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    return _cpu(x, labels, g, factor, dtype), (as64(loss_cuda), as64(grad_cuda))
+
+
+def _definition(x, labels, g, factor, dtype):
+    """The loss and gradient from the float64 definition, of the scores as the op documents them:
+    the upsample rounded to the storage type first for float16 / bfloat16."""
+    up = ref.bilinear_loop(np.asarray(x, np.float64), factor)
+    if dtype in ("float16", "bfloat16"):
+        up = up.astype(NP[dtype]).astype(np.float64)
+    loss, grad_up = ref.softmax_cross_entropy(up, labels, ignore=255)
+    grad = ref.bilinear_grad_loop(grad_up * np.asarray(g, np.float64)[..., None], factor)
+    return loss, grad
+
+
+@pytest.mark.parametrize("dtype", list(NP))
+@pytest.mark.parametrize("factor", [2, 3, 8])
+def test_cpu_loss_and_gradient_equal_the_definition(dtype, factor, rng):
+    # The CPU op alone (no CUDA compiler needed): every dtype, the half types' gradient included.
+    x, labels, g = _case(rng, dtype, factor)
+    loss, grad = _cpu(x, labels, g, factor, dtype)
+    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype)
+    ref.assert_close(loss, exp_loss, dtype, "loss")
+    ref.assert_close(grad, exp_grad, dtype, "loss_grad")
+    assert np.all(loss[0, 0] == 0) and np.all(loss[1, 1] != 0)
 
 
 @pytest.mark.parametrize("dtype", list(NP))
@@ -72,36 +100,44 @@ def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, rng):
     # sums over classes and over output pixels differs: within one rounding of the result.
     ref.assert_close(loss_c, loss, dtype, "loss")
     ref.assert_close(grad_c, grad, dtype, "loss_grad")
-    if dtype in ("float16", "bfloat16"):
-        # Both are the loss of the upsample as stored (rounded to the storage type).
-        up = tu.bilinear_upsample(tf.constant(x.astype(np.float64), tf.as_dtype(dtype)), factor)
-        expected, _ = ref.softmax_cross_entropy(tf.cast(up, tf.float64).numpy(), labels, ignore=255)
-        ref.assert_close(loss, expected, dtype, "loss")
-        ref.assert_close(loss_c, expected, dtype, "loss")
+    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype)
+    ref.assert_close(loss_c, exp_loss, dtype, "loss")
+    ref.assert_close(grad_c, exp_grad, dtype, "loss_grad")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_nan_logits_propagate_alike_and_as_the_definition(emu, dtype, rng):
-    factor = 2
-    x, labels, g = _case(rng, dtype, factor)
+def _nan_case(rng, dtype):
+    x, labels, g = _case(rng, dtype, 2)
     x[1, 1, 1, 2] = np.nan
     g[1] = 0  # image 1 has a zero upstream gradient everywhere: 0 * NaN is still NaN
-    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype)
-    # The definition: stock ops on our upsample, with an ignore mask as the fused op applies it
+    # The definition: stock ops on the upsample, with an ignore mask as the fused op applies it
     # (ignored pixels contribute nothing).
     xt = tf.constant(x)
     keep = labels != 255
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        up = tu.bilinear_upsample(xt, factor, impl="dense")
+        up = ref.dense_bilinear(xt, 2)
         per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(keep, labels, 0), up)
         up_keep = tf.boolean_mask(per_pixel, keep)
     d_keep = tape.gradient(up_keep, xt, output_gradients=tf.constant(g[keep]))
-    expected_loss = np.where(keep, per_pixel.numpy(), 0)
-    for name, a, b in (("loss CPU", loss, expected_loss), ("loss CUDA", loss_c, expected_loss),
-                       ("grad CPU", grad, d_keep.numpy()), ("grad CUDA", grad_c, d_keep.numpy())):
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+    return x, labels, g, np.where(keep, per_pixel.numpy(), 0), d_keep.numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_logits_propagate_as_the_definition(dtype, rng):
+    x, labels, g, expected_loss, expected_grad = _nan_case(rng, dtype)
+    loss, grad = _cpu(x, labels, g, 2, dtype)
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(expected_loss))
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected_grad))
     assert np.isnan(grad[1]).any() and not np.isnan(loss[0, 0]).any()  # ignored pixels stay 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_logits_propagate_alike_on_both_devices(emu, dtype, rng):
+    x, labels, g, expected_loss, expected_grad = _nan_case(rng, dtype)
+    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, 2, dtype)
+    for name, a, b in (("loss CPU", loss, expected_loss), ("loss CUDA", loss_c, expected_loss),
+                       ("grad CPU", grad, expected_grad), ("grad CUDA", grad_c, expected_grad)):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
 
 
 def test_second_gradient_is_a_clear_error(rng):

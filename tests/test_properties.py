@@ -5,12 +5,13 @@ import sys
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfupsample as tu
-from tfupsample.testing import (assert_close, bilinear_loop, from_nchw, to_nchw, transposed_conv_filter_grad_loop,
+from tfupsample.testing import (assert_close, bilinear_grad_loop, bilinear_loop, from_nchw, to_nchw, transposed_conv_filter_grad_loop,
                        transposed_conv_input_grad_loop, transposed_conv_loop)
 
 SETTINGS = dict(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -18,7 +19,7 @@ SETTINGS = dict(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 @st.composite
 def problems(draw):
-    n, h, w, c = (draw(st.integers(0, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 5)),
+    n, h, w, c = (draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 5)),
                   draw(st.integers(1, 6)))
     kh, kw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
@@ -62,7 +63,7 @@ def test_depthwise_forward_and_gradients(p):
                  dtype, "filter_grad")
 
 
-@given(st.integers(1, 9), st.integers(0, 2), st.integers(1, 5), st.integers(1, 5), st.integers(1, 5),
+@given(st.integers(1, 9), st.integers(1, 2), st.integers(1, 5), st.integers(1, 5), st.integers(1, 5),
        st.sampled_from(["NHWC", "NCHW"]), st.sampled_from(["float32", "float64"]), st.integers(0, 2**31 - 1))
 @settings(**SETTINGS)
 def test_bilinear_forward_and_gradient(factor, n, h, w, c, layout, dtype, seed):
@@ -77,10 +78,29 @@ def test_bilinear_forward_and_gradient(factor, n, h, w, c, layout, dtype, seed):
         y = tu.bilinear_upsample(xt, factor, data_format=layout)
         loss = tf.reduce_sum(y * lay(g))
     assert_close(back(y), bilinear_loop(x, factor), dtype)
-    k = tu.bilinear_upsample_weights(factor, c, dtype="float64")[..., 0]
-    assert_close(back(tape.gradient(loss, xt)),
-                 transposed_conv_input_grad_loop(g.astype(np.float64), k, (h, w), (factor, factor), "SAME"),
-                 dtype, "input_grad")
+    assert_close(back(tape.gradient(loss, xt)), bilinear_grad_loop(g.astype(np.float64), factor), dtype,
+                 "input_grad")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_empty_batch_forward_and_gradients(layout, padding):
+    # The draws above keep the batch at 1-2; the empty batch once, here: empty outputs and input
+    # gradients, a zero filter gradient (an empty sum), a zero-size bilinear result.
+    x = np.zeros((0, 3, 4, 5)) if layout == "NHWC" else np.zeros((0, 5, 3, 4))
+    w = tf.constant(np.ones((3, 3, 5, 1)))
+    oh, ow = (6, 8) if padding == "SAME" else (7, 9)
+    shape = [0, oh, ow, 5] if layout == "NHWC" else [0, 5, oh, ow]
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, w])
+        y = tu.depthwise_conv2d_transpose(xt, w, shape, 2, padding, data_format=layout)
+        b = tu.bilinear_upsample(xt, 3, data_format=layout)
+        loss = tf.reduce_sum(y) + tf.reduce_sum(b)
+    dx, dw = tape.gradient(loss, [xt, w])
+    assert y.shape == tuple(shape) and dx.shape == x.shape
+    assert b.shape == ((0, 9, 12, 5) if layout == "NHWC" else (0, 5, 9, 12))
+    np.testing.assert_array_equal(dw.numpy(), np.zeros((3, 3, 5, 1)))
 
 
 FUZZ_SCRIPT = r"""

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import tfupsample as tu
-from tfupsample.testing import (assert_close, bilinear_loop, from_nchw, to_nchw, transposed_conv_loop)
+from tfupsample.testing import (assert_close, bilinear_grad_loop, bilinear_loop, from_nchw, to_nchw,
+                                transposed_conv_filter_grad_loop, transposed_conv_input_grad_loop, transposed_conv_loop)
 
 CASES = [((2, 3), (3, 4), "SAME", None), ((2, 1), (5, 2), "VALID", None), ((3, 2), (1, 1), "SAME", None),
          ((2, 2), (7, 6), "SAME", (5, 7))]
@@ -36,6 +37,8 @@ def test_bilinear_under_xla(factor, data_format, rng):
     expected = bilinear_loop(x, factor)
     assert_close(from_nchw(y_xla) if data_format == "NCHW" else y_xla, expected)
     assert_close(dx_xla, dx_op, op="input_grad")
+    dx = from_nchw(dx_xla) if data_format == "NCHW" else dx_xla
+    assert_close(dx, bilinear_grad_loop(g, factor), op="input_grad")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -62,6 +65,10 @@ def test_depthwise_under_xla(case, data_format, rng):
     assert_close(from_nchw(xla[0]) if data_format == "NCHW" else xla[0], expected)
     for a, b, what in zip(xla[1:], op[1:], ("input_grad", "filter_grad")):
         assert_close(a, b, op=what)
+    g64 = from_nchw(g) if data_format == "NCHW" else g
+    dx = from_nchw(xla[1]) if data_format == "NCHW" else xla[1]
+    assert_close(dx, transposed_conv_input_grad_loop(g64, w[..., 0], (3, 4), (sy, sx), pad), op="input_grad")
+    assert_close(xla[2][..., 0], transposed_conv_filter_grad_loop(x, g64, (kh, kw), (sy, sx), pad), op="filter_grad")
 
 
 def test_backend_reports_the_compiled_ops():
@@ -148,6 +155,13 @@ def test_load_failure_falls_back_to_stock_ops(tmp_path):
     dx, dw = tape.gradient(loss, [x, w])
     assert_close(d["dx"], dx, op="input_grad")
     assert_close(d["dw"], dw, op="filter_grad")
+    # And against the float64 definitions: d/dx of sum(up(x)) + sum(y2^2), and d/dw of sum(y2^2).
+    y2 = transposed_conv_loop(d["x"], d["w"][..., 0], (6, 8), (2, 2), "SAME")
+    expected_dx = (bilinear_grad_loop(np.ones((1, 6, 8, 2)), 2)
+                   + transposed_conv_input_grad_loop(2 * y2, d["w"][..., 0], (3, 4), (2, 2), "SAME"))
+    assert_close(d["dx"], expected_dx, op="input_grad")
+    assert_close(d["dw"][..., 0], transposed_conv_filter_grad_loop(d["x"], 2 * y2, (4, 4), (2, 2), "SAME"),
+                 op="filter_grad")
 
 
 def test_inconsistent_output_shape_is_refused_under_xla():

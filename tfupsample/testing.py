@@ -232,6 +232,21 @@ def dense_transpose(x, w, out_shape, strides, padding):
     return tf.nn.conv2d_transpose(x, dense_filter(w), out_shape, [1, *strides, 1], padding).numpy()
 
 
+def dense_bilinear(x, factor):
+    """Stock tf.nn.conv2d_transpose with the dense [k, k, C, C] FCN bilinear filter written from
+    its formula here (bilinear_kernel), in x's dtype, SAME, stride factor: what impl="dense"
+    stands for, with weights that do not come from tfupsample's code. Returns a tensor (so a
+    GradientTape sees through it); needs TensorFlow."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    c = int(x.shape[-1])
+    filt = tf.constant(dense_filter(bilinear_filter(factor, c)), x.dtype)
+    shape = tf.shape(x)
+    out = tf.stack([shape[0], shape[1] * factor, shape[2] * factor, c])
+    return tf.nn.conv2d_transpose(x, filt, out, factor, "SAME")
+
+
 def skimage_rescale(x, factor):
     """skimage's order-1 rescale with zero borders, which equals the bilinear transposed
     convolution with SAME padding; needs scikit-image."""
@@ -241,6 +256,36 @@ def skimage_rescale(x, factor):
         raise ImportError("skimage_rescale needs scikit-image: pip install 'tfupsample[verify]'") from e
     return np.stack([rescale(np.asarray(im, np.float64), factor, order=1, mode="constant", cval=0,
                              clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
+
+
+def argmax_reference(x, factor, dtype):
+    """upsample_argmax_loop's labels of logits x (NHWC, the values an op saw), and where they are
+    certain for an op computing in dtype: the pixels whose two best classes in the float64
+    definition are further apart than twice the forward's bound (rounding cannot swap them)."""
+    up = bilinear_loop(np.asarray(x, np.float64), factor)
+    top2 = np.sort(up, -1)[..., -2:]
+    margin = 2 * tolerance("forward", dtype) * max(1.0, float(np.max(np.abs(up), initial=0.0)))
+    return up.argmax(-1), (top2[..., 1] - top2[..., 0]) > margin, up
+
+
+def assert_argmax_matches_loop(labels, scores, x, factor, dtype, what=""):
+    """An upsample argmax's labels (and scores, unless None) of logits x against the float64
+    definition (argmax_reference): labels equal wherever the definition's winner is certain, and
+    such pixels must be at least half of them, so that the comparison is not vacuous; the score
+    is the definition's value at the op's label, within the forward's bound, everywhere. Returns
+    the compared fraction."""
+    expected, clear, up = argmax_reference(x, factor, dtype)
+    labels = np.asarray(labels)
+    where = f"{what}: " if what else ""
+    assert labels.shape == expected.shape, f"{where}labels shape {labels.shape} != {expected.shape}"
+    assert clear.mean() >= 0.5, f"{where}only {clear.mean():.2f} of the pixels have a clear winner"
+    bad = np.flatnonzero(labels[clear] != expected[clear])
+    assert bad.size == 0, (f"{where}{bad.size} of {clear.sum()} clear labels differ from the "
+                           f"definition's, e.g. {labels[clear][bad[0]]} vs {expected[clear][bad[0]]}")
+    if scores is not None:
+        at_label = np.take_along_axis(up, labels[..., None].astype(np.int64), -1)[..., 0]
+        assert_close(scores, at_label, dtype, "forward", what or "argmax scores")
+    return float(clear.mean())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 For each factor, a 3x3x3 test image (value (x + y) / 6) and random inputs of several shapes go
 through our op (NHWC and NCHW), the NumPy binding, the dense `tf.nn.conv2d_transpose` with the
-[k, k, C, C] filter, and skimage's `rescale(order=1, mode="constant", clip=False)`. Gradients of
-our ops (to the input, and to a trainable bilinear-initialised filter) are compared with autodiff
-through the dense path. Bounds: tfupsample.testing's table for float32.
+[k, k, C, C] filter written from the bilinear formula (`tfupsample.testing`, not our weights, so
+the weights are checked too), and skimage's `rescale(order=1, mode="constant", clip=False)`.
+Gradients of our ops (to the input, and to a trainable filter holding `bilinear_upsample_weights`)
+are compared with autodiff through the dense path. Bounds: tfupsample.testing's table for float32.
 """
 
 import numpy as np
@@ -36,7 +37,8 @@ def check_factor(factor, rng):
     inputs = [test_image()] + [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     for x in inputs:
         c = x.shape[-1]
-        dense = tu.bilinear_upsample(x, factor, impl="dense").numpy()
+        dense_w = testing.dense_filter(testing.bilinear_filter(factor, c)).astype(np.float32)
+        dense = testing.dense_bilinear(x, factor).numpy()
         upd = lambda k, v: errs.__setitem__(k, max(errs[k], v))  # noqa: E731
         upd("forward", err(tu.bilinear_upsample(x, factor), dense))
         upd("numpy", err(tnp.bilinear_upsample(x, factor), dense))
@@ -48,7 +50,7 @@ def check_factor(factor, rng):
         g = rng.standard_normal(dense.shape).astype(np.float32)
         xt = tf.constant(x)
         w = tf.Variable(tu.bilinear_upsample_weights(factor, c))
-        wd = tf.Variable(tu.bilinear_upsample_weights(factor, c, dense=True))
+        wd = tf.Variable(dense_w)
         out_shape = list(dense.shape)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(xt)
