@@ -6,6 +6,7 @@
 // reads the inputs i with 0 <= o + p - i * s < k, so each output has one writer (no atomics).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <climits>
 #include <limits>
@@ -49,11 +50,22 @@ struct Axis {
   }
 };
 
-// Full problem: batch n, channels c, rows (y) and columns (x).
+// A bilinear resize in tf.image.resize's semantics, or kNone for the transposed convolution.
+// Output o of an axis n_in -> n_out samples the input at
+//   kHalfPixel:    u = (o + 0.5) * scale - 0.5, scale = n_in / n_out  (tf.image.resize)
+//   kAlignCorners: u = o * scale, scale = (n_in - 1) / (n_out - 1)    (align_corners=True)
+//   kAsymmetric:   u = o * scale, scale = n_in / n_out                (resize_bilinear's default)
+// between inputs max(floor(u), 0) and min(ceil(u), n_in - 1), the second weighted u - floor(u):
+// TF's CPU kernel's arithmetic, in float (image_resizer_state.h, resize_bilinear_op.cc).
+enum class Resize { kNone, kHalfPixel, kAlignCorners, kAsymmetric };
+
+// Full problem: batch n, channels c, rows (y) and columns (x). A resize (resize != kNone) uses
+// only n_in and n_out of its axes.
 struct Geometry {
   int64_t n = 0, c = 0;
   Axis y, x;
   Layout layout = Layout::kNHWC;
+  Resize resize = Resize::kNone;
 
   int64_t InputElements() const { return n * y.n_in * x.n_in * c; }
   int64_t OutputElements() const { return n * y.n_out * x.n_out * c; }
@@ -88,6 +100,29 @@ TFUP_HOST_DEVICE inline Acc BilinearWindowWeight(int64_t k, int64_t a) {
 template <typename Acc>
 TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
   return BilinearWindowWeight<Acc>(BilinearKernelSize(factor), a);
+}
+
+// One output index of a resize axis: its two inputs and the second one's weight.
+struct ResizeTap {
+  int64_t lower, upper;
+  float lerp;
+};
+TFUP_HOST_DEVICE inline float ResizeScale(int64_t n_in, int64_t n_out, Resize mode) {
+  if (mode == Resize::kAlignCorners && n_out > 1) {
+    return static_cast<float>(n_in - 1) / static_cast<float>(n_out - 1);
+  }
+  return static_cast<float>(n_in) / static_cast<float>(n_out);
+}
+TFUP_HOST_DEVICE inline ResizeTap ResizeTapOf(Resize mode, float scale, int64_t o, int64_t n_in) {
+  const float u = mode == Resize::kHalfPixel ? (static_cast<float>(o) + 0.5f) * scale - 0.5f
+                                             : static_cast<float>(o) * scale;
+  const float below = floorf(u);
+  int64_t lower = static_cast<int64_t>(below), upper = static_cast<int64_t>(ceilf(u));
+  // TF clamps the lower tap at 0 and the upper at n_in - 1; the other two bounds never bind for
+  // sizes TF accepts and only keep every index inside the input.
+  lower = lower < 0 ? 0 : (lower > n_in - 1 ? n_in - 1 : lower);
+  upper = upper < 0 ? 0 : (upper > n_in - 1 ? n_in - 1 : upper);
+  return {lower, upper, u - below};
 }
 
 // a * b, or -1 when it overflows int64 (both non-negative).
@@ -151,6 +186,34 @@ inline std::string MakeAxis(int64_t n_in, int64_t n_out, int64_t k, int64_t s, P
   axis->k = k;
   axis->stride = s;
   axis->pad = pad;
+  return "";
+}
+
+// Geometry of a bilinear resize of an [n, h, w, c] input to [n, out_h, out_w, c] (mode not kNone);
+// "" or the reason it cannot exist, in the words of TF's ResizeBilinear checks.
+inline std::string MakeResizeGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t out_h,
+                                      int64_t out_w, Resize mode, Layout layout, Geometry* g) {
+  if (mode == Resize::kNone) return "not a resize";
+  if (n < 0 || h < 0 || w < 0 || c < 0) return "input dimensions must be non-negative";
+  constexpr int64_t kInt32Max = 2147483647;  // TF's bound: sizes are int32 there
+  if (h > kInt32Max || w > kInt32Max) return "input sizes must be between 0 and max int32";
+  if (h == 0 || w == 0) return "input image must be of non-zero size";
+  if (c == 0) return "image must have at least one channel";
+  if (out_h <= 0 || out_w <= 0) {
+    return "output dimensions must be positive, got " + std::to_string(out_h) + " x " +
+           std::to_string(out_w);
+  }
+  if (out_h > kInt32Max || out_w > kInt32Max) return "output sizes must be at most max int32";
+  g->n = n;
+  g->c = c;
+  g->layout = layout;
+  g->resize = mode;
+  g->y = Axis{h, out_h, 1, 1, 0};
+  g->x = Axis{w, out_w, 1, 1, 0};
+  const int64_t in = CheckedMul(CheckedMul(CheckedMul(n, h), w), c);
+  if (in < 0) return "the input would have more elements than a 64-bit index can address";
+  const int64_t out = CheckedMul(CheckedMul(CheckedMul(n, out_h), out_w), c);
+  if (out < 0) return "the output would have more elements than a 64-bit index can address";
   return "";
 }
 

@@ -20,6 +20,8 @@ _API = (
     "upsample_argmax",
     "upsample_sparse_softmax_cross_entropy",
     "stock_ops",
+    "resize",
+    "resize_bilinear",
 )
 
 __all__ = list(_API) + ["load_ops"]
@@ -40,14 +42,16 @@ def load_ops():
 
 
 def __getattr__(name):
-    if name in ("keras", "numpy", "cuda"):  # submodules, imported on first use
+    if name in ("keras", "numpy", "cuda", "image"):  # submodules, imported on first use
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
     if name in _API:
-        from . import api, heads
+        from . import api, heads, image
 
-        return getattr(heads if hasattr(heads, name) else api, name)
+        for module in (heads, image, api):
+            if hasattr(module, name):
+                return getattr(module, name)
     raise AttributeError(f"module 'tfupsample' has no attribute {name!r}")
 
 

@@ -69,6 +69,30 @@ def _skipped(op):
     return getattr(op, "skip_input_indices", None) or ()
 
 
+def _resize_attrs(op):
+    return {k: op.get_attr(k) for k in ("align_corners", "half_pixel_centers", "data_format")}
+
+
+def _spatial(t, data_format):
+    shape = tf.shape(t)
+    return shape[2:4] if data_format in ("NCHW", b"NCHW") else shape[1:3]
+
+
+@_register("TfupsampleResizeBilinear")
+def _resize_bilinear_grad(op, grad):
+    attrs = _resize_attrs(op)
+    images = op.inputs[0]
+    return lib.tfupsample_resize_bilinear_grad(grad, _spatial(images, attrs["data_format"]), T=images.dtype,
+                                               **attrs), None
+
+
+@_register("TfupsampleResizeBilinearGrad")
+def _resize_bilinear_grad_grad(op, grad):
+    # The gradient op is linear in output_grad; its adjoint is the forward, to output_grad's size.
+    attrs = _resize_attrs(op)
+    return lib.tfupsample_resize_bilinear(grad, _spatial(op.inputs[0], attrs["data_format"]), **attrs), None
+
+
 # The three depthwise ops are the partial derivatives of T(x, w, dy) = <dy, conv(x, w)>, where
 # conv is the depthwise transposed convolution: the forward is dT/d(dy), the input gradient dT/dx,
 # the filter gradient dT/dw. Each takes the other two as inputs, so the gradient of any of them

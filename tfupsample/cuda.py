@@ -24,6 +24,7 @@ _DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 6
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 _MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
+_ARG_COUNT = 15  # GeometryFromArgs' values (csrc/cuda/kernels.h)
 
 
 class _Library:
@@ -44,7 +45,7 @@ class _Library:
     def run(self, op, args, dtype, pointers, stream):
         error = ctypes.create_string_buffer(1024)
         ptrs = (ctypes.c_void_p * _MAX_ARRAYS)(*(list(pointers) + [None] * (_MAX_ARRAYS - len(pointers))))
-        code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * 14)(*args), dtype, ptrs,
+        code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * _ARG_COUNT)(*args), dtype, ptrs,
                                             stream, error, len(error))
         if code == 1:
             raise ValueError(error.value.decode())
@@ -212,14 +213,21 @@ def _same_dtype(v, like):
         raise TypeError(f"{v.name} must have {like.name}'s dtype {like.dtype}, got {v.dtype}")
 
 
-def _run(op, args, views, stream):
-    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[views[0].dtype],
+def _run(op, args, views, stream, dtype=None):
+    """Runs op on views (arrays in the kernel list's order); dtype: the op's element type, by
+    default the first array's."""
+    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[dtype or views[0].dtype],
                [None if v is None else v.ptr for v in views], stream)
 
 
-def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None):
+_RESIZE_CODES = {"half_pixel": 1, "align_corners": 2, "asymmetric": 3}
+
+
+def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None, resize=None):
+    """The flat arguments of csrc/cuda/kernels.h's GeometryFromArgs (_ARG_COUNT values); resize:
+    None (the transposed convolution) or one of _RESIZE_CODES (then k, s and padding are unused)."""
     return [n, h, w, c, oh, ow, k[0], k[1], s[0], s[1], padding == "VALID", data_format == "NCHW",
-            ignore_label is not None, ignore_label or 0]
+            ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0]
 
 
 def _float(v):
@@ -255,6 +263,53 @@ def bilinear_upsample_grad(grad, factor, *, data_format="NHWC", out=None, stream
     k = _ext().bilinear_kernel_size(f)
     _run("BilinearBackpropInput", _args(n, oh // f, ow // f, c, oh, ow, (k, k), (f, f), "SAME", fmt),
          [v, o], _stream(v, stream))
+    return o.array
+
+
+# ------------------------------------------------------------------------------------------------
+# Resize (tf.image.resize's bilinear): float32 output, the CPU kernel's bits
+
+def _resize_mode(align_corners, half_pixel_centers):
+    if align_corners and half_pixel_centers:
+        raise ValueError("If half_pixel_centers is True, align_corners must be False.")
+    return "half_pixel" if half_pixel_centers else ("align_corners" if align_corners else "asymmetric")
+
+
+def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False, *, data_format="NHWC",
+                    out=None, stream=None):
+    """`tf.compat.v1.image.resize_bilinear` of 4-D `images` to `size` [new_height, new_width]:
+    float32, the bits of TF's CPU kernel (and of tfupsample's)."""
+    fmt, mode = _check_data_format(data_format), _resize_mode(align_corners, half_pixel_centers)
+    v = _float(_view(images, "images"))
+    n, h, w, c = _rank4(v, fmt)
+    oh, ow = _sizes(size, "size", 2)
+    o = _output(out, v, "out", _layout(n, oh, ow, c, fmt), "float32")
+    _run("ResizeBilinear", _args(n, h, w, c, oh, ow, (1, 1), (1, 1), data_format=fmt, resize=mode), [v, o],
+         _stream(v, stream))
+    return o.array
+
+
+def resize(images, size, *, data_format="NHWC", out=None, stream=None):
+    """`tf.image.resize(images, size)` (bilinear, half-pixel centres) of 4-D `images`."""
+    return resize_bilinear(images, size, half_pixel_centers=True, data_format=data_format, out=out,
+                           stream=stream)
+
+
+def resize_bilinear_grad(grad, input_size, dtype="float32", align_corners=False, half_pixel_centers=False, *,
+                         data_format="NHWC", out=None, stream=None):
+    """Gradient of `resize_bilinear` to images of height and width `input_size` and type `dtype`,
+    given the float32 gradient of its output: a gather (each element written once, no atomics)."""
+    fmt, mode = _check_data_format(data_format), _resize_mode(align_corners, half_pixel_centers)
+    v = _view(grad, "grad")
+    if v.dtype != "float32":
+        raise TypeError(f"grad must be float32 (the resize's output type), got {v.dtype}")
+    if dtype not in _DTYPE_CODES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype!r}")
+    n, oh, ow, c = _rank4(v, fmt)
+    h, w = _sizes(input_size, "input_size", 2)
+    o = _output(out, v, "out", _layout(n, h, w, c, fmt), dtype)
+    _run("ResizeBilinearBackpropInput", _args(n, h, w, c, oh, ow, (1, 1), (1, 1), data_format=fmt, resize=mode),
+         [v, o], _stream(v, stream), dtype=dtype)
     return o.array
 
 

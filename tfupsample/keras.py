@@ -246,3 +246,53 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
                 "bias_regularizer": ser(self.bias_regularizer),
                 "kernel_constraint": ser(self.kernel_constraint),
                 "bias_constraint": ser(self.bias_constraint)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Drop-ins for Keras' own bilinear resizing layers: the same class (a subclass), arguments,
+# config and outputs; the bilinear case runs tfupsample's resize kernel, every other case the
+# stock layer's own code.
+
+def _resize_like_keras(inputs, size, data_format, dtype):
+    """Keras' bilinear resize of a 3-D or 4-D tensor (tf.image.resize: half-pixel centres, float32)
+    on tfupsample's kernel, cast to dtype as the stock layer casts its result."""
+    from . import image
+
+    y = image.resize(inputs, size, data_format=_tf_format(data_format))
+    return y if y.dtype == dtype else tf.cast(y, dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfupsample")
+class UpSampling2D(keras.layers.UpSampling2D):
+    """`keras.layers.UpSampling2D`: with `interpolation="bilinear"` the resize runs on
+    tfupsample's kernel (the same outputs); other interpolations are the stock layer's."""
+
+    def call(self, inputs):
+        if self.interpolation != "bilinear":
+            return super().call(inputs)
+        inputs = tf.convert_to_tensor(inputs)
+        shape = tf.shape(inputs)
+        h, w = (shape[1], shape[2]) if self.data_format == "channels_last" else (shape[2], shape[3])
+        size = tf.stack([h * self.size[0], w * self.size[1]])
+        # Keras 3 casts the resize back to the input's dtype; tf_keras returns its float32.
+        y = _resize_like_keras(inputs, size, self.data_format, tf.float32 if LEGACY else inputs.dtype)
+        static = self.compute_output_shape(inputs.shape)
+        return tf.ensure_shape(y, static) if None not in static[1:] else y
+
+
+@keras.saving.register_keras_serializable(package="tfupsample")
+class Resizing(keras.layers.Resizing):
+    """`keras.layers.Resizing`: with `interpolation="bilinear"`, no antialiasing and neither
+    `crop_to_aspect_ratio` nor `pad_to_aspect_ratio`, on float inputs, the resize runs on
+    tfupsample's kernel (the same outputs); every other case is the stock layer's."""
+
+    def _ours(self, data):
+        return (tf.is_tensor(data) and self.interpolation == "bilinear" and not getattr(self, "antialias", False)
+                and not self.crop_to_aspect_ratio and not getattr(self, "pad_to_aspect_ratio", False)
+                and data.dtype.is_floating)
+
+    def call(self, inputs, *args, **kwargs):
+        if not self._ours(inputs):
+            return super().call(inputs, *args, **kwargs)
+        return _resize_like_keras(inputs, [self.height, self.width], self.data_format,
+                                  tf.as_dtype(self.compute_dtype) if LEGACY else inputs.dtype)

@@ -2,6 +2,7 @@
 
 from ._numpy_ext import bilinear_upsample as _bilinear_upsample
 from ._numpy_ext import kernel_isa
+from ._numpy_ext import resize_bilinear as _resize_bilinear
 from ._weights import check_factor
 
 
@@ -15,4 +16,27 @@ def bilinear_upsample(array, factor):
     return _bilinear_upsample(array, check_factor(factor))
 
 
-__all__ = ["bilinear_upsample", "kernel_isa"]
+def _size(size):
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise TypeError(f"size must be [new_height, new_width] (two integers), got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive (output dimensions must be positive), got [{h}, {w}]")
+    return h, w
+
+
+def resize(array, size):
+    """`tf.image.resize(array, size)` (bilinear, half-pixel centres) of an `[H, W, C]` or
+    `[N, H, W, C]` float32/float64 array: float32, the same kernel and bits as
+    `tfupsample.image.resize`."""
+    return _resize_bilinear(array, *_size(size), False, True)
+
+
+def resize_bilinear(array, size, align_corners=False, half_pixel_centers=False):
+    """`tf.compat.v1.image.resize_bilinear` of an `[H, W, C]` or `[N, H, W, C]` float32/float64
+    array (its conventions: align_corners, half_pixel_centers); float32 output."""
+    return _resize_bilinear(array, *_size(size), bool(align_corners), bool(half_pixel_centers))
+
+
+__all__ = ["bilinear_upsample", "resize", "resize_bilinear", "kernel_isa"]

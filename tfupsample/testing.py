@@ -37,6 +37,15 @@ TOLERANCES = {
     # softmax - onehot of those scores (an exp of each), then the input gradient's sum of up to
     # (2f)^2 terms: twice the loss's bound for float32.
     "loss_grad": (4e-3, 2e-2, 1e-5, 1e-12),
+    # tf.image.resize's arithmetic (tfupsample.image; TF's own results are the reference it equals
+    # bit for bit): the sample position u = (o + 0.5) * scale - 0.5 is computed in float32, a few
+    # ulp of u off the exact position, and the value moves by that times the difference of two
+    # neighbouring inputs: ~4 * 128 * 2^-23 = 6e-5 of the values' range for inputs of up to 128
+    # pixels a side. The output is float32 whatever the input type (TF's rule): one bound for all.
+    "resize": (6e-5, 6e-5, 6e-5, 6e-5),
+    # Its gradient: the same positions' error, in sums over the outputs each input reaches, rounded
+    # to the input's type at the end (2^-10 / 2^-7 of the value for the half types, as input_grad).
+    "resize_grad": (2e-3, 1e-2, 6e-5, 6e-5),
     # tf.test.compute_gradient's numerical Jacobian (central differences in float64) against the
     # theoretical one: the differences' truncation error, not the op's rounding.
     "jacobian": (None, None, None, 1e-7),
@@ -44,8 +53,8 @@ TOLERANCES = {
 
 
 def tolerance(op, dtype):
-    """The bound for op ("forward", "input_grad", "filter_grad", "loss", "loss_grad", "jacobian")
-    in dtype (a name, NumPy dtype or tf.DType)."""
+    """The bound for op (a key of TOLERANCES: "forward", "input_grad", "filter_grad", "loss",
+    "loss_grad", "resize", "resize_grad", "jacobian") in dtype (a name, NumPy dtype or tf.DType)."""
     if not isinstance(dtype, str):
         dtype = getattr(dtype, "name", None) or np.dtype(dtype).name
     if op not in TOLERANCES:
@@ -215,6 +224,47 @@ def upsample_softmax_cross_entropy(x, labels, factor, loss_grad, ignore=None):
     gradient to x given the loss map's gradient loss_grad)."""
     loss, grad_up = softmax_cross_entropy(bilinear_loop(x, factor), labels, ignore)
     return loss, bilinear_grad_loop(grad_up * np.asarray(loss_grad, np.float64)[..., None], factor)
+
+
+RESIZE_MODES = ("half_pixel", "align_corners", "asymmetric")
+
+
+def resize_matrix(n_in, n_out, mode="half_pixel"):
+    """The [n_out, n_in] float64 matrix of one axis of a bilinear resize, from its definition:
+    output o samples the input at u = (o + 0.5) * n_in / n_out - 0.5 (half-pixel centres, what
+    tf.image.resize does), o * (n_in - 1) / (n_out - 1) (align_corners; 0 when n_out is 1) or
+    o * n_in / n_out (asymmetric: resize_bilinear's default), and mixes inputs floor(u) and
+    floor(u) + 1 with weights 1 - frac(u) and frac(u), each clamped into [0, n_in - 1]."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        if mode == "half_pixel":
+            u = (o + 0.5) * n_in / n_out - 0.5
+        elif mode == "align_corners":
+            u = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            u = o * n_in / n_out
+        lo = int(np.floor(u))
+        frac = u - lo
+        m[o, min(max(lo, 0), n_in - 1)] += 1 - frac
+        m[o, min(max(lo + 1, 0), n_in - 1)] += frac
+    return m
+
+
+def resize_bilinear_loop(x, size, mode="half_pixel"):
+    """Bilinear resize of x [N, H, W, C] to size (out_h, out_w), float64, from the definition
+    (resize_matrix along each axis)."""
+    x = np.asarray(x, np.float64)
+    my, mx = resize_matrix(x.shape[1], size[0], mode), resize_matrix(x.shape[2], size[1], mode)
+    return np.einsum("yi,nijc,xj->nyxc", my, x, mx)
+
+
+def resize_bilinear_grad_loop(dy, in_hw, mode="half_pixel"):
+    """Adjoint of resize_bilinear_loop: the gradient to an [N, *in_hw, C] input for dy."""
+    dy = np.asarray(dy, np.float64)
+    my, mx = resize_matrix(in_hw[0], dy.shape[1], mode), resize_matrix(in_hw[1], dy.shape[2], mode)
+    return np.einsum("yi,nyxc,xj->nijc", my, dy, mx)
 
 
 def dense_filter(w):

@@ -38,6 +38,7 @@
 
 #include "cpu/kernels_impl.h"
 #include "cpu/heads_impl.h"
+#include "cpu/resize_impl.h"
 
 // This build's NameImpl of every kernel of kernel_list.h, for each element type.
 namespace tfup {

@@ -24,6 +24,12 @@
   X(BilinearForward, (const Geometry& g, const T* input, T* output), (g, input, output))    \
   X(BilinearBackpropInput, (const Geometry& g, const T* output_grad, T* input_grad),        \
     (g, output_grad, input_grad))                                                           \
+  /* Bilinear resize in tf.image.resize's semantics (g.resize the convention; g.y, g.x: n_in \
+     and n_out): a float output computed in float, as TF's CPU kernel; its input gradient.   \
+     */                                                                                     \
+  X(ResizeBilinear, (const Geometry& g, const T* input, float* output), (g, input, output)) \
+  X(ResizeBilinearBackpropInput, (const Geometry& g, const float* output_grad, T* input_grad), \
+    (g, output_grad, input_grad))                                                           \
   /* Fused heads over NHWC logits [n, h, w, c] (g: the bilinear geometry); label and loss   \
      maps [n, h*f, w*f]; labels in [0, c) or the ignore label (the CPU caller checks).      \
      Argmax: ties to the lowest class; scores (may be null) the maximum, the bits           \

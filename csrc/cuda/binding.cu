@@ -57,8 +57,8 @@ std::string Dispatch(const char* op, const Geometry& g, DType t, IgnoreLabel ign
 }  // namespace cuda
 }  // namespace tfup
 
-// Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding pointers[0], on stream. args: the 14
-// values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. Returns 0, or
+// Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding pointers[0], on stream. args: the
+// kArgCount values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. Returns 0, or
 // 1 (bad arguments) / 2 (CUDA error) with the reason in error.
 extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtype,
                                    void* const* pointers, uintptr_t stream, char* error,

@@ -15,9 +15,19 @@ namespace cuda {
 enum class DType { kHalf, kBFloat16, kFloat, kDouble };
 
 // The flat argument list of the framework-free bindings (the C ABI of binding.cu, the CPU emulation):
-// n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label.
+// n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label, resize (0: the
+// transposed convolution; 1, 2, 3: a resize with half-pixel centres, aligned corners, neither).
 // Fills g and ignore; returns "" or why the sizes are inconsistent.
+constexpr int kArgCount = 15;
 inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* ignore) {
+  if (d[14] != 0) {
+    if (d[14] < 0 || d[14] > 3) return "resize must be 0, 1, 2 or 3, got " + std::to_string(d[14]);
+    const Resize mode = d[14] == 1 ? Resize::kHalfPixel
+                                   : (d[14] == 2 ? Resize::kAlignCorners : Resize::kAsymmetric);
+    *ignore = IgnoreLabel{};
+    return MakeResizeGeometry(d[0], d[1], d[2], d[3], d[4], d[5], mode,
+                              d[11] ? Layout::kNCHW : Layout::kNHWC, g);
+  }
   if (d[0] < 0 || d[1] < 0 || d[2] < 0 || d[3] < 0) return "input dimensions must be non-negative";
   g->n = d[0];
   g->c = d[3];

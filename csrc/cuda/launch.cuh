@@ -6,6 +6,7 @@
 
 #include "cuda/heads.cuh"
 #include "cuda/kernels.h"
+#include "cuda/resize.cuh"
 
 namespace tfup {
 namespace cuda {
@@ -193,6 +194,49 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
   });
 }
 
+// Resize: the forward, one element per thread position (ForEach's lanes); the gradient, the two
+// axes' output ranges per input index (tables at the start of the scratch), then the gather along
+// x into the rest of the scratch ([n, h_out, w_in, c] accumulators), then along y.
+template <class Exec>
+void RunResizeBilinear(const Exec& ex, const Geometry& g, DType t, const void* in, void* out) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const ResizeForwardBody<T> b{g.y, g.x, g.resize, ResizeScale(g.y.n_in, g.y.n_out, g.resize),
+                                 ResizeScale(g.x.n_in, g.x.n_out, g.resize), InputStrides(g),
+                                 OutputStrides(g), static_cast<const T*>(in), static_cast<float*>(out)};
+    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
+  });
+}
+
+inline int64_t ResizeTableBytes(const Geometry& g) {
+  return (2 * (g.y.n_in + g.x.n_in) * 8 + 255) / 256 * 256;
+}
+inline int64_t ResizeScratchBytes(const Geometry& g, DType t) {
+  return ResizeTableBytes(g) + g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t);
+}
+template <class Exec>
+void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
+                                    void* dx, void* scratch) {
+  int64_t* tables = static_cast<int64_t*>(scratch);
+  int64_t *first_y = tables, *end_y = first_y + g.y.n_in;
+  int64_t *first_x = end_y + g.y.n_in, *end_x = first_x + g.x.n_in;
+  const float sy = ResizeScale(g.y.n_in, g.y.n_out, g.resize), sx = ResizeScale(g.x.n_in, g.x.n_out, g.resize);
+  ex(Shape::Of(256, 1, g.y.n_in, 256), ResizeRangeBody{g.y.n_in, g.y.n_out, g.resize, sy, first_y, end_y});
+  ex(Shape::Of(256, 1, g.x.n_in, 256), ResizeRangeBody{g.x.n_in, g.x.n_out, g.resize, sx, first_x, end_x});
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename AccOf<T>::type;
+    A* rows = reinterpret_cast<A*>(static_cast<char*>(scratch) + ResizeTableBytes(g));
+    const Strides mid = StridesOf(g.layout, g.y.n_out, g.x.n_in, g.c);
+    const ResizeGatherBody<float, A, A> along_x{true, g.x.n_in, g.resize, sx, first_x, end_x,
+                                               OutputStrides(g), mid, static_cast<const float*>(dy), rows};
+    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
+    const ResizeGatherBody<A, T, A> along_y{false, g.y.n_in, g.resize, sy, first_y, end_y,
+                                           mid, InputStrides(g), rows, static_cast<T*>(dx)};
+    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
+  });
+}
+
 // The op table: every op by its name in csrc/cpu/kernel_list.h, with the scratch it needs and its
 // launch sequence, the pointers in the kernel list's order. The only list of CUDA ops: the TF op
 // kernels (tf/backends.h) and the C ABI (binding.cu) reach them through RunOp / OpScratchBytes
@@ -227,6 +271,10 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunDepthwiseGather<true>(ex, c.g, c.t, c.p[0], c.p[1], c.p[2]); }},
       {"DepthwiseBackpropFilter", FilterScratchBytes,
        [](E ex, C c) { RunDepthwiseBackpropFilter(ex, c.g, c.t, c.p[0], c.p[1], c.p[2], c.scratch); }},
+      {"ResizeBilinear", NoScratch,
+       [](E ex, C c) { RunResizeBilinear(ex, c.g, c.t, c.p[0], c.p[1]); }},
+      {"ResizeBilinearBackpropInput", ResizeScratchBytes,
+       [](E ex, C c) { RunResizeBilinearBackpropInput(ex, c.g, c.t, c.p[0], c.p[1], c.scratch); }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
        [](E ex, C c) {
          RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2], c.scratch);

@@ -87,6 +87,47 @@ py::array BilinearUpsample(py::object array, py::object factor_obj) {
                        std::string(py::str(in.dtype())));
 }
 
+template <typename T>
+py::array ResizeArray(py::array in_any, int64_t oh, int64_t ow, Resize mode) {
+  auto in = py::array_t<T, py::array::c_style>::ensure(in_any);
+  const bool batched = in.ndim() == 4;
+  const int64_t n = batched ? in.shape(0) : 1;
+  const int64_t h = in.shape(batched ? 1 : 0), w = in.shape(batched ? 2 : 1);
+  const int64_t c = in.shape(batched ? 3 : 2);
+  Geometry g;
+  const std::string err = MakeResizeGeometry(n, h, w, c, oh, ow, mode, Layout::kNHWC, &g);
+  if (!err.empty()) throw py::value_error(err);
+  std::vector<py::ssize_t> shape = {oh, ow, c};
+  if (batched) shape.insert(shape.begin(), n);
+  py::array_t<float> out(shape);
+  if (g.OutputElements() > 0) {
+    const T* src = in.data();
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    ResizeBilinear<T>(g, src, dst, ThreadRunner);
+  }
+  return out;
+}
+
+// tf.compat.v1.image.resize_bilinear's conventions; the array [H, W, C] or [N, H, W, C].
+py::array ResizeBilinearArray(py::object array, int64_t out_h, int64_t out_w, bool align_corners,
+                              bool half_pixel_centers) {
+  if (align_corners && half_pixel_centers) {
+    throw py::value_error("If half_pixel_centers is True, align_corners must be False.");
+  }
+  const Resize mode = half_pixel_centers ? Resize::kHalfPixel
+                                         : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+  py::array in = py::array::ensure(array);
+  if (!in) throw py::type_error("array must be a NumPy array (or convertible to one)");
+  if (in.ndim() != 3 && in.ndim() != 4) {
+    throw py::value_error("array must be [H, W, C] or [N, H, W, C], got " +
+                          std::to_string(in.ndim()) + " dimensions");
+  }
+  if (in.dtype().is(py::dtype::of<float>())) return ResizeArray<float>(in, out_h, out_w, mode);
+  if (in.dtype().is(py::dtype::of<double>())) return ResizeArray<double>(in, out_h, out_w, mode);
+  throw py::type_error("array must be float32 or float64, got " + std::string(py::str(in.dtype())));
+}
+
 // The op kernel's own geometry check, for the stock-op path (XLA, load fallback), which has no
 // kernel to refuse an inconsistent output_shape.
 std::string CheckDepthwiseGeometry(std::vector<int64_t> in, std::vector<int64_t> out,
@@ -135,6 +176,10 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("bilinear_upsample", &tfup::BilinearUpsample, py::arg("array"), py::arg("factor"),
         "Bilinear upsample of an [H, W, C] or [N, H, W, C] float32/float64 array by an integer "
         "factor: the transposed convolution with the bilinear kernel, SAME padding.");
+  m.def("resize_bilinear", &tfup::ResizeBilinearArray, py::arg("array"), py::arg("out_h"),
+        py::arg("out_w"), py::arg("align_corners"), py::arg("half_pixel_centers"),
+        "Bilinear resize of an [H, W, C] or [N, H, W, C] float32/float64 array to out_h x out_w "
+        "with ResizeBilinear's conventions: float32, TF's CPU kernel's bits.");
   m.def("check_depthwise_geometry", &tfup::CheckDepthwiseGeometry, py::arg("input_nhwc"),
         py::arg("output_hw"), py::arg("kernel_hw"), py::arg("strides"), py::arg("padding"),
         "'' if the transposed convolution's output size is legal, else the reason.");

@@ -106,6 +106,59 @@ class BilinearOp : public OpKernel {
 };
 
 // ----------------------------------------------------------------------------------------------
+// Resize (tf.image.resize's bilinear semantics): the forward (images [T] -> float) and its
+// gradient (output_grad [float] -> images_grad [T]). Input 1 is the other side's height and width.
+
+template <typename Device, typename T, bool kGrad>
+class ResizeOp : public OpKernel {
+ public:
+  explicit ResizeOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
+    bool align_corners = false, half_pixel_centers = false;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("align_corners", &align_corners));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("half_pixel_centers", &half_pixel_centers));
+    OP_REQUIRES(ctx, !(align_corners && half_pixel_centers),
+                absl::InvalidArgumentError("If half_pixel_centers is True, align_corners must be False."));
+    mode_ = half_pixel_centers ? Resize::kHalfPixel
+                               : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& in = ctx->input(0);
+    const char* in_name = kGrad ? "output_grad" : "images";
+    const char* size_name = kGrad ? "input_size" : "size";
+    OP_REQUIRES_OK(ctx, CheckRank4(in, in_name));
+    const Tensor& size = ctx->input(1);
+    OP_REQUIRES(ctx, size.dims() == 1 && size.NumElements() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    size_name, " must be a 1-D tensor of 2 elements [height, width], got shape ",
+                    size.shape().DebugString())));
+    const int64_t sh = size.vec<int32_t>()(0), sw = size.vec<int32_t>()(1);
+    const Dims4 d = layout_.Read(in.shape());
+    Geometry g;
+    const std::string err =
+        kGrad ? MakeResizeGeometry(d[0], sh, sw, d[3], d[1], d[2], mode_, layout_.layout, &g)
+              : MakeResizeGeometry(d[0], d[1], d[2], d[3], sh, sw, mode_, layout_.layout, &g);
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(absl::StrCat(
+                                      kGrad ? "input_size / output_grad: " : "", err)));
+    Tensor* out = nullptr;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, layout_.Shape(kGrad ? Dims4{g.n, g.y.n_in, g.x.n_in, g.c}
+                                            : Dims4{g.n, g.y.n_out, g.x.n_out, g.c}, &shape));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    if (out->NumElements() == 0) return;
+    if (kGrad) {
+      Backend<Device>::ResizeBilinearBackpropInput(ctx, g, in.flat<float>().data(), out->flat<T>().data());
+    } else {
+      Backend<Device>::ResizeBilinear(ctx, g, in.flat<T>().data(), out->flat<float>().data());
+    }
+  }
+
+ private:
+  LayoutAttr layout_;
+  Resize mode_ = Resize::kHalfPixel;
+};
+
+// ----------------------------------------------------------------------------------------------
 // Depthwise transposed convolution: forward, and the two gradients.
 
 enum class Mode { kForward, kBackpropInput, kBackpropFilter };
@@ -226,6 +279,47 @@ REGISTER_OP("TfupsampleBilinearUpsampleGrad")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) { return shapes::BilinearShape(c, true); });
 
+// Output: images' layout with the size's height and width (unknown where the size is not constant).
+static absl::Status ResizeShape(InferenceContext* c) {
+  ShapeHandle in, size, hw;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &in));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &size));
+  DimensionHandle two;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(size, 0), 2, &two));
+  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &hw));
+  auto d = shapes::LayoutDims(c);
+  TF_RETURN_IF_ERROR(d.status());
+  ShapeHandle out = in;
+  TF_RETURN_IF_ERROR(c->ReplaceDim(out, d->h, c->Dim(hw, 0), &out));
+  TF_RETURN_IF_ERROR(c->ReplaceDim(out, d->w, c->Dim(hw, 1), &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("TfupsampleResizeBilinear")
+    .Input("images: T")
+    .Input("size: int32")
+    .Output("resized_images: float")
+    .Attr("align_corners: bool = false")
+    .Attr("half_pixel_centers: bool = false")
+    .TFUP_LAYOUT_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn(ResizeShape)
+    .Doc("Bilinear resize to size [height, width] with ResizeBilinear's conventions and results "
+         "(float32, computed in float as TF's CPU kernel).");
+
+REGISTER_OP("TfupsampleResizeBilinearGrad")
+    .Input("output_grad: float")
+    .Input("input_size: int32")
+    .Output("images_grad: T")
+    .Attr("align_corners: bool = false")
+    .Attr("half_pixel_centers: bool = false")
+    .TFUP_LAYOUT_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn(ResizeShape)
+    .Doc("Gradient of TfupsampleResizeBilinear to its images of height and width input_size: a "
+         "gather, each element written once.");
+
 REGISTER_OP("TfupsampleDepthwiseConv2dTranspose")
     .Input("input: T")
     .Input("filter: T")
@@ -285,6 +379,14 @@ TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropFilter", "inpu
   REGISTER_KERNEL_BUILDER(                                                                         \
       Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),                   \
       BilinearOp<D, T, true>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleResizeBilinear").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),      \
+      ResizeOp<D, T, false>);                                                                      \
+  REGISTER_KERNEL_BUILDER(Name("TfupsampleResizeBilinearGrad")                                     \
+                              .Device(DEV)                                                         \
+                              .TypeConstraint<T>("T")                                              \
+                              .HostMemory("input_size"),                                           \
+                          ResizeOp<D, T, true>);                                                   \
   REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                               \
                               .Device(DEV)                                                         \
                               .TypeConstraint<T>("T")                                              \

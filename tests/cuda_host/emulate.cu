@@ -12,7 +12,8 @@ std::string last_error;
 }
 
 // op: a name of launch.cuh's table (csrc/cpu/kernel_list.h's). dims: n, h, w, c, out_h, out_w, ky,
-// kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), ignore.use, ignore.value.
+// kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), ignore.use, ignore.value, resize
+// (GeometryFromArgs).
 // dtype: 0 half, 1 bfloat16, 2 float, 3 double.
 extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a, void* b, void* c,
                             void* e, void* f) {
@@ -47,7 +48,7 @@ extern "C" int64_t tfup_emu_divide(int64_t n, int64_t d) {
 extern "C" int64_t tfup_emu_check_cells(int64_t n, int64_t f) {
   using namespace tfup;
   using namespace tfup::cuda;
-  const int64_t k = 2 * f - f % 2, d[] = {1, n, 1, 1, n * f, f, k, k, f, f, 0, 0, 0, 0};
+  const int64_t k = 2 * f - f % 2, d[] = {1, n, 1, 1, n * f, f, k, k, f, f, 0, 0, 0, 0, 0};
   Geometry g;
   IgnoreLabel ignore;
   if (!GeometryFromArgs(d, &g, &ignore).empty()) return -1;

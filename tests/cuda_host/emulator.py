@@ -45,7 +45,7 @@ class Ext:
         self.lib = lib
 
     def run(self, op, args, dtype, pointers, stream):
-        d = (ctypes.c_int64 * 14)(*args)
+        d = (ctypes.c_int64 * len(args))(*args)
         ptrs = list(pointers) + [None] * (5 - len(pointers))
         if self.lib.tfup_emu_run(op.encode(), d, dtype, *ptrs) != 0:
             raise ValueError(self.lib.tfup_emu_error().decode())
