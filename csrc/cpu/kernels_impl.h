@@ -135,17 +135,22 @@ struct AxisTaps {
   }
 };
 
-// Runs of consecutive outputs along an axis that read the same inputs: [begin, end) pairs.
-inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const AxisTaps& t) {
-  const int64_t n_out = static_cast<int64_t>(t.first.size());
+// Runs of consecutive outputs along an axis that read the same inputs -- whose two per-output
+// descriptions (first input and count; or lower and upper input) are equal: [begin, end) pairs.
+inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const std::vector<int64_t>& a,
+                                                           const std::vector<int64_t>& b) {
+  const int64_t n_out = static_cast<int64_t>(a.size());
   std::vector<std::pair<int64_t, int64_t>> runs;
   for (int64_t o0 = 0; o0 < n_out;) {
     int64_t o1 = o0 + 1;
-    while (o1 < n_out && t.first[o1] == t.first[o0] && t.count[o1] == t.count[o0]) ++o1;
+    while (o1 < n_out && a[o1] == a[o0] && b[o1] == b[o0]) ++o1;
     runs.emplace_back(o0, o1);
     o0 = o1;
   }
   return runs;
+}
+inline std::vector<std::pair<int64_t, int64_t>> SameTapRuns(const AxisTaps& t) {
+  return SameTapRuns(t.first, t.count);
 }
 
 template <typename A>
@@ -517,51 +522,58 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   });
 }
 
-// Adds the outputs [o0, o1) of one output-gradient row, which all read input columns j and
-// j + 1, into r0 (r[j]) and r1 (r[j + 1]). Channels go 64 at a time: the 2 x 64 sums stay in
-// registers over the whole run, so r is loaded and stored once per run rather than once per
-// pixel, and each element still adds its outputs in ascending order (same bits as one pixel at a
-// time). While a block sums, the same channels of the run after it are prefetched. Measured at
-// [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel, 1.07x so;
-// without the prefetch 1.30x.
-template <typename A>
-void AddRunTwoColumns(const Axis& ax, const std::vector<A>& wx, const A* dy, int64_t stride,
-                      int64_t nc, int64_t o0, int64_t o1, int64_t j, A* __restrict r0,
-                      A* __restrict r1) {
-  constexpr int64_t kBlock = 64;
-  const int64_t len = o1 - o0, prefetch_end = std::min(ax.n_out, o1 + len);
-  for (int64_t c0 = 0; c0 < nc; c0 += kBlock) {
-    const int64_t n = std::min(kBlock, nc - c0);
-    if (n < kBlock) {
-      for (int64_t o = o0; o < o1; ++o) {
-        const A w0 = wx[ax.Tap(o, j)], w1 = wx[ax.Tap(o, j + 1)];
-        const A* __restrict d = dy + o * stride + c0;
-        for (int64_t c = 0; c < n; ++c) {
-          r0[c0 + c] += w0 * d[c];
-          r1[c0 + c] += w1 * d[c];
-        }
-      }
-      continue;
-    }
-    A a0[kBlock], a1[kBlock];
-    for (int64_t c = 0; c < kBlock; ++c) {
-      a0[c] = r0[c0 + c];
-      a1[c] = r1[c0 + c];
-    }
-    for (int64_t o = o0; o < o1; ++o) {
-      const A w0 = wx[ax.Tap(o, j)], w1 = wx[ax.Tap(o, j + 1)];
-      const A* __restrict d = dy + o * stride + c0;
-      if (o + len < prefetch_end) PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(A)));
-      for (int64_t c = 0; c < kBlock; ++c) {
-        a0[c] += w0 * d[c];
-        a1[c] += w1 * d[c];
-      }
+// Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
+// columns, into r0 and r1 with the weights weights(o) = (w0, w1). Channels go 64 at a time: the
+// 2 x 64 sums stay in registers over the whole run, so r is loaded and stored once per run rather
+// than once per pixel, and each element still adds its outputs in ascending order (same bits as
+// one pixel at a time). While a block sums, the same channels of the run after it are prefetched.
+// Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
+// 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients.
+template <int64_t kBlock, typename A, typename Src, class Weights>
+void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride, int64_t c0,
+                 int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1) {
+  const int64_t len = o1 - o0, prefetch_end = std::min(n_out, o1 + len);
+  A a0[kBlock], a1[kBlock];
+  for (int64_t c = 0; c < kBlock; ++c) {
+    a0[c] = r0[c0 + c];
+    a1[c] = r1[c0 + c];
+  }
+  for (int64_t o = o0; o < o1; ++o) {
+    const auto [w0, w1] = weights(o);
+    const Src* __restrict d = dy + o * stride + c0;
+    if (kBlock >= 16 && o + len < prefetch_end) {
+      PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
     }
     for (int64_t c = 0; c < kBlock; ++c) {
-      r0[c0 + c] = a0[c];
-      r1[c0 + c] = a1[c];
+      a0[c] += w0 * A(d[c]);
+      a1[c] += w1 * A(d[c]);
     }
   }
+  for (int64_t c = 0; c < kBlock; ++c) {
+    r0[c0 + c] = a0[c];
+    r1[c0 + c] = a1[c];
+  }
+}
+
+// Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
+// columns, into r0 and r1 with the weights weights(o) = (w0, w1). Channels go 64 at a time, the
+// rest in blocks of 32, 16, ..., 1: a block's 2 x kBlock sums stay in registers over the whole
+// run, so r is loaded and stored once per run rather than once per pixel, and each element still
+// adds its outputs in ascending order (same bits as one pixel at a time). While a block sums, the
+// same channels of the run after it are prefetched. Measured at [1,16,22,1000] x32, one thread,
+// interleaved: 1.33x the read floor pixel by pixel, 1.07x so; without the prefetch 1.30x. Used by
+// the bilinear and the resize input gradients.
+template <typename A, typename Src, class Weights>
+void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
+                      int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= nc; c0 += 64) AddRunBlock<64>(weights, n_out, dy, stride, c0, o0, o1, r0, r1);
+  if (nc - c0 >= 32) AddRunBlock<32>(weights, n_out, dy, stride, c0, o0, o1, r0, r1), c0 += 32;
+  if (nc - c0 >= 16) AddRunBlock<16>(weights, n_out, dy, stride, c0, o0, o1, r0, r1), c0 += 16;
+  if (nc - c0 >= 8) AddRunBlock<8>(weights, n_out, dy, stride, c0, o0, o1, r0, r1), c0 += 8;
+  if (nc - c0 >= 4) AddRunBlock<4>(weights, n_out, dy, stride, c0, o0, o1, r0, r1), c0 += 4;
+  if (nc - c0 >= 2) AddRunBlock<2>(weights, n_out, dy, stride, c0, o0, o1, r0, r1), c0 += 2;
+  if (nc - c0 >= 1) AddRunBlock<1>(weights, n_out, dy, stride, c0, o0, o1, r0, r1);
 }
 
 // Output row oy reduced along x into r (W x nc, zeroed): pixels `stride` apart, nc channels
@@ -583,7 +595,8 @@ void ReduceBilinearRow(const Geometry& g, const std::vector<A>& wx,
     const int64_t j0 = ax.FirstInput(o0), j1 = ax.LastInput(o0);
     if constexpr (std::is_same_v<A, Src>) {
       if (j1 == j0 + 1) {
-        AddRunTwoColumns(ax, wx, dy, stride, nc, o0, o1, j0, r + j0 * nc, r + j1 * nc);
+        const auto weights = [&](int64_t o) { return std::pair<A, A>(wx[ax.Tap(o, j0)], wx[ax.Tap(o, j1)]); };
+        AddRunTwoColumns(weights, ax.n_out, dy, stride, nc, o0, o1, r + j0 * nc, r + j1 * nc);
         continue;
       }
     }

@@ -114,6 +114,9 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       end[i] = std::max(end[i], oy + 1);
     }
   }
+  // Runs of output columns with the same two input columns (about ow / w long when upsampling).
+  const auto xruns = SameTapRuns(tx.lower, tx.upper);
+  const auto xweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - tx.lerp[o]), A(tx.lerp[o])); };
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / std::max<int64_t>(h, 1));
@@ -130,10 +133,16 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       for (int64_t oy = o0; oy < o1; ++oy) {
         const float* __restrict dy = output_grad + (s * oh + oy) * ow * cc;
         std::fill(xr.begin(), xr.end(), A(0));
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          // The lower tap's term, then the upper's (the same element when they coincide).
-          AddScaledFloats(xr.data() + tx.lower[ox] * cc, A(1.0f - tx.lerp[ox]), dy + ox * cc, cc);
-          AddScaledFloats(xr.data() + tx.upper[ox] * cc, A(tx.lerp[ox]), dy + ox * cc, cc);
+        for (const auto& [x0, x1] : xruns) {
+          const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
+          if (jl != ju) {  // the run's sums in registers, each element's terms in output order
+            AddRunTwoColumns(xweights, ow, dy, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc);
+            continue;
+          }
+          for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
+            AddScaledFloats(xr.data() + jl * cc, A(1.0f - tx.lerp[ox]), dy + ox * cc, cc);
+            AddScaledFloats(xr.data() + jl * cc, A(tx.lerp[ox]), dy + ox * cc, cc);
+          }
         }
         const int64_t il = ty.lower[oy], iu = ty.upper[oy];
         if (il >= i0 && il < i1) {
