@@ -93,6 +93,15 @@ ours = UpsampledSparseCategoricalCrossentropy(2, ignore_class=255)(labels, logit
 stock = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)(
     labels, tu.bilinear_upsample(logits, 2, impl="dense"))
 assert_close(ours, stock, "float32", "loss")
+# The drop-ins for tf_keras' own bilinear layers: the same outputs and dtypes.
+from tfupsample.keras import Resizing, UpSampling2D
+for policy in ("float32", "mixed_float16"):
+    for a, b in ((UpSampling2D((2, 3), interpolation="bilinear", dtype=policy),
+                  tf_keras.layers.UpSampling2D((2, 3), interpolation="bilinear", dtype=policy)),
+                 (Resizing(7, 9, dtype=policy), tf_keras.layers.Resizing(7, 9, dtype=policy))):
+        ya, yb = a(x), b(x)
+        assert ya.dtype == yb.dtype and ya.shape == yb.shape, (policy, ya.dtype, yb.dtype)
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
 print("ok")
 """
 

@@ -259,3 +259,67 @@ def test_cuda_kernels_give_the_cpu_bits(emu, layout, dtype, rng):
                                           err_msg=f"gradient {(h, w, oh, ow)} {name}")
             ref.assert_close(ref.from_layout(dx, layout), ref.resize_bilinear_grad_loop(g, (h, w), name), dtype,
                              "resize_grad")
+
+
+# ---- Keras drop-ins --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_keras_upsampling2d_and_resizing_are_drop_ins(data_format, policy, rng):
+    import keras
+
+    from tfupsample.keras import Resizing, UpSampling2D
+
+    x = rng.standard_normal((2, 5, 7, 3) if data_format == "channels_last" else (2, 3, 5, 7)).astype(np.float32)
+    pairs = [(UpSampling2D((2, 3), data_format=data_format, interpolation="bilinear", dtype=policy),
+              keras.layers.UpSampling2D((2, 3), data_format=data_format, interpolation="bilinear", dtype=policy)),
+             (Resizing(13, 4, data_format=data_format, dtype=policy),
+              keras.layers.Resizing(13, 4, data_format=data_format, dtype=policy))]
+    for ours, stock in pairs:
+        a, b = ours(x), stock(x)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        assert ours.compute_output_shape(x.shape) == stock.compute_output_shape(x.shape)
+        config = ours.get_config()
+        assert {k: v for k, v in config.items() if k != "name"} == {
+            k: v for k, v in stock.get_config().items() if k != "name"}
+        assert type(ours).from_config(config).get_config() == config
+
+
+def test_keras_layers_keep_the_stock_cases_and_the_kernel(rng):
+    import keras
+
+    from tfupsample.keras import Resizing, UpSampling2D
+
+    x = rng.standard_normal((2, 6, 9, 3)).astype(np.float32)
+    for ours, stock in ((UpSampling2D(2), keras.layers.UpSampling2D(2)),  # nearest
+                        (Resizing(4, 4, crop_to_aspect_ratio=True), keras.layers.Resizing(4, 4, crop_to_aspect_ratio=True)),
+                        (Resizing(4, 4, interpolation="bicubic"), keras.layers.Resizing(4, 4, interpolation="bicubic")),
+                        (Resizing(4, 4), keras.layers.Resizing(4, 4))):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(stock(x)))
+    uint8 = (rng.uniform(0, 255, (1, 6, 9, 3))).astype(np.uint8)  # the stock layer's rounding and saturation
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Resizing(7, 5)(uint8)),
+                                  keras.ops.convert_to_numpy(keras.layers.Resizing(7, 5)(uint8)))
+    graph = tf.function(lambda v: UpSampling2D(4, interpolation="bilinear")(v)).get_concrete_function(
+        tf.TensorSpec([None, 6, 9, 3])).graph
+    assert "TfupsampleResizeBilinear" in [op.type for op in graph.get_operations()]
+
+
+def test_keras_model_with_the_layers_trains_saves_and_loads(tmp_path, rng):
+    import keras
+
+    from tfupsample.keras import Resizing, UpSampling2D
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 8, 3))
+    h = keras.layers.Conv2D(4, 1)(inp)
+    out = Resizing(12, 16)(UpSampling2D(2, interpolation="bilinear")(h))
+    model = keras.Model(inp, out)
+    model.compile("sgd", "mse")
+    x = rng.standard_normal((4, 6, 8, 3)).astype(np.float32)
+    model.fit(x, rng.standard_normal((4, 12, 16, 4)).astype(np.float32), verbose=0, epochs=2)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[2], UpSampling2D) and isinstance(loaded.layers[3], Resizing)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)))

@@ -294,5 +294,6 @@ class Resizing(keras.layers.Resizing):
     def call(self, inputs, *args, **kwargs):
         if not self._ours(inputs):
             return super().call(inputs, *args, **kwargs)
-        return _resize_like_keras(inputs, [self.height, self.width], self.data_format,
+        return _resize_like_keras(inputs, [self.height, self.width],
+                                  getattr(self, "data_format", "channels_last"),  # tf_keras: NHWC only
                                   tf.as_dtype(self.compute_dtype) if LEGACY else inputs.dtype)
