@@ -3,8 +3,8 @@
 //
 // Forward: TF's CPU kernel's taps (geometry.h's ResizeTapOf) and its arithmetic, x first then y,
 // in float whatever the input type, so that float32 results are its bits. Gradient: each thread
-// owns a band of input rows and gathers every output row that reaches them (along x first, into a
-// row of input width, then along y), so each input-gradient element has one writer: no atomics,
+// owns a band of input rows and gathers every output row that reaches them (along y first, into
+// rows of output width, then along x), so each input-gradient element has one writer: no atomics,
 // the same bits on every run and for every thread count.
 #pragma once
 
@@ -89,16 +89,20 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   });
 }
 
-// acc[c] += w * A(d[c]) for n channels.
-template <typename A>
-inline void AddScaledFloats(A* __restrict acc, A w, const float* __restrict d, int64_t n) {
+// acc[c] += w * A(d[c]) for n elements.
+template <typename A, typename Src>
+inline void AddScaled(A* __restrict acc, A w, const Src* __restrict d, int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] += w * A(d[c]);
 }
 
-// Gradient: for a band of input rows, each output row that reaches it is summed along x into xr
-// (input width; (1 - lerp) to the lower column, lerp to the upper, TF's weights), then added to
-// the band's rows along y. An output row that reaches two bands is summed by both (one row per
-// band boundary).
+// Gradient, y first: a thread owns a band of input rows. Each output-gradient row is added, with
+// its y weights, into the (at most two) input rows it reaches: rows of the output full width,
+// acc_y (two live at a time, the band's rows in order). Runs of output rows with the same two input
+// rows are summed in registers (AddRunTwoColumns over whole rows), each element in ascending
+// output order. When no later output row reaches an input row, that row is summed along x into
+// xr (input width, in ascending output order again) and written. So dy is read once (the rows two
+// bands share, twice) and the x pass runs once per input row, not per output row. The CUDA kernel
+// sums in the same order: the same bits.
 template <typename T>
 void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad, T* input_grad,
                                      const ParallelFor& pf) {
@@ -106,57 +110,55 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
   const Slabs sl = MakeSlabs(g);
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t w = g.x.n_in, h = g.y.n_in, ow = g.x.n_out, oh = g.y.n_out, cc = sl.cc;
-  // Output rows reaching input row i: [first[i], end[i]) (taps are monotone in the output index).
-  std::vector<int64_t> first(h, oh), end(h, 0);
-  for (int64_t oy = 0; oy < oh; ++oy) {
-    for (const int64_t i : {ty.lower[oy], ty.upper[oy]}) {
-      first[i] = std::min(first[i], oy);
-      end[i] = std::max(end[i], oy + 1);
-    }
-  }
-  // Runs of output columns with the same two input columns (about ow / w long when upsampling).
-  const auto xruns = SameTapRuns(tx.lower, tx.upper);
+  const int64_t row = ow * cc;  // one output-gradient row's elements
+  const auto xruns = SameTapRuns(tx.lower, tx.upper), yruns = SameTapRuns(ty.lower, ty.upper);
   const auto xweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - tx.lerp[o]), A(tx.lerp[o])); };
+  const auto yweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - ty.lerp[o]), A(ty.lerp[o])); };
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
-  const int64_t rows_per_band = std::max<int64_t>(1, oh * band / std::max<int64_t>(h, 1));
-  pf(sl.count * bands, (rows_per_band * ow + band * w) * cc * 4, [&](int64_t begin, int64_t stop) {
-    std::vector<A> acc(band * w * cc), xr(w * cc);
+  const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
+  pf(sl.count * bands, (rows_per_band + band) * row * 3, [&](int64_t begin, int64_t stop) {
+    std::vector<A> acc(2 * row), xr(w * cc);
     for (int64_t u = begin; u < stop; ++u) {
       const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
+      const float* dy = output_grad + s * oh * row;
+      A* const live[2] = {acc.data(), acc.data() + row};
+      auto rows_of = [&](int64_t i) { return live[(i - i0) % 2]; };
       std::fill(acc.begin(), acc.end(), A(0));
-      int64_t o0 = oh, o1 = 0;
-      for (int64_t i = i0; i < i1; ++i) {
-        o0 = std::min(o0, first[i]);
-        o1 = std::max(o1, end[i]);
-      }
-      for (int64_t oy = o0; oy < o1; ++oy) {
-        const float* __restrict dy = output_grad + (s * oh + oy) * ow * cc;
+      int64_t done = i0;  // input rows [i0, done) are written
+      auto finish = [&](int64_t i) {  // row i along x, written; its buffer zeroed for row i + 2
+        A* r = rows_of(i);
         std::fill(xr.begin(), xr.end(), A(0));
         for (const auto& [x0, x1] : xruns) {
           const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
-          if (jl != ju) {  // the run's sums in registers, each element's terms in output order
-            AddRunTwoColumns(xweights, ow, dy, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc);
+          if (jl != ju) {
+            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc);
             continue;
           }
           for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
-            AddScaledFloats(xr.data() + jl * cc, A(1.0f - tx.lerp[ox]), dy + ox * cc, cc);
-            AddScaledFloats(xr.data() + jl * cc, A(tx.lerp[ox]), dy + ox * cc, cc);
+            AddScaled(xr.data() + jl * cc, A(1.0f - tx.lerp[ox]), r + ox * cc, cc);
+            AddScaled(xr.data() + jl * cc, A(tx.lerp[ox]), r + ox * cc, cc);
           }
         }
-        const int64_t il = ty.lower[oy], iu = ty.upper[oy];
-        if (il >= i0 && il < i1) {
-          const A wl = A(1.0f - ty.lerp[oy]);
-          A* __restrict r = acc.data() + (il - i0) * w * cc;
-          for (int64_t e = 0; e < w * cc; ++e) r[e] += wl * xr[e];
+        NarrowRow(input_grad + (s * h + i) * w * cc, xr.data(), w * cc);
+        std::fill(r, r + row, A(0));
+      };
+      for (const auto& [y0, y1] : yruns) {
+        const int64_t il = ty.lower[y0], iu = ty.upper[y0];
+        if (iu < i0) continue;
+        if (il >= i1) break;
+        while (done < std::min(il, i1)) finish(done++);  // no later output row reaches them
+        const bool lo_in = il >= i0, up_in = iu < i1;
+        if (il != iu && lo_in && up_in) {
+          AddRunTwoColumns(yweights, oh, dy, row, row, y0, y1, rows_of(il), rows_of(iu));
+          continue;
         }
-        if (iu >= i0 && iu < i1) {
-          const A wu = A(ty.lerp[oy]);
-          A* __restrict r = acc.data() + (iu - i0) * w * cc;
-          for (int64_t e = 0; e < w * cc; ++e) r[e] += wu * xr[e];
+        for (int64_t oy = y0; oy < y1; ++oy) {  // one input row of the band (or both taps on one)
+          if (lo_in) AddScaled(rows_of(il), A(1.0f - ty.lerp[oy]), dy + oy * row, row);
+          if (up_in) AddScaled(rows_of(iu), A(ty.lerp[oy]), dy + oy * row, row);
         }
       }
-      NarrowRow(input_grad + (s * h + i0) * w * cc, acc.data(), (i1 - i0) * w * cc);
+      while (done < i1) finish(done++);
     }
   });
 }

@@ -196,7 +196,8 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
 
 // Resize: the forward, one element per thread position (ForEach's lanes); the gradient, the two
 // axes' output ranges per input index (tables at the start of the scratch), then the gather along
-// x into the rest of the scratch ([n, h_out, w_in, c] accumulators), then along y.
+// y into the rest of the scratch ([n, h_in, w_out, c] accumulators), then along x (the CPU
+// kernel's order).
 template <class Exec>
 void RunResizeBilinear(const Exec& ex, const Geometry& g, DType t, const void* in, void* out) {
   WithType(t, [&](auto tag) {
@@ -212,7 +213,7 @@ inline int64_t ResizeTableBytes(const Geometry& g) {
   return (2 * (g.y.n_in + g.x.n_in) * 8 + 255) / 256 * 256;
 }
 inline int64_t ResizeScratchBytes(const Geometry& g, DType t) {
-  return ResizeTableBytes(g) + g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t);
+  return ResizeTableBytes(g) + g.n * g.y.n_in * g.x.n_out * g.c * AccBytes(t);
 }
 template <class Exec>
 void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
@@ -227,13 +228,13 @@ void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, 
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
     A* rows = reinterpret_cast<A*>(static_cast<char*>(scratch) + ResizeTableBytes(g));
-    const Strides mid = StridesOf(g.layout, g.y.n_out, g.x.n_in, g.c);
-    const ResizeGatherBody<float, A, A> along_x{true, g.x.n_in, g.resize, sx, first_x, end_x,
+    const Strides mid = StridesOf(g.layout, g.y.n_in, g.x.n_out, g.c);
+    const ResizeGatherBody<float, A, A> along_y{false, g.y.n_in, g.resize, sy, first_y, end_y,
                                                OutputStrides(g), mid, static_cast<const float*>(dy), rows};
-    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
-    const ResizeGatherBody<A, T, A> along_y{false, g.y.n_in, g.resize, sy, first_y, end_y,
+    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_out, g.c, along_y);
+    const ResizeGatherBody<A, T, A> along_x{true, g.x.n_in, g.resize, sx, first_x, end_x,
                                            mid, InputStrides(g), rows, static_cast<T*>(dx)};
-    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
+    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_x);
   });
 }
 

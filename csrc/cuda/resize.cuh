@@ -1,6 +1,6 @@
 // tf.image.resize's bilinear resize on the GPU (docs/DESIGN.md, "Resize"). The forward computes
 // each output element with TF's taps and arithmetic (geometry.h's ResizeTapOf, in float); the
-// gradient is two gathers, along x into scratch and then along y, each destination summing the
+// gradient is two gathers, along y into scratch and then along x, each destination summing the
 // outputs of its range in ascending order with the lower tap's term before the upper's: the CPU
 // kernel's order, so both devices give the same bits, with one writer per element (no atomics).
 #pragma once

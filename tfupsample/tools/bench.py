@@ -374,8 +374,47 @@ class Target:
                                               "limit", "ratio", "met", "note")}
 
 
+# The resize targets' shapes: ADE20K-like logits to 512 x 512, Cityscapes-like to 1024 x 2048
+# (both half-pixel, tf.image.resize), DeepLab's 65 -> 513 with align_corners.
+RESIZE_SHAPES = (("ADE20K-like [8,64,64,150] -> 512x512", (8, 64, 64, 150), (512, 512), False),
+                 ("Cityscapes-like [2,128,256,19] -> 1024x2048", (2, 128, 256, 19), (1024, 2048), False),
+                 ("DeepLab [8,65,65,21] -> 513x513 align_corners", (8, 65, 65, 21), (513, 513), True))
+
+
+def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
+    """The resize targets (tfupsample.image against tf.image.resize / ResizeBilinearGrad and the
+    machine's write and read floors), timed together per shape; a list of Target."""
+    ms = lambda s: s * 1e3  # noqa: E731
+    out = []
+    for name, shape, size, align in shapes:
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.standard_normal(shape, np.float32))
+        conv = dict(align_corners=align, half_pixel_centers=not align)
+        n, _, _, c = shape
+        out_shape = [n, *size, c]
+        ours, stock, floor = (ms(t) for t in timed_together([
+            lambda: tu.image.resize_bilinear(x, size, **conv),
+            lambda: tf.raw_ops.ResizeBilinear(images=x, size=size, **conv),
+            write_floor(out_shape)], repeats))
+        mb = int(np.prod(out_shape)) * 4 / 1e6
+        out += [Target(f"resize forward, {name}, vs tf.image.resize", ours, "tf.image.resize", stock, "faster", 1.5),
+                Target(f"resize forward, {name}, vs the write floor ({mb:.0f} MB)", ours, "write floor", floor,
+                       "at_most", 1.3)]
+        dy = tf.constant(rng.standard_normal(out_shape, np.float32))
+        del rng
+        hw = list(shape[1:3])
+        ours, stock, floor = (ms(t) for t in timed_together([
+            lambda: tu._ops.lib.tfupsample_resize_bilinear_grad(dy, hw, T=tf.float32, **conv),
+            lambda: tf.raw_ops.ResizeBilinearGrad(grads=dy, original_image=x, **conv),
+            read_floor(dy)], repeats))
+        out += [Target(f"resize input gradient, {name}, vs ResizeBilinearGrad", ours, "ResizeBilinearGrad", stock,
+                       "faster", 2.0),
+                Target(f"resize input gradient, {name}, vs the read floor", ours, "read floor", floor, "at_most", 1.3)]
+    return out
+
+
 def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=("random", "segmentation"),
-            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss")):
+            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize")):
     """Measures the targets in this process and returns them (a list of Target)."""
     h, w = size
     ms = lambda s: s * 1e3  # noqa: E731
@@ -436,4 +475,6 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                             reps=max(3, repeats // 2))
         out.append(Target("fused loss forward + gradient", ours, "bilinear_upsample + stock loss + gradient",
                           unfused, "faster", 6.0))
+    if "resize" in which:
+        out += resize_targets(repeats)
     return out
