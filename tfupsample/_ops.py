@@ -137,6 +137,22 @@ def _upsample_cross_entropy_grad(op, grad, _stats_grad):
         labels, logits, op.outputs[1], grad, **attrs)
 
 
+@_register("TfupsampleResizeSparseSoftmaxCrossEntropy")
+def _resize_cross_entropy_grad(op, grad, _stats_grad):
+    labels, logits = op.inputs
+    attrs = {k: op.get_attr(k) for k in ("ignore_label", "use_ignore_label", "align_corners", "half_pixel_centers")}
+    return None, lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(labels, logits, op.outputs[1], grad, **attrs)
+
+
+@_register("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
+def _resize_cross_entropy_grad_grad(op, grad):
+    raise NotImplementedError(
+        "the second derivative of upsample_sparse_softmax_cross_entropy (op "
+        "TfupsampleResizeSparseSoftmaxCrossEntropyGrad) is not implemented: it would need the "
+        "full-resolution logits the fused loss avoids. For Hessian-vector products use the unfused "
+        "tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.image.resize(logits, size)).")
+
+
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
 def _upsample_cross_entropy_grad_grad(op, grad):
     raise NotImplementedError(
@@ -148,3 +164,4 @@ def _upsample_cross_entropy_grad_grad(op, grad):
 
 if lib is not None:
     _framework_ops.no_gradient("TfupsampleUpsampleArgmax")  # argmax has none
+    _framework_ops.no_gradient("TfupsampleResizeArgmax")

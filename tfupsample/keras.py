@@ -48,15 +48,18 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
     logits.
 
     Use on a model whose output is the coarse logits `[N, H, W, classes]`; `y_true` is the label
-    map `[N, H*factor, W*factor]` (or with a trailing 1). Pixels whose label is `ignore_class`
+    map `[N, H*factor, W*factor]` (or with a trailing 1). With `interpolation="bilinear"` (also
+    "align_corners", "asymmetric") the logits are resized as `tf.image.resize` does to the label
+    map's size, whatever it is (Model Garden's and most Keras models' semantics; no factor needed).
+    Pixels whose label is `ignore_class`
     (e.g. 255 in PASCAL VOC) are left out, as in Keras: 0 loss, and out of the mean of the default
     reduction. `ignore_label` is accepted as another name for `ignore_class` (the function-level
     API's name).
     """
 
-    def __init__(self, factor, ignore_class=None, from_logits=True,
+    def __init__(self, factor=None, ignore_class=None, from_logits=True,
                  reduction="sum_over_batch_size", name="upsampled_sparse_categorical_crossentropy",
-                 dtype=None, ignore_label=None):
+                 dtype=None, ignore_label=None, interpolation="transposed_conv"):
         if not from_logits:
             raise ValueError("UpsampledSparseCategoricalCrossentropy needs from_logits=True: "
                              "upsampling probabilities is not the same as upsampling logits")
@@ -69,7 +72,11 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
             super().__init__(name=name, reduction=reduction)
         else:
             super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.factor = check_factor(factor)
+        from .heads import _interpolation
+
+        self.resize = _interpolation(interpolation) is not None
+        self.interpolation = interpolation
+        self.factor = check_factor(factor) if factor is not None or not self.resize else None
         self.ignore_class = ignore_class
         self.from_logits = True
 
@@ -79,15 +86,16 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
             labels = tf.squeeze(labels, -1)
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int64)  # Keras may hand labels over as floats
-        losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor,
-                                                       ignore_label=self.ignore_class)
+        losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor, ignore_label=self.ignore_class,
+                                                       interpolation=self.interpolation)
         if self.ignore_class is None:
             return losses
         return _set_mask(losses, tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)))
 
     def get_config(self):
         config = super().get_config()
-        config.update(factor=self.factor, ignore_class=self.ignore_class, from_logits=True)
+        config.update(factor=self.factor, ignore_class=self.ignore_class, from_logits=True,
+                      interpolation=self.interpolation)
         return config
 
 

@@ -30,6 +30,19 @@
   X(ResizeBilinear, (const Geometry& g, const T* input, float* output), (g, input, output)) \
   X(ResizeBilinearBackpropInput, (const Geometry& g, const float* output_grad, T* input_grad), \
     (g, output_grad, input_grad))                                                           \
+  /* Fused heads in the resize's semantics (g.resize; NHWC logits; maps [n, out_h, out_w]):     \
+     the argmax and the softmax cross-entropy of ResizeBilinear's float output, as the       \
+     heads below of the transposed convolution's. */                                        \
+  X(ResizeArgmax, (const Geometry& g, const T* logits, int64_t* labels, float* scores),    \
+    (g, logits, labels, scores))                                                            \
+  X(ResizeSoftmaxCrossEntropy,                                                              \
+    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+     float* loss, double* stats),                                                           \
+    (g, logits, labels, ignore, loss, stats))                                               \
+  X(ResizeSoftmaxCrossEntropyGrad,                                                          \
+    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+     const double* stats, const float* loss_grad, T* logits_grad),                          \
+    (g, logits, labels, ignore, stats, loss_grad, logits_grad))                             \
   /* Fused heads over NHWC logits [n, h, w, c] (g: the bilinear geometry); label and loss   \
      maps [n, h*f, w*f]; labels in [0, c) or the ignore label (the CPU caller checks).      \
      Argmax: ties to the lowest class; scores (may be null) the maximum, the bits           \

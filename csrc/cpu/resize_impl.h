@@ -13,6 +13,8 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "cpu/kernels_impl.h"
@@ -42,6 +44,20 @@ inline float ToFloat(T v) {
   return static_cast<float>(Widen(v));
 }
 
+// One output pixel's C values from its four input pixels (rows r0 and r1, columns jl and ju):
+// TF's compute_lerp, in its order (x, then y), in float.
+template <typename T>
+inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float xl, float yl,
+                         int64_t C, float* __restrict v) {
+  const T *a = r0 + jl * C, *b = r0 + ju * C, *c0 = r1 + jl * C, *d = r1 + ju * C;
+  for (int64_t c = 0; c < C; ++c) {
+    const float tl = ToFloat(a[c]), tr = ToFloat(b[c]), bl = ToFloat(c0[c]), br = ToFloat(d[c]);
+    const float top = tl + (tr - tl) * xl;
+    const float bottom = bl + (br - bl) * xl;
+    v[c] = top + (bottom - top) * yl;
+  }
+}
+
 // One output row from input rows r0 (upper tap's weight yl: r1): TF's compute_lerp, in its order.
 template <typename T>
 void ResizeRow(const T* __restrict r0, const T* __restrict r1, float yl, const ResizeTaps& tx,
@@ -61,18 +77,7 @@ void ResizeRow(const T* __restrict r0, const T* __restrict r1, float yl, const R
     return;
   }
   for (int64_t ox = 0; ox < ow; ++ox) {  // NHWC: along the pixel's channels
-    const T* __restrict a = r0 + lo[ox] * cc;
-    const T* __restrict b = r0 + up[ox] * cc;
-    const T* __restrict c0 = r1 + lo[ox] * cc;
-    const T* __restrict d = r1 + up[ox] * cc;
-    const float x = xl[ox];
-    float* __restrict o = out + ox * cc;
-    for (int64_t c = 0; c < cc; ++c) {
-      const float tl = ToFloat(a[c]), tr = ToFloat(b[c]), bl = ToFloat(c0[c]), br = ToFloat(d[c]);
-      const float top = tl + (tr - tl) * x;
-      const float bottom = bl + (br - bl) * x;
-      o[c] = top + (bottom - top) * yl;
-    }
+    ResizeScores(r0, r1, lo[ox], up[ox], xl[ox], yl, cc, out + ox * cc);
   }
 }
 
@@ -159,6 +164,183 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
         }
       }
       while (done < i1) finish(done++);
+    }
+  });
+}
+
+// One output pixel's values for k classes whose four taps are q00..q11 (as float): ResizeScores'
+// arithmetic, so the same bits as the resize's output.
+inline void ResizePixel(const float* q00, const float* q01, const float* q10, const float* q11,
+                        float xl, float yl, int64_t k, float* __restrict v) {
+  for (int64_t c = 0; c < k; ++c) {
+    const float top = q00[c] + (q01[c] - q00[c]) * xl;
+    const float bottom = q10[c] + (q11[c] - q10[c]) * xl;
+    v[c] = top + (bottom - top) * yl;
+  }
+}
+
+// The argmax over classes of ResizeBilinear's output, with the transposed convolution argmax's
+// first pruning level (heads_impl.h): the outputs of a cell -- a run of rows by a run of columns
+// reading the same four inputs -- are per class convex combinations of those four values, so a
+// class whose largest is below the best smallest by more than three roundings of a value (its
+// three lerps: under 16 float epsilons of the largest |value|) is never the maximum there.
+// Survivors are evaluated with ResizePixel: labels and scores are the bits of tf.argmax /
+// tf.reduce_max of the resize. Non-finite logits in a cell turn pruning off there.
+template <typename T>
+void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float* scores,
+                      const ParallelFor& pf) {
+  const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
+  const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
+  const auto yruns = SameTapRuns(ty.lower, ty.upper), xruns = SameTapRuns(tx.lower, tx.upper);
+  const int64_t ny = static_cast<int64_t>(yruns.size());
+  const float margin = 16 * std::numeric_limits<float>::epsilon();
+  const float top_value = std::numeric_limits<float>::max();
+  pf(g.n * ny, ow * C * 2 * std::max<int64_t>(1, oh / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
+    std::vector<float> lo(C), hi(C), q(4 * C), v(C);
+    std::vector<int64_t> id(C);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / ny;
+      const auto [y0, y1] = yruns[u % ny];
+      const T* in = logits + s * h * w * C;
+      const int64_t il = ty.lower[y0], iu = ty.upper[y0];
+      for (const auto& [x0, x1] : xruns) {
+        const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
+        const T* p[4] = {in + (il * w + jl) * C, in + (il * w + ju) * C, in + (iu * w + jl) * C,
+                         in + (iu * w + ju) * C};
+        int64_t ok = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const float a = ToFloat(p[0][c]), b = ToFloat(p[1][c]), d = ToFloat(p[2][c]), e = ToFloat(p[3][c]);
+          lo[c] = std::min(std::min(a, b), std::min(d, e));
+          hi[c] = std::max(std::max(a, b), std::max(d, e));
+          ok += (std::abs(a) <= top_value) & (std::abs(b) <= top_value) & (std::abs(d) <= top_value) &
+                (std::abs(e) <= top_value);
+        }
+        const bool finite = ok == C;
+        const float best_lo = C > 0 ? Reduce(lo.data(), C, lo[0], MaxOp()) : 0.0f;
+        const float min_lo = C > 0 ? Reduce(lo.data(), C, lo[0], MinOp()) : 0.0f;
+        const float big = std::max(std::max(-min_lo, C > 0 ? Reduce(hi.data(), C, hi[0], MaxOp()) : 0.0f), 0.0f);
+        const float delta = margin * big;
+        int64_t k = 0;
+        float *q00 = q.data(), *q01 = q00 + C, *q10 = q01 + C, *q11 = q10 + C;
+        for (int64_t c = 0; c < C; ++c) {
+          if (finite && hi[c] < best_lo - 3 * delta) continue;  // never the maximum in this cell
+          id[k] = c;
+          q00[k] = ToFloat(p[0][c]);
+          q01[k] = ToFloat(p[1][c]);
+          q10[k] = ToFloat(p[2][c]);
+          q11[k] = ToFloat(p[3][c]);
+          ++k;
+        }
+        for (int64_t oy = y0; oy < y1; ++oy) {
+          const int64_t base = (s * oh + oy) * ow;
+          for (int64_t ox = x0; ox < x1; ++ox) {
+            ResizePixel(q00, q01, q10, q11, tx.lerp[ox], ty.lerp[oy], k, v.data());
+            int64_t best = 0;
+            if (finite && k > 16) {  // no NaN: the maximum, then its first (lowest class) place
+              const float m = Reduce(v.data(), k, v[0], MaxOp());
+              while (v[best] != m) ++best;
+            } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
+              for (int64_t j = 1; j < k; ++j)
+                if (v[j] > v[best]) best = j;
+            }
+            labels[base + ox] = k > 0 ? id[best] : 0;
+            if (scores != nullptr) scores[base + ox] = k > 0 ? v[best] : 0.0f;
+          }
+        }
+      }
+    }
+  });
+}
+
+// sparse_softmax_cross_entropy_with_logits of ResizeBilinear's float output, per output pixel,
+// and its softmax statistics for the gradient (as the transposed convolution's loss head).
+template <typename T>
+void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
+                                   IgnoreLabel ignore, float* loss, double* stats,
+                                   const ParallelFor& pf) {
+  const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
+  const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
+  ForEachRow(pf, g.n, oh, ow * C * 16, [&](int64_t s, int64_t oy) {
+    std::vector<float> v(C);
+    const T* in = logits + s * h * w * C;
+    const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
+    const int64_t base = (s * oh + oy) * ow;
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (ignore.Skips(y)) {
+        if (loss != nullptr) loss[i] = 0.0f;
+        if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
+        continue;
+      }
+      ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
+      const float target = v[y];
+      float m;
+      const float sum = ExpShifted(v.data(), C, &m);
+      if (loss != nullptr) loss[i] = std::log(sum) + m - target;  // logsumexp(v) - v[y]
+      if (stats != nullptr) {
+        stats[2 * i] = static_cast<double>(m);
+        stats[2 * i + 1] = static_cast<double>(sum);
+      }
+    }
+  });
+}
+
+// Its gradient to the logits: per output pixel dv = loss_grad * (softmax - onehot) (the softmax
+// from the forward's stats), folded at once into xr along x, then xr into the band's input rows
+// along y, as ResizeBilinear's gradient (x first here: a pixel's dv exists only while it is
+// computed). A band's thread owns its rows; the output rows two bands share are computed by both.
+// Scratch: one pixel, one input row and the band's rows per thread: nothing of the output's size.
+template <typename T>
+void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
+                                       IgnoreLabel ignore, const double* stats,
+                                       const float* loss_grad, T* logits_grad,
+                                       const ParallelFor& pf) {
+  using A = Acc<T>;
+  const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
+  const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
+  std::vector<int64_t> first(h, oh), end(h, 0);  // output rows reaching each input row
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    for (const int64_t i : {ty.lower[oy], ty.upper[oy]}) {
+      first[i] = std::min(first[i], oy);
+      end[i] = std::max(end[i], oy + 1);
+    }
+  }
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
+  const int64_t bands = (h + band - 1) / band;
+  const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
+  pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
+    std::vector<A> acc(band * w * C), xr(w * C), d(C);
+    std::vector<float> v(C);
+    for (int64_t u = begin; u < stop; ++u) {
+      const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
+      std::fill(acc.begin(), acc.end(), A(0));
+      int64_t o0 = oh, o1 = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        o0 = std::min(o0, first[i]);
+        o1 = std::max(o1, end[i]);
+      }
+      const T* in = logits + s * h * w * C;
+      for (int64_t oy = o0; oy < o1; ++oy) {
+        const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
+        const int64_t base = (s * oh + oy) * ow;
+        std::fill(xr.begin(), xr.end(), A(0));
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t i = base + ox, y = labels[i];
+          if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+          const float gl = loss_grad[i];
+          const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+          ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
+          const float scale = gl / sum;
+          for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
+          d[y] -= A(gl);  // the one-hot
+          AddScaled(xr.data() + tx.lower[ox] * C, A(1.0f - tx.lerp[ox]), d.data(), C);
+          AddScaled(xr.data() + tx.upper[ox] * C, A(tx.lerp[ox]), d.data(), C);
+        }
+        const int64_t il = ty.lower[oy], iu = ty.upper[oy];
+        if (il >= i0 && il < i1) AddScaled(acc.data() + (il - i0) * w * C, A(1.0f - ty.lerp[oy]), xr.data(), w * C);
+        if (iu >= i0 && iu < i1) AddScaled(acc.data() + (iu - i0) * w * C, A(ty.lerp[oy]), xr.data(), w * C);
+      }
+      NarrowRow(logits_grad + (s * h + i0) * w * C, acc.data(), (i1 - i0) * w * C);
     }
   });
 }

@@ -24,7 +24,7 @@ inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* 
     if (d[14] < 0 || d[14] > 3) return "resize must be 0, 1, 2 or 3, got " + std::to_string(d[14]);
     const Resize mode = d[14] == 1 ? Resize::kHalfPixel
                                    : (d[14] == 2 ? Resize::kAlignCorners : Resize::kAsymmetric);
-    *ignore = IgnoreLabel{};
+    *ignore = IgnoreLabel{d[12] != 0, d[13]};
     return MakeResizeGeometry(d[0], d[1], d[2], d[3], d[4], d[5], mode,
                               d[11] ? Layout::kNCHW : Layout::kNHWC, g);
   }

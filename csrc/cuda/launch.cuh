@@ -238,6 +238,54 @@ void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, 
   });
 }
 
+template <typename T>
+ResizeHeadBase<T> MakeResizeHead(const Geometry& g, const void* logits) {
+  return ResizeHeadBase<T>{g.y, g.x, g.resize, ResizeScale(g.y.n_in, g.y.n_out, g.resize),
+                           ResizeScale(g.x.n_in, g.x.n_out, g.resize), g.c,
+                           StridesOf(Layout::kNHWC, g.y.n_in, g.x.n_in, g.c), static_cast<const T*>(logits)};
+}
+
+template <class Exec>
+void RunResizeArgmax(const Exec& ex, const Geometry& g, DType t, const void* logits, int64_t* labels,
+                     void* scores) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const ResizeArgmaxBody<T> b{MakeResizeHead<T>(g, logits), labels, static_cast<float*>(scores)};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+  });
+}
+
+template <class Exec>
+void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
+                           const int64_t* labels, IgnoreLabel ignore, void* loss, double* stats) {
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const ResizeCrossEntropyBody<T> b{MakeResizeHead<T>(g, logits), labels, ignore,
+                                      static_cast<float*>(loss), stats};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+  });
+}
+
+template <class Exec>
+void RunResizeCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
+                               const int64_t* labels, IgnoreLabel ignore, const double* stats,
+                               const void* loss_grad, void* grad, void* scratch) {
+  int64_t* tables = static_cast<int64_t*>(scratch);
+  int64_t *first_y = tables, *end_y = first_y + g.y.n_in;
+  int64_t *first_x = end_y + g.y.n_in, *end_x = first_x + g.x.n_in;
+  const float sy = ResizeScale(g.y.n_in, g.y.n_out, g.resize), sx = ResizeScale(g.x.n_in, g.x.n_out, g.resize);
+  ex(Shape::Of(256, 1, g.y.n_in, 256), ResizeRangeBody{g.y.n_in, g.y.n_out, g.resize, sy, first_y, end_y});
+  ex(Shape::Of(256, 1, g.x.n_in, 256), ResizeRangeBody{g.x.n_in, g.x.n_out, g.resize, sx, first_x, end_x});
+  WithType(t, [&](auto tag) {
+    using T = decltype(tag);
+    const ResizeCrossEntropyGradBody<T> b{MakeResizeHead<T>(g, logits), first_y, end_y, first_x, end_x,
+                                          labels, ignore, stats, static_cast<const float*>(loss_grad),
+                                          static_cast<T*>(grad)};
+    ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
+  });
+}
+inline int64_t ResizeHeadScratchBytes(const Geometry& g, DType) { return ResizeTableBytes(g); }
+
 // The op table: every op by its name in csrc/cpu/kernel_list.h, with the scratch it needs and its
 // launch sequence, the pointers in the kernel list's order. The only list of CUDA ops: the TF op
 // kernels (tf/backends.h) and the C ABI (binding.cu) reach them through RunOp / OpScratchBytes
@@ -276,6 +324,18 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunResizeBilinear(ex, c.g, c.t, c.p[0], c.p[1]); }},
       {"ResizeBilinearBackpropInput", ResizeScratchBytes,
        [](E ex, C c) { RunResizeBilinearBackpropInput(ex, c.g, c.t, c.p[0], c.p[1], c.scratch); }},
+      {"ResizeArgmax", NoScratch,
+       [](E ex, C c) { RunResizeArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
+      {"ResizeSoftmaxCrossEntropy", NoScratch,
+       [](E ex, C c) {
+         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore, c.p[2],
+                               static_cast<double*>(c.p[3]));
+       }},
+      {"ResizeSoftmaxCrossEntropyGrad", ResizeHeadScratchBytes,
+       [](E ex, C c) {
+         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,
+                                   static_cast<const double*>(c.p[2]), c.p[3], c.p[4], c.scratch);
+       }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
        [](E ex, C c) {
          RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2], c.scratch);

@@ -5,7 +5,7 @@
 // kernel's order, so both devices give the same bits, with one writer per element (no atomics).
 #pragma once
 
-#include "cuda/device.cuh"
+#include "cuda/heads.cuh"
 
 namespace tfup {
 namespace cuda {
@@ -112,6 +112,141 @@ struct ResizeGatherBody {
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) {
       if (c0 + j * cs < c_end) out[j * cs * dst_s.c] = Store<TD>::From(acc[j]);
+    }
+  }
+};
+
+// The heads in the resize's semantics (NHWC logits; maps [n, out_h, out_w]). A pixel's four input
+// pixels and its lerps; Value is ResizeForwardBody's arithmetic, so scores are the resize's bits.
+template <typename T>
+struct ResizeHeadBase {
+  Axis ay, ax;
+  Resize mode;
+  float scale_y, scale_x;
+  int64_t C;
+  Strides s;  // of the logits
+  const T* logits;
+  struct Pixel {
+    const T *p00, *p01, *p10, *p11;
+    float xl, yl;
+    TFUP_HOST_DEVICE float Value(int64_t c) const {
+      const float tl = ResizeLoad(p00 + c), tr = ResizeLoad(p01 + c);
+      const float bl = ResizeLoad(p10 + c), br = ResizeLoad(p11 + c);
+      const float top = tl + (tr - tl) * xl;
+      const float bottom = bl + (br - bl) * xl;
+      return top + (bottom - top) * yl;
+    }
+  };
+  TFUP_HOST_DEVICE Pixel At(int64_t n, int64_t y, int64_t x) const {
+    const ResizeTap ty = ResizeTapOf(mode, scale_y, y, ay.n_in), tx = ResizeTapOf(mode, scale_x, x, ax.n_in);
+    const T* b = logits + n * s.n;
+    return Pixel{b + ty.lower * s.y + tx.lower * s.x, b + ty.lower * s.y + tx.upper * s.x,
+                 b + ty.upper * s.y + tx.lower * s.x, b + ty.upper * s.y + tx.upper * s.x, tx.lerp, ty.lerp};
+  }
+  TFUP_HOST_DEVICE int64_t MapIndex(int64_t n, int64_t y, int64_t x) const {
+    return (n * ay.n_out + y) * ax.n_out + x;
+  }
+};
+
+// Argmax per output pixel over every class, tf.argmax's order (a later value wins only when
+// greater; NaN never).
+template <typename T>
+struct ResizeArgmaxBody : ResizeHeadBase<T> {
+  int64_t* labels;
+  float* scores;
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
+    const auto p = this->At(n, y, x);
+    float best = p.Value(0);
+    int64_t label = 0;
+    for (int64_t c = 1; c < this->C; ++c) {
+      const float v = p.Value(c);
+      if (v > best) {
+        best = v;
+        label = c;
+      }
+    }
+    const int64_t i = this->MapIndex(n, y, x);
+    labels[i] = label;
+    if (scores != nullptr) scores[i] = best;
+  }
+};
+
+// The loss per output pixel: max, then the sum of exp(v - max), then logsumexp - v[label]; NaN
+// at a label out of range (as TF's GPU kernel), 0 at the ignore label.
+template <typename T>
+struct ResizeCrossEntropyBody : ResizeHeadBase<T> {
+  const int64_t* labels;
+  IgnoreLabel ignore;
+  float* loss;
+  double* stats;
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
+    const int64_t i = this->MapIndex(n, y, x), label = labels[i];
+    float out = 0.0f, max = 0.0f, sum = 0.0f;
+    if (!ignore.Skips(label)) {
+      if (label < 0 || label >= this->C) {
+        out = max = sum = QuietNaN<float>();
+      } else {
+        const auto p = this->At(n, y, x);
+        max = p.Value(0);
+        for (int64_t c = 1; c < this->C; ++c) {
+          const float v = p.Value(c);
+          max = v > max ? v : max;
+        }
+        for (int64_t c = 0; c < this->C; ++c) sum += Exp(p.Value(c) - max);
+        out = (max + Log(sum)) - p.Value(label);
+      }
+    }
+    if (loss != nullptr) loss[i] = out;
+    if (stats != nullptr) {
+      stats[2 * i] = static_cast<double>(max);
+      stats[2 * i + 1] = static_cast<double>(sum);
+    }
+  }
+};
+
+// Its gradient (space (n, iy, ix, c) over the logits): a gather over the output pixels this
+// logit reaches ([first, end) per axis, from ResizeRangeBody's tables) of its weight times
+// loss_grad * (softmax - onehot), the softmax from the forward's stats.
+template <typename T>
+struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
+  using A = typename AccOf<T>::type;
+  const int64_t *first_y, *end_y, *first_x, *end_x;
+  const int64_t* labels;
+  IgnoreLabel ignore;
+  const double* stats;
+  const float* loss_grad;
+  T* grad;
+  // The weight of input i in output o's interpolation along one axis (both taps when they meet).
+  TFUP_HOST_DEVICE static float Weight(const ResizeTap& t, int64_t i) {
+    return (t.lower == i ? 1.0f - t.lerp : 0.0f) + (t.upper == i ? t.lerp : 0.0f);
+  }
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0, int64_t cs,
+                                   int64_t c_end) const {
+    A acc[kGroupLanes];
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
+    for (int64_t y = first_y[iy]; y < end_y[iy]; ++y) {
+      const float wy = Weight(ResizeTapOf(this->mode, this->scale_y, y, this->ay.n_in), iy);
+      for (int64_t x = first_x[ix]; x < end_x[ix]; ++x) {
+        const int64_t i = this->MapIndex(n, y, x), label = labels[i];
+        if (ignore.Skips(label)) continue;
+        const float max = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+        const float wx = Weight(ResizeTapOf(this->mode, this->scale_x, x, this->ax.n_in), ix);
+        const float gl = loss_grad[i], scale = gl / sum;
+        const auto p = this->At(n, y, x);
+        TFUP_UNROLL
+        for (int j = 0; j < kGroupLanes; ++j) {
+          const int64_t c = c0 + j * cs;
+          if (c < c_end) {
+            const float d = Exp(p.Value(c) - max) * scale - (label == c ? gl : 0.0f);
+            acc[j] += A(wy) * (A(wx) * A(d));
+          }
+        }
+      }
+    }
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) {
+      if (c0 + j * cs < c_end) grad[this->s.At(n, iy, ix, c0 + j * cs)] = Store<T>::From(acc[j]);
     }
   }
 };

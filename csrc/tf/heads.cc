@@ -8,6 +8,19 @@
 namespace tfup {
 namespace {
 
+// Each label in [0, classes) or the ignore label.
+absl::Status CheckLabelValues(const Tensor& labels, int64_t classes, IgnoreLabel ignore) {
+  const auto l = labels.flat<int64_t>();
+  for (int64_t i = 0; i < l.size(); ++i) {
+    if ((l(i) < 0 || l(i) >= classes) && !ignore.Skips(l(i))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "labels must be in [0, ", classes, ")", ignore.use ? " or the ignore_label" : "",
+          ", got ", l(i), " at flat index ", i));
+    }
+  }
+  return absl::OkStatus();
+}
+
 class HeadOp : public OpKernel {
  public:
   explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -41,16 +54,7 @@ class HeadOp : public OpKernel {
                                                      " (the upsampled map), got ",
                                                      labels.shape().DebugString()));
     }
-    if (!values) return absl::OkStatus();
-    const auto l = labels.flat<int64_t>();
-    for (int64_t i = 0; i < l.size(); ++i) {
-      if ((l(i) < 0 || l(i) >= classes) && !ignore_.Skips(l(i))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "labels must be in [0, ", classes, ")", ignore_.use ? " or the ignore_label" : "",
-            ", got ", l(i), " at flat index ", i));
-      }
-    }
-    return absl::OkStatus();
+    return values ? CheckLabelValues(labels, classes, ignore_) : absl::OkStatus();
   }
   // The loss forward's softmax statistics: (max, sum) per pixel of the map.
   static TensorShape StatsShape(TensorShape map) {
@@ -127,6 +131,132 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
   }
 };
 
+// The heads in the resize's semantics: the map's size is an input (the argmax's size) or the
+// labels' shape (the loss); the conventions are ResizeBilinear's attributes.
+class ResizeHeadOp : public OpKernel {
+ public:
+  explicit ResizeHeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool align_corners = false, half_pixel_centers = false;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("align_corners", &align_corners));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("half_pixel_centers", &half_pixel_centers));
+    OP_REQUIRES(ctx, !(align_corners && half_pixel_centers),
+                absl::InvalidArgumentError("If half_pixel_centers is True, align_corners must be False."));
+    mode_ = half_pixel_centers ? Resize::kHalfPixel
+                               : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+    if (ctx->HasAttr("ignore_label")) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
+    }
+  }
+
+ protected:
+  // Geometry of logits resized to out_h x out_w; the map's shape.
+  absl::Status Prepare(const Tensor& logits, int64_t out_h, int64_t out_w, Geometry* g,
+                       TensorShape* map) const {
+    if (logits.dims() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "logits must be 4-D [N, H, W, classes], got shape ", logits.shape().DebugString()));
+    }
+    const auto d = logits.shape().dim_sizes();
+    const std::string err = MakeResizeGeometry(d[0], d[1], d[2], d[3], out_h, out_w, mode_, Layout::kNHWC, g);
+    if (!err.empty()) return absl::InvalidArgumentError(absl::StrCat("logits / output size: ", err));
+    const int64_t dims[] = {g->n, g->y.n_out, g->x.n_out};
+    return TensorShape::BuildTensorShape(dims, map);
+  }
+  // The map's size from the labels [N, out_h, out_w], which must match the logits' batch.
+  static absl::Status LabelsSize(const Tensor& labels, const Tensor& logits, int64_t* out_h, int64_t* out_w) {
+    if (labels.dims() != 3 || (logits.dims() == 4 && labels.dim_size(0) != logits.dim_size(0))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "labels must be 3-D [N, height, width] with the logits' batch, got shape ",
+          labels.shape().DebugString(), " for logits ", logits.shape().DebugString()));
+    }
+    *out_h = labels.dim_size(1);
+    *out_w = labels.dim_size(2);
+    return absl::OkStatus();
+  }
+  absl::Status CheckLabels(const Tensor& labels, int64_t classes, bool values) const {
+    return values ? CheckLabelValues(labels, classes, ignore_) : absl::OkStatus();
+  }
+  Resize mode_ = Resize::kHalfPixel;
+  IgnoreLabel ignore_;
+};
+
+template <typename Device, typename T>
+class ResizeArgmaxOp : public ResizeHeadOp {
+ public:
+  using ResizeHeadOp::ResizeHeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &logits = ctx->input(0), &size = ctx->input(1);
+    OP_REQUIRES(ctx, size.dims() == 1 && size.NumElements() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "size must be a 1-D tensor of 2 elements [height, width], got shape ",
+                    size.shape().DebugString())));
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, size.vec<int32_t>()(0), size.vec<int32_t>()(1), &g, &map));
+    Tensor *labels = nullptr, *scores = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
+    if (map.num_elements() == 0) return;
+    Backend<Device>::ResizeArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
+                                  scores->flat<float>().data());
+  }
+};
+
+template <typename Device, typename T>
+class ResizeCrossEntropyOp : public ResizeHeadOp {
+ public:
+  using ResizeHeadOp::ResizeHeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &labels = ctx->input(0), &logits = ctx->input(1);
+    int64_t oh = 0, ow = 0;
+    OP_REQUIRES_OK(ctx, LabelsSize(labels, logits, &oh, &ow));
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, oh, ow, &g, &map));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, g.c, Backend<Device>::kChecksLabelValues));
+    Tensor *loss = nullptr, *stats = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
+    TensorShape stats_shape = map;
+    stats_shape.AddDim(2);
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, stats_shape, &stats));
+    if (map.num_elements() == 0) return;
+    Backend<Device>::ResizeSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                               ignore_, loss->flat<float>().data(), stats->flat<double>().data());
+  }
+};
+
+template <typename Device, typename T>
+class ResizeCrossEntropyGradOp : public ResizeHeadOp {
+ public:
+  using ResizeHeadOp::ResizeHeadOp;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &labels = ctx->input(0), &logits = ctx->input(1), &stats = ctx->input(2),
+                 &loss_grad = ctx->input(3);
+    int64_t oh = 0, ow = 0;
+    OP_REQUIRES_OK(ctx, LabelsSize(labels, logits, &oh, &ow));
+    Geometry g;
+    TensorShape map;
+    OP_REQUIRES_OK(ctx, Prepare(logits, oh, ow, &g, &map));
+    OP_REQUIRES_OK(ctx, CheckLabels(labels, g.c, Backend<Device>::kChecksLabelValues));
+    TensorShape stats_shape = map;
+    stats_shape.AddDim(2);
+    OP_REQUIRES(ctx, stats.shape() == stats_shape,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "stats must have shape ", stats_shape.DebugString(),
+                    " (the forward's second output), got ", stats.shape().DebugString())));
+    OP_REQUIRES(ctx, loss_grad.shape() == map,
+                absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
+                                                        ", got ", loss_grad.shape().DebugString())));
+    Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
+    if (grad->NumElements() == 0) return;
+    Backend<Device>::ResizeSoftmaxCrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
+                                                   ignore_, stats.flat<double>().data(),
+                                                   loss_grad.flat<float>().data(), grad->flat<T>().data());
+  }
+};
+
 }  // namespace
 
 // ---- Registrations.
@@ -187,6 +317,76 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
       return absl::OkStatus();
     });
 
+// The resize-semantics heads: the map's height and width from size (argmax) or labels (loss).
+static absl::Status ResizeMapShape(InferenceContext* c, bool from_labels, ShapeHandle* map) {
+  ShapeHandle logits;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(from_labels ? 1 : 0), 4, &logits));
+  if (from_labels) {
+    ShapeHandle labels;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &labels));
+    shapes::DimensionHandle batch;
+    TF_RETURN_IF_ERROR(c->Merge(c->Dim(labels, 0), c->Dim(logits, 0), &batch));
+    return c->ReplaceDim(labels, 0, batch, map);
+  }
+  ShapeHandle hw;
+  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &hw));
+  *map = c->MakeShape({c->Dim(logits, 0), c->Dim(hw, 0), c->Dim(hw, 1)});
+  return absl::OkStatus();
+}
+
+#define TFUP_RESIZE_ATTRS Attr("align_corners: bool = false").Attr("half_pixel_centers: bool = false")
+
+REGISTER_OP("TfupsampleResizeArgmax")
+    .Input("logits: T")
+    .Input("size: int32")
+    .Output("labels: int64")
+    .Output("scores: float")
+    .TFUP_RESIZE_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map;
+      TF_RETURN_IF_ERROR(ResizeMapShape(c, false, &map));
+      c->set_output(0, map);
+      c->set_output(1, map);
+      return absl::OkStatus();
+    })
+    .Doc("argmax over classes of ResizeBilinear(logits, size), and that maximum, without the "
+         "resized logits.");
+
+REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Output("loss: float")
+    .Output("stats: float64")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .TFUP_RESIZE_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle map, stats;
+      TF_RETURN_IF_ERROR(ResizeMapShape(c, true, &map));
+      TF_RETURN_IF_ERROR(c->Concatenate(map, c->Vector(2), &stats));
+      c->set_output(0, map);
+      c->set_output(1, stats);
+      return absl::OkStatus();
+    })
+    .Doc("Per-pixel sparse softmax cross-entropy of ResizeBilinear(logits, labels' height and "
+         "width), without the resized logits; 0 where labels == ignore_label.");
+
+REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
+    .Input("labels: int64")
+    .Input("logits: T")
+    .Input("stats: float64")
+    .Input("loss_grad: float")
+    .Output("logits_grad: T")
+    .Attr("ignore_label: int = 0")
+    .Attr("use_ignore_label: bool = false")
+    .TFUP_RESIZE_ATTRS
+    .Attr(TFUP_FLOAT_TYPES)
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      return absl::OkStatus();
+    });
 
 #define TFUP_REGISTER_HEADS(DEV, D, T)                                                             \
   REGISTER_KERNEL_BUILDER(                                                                         \
@@ -197,7 +397,16 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
       UpsampleCrossEntropyOp<D, T>);                                                               \
   REGISTER_KERNEL_BUILDER(                                                                         \
       Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),  \
-      UpsampleCrossEntropyGradOp<D, T>);
+      UpsampleCrossEntropyGradOp<D, T>);                                                           \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleResizeArgmax").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),        \
+      ResizeArgmaxOp<D, T>);                                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleResizeSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),        \
+      ResizeCrossEntropyOp<D, T>);                                                                 \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TfupsampleResizeSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),    \
+      ResizeCrossEntropyGradOp<D, T>);
 
 TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER_HEADS)
 
