@@ -413,8 +413,52 @@ def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
     return out
 
 
+def _loss_step(x, loss_fn):
+    """A training step's loss part as a user runs it: the loss and its gradient to x."""
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn()
+        return tape.gradient(loss, x)
+    return step
+
+
+def head_targets(repeats=3):
+    """The fused heads in tf.image.resize's semantics at the ADE20K-like shape, and both semantics'
+    heads at few classes (VOC-like x4, Cityscapes-like x8), against the unfused paths."""
+    ms = lambda s: s * 1e3  # noqa: E731
+    out = []
+    rng = np.random.default_rng(0)
+    cases = [("ADE20K-like [8,64,64,150] -> 512x512", (8, 64, 64, 150), 8, False),
+             ("VOC-like [8,128,128,21] x4", (8, 128, 128, 21), 4, True),
+             ("Cityscapes-like [2,128,256,19] x8", (2, 128, 256, 19), 8, True)]
+    for name, (n, h, w, c), f, few in cases:
+        size = (h * f, w * f)
+        x = segmentation_logits(n, h, w, c)
+        labels = tf.constant(rng.integers(0, c, (n, *size)))
+        resize_ms = [ms(t) for t in timed_together([
+            _loss_step(x, lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, interpolation="bilinear")),
+            _loss_step(x, lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.image.resize(x, size))),
+            lambda: tu.upsample_argmax(x, size=size, interpolation="bilinear"),
+            lambda: tf.argmax(tf.image.resize(x, size), -1)], repeats)]
+        out += [Target(f"fused loss + gradient, resize semantics, {name}", resize_ms[0],
+                       "tf.image.resize + stock loss + gradient", resize_ms[1], "faster", 4.0),
+                Target(f"upsample_argmax, resize semantics, segmentation logits, {name}", resize_ms[2],
+                       "tf.image.resize + tf.argmax", resize_ms[3], "faster", 5.0)]
+        if few:
+            fcn_ms = [ms(t) for t in timed_together([
+                _loss_step(x, lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, f)),
+                _loss_step(x, lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tu.bilinear_upsample(x, f))),
+                lambda: tu.upsample_argmax(x, f), lambda: tf.argmax(tu.bilinear_upsample(x, f), -1)], repeats)]
+            out += [Target(f"fused loss + gradient, FCN semantics, {name}", fcn_ms[0],
+                           "bilinear_upsample + stock loss + gradient", fcn_ms[1], "faster", 3.0),
+                    Target(f"upsample_argmax, FCN semantics, segmentation logits, {name}", fcn_ms[2],
+                           "bilinear_upsample + tf.argmax", fcn_ms[3], "faster", 5.0)]
+    return out
+
+
 def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=("random", "segmentation"),
-            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize")):
+            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads")):
     """Measures the targets in this process and returns them (a list of Target)."""
     h, w = size
     ms = lambda s: s * 1e3  # noqa: E731
@@ -477,4 +521,6 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                           unfused, "faster", 6.0))
     if "resize" in which:
         out += resize_targets(repeats)
+    if "heads" in which:
+        out += head_targets(max(3, repeats // 2))
     return out
