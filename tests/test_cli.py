@@ -36,7 +36,23 @@ def test_verify_fails_when_an_implementation_is_wrong(monkeypatch):
     })())
     lines = []
     assert verify.run([2], out=lines.append) is False
-    assert lines[-2].endswith("FAIL") and lines[-1] == "FAILED"
+    factor_rows = [line for line in lines if line.split() and line.split()[0] == "2"]
+    assert len(factor_rows) == 1 and factor_rows[0].endswith("FAIL") and "FAILED" in lines
+    assert lines[-1] == "all sizes PASS"  # the resize's rows do not use the corrupted op
+
+
+def test_verify_fails_when_the_resize_is_wrong(monkeypatch):
+    import tfupsample.image as image
+
+    real_lib = image._ops.lib
+    real = real_lib.tfupsample_resize_bilinear
+    monkeypatch.setattr(image._ops, "lib", type("L", (), {
+        "tfupsample_resize_bilinear": staticmethod(lambda x, s, **kw: real(x, s, **kw) * 1.0001),
+        "__getattr__": lambda self, name: getattr(real_lib, name),
+    })())
+    lines = []
+    assert verify.run([3], out=lines.append) is False
+    assert lines[-1] == "FAILED" and all(line.endswith("FAIL") for line in lines if "->" in line)
 
 
 @pytest.mark.parametrize("argv, needs, extra", [
@@ -110,7 +126,7 @@ def test_bench_targets_small(logits):
     import json
 
     out = _cli("bench", "--targets", "--logits", logits, "--classes", "6", "--factors", "4",
-               "--size", "3x4", "--repeats", "1", "--json")
+               "--size", "3x4", "--repeats", "1", "--json", "--which", "forward,input_grad,filter_grad,argmax,loss")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     names = [t["name"] for t in data["targets"]]
@@ -123,9 +139,26 @@ def test_bench_targets_small(logits):
         assert abs(ratio - t["ratio"]) < 1e-9 and t["met"] == (
             ratio <= t["limit"] if t["kind"] == "at_most" else ratio >= t["limit"])
     text = _cli("bench", "--targets", "--logits", logits, "--classes", "6", "--factors", "4",
-                "--size", "3x4", "--repeats", "1")
+                "--size", "3x4", "--repeats", "1", "--which", "forward,argmax")
     assert text.returncode == 0 and "CPU:" in text.stdout and "oneDNN" in text.stdout
     assert all(line.startswith(("MET", "MISSED")) for line in text.stdout.splitlines()[2:])
+
+
+def test_resize_and_head_targets_at_small_shapes():
+    # The resize and head targets (their real shapes are the benchmark's), on tiny ones: every
+    # verdict consistent with its ratio, every group present.
+    from tfupsample.tools import bench
+
+    found = bench.resize_targets(repeats=1, shapes=[("tiny", (1, 3, 4, 2), (7, 9), False),
+                                                    ("tiny aligned", (1, 3, 4, 2), (5, 7), True)])
+    found += bench.head_targets(repeats=1, cases=[("tiny", (1, 3, 4, 5), 2, True)])
+    names = " | ".join(t.name for t in found)
+    for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics"):
+        assert part in names, names
+    for t in found:
+        ratio = t.ours_ms / t.ref_ms if t.kind == "at_most" else t.ref_ms / t.ours_ms
+        assert abs(ratio - t.ratio) < 1e-9 and t.met == (ratio <= t.limit if t.kind == "at_most" else ratio >= t.limit)
+    assert _cli("bench", "--targets", "--which", "nope").returncode == 2
 
 
 def test_bench_reports_the_dense_filter_it_skips():

@@ -257,14 +257,14 @@ def resize_bilinear_loop(x, size, mode="half_pixel"):
     (resize_matrix along each axis)."""
     x = np.asarray(x, np.float64)
     my, mx = resize_matrix(x.shape[1], size[0], mode), resize_matrix(x.shape[2], size[1], mode)
-    return np.einsum("yi,nijc,xj->nyxc", my, x, mx)
+    return np.einsum("nyjc,xj->nyxc", np.einsum("yi,nijc->nyjc", my, x), mx)  # one axis at a time
 
 
 def resize_bilinear_grad_loop(dy, in_hw, mode="half_pixel"):
     """Adjoint of resize_bilinear_loop: the gradient to an [N, *in_hw, C] input for dy."""
     dy = np.asarray(dy, np.float64)
     my, mx = resize_matrix(in_hw[0], dy.shape[1], mode), resize_matrix(in_hw[1], dy.shape[2], mode)
-    return np.einsum("yi,nyxc,xj->nijc", my, dy, mx)
+    return np.einsum("nixc,xj->nijc", np.einsum("yi,nyxc->nixc", my, dy), mx)
 
 
 def dense_filter(w):

@@ -423,15 +423,18 @@ def _loss_step(x, loss_fn):
     return step
 
 
-def head_targets(repeats=3):
+# The heads' shapes: (name, logits shape, factor, whether the FCN-semantics heads are timed too).
+HEAD_CASES = (("ADE20K-like [8,64,64,150] -> 512x512", (8, 64, 64, 150), 8, False),
+              ("VOC-like [8,128,128,21] x4", (8, 128, 128, 21), 4, True),
+              ("Cityscapes-like [2,128,256,19] x8", (2, 128, 256, 19), 8, True))
+
+
+def head_targets(repeats=3, cases=HEAD_CASES):
     """The fused heads in tf.image.resize's semantics at the ADE20K-like shape, and both semantics'
     heads at few classes (VOC-like x4, Cityscapes-like x8), against the unfused paths."""
     ms = lambda s: s * 1e3  # noqa: E731
     out = []
     rng = np.random.default_rng(0)
-    cases = [("ADE20K-like [8,64,64,150] -> 512x512", (8, 64, 64, 150), 8, False),
-             ("VOC-like [8,128,128,21] x4", (8, 128, 128, 21), 4, True),
-             ("Cityscapes-like [2,128,256,19] x8", (2, 128, 256, 19), 8, True)]
     for name, (n, h, w, c), f, few in cases:
         size = (h * f, w * f)
         x = segmentation_logits(n, h, w, c)

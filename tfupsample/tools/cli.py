@@ -34,6 +34,17 @@ def _factors(text):
     return values
 
 
+TARGET_GROUPS = ("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads")
+
+
+def _groups(text):
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in groups if g not in TARGET_GROUPS]
+    if bad or not groups:
+        raise argparse.ArgumentTypeError(f"--which takes groups of {', '.join(TARGET_GROUPS)}, got {text!r}")
+    return groups
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="tfupsample", description=__doc__)
@@ -56,6 +67,10 @@ def main(argv=None):
                         "this machine's floors and the stock peers timed in this run")
     b.add_argument("--logits", choices=["random", "segmentation", "both"], default="both",
                    help="logits for the upsample_argmax target (default both)")
+    b.add_argument("--which", type=_groups, default=list(TARGET_GROUPS),
+                   help="target groups to measure, comma-separated (default all: "
+                        f"{','.join(TARGET_GROUPS)}); resize and heads run at their own fixed shapes "
+                        "(ADE20K-, Cityscapes-, DeepLab-, VOC-like), not --size/--classes/--factors")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
     d = sub.add_parser("demo", help="VGG-16 FCN-32 on a sample image, upsampled x32 with "
@@ -97,7 +112,7 @@ def main(argv=None):
         if args.targets:
             logits = ("random", "segmentation") if args.logits == "both" else (args.logits,)
             found = bench.targets(size=size, classes=max(args.classes), factor=max(args.factors),
-                                  logits=logits, repeats=max(args.repeats, 3))
+                                  logits=logits, repeats=max(args.repeats, 3), which=tuple(args.which))
             if args.json:
                 print(json.dumps({"environment": env, "targets": [t.as_dict() for t in found]}, indent=1))
             else:

@@ -121,7 +121,6 @@ def run(factors, seed=0, out=print):
         ok &= passed
         out(f"{f:>6}  " + "  ".join(f"{res[n][0]:>11.2e}" for n in names) + ("  PASS" if passed else "  FAIL"))
     out("all factors PASS" if ok else "FAILED")
-    out("")
     out("resize to fractional sizes (tfupsample.image against stock TF and the float64 definition)")
     cols = ["vs stock", "definition", "grad vs stock", "grad definition"]
     out(f"{'size':>28}  " + "  ".join(f"{c:>15}" for c in cols) + "  result")
