@@ -195,3 +195,23 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
         # The resize's heads compute in float32 whatever the type (as tf.image.resize), so float64
         # results carry float32 roundings: resize_grad's bound.
         ref.assert_close(grad.astype(np.float64), tf.cast(cpu_grad, tf.float64), dtype, "resize_grad")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "align_corners"])
+def test_classifier_moves_before_the_upsample(interpolation, rng):
+    # DeepLab-style heads upsample features, then apply a 1x1 classifier; the resize's weights sum
+    # to 1 at every pixel, so the classifier can go first and the fused loss take its coarse
+    # logits: the same loss up to rounding, without the full-resolution features or logits.
+    features = tf.constant(rng.standard_normal((2, 9, 9, 16)), tf.float32)
+    kernel = tf.constant(rng.standard_normal((16, 5)) * 0.5, tf.float32)
+    bias = tf.constant(rng.standard_normal(5), tf.float32)
+    labels = rng.integers(0, 5, (2, 33, 33))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([features, kernel, bias])
+        up = _stock_resize(features, (33, 33), interpolation)
+        stock = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, up @ kernel + bias))
+        coarse = features @ kernel + bias
+        fused = tf.reduce_mean(tu.upsample_sparse_softmax_cross_entropy(labels, coarse, interpolation=interpolation))
+    ref.assert_close(fused, stock, "float32", "resize")
+    for a, b in zip(tape.gradient(fused, [features, kernel, bias]), tape.gradient(stock, [features, kernel, bias])):
+        ref.assert_close(a, b, "float32", "resize_grad")
