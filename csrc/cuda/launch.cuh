@@ -215,24 +215,34 @@ inline int64_t ResizeTableBytes(const Geometry& g) {
 inline int64_t ResizeScratchBytes(const Geometry& g, DType t) {
   return ResizeTableBytes(g) + g.n * g.y.n_in * g.x.n_out * g.c * AccBytes(t);
 }
+// Each axis' output range per input index ([first, end)), computed into the scratch's tables.
+struct ResizeRanges {
+  int64_t *first_y, *end_y, *first_x, *end_x;
+  float sy, sx;
+};
+template <class Exec>
+ResizeRanges RunResizeRanges(const Exec& ex, const Geometry& g, void* scratch) {
+  int64_t* tables = static_cast<int64_t*>(scratch);
+  ResizeRanges r{tables, tables + g.y.n_in, tables + 2 * g.y.n_in, tables + 2 * g.y.n_in + g.x.n_in,
+                 ResizeScale(g.y.n_in, g.y.n_out, g.resize), ResizeScale(g.x.n_in, g.x.n_out, g.resize)};
+  ex(Shape::Of(256, 1, g.y.n_in, 256), ResizeRangeBody{g.y.n_in, g.y.n_out, g.resize, r.sy, r.first_y, r.end_y});
+  ex(Shape::Of(256, 1, g.x.n_in, 256), ResizeRangeBody{g.x.n_in, g.x.n_out, g.resize, r.sx, r.first_x, r.end_x});
+  return r;
+}
+
 template <class Exec>
 void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
                                     void* dx, void* scratch) {
-  int64_t* tables = static_cast<int64_t*>(scratch);
-  int64_t *first_y = tables, *end_y = first_y + g.y.n_in;
-  int64_t *first_x = end_y + g.y.n_in, *end_x = first_x + g.x.n_in;
-  const float sy = ResizeScale(g.y.n_in, g.y.n_out, g.resize), sx = ResizeScale(g.x.n_in, g.x.n_out, g.resize);
-  ex(Shape::Of(256, 1, g.y.n_in, 256), ResizeRangeBody{g.y.n_in, g.y.n_out, g.resize, sy, first_y, end_y});
-  ex(Shape::Of(256, 1, g.x.n_in, 256), ResizeRangeBody{g.x.n_in, g.x.n_out, g.resize, sx, first_x, end_x});
+  const ResizeRanges r = RunResizeRanges(ex, g, scratch);
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
     A* rows = reinterpret_cast<A*>(static_cast<char*>(scratch) + ResizeTableBytes(g));
     const Strides mid = StridesOf(g.layout, g.y.n_in, g.x.n_out, g.c);
-    const ResizeGatherBody<float, A, A> along_y{false, g.y.n_in, g.resize, sy, first_y, end_y,
+    const ResizeGatherBody<float, A, A> along_y{false, g.y.n_in, g.resize, r.sy, r.first_y, r.end_y,
                                                OutputStrides(g), mid, static_cast<const float*>(dy), rows};
     ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_out, g.c, along_y);
-    const ResizeGatherBody<A, T, A> along_x{true, g.x.n_in, g.resize, sx, first_x, end_x,
+    const ResizeGatherBody<A, T, A> along_x{true, g.x.n_in, g.resize, r.sx, r.first_x, r.end_x,
                                            mid, InputStrides(g), rows, static_cast<T*>(dx)};
     ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_x);
   });
@@ -270,15 +280,10 @@ template <class Exec>
 void RunResizeCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
                                const int64_t* labels, IgnoreLabel ignore, const double* stats,
                                const void* loss_grad, void* grad, void* scratch) {
-  int64_t* tables = static_cast<int64_t*>(scratch);
-  int64_t *first_y = tables, *end_y = first_y + g.y.n_in;
-  int64_t *first_x = end_y + g.y.n_in, *end_x = first_x + g.x.n_in;
-  const float sy = ResizeScale(g.y.n_in, g.y.n_out, g.resize), sx = ResizeScale(g.x.n_in, g.x.n_out, g.resize);
-  ex(Shape::Of(256, 1, g.y.n_in, 256), ResizeRangeBody{g.y.n_in, g.y.n_out, g.resize, sy, first_y, end_y});
-  ex(Shape::Of(256, 1, g.x.n_in, 256), ResizeRangeBody{g.x.n_in, g.x.n_out, g.resize, sx, first_x, end_x});
+  const ResizeRanges r = RunResizeRanges(ex, g, scratch);
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const ResizeCrossEntropyGradBody<T> b{MakeResizeHead<T>(g, logits), first_y, end_y, first_x, end_x,
+    const ResizeCrossEntropyGradBody<T> b{MakeResizeHead<T>(g, logits), r.first_y, r.end_y, r.first_x, r.end_x,
                                           labels, ignore, stats, static_cast<const float*>(loss_grad),
                                           static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);

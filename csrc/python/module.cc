@@ -43,20 +43,34 @@ void ThreadRunner(int64_t total, int64_t cost, const std::function<void(int64_t,
   }, fn);
 }
 
+// (n, h, w, c) of an [H, W, C] (n = 1) or [N, H, W, C] array, and the shape of a result of
+// height oh and width ow in the same form.
+struct ImageDims {
+  int64_t n, h, w, c;
+  bool batched;
+  template <typename T>
+  explicit ImageDims(const py::array_t<T, py::array::c_style>& a) : batched(a.ndim() == 4) {
+    n = batched ? a.shape(0) : 1;
+    h = a.shape(batched ? 1 : 0);
+    w = a.shape(batched ? 2 : 1);
+    c = a.shape(batched ? 3 : 2);
+  }
+  std::vector<py::ssize_t> Out(int64_t oh, int64_t ow) const {
+    std::vector<py::ssize_t> shape = {oh, ow, c};
+    if (batched) shape.insert(shape.begin(), n);
+    return shape;
+  }
+};
+
 template <typename T>
 py::array Upsample(py::array in_any, int64_t factor) {
   // Any strides are accepted: a non-contiguous view is copied once to C order.
   auto in = py::array_t<T, py::array::c_style>::ensure(in_any);
-  const bool batched = in.ndim() == 4;
-  const int64_t n = batched ? in.shape(0) : 1;
-  const int64_t h = in.shape(batched ? 1 : 0), w = in.shape(batched ? 2 : 1);
-  const int64_t c = in.shape(batched ? 3 : 2);
+  const ImageDims d(in);
   Geometry g;
-  const std::string err = MakeBilinearGeometry(n, h, w, c, factor, Layout::kNHWC, &g);
+  const std::string err = MakeBilinearGeometry(d.n, d.h, d.w, d.c, factor, Layout::kNHWC, &g);
   if (!err.empty()) throw py::value_error(err);
-  std::vector<py::ssize_t> shape = {g.y.n_out, g.x.n_out, c};
-  if (batched) shape.insert(shape.begin(), n);
-  py::array_t<T> out(shape);
+  py::array_t<T> out(d.Out(g.y.n_out, g.x.n_out));
   if (g.OutputElements() > 0) {
     const T* src = in.data();
     T* dst = out.mutable_data();
@@ -90,16 +104,11 @@ py::array BilinearUpsample(py::object array, py::object factor_obj) {
 template <typename T>
 py::array ResizeArray(py::array in_any, int64_t oh, int64_t ow, Resize mode) {
   auto in = py::array_t<T, py::array::c_style>::ensure(in_any);
-  const bool batched = in.ndim() == 4;
-  const int64_t n = batched ? in.shape(0) : 1;
-  const int64_t h = in.shape(batched ? 1 : 0), w = in.shape(batched ? 2 : 1);
-  const int64_t c = in.shape(batched ? 3 : 2);
+  const ImageDims d(in);
   Geometry g;
-  const std::string err = MakeResizeGeometry(n, h, w, c, oh, ow, mode, Layout::kNHWC, &g);
+  const std::string err = MakeResizeGeometry(d.n, d.h, d.w, d.c, oh, ow, mode, Layout::kNHWC, &g);
   if (!err.empty()) throw py::value_error(err);
-  std::vector<py::ssize_t> shape = {oh, ow, c};
-  if (batched) shape.insert(shape.begin(), n);
-  py::array_t<float> out(shape);
+  py::array_t<float> out(d.Out(oh, ow));
   if (g.OutputElements() > 0) {
     const T* src = in.data();
     float* dst = out.mutable_data();

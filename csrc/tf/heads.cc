@@ -8,6 +8,28 @@
 namespace tfup {
 namespace {
 
+// The loss forward's softmax statistics: (max, sum) per pixel of the map.
+TensorShape StatsShape(TensorShape map) {
+  map.AddDim(2);
+  return map;
+}
+
+// The loss gradient's inputs from the forward: stats [map, 2] (its second output) and loss_grad
+// [map].
+absl::Status CheckStatsAndLossGrad(const Tensor& stats, const Tensor& loss_grad, const TensorShape& map) {
+  const TensorShape stats_shape = StatsShape(map);
+  if (stats.shape() != stats_shape) {
+    return absl::InvalidArgumentError(absl::StrCat("stats must have shape ", stats_shape.DebugString(),
+                                                   " (the forward's second output), got ",
+                                                   stats.shape().DebugString()));
+  }
+  if (loss_grad.shape() != map) {
+    return absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
+                                                   ", got ", loss_grad.shape().DebugString()));
+  }
+  return absl::OkStatus();
+}
+
 // Each label in [0, classes) or the ignore label.
 absl::Status CheckLabelValues(const Tensor& labels, int64_t classes, IgnoreLabel ignore) {
   const auto l = labels.flat<int64_t>();
@@ -55,11 +77,6 @@ class HeadOp : public OpKernel {
                                                      labels.shape().DebugString()));
     }
     return values ? CheckLabelValues(labels, classes, ignore_) : absl::OkStatus();
-  }
-  // The loss forward's softmax statistics: (max, sum) per pixel of the map.
-  static TensorShape StatsShape(TensorShape map) {
-    map.AddDim(2);
-    return map;
   }
   int64_t factor_ = 1;
   IgnoreLabel ignore_;
@@ -115,13 +132,7 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
     OP_REQUIRES_OK(ctx, CheckLabels(labels, map, g.c, Backend<Device>::kChecksLabelValues));
-    OP_REQUIRES(ctx, stats.shape() == StatsShape(map),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "stats must have shape ", StatsShape(map).DebugString(),
-                    " (the forward's second output), got ", stats.shape().DebugString())));
-    OP_REQUIRES(ctx, loss_grad.shape() == map,
-                absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
-                                                        ", got ", loss_grad.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CheckStatsAndLossGrad(stats, loss_grad, map));
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
@@ -136,13 +147,7 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
 class ResizeHeadOp : public OpKernel {
  public:
   explicit ResizeHeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    bool align_corners = false, half_pixel_centers = false;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("align_corners", &align_corners));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("half_pixel_centers", &half_pixel_centers));
-    OP_REQUIRES(ctx, !(align_corners && half_pixel_centers),
-                absl::InvalidArgumentError("If half_pixel_centers is True, align_corners must be False."));
-    mode_ = half_pixel_centers ? Resize::kHalfPixel
-                               : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+    OP_REQUIRES_OK(ctx, ReadResizeMode(ctx, &mode_));
     if (ctx->HasAttr("ignore_label")) {
       OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
       OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
@@ -217,9 +222,7 @@ class ResizeCrossEntropyOp : public ResizeHeadOp {
     OP_REQUIRES_OK(ctx, CheckLabels(labels, g.c, Backend<Device>::kChecksLabelValues));
     Tensor *loss = nullptr, *stats = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &loss));
-    TensorShape stats_shape = map;
-    stats_shape.AddDim(2);
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, stats_shape, &stats));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, StatsShape(map), &stats));
     if (map.num_elements() == 0) return;
     Backend<Device>::ResizeSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
                                                ignore_, loss->flat<float>().data(), stats->flat<double>().data());
@@ -239,15 +242,7 @@ class ResizeCrossEntropyGradOp : public ResizeHeadOp {
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, oh, ow, &g, &map));
     OP_REQUIRES_OK(ctx, CheckLabels(labels, g.c, Backend<Device>::kChecksLabelValues));
-    TensorShape stats_shape = map;
-    stats_shape.AddDim(2);
-    OP_REQUIRES(ctx, stats.shape() == stats_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "stats must have shape ", stats_shape.DebugString(),
-                    " (the forward's second output), got ", stats.shape().DebugString())));
-    OP_REQUIRES(ctx, loss_grad.shape() == map,
-                absl::InvalidArgumentError(absl::StrCat("loss_grad must have shape ", map.DebugString(),
-                                                        ", got ", loss_grad.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CheckStatsAndLossGrad(stats, loss_grad, map));
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;

@@ -113,13 +113,7 @@ template <typename Device, typename T, bool kGrad>
 class ResizeOp : public OpKernel {
  public:
   explicit ResizeOp(OpKernelConstruction* ctx) : OpKernel(ctx), layout_(ctx) {
-    bool align_corners = false, half_pixel_centers = false;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("align_corners", &align_corners));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("half_pixel_centers", &half_pixel_centers));
-    OP_REQUIRES(ctx, !(align_corners && half_pixel_centers),
-                absl::InvalidArgumentError("If half_pixel_centers is True, align_corners must be False."));
-    mode_ = half_pixel_centers ? Resize::kHalfPixel
-                               : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+    OP_REQUIRES_OK(ctx, ReadResizeMode(ctx, &mode_));
   }
 
   void Compute(OpKernelContext* ctx) override {

@@ -7,6 +7,7 @@
 #include "cpu/kernels.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tfup {
@@ -15,6 +16,19 @@ namespace tfup {
 inline absl::Status CheckFactor(int64_t factor) {
   if (factor >= 1) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("factor must be a positive integer, got ", factor));
+}
+
+// ResizeBilinear's align_corners / half_pixel_centers attributes as a Resize mode (the resize
+// op and its heads); both true is TF's error.
+inline absl::Status ReadResizeMode(::tensorflow::OpKernelConstruction* ctx, Resize* mode) {
+  bool align_corners = false, half_pixel_centers = false;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("align_corners", &align_corners));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("half_pixel_centers", &half_pixel_centers));
+  if (align_corners && half_pixel_centers) {
+    return absl::InvalidArgumentError("If half_pixel_centers is True, align_corners must be False.");
+  }
+  *mode = half_pixel_centers ? Resize::kHalfPixel : (align_corners ? Resize::kAlignCorners : Resize::kAsymmetric);
+  return absl::OkStatus();
 }
 
 namespace shapes {
