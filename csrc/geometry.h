@@ -214,6 +214,9 @@ inline std::string MakeResizeGeometry(int64_t n, int64_t h, int64_t w, int64_t c
   if (in < 0) return "the input would have more elements than a 64-bit index can address";
   const int64_t out = CheckedMul(CheckedMul(CheckedMul(n, out_h), out_w), c);
   if (out < 0) return "the output would have more elements than a 64-bit index can address";
+  // The gradient's intermediate (input rows of output width; the CUDA kernel's scratch).
+  const int64_t mid = CheckedMul(CheckedMul(CheckedMul(n, h), out_w), c);
+  if (mid < 0) return "the gradient's rows would have more elements than a 64-bit index can address";
   return "";
 }
 

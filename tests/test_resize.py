@@ -223,6 +223,9 @@ def test_numpy_binding_is_the_same_kernel(rng):
                                   tf.image.resize(x[0].astype(np.float32), [11, 13]).numpy())
     with pytest.raises(ValueError, match="size must be positive"):
         tnp.resize(x, (0, 3))
+    for bad in ((10.7, 3), (3,), "ab", None):
+        with pytest.raises(TypeError, match="size must be"):
+            tnp.resize(x, bad)
     with pytest.raises(ValueError, match="input image must be of non-zero size"):
         _numpy_ext.resize_bilinear(np.zeros((1, 0, 3, 2), np.float32), 2, 2, False, True)
 
@@ -300,6 +303,10 @@ def test_keras_layers_keep_the_stock_cases_and_the_kernel(rng):
     uint8 = (rng.uniform(0, 255, (1, 6, 9, 3))).astype(np.uint8)  # the stock layer's rounding and saturation
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(Resizing(7, 5)(uint8)),
                                   keras.ops.convert_to_numpy(keras.layers.Resizing(7, 5)(uint8)))
+    ints = tf.constant(rng.integers(-50, 50, (1, 3, 4, 2)), tf.int32)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(UpSampling2D(3, interpolation="bilinear", dtype="int32")(ints)),
+        keras.ops.convert_to_numpy(keras.layers.UpSampling2D(3, interpolation="bilinear", dtype="int32")(ints)))
     graph = tf.function(lambda v: UpSampling2D(4, interpolation="bilinear")(v)).get_concrete_function(
         tf.TensorSpec([None, 6, 9, 3])).graph
     assert "TfupsampleResizeBilinear" in [op.type for op in graph.get_operations()]

@@ -215,3 +215,34 @@ def test_classifier_moves_before_the_upsample(interpolation, rng):
     ref.assert_close(fused, stock, "float32", "resize")
     for a, b in zip(tape.gradient(fused, [features, kernel, bias]), tape.gradient(stock, [features, kernel, bias])):
         ref.assert_close(a, b, "float32", "resize_grad")
+
+
+def test_argmax_where_the_resize_overflows_is_still_tf_argmax(rng):
+    # Finite logits whose differences overflow (|x| ~ 3e38): the lerps give inf or NaN, which the
+    # pruning bounds do not cover, so no pruning there; many classes take the vectorised path,
+    # whose maximum can be NaN: the scan decides then (it never loops past the classes).
+    x = rng.standard_normal((1, 3, 4, 40)).astype(np.float32)
+    x[0, :, ::2, :20] = 3e38
+    x[0, :, 1::2, :20] = -3e38
+    for interpolation in MODES:
+        labels, scores = tu.upsample_argmax(x, size=(9, 11), interpolation=interpolation, return_scores=True)
+        up = _stock_resize(x, (9, 11), interpolation).numpy()
+        assert not np.isfinite(up).all()
+        np.testing.assert_array_equal(labels.numpy(), tf.argmax(up, -1).numpy())
+
+
+def test_cuda_binding_refuses_an_op_with_the_wrong_geometry(emu):
+    import tfupsample.cuda as tc
+    from cuda_host import emulator
+
+    ext = emulator.Ext(emu)
+    x, y = np.zeros((1, 2, 2, 1), np.float32), np.zeros((1, 4, 4, 1), np.float32)
+    with pytest.raises(ValueError, match="ResizeBilinear needs a resize geometry"):
+        ext.run("ResizeBilinear", tc._args(1, 2, 2, 1, 4, 4, (4, 4), (2, 2)), 2, [x.ctypes.data, y.ctypes.data], 0)
+    with pytest.raises(ValueError, match="BilinearForward takes no resize geometry"):
+        ext.run("BilinearForward", tc._args(1, 2, 2, 1, 4, 4, (1, 1), (1, 1), resize="half_pixel"), 2,
+                [x.ctypes.data, y.ctypes.data], 0)
+    # The gradient's intermediate [n, h, out_w, c] must be indexable too (checked before any launch).
+    with pytest.raises(ValueError, match="the gradient's rows would have more elements"):
+        ext.run("ResizeBilinearBackpropInput", tc._args(2**40, 2**20, 1, 1, 1, 2**20, (1, 1), (1, 1),
+                                                        resize="half_pixel"), 2, [0, 0], 0)

@@ -272,13 +272,13 @@ def _resize_like_keras(inputs, size, data_format, dtype):
 
 @keras.saving.register_keras_serializable(package="tfupsample")
 class UpSampling2D(keras.layers.UpSampling2D):
-    """`keras.layers.UpSampling2D`: with `interpolation="bilinear"` the resize runs on
-    tfupsample's kernel (the same outputs); other interpolations are the stock layer's."""
+    """`keras.layers.UpSampling2D`: with `interpolation="bilinear"` on float inputs the resize runs
+    on tfupsample's kernel (the same outputs); every other case is the stock layer's."""
 
     def call(self, inputs):
-        if self.interpolation != "bilinear":
-            return super().call(inputs)
         inputs = tf.convert_to_tensor(inputs)
+        if self.interpolation != "bilinear" or not inputs.dtype.is_floating:  # Keras rounds integers
+            return super().call(inputs)
         shape = tf.shape(inputs)
         h, w = (shape[1], shape[2]) if self.data_format == "channels_last" else (shape[2], shape[3])
         size = tf.stack([h * self.size[0], w * self.size[1]])

@@ -1,5 +1,7 @@
 """NumPy-level API over tfupsample's C++ kernels. Does not import TensorFlow."""
 
+import numbers
+
 from ._numpy_ext import bilinear_upsample as _bilinear_upsample
 from ._numpy_ext import kernel_isa
 from ._numpy_ext import resize_bilinear as _resize_bilinear
@@ -18,9 +20,13 @@ def bilinear_upsample(array, factor):
 
 def _size(size):
     try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise TypeError(f"size must be [new_height, new_width] (two integers), got {size!r}") from None
+        values = list(size)
+    except TypeError:
+        values = None
+    if values is None or len(values) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"size must be [new_height, new_width] (two integers), got {size!r}")
+    h, w = (int(v) for v in values)
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive (output dimensions must be positive), got [{h}, {w}]")
     return h, w

@@ -357,6 +357,19 @@ def segmentation_logits(rng, shape, lead=8.0, blobs=4):
 ARGMAX_CASES = ("random", "segmentation", "ties", "near_ties", "huge", "non_finite")
 
 
+def tf_argmax(v, lowest):
+    """tf.argmax over the last axis as TF's CPU kernel (Eigen's ArgMax reducer) computes it: the
+    first place of the largest value above `lowest` (the dtype's lowest finite value), or 0 where
+    nothing is above it -- so NaN, -inf and lowest itself never win."""
+    v = np.asarray(v, np.float64)
+    best = np.zeros(v.shape[:-1], np.int64)
+    best_v = np.full(v.shape[:-1], float(lowest))
+    for c in range(v.shape[-1]):
+        better = v[..., c] > best_v
+        best[better], best_v[better] = c, v[..., c][better]
+    return best
+
+
 def argmax_logits(kind, shape, rng, dtype="float32"):
     """Logits [n, h, w, c] (c >= 21, h >= 3, w >= 3; float64 values) of one of ARGMAX_CASES:
     uniform random, segmentation-like, exact ties between leading classes (the lowest must win),
@@ -375,6 +388,7 @@ def argmax_logits(kind, shape, rng, dtype="float32"):
         x[0, 1, 2, 5] = np.inf
         x[0, 2, 1, :] = -np.inf
         x[-1, 0, 0, 3] = np.nan
+        x[0, 0, 1, 0] = np.nan  # in the first class: tf.argmax passes over it
     elif kind not in ("random", "segmentation"):
         raise ValueError(f"kind must be one of {ARGMAX_CASES}, got {kind!r}")
     return x

@@ -60,6 +60,30 @@ struct AddOp {
   V operator()(V a, V b) const { return a + b; }
 };
 
+// tf.argmax's choice among v[0, k) (Eigen's ArgMax reducer, from (0, lowest)): the first place
+// of the largest value above `lowest` (the lowest finite value of the type argmax runs in), so a
+// NaN, -inf or lowest itself is never chosen, and 0 when nothing is above lowest. With finite
+// inputs and many values, the maximum is found as a vectorised reduction, then its first place.
+template <typename A>
+inline int64_t ArgmaxFirst(const A* v, int64_t k, bool finite, A lowest) {
+  if (finite && k > 16) {
+    const A m = Reduce(v, k, lowest, MaxOp());  // MaxOp never takes a NaN operand
+    if (!(m > lowest)) return 0;
+    int64_t best = 0;
+    while (v[best] != m) ++best;  // m is one of v: found before k
+    return best;
+  }
+  int64_t best = 0;
+  A best_v = lowest;
+  for (int64_t j = 0; j < k; ++j) {
+    if (v[j] > best_v) {
+      best = j;
+      best_v = v[j];
+    }
+  }
+  return best;
+}
+
 // Classes packed for evaluation: their four taps contiguously (as A) and their class ids, in
 // ascending class order.
 template <typename A>
@@ -155,14 +179,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
           A* v = vals.data();
           pixel(K, wx0, wx1, two_x, c0, c1, v);
-          int64_t best = 0;
-          if (finite && K > 16) {  // no NaN: the maximum, then its first (lowest class) place
-            const A m = Reduce(v, K, v[0], MaxOp());
-            while (v[best] != m) ++best;
-          } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
-            for (int64_t k = 1; k < K; ++k)
-              if (v[k] > v[best]) best = k;
-          }
+          const int64_t best = ArgmaxFirst(v, K, finite, Widen(std::numeric_limits<T>::lowest()));
           labels[base + ox] = pk.id[best];
           if (scores != nullptr) scores[base + ox] = Narrow<T>(v[best]);
         }

@@ -194,7 +194,8 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
   const auto yruns = SameTapRuns(ty.lower, ty.upper), xruns = SameTapRuns(tx.lower, tx.upper);
   const int64_t ny = static_cast<int64_t>(yruns.size());
   const float margin = 16 * std::numeric_limits<float>::epsilon();
-  const float top_value = std::numeric_limits<float>::max();
+  // "Finite" here: small enough that no lerp can overflow (a difference of two taps stays finite).
+  const float top_value = std::numeric_limits<float>::max() / 4;
   pf(g.n * ny, ow * C * 2 * std::max<int64_t>(1, oh / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<float> lo(C), hi(C), q(4 * C), v(C);
     std::vector<int64_t> id(C);
@@ -235,14 +236,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
           const int64_t base = (s * oh + oy) * ow;
           for (int64_t ox = x0; ox < x1; ++ox) {
             ResizePixel(q00, q01, q10, q11, tx.lerp[ox], ty.lerp[oy], k, v.data());
-            int64_t best = 0;
-            if (finite && k > 16) {  // no NaN: the maximum, then its first (lowest class) place
-              const float m = Reduce(v.data(), k, v[0], MaxOp());
-              while (v[best] != m) ++best;
-            } else {  // tf.argmax's order: a later value wins only when greater (NaN never)
-              for (int64_t j = 1; j < k; ++j)
-                if (v[j] > v[best]) best = j;
-            }
+            const int64_t best = ArgmaxFirst(v.data(), k, finite, std::numeric_limits<float>::lowest());
             labels[base + ox] = k > 0 ? id[best] : 0;
             if (scores != nullptr) scores[base + ox] = k > 0 ? v[best] : 0.0f;
           }

@@ -75,7 +75,8 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
   if (dtype < 0 || dtype > 3) return fail(kInvalidArgument, "dtype must be 0..3");
   Geometry g;
   IgnoreLabel ignore;
-  const std::string bad = GeometryFromArgs(args, &g, &ignore);
+  std::string bad = GeometryFromArgs(args, &g, &ignore);
+  if (bad.empty()) bad = CheckOpGeometry(op, g);
   if (!bad.empty()) return fail(kInvalidArgument, bad);
 
   int old = 0;

@@ -95,6 +95,15 @@ TFUP_HOST_DEVICE M* SubBlockMask(const HeadBase<T>& h, M* masks, int64_t n, int6
 TFUP_HOST_DEVICE inline float FiniteMax(float) { return FLT_MAX; }
 TFUP_HOST_DEVICE inline double FiniteMax(double) { return DBL_MAX; }
 
+// The lowest finite value of T, as an accumulator value: tf.argmax (Eigen's ArgMax reducer) starts
+// from (class 0, lowest) and takes a value only when it is greater, so NaN, -inf and lowest itself
+// never win and a pixel with nothing above lowest gets class 0 (the CPU kernels' ArgmaxFirst).
+template <typename T> struct Lowest;
+template <> struct Lowest<__half> { static constexpr float v = -65504.0f; };
+template <> struct Lowest<__nv_bfloat16> { static constexpr float v = -3.38953139e38f; };
+template <> struct Lowest<float> { static constexpr float v = -FLT_MAX; };
+template <> struct Lowest<double> { static constexpr double v = -DBL_MAX; };
+
 // Relative rounding of one operation in T (as std::numeric_limits<T>::epsilon()).
 template <typename T> struct Epsilon;
 template <> struct Epsilon<__half> { static constexpr double v = 1.0 / 1024; };
@@ -182,13 +191,13 @@ struct ArgmaxBody : HeadBase<T> {
     const BilinearPixel<T> p = this->Pixel(n, y, x);
     const uint64_t* mask = SubBlockMask(*this, masks, n, SubBlockOf(this->ay, this->sy, y),
                                         SubBlockOf(this->ax, this->sx, x));
-    int64_t best = -1;
-    A best_v = A(0);
+    int64_t best = 0;
+    A best_v = A(Lowest<T>::v);
     for (int64_t k = 0; k < MaskWords(this->C); ++k) {
       for (uint64_t bits = mask[k]; bits != 0; bits &= bits - 1) {
         const int64_t c = 64 * k + LowestBit(bits);
         const A v = this->Score(p, c);
-        if (best < 0 || v > best_v) {  // ties: the lowest class, like tf.argmax (classes ascend)
+        if (v > best_v) {  // ties: the lowest class, like tf.argmax (classes ascend)
           best = c;
           best_v = v;
         }
@@ -196,7 +205,7 @@ struct ArgmaxBody : HeadBase<T> {
     }
     const int64_t i = this->MapIndex(n, y, x);
     labels[i] = best;
-    if (scores != nullptr) scores[i] = Store<T>::From(best_v);
+    if (scores != nullptr) scores[i] = Store<T>::From(best_v > A(Lowest<T>::v) ? best_v : this->Score(p, 0));
   }
 };
 

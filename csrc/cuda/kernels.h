@@ -44,6 +44,14 @@ inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* 
   return "";
 }
 
+// Whether op (a kernel list name) takes the geometry g: the Resize* ops a resize, the others not.
+inline std::string CheckOpGeometry(const std::string& op, const Geometry& g) {
+  const bool resize_op = op.rfind("Resize", 0) == 0;
+  if (resize_op == (g.resize != Resize::kNone)) return "";
+  return op + (resize_op ? " needs a resize geometry (resize 1, 2 or 3)"
+                         : " takes no resize geometry (resize must be 0)");
+}
+
 // The ops of launch.cuh's table, by their names in csrc/cpu/kernel_list.h ("BilinearForward", ...).
 // Device scratch op needs (bytes; any 256-byte alignment), or -1 when there is no op of that name.
 int64_t OpScratchBytes(const char* op, const Geometry& g, DType t);

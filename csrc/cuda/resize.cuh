@@ -148,17 +148,17 @@ struct ResizeHeadBase {
   }
 };
 
-// Argmax per output pixel over every class, tf.argmax's order (a later value wins only when
-// greater; NaN never).
+// Argmax per output pixel over every class, tf.argmax's rule on float32 (Lowest: from class 0
+// and the lowest float, a value wins only when greater).
 template <typename T>
 struct ResizeArgmaxBody : ResizeHeadBase<T> {
   int64_t* labels;
   float* scores;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     const auto p = this->At(n, y, x);
-    float best = p.Value(0);
+    float best = Lowest<float>::v;
     int64_t label = 0;
-    for (int64_t c = 1; c < this->C; ++c) {
+    for (int64_t c = 0; c < this->C; ++c) {
       const float v = p.Value(c);
       if (v > best) {
         best = v;
@@ -167,7 +167,7 @@ struct ResizeArgmaxBody : ResizeHeadBase<T> {
     }
     const int64_t i = this->MapIndex(n, y, x);
     labels[i] = label;
-    if (scores != nullptr) scores[i] = best;
+    if (scores != nullptr) scores[i] = label == 0 ? p.Value(0) : best;
   }
 };
 

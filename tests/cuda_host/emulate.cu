@@ -22,6 +22,7 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   Geometry g;
   IgnoreLabel ignore;
   last_error = GeometryFromArgs(d, &g, &ignore);
+  if (last_error.empty()) last_error = CheckOpGeometry(op, g);
   if (!last_error.empty()) return -1;
   const Op<HostExec>* found = FindOp<HostExec>(op);
   if (found == nullptr) {
