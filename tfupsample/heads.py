@@ -7,6 +7,7 @@ import tensorflow as tf
 from . import _ops
 from .api import _check_data_format, _float_tensor, _use_pure_tf, bilinear_upsample
 from ._weights import check_factor
+from .image import _size
 
 
 def _nhwc(logits, data_format):
@@ -54,8 +55,6 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
     with tf.name_scope(name or "upsample_argmax"):
         x = _nhwc(logits, data_format)
         if conv is not None:
-            from .image import _size
-
             hw = _size(size) if size is not None else tf.shape(x)[1:3] * factor
             if _use_pure_tf():
                 up = tf.raw_ops.ResizeBilinear(images=x, size=hw, **_resize_kwargs(conv))

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from . import _ops
 from ._checks import _check_data_format
+from .api import _use_pure_tf
 
 _KERNEL_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _INTEGER_DTYPES = (tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.int64)
@@ -58,15 +59,9 @@ def _size(size):
     return s
 
 
-def _use_stock():
-    from .api import _use_pure_tf
-
-    return _use_pure_tf()
-
-
 def _resize4(x, size, data_format, mode):
     """The 4-D resize: the kernel, or the stock op where the kernel cannot run (XLA, export)."""
-    if _use_stock():
+    if _use_pure_tf():
         if data_format == "NCHW":
             x = tf.transpose(x, [0, 2, 3, 1])
         y = tf.raw_ops.ResizeBilinear(images=x, size=size, **mode)
