@@ -168,7 +168,7 @@ def test_heads(emu, factor, dtype, rng):
     exp_loss, expected = ref.upsample_softmax_cross_entropy(x, target, factor, g.astype(np_t), ignore=3)
     loss = np.full(labels.shape, np.nan, np_t)  # so "ignored pixels give 0" can fail
     stats = np.full(labels.shape + (2,), np.nan)
-    call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3], dtype, x, target, loss, stats)
+    call(emu, "UpsampleSoftmaxCrossEntropy", d[:12] + [1, 3] + d[14:], dtype, x, target, loss, stats)
     ref.assert_close(loss, exp_loss, dtype, "loss")
     assert np.all(loss[0, 0, :] == 0)
     # stats: the scores' max and sum of exp(score - max), from the upsample as stored; 0 where
@@ -179,7 +179,7 @@ def test_heads(emu, factor, dtype, rng):
     ref.assert_close(stats[..., 1], np.where(keep, np.exp(up64 - top[..., None]).sum(-1), 0), dtype, "loss")
 
     grad = np.full(shape, np.nan, np_t)
-    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3], dtype, x, target, stats, g.astype(np_t), grad)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3] + d[14:], dtype, x, target, stats, g.astype(np_t), grad)
     ref.assert_close(grad, expected, dtype, "loss_grad")
 
 

@@ -45,6 +45,8 @@ class _Library:
     def run(self, op, args, dtype, pointers, stream):
         error = ctypes.create_string_buffer(1024)
         ptrs = (ctypes.c_void_p * _MAX_ARRAYS)(*(list(pointers) + [None] * (_MAX_ARRAYS - len(pointers))))
+        if len(args) != _ARG_COUNT:
+            raise ValueError(f"args must have {_ARG_COUNT} values, got {len(args)}")
         code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * _ARG_COUNT)(*args), dtype, ptrs,
                                             stream, error, len(error))
         if code == 1:

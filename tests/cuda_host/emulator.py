@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 
+ARG_COUNT = 15  # GeometryFromArgs' values
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -45,7 +46,9 @@ class Ext:
         self.lib = lib
 
     def run(self, op, args, dtype, pointers, stream):
-        d = (ctypes.c_int64 * len(args))(*args)
+        if len(args) != ARG_COUNT:  # the kernels read all of them (csrc/cuda/kernels.h, GeometryFromArgs)
+            raise ValueError(f"args must have {ARG_COUNT} values, got {len(args)}")
+        d = (ctypes.c_int64 * ARG_COUNT)(*args)
         ptrs = list(pointers) + [None] * (5 - len(pointers))
         if self.lib.tfup_emu_run(op.encode(), d, dtype, *ptrs) != 0:
             raise ValueError(self.lib.tfup_emu_error().decode())
