@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <climits>
 #include <limits>
+#include <sstream>
 #include <string>
 
 #if defined(__CUDACC__)
@@ -71,12 +72,23 @@ struct Geometry {
   int64_t OutputElements() const { return n * y.n_out * x.n_out * c; }
 };
 
-// The label a segmentation head skips (loss 0, gradient 0), if any.
-struct IgnoreLabel {
+// How a segmentation loss reads its labels: the label it skips (loss 0, gradient 0), if any
+// (use, value), and the label smoothing s in [0, 1]: the target distribution is
+// (1 - s) onehot(label) + s / classes, so loss = logsumexp(v) - (1 - s) v[label] - s mean(v).
+struct LabelRule {
   bool use = false;
   int64_t value = 0;
+  double smoothing = 0;
   TFUP_HOST_DEVICE bool Skips(int64_t label) const { return use && label == value; }
 };
+
+// "" or why s is no label smoothing (the TF ops and the CUDA bindings refuse it with this text).
+inline std::string CheckLabelSmoothing(double s) {
+  if (s >= 0 && s <= 1) return "";  // false for NaN
+  std::ostringstream text;
+  text << "label_smoothing must be in [0, 1], got " << s;
+  return text.str();
+}
 
 // Bilinear kernel of an integer factor f: k = 2f - f % 2, centre f - 1 (odd k) or f - 0.5 (even k),
 // w(a) = 1 - |a - centre| / f. The only definition of the weight: every kernel (CPU and CUDA) and,

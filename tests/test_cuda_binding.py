@@ -2,6 +2,7 @@
 described through __cuda_array_interface__ here; benchmarks/gpu_check.py runs the kernels."""
 
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -114,13 +115,21 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
     assert lib.bilinear_kernel_size(3) == 5 and lib.bilinear_kernel_size(4) == 8
     assert lib.default_output_size(2, 2, 3, "VALID") == 6  # Keras: n * s + max(k - s, 0)
     assert lib.default_output_size(2, 5, 3, "VALID") == 8 and lib.default_output_size(2, 5, 3, "SAME") == 6
-    args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
+    args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
     with pytest.raises(ValueError, match=r"height: output size 5 is inconsistent .* expected a value in \[3, 4\]"):
         lib.run("BilinearForward", args, 2, [0, 0], 0)
     with pytest.raises(ValueError, match="dtype must be 0..3"):
         lib.run("BilinearForward", args, 7, [0, 0], 0)
-    with pytest.raises(ValueError, match="args must have 15 values, got 14"):
+    with pytest.raises(ValueError, match="args must have 16 values, got 15"):
         lib.run("BilinearForward", args[:-1], 2, [0, 0], 0)
+    # The label smoothing (the bits of a double) must lie in [0, 1]: the C ABI checks it too.
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
+        tc._args(1, 2, 2, 3, 4, 4, (4, 4), (2, 2), label_smoothing=1.5)
+    for bad, text in ((1.5, "1.5"), (-0.25, "-0.25"), (float("nan"), "nan")):
+        smoothing = tc._args(1, 2, 2, 3, 4, 4, (4, 4), (2, 2))
+        smoothing[-1] = struct.unpack("<q", struct.pack("<d", bad))[0]
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got " + text):
+            lib.run("UpsampleSoftmaxCrossEntropy", smoothing, 2, [0, 0, 0, 0], 0)
 
 
 def test_dlpack_arrays_are_read_through_the_capsule(monkeypatch):

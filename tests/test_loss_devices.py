@@ -44,63 +44,69 @@ def _case(rng, dtype, factor=3, shape=(2, 3, 4, 6)):
     return x, labels, g
 
 
-def _cpu(x, labels, g, factor, dtype):
+def _cpu(x, labels, g, factor, dtype, smoothing=0.0):
     """(loss, grad) of the CPU op, as float64."""
     xt = tf.constant(x.astype(np.float64), tf.as_dtype(dtype)) if dtype == "bfloat16" else tf.constant(x)
     with tf.device("/CPU:0"):
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            loss = tu.upsample_sparse_softmax_cross_entropy(labels, xt, factor, ignore_label=255)
+            loss = tu.upsample_sparse_softmax_cross_entropy(labels, xt, factor, ignore_label=255,
+                                                            label_smoothing=smoothing)
         grad = tape.gradient(loss, xt, output_gradients=tf.constant(g.astype(np.float64), loss.dtype))
     return tf.cast(loss, tf.float64).numpy(), tf.cast(grad, tf.float64).numpy()
 
 
-def _both(emu, x, labels, g, factor, dtype):
+def _both(emu, x, labels, g, factor, dtype, smoothing=0.0):
     """(loss, grad) from the CPU op and from the CUDA kernels, as float64."""
     k = 2 * factor - factor % 2
     n, h, w, c = x.shape
-    args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255)
+    args = tc._args(n, h, w, c, h * factor, w * factor, (k, k), (factor, factor), ignore_label=255,
+                    label_smoothing=smoothing)
     loss_cuda, grad_cuda = np.full(labels.shape, np.nan, x.dtype), np.full(x.shape, np.nan, x.dtype)
     stats = np.full(labels.shape + (2,), np.nan)
     _cuda(emu, "UpsampleSoftmaxCrossEntropy", args, dtype, x, labels, loss_cuda, stats)
     _cuda(emu, "UpsampleSoftmaxCrossEntropyGrad", args, dtype, x, labels, stats, g, grad_cuda)
     as64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
-    return _cpu(x, labels, g, factor, dtype), (as64(loss_cuda), as64(grad_cuda))
+    return _cpu(x, labels, g, factor, dtype, smoothing), (as64(loss_cuda), as64(grad_cuda))
 
 
-def _definition(x, labels, g, factor, dtype):
+def _definition(x, labels, g, factor, dtype, smoothing=0.0):
     """The loss and gradient from the float64 definition, of the scores as the op documents them:
     the upsample rounded to the storage type first for float16 / bfloat16."""
     up = ref.bilinear_loop(np.asarray(x, np.float64), factor)
     if dtype in ("float16", "bfloat16"):
         up = up.astype(NP[dtype]).astype(np.float64)
-    loss, grad_up = ref.softmax_cross_entropy(up, labels, ignore=255)
+    # The op's label_smoothing attribute is a float32 (TensorFlow's float attributes are).
+    loss, grad_up = ref.softmax_cross_entropy(up, labels, ignore=255, smoothing=float(np.float32(smoothing)))
     grad = ref.bilinear_grad_loop(grad_up * np.asarray(g, np.float64)[..., None], factor)
     return loss, grad
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", list(NP))
 @pytest.mark.parametrize("factor", [2, 3, 8])
-def test_cpu_loss_and_gradient_equal_the_definition(dtype, factor, rng):
-    # The CPU op alone (no CUDA compiler needed): every dtype, the half types' gradient included.
+def test_cpu_loss_and_gradient_equal_the_definition(dtype, factor, smoothing, rng):
+    # The CPU op alone (no CUDA compiler needed): every dtype, the half types' gradient included;
+    # with label smoothing, the target (1 - s) one-hot + s / C.
     x, labels, g = _case(rng, dtype, factor)
-    loss, grad = _cpu(x, labels, g, factor, dtype)
-    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype)
+    loss, grad = _cpu(x, labels, g, factor, dtype, smoothing)
+    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype, smoothing)
     ref.assert_close(loss, exp_loss, dtype, "loss")
     ref.assert_close(grad, exp_grad, dtype, "loss_grad")
     assert np.all(loss[0, 0] == 0) and np.all(loss[1, 1] != 0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", list(NP))
 @pytest.mark.parametrize("factor", [2, 3, 8])
-def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, rng):
+def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, smoothing, rng):
     x, labels, g = _case(rng, dtype, factor)
-    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype)
+    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, factor, dtype, smoothing)
     # Same scores (rounded to the storage type for half types), same exp; only the order of the
     # sums over classes and over output pixels differs: within one rounding of the result.
     ref.assert_close(loss_c, loss, dtype, "loss")
     ref.assert_close(grad_c, grad, dtype, "loss_grad")
-    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype)
+    exp_loss, exp_grad = _definition(x, labels, g, factor, dtype, smoothing)
     ref.assert_close(loss_c, exp_loss, dtype, "loss")
     ref.assert_close(grad_c, exp_grad, dtype, "loss_grad")
 

@@ -75,14 +75,17 @@ def _case(rng, dtype, hw=(5, 6), size=(23, 17), classes=7):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw,size", [((5, 6), (23, 17)), ((4, 4), (32, 32)), ((9, 9), (65, 65)), ((10, 8), (6, 5))],
                          ids=str)
-def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, interpolation, rng):
+@pytest.mark.parametrize("smoothing", [0.0, 0.25])
+def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, interpolation, smoothing, rng):
     x, labels, g = _case(rng, dtype, hw, size)
     keep = labels != 255
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        loss = tu.upsample_sparse_softmax_cross_entropy(labels, x, ignore_label=255, interpolation=interpolation)
-        stock = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(keep, labels, 0),
-                                                               _stock_resize(x, size, interpolation))
+        loss = tu.upsample_sparse_softmax_cross_entropy(labels, x, ignore_label=255, label_smoothing=smoothing,
+                                                        interpolation=interpolation)
+        # Stock: the cross-entropy of the smoothed one-hot, as Keras and Model Garden build it.
+        target = tf.one_hot(np.where(keep, labels, 0), x.shape[-1]) * (1 - smoothing) + smoothing / x.shape[-1]
+        stock = tf.nn.softmax_cross_entropy_with_logits(target, _stock_resize(x, size, interpolation))
         stock = tf.where(keep, stock, 0.0)
         lo, ls = tf.reduce_sum(loss * g), tf.reduce_sum(stock * g)
     assert loss.dtype == tf.float32 and loss.shape == labels.shape
@@ -96,7 +99,8 @@ def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, inter
     # The float64 definition: the loss of the exactly resized logits, the adjoint of the resize.
     mode = MODES[interpolation][1]
     x64 = tf.cast(tf.cast(x, tf.float32), tf.float64).numpy()  # the resize reads float32 values
-    exp_loss, grad_up = ref.softmax_cross_entropy(ref.resize_bilinear_loop(x64, size, mode), labels, ignore=255)
+    exp_loss, grad_up = ref.softmax_cross_entropy(ref.resize_bilinear_loop(x64, size, mode), labels, ignore=255,
+                                                  smoothing=smoothing)
     ref.assert_close(loss, exp_loss, "float32", "resize")
     ref.assert_close(grad, ref.resize_bilinear_grad_loop(grad_up * g[..., None], hw, mode), dtype, "resize_grad")
 
@@ -163,10 +167,10 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
     np_t = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}[dtype]
     code = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}[dtype]
     ext = emulator.Ext(emu)
-    for interpolation, (_, mode) in MODES.items():
+    for (interpolation, (_, mode)), smoothing in zip(MODES.items(), (0.0, 0.3, 1.0)):
         x = (ref.argmax_logits("near_ties", (2, 4, 5, 21), rng, dtype)).astype(np_t)
         size = (13, 11)
-        args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode)
+        args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode, label_smoothing=smoothing)
         labels = np.full((2, *size), -7, np.int64)
         scores = np.full((2, *size), np.nan, np.float32)
         ext.run("ResizeArgmax", args, code, [x.ctypes.data, labels.ctypes.data, scores.ctypes.data], 0)
@@ -187,11 +191,16 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
                 [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g.ctypes.data, grad.ctypes.data], 0)
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            cpu_loss = tu.upsample_sparse_softmax_cross_entropy(target, xt, ignore_label=255,
+            cpu_loss = tu.upsample_sparse_softmax_cross_entropy(target, xt, ignore_label=255, label_smoothing=smoothing,
                                                                 interpolation=interpolation)
         cpu_grad = tape.gradient(cpu_loss, xt, output_gradients=tf.constant(g))
         ref.assert_close(loss, cpu_loss, "float32", "loss")
         assert (loss[1, 0] == 0).all()
+        up = ref.resize_bilinear_loop(np.asarray(x, np.float32).astype(np.float64), size, mode)
+        exp_loss, grad_up = ref.softmax_cross_entropy(up, target, ignore=255, smoothing=smoothing)
+        ref.assert_close(loss, exp_loss, "float32", "resize")
+        ref.assert_close(grad.astype(np.float64), ref.resize_bilinear_grad_loop(grad_up * g[..., None], (4, 5), mode),
+                         dtype, "resize_grad")
         # The resize's heads compute in float32 whatever the type (as tf.image.resize), so float64
         # results carry float32 roundings: resize_grad's bound.
         ref.assert_close(grad.astype(np.float64), tf.cast(cpu_grad, tf.float64), dtype, "resize_grad")

@@ -19,6 +19,7 @@ _API = (
     "bilinear_kernel_size",
     "upsample_argmax",
     "upsample_sparse_softmax_cross_entropy",
+    "segmentation_loss",
     "stock_ops",
     "resize",
     "resize_bilinear",

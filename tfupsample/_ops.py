@@ -132,7 +132,7 @@ def _upsample_cross_entropy_grad(op, grad, _stats_grad):
     # The stats output is the forward's per-pixel (max, sum) for this gradient; nothing that
     # differentiates reads it (heads.py returns only the loss).
     labels, logits = op.inputs
-    attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label")}
+    attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label", "label_smoothing")}
     return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
         labels, logits, op.outputs[1], grad, **attrs)
 
@@ -140,7 +140,8 @@ def _upsample_cross_entropy_grad(op, grad, _stats_grad):
 @_register("TfupsampleResizeSparseSoftmaxCrossEntropy")
 def _resize_cross_entropy_grad(op, grad, _stats_grad):
     labels, logits = op.inputs
-    attrs = {k: op.get_attr(k) for k in ("ignore_label", "use_ignore_label", "align_corners", "half_pixel_centers")}
+    attrs = {k: op.get_attr(k) for k in ("ignore_label", "use_ignore_label", "label_smoothing", "align_corners",
+                                        "half_pixel_centers")}
     return None, lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(labels, logits, op.outputs[1], grad, **attrs)
 
 

@@ -13,6 +13,7 @@ by default the framework's current stream, and not waited for, as the frameworks
 
 import ctypes
 import os
+import struct
 
 from ._checks import _check_data_format, _check_padding, _pair
 from ._weights import check_factor
@@ -24,7 +25,7 @@ _DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 6
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 _MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
-_ARG_COUNT = 15  # GeometryFromArgs' values (csrc/cuda/kernels.h)
+_ARG_COUNT = 16  # GeometryFromArgs' values (csrc/cuda/kernels.h)
 
 
 class _Library:
@@ -225,11 +226,18 @@ def _run(op, args, views, stream, dtype=None):
 _RESIZE_CODES = {"half_pixel": 1, "align_corners": 2, "asymmetric": 3}
 
 
-def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None, resize=None):
+def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None, resize=None,
+          label_smoothing=0.0):
     """The flat arguments of csrc/cuda/kernels.h's GeometryFromArgs (_ARG_COUNT values); resize:
-    None (the transposed convolution) or one of _RESIZE_CODES (then k, s and padding are unused)."""
+    None (the transposed convolution) or one of _RESIZE_CODES (then k, s and padding are unused);
+    label_smoothing travels as the bits of a double, rounded to float32 first as the TF ops' float
+    attribute is (the loss is then one function on both devices)."""
+    if not 0.0 <= float(label_smoothing) <= 1.0:  # also refused by the kernels' argument check
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    (single,) = struct.unpack("<f", struct.pack("<f", float(label_smoothing)))
+    (smoothing,) = struct.unpack("<q", struct.pack("<d", single))
     return [n, h, w, c, oh, ow, k[0], k[1], s[0], s[1], padding == "VALID", data_format == "NCHW",
-            ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0]
+            ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0, smoothing]
 
 
 def _float(v):
@@ -434,9 +442,9 @@ def _head(logits, factor, data_format):
     v = _float(_view(logits, "logits"))
     n, h, w, c = _rank4(v, "NHWC")
 
-    def args(ignore=None):
+    def args(ignore=None, smoothing=0.0):
         k = _ext().bilinear_kernel_size(f)
-        return _args(n, h, w, c, h * f, w * f, (k, k), (f, f), ignore_label=ignore)
+        return _args(n, h, w, c, h * f, w * f, (k, k), (f, f), ignore_label=ignore, label_smoothing=smoothing)
 
     return v, (n, h * f, w * f), args
 
@@ -475,11 +483,12 @@ def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", 
     return (result, scores.array) if return_scores else result
 
 
-def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None,
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, label_smoothing=0.0,
                                           data_format="NHWC", out=None, return_stats=False,
                                           stream=None):
     """Per-pixel softmax cross-entropy [N, H*f, W*f] of the upsampled logits; labels outside
-    [0, C) (other than ignore_label) give NaN. With return_stats=True, (loss, stats): stats
+    [0, C) (other than ignore_label) give NaN. label_smoothing s: the target is
+    (1 - s) onehot(label) + s / C. With return_stats=True, (loss, stats): stats
     [N, H*f, W*f, 2] float64 holds each pixel's largest score and sum of exp(score - largest),
     which `upsample_sparse_softmax_cross_entropy_grad(..., stats=stats)` takes instead of
     computing them again; out is then the (loss, stats) pair."""
@@ -488,13 +497,14 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
     loss_out, stats_out = (out if out is not None else (None, None)) if return_stats else (out, None)
     loss = _output(loss_out, v, "out", shape, v.dtype)
     stats = _output(stats_out, v, "stats", (*shape, 2), "float64") if return_stats else None
-    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, loss, stats], _stream(v, stream))
+    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing), [v, lv, loss, stats],
+         _stream(v, stream))
     return (loss.array, stats.array) if return_stats else loss.array
 
 
 def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *, stats=None,
-                                               ignore_label=None, data_format="NHWC", out=None,
-                                               stream=None):
+                                               ignore_label=None, label_smoothing=0.0, data_format="NHWC",
+                                               out=None, stream=None):
     """Gradient of the loss map to the coarse logits (in `data_format`), given its gradient, and
     the forward's `stats` (return_stats=True) when kept: without them they are computed first."""
     v, shape, args = _head(logits, factor, data_format)
@@ -509,11 +519,11 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     st = _stream(v, stream)
     if stats is None:
         sv = _output(None, v, "stats", (*shape, 2), "float64")
-        _run("UpsampleSoftmaxCrossEntropy", args(ignore_label), [v, lv, None, sv], st)
+        _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing), [v, lv, None, sv], st)
     else:
         sv = _output(stats, v, "stats", (*shape, 2), "float64")
     grad = _output(None if nchw else out, v, "out", v.shape, v.dtype)
-    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label), [v, lv, sv, gv, grad], st)
+    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label, label_smoothing), [v, lv, sv, gv, grad], st)
     if not nchw:
         return grad.array
     return _permuted(grad.array, (0, 3, 1, 2))

@@ -71,7 +71,19 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
         return (labels, scores) if return_scores else labels
 
 
-def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore_label=None,
+def _check_ignore_label(ignore_label):
+    if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral)):
+        raise TypeError(f"ignore_label must be an integer or None, got {ignore_label!r}")
+
+
+def _check_fraction(value, name):
+    """A Python number in [0, 1] (label_smoothing, top_k_percent_pixels), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore_label=None, label_smoothing=0.0,
                                           interpolation="transposed_conv", data_format="NHWC", name=None):
     """Per-pixel loss `[N, H*f, W*f]` equal to
     `tf.nn.sparse_softmax_cross_entropy_with_logits(labels, bilinear_upsample(logits, factor))`,
@@ -82,16 +94,19 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
 
     Pixels whose label equals `ignore_label` (e.g. 255 in PASCAL VOC) give 0 loss and 0
     gradient. Any other label outside [0, classes) is an InvalidArgumentError on the CPU and, as
-    with TF's own GPU kernel, NaN loss and gradient on a GPU. The gradient to `logits` never
-    allocates anything of the upsampled logits' size.
+    with TF's own GPU kernel, NaN loss and gradient on a GPU. `label_smoothing` s in [0, 1]: the
+    target is `(1 - s) * one_hot(label) + s / classes` (Keras' and Model Garden's rule), i.e.
+    `tf.nn.softmax_cross_entropy_with_logits` of that target, still without the one-hot or the
+    upsampled logits. The gradient to `logits` never allocates anything of the upsampled logits'
+    size.
     """
     conv = _interpolation(interpolation)
     if conv is None:
         factor = check_factor(factor)
     elif factor is not None:
         check_factor(factor)  # accepted for symmetry; the labels' size decides
-    if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral)):
-        raise TypeError(f"ignore_label must be an integer or None, got {ignore_label!r}")
+    _check_ignore_label(ignore_label)
+    smoothing = _check_fraction(label_smoothing, "label_smoothing")
     with tf.name_scope(name or "upsample_sparse_softmax_cross_entropy"):
         x = _nhwc(logits, data_format)
         y = tf.convert_to_tensor(labels)
@@ -100,25 +115,107 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
         if y.shape.rank is not None and y.shape.rank != 3:
             raise ValueError(f"labels must be [N, height, width], got shape {y.shape}")
         y = tf.cast(y, tf.int64)
-        ignore = dict(ignore_label=0 if ignore_label is None else int(ignore_label),
-                      use_ignore_label=ignore_label is not None)
+        rule = dict(ignore_label=0 if ignore_label is None else int(ignore_label),
+                    use_ignore_label=ignore_label is not None, label_smoothing=smoothing)
         if conv is not None:
             if _use_pure_tf():
                 up = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(y)[1:3], **_resize_kwargs(conv))
-                return _masked_cross_entropy(y, up, ignore_label)
+                return _masked_cross_entropy(y, up, ignore_label, smoothing)
             loss, _stats = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy(
-                y, x, **ignore, **_resize_kwargs(conv))
+                y, x, **rule, **_resize_kwargs(conv))
             return loss
         if _use_pure_tf():
-            return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label)
-        loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(y, x, factor=factor, **ignore)
+            return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
+        loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(y, x, factor=factor, **rule)
         return loss  # _stats: each pixel's softmax max and sum, kept for the gradient
 
 
-def _masked_cross_entropy(labels, up, ignore_label):
+def _masked_cross_entropy(labels, up, ignore_label, smoothing=0.0):
     """The unfused loss of the upsampled logits up, 0 at the ignore label."""
-    if ignore_label is None:
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, up)
-    keep = tf.not_equal(labels, ignore_label)
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.where(keep, labels, 0), up)
-    return tf.where(keep, loss, tf.zeros_like(loss))
+    keep = tf.not_equal(labels, ignore_label) if ignore_label is not None else None
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels if keep is None else tf.where(keep, labels, 0), up)
+    if smoothing:  # (1 - s) CE(one-hot) + s CE(uniform), CE(uniform) = logsumexp - mean
+        uniform = tf.reduce_logsumexp(up, axis=-1) - tf.reduce_mean(up, axis=-1)
+        loss = (1 - smoothing) * loss + smoothing * uniform
+    return loss if keep is None else tf.where(keep, loss, tf.zeros_like(loss))
+
+
+def _hard_pixels(losses, valid, fraction):
+    """Model Garden's hard-pixel mining over the per-pixel losses (valid: the pixels not ignored):
+    k = int(fraction * pixels) (in float32, as Model Garden computes it) and the mask of the
+    pixels whose losses it sums, such that the mask's count is its normaliser min(k, valid):
+    the k largest losses where at least k pixels are valid, else every valid pixel (then the k
+    largest are those and zeros)."""
+    flat = tf.reshape(losses, [-1])
+    k = tf.cast(tf.constant(fraction, tf.float32) * tf.cast(tf.size(flat), tf.float32), tf.int32)
+    _, top = tf.math.top_k(flat, k=k)
+    chosen = tf.scatter_nd(top[:, None], tf.ones_like(top, tf.bool), tf.shape(flat, out_type=tf.int32))
+    num_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
+    return tf.where(num_valid >= k, tf.reshape(chosen, tf.shape(losses)), valid)
+
+
+def segmentation_loss(labels, logits, factor=None, *, interpolation="bilinear", ignore_label=None,
+                      class_weights=None, label_smoothing=0.0, pixel_weights=None, top_k_percent_pixels=1.0,
+                      data_format="NHWC", name=None):
+    """Model Garden's segmentation loss (`official.vision.losses.segmentation_losses.SegmentationLoss`
+    with categorical cross-entropy and `use_groundtruth_dimension=True`), a scalar, fused: the
+    logits `[N, h, w, C]` are resized to the labels' size (`interpolation="bilinear"`, as
+    Model Garden's `tf.image.resize`; also "align_corners", "asymmetric", or "transposed_conv"
+    with `factor`), and neither they nor their softmax exist at that size.
+
+    labels: `[N, H, W]` or `[N, H, W, 1]`, integer or float (cast to int32, as Model Garden
+    does); `ignore_label` pixels count for nothing. class_weights: C weights, each pixel's loss
+    times its label's. label_smoothing s: the target `(1 - s) one_hot + s / C`. pixel_weights:
+    `[N, H, W]` (or `[N, H, W, 1]`) weights multiplying each pixel's loss. The result is the sum of
+    the weighted losses over (the number of pixels not ignored + 1e-5); with
+    `top_k_percent_pixels` f < 1, the sum of the k = int(f * N * H * W) largest over
+    (min(k, pixels not ignored) + 1e-5) (hard-pixel mining). float32 for half-precision logits.
+    Labels outside [0, C) other than `ignore_label` are an error (Model Garden gives them weight
+    0 but counts them in the normaliser).
+    """
+    _check_ignore_label(ignore_label)
+    fraction = _check_fraction(top_k_percent_pixels, "top_k_percent_pixels")
+    with tf.name_scope(name or "segmentation_loss"):
+        y = tf.convert_to_tensor(labels)
+        if not (y.dtype.is_integer or y.dtype.is_floating):
+            raise TypeError(f"labels must be an integer or float tensor, got {y.dtype.name}")
+        if y.shape.rank == 4:
+            if y.shape[-1] not in (1, None):
+                raise ValueError(f"labels must be [N, H, W] or [N, H, W, 1], got shape {y.shape}")
+            y = tf.squeeze(y, -1)
+        y = tf.cast(tf.cast(y, tf.int32), tf.int64)
+        losses = upsample_sparse_softmax_cross_entropy(y, logits, factor, ignore_label=ignore_label,
+                                                       label_smoothing=label_smoothing,
+                                                       interpolation=interpolation, data_format=data_format)
+        if losses.dtype in (tf.float16, tf.bfloat16):
+            losses = tf.cast(losses, tf.float32)
+        valid = tf.not_equal(y, ignore_label) if ignore_label is not None else tf.ones_like(y, tf.bool)
+        weights = _pixel_weights(y, valid, class_weights, pixel_weights, losses.dtype, _classes(logits, data_format))
+        if weights is not None:
+            losses *= weights
+        if fraction < 1.0:
+            valid = _hard_pixels(losses, valid, fraction)
+            losses = tf.where(valid, losses, tf.zeros_like(losses))
+        count = tf.reduce_sum(tf.cast(valid, losses.dtype))
+        return tf.reduce_sum(losses) / (count + 1e-5)
+
+
+def _classes(logits, data_format):
+    shape = tf.convert_to_tensor(logits).shape
+    return shape[1 if _check_data_format(data_format) == "NCHW" else -1] if shape.rank == 4 else None
+
+
+def _pixel_weights(labels, valid, class_weights, pixel_weights, dtype, classes):
+    """class_weights[label] (0 where not valid) times pixel_weights, or None when both are None."""
+    weights = None
+    if class_weights is not None:
+        table = tf.convert_to_tensor(class_weights, dtype)
+        if table.shape.rank != 1 or (classes is not None and table.shape[0] != classes):
+            raise ValueError(f"class_weights must hold one weight per class ({classes}), got shape {table.shape}")
+        weights = tf.where(valid, tf.gather(table, tf.where(valid, labels, 0)), tf.zeros([], dtype))
+    if pixel_weights is not None:
+        w = tf.cast(pixel_weights, dtype)
+        if w.shape.rank == 4 and w.shape[-1] == 1:
+            w = tf.squeeze(w, -1)
+        weights = w if weights is None else weights * w
+    return weights

@@ -23,7 +23,7 @@ else:
 
 from ._numpy_ext import default_output_size
 from ._weights import bilinear_kernel_2d, check_factor
-from .heads import upsample_sparse_softmax_cross_entropy
+from .heads import _check_fraction, _hard_pixels, _pixel_weights, upsample_sparse_softmax_cross_entropy
 
 
 def _set_mask(losses, mask):
@@ -55,11 +55,19 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
     (e.g. 255 in PASCAL VOC) are left out, as in Keras: 0 loss, and out of the mean of the default
     reduction. `ignore_label` is accepted as another name for `ignore_class` (the function-level
     API's name).
+
+    Model Garden's options (`tfupsample.segmentation_loss`): `label_smoothing` s (target
+    `(1 - s) one_hot + s / classes`, in the kernel), `class_weights` (each pixel's loss times its
+    label's weight) and `top_k_percent_pixels` f < 1 (hard-pixel mining: the mean over the
+    k = int(f * pixels) largest losses, or over every pixel not ignored where fewer are left).
+    With the default reduction the result is Model Garden's loss (without its 1e-5 in the
+    denominator); Keras' `sample_weight` multiplies the pixels after the mining.
     """
 
     def __init__(self, factor=None, ignore_class=None, from_logits=True,
                  reduction="sum_over_batch_size", name="upsampled_sparse_categorical_crossentropy",
-                 dtype=None, ignore_label=None, interpolation="transposed_conv"):
+                 dtype=None, ignore_label=None, interpolation="transposed_conv", label_smoothing=0.0,
+                 class_weights=None, top_k_percent_pixels=1.0):
         if not from_logits:
             raise ValueError("UpsampledSparseCategoricalCrossentropy needs from_logits=True: "
                              "upsampling probabilities is not the same as upsampling logits")
@@ -79,6 +87,9 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         self.factor = check_factor(factor) if factor is not None or not self.resize else None
         self.ignore_class = ignore_class
         self.from_logits = True
+        self.label_smoothing = _check_fraction(label_smoothing, "label_smoothing")
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.top_k_percent_pixels = _check_fraction(top_k_percent_pixels, "top_k_percent_pixels")
 
     def call(self, y_true, y_pred):
         labels = tf.convert_to_tensor(y_true)
@@ -87,15 +98,24 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int64)  # Keras may hand labels over as floats
         losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor, ignore_label=self.ignore_class,
+                                                       label_smoothing=self.label_smoothing,
                                                        interpolation=self.interpolation)
-        if self.ignore_class is None:
-            return losses
-        return _set_mask(losses, tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)))
+        valid = (tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)) if self.ignore_class is not None
+                 else None)
+        if self.class_weights is not None:
+            everywhere = tf.ones_like(labels, tf.bool) if valid is None else valid
+            losses *= _pixel_weights(labels, everywhere, self.class_weights, None, losses.dtype, y_pred.shape[-1])
+        if self.top_k_percent_pixels < 1.0:
+            valid = _hard_pixels(losses, tf.ones_like(labels, tf.bool) if valid is None else valid,
+                                 self.top_k_percent_pixels)
+            losses = tf.where(valid, losses, tf.zeros_like(losses))
+        return losses if valid is None else _set_mask(losses, valid)
 
     def get_config(self):
         config = super().get_config()
         config.update(factor=self.factor, ignore_class=self.ignore_class, from_logits=True,
-                      interpolation=self.interpolation)
+                      interpolation=self.interpolation, label_smoothing=self.label_smoothing,
+                      class_weights=self.class_weights, top_k_percent_pixels=self.top_k_percent_pixels)
         return config
 
 

@@ -206,24 +206,49 @@ def upsample_argmax_loop(x, factor):
     return up.argmax(-1), up.max(-1)
 
 
-def softmax_cross_entropy(up, labels, ignore=None):
-    """Per-pixel loss logsumexp(up) - up[label] and its gradient softmax(up) - onehot(label) to
-    `up` ([..., classes], float64), both 0 at the ignore label."""
+def softmax_cross_entropy(up, labels, ignore=None, smoothing=0.0):
+    """Per-pixel cross-entropy -sum(p * log_softmax(up)) of the target p = onehot(label), or
+    (1 - s) onehot(label) + s / classes with label smoothing s, and its gradient softmax(up) - p
+    to `up` ([..., classes], float64), both 0 at the ignore label."""
     up = np.asarray(up, np.float64)
     m = up.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(up - m).sum(-1, keepdims=True)))[..., 0]
+    lse = m + np.log(np.exp(up - m).sum(-1, keepdims=True))
     skip = labels == ignore if ignore is not None else np.zeros(labels.shape, bool)
-    safe = np.where(skip, 0, labels)
-    loss = np.where(skip, 0, lse - np.take_along_axis(up, safe[..., None], -1)[..., 0])
-    grad = np.exp(up - lse[..., None]) - np.eye(up.shape[-1])[safe]
-    return loss, np.where(skip[..., None], 0, grad)
+    target = np.eye(up.shape[-1])[np.where(skip, 0, labels)] * (1 - smoothing) + smoothing / up.shape[-1]
+    loss = -(target * (up - lse)).sum(-1)
+    grad = np.exp(up - lse) - target
+    return np.where(skip, 0, loss), np.where(skip[..., None], 0, grad)
 
 
-def upsample_softmax_cross_entropy(x, labels, factor, loss_grad, ignore=None):
+def upsample_softmax_cross_entropy(x, labels, factor, loss_grad, ignore=None, smoothing=0.0):
     """The fused loss head from its definition: (per-pixel loss of bilinear_loop(x, factor),
     gradient to x given the loss map's gradient loss_grad)."""
-    loss, grad_up = softmax_cross_entropy(bilinear_loop(x, factor), labels, ignore)
+    loss, grad_up = softmax_cross_entropy(bilinear_loop(x, factor), labels, ignore, smoothing)
     return loss, bilinear_grad_loop(grad_up * np.asarray(loss_grad, np.float64)[..., None], factor)
+
+
+def model_garden_loss(up, labels, ignore_label=None, class_weights=None, label_smoothing=0.0,
+                      pixel_weights=None, top_k_percent_pixels=1.0):
+    """Model Garden's SegmentationLoss (official/vision/losses/segmentation_losses.py, categorical
+    cross-entropy) of the full-resolution logits `up` [N, H, W, C] in float64, written from its
+    formula: per-pixel cross-entropy of the smoothed one-hot, times class_weights[label] (and
+    pixel_weights), 0 where the label is ignore_label; the sum over (num_valid + 1e-5), or with
+    top_k_percent_pixels < 1 the sum of the k = int(fraction * pixels) largest over
+    (min(k, num_valid) + 1e-5)."""
+    up = np.asarray(up, np.float64)
+    labels = np.asarray(labels)
+    loss, _ = softmax_cross_entropy(up, labels, ignore_label, label_smoothing)
+    valid = labels != ignore_label if ignore_label is not None else np.ones(labels.shape, bool)
+    weights = np.ones(up.shape[-1]) if class_weights is None else np.asarray(class_weights, np.float64)
+    loss = loss * np.where(valid, weights[np.where(valid, labels, 0)], 0.0)
+    if pixel_weights is not None:
+        loss = loss * np.asarray(pixel_weights, np.float64)
+    num_valid = valid.sum()
+    if top_k_percent_pixels >= 1.0:
+        return loss.sum() / (num_valid + 1e-5)
+    k = int(np.float32(top_k_percent_pixels) * np.float32(loss.size))
+    top = np.sort(loss.ravel())[::-1][:k]
+    return top.sum() / (min(k, num_valid) + 1e-5)
 
 
 RESIZE_MODES = ("half_pixel", "align_corners", "asymmetric")

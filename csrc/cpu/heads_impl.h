@@ -295,11 +295,19 @@ inline A ExpShifted(A* v, int64_t C, A* max_out) {
   return Reduce(v, C, A(0), AddOp());
 }
 
+// The score the loss subtracts from logsumexp(v): v[y], or with label smoothing s the target
+// distribution's mean score (1 - s) v[y] + s mean(v) (v still the scores, before ExpShifted).
+template <typename A>
+inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
+  if (s == 0) return v[y];  // not 1 * v[y] + 0 * mean: an infinite score would give NaN
+  return A(1 - s) * v[y] + A(s) * (Reduce(v, C, A(0), AddOp()) / A(C));
+}
+
 // The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
 // the gradient takes instead of computing them again -- two of its passes over the classes.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                     IgnoreLabel ignore, T* loss, double* stats,
+                                     LabelRule rule, T* loss, double* stats,
                                      const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
@@ -310,14 +318,14 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     const int64_t base = (s * OH + oy) * OW;
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t i = base + ox, y = labels[i];
-      if (ignore.Skips(y)) {
+      if (rule.Skips(y)) {
         if (loss != nullptr) loss[i] = T(0);
         if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
         continue;
       }
       plan.PixelFromColumns(cols.data(), ox, C, v.data());  // the forward's values
       ScoresAsStored<T>(v.data(), C);
-      const A target = v[y];
+      const A target = SmoothedTarget(v.data(), C, y, rule.smoothing);
       A m;
       const A sum = ExpShifted(v.data(), C, &m);
       if (loss != nullptr) loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
@@ -329,20 +337,23 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
   });
 }
 
-// Gradient to the coarse logits: dv = loss_grad * (softmax(v) - onehot(y)) per output pixel, one
-// pixel at a time (the softmax exp(v - max) / sum from the forward's stats, its scale folded into
-// each tap's weight: the same bits as computing max and sum here), added at once into r (the
+// Gradient to the coarse logits: dv = loss_grad * (softmax(v) - target) per output pixel (target:
+// the one-hot, or (1 - s) onehot + s / C with label smoothing), one pixel at a time (the softmax
+// exp(v - max) / sum from the forward's stats, its scale folded into each tap's weight without
+// smoothing: the same bits as computing max and sum here), added at once into r (the
 // output row reduced along x: each r[j] still sums its outputs in ascending order) and then into
 // the input rows like the bilinear input gradient. The scratch is one pixel and one input row per
 // thread.
 template <typename T>
 void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                         IgnoreLabel ignore, const double* stats,
+                                         LabelRule rule, const double* stats,
                                          const T* loss_grad, T* logits_grad, const ParallelFor& pf) {
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
   const Axis& ax = g.x;
   const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
+  const double smoothing = rule.smoothing;
+  const A on_label = A(1 - smoothing), uniform = A(smoothing / static_cast<double>(C));
   // The shared-row buffer takes at most the labels' bytes (the head allocates nothing of the
   // upsampled logits' size); beyond that the bands recompute the rows they share.
   const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
@@ -355,18 +366,23 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
     const int64_t base = (b.s * OH + oy) * OW;
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
-      if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
       const A gl = Widen(loss_grad[base + ox]);
       const A m = static_cast<A>(stats[2 * (base + ox)]), sum = static_cast<A>(stats[2 * (base + ox) + 1]);
       plan.PixelFromColumns(cols, ox, C, d);
       ScoresAsStored<T>(d, C);
       for (int64_t c = 0; c < C; ++c) d[c] = SoftmaxExp(d[c] - m);
       const A scale = gl / sum;  // d[c] * scale: the softmax times gl
+      if (smoothing != 0) {  // the target (1 - s) onehot + s / C
+        const A off = gl * uniform;
+        for (int64_t c = 0; c < C; ++c) d[c] = d[c] * scale - off;
+      }
+      const A on = smoothing != 0 ? gl * on_label : gl;
       for (int64_t j = ax.FirstInput(ox); j <= ax.LastInput(ox); ++j) {
-        const A w = plan.wx[ax.Tap(ox, j)], ws = w * scale;
+        const A w = plan.wx[ax.Tap(ox, j)], ws = smoothing != 0 ? w : w * scale;
         A* __restrict rj = r + j * C;
         for (int64_t c = 0; c < C; ++c) rj[c] += ws * d[c];
-        rj[y] -= w * gl;  // the one-hot
+        rj[y] -= w * on;  // the one-hot
       }
     }
   });

@@ -36,13 +36,13 @@
   X(ResizeArgmax, (const Geometry& g, const T* logits, int64_t* labels, float* scores),    \
     (g, logits, labels, scores))                                                            \
   X(ResizeSoftmaxCrossEntropy,                                                              \
-    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
      float* loss, double* stats),                                                           \
-    (g, logits, labels, ignore, loss, stats))                                               \
+    (g, logits, labels, rule, loss, stats))                                               \
   X(ResizeSoftmaxCrossEntropyGrad,                                                          \
-    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
      const double* stats, const float* loss_grad, T* logits_grad),                          \
-    (g, logits, labels, ignore, stats, loss_grad, logits_grad))                             \
+    (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
   /* Fused heads over NHWC logits [n, h, w, c] (g: the bilinear geometry); label and loss   \
      maps [n, h*f, w*f]; labels in [0, c) or the ignore label (the CPU caller checks).      \
      Argmax: ties to the lowest class; scores (may be null) the maximum, the bits           \
@@ -53,14 +53,14 @@
      [n, h*f, w*f, 2] the pixel's softmax statistics (max v, sum of exp(v - max)), 0 at the \
      ignore label. Either output may be null (the CUDA gradient asks for stats alone). */   \
   X(UpsampleSoftmaxCrossEntropy,                                                            \
-    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
      T* loss, double* stats),                                                               \
-    (g, logits, labels, ignore, loss, stats))                                               \
+    (g, logits, labels, rule, loss, stats))                                               \
   /* Its gradient to the logits, given the forward's stats and the loss map's gradient. */  \
   X(UpsampleSoftmaxCrossEntropyGrad,                                                        \
-    (const Geometry& g, const T* logits, const int64_t* labels, IgnoreLabel ignore,         \
+    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
      const double* stats, const T* loss_grad, T* logits_grad),                              \
-    (g, logits, labels, ignore, stats, loss_grad, logits_grad))
+    (g, logits, labels, rule, stats, loss_grad, logits_grad))
 
 #define TFUP_UNPAREN(...) __VA_ARGS__
 

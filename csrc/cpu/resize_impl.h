@@ -250,7 +250,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
 // and its softmax statistics for the gradient (as the transposed convolution's loss head).
 template <typename T>
 void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                   IgnoreLabel ignore, float* loss, double* stats,
+                                   LabelRule rule, float* loss, double* stats,
                                    const ParallelFor& pf) {
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
@@ -261,13 +261,13 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
     const int64_t base = (s * oh + oy) * ow;
     for (int64_t ox = 0; ox < ow; ++ox) {
       const int64_t i = base + ox, y = labels[i];
-      if (ignore.Skips(y)) {
+      if (rule.Skips(y)) {
         if (loss != nullptr) loss[i] = 0.0f;
         if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
         continue;
       }
       ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
-      const float target = v[y];
+      const float target = SmoothedTarget(v.data(), C, y, rule.smoothing);
       float m;
       const float sum = ExpShifted(v.data(), C, &m);
       if (loss != nullptr) loss[i] = std::log(sum) + m - target;  // logsumexp(v) - v[y]
@@ -279,14 +279,14 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
   });
 }
 
-// Its gradient to the logits: per output pixel dv = loss_grad * (softmax - onehot) (the softmax
+// Its gradient to the logits: per output pixel dv = loss_grad * (softmax - target) (the softmax
 // from the forward's stats), folded at once into xr along x, then xr into the band's input rows
 // along y, as ResizeBilinear's gradient (x first here: a pixel's dv exists only while it is
 // computed). A band's thread owns its rows; the output rows two bands share are computed by both.
 // Scratch: one pixel, one input row and the band's rows per thread: nothing of the output's size.
 template <typename T>
 void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
-                                       IgnoreLabel ignore, const double* stats,
+                                       LabelRule rule, const double* stats,
                                        const float* loss_grad, T* logits_grad,
                                        const ParallelFor& pf) {
   using A = Acc<T>;
@@ -299,6 +299,8 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
       end[i] = std::max(end[i], oy + 1);
     }
   }
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
@@ -320,13 +322,19 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
         std::fill(xr.begin(), xr.end(), A(0));
         for (int64_t ox = 0; ox < ow; ++ox) {
           const int64_t i = base + ox, y = labels[i];
-          if (ignore.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+          if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
           const float gl = loss_grad[i];
           const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
           ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
           const float scale = gl / sum;
-          for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
-          d[y] -= A(gl);  // the one-hot
+          if (rule.smoothing == 0) {
+            for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
+            d[y] -= A(gl);  // the one-hot
+          } else {  // the target (1 - s) onehot + s / C
+            const float off = gl * uniform;
+            for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale - off);
+            d[y] -= A(gl * on_label);
+          }
           AddScaled(xr.data() + tx.lower[ox] * C, A(1.0f - tx.lerp[ox]), d.data(), C);
           AddScaled(xr.data() + tx.upper[ox] * C, A(tx.lerp[ox]), d.data(), C);
         }

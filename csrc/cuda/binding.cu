@@ -43,14 +43,14 @@ int DeviceOf(const void* p) {
 }
 
 // Runs op with its scratch from the stream-ordered allocator; *known is false for no such op.
-std::string Dispatch(const char* op, const Geometry& g, DType t, IgnoreLabel ignore,
+std::string Dispatch(const char* op, const Geometry& g, DType t, LabelRule rule,
                      void* const* p, cudaStream_t stream, bool* known) {
   const int64_t bytes = OpScratchBytes(op, g, t);
   *known = bytes >= 0;
   if (!*known) return std::string("unknown op ") + op;
   Scratch s(bytes, stream);
   if (s.status != cudaSuccess) return std::string("CUDA error: ") + cudaGetErrorString(s.status);
-  return RunOp(op, g, t, ignore, p, s.p, stream);
+  return RunOp(op, g, t, rule, p, s.p, stream);
 }
 
 }  // namespace
@@ -74,8 +74,8 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
   };
   if (dtype < 0 || dtype > 3) return fail(kInvalidArgument, "dtype must be 0..3");
   Geometry g;
-  IgnoreLabel ignore;
-  std::string bad = GeometryFromArgs(args, &g, &ignore);
+  LabelRule rule;
+  std::string bad = GeometryFromArgs(args, &g, &rule);
   if (bad.empty()) bad = CheckOpGeometry(op, g);
   if (!bad.empty()) return fail(kInvalidArgument, bad);
 
@@ -84,7 +84,7 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
   const cudaError_t set = cudaSetDevice(DeviceOf(pointers[0]));
   if (set != cudaSuccess) return fail(kCudaError, std::string("CUDA error: ") + cudaGetErrorString(set));
   bool known = true;
-  const std::string err = Dispatch(op, g, static_cast<DType>(dtype), ignore, pointers,
+  const std::string err = Dispatch(op, g, static_cast<DType>(dtype), rule, pointers,
                                    reinterpret_cast<cudaStream_t>(stream), &known);
   cudaSetDevice(old);
   if (!known) return fail(kInvalidArgument, err);

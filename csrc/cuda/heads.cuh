@@ -225,19 +225,20 @@ struct SoftmaxStats {
   }
 };
 
-// The loss logsumexp - score[label] and the stats (max, sum) the gradient takes; either output
+// The loss logsumexp - score[label] (with label smoothing s, logsumexp - (1 - s) score[label] -
+// s mean(score)) and the stats (max, sum) the gradient takes; either output
 // may be null. A bad label gives NaN for both, an ignored pixel 0.
 template <typename T>
 struct CrossEntropyBody : HeadBase<T> {
   const int64_t* labels;
-  IgnoreLabel ignore;
+  LabelRule rule;
   T* loss;
   double* stats;  // [pixels, 2]
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     using A = typename AccOf<T>::type;
     const int64_t i = this->MapIndex(n, y, x), label = labels[i];
     A out = A(0), max = A(0), sum = A(0);
-    if (!ignore.Skips(label)) {
+    if (!rule.Skips(label)) {
       if (label < 0 || label >= this->C) {
         out = max = sum = QuietNaN<A>();
       } else {
@@ -245,7 +246,13 @@ struct CrossEntropyBody : HeadBase<T> {
         const SoftmaxStats<T> st(*this, p);
         max = st.max;
         sum = st.sum;
-        out = (max + Log(sum)) - this->Score(p, label);
+        A target = this->Score(p, label);
+        if (rule.smoothing != 0) {  // (1 - s) v[label] + s mean(v)
+          A all = A(0);
+          for (int64_t c = 0; c < this->C; ++c) all += this->Score(p, c);
+          target = A(1 - rule.smoothing) * target + A(rule.smoothing) * (all / A(this->C));
+        }
+        out = (max + Log(sum)) - target;
       }
     }
     if (loss != nullptr) loss[i] = Store<T>::From(out);
@@ -257,7 +264,7 @@ struct CrossEntropyBody : HeadBase<T> {
 };
 
 // The gradient (space (n, iy, ix, c) over the logits): gather over the output pixels this logit
-// reaches of loss_grad * weight * (softmax - onehot), the softmax exp(score - max) / sum from the
+// reaches of loss_grad * weight * (softmax - target), the softmax exp(score - max) / sum from the
 // forward's stats. Ignored pixels are skipped; every other pixel counts, so NaN logits give NaN
 // even where the upstream gradient is 0 (0 * NaN), as on the CPU, and a bad label's NaN stats
 // give NaN.
@@ -265,13 +272,14 @@ template <typename T>
 struct CrossEntropyGradBody : HeadBase<T> {
   using A = typename AccOf<T>::type;
   const int64_t* labels;
-  IgnoreLabel ignore;
+  LabelRule rule;
   const double* stats;
   const T* loss_grad;
   T* grad;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
                                    int64_t cs, int64_t c_end) const {
     const Run ry = OutputsOf(this->ay, iy), rx = OutputsOf(this->ax, ix);
+    const A on_label = A(1 - rule.smoothing), uniform = A(rule.smoothing / static_cast<double>(this->C));
     A acc[kGroupLanes];
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
@@ -281,7 +289,7 @@ struct CrossEntropyGradBody : HeadBase<T> {
       for (int64_t mx = 0; mx < rx.count; ++mx) {
         const int64_t x = rx.i0 + mx, i = this->MapIndex(n, y, x);
         const int64_t label = labels[i];
-        if (ignore.Skips(label)) continue;
+        if (rule.Skips(label)) continue;
         const A max = static_cast<A>(stats[2 * i]), sum = static_cast<A>(stats[2 * i + 1]);
         const A wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
         const A sw = ToAcc(loss_grad[i]) * (wy * wx), soft = sw / sum;
@@ -289,7 +297,9 @@ struct CrossEntropyGradBody : HeadBase<T> {
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;
-          if (c < c_end) acc[j] += soft * Exp(this->Score(px, c) - max) - (label == c ? sw : A(0));
+          if (c < c_end) {  // the target (1 - s) onehot + s / C: with s = 0, sw and 0
+            acc[j] += soft * Exp(this->Score(px, c) - max) - (label == c ? sw * on_label : A(0)) - sw * uniform;
+          }
         }
       }
     }

@@ -51,12 +51,12 @@ int64_t OpScratchBytes(const char* op, const Geometry& g, DType t) {
   return found == nullptr ? -1 : found->scratch_bytes(g, t);
 }
 
-std::string RunOp(const char* op, const Geometry& g, DType t, IgnoreLabel ignore,
+std::string RunOp(const char* op, const Geometry& g, DType t, LabelRule rule,
                   void* const* pointers, void* scratch, void* stream) {
   const Op<DeviceExec>* found = FindOp<DeviceExec>(op);
   if (found == nullptr) return std::string("unknown op ") + op;
   return Launch(op, stream, [&](const DeviceExec& ex) {
-    found->run(ex, OpCall{g, t, ignore, pointers, scratch});
+    found->run(ex, OpCall{g, t, rule, pointers, scratch});
   });
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "geometry.h"
@@ -16,15 +17,20 @@ enum class DType { kHalf, kBFloat16, kFloat, kDouble };
 
 // The flat argument list of the framework-free bindings (the C ABI of binding.cu, the CPU emulation):
 // n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label, resize (0: the
-// transposed convolution; 1, 2, 3: a resize with half-pixel centres, aligned corners, neither).
-// Fills g and ignore; returns "" or why the sizes are inconsistent.
-constexpr int kArgCount = 15;
-inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* ignore) {
+// transposed convolution; 1, 2, 3: a resize with half-pixel centres, aligned corners, neither),
+// label smoothing (the bits of a double in [0, 1]).
+// Fills g and rule; returns "" or why the sizes are inconsistent.
+constexpr int kArgCount = 16;
+inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, LabelRule* rule) {
+  double smoothing;
+  std::memcpy(&smoothing, &d[15], sizeof smoothing);
+  const std::string bad = CheckLabelSmoothing(smoothing);
+  if (!bad.empty()) return bad;
+  *rule = LabelRule{d[12] != 0, d[13], smoothing};
   if (d[14] != 0) {
     if (d[14] < 0 || d[14] > 3) return "resize must be 0, 1, 2 or 3, got " + std::to_string(d[14]);
     const Resize mode = d[14] == 1 ? Resize::kHalfPixel
                                    : (d[14] == 2 ? Resize::kAlignCorners : Resize::kAsymmetric);
-    *ignore = IgnoreLabel{d[12] != 0, d[13]};
     return MakeResizeGeometry(d[0], d[1], d[2], d[3], d[4], d[5], mode,
                               d[11] ? Layout::kNCHW : Layout::kNHWC, g);
   }
@@ -40,7 +46,6 @@ inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, IgnoreLabel* 
   const int64_t in = CheckedMul(CheckedMul(CheckedMul(g->n, g->y.n_in), g->x.n_in), g->c);
   const int64_t out = CheckedMul(CheckedMul(CheckedMul(g->n, g->y.n_out), g->x.n_out), g->c);
   if (in < 0 || out < 0) return "the tensors would have more elements than int64 can index";
-  *ignore = IgnoreLabel{d[12] != 0, d[13]};
   return "";
 }
 
@@ -57,7 +62,7 @@ inline std::string CheckOpGeometry(const std::string& op, const Geometry& g) {
 int64_t OpScratchBytes(const char* op, const Geometry& g, DType t);
 // Launches op on stream (a cudaStream_t): pointers are its arrays in the kernel list's order,
 // scratch OpScratchBytes of device memory. "" or the error, naming the op.
-std::string RunOp(const char* op, const Geometry& g, DType t, IgnoreLabel ignore,
+std::string RunOp(const char* op, const Geometry& g, DType t, LabelRule rule,
                   void* const* pointers, void* scratch, void* stream);
 
 }  // namespace cuda

@@ -174,21 +174,21 @@ void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* l
 
 template <class Exec>
 void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                             const int64_t* labels, IgnoreLabel ignore, void* loss, double* stats) {
+                             const int64_t* labels, LabelRule rule, void* loss, double* stats) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, ignore, static_cast<T*>(loss), stats};
+    const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, rule, static_cast<T*>(loss), stats};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
 template <class Exec>
 void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                                 const int64_t* labels, IgnoreLabel ignore, const double* stats,
+                                 const int64_t* labels, LabelRule rule, const double* stats,
                                  const void* loss_grad, void* grad) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, ignore, stats,
+    const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, rule, stats,
                                     static_cast<const T*>(loss_grad), static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
@@ -267,10 +267,10 @@ void RunResizeArgmax(const Exec& ex, const Geometry& g, DType t, const void* log
 
 template <class Exec>
 void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                           const int64_t* labels, IgnoreLabel ignore, void* loss, double* stats) {
+                           const int64_t* labels, LabelRule rule, void* loss, double* stats) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    const ResizeCrossEntropyBody<T> b{MakeResizeHead<T>(g, logits), labels, ignore,
+    const ResizeCrossEntropyBody<T> b{MakeResizeHead<T>(g, logits), labels, rule,
                                       static_cast<float*>(loss), stats};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
@@ -278,13 +278,13 @@ void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const voi
 
 template <class Exec>
 void RunResizeCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                               const int64_t* labels, IgnoreLabel ignore, const double* stats,
+                               const int64_t* labels, LabelRule rule, const double* stats,
                                const void* loss_grad, void* grad, void* scratch) {
   const ResizeRanges r = RunResizeRanges(ex, g, scratch);
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const ResizeCrossEntropyGradBody<T> b{MakeResizeHead<T>(g, logits), r.first_y, r.end_y, r.first_x, r.end_x,
-                                          labels, ignore, stats, static_cast<const float*>(loss_grad),
+                                          labels, rule, stats, static_cast<const float*>(loss_grad),
                                           static_cast<T*>(grad)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
@@ -298,7 +298,7 @@ inline int64_t ResizeHeadScratchBytes(const Geometry& g, DType) { return ResizeT
 struct OpCall {
   const Geometry& g;
   DType t;
-  IgnoreLabel ignore;
+  LabelRule rule;
   void* const* p;  // the op's arrays, in the kernel list's order
   void* scratch;   // OpScratchBytes of device memory
 };
@@ -333,12 +333,12 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunResizeArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
       {"ResizeSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore, c.p[2],
+         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule, c.p[2],
                                static_cast<double*>(c.p[3]));
        }},
       {"ResizeSoftmaxCrossEntropyGrad", ResizeHeadScratchBytes,
        [](E ex, C c) {
-         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,
+         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule,
                                    static_cast<const double*>(c.p[2]), c.p[3], c.p[4], c.scratch);
        }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
@@ -347,13 +347,13 @@ const Op<Exec>* FindOp(const char* name) {
        }},
       {"UpsampleSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.ignore,
+         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule,
                                  c.p[2], static_cast<double*>(c.p[3]));
        }},
       {"UpsampleSoftmaxCrossEntropyGrad", NoScratch,
        [](E ex, C c) {
          RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]),
-                                     c.ignore, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
+                                     c.rule, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
        }},
   };
   for (const Op<Exec>& op : ops) {

@@ -171,18 +171,19 @@ struct ResizeArgmaxBody : ResizeHeadBase<T> {
   }
 };
 
-// The loss per output pixel: max, then the sum of exp(v - max), then logsumexp - v[label]; NaN
+// The loss per output pixel: max, then the sum of exp(v - max), then logsumexp - v[label] (with
+// label smoothing s, - (1 - s) v[label] - s mean(v)); NaN
 // at a label out of range (as TF's GPU kernel), 0 at the ignore label.
 template <typename T>
 struct ResizeCrossEntropyBody : ResizeHeadBase<T> {
   const int64_t* labels;
-  IgnoreLabel ignore;
+  LabelRule rule;
   float* loss;
   double* stats;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t, int64_t, int64_t) const {
     const int64_t i = this->MapIndex(n, y, x), label = labels[i];
     float out = 0.0f, max = 0.0f, sum = 0.0f;
-    if (!ignore.Skips(label)) {
+    if (!rule.Skips(label)) {
       if (label < 0 || label >= this->C) {
         out = max = sum = QuietNaN<float>();
       } else {
@@ -193,7 +194,13 @@ struct ResizeCrossEntropyBody : ResizeHeadBase<T> {
           max = v > max ? v : max;
         }
         for (int64_t c = 0; c < this->C; ++c) sum += Exp(p.Value(c) - max);
-        out = (max + Log(sum)) - p.Value(label);
+        float target = p.Value(label);
+        if (rule.smoothing != 0) {  // (1 - s) v[label] + s mean(v)
+          float all = 0.0f;
+          for (int64_t c = 0; c < this->C; ++c) all += p.Value(c);
+          target = float(1 - rule.smoothing) * target + float(rule.smoothing) * (all / float(this->C));
+        }
+        out = (max + Log(sum)) - target;
       }
     }
     if (loss != nullptr) loss[i] = out;
@@ -206,13 +213,13 @@ struct ResizeCrossEntropyBody : ResizeHeadBase<T> {
 
 // Its gradient (space (n, iy, ix, c) over the logits): a gather over the output pixels this
 // logit reaches ([first, end) per axis, from ResizeRangeBody's tables) of its weight times
-// loss_grad * (softmax - onehot), the softmax from the forward's stats.
+// loss_grad * (softmax - target), the softmax from the forward's stats.
 template <typename T>
 struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
   using A = typename AccOf<T>::type;
   const int64_t *first_y, *end_y, *first_x, *end_x;
   const int64_t* labels;
-  IgnoreLabel ignore;
+  LabelRule rule;
   const double* stats;
   const float* loss_grad;
   T* grad;
@@ -222,6 +229,7 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
   }
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0, int64_t cs,
                                    int64_t c_end) const {
+    const float on_label = float(1 - rule.smoothing), uniform = float(rule.smoothing / static_cast<double>(this->C));
     A acc[kGroupLanes];
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
@@ -229,7 +237,7 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
       const float wy = Weight(ResizeTapOf(this->mode, this->scale_y, y, this->ay.n_in), iy);
       for (int64_t x = first_x[ix]; x < end_x[ix]; ++x) {
         const int64_t i = this->MapIndex(n, y, x), label = labels[i];
-        if (ignore.Skips(label)) continue;
+        if (rule.Skips(label)) continue;
         const float max = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
         const float wx = Weight(ResizeTapOf(this->mode, this->scale_x, x, this->ax.n_in), ix);
         const float gl = loss_grad[i], scale = gl / sum;
@@ -238,7 +246,8 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;
           if (c < c_end) {
-            const float d = Exp(p.Value(c) - max) * scale - (label == c ? gl : 0.0f);
+            // the target (1 - s) onehot + s / C: with s = 0, gl and 0
+            const float d = Exp(p.Value(c) - max) * scale - (label == c ? gl * on_label : 0.0f) - gl * uniform;
             acc[j] += A(wy) * (A(wx) * A(d));
           }
         }

@@ -50,11 +50,11 @@ using GPUDevice = Eigen::GpuDevice;
 // geometry and the ignore label apart.
 struct CudaCall {
   const Geometry* g = nullptr;
-  IgnoreLabel ignore;
+  LabelRule rule;
   void* p[5] = {};
   int n = 0;
   void Add(const Geometry& geometry) { g = &geometry; }
-  void Add(IgnoreLabel label) { ignore = label; }
+  void Add(LabelRule label) { rule = label; }
   template <typename P>
   void Add(P* pointer) { p[n++] = const_cast<void*>(static_cast<const void*>(pointer)); }
   template <typename... A>
@@ -84,7 +84,7 @@ struct Backend<GPUDevice> {
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), &holder));
       scratch = holder.data();
     }
-    const std::string err = cuda::RunOp(op, *call.g, t, call.ignore, call.p, scratch,
+    const std::string err = cuda::RunOp(op, *call.g, t, call.rule, call.p, scratch,
                                         ctx->eigen_device<GPUDevice>().stream());
     if (!err.empty()) ctx->SetStatus(absl::InternalError(err));
   }

@@ -31,16 +31,28 @@ absl::Status CheckStatsAndLossGrad(const Tensor& stats, const Tensor& loss_grad,
 }
 
 // Each label in [0, classes) or the ignore label.
-absl::Status CheckLabelValues(const Tensor& labels, int64_t classes, IgnoreLabel ignore) {
+absl::Status CheckLabelValues(const Tensor& labels, int64_t classes, LabelRule rule) {
   const auto l = labels.flat<int64_t>();
   for (int64_t i = 0; i < l.size(); ++i) {
-    if ((l(i) < 0 || l(i) >= classes) && !ignore.Skips(l(i))) {
+    if ((l(i) < 0 || l(i) >= classes) && !rule.Skips(l(i))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "labels must be in [0, ", classes, ")", ignore.use ? " or the ignore_label" : "",
+          "labels must be in [0, ", classes, ")", rule.use ? " or the ignore_label" : "",
           ", got ", l(i), " at flat index ", i));
     }
   }
   return absl::OkStatus();
+}
+
+// The loss ops' ignore_label, use_ignore_label and label_smoothing attributes (the argmax has none).
+absl::Status ReadLabelRule(OpKernelConstruction* ctx, LabelRule* rule) {
+  if (!ctx->HasAttr("ignore_label")) return absl::OkStatus();
+  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_label", &rule->value));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("use_ignore_label", &rule->use));
+  float smoothing = 0;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("label_smoothing", &smoothing));
+  rule->smoothing = smoothing;
+  const std::string bad = CheckLabelSmoothing(smoothing);
+  return bad.empty() ? absl::OkStatus() : absl::InvalidArgumentError(bad);
 }
 
 class HeadOp : public OpKernel {
@@ -48,10 +60,7 @@ class HeadOp : public OpKernel {
   explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("factor", &factor_));
     OP_REQUIRES_OK(ctx, CheckFactor(factor_));
-    if (ctx->HasAttr("ignore_label")) {
-      OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
-      OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
-    }
+    OP_REQUIRES_OK(ctx, ReadLabelRule(ctx, &rule_));
   }
 
  protected:
@@ -76,10 +85,10 @@ class HeadOp : public OpKernel {
                                                      " (the upsampled map), got ",
                                                      labels.shape().DebugString()));
     }
-    return values ? CheckLabelValues(labels, classes, ignore_) : absl::OkStatus();
+    return values ? CheckLabelValues(labels, classes, rule_) : absl::OkStatus();
   }
   int64_t factor_ = 1;
-  IgnoreLabel ignore_;
+  LabelRule rule_;
 };
 
 template <typename Device, typename T>
@@ -117,7 +126,7 @@ class UpsampleCrossEntropyOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, StatsShape(map), &stats));
     if (map.num_elements() == 0) return;
     Backend<Device>::UpsampleSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                  ignore_, loss->flat<T>().data(), stats->flat<double>().data());
+                                  rule_, loss->flat<T>().data(), stats->flat<double>().data());
   }
 };
 
@@ -137,7 +146,7 @@ class UpsampleCrossEntropyGradOp : public HeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
     Backend<Device>::UpsampleSoftmaxCrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                      ignore_, stats.flat<double>().data(), loss_grad.flat<T>().data(),
+                                      rule_, stats.flat<double>().data(), loss_grad.flat<T>().data(),
                                       grad->flat<T>().data());
   }
 };
@@ -148,10 +157,7 @@ class ResizeHeadOp : public OpKernel {
  public:
   explicit ResizeHeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ReadResizeMode(ctx, &mode_));
-    if (ctx->HasAttr("ignore_label")) {
-      OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_label", &ignore_.value));
-      OP_REQUIRES_OK(ctx, ctx->GetAttr("use_ignore_label", &ignore_.use));
-    }
+    OP_REQUIRES_OK(ctx, ReadLabelRule(ctx, &rule_));
   }
 
  protected:
@@ -180,10 +186,10 @@ class ResizeHeadOp : public OpKernel {
     return absl::OkStatus();
   }
   absl::Status CheckLabels(const Tensor& labels, int64_t classes, bool values) const {
-    return values ? CheckLabelValues(labels, classes, ignore_) : absl::OkStatus();
+    return values ? CheckLabelValues(labels, classes, rule_) : absl::OkStatus();
   }
   Resize mode_ = Resize::kHalfPixel;
-  IgnoreLabel ignore_;
+  LabelRule rule_;
 };
 
 template <typename Device, typename T>
@@ -225,7 +231,7 @@ class ResizeCrossEntropyOp : public ResizeHeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, StatsShape(map), &stats));
     if (map.num_elements() == 0) return;
     Backend<Device>::ResizeSoftmaxCrossEntropy(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                               ignore_, loss->flat<float>().data(), stats->flat<double>().data());
+                                               rule_, loss->flat<float>().data(), stats->flat<double>().data());
   }
 };
 
@@ -247,7 +253,7 @@ class ResizeCrossEntropyGradOp : public ResizeHeadOp {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &grad));
     if (grad->NumElements() == 0) return;
     Backend<Device>::ResizeSoftmaxCrossEntropyGrad(ctx, g, logits.flat<T>().data(), labels.flat<int64_t>().data(),
-                                                   ignore_, stats.flat<double>().data(),
+                                                   rule_, stats.flat<double>().data(),
                                                    loss_grad.flat<float>().data(), grad->flat<T>().data());
   }
 };
@@ -274,14 +280,19 @@ REGISTER_OP("TfupsampleUpsampleArgmax")
     .Doc("argmax over classes of the x`factor` bilinear upsample of NHWC logits, and that "
          "maximum, without the upsampled logits.");
 
+// The loss ops' label rule (LabelRule): the ignored label, if any, and the label smoothing.
+#define TFUP_LOSS_ATTRS                                                    \
+  Attr("ignore_label: int = 0")                                            \
+      .Attr("use_ignore_label: bool = false")                              \
+      .Attr("label_smoothing: float = 0")
+
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
     .Input("labels: int64")
     .Input("logits: T")
     .Output("loss: T")
     .Output("stats: float64")
     .Attr("factor: int")
-    .Attr("ignore_label: int = 0")
-    .Attr("use_ignore_label: bool = false")
+    .TFUP_LOSS_ATTRS
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle map, labels, stats;
@@ -294,7 +305,8 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
       return absl::OkStatus();
     })
     .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
-         "logits, without the upsampled logits; 0 where labels == ignore_label. stats: each "
+         "logits, without the upsampled logits; 0 where labels == ignore_label. With "
+         "label_smoothing s the target is (1 - s) onehot + s / classes. stats: each "
          "pixel's max score and sum of exp(score - max), for the gradient.");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
@@ -304,8 +316,7 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
     .Input("loss_grad: T")
     .Output("logits_grad: T")
     .Attr("factor: int")
-    .Attr("ignore_label: int = 0")
-    .Attr("use_ignore_label: bool = false")
+    .TFUP_LOSS_ATTRS
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(1));
@@ -353,8 +364,7 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
     .Input("logits: T")
     .Output("loss: float")
     .Output("stats: float64")
-    .Attr("ignore_label: int = 0")
-    .Attr("use_ignore_label: bool = false")
+    .TFUP_LOSS_ATTRS
     .TFUP_RESIZE_ATTRS
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
@@ -374,8 +384,7 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
     .Input("stats: float64")
     .Input("loss_grad: float")
     .Output("logits_grad: T")
-    .Attr("ignore_label: int = 0")
-    .Attr("use_ignore_label: bool = false")
+    .TFUP_LOSS_ATTRS
     .TFUP_RESIZE_ATTRS
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {

@@ -12,7 +12,7 @@ std::string last_error;
 }
 
 // op: a name of launch.cuh's table (csrc/cpu/kernel_list.h's). dims: n, h, w, c, out_h, out_w, ky,
-// kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), ignore.use, ignore.value, resize
+// kx, sy, sx, padding (0 SAME, 1 VALID), layout (0 NHWC, 1 NCHW), rule.use, rule.value, resize
 // (GeometryFromArgs).
 // dtype: 0 half, 1 bfloat16, 2 float, 3 double.
 extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a, void* b, void* c,
@@ -20,8 +20,8 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   using namespace tfup;
   using namespace tfup::cuda;
   Geometry g;
-  IgnoreLabel ignore;
-  last_error = GeometryFromArgs(d, &g, &ignore);
+  LabelRule rule;
+  last_error = GeometryFromArgs(d, &g, &rule);
   if (last_error.empty()) last_error = CheckOpGeometry(op, g);
   if (!last_error.empty()) return -1;
   const Op<HostExec>* found = FindOp<HostExec>(op);
@@ -32,7 +32,7 @@ extern "C" int tfup_emu_run(const char* op, const int64_t* d, int dtype, void* a
   const DType t = static_cast<DType>(dtype);
   std::vector<char> scratch(found->scratch_bytes(g, t) + 8);
   void* const pointers[] = {a, b, c, e, f};
-  found->run(HostExec{}, OpCall{g, t, ignore, pointers, scratch.data()});
+  found->run(HostExec{}, OpCall{g, t, rule, pointers, scratch.data()});
   return 0;
 }
 
@@ -51,8 +51,8 @@ extern "C" int64_t tfup_emu_check_cells(int64_t n, int64_t f) {
   using namespace tfup::cuda;
   const int64_t k = 2 * f - f % 2, d[] = {1, n, 1, 1, n * f, f, k, k, f, f, 0, 0, 0, 0, 0};
   Geometry g;
-  IgnoreLabel ignore;
-  if (!GeometryFromArgs(d, &g, &ignore).empty()) return -1;
+  LabelRule rule;
+  if (!GeometryFromArgs(d, &g, &rule).empty()) return -1;
   const Axis& a = g.y;
   const Divider s(a.stride);
   int64_t bad = 0, covered = 0;

@@ -40,15 +40,23 @@ def build_model(classes=4, width=16):
     return keras.Model(inputs, up)
 
 
-def mean_iou(model, images, labels, classes):
-    pred = np.argmax(np.asarray(model.predict(images, verbose=0)), axis=-1)
+def iou(pred, labels, classes):
+    """Mean intersection over union of the classes present, over the pixels whose label is in
+    [0, classes) (an ignore label such as 255 counts for nothing)."""
+    keep = (labels >= 0) & (labels < classes)
+    pred, labels = pred[keep], labels[keep]
     ious = []
     for c in range(classes):
         inter = np.logical_and(pred == c, labels == c).sum()
         union = np.logical_or(pred == c, labels == c).sum()
         if union:
             ious.append(inter / union)
-    return float(np.mean(ious)), pred
+    return float(np.mean(ious))
+
+
+def mean_iou(model, images, labels, classes):
+    pred = np.argmax(np.asarray(model.predict(images, verbose=0)), axis=-1)
+    return iou(pred, labels, classes), pred
 
 
 def train(seconds=60.0, epochs=None, n_train=256, n_val=32, classes=4, seed=0, verbose=1, png=None):
