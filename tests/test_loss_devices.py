@@ -82,13 +82,14 @@ def _definition(x, labels, g, factor, dtype, smoothing=0.0):
     return loss, grad
 
 
+@pytest.mark.parametrize("classes", [6, 64, 70])  # the few-class path below 64, the other from 64
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", list(NP))
 @pytest.mark.parametrize("factor", [2, 3, 8])
-def test_cpu_loss_and_gradient_equal_the_definition(dtype, factor, smoothing, rng):
+def test_cpu_loss_and_gradient_equal_the_definition(dtype, factor, smoothing, classes, rng):
     # The CPU op alone (no CUDA compiler needed): every dtype, the half types' gradient included;
     # with label smoothing, the target (1 - s) one-hot + s / C.
-    x, labels, g = _case(rng, dtype, factor)
+    x, labels, g = _case(rng, dtype, factor, (2, 3, 4, classes))
     loss, grad = _cpu(x, labels, g, factor, dtype, smoothing)
     exp_loss, exp_grad = _definition(x, labels, g, factor, dtype, smoothing)
     ref.assert_close(loss, exp_loss, dtype, "loss")
@@ -111,8 +112,8 @@ def test_cpu_and_cuda_compute_the_same_loss(emu, dtype, factor, smoothing, rng):
     ref.assert_close(grad_c, exp_grad, dtype, "loss_grad")
 
 
-def _nan_case(rng, dtype):
-    x, labels, g = _case(rng, dtype, 2)
+def _nan_case(rng, dtype, classes=6):
+    x, labels, g = _case(rng, dtype, 2, (2, 3, 4, classes))
     x[1, 1, 1, 2] = np.nan
     g[1] = 0  # image 1 has a zero upstream gradient everywhere: 0 * NaN is still NaN
     # The definition: stock ops on the upsample, with an ignore mask as the fused op applies it
@@ -128,9 +129,10 @@ def _nan_case(rng, dtype):
     return x, labels, g, np.where(keep, per_pixel.numpy(), 0), d_keep.numpy()
 
 
+@pytest.mark.parametrize("classes", [6, 70])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_nan_logits_propagate_as_the_definition(dtype, rng):
-    x, labels, g, expected_loss, expected_grad = _nan_case(rng, dtype)
+def test_nan_logits_propagate_as_the_definition(dtype, classes, rng):
+    x, labels, g, expected_loss, expected_grad = _nan_case(rng, dtype, classes)
     loss, grad = _cpu(x, labels, g, 2, dtype)
     np.testing.assert_array_equal(np.isnan(loss), np.isnan(expected_loss))
     np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected_grad))

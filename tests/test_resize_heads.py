@@ -76,8 +76,9 @@ def _case(rng, dtype, hw=(5, 6), size=(23, 17), classes=7):
 @pytest.mark.parametrize("hw,size", [((5, 6), (23, 17)), ((4, 4), (32, 32)), ((9, 9), (65, 65)), ((10, 8), (6, 5))],
                          ids=str)
 @pytest.mark.parametrize("smoothing", [0.0, 0.25])
-def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, interpolation, smoothing, rng):
-    x, labels, g = _case(rng, dtype, hw, size)
+@pytest.mark.parametrize("classes", [7, 70])  # either side of the kernels' few-class path (< 64)
+def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, interpolation, smoothing, classes, rng):
+    x, labels, g = _case(rng, dtype, hw, size, classes)
     keep = labels != 255
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)

@@ -23,10 +23,29 @@ namespace TFUP_ISA {
 // in every build -- GCC's vector extension lowers a 32-byte vector to two SSE registers, one AVX
 // register, or the low half of an AVX-512 one -- so every build gives the same bits. op takes two
 // scalars or two vectors.
+// Fewer values than the eight vectors hold (a VOC or Cityscapes pixel's 19-21 classes) take one
+// vector of partials and a three-level tree instead: the 64-way tree alone would cost three
+// times the work of the values. Either way the order depends on C alone.
 template <typename A, typename Op>
 inline A Reduce(const A* v, int64_t C, A init, Op op) {
   constexpr int kChains = 8, kLanes = 32 / static_cast<int>(sizeof(A)), kParts = kChains * kLanes;
   typedef A Vec __attribute__((vector_size(32)));
+  if (C < kParts) {
+    Vec one;
+    for (int l = 0; l < kLanes; ++l) one[l] = init;
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) {
+      Vec x;
+      std::memcpy(&x, v + c, sizeof(x));
+      one = op(one, x);
+    }
+    A part[kLanes];
+    std::memcpy(part, &one, sizeof(part));
+    for (int k = 0; c < C; ++c, ++k) part[k] = op(part[k], v[c]);
+    for (int half = kLanes / 2; half >= 1; half /= 2)
+      for (int k = 0; k < half; ++k) part[k] = op(part[k], part[k + half]);
+    return part[0];
+  }
   Vec acc[kChains];
   for (int j = 0; j < kChains; ++j)
     for (int l = 0; l < kLanes; ++l) acc[j][l] = init;
@@ -303,6 +322,65 @@ inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
   return A(1 - s) * v[y] + A(s) * (Reduce(v, C, A(0), AddOp()) / A(C));
 }
 
+// Below this many classes the loss forwards run FewClassLossRow: a pixel's classes fill less than
+// Reduce's eight vectors, so its horizontal reductions would dominate.
+constexpr int64_t kFewClasses = 64;
+
+// The loss and stats of the output pixels [0, ow) of one row at few classes, 16 pixels at a time
+// with the classes as the outer loop: each pixel's max, exps, their sum and its target score are
+// running values across the 16 pixels (one vector operation per class per 16 pixels), the sums
+// in class order (as the CUDA kernels sum). scores(o, v) writes pixel o's C scores as the loss
+// reads them; labels, loss and stats point at the row's first pixel (loss, stats may be null).
+template <typename A, typename O, typename Scores>
+void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule,
+                     Scores&& scores, O* loss, double* stats, std::vector<A>& scratch) {
+  constexpr int64_t P = 16;
+  scratch.resize(2 * P * C);
+  A* __restrict blk = scratch.data();  // [P][C], as scores writes them
+  A* __restrict vt = blk + P * C;      // [C][P]
+  const A on_label = A(1 - rule.smoothing), uniform = A(rule.smoothing);
+  for (int64_t o0 = 0; o0 < ow; o0 += P) {
+    const int64_t np = std::min(P, ow - o0);
+    int64_t y[P];
+    for (int64_t p = 0; p < P; ++p) {
+      y[p] = p < np ? labels[o0 + p] : 0;
+      if (p < np) {
+        scores(o0 + p, blk + p * C);
+      } else {
+        std::fill(blk + p * C, blk + (p + 1) * C, A(0));
+      }
+    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < P; ++p) vt[c * P + p] = blk[p * C + c];
+    A m[P], sum[P], target[P], all[P];
+    for (int64_t p = 0; p < P; ++p) m[p] = vt[p];
+    for (int64_t c = 1; c < C; ++c) {
+      for (int64_t p = 0; p < P; ++p) {
+        const A x = vt[c * P + p];
+        m[p] = x > m[p] ? x : m[p];  // MaxOp: a NaN is never taken, NaN in class 0 stays
+      }
+    }
+    for (int64_t p = 0; p < P; ++p) sum[p] = target[p] = all[p] = A(0);
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t p = 0; p < P; ++p) {
+        const A x = vt[c * P + p];
+        sum[p] += SoftmaxExp(x - m[p]);
+        target[p] = y[p] == c ? x : target[p];
+        all[p] += x;
+      }
+    }
+    for (int64_t p = 0; p < np; ++p) {
+      const bool skip = rule.Skips(y[p]);
+      if (!skip && rule.smoothing != 0) target[p] = on_label * target[p] + uniform * (all[p] / A(C));
+      if (loss != nullptr) loss[o0 + p] = skip ? O(0) : Narrow<O>(std::log(sum[p]) + m[p] - target[p]);
+      if (stats != nullptr) {
+        stats[2 * (o0 + p)] = skip ? 0.0 : static_cast<double>(m[p]);
+        stats[2 * (o0 + p) + 1] = skip ? 0.0 : static_cast<double>(sum[p]);
+      }
+    }
+  }
+}
+
 // The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
 // the gradient takes instead of computing them again -- two of its passes over the classes.
 template <typename T>
@@ -316,6 +394,13 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     std::vector<A> cols(W * C), v(C);
     plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
     const int64_t base = (s * OH + oy) * OW;
+    if (C < kFewClasses) {
+      FewClassLossRow<A>(OW, C, labels + base, rule, [&](int64_t ox, A* out) {
+        plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
+        ScoresAsStored<T>(out, C);
+      }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, v);
+      return;
+    }
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (rule.Skips(y)) {
