@@ -43,6 +43,21 @@ def test_argmax_against_the_definition_and_options(rng):
     np.testing.assert_array_equal(labels.numpy()[clear], expected[clear])
 
 
+@pytest.mark.parametrize("classes", [5, 21, 150])
+def test_argmax_without_scores_skips_them(classes, rng):
+    # with_scores=False (upsample_argmax without return_scores): the same labels, an empty scores
+    # output the kernels never write; both semantics.
+    x = tf.constant(argmax_logits("segmentation", (2, 5, 6, classes), rng))
+    for op, kw in ((lib.tfupsample_upsample_argmax, dict(factor=4)),
+                   (lib.tfupsample_resize_argmax, dict(size=[19, 27], half_pixel_centers=True))):
+        labels, scores = op(x, with_scores=True, **kw)
+        bare, empty = op(x, with_scores=False, **kw)
+        assert empty.shape == (0,) and scores.shape == labels.shape
+        np.testing.assert_array_equal(bare.numpy(), labels.numpy())
+    ref_labels = tf.argmax(tf.image.resize(x, [19, 27]), -1)
+    np.testing.assert_array_equal(tu.upsample_argmax(x, size=(19, 27), interpolation="bilinear"), ref_labels)
+
+
 ARGMAX_SHAPES = [(2, 3, 5, 7), (1, 4, 3, 21), (2, 2, 2, 150)]
 
 

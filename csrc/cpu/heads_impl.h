@@ -65,6 +65,11 @@ inline A Reduce(const A* v, int64_t C, A init, Op op) {
   return part[0];
 }
 
+// Below this many classes the loss forwards run FewClassLossRow and the argmax's bounds are
+// running values: a pixel's classes fill less than Reduce's eight vectors, so its horizontal
+// reductions would dominate.
+constexpr int64_t kFewClasses = 64;
+
 // The maximum and minimum as Reduce's op (a NaN operand on the right is never taken).
 struct MaxOp {
   template <typename V>
@@ -101,6 +106,35 @@ inline int64_t ArgmaxFirst(const A* v, int64_t k, bool finite, A lowest) {
     }
   }
   return best;
+}
+
+// The pruning's summary of C classes' bounds lo <= up: the best lower bound, and the largest
+// |bound|, max(-min lo, max up, 0) (0 for C = 0). At few classes as four running values per
+// reduction (Reduce's vector loads of values just stored one by one would stall on the store
+// buffer, one chain would wait on each comparison's latency); the same values either way for
+// finite bounds, max and min being exact (the pruning uses them only then).
+template <typename A>
+inline void SummariseBounds(const A* lo, const A* up, int64_t C, A* best_lo, A* big) {
+  A best = C > 0 ? lo[0] : A(0), least = best, most = C > 0 ? up[0] : A(0);
+  if (C < kFewClasses) {
+    A b[4] = {best, best, best, best}, l[4] = {best, best, best, best}, m[4] = {most, most, most, most};
+    for (int64_t c = 0; c < C; c += 4) {
+      for (int64_t j = 0; j < 4 && c + j < C; ++j) {
+        b[j] = MaxOp()(b[j], lo[c + j]);
+        l[j] = MinOp()(l[j], lo[c + j]);
+        m[j] = MaxOp()(m[j], up[c + j]);
+      }
+    }
+    best = MaxOp()(MaxOp()(b[0], b[1]), MaxOp()(b[2], b[3]));
+    least = MinOp()(MinOp()(l[0], l[1]), MinOp()(l[2], l[3]));
+    most = MaxOp()(MaxOp()(m[0], m[1]), MaxOp()(m[2], m[3]));
+  } else {
+    best = Reduce(lo, C, best, MaxOp());
+    least = Reduce(lo, C, least, MinOp());
+    most = Reduce(up, C, most, MaxOp());
+  }
+  *best_lo = best;
+  *big = std::max(std::max(-least, most), A(0));
 }
 
 // Classes packed for evaluation: their four taps contiguously (as A) and their class ids, in
@@ -230,10 +264,8 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           ok += (std::abs(a) <= top) & (std::abs(b) <= top) & (std::abs(d) <= top) & (std::abs(e) <= top);
         }
         const bool finite = ok == C;
-        const A best_lo = C > 0 ? Reduce(lo, C, lo[0], MaxOp()) : A(0);
-        // lo <= up per class, so |lo| and |up| are at most max(-min lo, max up).
-        const A min_lo = C > 0 ? Reduce(lo, C, lo[0], MinOp()) : A(0);
-        const A big = std::max(std::max(-min_lo, C > 0 ? Reduce(up, C, up[0], MaxOp()) : A(0)), A(0));
+        A best_lo, big;
+        SummariseBounds(lo, up, C, &best_lo, &big);
         const A delta = margin * big;
         block.k = 0;
         for (int64_t c = 0; c < C; ++c) {
@@ -321,10 +353,6 @@ inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
   if (s == 0) return v[y];  // not 1 * v[y] + 0 * mean: an infinite score would give NaN
   return A(1 - s) * v[y] + A(s) * (Reduce(v, C, A(0), AddOp()) / A(C));
 }
-
-// Below this many classes the loss forwards run FewClassLossRow: a pixel's classes fill less than
-// Reduce's eight vectors, so its horizontal reductions would dominate.
-constexpr int64_t kFewClasses = 64;
 
 // The loss and stats of the output pixels [0, ow) of one row at few classes, 16 pixels at a time
 // with the classes as the outer loop: each pixel's max, exps, their sum and its target score are

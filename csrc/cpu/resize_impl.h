@@ -217,9 +217,8 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
                 (std::abs(e) <= top_value);
         }
         const bool finite = ok == C;
-        const float best_lo = C > 0 ? Reduce(lo.data(), C, lo[0], MaxOp()) : 0.0f;
-        const float min_lo = C > 0 ? Reduce(lo.data(), C, lo[0], MinOp()) : 0.0f;
-        const float big = std::max(std::max(-min_lo, C > 0 ? Reduce(hi.data(), C, hi[0], MaxOp()) : 0.0f), 0.0f);
+        float best_lo, big;
+        SummariseBounds(lo.data(), hi.data(), C, &best_lo, &big);
         const float delta = margin * big;
         int64_t k = 0;
         float *q00 = q.data(), *q01 = q00 + C, *q10 = q01 + C, *q11 = q10 + C;

@@ -94,7 +94,9 @@ class HeadOp : public OpKernel {
 template <typename Device, typename T>
 class UpsampleArgmaxOp : public HeadOp {
  public:
-  using HeadOp::HeadOp;
+  explicit UpsampleArgmaxOp(OpKernelConstruction* ctx) : HeadOp(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("with_scores", &with_scores_));
+  }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& logits = ctx->input(0);
     Geometry g;
@@ -104,11 +106,14 @@ class UpsampleArgmaxOp : public HeadOp {
                 absl::InvalidArgumentError("logits must have at least one class"));
     Tensor *labels = nullptr, *scores = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_scores_ ? map : TensorShape({0}), &scores));
     if (map.num_elements() == 0) return;
     Backend<Device>::UpsampleArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                            scores->flat<T>().data());
+                                    with_scores_ ? scores->flat<T>().data() : nullptr);
   }
+
+ private:
+  bool with_scores_ = true;
 };
 
 template <typename Device, typename T>
@@ -195,7 +200,9 @@ class ResizeHeadOp : public OpKernel {
 template <typename Device, typename T>
 class ResizeArgmaxOp : public ResizeHeadOp {
  public:
-  using ResizeHeadOp::ResizeHeadOp;
+  explicit ResizeArgmaxOp(OpKernelConstruction* ctx) : ResizeHeadOp(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("with_scores", &with_scores_));
+  }
   void Compute(OpKernelContext* ctx) override {
     const Tensor &logits = ctx->input(0), &size = ctx->input(1);
     OP_REQUIRES(ctx, size.dims() == 1 && size.NumElements() == 2,
@@ -207,11 +214,14 @@ class ResizeArgmaxOp : public ResizeHeadOp {
     OP_REQUIRES_OK(ctx, Prepare(logits, size.vec<int32_t>()(0), size.vec<int32_t>()(1), &g, &map));
     Tensor *labels = nullptr, *scores = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, map, &scores));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_scores_ ? map : TensorShape({0}), &scores));
     if (map.num_elements() == 0) return;
     Backend<Device>::ResizeArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                                  scores->flat<float>().data());
+                                  with_scores_ ? scores->flat<float>().data() : nullptr);
   }
+
+ private:
+  bool with_scores_ = true;
 };
 
 template <typename Device, typename T>
@@ -264,21 +274,30 @@ class ResizeCrossEntropyGradOp : public ResizeHeadOp {
 using shapes::InferenceContext;
 using shapes::ShapeHandle;
 
+// The argmax ops' scores: the map's shape, or [0] without with_scores (the kernels skip them).
+static absl::Status SetScoresShape(InferenceContext* c, ShapeHandle map) {
+  bool with_scores = true;
+  TF_RETURN_IF_ERROR(c->GetAttr("with_scores", &with_scores));
+  c->set_output(1, with_scores ? map : c->Vector(0));
+  return absl::OkStatus();
+}
+
 REGISTER_OP("TfupsampleUpsampleArgmax")
     .Input("logits: T")
     .Output("labels: int64")
     .Output("scores: T")
     .Attr("factor: int")
+    .Attr("with_scores: bool = true")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle map;
       TF_RETURN_IF_ERROR(shapes::HeadMapShape(c, 0, &map));
       c->set_output(0, map);
-      c->set_output(1, map);
-      return absl::OkStatus();
+      return SetScoresShape(c, map);
     })
     .Doc("argmax over classes of the x`factor` bilinear upsample of NHWC logits, and that "
-         "maximum, without the upsampled logits.");
+         "maximum (with_scores; else scores is empty and not computed), without the upsampled "
+         "logits.");
 
 // The loss ops' label rule (LabelRule): the ignored label, if any, and the label smoothing.
 #define TFUP_LOSS_ATTRS                                                    \
@@ -348,16 +367,16 @@ REGISTER_OP("TfupsampleResizeArgmax")
     .Output("labels: int64")
     .Output("scores: float")
     .TFUP_RESIZE_ATTRS
+    .Attr("with_scores: bool = true")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle map;
       TF_RETURN_IF_ERROR(ResizeMapShape(c, false, &map));
       c->set_output(0, map);
-      c->set_output(1, map);
-      return absl::OkStatus();
+      return SetScoresShape(c, map);
     })
-    .Doc("argmax over classes of ResizeBilinear(logits, size), and that maximum, without the "
-         "resized logits.");
+    .Doc("argmax over classes of ResizeBilinear(logits, size), and that maximum (with_scores; "
+         "else scores is empty and not computed), without the resized logits.");
 
 REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
     .Input("labels: int64")
