@@ -27,7 +27,7 @@ def pytest_terminal_summary(terminalreporter):
     if ENVIRONMENT:
         from tfupsample.tools import bench_cli
 
-        tr.write_line(bench_cli.describe(ENVIRONMENT))
+        tr.write_line(bench_cli.describe(ENVIRONMENT, evicted=False))
     for line in LINES:
         tr.write_line(line)
     for key, value in EXTRA.items():

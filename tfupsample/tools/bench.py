@@ -282,6 +282,8 @@ def environment():
         "cores": os.cpu_count(), "tensorflow": dist, "onednn": onednn,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
         "kernel_isa": tnp.kernel_isa(), "backend": tu.backend(),
+        "transparent_hugepages": transparent_hugepages(),
+        "last_level_cache_mb": round(last_level_cache_bytes() / 2**20) or "unknown",
     }
 
 
@@ -295,11 +297,60 @@ def _touch(result):
             r.numpy()
 
 
-def timed_together(fns, repeats=7, warmup=2):
+def last_level_cache_bytes():
+    """The CPU's last-level cache in bytes (sysfs), or 0 where it cannot be read."""
+    import glob
+
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=0)
+
+
+def transparent_hugepages():
+    """The kernel's THP mode ("always", "madvise", "never"), or "unknown"."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "unknown"
+
+
+_EVICT = {}
+
+
+def cache_evictor():
+    """A callable that reads a buffer of twice the last-level cache (at most 2 GiB), so that the
+    timed call after it finds none of its tensors in the cache: with a last-level cache of
+    hundreds of MB, whichever call ran just before would otherwise leave a peer or a floor part of
+    its input cached and read it faster than memory. None where the cache size is unknown."""
+    size = min(2 * last_level_cache_bytes(), 2 << 30)
+    if size == 0:
+        return None
+    if size not in _EVICT:
+        _EVICT[size] = tf.ones([size // 4], tf.float32)
+    buf = _EVICT[size]
+    return lambda: tf.reduce_sum(buf).numpy()
+
+
+def timed_together(fns, repeats=7, warmup=2, evict=True):
     """Median seconds of each of fns (a list), called in turn, round after round, so that a slow
     spell of the machine hits all of them alike; each result touched. `repeats` is one count for
-    all, or a list of one per fn (a fn whose rounds are done sits the later ones out)."""
+    all, or a list of one per fn (a fn whose rounds are done sits the later ones out). With
+    `evict`, the cache is emptied (cache_evictor, untimed) before each timed call, so every peer
+    and floor starts from memory alike."""
     counts = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats] * len(fns)
+    flush = cache_evictor() if evict else None
     for _ in range(warmup):
         for fn in fns:
             _touch(fn())
@@ -307,6 +358,8 @@ def timed_together(fns, repeats=7, warmup=2):
     for k in range(max(counts, default=0)):
         for i, fn in enumerate(fns):
             if k < counts[i]:
+                if flush is not None:
+                    flush()
                 t0 = time.perf_counter()
                 _touch(fn())
                 times[i].append(time.perf_counter() - t0)

@@ -9,12 +9,15 @@ def cpu_name():
     return bench.cpu_info()[0]
 
 
-def describe(env):
-    """One line naming what the figures depend on."""
+def describe(env, evicted):
+    """One line naming what the figures depend on; evicted: whether each timed call started
+    from an emptied cache (the targets) or not (the grid's many short calls)."""
     onednn = {True: "on", False: "off", None: "unknown"}[env["onednn"]]
     return (f"CPU: {env['cpu']} ({', '.join(env['isa'])}), {env['cores']} cores; "
             f"{env['tensorflow']}, oneDNN {onednn}, intra-op threads {env['intra_op_threads']}; "
-            f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}")
+            f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}; "
+            f"THP {env['transparent_hugepages']}, last-level cache {env['last_level_cache_mb']} MB; "
+            + ("each timed call from an emptied cache" if evicted else "timed calls back to back"))
 
 
 # Fast calls are noisy: the peers of a grid cell are called in turn, round after round, each for
@@ -36,7 +39,8 @@ def run(classes, factors, size, repeats, dense_limit_mb, progress=sys.stderr):
         # all alike; the peak memory of each from calls of its own (they collect garbage first).
         first = {name: max(bench.measure_once(fn)[0] for _ in range(3)) for name, fn in peers.items()}
         rounds = {name: max(repeats, min(MAX_ROUNDS, int(GRID_SECONDS / max(t, 1e-6)))) for name, t in first.items()}
-        medians = bench.timed_together(list(peers.values()), [rounds[name] for name in peers], warmup=0)
+        medians = bench.timed_together(list(peers.values()), [rounds[name] for name in peers], warmup=0,
+                                       evict=False)  # up to MAX_ROUNDS short calls: emptying the cache would dwarf them
         for (name, fn), median in zip(peers.items(), medians):
             _, mem = bench.summarize(fn, [bench.measure_once(fn) for _ in range(min(repeats, 3))])
             t = median * getattr(fn, "scale", 1.0)

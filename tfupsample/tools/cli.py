@@ -116,7 +116,7 @@ def main(argv=None):
             if args.json:
                 print(json.dumps({"environment": env, "targets": [t.as_dict() for t in found]}, indent=1))
             else:
-                print(bench_cli.describe(env))
+                print(bench_cli.describe(env, evicted=True))
                 print(f"[1, {size[0]}, {size[1]}, {max(args.classes)}] float32 NHWC, x{max(args.factors)}")
                 for t in found:
                     print(t.line())
@@ -127,7 +127,7 @@ def main(argv=None):
             print(json.dumps({"environment": env, "size": size, "rows": rows,
                               "targets": [t.as_dict() for t in found]}, indent=1))
         else:
-            print(bench_cli.describe(env))
+            print(bench_cli.describe(env, evicted=False))
             print(f"input [1, {size[0]}, {size[1]}, classes] float32 NHWC")
             print(bench_cli.table(rows))
             for t in found:
