@@ -8,6 +8,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace tfup {
@@ -49,6 +50,22 @@ std::string MakeDepthwiseGeometry(int64_t n, int64_t h, int64_t w, int64_t c, in
   err = MakeAxis(w, out_w, kx, sx, padding, &g->x);
   if (!err.empty()) return "width: " + err;
   return CheckOutputElements(*g);
+}
+
+int64_t StreamThresholdBytes() {
+  static const int64_t threshold = [] {
+    if (const char* env = std::getenv("TFUPSAMPLE_STREAM_BYTES")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end != env && *end == '\0' && v >= 0) return static_cast<int64_t>(v);
+    }
+    long llc = 0;
+#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
+    llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return llc > 0 ? static_cast<int64_t>(llc) : int64_t{256} << 20;
+  }();
+  return threshold;
 }
 
 void PreferHugePages(void* data, int64_t bytes) {

@@ -56,6 +56,11 @@ const char* KernelIsa();
 // A hint only: does nothing where unsupported or for small buffers.
 void PreferHugePages(void* data, int64_t bytes);
 
+// Outputs larger than this many bytes are written with non-temporal stores: the last-level cache's
+// size (sysconf, read once), or 256 MiB where it cannot be read; TFUPSAMPLE_STREAM_BYTES (bytes)
+// overrides it (the tests stream small outputs with it).
+int64_t StreamThresholdBytes();
+
 // Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).
 // Returns "" or the reason it cannot exist (overflow).
 std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,

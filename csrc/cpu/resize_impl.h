@@ -58,26 +58,26 @@ inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float
   }
 }
 
-// One output row from input rows r0 (upper tap's weight yl: r1): TF's compute_lerp, in its order.
+// Outputs [x0, x1) of one output row (at out) from input rows r0 (upper tap's weight yl: r1):
+// TF's compute_lerp, in its order.
 template <typename T>
 void ResizeRow(const T* __restrict r0, const T* __restrict r1, float yl, const ResizeTaps& tx,
-               int64_t cc, float* __restrict out) {
-  const int64_t ow = static_cast<int64_t>(tx.lower.size());
+               int64_t cc, int64_t x0, int64_t x1, float* __restrict out) {
   const int64_t* lo = tx.lower.data();
   const int64_t* up = tx.upper.data();
   const float* xl = tx.lerp.data();
   if (cc == 1) {  // NCHW planes: along the row
-    for (int64_t ox = 0; ox < ow; ++ox) {
+    for (int64_t ox = x0; ox < x1; ++ox) {
       const float tl = ToFloat(r0[lo[ox]]), tr = ToFloat(r0[up[ox]]);
       const float bl = ToFloat(r1[lo[ox]]), br = ToFloat(r1[up[ox]]);
       const float top = tl + (tr - tl) * xl[ox];
       const float bottom = bl + (br - bl) * xl[ox];
-      out[ox] = top + (bottom - top) * yl;
+      out[ox - x0] = top + (bottom - top) * yl;
     }
     return;
   }
-  for (int64_t ox = 0; ox < ow; ++ox) {  // NHWC: along the pixel's channels
-    ResizeScores(r0, r1, lo[ox], up[ox], xl[ox], yl, cc, out + ox * cc);
+  for (int64_t ox = x0; ox < x1; ++ox) {  // NHWC: along the pixel's channels
+    ResizeScores(r0, r1, lo[ox], up[ox], xl[ox], yl, cc, out + (ox - x0) * cc);
   }
 }
 
@@ -86,11 +86,15 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   const Slabs sl = MakeSlabs(g);
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t w = g.x.n_in, h = g.y.n_in, ow = g.x.n_out, oh = g.y.n_out, cc = sl.cc;
-  PreferHugePages(output, static_cast<int64_t>(sizeof(float)) * sl.count * oh * ow * cc);
+  const int64_t bytes = static_cast<int64_t>(sizeof(float)) * sl.count * oh * ow * cc;
+  PreferHugePages(output, bytes);
   ForEachRow(pf, sl.count, oh, ow * cc * 4, [&](int64_t s, int64_t oy) {
     const T* in = input + s * h * w * cc;
-    ResizeRow(in + ty.lower[oy] * w * cc, in + ty.upper[oy] * w * cc, ty.lerp[oy], tx, cc,
-              output + (s * oh + oy) * ow * cc);
+    std::vector<float> buf;
+    WriteOutputs(output + (s * oh + oy) * ow * cc, ow, cc, StreamOutput(bytes), buf,
+                 [&](int64_t x0, int64_t x1, float* out) {
+      ResizeRow(in + ty.lower[oy] * w * cc, in + ty.upper[oy] * w * cc, ty.lerp[oy], tx, cc, x0, x1, out);
+    });
   });
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/stream.h"
 #include "softmax_exp.h"
 
 namespace py = pybind11;
@@ -218,6 +219,27 @@ PYBIND11_MODULE(_numpy_ext, m) {
           return y;
         },
         py::arg("x"), "softmax_exp.h's float exp, elementwise (for testing its error bound).");
+  m.def("stream_fill",
+        [](py::array_t<float, py::array::c_style> out, float value) {
+          // A write floor: every core fills its share with non-temporal stores (what the
+          // kernels use for outputs larger than the last-level cache), from a 16 KB block.
+          float* data = out.mutable_data();
+          const int64_t n = out.size();
+          py::gil_scoped_release release;
+          tfup::ThreadRunner((n + 4095) / 4096, 4096, [&](int64_t b, int64_t e) {
+            std::vector<float> block(4096, value);
+            for (int64_t k = b; k < e; ++k) {
+              const int64_t len = std::min<int64_t>(4096, n - k * 4096);
+              tfup::StreamBytes(data + k * 4096, block.data(), len * static_cast<int64_t>(sizeof(float)));
+            }
+            tfup::StreamFence();
+          });
+        },
+        py::arg("out"), py::arg("value"),
+        "Fills a float32 array with value using non-temporal stores on every core (the "
+        "benchmark's write floor for outputs larger than the cache).");
+  m.def("stream_threshold_bytes", &tfup::StreamThresholdBytes,
+        "Outputs larger than this (bytes) are written with non-temporal stores.");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
         "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
         "forces the latter; both give the same bits).");

@@ -121,7 +121,7 @@ class Problem:
         f, x = self.factor, self.x
         peers = {
             "tfupsample": self._ours(lambda: tu.bilinear_upsample(x, f)),
-            "write floor (tf.fill)": write_floor(self.out_shape),
+            "write floor": write_floor(self.out_shape),
             "tf.image.resize": lambda: tf.image.resize(x, self.out_shape[1:3], "bilinear"),
             "depthwise_backprop_input": self._depthwise_backprop_input(),
         }
@@ -372,10 +372,19 @@ def timed(fn, repeats=7, warmup=2):
 
 
 def write_floor(shape, dtype=tf.float32):
-    """Writing the output's bytes once on every core into warm memory: `tf.fill`, whose buffer
-    TF's allocator hands back already mapped after the first call, as it does an op's output.
-    (A single-threaded NumPy refill is no floor on a multi-core machine; a fresh np.full would
-    also pay page faults.)"""
+    """Writing the output's bytes once on every core into warm memory, the fastest way for its
+    size, as the kernels write theirs: plain stores (`tf.fill`, whose buffer TF's allocator hands
+    back already mapped after the first call, as it does an op's output) while it fits in the
+    last-level cache; non-temporal stores (`stream_fill` on every core, into a buffer written
+    once before) when larger, where a plain store would first read each line it fills. (A
+    single-threaded NumPy refill is no floor on a multi-core machine; a fresh np.full would also
+    pay page faults.)"""
+    from tfupsample import _numpy_ext
+
+    elements = int(np.prod(shape))
+    if tf.as_dtype(dtype) == tf.float32 and elements * 4 > _numpy_ext.stream_threshold_bytes():
+        buf = np.empty(elements, np.float32)
+        return lambda: _numpy_ext.stream_fill(buf, 1.0)
     return lambda: tf.fill(shape, tf.constant(1, dtype))
 
 
@@ -531,7 +540,7 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         ours_note = getattr(peers["tfupsample"], "note", None)
         stock_peer = peers["depthwise_backprop_input"]
         note = getattr(stock_peer, "note", None)
-        together = [peers["tfupsample"], peers["write floor (tf.fill)"], peers["tf.image.resize"]]
+        together = [peers["tfupsample"], peers["write floor"], peers["tf.image.resize"]]
         if getattr(stock_peer, "scale", 1.0) == 1.0:
             ours, floor, resize, stock = run(*together, stock_peer)
         else:  # a scaled peer stands for a call of over a minute: one run, on its few channels

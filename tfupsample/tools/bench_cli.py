@@ -74,7 +74,7 @@ def grid_targets(rows):
             continue
         at = f"forward, {c} classes x{f}"
         output_mb = next(r["output_mb"] for r in rows if (r["classes"], r["factor"]) == (c, f))
-        floor = ms.get((c, f, "write floor (tf.fill)"))
+        floor = ms.get((c, f, "write floor"))
         if floor and output_mb >= FLOOR_FROM_MB:
             out.append(bench.Target(f"{at} ({output_mb:.0f} MB) vs the write floor", ours, "write floor",
                                     floor, "at_most", FLOOR_LIMIT))
