@@ -376,9 +376,9 @@ def write_floor(shape, dtype=tf.float32):
     size, as the kernels write theirs: plain stores (`tf.fill`, whose buffer TF's allocator hands
     back already mapped after the first call, as it does an op's output) while it fits in the
     last-level cache; non-temporal stores (`stream_fill` on every core, into a buffer written
-    once before) when larger, where a plain store would first read each line it fills. (A
-    single-threaded NumPy refill is no floor on a multi-core machine; a fresh np.full would also
-    pay page faults.)"""
+    once before, as the op's output buffer is mapped already after the first call) when larger,
+    where a plain store would first read each line it fills. (A single-threaded NumPy refill is no
+    floor on a multi-core machine; a fresh np.full would also pay page faults.)"""
     from tfupsample import _numpy_ext
 
     elements = int(np.prod(shape))
