@@ -8,8 +8,6 @@ the fused loss then never builds the upsampled features, the logits or their sof
 here outputs the coarse logits; `reference_model` is the usual full-resolution head sharing its
 layers, for the equivalence. Used by examples/train_deeplab.py and its test."""
 
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -17,7 +15,7 @@ import tensorflow as tf
 import tfupsample
 from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
 
-from .training import iou, make_shapes
+from .training import fit, iou, make_shapes
 
 IGNORE = 255
 
@@ -86,15 +84,7 @@ def train(seconds=60.0, epochs=None, n_train=256, n_val=32, classes=4, seed=0, v
                    float(stock(batch[1], reference_model(model)(batch[0]))))
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss_fn(**options))
     iou0 = iou(predict(model, xv), yv, classes)
-    start, history = time.time(), []
-
-    class StopAfter(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            history.append(logs["loss"])
-            if epochs is None and time.time() - start > seconds:
-                self.model.stop_training = True
-
-    model.fit(x, y, batch_size=16, epochs=epochs or 10_000, verbose=verbose, callbacks=[StopAfter()])
+    history = fit(model, x, y, seconds, epochs, verbose)
     return dict(model=model, loss=history, iou_before=iou0, iou_after=iou(predict(model, xv), yv, classes),
                 fused_loss=equivalence[0], full_resolution_loss=equivalence[1],
                 feature_bytes=_bytes(model.get_layer("classifier").input, x[:16]),

@@ -59,6 +59,20 @@ def mean_iou(model, images, labels, classes):
     return iou(pred, labels, classes), pred
 
 
+def fit(model, x, y, seconds, epochs, verbose):
+    """model.fit in batches of 16 until `seconds` pass (or `epochs` end); the epochs' losses."""
+    start, history = time.time(), []
+
+    class StopAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            history.append(logs["loss"])
+            if epochs is None and time.time() - start > seconds:
+                self.model.stop_training = True
+
+    model.fit(x, y, batch_size=16, epochs=epochs or 10_000, verbose=verbose, callbacks=[StopAfter()])
+    return history
+
+
 def train(seconds=60.0, epochs=None, n_train=256, n_val=32, classes=4, seed=0, verbose=1, png=None):
     """Trains until `seconds` pass (or `epochs` end). Returns a dict of what happened."""
     keras.utils.set_random_seed(seed)
@@ -69,15 +83,7 @@ def train(seconds=60.0, epochs=None, n_train=256, n_val=32, classes=4, seed=0, v
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     kernel0 = model.get_layer("upsample_x32").kernel.numpy().copy()
     iou0, _ = mean_iou(model, xv, yv, classes)
-    start, history = time.time(), []
-
-    class StopAfter(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            history.append(logs["loss"])
-            if epochs is None and time.time() - start > seconds:
-                self.model.stop_training = True
-
-    model.fit(x, y, batch_size=16, epochs=epochs or 10_000, verbose=verbose, callbacks=[StopAfter()])
+    history = fit(model, x, y, seconds, epochs, verbose)
     iou1, pred = mean_iou(model, xv, yv, classes)
     kernel1 = model.get_layer("upsample_x32").kernel.numpy()
     if png:
