@@ -55,6 +55,22 @@ absl::Status ReadLabelRule(OpKernelConstruction* ctx, LabelRule* rule) {
   return bad.empty() ? absl::OkStatus() : absl::InvalidArgumentError(bad);
 }
 
+// The argmax ops' with_scores attribute and outputs: the labels, and the scores too with
+// with_scores (else an empty tensor, and a null pointer for the kernel, which then skips them).
+struct ArgmaxOutputs {
+  bool with_scores = true;
+  absl::Status Read(OpKernelConstruction* ctx) { return ctx->GetAttr("with_scores", &with_scores); }
+  template <typename S>
+  absl::Status Allocate(OpKernelContext* ctx, const TensorShape& map, int64_t** labels, S** scores) const {
+    Tensor *l = nullptr, *s = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, map, &l));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, with_scores ? map : TensorShape({0}), &s));
+    *labels = l->flat<int64_t>().data();
+    *scores = with_scores ? s->flat<S>().data() : nullptr;
+    return absl::OkStatus();
+  }
+};
+
 class HeadOp : public OpKernel {
  public:
   explicit HeadOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -94,9 +110,7 @@ class HeadOp : public OpKernel {
 template <typename Device, typename T>
 class UpsampleArgmaxOp : public HeadOp {
  public:
-  explicit UpsampleArgmaxOp(OpKernelConstruction* ctx) : HeadOp(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("with_scores", &with_scores_));
-  }
+  explicit UpsampleArgmaxOp(OpKernelConstruction* ctx) : HeadOp(ctx) { OP_REQUIRES_OK(ctx, outputs_.Read(ctx)); }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& logits = ctx->input(0);
     Geometry g;
@@ -104,16 +118,15 @@ class UpsampleArgmaxOp : public HeadOp {
     OP_REQUIRES_OK(ctx, Prepare(logits, &g, &map));
     OP_REQUIRES(ctx, g.c > 0 || map.num_elements() == 0,
                 absl::InvalidArgumentError("logits must have at least one class"));
-    Tensor *labels = nullptr, *scores = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_scores_ ? map : TensorShape({0}), &scores));
+    int64_t* labels = nullptr;
+    T* scores = nullptr;
+    OP_REQUIRES_OK(ctx, outputs_.Allocate(ctx, map, &labels, &scores));
     if (map.num_elements() == 0) return;
-    Backend<Device>::UpsampleArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                                    with_scores_ ? scores->flat<T>().data() : nullptr);
+    Backend<Device>::UpsampleArgmax(ctx, g, logits.flat<T>().data(), labels, scores);
   }
 
  private:
-  bool with_scores_ = true;
+  ArgmaxOutputs outputs_;
 };
 
 template <typename Device, typename T>
@@ -200,9 +213,7 @@ class ResizeHeadOp : public OpKernel {
 template <typename Device, typename T>
 class ResizeArgmaxOp : public ResizeHeadOp {
  public:
-  explicit ResizeArgmaxOp(OpKernelConstruction* ctx) : ResizeHeadOp(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("with_scores", &with_scores_));
-  }
+  explicit ResizeArgmaxOp(OpKernelConstruction* ctx) : ResizeHeadOp(ctx) { OP_REQUIRES_OK(ctx, outputs_.Read(ctx)); }
   void Compute(OpKernelContext* ctx) override {
     const Tensor &logits = ctx->input(0), &size = ctx->input(1);
     OP_REQUIRES(ctx, size.dims() == 1 && size.NumElements() == 2,
@@ -212,16 +223,15 @@ class ResizeArgmaxOp : public ResizeHeadOp {
     Geometry g;
     TensorShape map;
     OP_REQUIRES_OK(ctx, Prepare(logits, size.vec<int32_t>()(0), size.vec<int32_t>()(1), &g, &map));
-    Tensor *labels = nullptr, *scores = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, map, &labels));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_scores_ ? map : TensorShape({0}), &scores));
+    int64_t* labels = nullptr;
+    float* scores = nullptr;
+    OP_REQUIRES_OK(ctx, outputs_.Allocate(ctx, map, &labels, &scores));
     if (map.num_elements() == 0) return;
-    Backend<Device>::ResizeArgmax(ctx, g, logits.flat<T>().data(), labels->flat<int64_t>().data(),
-                                  with_scores_ ? scores->flat<float>().data() : nullptr);
+    Backend<Device>::ResizeArgmax(ctx, g, logits.flat<T>().data(), labels, scores);
   }
 
  private:
-  bool with_scores_ = true;
+  ArgmaxOutputs outputs_;
 };
 
 template <typename Device, typename T>
