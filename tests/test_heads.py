@@ -54,6 +54,9 @@ def test_argmax_without_scores_skips_them(classes, rng):
         bare, empty = op(x, with_scores=False, **kw)
         assert empty.shape == (0,) and scores.shape == labels.shape
         np.testing.assert_array_equal(bare.numpy(), labels.numpy())
+    # return_scores is read for its truth, as before the attribute (numpy bools, ints).
+    labels_np, _ = tu.upsample_argmax(x, 4, return_scores=np.True_)
+    np.testing.assert_array_equal(tu.upsample_argmax(x, 4, return_scores=0), labels_np)
     ref_labels = tf.argmax(tf.image.resize(x, [19, 27]), -1)
     np.testing.assert_array_equal(tu.upsample_argmax(x, size=(19, 27), interpolation="bilinear"), ref_labels)
 

@@ -159,3 +159,15 @@ def test_second_gradient_is_a_clear_error(rng):
         grad = inner.gradient(loss, x)
     with pytest.raises(NotImplementedError, match="second derivative of upsample_sparse_softmax_cross_entropy"):
         outer.gradient(grad, x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_infinite_upstream_gradient_alike_on_both_devices(emu, dtype, rng):
+    # Without label smoothing an infinite loss_grad gives the same infinities and NaNs on both
+    # devices (the smoothing term is left out, not multiplied by 0).
+    x, labels, g = _case(rng, dtype, 2)
+    g[1, 0, 0] = np.inf
+    (loss, grad), (loss_c, grad_c) = _both(emu, x, labels, g, 2, dtype)
+    assert np.isinf(grad).any()
+    np.testing.assert_array_equal(np.isnan(grad_c), np.isnan(grad))
+    np.testing.assert_array_equal(np.isinf(grad_c), np.isinf(grad))

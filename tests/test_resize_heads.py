@@ -256,3 +256,46 @@ def test_cuda_binding_refuses_an_op_with_the_wrong_geometry(emu):
     with pytest.raises(ValueError, match="the gradient's rows would have more elements"):
         ext.run("ResizeBilinearBackpropInput", tc._args(2**40, 2**20, 1, 1, 1, 2**20, (1, 1), (1, 1),
                                                         resize="half_pixel"), 2, [0, 0], 0)
+
+
+def test_cuda_resize_loss_gradient_keeps_an_infinite_upstream_gradient(emu, rng):
+    # Without label smoothing an infinite loss_grad gives the CPU kernel's infinities and NaNs
+    # (the smoothing term is left out, not multiplied by 0).
+    import tfupsample.cuda as tc
+    from cuda_host import emulator
+
+    x = rng.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    size = (9, 11)
+    target = rng.integers(0, 6, (1, *size))
+    g = rng.standard_normal(target.shape).astype(np.float32)
+    g[0, 2, 3] = np.inf
+    args = tc._args(1, 4, 5, 6, *size, (1, 1), (1, 1), resize="half_pixel")
+    ext = emulator.Ext(emu)
+    loss, stats = np.zeros(target.shape, np.float32), np.zeros(target.shape + (2,))
+    ext.run("ResizeSoftmaxCrossEntropy", args, 2, [x.ctypes.data, target.ctypes.data, loss.ctypes.data,
+                                                   stats.ctypes.data], 0)
+    grad = np.zeros(x.shape, np.float32)
+    ext.run("ResizeSoftmaxCrossEntropyGrad", args, 2,
+            [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g.ctypes.data, grad.ctypes.data], 0)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        cpu_loss = tu.upsample_sparse_softmax_cross_entropy(target, xt, interpolation="bilinear")
+    cpu_grad = tape.gradient(cpu_loss, xt, output_gradients=tf.constant(g)).numpy()
+    assert np.isinf(cpu_grad).any()
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(cpu_grad))
+    np.testing.assert_array_equal(np.isinf(grad), np.isinf(cpu_grad))
+
+
+def test_loss_with_no_classes_and_every_pixel_ignored():
+    # Zero classes: a legal shape for the FCN loss when every label is the ignore label (zero
+    # loss, an empty gradient); the resize refuses it as ResizeBilinear does.
+    x = tf.zeros([1, 1, 1, 0])
+    labels = np.full((1, 2, 2), 255)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tu.upsample_sparse_softmax_cross_entropy(labels, x, 2, ignore_label=255)
+    assert loss.shape == (1, 2, 2) and (loss.numpy() == 0).all()
+    assert tape.gradient(loss, x).shape == (1, 1, 1, 0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image must have at least one channel"):
+        tu.upsample_sparse_softmax_cross_entropy(labels, x, ignore_label=255, interpolation="bilinear")

@@ -60,14 +60,14 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
                 up = tf.raw_ops.ResizeBilinear(images=x, size=hw, **_resize_kwargs(conv))
                 labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
             else:
-                labels, scores = _ops.lib.tfupsample_resize_argmax(x, hw, with_scores=return_scores,
+                labels, scores = _ops.lib.tfupsample_resize_argmax(x, hw, with_scores=bool(return_scores),
                                                                    **_resize_kwargs(conv))
                 labels = tf.cast(labels, output_type)
         elif _use_pure_tf():
             up = bilinear_upsample(x, factor)
             labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
         else:
-            labels, scores = _ops.lib.tfupsample_upsample_argmax(x, factor=factor, with_scores=return_scores)
+            labels, scores = _ops.lib.tfupsample_upsample_argmax(x, factor=factor, with_scores=bool(return_scores))
             labels = tf.cast(labels, output_type)
         return (labels, scores) if return_scores else labels
 

@@ -422,7 +422,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     std::vector<A> cols(W * C), v(C);
     plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
     const int64_t base = (s * OH + oy) * OW;
-    if (C < kFewClasses) {
+    if (C > 0 && C < kFewClasses) {  // (no classes: every pixel is ignored, below)
       FewClassLossRow<A>(OW, C, labels + base, rule, [&](int64_t ox, A* out) {
         plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
         ScoresAsStored<T>(out, C);

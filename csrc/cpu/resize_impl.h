@@ -272,7 +272,7 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
     const T* in = logits + s * h * w * C;
     const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
     const int64_t base = (s * oh + oy) * ow;
-    if (C < kFewClasses) {
+    if (C > 0 && C < kFewClasses) {  // (no classes: every pixel is ignored, below)
       FewClassLossRow<float>(ow, C, labels + base, rule, [&](int64_t ox, float* out) {
         ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
       }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, v);

@@ -297,8 +297,10 @@ struct CrossEntropyGradBody : HeadBase<T> {
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;
-          if (c < c_end) {  // the target (1 - s) onehot + s / C: with s = 0, sw and 0
-            acc[j] += soft * Exp(this->Score(px, c) - max) - (label == c ? sw * on_label : A(0)) - sw * uniform;
+          if (c < c_end) {  // the target (1 - s) onehot + s / C
+            // (the uniform term only with smoothing: an infinite loss_grad times 0 would be NaN)
+            acc[j] += soft * Exp(this->Score(px, c) - max) - (label == c ? sw * on_label : A(0)) -
+                      (rule.smoothing != 0 ? sw * uniform : A(0));
           }
         }
       }

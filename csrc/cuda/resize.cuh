@@ -246,8 +246,10 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
         for (int j = 0; j < kGroupLanes; ++j) {
           const int64_t c = c0 + j * cs;
           if (c < c_end) {
-            // the target (1 - s) onehot + s / C: with s = 0, gl and 0
-            const float d = Exp(p.Value(c) - max) * scale - (label == c ? gl * on_label : 0.0f) - gl * uniform;
+            // the target (1 - s) onehot + s / C
+            // (the uniform term only with smoothing: an infinite loss_grad times 0 would be NaN)
+            const float d = Exp(p.Value(c) - max) * scale - (label == c ? gl * on_label : 0.0f) -
+                            (rule.smoothing != 0 ? gl * uniform : 0.0f);
             acc[j] += A(wy) * (A(wx) * A(d));
           }
         }
