@@ -230,16 +230,45 @@ def check_heads(be, rep, rng, factors, dtypes):
             target[:, 0, :] = 2  # the ignore label on the first row
             tl = be.put(target, "int64")
             loss, stats = be.empty(m, dtype), be.empty((*m, 2), "float64")
-            tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, return_stats=True,
-                                                     out=(loss, stats))
+            s = 0.1 if f % 2 else 0.0  # label smoothing on the odd factors
+            tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, label_smoothing=s,
+                                                     return_stats=True, out=(loss, stats))
             g = be.put(rng.standard_normal(m), dtype)
             grad = be.empty(shape, dtype)
-            tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, stats=stats, ignore_label=2, out=grad)
+            tc.upsample_sparse_softmax_cross_entropy_grad(tl, x, g, f, stats=stats, ignore_label=2,
+                                                          label_smoothing=s, out=grad)
             be.sync()
             loss_ref, expected = ref.upsample_softmax_cross_entropy(be.get(x), target, f, be.get(g),
-                                                                    ignore=2)
+                                                                    ignore=2, smoothing=float(np.float32(s)))
             rep.close(f"cross-entropy[f={f}]", dtype, be.get(loss), loss_ref, "loss")
             rep.close(f"cross-entropy grad[f={f}]", dtype, be.get(grad), expected, "loss_grad")
+
+
+RESIZE_CASES = [((2, 5, 6, 7), (23, 17)), ((1, 12, 10, 3), (5, 7)), ((1, 9, 9, 21), (65, 65))]
+
+
+def check_resize(be, rep, rng, dtypes, layouts):
+    # tf.image.resize's bilinear, its three conventions, up, down and fractional: the float32
+    # output and the gradient against the float64 loops of the definition.
+    for (shape, size) in RESIZE_CASES:
+        n, h, w, c = shape
+        for mode, (align, half) in (("half_pixel", (False, True)), ("align_corners", (True, False)),
+                                    ("asymmetric", (False, False))):
+            for dtype in dtypes:
+                for fmt in layouts:
+                    x = be.put(to_layout(rng.standard_normal(shape), fmt), dtype)
+                    x64 = from_layout(be.get(x), fmt).astype(np.float32).astype(np.float64)
+                    y = be.empty(layout_shape((n, *size, c), fmt), "float32")
+                    tc.resize_bilinear(x, size, align, half, data_format=fmt, out=y)
+                    dy = be.put(to_layout(rng.standard_normal((n, *size, c)), fmt), "float32")
+                    dx = be.empty(layout_shape(shape, fmt), dtype)
+                    tc.resize_bilinear_grad(dy, (h, w), dtype, align, half, data_format=fmt, out=dx)
+                    be.sync()
+                    what = f"resize {mode} {fmt}"
+                    rep.close(what, "float32", from_layout(be.get(y), fmt), ref.resize_bilinear_loop(x64, size, mode),
+                              "resize")
+                    rep.close(what + " grad", dtype, from_layout(be.get(dx), fmt),
+                              ref.resize_bilinear_grad_loop(from_layout(be.get(dy), fmt), (h, w), mode), "resize_grad")
 
 
 def check_determinism(be, rep, rng, big):
@@ -291,7 +320,8 @@ def check_allocation(be, rep, rng):
 # ------------------------------------------------------------------------------------------------
 # Timings (cuda only)
 
-def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=32):
+def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=32,
+            resize_shapes=(((8, 64, 64, 150), (512, 512)), ((2, 128, 256, 19), (1024, 2048)))):
     """Median ms of ours and the torch peers. device="cpu" (with tiny shapes, over the CPU
     emulation) only exercises this code where there is no GPU."""
     import torch
@@ -375,25 +405,54 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
         }
         return r
 
+    def resize_shape(shape, size, copy_bw):  # tf.image.resize semantics against torch's (same rule)
+        n, h, w, c = shape
+        x = torch.randn(shape, device=device)
+        y = torch.empty((n, *size, c), device=device)
+        dy = torch.randn((n, *size, c), device=device)
+        dx = torch.empty(shape, device=device)
+        xc, dyc = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
+        r = {"shape": list(shape), "size": list(size), "copy_GBps": copy_bw / 1e9}
+        r["ours_resize_ms"] = timed(lambda: tc.resize(x, size, out=y))
+        r["torch_interpolate_ms"] = timed(lambda: F.interpolate(xc, size=size, mode="bilinear", align_corners=False))
+        r["ours_resize_grad_ms"] = timed(lambda: tc.resize_bilinear_grad(dy, (h, w), half_pixel_centers=True, out=dx))
+        xr = xc.detach().requires_grad_()
+        yi = F.interpolate(xr, size=size, mode="bilinear", align_corners=False)
+        r["torch_interpolate_grad_ms"] = timed(lambda: torch.autograd.grad(yi, xr, dyc, retain_graph=True))
+        moved = 4 * (x.numel() + y.numel())
+        r["forward_pct_of_copy"] = 100 * moved / (r["ours_resize_ms"] * 1e-3) / copy_bw
+        r["input_grad_pct_of_copy"] = 100 * moved / (r["ours_resize_grad_ms"] * 1e-3) / copy_bw
+        r["targets"] = {
+            "resize >= 85% of copy bandwidth": r["forward_pct_of_copy"] >= 85,
+            "resize faster than torch interpolate": r["ours_resize_ms"] < r["torch_interpolate_ms"],
+            "resize grad >= 70% of copy bandwidth": r["input_grad_pct_of_copy"] >= 70,
+        }
+        return r
+
     copy_bw = copy_bandwidth()
     rows = []
     for shape in shapes:
         rows.append(one_shape(shape, factor, copy_bw))
         if device == "cuda":
             torch.cuda.empty_cache()  # the previous shape's tensors are gone with its frame
+    for shape, size in resize_shapes:
+        rows.append(resize_shape(shape, size, copy_bw))
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
 def print_timings(rows, device):
     print(f"\nTimings on {device}, float32 NHWC, median ms (CUDA events)")
     for r in rows:
-        print(f"\n  {r['shape']} x{r['factor']}   device-to-device copy {r['copy_GBps']:.0f} GB/s "
+        what = f"resize to {r['size']}" if "size" in r else f"x{r['factor']}"
+        print(f"\n  {r['shape']} {what}   device-to-device copy {r['copy_GBps']:.0f} GB/s "
               "(read + write)")
         for k, v in r.items():
             if k.endswith("_ms"):
                 print(f"    {k[:-3]:34s} {v:9.3f}")
-        print(f"    forward     {r['forward_GBps']:7.0f} GB/s = {r['forward_pct_of_copy']:.0f}% of copy")
-        print(f"    input grad  {r['input_grad_GBps']:7.0f} GB/s = {r['input_grad_pct_of_copy']:.0f}% of copy")
+        print(f"    forward     {r['forward_pct_of_copy']:.0f}% of copy")
+        print(f"    input grad  {r['input_grad_pct_of_copy']:.0f}% of copy")
         for name, ok in r["targets"].items():
             print(f"    {'MET   ' if ok else 'MISSED'} {name}")
 
@@ -415,6 +474,7 @@ def main(argv=None):
         ("bilinear", lambda: check_bilinear(be, rep, rng, [3] if small else factors, be.dtypes, layouts)),
         ("depthwise", lambda: check_depthwise(be, rep, rng, [2] if small else factors, be.dtypes, layouts)),
         ("heads", lambda: check_heads(be, rep, rng, [3] if small else factors, be.dtypes)),
+        ("resize", lambda: check_resize(be, rep, rng, be.dtypes, ["NHWC"] if small else layouts)),
         ("determinism", lambda: check_determinism(be, rep, rng, big=args.backend == "cuda" and not (small or args.quick))),
     ]
     if args.backend != "host" and not small:  # new arrays need torch
@@ -446,7 +506,8 @@ def main(argv=None):
             traceback.print_exc()
             rep.failures.append(f"timings: raised {type(e).__name__}: {e}")
     if args.backend == "torch-cpu":  # the timing code on tiny shapes
-        rows = timings("cpu", shapes=((1, 2, 3, 8), (2, 2, 2, 6)), factor=4)
+        rows = timings("cpu", shapes=((1, 2, 3, 8), (2, 2, 2, 6)), factor=4,
+                       resize_shapes=(((1, 2, 3, 8), (5, 7)),))
         print_timings(rows, "the CPU emulation (dry run: the figures mean nothing)")
         result["timings"] = rows
     if args.json:
