@@ -65,7 +65,7 @@ inline A Reduce(const A* v, int64_t C, A init, Op op) {
   return part[0];
 }
 
-// Below this many classes the loss forwards run FewClassLossRow and the argmax's bounds are
+// Below this many classes the loss forwards take 16 pixels at a time (LossRow) and the argmax's bounds are
 // running values: a pixel's classes fill less than Reduce's eight vectors, so its horizontal
 // reductions would dominate.
 constexpr int64_t kFewClasses = 64;
@@ -354,11 +354,35 @@ inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
   return A(1 - s) * v[y] + A(s) * (Reduce(v, C, A(0), AddOp()) / A(C));
 }
 
-// The loss and stats of the output pixels [0, ow) of one row at few classes, 16 pixels at a time
-// with the classes as the outer loop: each pixel's max, exps, their sum and its target score are
-// running values across the 16 pixels (one vector operation per class per 16 pixels), the sums
-// in class order (as the CUDA kernels sum). scores(o, v) writes pixel o's C scores as the loss
-// reads them; labels, loss and stats point at the row's first pixel (loss, stats may be null).
+// LossRow (below) one pixel at a time, its reductions over the classes vectorised.
+template <typename A, typename O, typename Scores>
+void PixelLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule, Scores&& scores,
+                  O* loss, double* stats, std::vector<A>& scratch) {
+  scratch.resize(C);
+  A* v = scratch.data();
+  for (int64_t o = 0; o < ow; ++o) {
+    const int64_t y = labels[o];
+    if (rule.Skips(y)) {
+      if (loss != nullptr) loss[o] = O(0);
+      if (stats != nullptr) stats[2 * o] = stats[2 * o + 1] = 0;
+      continue;
+    }
+    scores(o, v);
+    const A target = SmoothedTarget(v, C, y, rule.smoothing);
+    A m;
+    const A sum = ExpShifted(v, C, &m);
+    if (loss != nullptr) loss[o] = Narrow<O>(std::log(sum) + m - target);  // logsumexp(v) - target
+    if (stats != nullptr) {
+      stats[2 * o] = static_cast<double>(m);
+      stats[2 * o + 1] = static_cast<double>(sum);
+    }
+  }
+}
+
+// LossRow (below) at few classes, 16 pixels at a time with the classes as the outer loop: each
+// pixel's max, exps, their sum and its target score are running values across the 16 pixels
+// (one vector operation per class per 16 pixels), the sums in class order (as the CUDA kernels
+// sum).
 template <typename A, typename O, typename Scores>
 void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule,
                      Scores&& scores, O* loss, double* stats, std::vector<A>& scratch) {
@@ -409,6 +433,17 @@ void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRu
   }
 }
 
+// The loss and stats of the output pixels [0, ow) of one row, for both loss forwards: scores(o, v)
+// writes pixel o's C scores as the loss reads them; labels, loss and stats point at the row's
+// first pixel (loss, stats may be null). Pixel by pixel from kFewClasses classes (or with none:
+// every pixel is then ignored), 16 pixels at a time below.
+template <typename A, typename O, typename Scores>
+void LossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule, Scores&& scores,
+             O* loss, double* stats, std::vector<A>& scratch) {
+  if (C == 0 || C >= kFewClasses) return PixelLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
+  FewClassLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
+}
+
 // The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
 // the gradient takes instead of computing them again -- two of its passes over the classes.
 template <typename T>
@@ -419,34 +454,13 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
   const BilinearPlan<T, A> plan(g);
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
   ForEachRow(pf, g.n, OH, OW * C * 16, [&](int64_t s, int64_t oy) {
-    std::vector<A> cols(W * C), v(C);
+    std::vector<A> cols(W * C), scratch;
     plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
     const int64_t base = (s * OH + oy) * OW;
-    if (C > 0 && C < kFewClasses) {  // (no classes: every pixel is ignored, below)
-      FewClassLossRow<A>(OW, C, labels + base, rule, [&](int64_t ox, A* out) {
-        plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
-        ScoresAsStored<T>(out, C);
-      }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, v);
-      return;
-    }
-    for (int64_t ox = 0; ox < OW; ++ox) {
-      const int64_t i = base + ox, y = labels[i];
-      if (rule.Skips(y)) {
-        if (loss != nullptr) loss[i] = T(0);
-        if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
-        continue;
-      }
-      plan.PixelFromColumns(cols.data(), ox, C, v.data());  // the forward's values
-      ScoresAsStored<T>(v.data(), C);
-      const A target = SmoothedTarget(v.data(), C, y, rule.smoothing);
-      A m;
-      const A sum = ExpShifted(v.data(), C, &m);
-      if (loss != nullptr) loss[i] = Narrow<T>(std::log(sum) + m - target);  // logsumexp(v) - v[y]
-      if (stats != nullptr) {
-        stats[2 * i] = static_cast<double>(m);
-        stats[2 * i + 1] = static_cast<double>(sum);
-      }
-    }
+    LossRow<A>(OW, C, labels + base, rule, [&](int64_t ox, A* out) {
+      plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
+      ScoresAsStored<T>(out, C);
+    }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
   });
 }
 

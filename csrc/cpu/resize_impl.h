@@ -268,33 +268,13 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
   ForEachRow(pf, g.n, oh, ow * C * 16, [&](int64_t s, int64_t oy) {
-    std::vector<float> v(C);
+    std::vector<float> scratch;
     const T* in = logits + s * h * w * C;
     const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
     const int64_t base = (s * oh + oy) * ow;
-    if (C > 0 && C < kFewClasses) {  // (no classes: every pixel is ignored, below)
-      FewClassLossRow<float>(ow, C, labels + base, rule, [&](int64_t ox, float* out) {
-        ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
-      }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, v);
-      return;
-    }
-    for (int64_t ox = 0; ox < ow; ++ox) {
-      const int64_t i = base + ox, y = labels[i];
-      if (rule.Skips(y)) {
-        if (loss != nullptr) loss[i] = 0.0f;
-        if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0;
-        continue;
-      }
-      ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
-      const float target = SmoothedTarget(v.data(), C, y, rule.smoothing);
-      float m;
-      const float sum = ExpShifted(v.data(), C, &m);
-      if (loss != nullptr) loss[i] = std::log(sum) + m - target;  // logsumexp(v) - v[y]
-      if (stats != nullptr) {
-        stats[2 * i] = static_cast<double>(m);
-        stats[2 * i + 1] = static_cast<double>(sum);
-      }
-    }
+    LossRow<float>(ow, C, labels + base, rule, [&](int64_t ox, float* out) {
+      ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
+    }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
   });
 }
 
