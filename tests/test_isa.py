@@ -31,6 +31,12 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
         "argmax": tu.upsample_argmax(x * 4, 8, return_scores=True)[1],
         "argmax_labels": tu.upsample_argmax(x * 4, 8),
         "loss": tu.upsample_sparse_softmax_cross_entropy(rng.integers(0, 19, (2, 40, 48)), x, 8),
+        "resize_up": tu.image.resize(x, [13, 17]), "resize_down": tu.image.resize(x, [3, 4]),
+        "resize_ac": tu.image.resize_bilinear(x, [9, 11], align_corners=True),
+        "resize_nchw": lib.tfupsample_resize_bilinear(tf.transpose(x, [0, 3, 1, 2]), [11, 13], half_pixel_centers=True, data_format="NCHW"),
+        "resize_grad": lib.tfupsample_resize_bilinear_grad(tf.cast(rng.standard_normal((2, 13, 17, 19)), tf.float32), [5, 6], T=x.dtype, half_pixel_centers=True),
+        "resize_argmax": tu.upsample_argmax(x * 4, size=[13, 17], interpolation="bilinear", return_scores=True)[1],
+        "resize_loss": tu.upsample_sparse_softmax_cross_entropy(rng.integers(0, 19, (2, 13, 17)), x, interpolation="bilinear"),
     }
     for k, v in res.items():
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
@@ -47,11 +53,14 @@ def _cpu_has(*flags):
     return all(flag in have for flag in flags)
 
 
-def _run(path, isa=None):
+def _run(path, isa=None, stream=False):
     env = dict(os.environ)
     env.pop("TFUPSAMPLE_ISA", None)
+    env.pop("TFUPSAMPLE_STREAM_BYTES", None)
     if isa:
         env["TFUPSAMPLE_ISA"] = isa
+    if stream:  # every output streamed (non-temporal stores: code of each build's own)
+        env["TFUPSAMPLE_STREAM_BYTES"] = "0"
     r = subprocess.run([sys.executable, "-c", SCRIPT, path], env=env, capture_output=True,
                        text=True, timeout=300, cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr
@@ -60,8 +69,10 @@ def _run(path, isa=None):
 
 def test_every_build_agrees_bitwise(tmp_path):
     best = _run(str(tmp_path / "best.npz"))
-    avx2 = _run(str(tmp_path / "avx2.npz"), "avx2")
-    base = _run(str(tmp_path / "base.npz"), "baseline")
+    # The AVX2 and baseline builds stream every output, the best build none: equal bits also say
+    # that each build's streamed path writes what the plain one does.
+    avx2 = _run(str(tmp_path / "avx2.npz"), "avx2", stream=True)
+    base = _run(str(tmp_path / "base.npz"), "baseline", stream=True)
     assert str(base["isa"]) == "baseline"  # TFUPSAMPLE_ISA=baseline is honoured
     # Dispatch picks the best build the CPU has (as /proc/cpuinfo says); TFUPSAMPLE_ISA=avx2 caps it.
     expected = ("avx512" if _cpu_has("avx2", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")

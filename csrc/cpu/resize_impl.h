@@ -58,43 +58,117 @@ inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float
   }
 }
 
-// Outputs [x0, x1) of one output row (at out) from input rows r0 (upper tap's weight yl: r1):
-// TF's compute_lerp, in its order.
-template <typename T>
-void ResizeRow(const T* __restrict r0, const T* __restrict r1, float yl, const ResizeTaps& tx,
-               int64_t cc, int64_t x0, int64_t x1, float* __restrict out) {
-  const int64_t* lo = tx.lower.data();
-  const int64_t* up = tx.upper.data();
-  const float* xl = tx.lerp.data();
-  if (cc == 1) {  // NCHW planes: along the row
-    for (int64_t ox = x0; ox < x1; ++ox) {
-      const float tl = ToFloat(r0[lo[ox]]), tr = ToFloat(r0[up[ox]]);
-      const float bl = ToFloat(r1[lo[ox]]), br = ToFloat(r1[up[ox]]);
-      const float top = tl + (tr - tl) * xl[ox];
-      const float bottom = bl + (br - bl) * xl[ox];
-      out[ox - x0] = top + (bottom - top) * yl;
+// Output elements [e0, e1) of one row: top + (bottom - top) * yl, where top and bottom are the
+// row's two input rows already interpolated along x (t and b, starting at element e0). With
+// `stream`, the whole 64-byte lines go out with non-temporal stores straight from registers (the
+// callers cut rows at line boundaries, so a line is either streamed whole or stored plainly).
+inline void LerpRows(const float* __restrict t, const float* __restrict b, float yl, int64_t n,
+                     bool stream, float* __restrict dst) {
+  int64_t e = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  if (stream) {
+#if defined(TFUP_ISA_AVX512)
+    using V = __m512;
+    constexpr int64_t kLanes = 16;
+    const auto load = [](const float* p) { return _mm512_loadu_ps(p); };
+    const auto lerp = [yv = _mm512_set1_ps(yl)](V top, V bottom) {
+      return _mm512_add_ps(top, _mm512_mul_ps(_mm512_sub_ps(bottom, top), yv));
+    };
+    const auto put = [](float* p, V v) { _mm512_stream_ps(p, v); };
+#elif defined(TFUP_ISA_AVX2)
+    using V = __m256;
+    constexpr int64_t kLanes = 8;
+    const auto load = [](const float* p) { return _mm256_loadu_ps(p); };
+    const auto lerp = [yv = _mm256_set1_ps(yl)](V top, V bottom) {
+      return _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), yv));
+    };
+    const auto put = [](float* p, V v) { _mm256_stream_ps(p, v); };
+#else
+    using V = __m128;
+    constexpr int64_t kLanes = 4;
+    const auto load = [](const float* p) { return _mm_loadu_ps(p); };
+    const auto lerp = [yv = _mm_set1_ps(yl)](V top, V bottom) {
+      return _mm_add_ps(top, _mm_mul_ps(_mm_sub_ps(bottom, top), yv));
+    };
+    const auto put = [](float* p, V v) { _mm_stream_ps(p, v); };
+#endif
+    const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64) / 4;
+    if (reinterpret_cast<uintptr_t>(dst) % 4 == 0 && head < n) {
+      for (; e < head; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
+      for (; e + kLanes <= n; e += kLanes) put(dst + e, lerp(load(t + e), load(b + e)));
     }
-    return;
   }
-  for (int64_t ox = x0; ox < x1; ++ox) {  // NHWC: along the pixel's channels
-    ResizeScores(r0, r1, lo[ox], up[ox], xl[ox], yl, cc, out + (ox - x0) * cc);
+#endif
+  for (; e < n; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
+}
+
+// Input row r interpolated along x for output pixels [p0, p1) into v: TF's first lerp.
+template <typename T>
+void LerpColumns(const T* __restrict r, const ResizeTaps& tx, int64_t cc, int64_t p0, int64_t p1,
+                 float* __restrict v) {
+  for (int64_t ox = p0; ox < p1; ++ox) {
+    const T* __restrict a = r + tx.lower[ox] * cc;
+    const T* __restrict b = r + tx.upper[ox] * cc;
+    const float xl = tx.lerp[ox];
+    float* __restrict o = v + (ox - p0) * cc;
+    for (int64_t c = 0; c < cc; ++c) {
+      const float tl = ToFloat(a[c]), tr = ToFloat(b[c]);
+      o[c] = tl + (tr - tl) * xl;
+    }
   }
 }
 
+// Forward: a unit is a run of output rows that read the same two input rows (at most kRunRows
+// of it). Its rows go out a column chunk at a time: the two input rows along x for the chunk
+// (TF's top and bottom), then every row of the run from them along y -- TF's three lerps in its
+// order, so its bits, with the x lerps done once per run instead of once per output row, and
+// the y lerp a flat loop over the row's elements. Chunks end on the output's 64-byte lines, so
+// that large outputs (StreamOutput) are streamed line by line.
 template <typename T>
 void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const ParallelFor& pf) {
   const Slabs sl = MakeSlabs(g);
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t w = g.x.n_in, h = g.y.n_in, ow = g.x.n_out, oh = g.y.n_out, cc = sl.cc;
-  const int64_t bytes = static_cast<int64_t>(sizeof(float)) * sl.count * oh * ow * cc;
+  const int64_t row = ow * cc;
+  const int64_t bytes = static_cast<int64_t>(sizeof(float)) * sl.count * oh * row;
   PreferHugePages(output, bytes);
-  ForEachRow(pf, sl.count, oh, ow * cc * 4, [&](int64_t s, int64_t oy) {
-    const T* in = input + s * h * w * cc;
-    std::vector<float> buf;
-    WriteOutputs(output + (s * oh + oy) * ow * cc, ow, cc, StreamOutput(bytes), buf,
-                 [&](int64_t x0, int64_t x1, float* out) {
-      ResizeRow(in + ty.lower[oy] * w * cc, in + ty.upper[oy] * w * cc, ty.lerp[oy], tx, cc, x0, x1, out);
-    });
+  const bool stream = StreamOutput(bytes);
+  // Runs longer than kRunRows are cut, so that a tall upsample of few rows still makes units.
+  constexpr int64_t kRunRows = 16;
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (const auto& [y0, y1] : SameTapRuns(ty.lower, ty.upper)) {
+    for (int64_t a = y0; a < y1; a += kRunRows) runs.emplace_back(a, std::min(y1, a + kRunRows));
+  }
+  const int64_t n_runs = static_cast<int64_t>(runs.size());
+  // Elements per chunk: whole lines of 16 floats, 8 KB.
+  constexpr int64_t kChunk = 2048;
+  pf(sl.count * n_runs, (row * oh / n_runs) * 2, [&](int64_t begin, int64_t end) {
+    std::vector<float> top(kChunk + 16 + 2 * cc), bottom(top.size());
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / n_runs;
+      const auto [y0, y1] = runs[u % n_runs];
+      const T* in = input + s * h * w * cc;
+      const int64_t il = ty.lower[y0], iu = ty.upper[y0];
+      float* const out0 = output + (s * oh + y0) * row;
+      // Chunk boundaries: the row's start, then every kChunk elements from its first line boundary.
+      const int64_t first = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out0) % 64) % 64) / 4;
+      for (int64_t e0 = 0; e0 < row;) {
+        const int64_t e1 = std::min(row, (e0 == 0 ? first : e0) + kChunk);
+        const int64_t p0 = e0 / cc, p1 = (e1 - 1) / cc + 1;
+        LerpColumns(in + il * w * cc, tx, cc, p0, p1, top.data());
+        const float* b = top.data();
+        if (iu != il) {
+          LerpColumns(in + iu * w * cc, tx, cc, p0, p1, bottom.data());
+          b = bottom.data();
+        }
+        const int64_t skip = e0 - p0 * cc;
+        for (int64_t oy = y0; oy < y1; ++oy) {
+          LerpRows(top.data() + skip, b + skip, ty.lerp[oy], e1 - e0, stream, out0 + (oy - y0) * row + e0);
+        }
+        e0 = e1;
+      }
+    }
+    if (stream) StreamFence();
   });
 }
 
