@@ -1,7 +1,8 @@
-"""Outputs larger than the last-level cache are written with non-temporal stores (a few KB into
-the cache, then streamed out). TFUPSAMPLE_STREAM_BYTES=0 streams every output, so small odd
-shapes (rows not a multiple of 16 bytes, chunk tails) check the copy against stock TF: the
-resize bit for bit, the bilinear upsample against the dense transposed convolution."""
+"""Outputs larger than the cores' caches are written with non-temporal stores (straight from
+registers, or a few KB into the cache and then streamed out). TFUPSAMPLE_STREAM_BYTES=0 streams
+every output, so small odd shapes (rows not a multiple of 16 bytes, chunk tails) check the
+streamed paths against stock TF: the resize bit for bit, the bilinear upsample against the dense
+transposed convolution."""
 
 import os
 import subprocess
@@ -24,9 +25,12 @@ for shape, size in (((2, 7, 9, 5), (23, 31)), ((1, 3, 4, 1000), (13, 9)), ((3, 5
         xd = tf.cast(x, dtype)
         for f in (2, 3):
             ref.assert_close(tu.bilinear_upsample(xd, f), ref.dense_bilinear(xd, f), dtype, "forward")
-buf = np.zeros(4099, np.float32)
-_numpy_ext.stream_fill(buf[1:], 2.5)  # an unaligned start and a tail
-assert buf[0] == 0 and (buf[1:] == 2.5).all()
+for stream in (True, False):  # the benchmark's floors: an unaligned start and a tail
+    buf = np.zeros(40999, np.float32)
+    _numpy_ext.fill(buf[1:], 2.5, stream)
+    assert buf[0] == 0 and (buf[1:] == 2.5).all()
+    buf[7] = -1e6
+    assert _numpy_ext.read(buf[1:]) == 2.5 * 40997 - 1e6 and _numpy_ext.read(buf[:0]) == 0
 print("ok")
 """
 
@@ -47,7 +51,7 @@ def test_threshold_is_the_cache_or_the_override():
 
     env = os.environ.get("TFUPSAMPLE_STREAM_BYTES")
     assert _numpy_ext.stream_threshold_bytes() == (int(env) if env else _numpy_ext.stream_threshold_bytes())
-    assert env or _numpy_ext.stream_threshold_bytes() >= 1 << 20  # a last-level cache, or 256 MiB
+    assert env or _numpy_ext.stream_threshold_bytes() >= 1 << 20  # the cores' L2s, at least 1 MiB
     # A value that is not a non-negative integer is ignored (the cache size is used).
     code = "from tfupsample import _numpy_ext; print(_numpy_ext.stream_threshold_bytes())"
     for bad in ("-5", "lots", ""):

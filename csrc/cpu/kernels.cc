@@ -1,8 +1,10 @@
 // Geometry builders, the instruction-set choice, and the float/double entry points. Half types
 // live in kernels_half.cc, which needs Eigen's half types and so is built into the TF library only.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "cpu/dispatch.h"
 
@@ -59,11 +61,20 @@ int64_t StreamThresholdBytes() {
       const long long v = std::strtoll(env, &end, 10);
       if (end != env && *end == '\0' && v >= 0) return static_cast<int64_t>(v);
     }
-    long llc = 0;
-#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
+    // The cores' own caches: an output larger than their L2s together is written out to memory
+    // anyway by the time its consumer runs (on a cloud machine the last-level cache is shared
+    // with other tenants), and a plain store would first read each line it fills. On a 2-core
+    // Xeon VM (2 MB L2 each, 480 MB L3) streaming a 4 MB fill took 0.47 ms against 0.84 ms for
+    // plain stores, 177 MB 4.6 ms against 16.5 ms. At most the last-level cache; 8 MB unknown.
+    long l2 = 0, llc = 0;
+#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-    return llc > 0 ? static_cast<int64_t>(llc) : int64_t{256} << 20;
+    const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    int64_t bytes = l2 > 0 ? static_cast<int64_t>(l2) * cores : int64_t{8} << 20;
+    if (llc > 0) bytes = std::min<int64_t>(bytes, llc);
+    return std::max<int64_t>(bytes, int64_t{1} << 20);
   }();
   return threshold;
 }

@@ -56,9 +56,9 @@ const char* KernelIsa();
 // A hint only: does nothing where unsupported or for small buffers.
 void PreferHugePages(void* data, int64_t bytes);
 
-// Outputs larger than this many bytes are written with non-temporal stores: the last-level cache's
-// size (sysconf, read once), or 256 MiB where it cannot be read; TFUPSAMPLE_STREAM_BYTES (bytes)
-// overrides it (the tests stream small outputs with it).
+// Outputs larger than this many bytes are written with non-temporal stores: the L2 caches of all
+// cores together, at most the last-level cache (sysconf, read once; 8 MiB where unknown, at least
+// 1 MiB); TFUPSAMPLE_STREAM_BYTES (bytes) overrides it (the tests stream small outputs with it).
 int64_t StreamThresholdBytes();
 
 // Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -39,15 +40,39 @@ inline T Narrow(Acc<T> v) {
 }
 
 // Whether an output of `bytes` is written with non-temporal stores (WriteOutputs): when it is
-// larger than the last-level cache (StreamThresholdBytes, kernels.h), where a plain store would
-// first read each line it fills and the output could not stay cached for its consumer anyway.
-// At [1,16,22,1000] x32 (1.44 GB) on a 2-core Xeon with a 480 MB last-level cache, the forward
-// took 118 ms with plain stores and 63 ms streamed; outputs that fit stay in the cache.
+// larger than the cores' caches (StreamThresholdBytes, kernels.h), where a plain store would
+// first read each line it fills and the output would not stay cached for its consumer anyway.
+// At [1,16,22,1000] x32 (1.44 GB) on a 2-core Xeon, the forward took 118 ms with plain stores
+// and 45 ms streamed.
 inline bool StreamOutput(int64_t bytes) { return bytes > StreamThresholdBytes(); }
 
+// StreamBytes with this build's widest vectors: whole 64-byte lines of dst with non-temporal
+// stores, the partial lines at its ends with plain ones.
+inline void StreamLines(void* dst, const void* src, int64_t bytes) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (64 - reinterpret_cast<uintptr_t>(d) % 64) % 64);
+  std::memcpy(d, s, static_cast<size_t>(head));
+  int64_t i = head;
+  for (; i + 64 <= bytes; i += 64) {
+#if defined(TFUP_ISA_AVX512)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), _mm512_loadu_si512(s + i));
+#else
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32)));
+#endif
+  }
+  std::memcpy(d + i, s + i, static_cast<size_t>(bytes - i));
+#else
+  StreamBytes(dst, src, bytes);
+#endif
+}
+
 // Writes outputs [0, n), `width` elements of T each, at out: produce(o0, o1, dst) writes outputs
-// [o0, o1) at dst. With `stream`, 16 KB at a time into the cache and then out with StreamBytes;
-// the values are the same either way.
+// [o0, o1) at dst. With `stream`, about 16 KB at a time into the cache and then out with
+// StreamLines, the pieces cut on out's 64-byte lines where the output's width allows; the values
+// are the same either way.
 template <typename T, typename Produce>
 void WriteOutputs(T* out, int64_t n, int64_t width, bool stream, std::vector<T>& buf, Produce&& produce) {
   if (!stream) {
@@ -55,12 +80,14 @@ void WriteOutputs(T* out, int64_t n, int64_t width, bool stream, std::vector<T>&
     return;
   }
   const int64_t pixel = std::max<int64_t>(1, width * static_cast<int64_t>(sizeof(T)));
-  const int64_t chunk = std::max<int64_t>(1, (16 << 10) / pixel);
+  // Outputs per piece: a multiple of the count whose bytes are whole lines (when that is small).
+  const int64_t lines = 64 / std::gcd<int64_t>(pixel, 64);
+  const int64_t chunk = std::max<int64_t>(1, (16 << 10) / pixel / lines * lines);
   buf.resize(chunk * width);
   for (int64_t o0 = 0; o0 < n; o0 += chunk) {
     const int64_t o1 = std::min(n, o0 + chunk);
     produce(o0, o1, buf.data());
-    StreamBytes(out + o0 * width, buf.data(), (o1 - o0) * pixel);
+    StreamLines(out + o0 * width, buf.data(), (o1 - o0) * pixel);
   }
   StreamFence();
 }

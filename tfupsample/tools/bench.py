@@ -372,20 +372,21 @@ def timed(fn, repeats=7, warmup=2):
 
 
 def write_floor(shape, dtype=tf.float32):
-    """Writing the output's bytes once on every core into warm memory, the fastest way for its
-    size, as the kernels write theirs: plain stores (`tf.fill`, whose buffer TF's allocator hands
-    back already mapped after the first call, as it does an op's output) while it fits in the
-    last-level cache; non-temporal stores (`stream_fill` on every core, into a buffer written
-    once before, as the op's output buffer is mapped already after the first call) when larger,
-    where a plain store would first read each line it fills. (A single-threaded NumPy refill is no
-    floor on a multi-core machine; a fresh np.full would also pay page faults.)"""
+    """Writing the output's bytes once on every core, the fastest way this machine has for its
+    size: plain stores (`tf.fill`, whose buffer TF's allocator hands back already mapped after
+    the first call, as it does an op's output) or non-temporal ones (`_numpy_ext.fill` on every
+    core into a buffer mapped once), whichever is faster in a short untimed trial -- the kernels
+    stream their large outputs. (A single-threaded NumPy refill is no floor on a multi-core
+    machine; a fresh np.full would also pay page faults.)"""
     from tfupsample import _numpy_ext
 
-    elements = int(np.prod(shape))
-    if tf.as_dtype(dtype) == tf.float32 and elements * 4 > _numpy_ext.stream_threshold_bytes():
-        buf = np.empty(elements, np.float32)
-        return lambda: _numpy_ext.stream_fill(buf, 1.0)
-    return lambda: tf.fill(shape, tf.constant(1, dtype))
+    plain = lambda: tf.fill(shape, tf.constant(1, dtype))  # noqa: E731
+    if tf.as_dtype(dtype) != tf.float32:
+        return plain
+    buf = np.zeros(int(np.prod(shape)), np.float32)
+    stream = lambda: _numpy_ext.fill(buf, 1.0, True)  # noqa: E731
+    times = timed_together([plain, stream], repeats=3, warmup=1)
+    return plain if times[0] <= times[1] else stream
 
 
 def read_floor(t):
