@@ -111,7 +111,18 @@ void LerpColumns(const T* __restrict r, const ResizeTaps& tx, int64_t cc, int64_
     const T* __restrict b = r + tx.upper[ox] * cc;
     const float xl = tx.lerp[ox];
     float* __restrict o = v + (ox - p0) * cc;
-    for (int64_t c = 0; c < cc; ++c) {
+    int64_t c = 0;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
+    if constexpr (std::is_same_v<T, float>) {  // whole vectors, then one masked one (a pixel of 19 or
+      const __m512 wx = _mm512_set1_ps(xl);    // 21 classes would leave a scalar tail of 3-5)
+      for (; c < cc; c += 16) {
+        const __mmask16 m = cc - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (cc - c)) - 1);
+        const __m512 tl = _mm512_maskz_loadu_ps(m, a + c), tr = _mm512_maskz_loadu_ps(m, b + c);
+        _mm512_mask_storeu_ps(o + c, m, _mm512_add_ps(tl, _mm512_mul_ps(_mm512_sub_ps(tr, tl), wx)));
+      }
+    }
+#endif
+    for (; c < cc; ++c) {
       const float tl = ToFloat(a[c]), tr = ToFloat(b[c]);
       o[c] = tl + (tr - tl) * xl;
     }
@@ -119,11 +130,12 @@ void LerpColumns(const T* __restrict r, const ResizeTaps& tx, int64_t cc, int64_
 }
 
 // Forward: a unit is a run of output rows that read the same two input rows (at most kRunRows
-// of it). Its rows go out a column chunk at a time: the two input rows along x for the chunk
-// (TF's top and bottom), then every row of the run from them along y -- TF's three lerps in its
-// order, so its bits, with the x lerps done once per run instead of once per output row, and
-// the y lerp a flat loop over the row's elements. Chunks end on the output's 64-byte lines, so
-// that large outputs (StreamOutput) are streamed line by line.
+// of it). A thread's units go out a column chunk at a time: for each run, its two input rows
+// along x for the chunk (TF's top and bottom; a row the previous run lerped is kept), then every
+// row of the run from them along y -- TF's three lerps in its order, so its bits, with the x
+// lerps done once per input row instead of twice per output row, and the y lerp a flat loop
+// over the row's elements. Each row's pieces end on the output's 64-byte lines, so that large
+// outputs (StreamOutput) are streamed line by line.
 template <typename T>
 void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const ParallelFor& pf) {
   const Slabs sl = MakeSlabs(g);
@@ -143,30 +155,54 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   // Elements per chunk: whole lines of 16 floats, 8 KB.
   constexpr int64_t kChunk = 2048;
   pf(sl.count * n_runs, (row * oh / n_runs) * 2, [&](int64_t begin, int64_t end) {
-    std::vector<float> top(kChunk + 16 + 2 * cc), bottom(top.size());
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t s = u / n_runs;
-      const auto [y0, y1] = runs[u % n_runs];
+    std::vector<float> lerped[2];
+    for (auto& v : lerped) v.resize(kChunk + 15 + 2 * cc);
+    for (int64_t u0 = begin; u0 < end;) {  // the range's runs of one slab
+      const int64_t s = u0 / n_runs, u1 = std::min(end, (s + 1) * n_runs);
       const T* in = input + s * h * w * cc;
-      const int64_t il = ty.lower[y0], iu = ty.upper[y0];
-      float* const out0 = output + (s * oh + y0) * row;
-      // Chunk boundaries: the row's start, then every kChunk elements from its first line boundary.
-      const int64_t first = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out0) % 64) % 64) / 4;
-      for (int64_t e0 = 0; e0 < row;) {
-        const int64_t e1 = std::min(row, (e0 == 0 ? first : e0) + kChunk);
-        const int64_t p0 = e0 / cc, p1 = (e1 - 1) / cc + 1;
-        LerpColumns(in + il * w * cc, tx, cc, p0, p1, top.data());
-        const float* b = top.data();
-        if (iu != il) {
-          LerpColumns(in + iu * w * cc, tx, cc, p0, p1, bottom.data());
-          b = bottom.data();
+      float* const out = output + s * oh * row;
+      // Row oy's piece of chunk [e0, e1) is [cut(oy, e0), cut(oy, e1)): cut on its own 64-byte
+      // lines (a row's alignment is its own), the pieces of one row tiling it, each within
+      // [e0 - 15, e1).
+      const auto cut = [&](int64_t oy, int64_t e) {
+        if (e == 0 || e == row) return e;
+        return e - static_cast<int64_t>(reinterpret_cast<uintptr_t>(out + oy * row + e) % 64) / 4;
+      };
+      for (int64_t e0 = 0; e0 < row; e0 += kChunk) {
+        const int64_t e1 = std::min(row, e0 + kChunk);
+        const int64_t p0 = std::max<int64_t>(0, e0 - 15) / cc, p1 = (e1 - 1) / cc + 1;
+        int64_t held[2] = {-1, -1};  // the input row in each of lerped, along x for this chunk
+        const auto along_x = [&](int64_t i, int64_t keep) {
+          for (int k = 0; k < 2; ++k) {
+            if (held[k] == i) return lerped[k].data();
+          }
+          const int k = held[0] == keep ? 1 : 0;
+          LerpColumns(in + i * w * cc, tx, cc, p0, p1, lerped[k].data());
+          held[k] = i;
+          return lerped[k].data();
+        };
+        for (int64_t u = u0; u < u1; ++u) {
+          const auto [y0, y1] = runs[u % n_runs];
+          if (stream && u + 1 < u1 && (e0 == 0 || e1 == row)) {
+            // A row whose ends are not on lines stores its first and last line plainly, each a
+            // read from memory the streamed stores behind it wait for: fetched a run ahead.
+            const auto [n0, n1] = runs[(u + 1) % n_runs];
+            for (int64_t oy = n0; oy < n1; ++oy) {
+              const float *first = out + oy * row, *last = first + row;
+              if (e0 == 0 && reinterpret_cast<uintptr_t>(first) % 64 != 0) __builtin_prefetch(first, 1);
+              if (e1 == row && reinterpret_cast<uintptr_t>(last) % 64 != 0) __builtin_prefetch(last - 1, 1);
+            }
+          }
+          const int64_t il = ty.lower[y0], iu = ty.upper[y0];
+          const float* t = along_x(il, iu) - p0 * cc;
+          const float* b = along_x(iu, il) - p0 * cc;
+          for (int64_t oy = y0; oy < y1; ++oy) {
+            const int64_t a = cut(oy, e0), z = cut(oy, e1);
+            LerpRows(t + a, b + a, ty.lerp[oy], z - a, stream, out + oy * row + a);
+          }
         }
-        const int64_t skip = e0 - p0 * cc;
-        for (int64_t oy = y0; oy < y1; ++oy) {
-          LerpRows(top.data() + skip, b + skip, ty.lerp[oy], e1 - e0, stream, out0 + (oy - y0) * row + e0);
-        }
-        e0 = e1;
       }
+      u0 = u1;
     }
     if (stream) StreamFence();
   });
