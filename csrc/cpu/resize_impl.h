@@ -208,10 +208,24 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   });
 }
 
-// acc[c] += w * A(d[c]) for n elements.
+// acc[c] += w * A(d[c]) for n elements; with `fresh`, acc holds nothing yet: 0 + w * A(d[c]).
 template <typename A, typename Src>
-inline void AddScaled(A* __restrict acc, A w, const Src* __restrict d, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) acc[c] += w * A(d[c]);
+inline void AddScaled(A* __restrict acc, A w, const Src* __restrict d, int64_t n, bool fresh = false) {
+  if (fresh) {
+    for (int64_t c = 0; c < n; ++c) acc[c] = A(0) + w * A(d[c]);
+  } else {
+    for (int64_t c = 0; c < n; ++c) acc[c] += w * A(d[c]);
+  }
+}
+
+// AddScaled with w0, then with w1, in one pass over d.
+template <typename A, typename Src>
+inline void AddScaledTwice(A* __restrict acc, A w0, A w1, const Src* __restrict d, int64_t n, bool fresh) {
+  if (fresh) {
+    for (int64_t c = 0; c < n; ++c) acc[c] = (A(0) + w0 * A(d[c])) + w1 * A(d[c]);
+  } else {
+    for (int64_t c = 0; c < n; ++c) acc[c] = (acc[c] + w0 * A(d[c])) + w1 * A(d[c]);
+  }
 }
 
 // Gradient, y first: a thread owns a band of input rows. Each output-gradient row is added, with
@@ -244,13 +258,26 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
       const float* dy = output_grad + s * oh * row;
       A* const live[2] = {acc.data(), acc.data() + row};
+      bool fresh[2] = {true, true};  // a buffer nothing was added to yet: zeros, never zeroed
       auto rows_of = [&](int64_t i) { return live[(i - i0) % 2]; };
-      std::fill(acc.begin(), acc.end(), A(0));
+      auto fresh_of = [&](int64_t i) -> bool& { return fresh[(i - i0) % 2]; };
       int64_t done = i0;  // input rows [i0, done) are written
-      auto finish = [&](int64_t i) {  // row i along x, written; its buffer zeroed for row i + 2
+      // Row i along x, written; its buffer fresh for row i + 2. `next`: the first of the output
+      // rows the y pass reads after it (or null), whose first kAheadLines lines in each of
+      // kRowsAtOnce rows are prefetched a few per column run, so that memory keeps streaming
+      // while this pass computes from the cache (Cityscapes-like: ~16% of the gradient).
+      constexpr int64_t kRowsAtOnce = 4, kAheadLines = 256;
+      auto finish = [&](int64_t i, const float* next) {
         A* r = rows_of(i);
         std::fill(xr.begin(), xr.end(), A(0));
+        const int64_t lines = next ? std::min(kAheadLines, (row * 4 + 63) / 64) * kRowsAtOnce : 0;
+        const int64_t per_run = (lines + static_cast<int64_t>(xruns.size()) - 1) / static_cast<int64_t>(xruns.size());
+        int64_t q = 0;
         for (const auto& [x0, x1] : xruns) {
+          if (fresh_of(i)) break;  // no output row reached it: zeros
+          for (const int64_t q1 = std::min(lines, q + per_run); q < q1; ++q) {
+            __builtin_prefetch(next + (q % kRowsAtOnce) * row + (q / kRowsAtOnce) * 16);
+          }
           const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
           if (jl != ju) {
             AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc);
@@ -262,32 +289,40 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           }
         }
         NarrowRow(input_grad + (s * h + i) * w * cc, xr.data(), w * cc);
-        std::fill(r, r + row, A(0));
+        fresh_of(i) = true;
       };
       for (const auto& [y0, y1] : yruns) {
         const int64_t il = ty.lower[y0], iu = ty.upper[y0];
         if (iu < i0) continue;
         if (il >= i1) break;
-        while (done < std::min(il, i1)) finish(done++);  // no later output row reaches them
+        while (done < std::min(il, i1)) {  // no later output row reaches them
+          finish(done++, y0 + kRowsAtOnce <= oh ? dy + y0 * row : nullptr);
+        }
         const bool lo_in = il >= i0, up_in = iu < i1;
         if (il != iu && lo_in && up_in) {
           // Four output rows at a time: four streams from memory keep closer to the read floor
           // than a whole run's eight or more (ADE20K-like x8, THP-backed dy: 1.23x the floor,
           // against 1.35x for whole runs and 1.48x row by row). Each element still adds its
           // outputs in ascending order: the same bits.
-          constexpr int64_t kRowsAtOnce = 4;
           for (int64_t a = y0; a < y1; a += kRowsAtOnce) {
             AddRunTwoColumns(yweights, -1, dy, row, row, a, std::min(y1, a + kRowsAtOnce), rows_of(il),
-                             rows_of(iu));
+                             rows_of(iu), fresh_of(il), fresh_of(iu));
+            fresh_of(il) = fresh_of(iu) = false;
           }
           continue;
         }
         for (int64_t oy = y0; oy < y1; ++oy) {  // one input row of the band (or both taps on one)
-          if (lo_in) AddScaled(rows_of(il), A(1.0f - ty.lerp[oy]), dy + oy * row, row);
-          if (up_in) AddScaled(rows_of(iu), A(ty.lerp[oy]), dy + oy * row, row);
+          const A w0 = A(1.0f - ty.lerp[oy]), w1 = A(ty.lerp[oy]);
+          if (il == iu) {  // both terms in one pass, lower tap's first
+            AddScaledTwice(rows_of(il), w0, w1, dy + oy * row, row, fresh_of(il));
+            fresh_of(il) = false;
+            continue;
+          }
+          if (lo_in) AddScaled(rows_of(il), w0, dy + oy * row, row, fresh_of(il)), fresh_of(il) = false;
+          if (up_in) AddScaled(rows_of(iu), w1, dy + oy * row, row, fresh_of(iu)), fresh_of(iu) = false;
         }
       }
-      while (done < i1) finish(done++);
+      while (done < i1) finish(done++, nullptr);
     }
   });
 }
