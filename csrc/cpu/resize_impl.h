@@ -196,6 +196,15 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
           const int64_t il = ty.lower[y0], iu = ty.upper[y0];
           const float* t = along_x(il, iu) - p0 * cc;
           const float* b = along_x(iu, il) - p0 * cc;
+          if (u + 1 < u1) {
+            // The next run's new input row, for this chunk: a short read that would otherwise
+            // wait on memory latency (the hardware prefetchers do not start on it in time).
+            const int64_t next = ty.upper[runs[(u + 1) % n_runs].first];
+            if (next != held[0] && next != held[1]) {
+              PrefetchBytes(in + (next * w + tx.lower[p0]) * cc,
+                            (tx.upper[p1 - 1] + 1 - tx.lower[p0]) * cc * static_cast<int64_t>(sizeof(T)));
+            }
+          }
           for (int64_t oy = y0; oy < y1; ++oy) {
             const int64_t a = cut(oy, e0), z = cut(oy, e1);
             LerpRows(t + a, b + a, ty.lerp[oy], z - a, stream, out + oy * row + a);
