@@ -10,10 +10,13 @@ import sys
 import tempfile
 
 SCRIPT = r"""
+import sys
 import numpy as np, tensorflow as tf
 import tfupsample as tu, tfupsample.testing as ref
 from tfupsample import _numpy_ext
-assert _numpy_ext.stream_threshold_bytes() == 0
+sys.path.insert(0, sys.argv[2])
+from test_streaming import outputs
+streamed = _numpy_ext.stream_threshold_bytes() == 0
 rng = np.random.default_rng(5)
 for shape, size in (((2, 7, 9, 5), (23, 31)), ((1, 3, 4, 1000), (13, 9)), ((3, 5, 6, 3), (2, 3))):
     x = tf.constant(rng.standard_normal(shape), tf.float32)
@@ -31,19 +34,47 @@ for stream in (True, False):  # the benchmark's floors: an unaligned start and a
     assert buf[0] == 0 and (buf[1:] == 2.5).all()
     buf[7] = -1e6
     assert _numpy_ext.read(buf[1:]) == 2.5 * 40997 - 1e6 and _numpy_ext.read(buf[:0]) == 0
+np.savez(sys.argv[1], streamed=streamed, **outputs())
 print("ok")
 """
 
 
-def _run(env_value):
+def outputs():
+    """Outputs whose streamed and unstreamed bits must agree: pixel widths below, at and across a
+    64-byte line (19, 16, 150, 1000 channels), row widths that end mid-line, infinities (the
+    one-tap edge pixels must not add a second term)."""
+    import numpy as np
+    import tensorflow as tf
+    import tfupsample as tu
+
+    rng = np.random.default_rng(11)
+    out = {}
+    for c, f, h, w in ((19, 3, 3, 5), (16, 2, 2, 3), (150, 4, 2, 3), (1000, 2, 2, 2), (7, 5, 2, 3)):
+        x = rng.standard_normal((2, h, w, c)).astype(np.float32)
+        x[0, 0, 0, :3] = [np.inf, -np.inf, np.nan]
+        x[1, -1, -1, -2:] = [np.inf, 3e38]
+        out[f"up_{c}_{f}"] = tu.bilinear_upsample(tf.constant(x), f).numpy()
+        out[f"resize_{c}"] = tu.image.resize(tf.constant(x), [h * f + 1, w * f - 1]).numpy()
+    return out
+
+
+def _run(env_value, path=""):
     env = dict(os.environ, TFUPSAMPLE_STREAM_BYTES=env_value, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                          cwd=tempfile.gettempdir(), timeout=600)
+    return subprocess.run([sys.executable, "-c", SCRIPT, path, os.path.dirname(__file__)], capture_output=True,
+                          text=True, env=env, cwd=tempfile.gettempdir(), timeout=600)
 
 
-def test_streamed_outputs_equal_stock_tf():
-    out = _run("0")
+def test_streamed_outputs_equal_stock_tf_and_the_unstreamed_bits(tmp_path):
+    import numpy as np
+
+    out = _run("0", str(tmp_path / "streamed.npz"))
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    streamed = dict(np.load(tmp_path / "streamed.npz"))
+    assert bool(streamed.pop("streamed"))
+    plain = outputs()  # small: not streamed in this process
+    assert set(plain) == set(streamed)
+    for key, value in plain.items():
+        np.testing.assert_array_equal(streamed[key], value, err_msg=key)
 
 
 def test_threshold_is_the_cache_or_the_override():

@@ -366,6 +366,78 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
   });
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
+// One output row of float pixels (cc >= 16 channels) from the row's column values straight to
+// out with non-temporal stores, 16 elements (one 64-byte line) at a time: a line holds the end of
+// one pixel and the start of the next at most, each lane computed with its own pixel's columns
+// and weights -- PixelFromColumns' operations, so the same bits -- without a pass through the
+// cache and a copy out. The partial lines at the row's ends are stored plainly.
+struct StreamedColumns {
+  std::vector<int64_t> first;  // per output pixel: its first column's offset in cols (ix * cc)
+  std::vector<float> w0, w1;   // its weights; w1 only where two
+  std::vector<uint8_t> two;    // whether it has a second column
+  StreamedColumns(const BilinearPlan<float, float>& plan, int64_t cc) {
+    const int64_t ow = plan.g.x.n_out;
+    first.resize(ow), w0.resize(ow), w1.resize(ow), two.resize(ow);
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      const int64_t ix = plan.tx.first[ox];
+      first[ox] = ix * cc;
+      w0[ox] = plan.wx[plan.g.x.Tap(ox, ix)];
+      two[ox] = plan.tx.count[ox] == 2;
+      w1[ox] = two[ox] ? plan.wx[plan.g.x.Tap(ox, ix + 1)] : 0.0f;
+    }
+  }
+  float Element(const float* cols, int64_t cc, int64_t e) const {  // PixelFromColumns' one value
+    const int64_t p = e / cc, c = e % cc;
+    float v = w0[p] * cols[first[p] + c];
+    if (two[p]) v += w1[p] * cols[first[p] + cc + c];
+    return v;
+  }
+  void Row(const float* cols, int64_t ow, int64_t cc, float* out) const {
+    const int64_t n = ow * cc;
+    int64_t e = std::min<int64_t>(n, static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out) % 64) % 64) / 4);
+    for (int64_t i = 0; i < e; ++i) out[i] = Element(cols, cc, i);
+    int64_t p = e / cc, c = e % cc;  // the pixel and channel of element e
+    while (e + 16 <= n) {
+      if (c + 16 <= cc) {  // whole lines inside pixel p
+        const float* a = cols + first[p];
+        const __m512 wa = _mm512_set1_ps(w0[p]), wb = _mm512_set1_ps(w1[p]);
+        const int64_t lines = std::min(cc - c, n - e) / 16;
+        if (two[p]) {
+          for (int64_t i = 0; i < lines; ++i, c += 16, e += 16) {
+            const __m512 v = _mm512_mul_ps(wa, _mm512_loadu_ps(a + c));
+            _mm512_stream_ps(out + e, _mm512_add_ps(v, _mm512_mul_ps(wb, _mm512_loadu_ps(a + cc + c))));
+          }
+        } else {
+          for (int64_t i = 0; i < lines; ++i, c += 16, e += 16) {
+            _mm512_stream_ps(out + e, _mm512_mul_ps(wa, _mm512_loadu_ps(a + c)));
+          }
+        }
+        if (c == cc) ++p, c = 0;
+        continue;
+      }
+      // The line holds pixel p's last k channels and pixel p + 1's first 16 - k.
+      const int64_t k = cc - c, q = p + 1;
+      const __mmask16 here = __mmask16((1u << k) - 1), there = __mmask16(~here);
+      const float* a = cols + first[p] + c;
+      const float* b = cols + first[q] - k;  // lane k is its channel 0
+      const __m512 x0 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(here, a), there, b);
+      const __m512 wa = _mm512_mask_blend_ps(here, _mm512_set1_ps(w0[q]), _mm512_set1_ps(w0[p]));
+      __m512 v = _mm512_mul_ps(wa, x0);
+      const __mmask16 m2 = __mmask16((two[p] ? here : 0) | (two[q] ? there : 0));
+      if (m2 != 0) {
+        const __m512 x1 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(here & m2, a + cc), there & m2, b + cc);
+        const __m512 wb = _mm512_mask_blend_ps(here, _mm512_set1_ps(w1[q]), _mm512_set1_ps(w1[p]));
+        v = _mm512_mask_add_ps(v, m2, v, _mm512_mul_ps(wb, x1));
+      }
+      _mm512_stream_ps(out + e, v);
+      e += 16, p = q, c = 16 - k;
+    }
+    for (; e < n; ++e) out[e] = Element(cols, cc, e);
+  }
+};
+#endif
+
 template <typename T>
 void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const ParallelFor& pf) {
   using A = Acc<T>;
@@ -378,6 +450,20 @@ void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const Par
   // PixelFromColumns): the operations of BilinearPixel in its order, so the same bits, without
   // its per-pixel set-up (which dominates for narrow pixels).
   const bool stream = StreamOutput(g.OutputElements() * static_cast<int64_t>(sizeof(T)));
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream && cc >= 16) {
+      const StreamedColumns sc(plan, cc);
+      ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 4, [&](int64_t s, int64_t oy) {
+        std::vector<A> cols(W * cc);
+        plan.Columns(plan.RowTaps(input + s * g.y.n_in * W * cc, oy, cc), cc, cols.data());
+        sc.Row(cols.data(), OW, cc, output + (s * g.y.n_out + oy) * OW * cc);
+        StreamFence();
+      });
+      return;
+    }
+  }
+#endif
   ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 4, [&](int64_t s, int64_t oy) {
     std::vector<A> cols(W * cc);
     std::vector<T> buf;
