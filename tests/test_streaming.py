@@ -40,9 +40,10 @@ print("ok")
 
 
 def outputs():
-    """Outputs whose streamed and unstreamed bits must agree: pixel widths below, at and across a
-    64-byte line (19, 16, 150, 1000 channels), row widths that end mid-line, infinities (the
-    one-tap edge pixels must not add a second term)."""
+    """Outputs whose streamed and unstreamed bits must agree (the forwards and the argmaxes'
+    labels and scores): pixel widths below, at and across a 64-byte line (19, 16, 150, 1000
+    channels), row widths that end mid-line, infinities (the one-tap edge pixels must not add a
+    second term)."""
     import numpy as np
     import tensorflow as tf
     import tfupsample as tu
@@ -55,6 +56,10 @@ def outputs():
         x[1, -1, -1, -2:] = [np.inf, 3e38]
         out[f"up_{c}_{f}"] = tu.bilinear_upsample(tf.constant(x), f).numpy()
         out[f"resize_{c}"] = tu.image.resize(tf.constant(x), [h * f + 1, w * f - 1]).numpy()
+        for interpolation, size in (("transposed_conv", None), ("bilinear", [h * f + 1, w * f - 1])):
+            labels, scores = tu.upsample_argmax(tf.constant(x), None if size else f, size=size,
+                                                interpolation=interpolation, return_scores=True)
+            out[f"argmax_{interpolation}_{c}"], out[f"scores_{interpolation}_{c}"] = labels.numpy(), scores.numpy()
     return out
 
 

@@ -175,9 +175,13 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   const A inf = std::numeric_limits<A>::infinity();
 
   // Work unit: one image x one run of output rows that read the same two input rows.
+  // Large outputs go out a unit's rows at a time with streaming stores (UnitRows).
+  const bool stream = StreamOutput(g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t)));
   pf(g.n * ny, OW * C * 2 * std::max<int64_t>(1, OH / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<A> hi(C), vals(C), cols(2 * C), corner(4 * C);
     Packed<A> block(C), sub(C);
+    UnitRows<int64_t> label_rows(labels, OW, stream);
+    UnitRows<T> score_rows(scores, OW, stream);
 
     // The column values along y of output row oy for the packed classes (the forward's first
     // step, once per row) into c0 / c1.
@@ -214,16 +218,17 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       for (int64_t oy = a0; oy < a1; ++oy) {
         const auto row = plan.RowTaps(in, oy, C);
         columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
-        const int64_t base = (s * OH + oy) * OW;
+        int64_t* const label_row = label_rows.Row(s * OH + oy);
+        T* const score_row = scores == nullptr ? nullptr : score_rows.Row(s * OH + oy);
         if (K == 1) {  // one class left: its label everywhere, its values as the scores
-          std::fill(labels + base + b0, labels + base + b1, pk.id[0]);
+          std::fill(label_row + b0, label_row + b1, pk.id[0]);
           if (scores == nullptr) continue;
           for (int64_t ox = b0; ox < b1; ++ox) {
             const A wx0 = plan.wx[g.x.Tap(ox, ix)];
             const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
             A v;
             pixel(1, wx0, wx1, two_x, c0, c1, &v);
-            scores[base + ox] = Narrow<T>(v);
+            score_row[ox] = Narrow<T>(v);
           }
           continue;
         }
@@ -233,8 +238,8 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           A* v = vals.data();
           pixel(K, wx0, wx1, two_x, c0, c1, v);
           const int64_t best = ArgmaxFirst(v, K, finite, Widen(std::numeric_limits<T>::lowest()));
-          labels[base + ox] = pk.id[best];
-          if (scores != nullptr) scores[base + ox] = Narrow<T>(v[best]);
+          label_row[ox] = pk.id[best];
+          if (score_row != nullptr) score_row[ox] = Narrow<T>(v[best]);
         }
       }
     };
@@ -244,6 +249,8 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       const auto [y0, y1] = yruns[u % ny];
       const T* in = logits + s * g.y.n_in * W * C;
       const auto row0 = plan.RowTaps(in, y0, C);
+      label_rows.Begin(s * OH + y0, s * OH + y1);
+      score_rows.Begin(s * OH + y0, s * OH + y1);
       for (const auto& [x0, x1] : xruns) {
         const int64_t ix = plan.tx.first[x0], nx = plan.tx.count[x0];
         const T* p[4] = {row0.rows[0] + ix * C, row0.rows[0] + (ix + nx - 1) * C,
@@ -324,6 +331,8 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
           }
         }
       }
+      label_rows.End();
+      score_rows.End();
     }
   });
 }

@@ -92,6 +92,35 @@ void WriteOutputs(T* out, int64_t n, int64_t width, bool stream, std::vector<T>&
   StreamFence();
 }
 
+// An output of rows `width` elements wide that units write a run of rows [r0, r1) at a time, in
+// any order within the run: in place, or (stream) into a buffer that goes out with StreamLines
+// when the unit ends -- for outputs such as the argmax's labels, whose cells write a few elements
+// of a row at a time.
+template <typename T>
+class UnitRows {
+ public:
+  UnitRows(T* out, int64_t width, bool stream) : out_(out), width_(width), stream_(stream && out != nullptr) {}
+  UnitRows(const UnitRows&) = delete;
+  UnitRows& operator=(const UnitRows&) = delete;
+  ~UnitRows() {
+    if (stream_) StreamFence();
+  }
+  void Begin(int64_t r0, int64_t r1) {
+    r0_ = r0, r1_ = r1;
+    if (stream_) buf_.resize((r1 - r0) * width_);
+  }
+  T* Row(int64_t r) { return stream_ ? buf_.data() + (r - r0_) * width_ : out_ + r * width_; }
+  void End() {
+    if (stream_) StreamLines(out_ + r0_ * width_, buf_.data(), (r1_ - r0_) * width_ * static_cast<int64_t>(sizeof(T)));
+  }
+
+ private:
+  T* out_;
+  int64_t width_, r0_ = 0, r1_ = 0;
+  bool stream_;
+  std::vector<T> buf_;
+};
+
 #if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
 inline float Widen(Eigen::half v) { return _cvtsh_ss(Eigen::numext::bit_cast<uint16_t>(v)); }
 template <>

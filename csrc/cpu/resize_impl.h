@@ -364,12 +364,17 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
   const float margin = 16 * std::numeric_limits<float>::epsilon();
   // "Finite" here: small enough that no lerp can overflow (a difference of two taps stays finite).
   const float top_value = std::numeric_limits<float>::max() / 4;
+  const bool stream = StreamOutput(g.n * oh * ow * static_cast<int64_t>(sizeof(int64_t)));
   pf(g.n * ny, ow * C * 2 * std::max<int64_t>(1, oh / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<float> lo(C), hi(C), q(4 * C), v(C);
     std::vector<int64_t> id(C);
+    UnitRows<int64_t> label_rows(labels, ow, stream);  // large outputs streamed a unit at a time
+    UnitRows<float> score_rows(scores, ow, stream);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t s = u / ny;
       const auto [y0, y1] = yruns[u % ny];
+      label_rows.Begin(s * oh + y0, s * oh + y1);
+      score_rows.Begin(s * oh + y0, s * oh + y1);
       const T* in = logits + s * h * w * C;
       const int64_t il = ty.lower[y0], iu = ty.upper[y0];
       for (const auto& [x0, x1] : xruns) {
@@ -400,15 +405,18 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
           ++k;
         }
         for (int64_t oy = y0; oy < y1; ++oy) {
-          const int64_t base = (s * oh + oy) * ow;
+          int64_t* const label_row = label_rows.Row(s * oh + oy);
+          float* const score_row = scores == nullptr ? nullptr : score_rows.Row(s * oh + oy);
           for (int64_t ox = x0; ox < x1; ++ox) {
             ResizePixel(q00, q01, q10, q11, tx.lerp[ox], ty.lerp[oy], k, v.data());
             const int64_t best = ArgmaxFirst(v.data(), k, finite, std::numeric_limits<float>::lowest());
-            labels[base + ox] = k > 0 ? id[best] : 0;
-            if (scores != nullptr) scores[base + ox] = k > 0 ? v[best] : 0.0f;
+            label_row[ox] = k > 0 ? id[best] : 0;
+            if (score_row != nullptr) score_row[ox] = k > 0 ? v[best] : 0.0f;
           }
         }
       }
+      label_rows.End();
+      score_rows.End();
     }
   });
 }
