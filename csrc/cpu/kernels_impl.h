@@ -395,12 +395,65 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
   });
 }
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
-// One output row of float pixels (cc >= 16 channels) from the row's column values straight to
-// out with non-temporal stores, 16 elements (one 64-byte line) at a time: a line holds the end of
-// one pixel and the start of the next at most, each lane computed with its own pixel's columns
-// and weights -- PixelFromColumns' operations, so the same bits -- without a pass through the
-// cache and a copy out. The partial lines at the row's ends are stored plainly.
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// Vectors of float lanes for StreamedColumns, with a lane mask `Mask` (the first k lanes: Head(k)).
+#if defined(TFUP_ISA_AVX512)
+struct Lanes {
+  static constexpr int64_t kN = 16;
+  using V = __m512;
+  using Mask = __mmask16;
+  static Mask Head(int64_t k) { return Mask((1u << k) - 1); }
+  static Mask Not(Mask m) { return Mask(~m); }
+  static Mask And(Mask a, Mask b) { return Mask(a & b); }
+  static Mask Or(Mask a, Mask b) { return Mask(a | b); }
+  static Mask None() { return 0; }
+  static bool Any(Mask m) { return m != 0; }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  // Lanes of ma from a, of mb from b (disjoint), the others +0; nothing read outside them.
+  static V LoadSplit(Mask ma, Mask mb, const float* a, const float* b) {
+    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(ma, a), mb, b);
+  }
+  static V Pick(Mask m, float in_m, float rest) { return _mm512_mask_blend_ps(m, _mm512_set1_ps(rest), _mm512_set1_ps(in_m)); }
+  static V Set(float v) { return _mm512_set1_ps(v); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V AddWhere(Mask m, V a, V b) { return _mm512_mask_add_ps(a, m, a, b); }
+  static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
+};
+#else
+struct Lanes {
+  static constexpr int64_t kN = 8;
+  using V = __m256;
+  using Mask = __m256i;  // all ones in a lane that is in
+  static Mask Head(int64_t k) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Mask Not(Mask m) { return _mm256_xor_si256(m, _mm256_set1_epi32(-1)); }
+  static Mask And(Mask a, Mask b) { return _mm256_and_si256(a, b); }
+  static Mask Or(Mask a, Mask b) { return _mm256_or_si256(a, b); }
+  static Mask None() { return _mm256_setzero_si256(); }
+  static bool Any(Mask m) { return !_mm256_testz_si256(m, m); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V LoadSplit(Mask ma, Mask mb, const float* a, const float* b) {  // others load as +0
+    return _mm256_or_ps(_mm256_maskload_ps(a, ma), _mm256_maskload_ps(b, mb));
+  }
+  static V Pick(Mask m, float in_m, float rest) {
+    return _mm256_blendv_ps(_mm256_set1_ps(rest), _mm256_set1_ps(in_m), _mm256_castsi256_ps(m));
+  }
+  static V Set(float v) { return _mm256_set1_ps(v); }
+  static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V AddWhere(Mask m, V a, V b) { return _mm256_blendv_ps(a, _mm256_add_ps(a, b), _mm256_castsi256_ps(m)); }
+  static void Stream(float* p, V v) { _mm256_stream_ps(p, v); }
+};
+#endif
+
+// One output row of float pixels (at least Lanes::kN channels) from the row's column values
+// straight to out with non-temporal stores, a vector at a time (out's 64-byte lines are whole
+// vectors): a vector holds the end of one pixel and the start of the next at most, each lane
+// computed with its own pixel's columns and weights -- PixelFromColumns' operations, so the same
+// bits -- without a pass through the cache and a copy out. The partial lines at the row's ends
+// are stored plainly.
 struct StreamedColumns {
   std::vector<int64_t> first;  // per output pixel: its first column's offset in cols (ix * cc)
   std::vector<float> w0, w1;   // its weights; w1 only where two
@@ -423,44 +476,41 @@ struct StreamedColumns {
     return v;
   }
   void Row(const float* cols, int64_t ow, int64_t cc, float* out) const {
+    using L = Lanes;
+    constexpr int64_t N = L::kN;
     const int64_t n = ow * cc;
     int64_t e = std::min<int64_t>(n, static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out) % 64) % 64) / 4);
     for (int64_t i = 0; i < e; ++i) out[i] = Element(cols, cc, i);
     int64_t p = e / cc, c = e % cc;  // the pixel and channel of element e
-    while (e + 16 <= n) {
-      if (c + 16 <= cc) {  // whole lines inside pixel p
+    while (e + N <= n) {
+      if (c + N <= cc) {  // whole vectors inside pixel p
         const float* a = cols + first[p];
-        const __m512 wa = _mm512_set1_ps(w0[p]), wb = _mm512_set1_ps(w1[p]);
-        const int64_t lines = std::min(cc - c, n - e) / 16;
+        const typename L::V wa = L::Set(w0[p]), wb = L::Set(w1[p]);
+        const int64_t vectors = std::min(cc - c, n - e) / N;
         if (two[p]) {
-          for (int64_t i = 0; i < lines; ++i, c += 16, e += 16) {
-            const __m512 v = _mm512_mul_ps(wa, _mm512_loadu_ps(a + c));
-            _mm512_stream_ps(out + e, _mm512_add_ps(v, _mm512_mul_ps(wb, _mm512_loadu_ps(a + cc + c))));
+          for (int64_t i = 0; i < vectors; ++i, c += N, e += N) {
+            L::Stream(out + e, L::Add(L::Mul(wa, L::Load(a + c)), L::Mul(wb, L::Load(a + cc + c))));
           }
         } else {
-          for (int64_t i = 0; i < lines; ++i, c += 16, e += 16) {
-            _mm512_stream_ps(out + e, _mm512_mul_ps(wa, _mm512_loadu_ps(a + c)));
-          }
+          for (int64_t i = 0; i < vectors; ++i, c += N, e += N) L::Stream(out + e, L::Mul(wa, L::Load(a + c)));
         }
         if (c == cc) ++p, c = 0;
         continue;
       }
-      // The line holds pixel p's last k channels and pixel p + 1's first 16 - k.
+      // The vector holds pixel p's last k channels and pixel p + 1's first N - k.
       const int64_t k = cc - c, q = p + 1;
-      const __mmask16 here = __mmask16((1u << k) - 1), there = __mmask16(~here);
+      const typename L::Mask here = L::Head(k), there = L::Not(here);
       const float* a = cols + first[p] + c;
       const float* b = cols + first[q] - k;  // lane k is its channel 0
-      const __m512 x0 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(here, a), there, b);
-      const __m512 wa = _mm512_mask_blend_ps(here, _mm512_set1_ps(w0[q]), _mm512_set1_ps(w0[p]));
-      __m512 v = _mm512_mul_ps(wa, x0);
-      const __mmask16 m2 = __mmask16((two[p] ? here : 0) | (two[q] ? there : 0));
-      if (m2 != 0) {
-        const __m512 x1 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(here & m2, a + cc), there & m2, b + cc);
-        const __m512 wb = _mm512_mask_blend_ps(here, _mm512_set1_ps(w1[q]), _mm512_set1_ps(w1[p]));
-        v = _mm512_mask_add_ps(v, m2, v, _mm512_mul_ps(wb, x1));
+      typename L::V v = L::Mul(L::Pick(here, w0[p], w0[q]), L::LoadSplit(here, there, a, b));
+      const typename L::Mask m2 = L::Or(two[p] ? here : L::None(), two[q] ? there : L::None());
+      if (L::Any(m2)) {
+        // Lanes without a second column read it as +0 and keep their value (AddWhere).
+        const typename L::V x1 = L::LoadSplit(L::And(here, m2), L::And(there, m2), a + cc, b + cc);
+        v = L::AddWhere(m2, v, L::Mul(L::Pick(here, w1[p], w1[q]), x1));
       }
-      _mm512_stream_ps(out + e, v);
-      e += 16, p = q, c = 16 - k;
+      L::Stream(out + e, v);
+      e += N, p = q, c = N - k;
     }
     for (; e < n; ++e) out[e] = Element(cols, cc, e);
   }
@@ -479,9 +529,9 @@ void BilinearForwardImpl(const Geometry& g, const T* input, T* output, const Par
   // PixelFromColumns): the operations of BilinearPixel in its order, so the same bits, without
   // its per-pixel set-up (which dominates for narrow pixels).
   const bool stream = StreamOutput(g.OutputElements() * static_cast<int64_t>(sizeof(T)));
-#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<T, float>) {
-    if (stream && cc >= 16) {
+    if (stream && cc >= Lanes::kN) {
       const StreamedColumns sc(plan, cc);
       ForEachRow(pf, sl.count, g.y.n_out, OW * cc * 4, [&](int64_t s, int64_t oy) {
         std::vector<A> cols(W * cc);

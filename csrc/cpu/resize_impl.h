@@ -67,36 +67,26 @@ inline void LerpRows(const float* __restrict t, const float* __restrict b, float
   int64_t e = 0;
 #if defined(__x86_64__) || defined(__i386__)
   if (stream) {
-#if defined(TFUP_ISA_AVX512)
-    using V = __m512;
+#if defined(TFUP_ISA_AVX512)  // this build's widest vectors: TFUP_SIMD(add_ps) is _mm512_add_ps
+#define TFUP_SIMD(name) _mm512_##name
     constexpr int64_t kLanes = 16;
-    const auto load = [](const float* p) { return _mm512_loadu_ps(p); };
-    const auto lerp = [yv = _mm512_set1_ps(yl)](V top, V bottom) {
-      return _mm512_add_ps(top, _mm512_mul_ps(_mm512_sub_ps(bottom, top), yv));
-    };
-    const auto put = [](float* p, V v) { _mm512_stream_ps(p, v); };
 #elif defined(TFUP_ISA_AVX2)
-    using V = __m256;
+#define TFUP_SIMD(name) _mm256_##name
     constexpr int64_t kLanes = 8;
-    const auto load = [](const float* p) { return _mm256_loadu_ps(p); };
-    const auto lerp = [yv = _mm256_set1_ps(yl)](V top, V bottom) {
-      return _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), yv));
-    };
-    const auto put = [](float* p, V v) { _mm256_stream_ps(p, v); };
 #else
-    using V = __m128;
+#define TFUP_SIMD(name) _mm_##name
     constexpr int64_t kLanes = 4;
-    const auto load = [](const float* p) { return _mm_loadu_ps(p); };
-    const auto lerp = [yv = _mm_set1_ps(yl)](V top, V bottom) {
-      return _mm_add_ps(top, _mm_mul_ps(_mm_sub_ps(bottom, top), yv));
-    };
-    const auto put = [](float* p, V v) { _mm_stream_ps(p, v); };
 #endif
+    const auto yv = TFUP_SIMD(set1_ps)(yl);
     const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64) / 4;
     if (reinterpret_cast<uintptr_t>(dst) % 4 == 0 && head < n) {
       for (; e < head; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
-      for (; e + kLanes <= n; e += kLanes) put(dst + e, lerp(load(t + e), load(b + e)));
+      for (; e + kLanes <= n; e += kLanes) {
+        const auto top = TFUP_SIMD(loadu_ps)(t + e), bottom = TFUP_SIMD(loadu_ps)(b + e);
+        TFUP_SIMD(stream_ps)(dst + e, TFUP_SIMD(add_ps)(top, TFUP_SIMD(mul_ps)(TFUP_SIMD(sub_ps)(bottom, top), yv)));
+      }
     }
+#undef TFUP_SIMD
   }
 #endif
   for (; e < n; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
