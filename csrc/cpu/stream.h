@@ -1,7 +1,8 @@
-// Non-temporal copies: for outputs larger than the last-level cache, which a plain store would
-// first read line by line (and which could not stay cached for their consumer anyway). SSE2's
-// 16-byte streaming stores, in every x86-64 build alike (one definition for every instruction-set
-// build and the NumPy binding); a plain copy elsewhere.
+// Non-temporal copies: for outputs larger than the cores' caches, which a plain store would first
+// read line by line (and which would not stay cached for their consumer anyway). SSE2's 16-byte
+// streaming stores, in every x86-64 build alike (one definition for every instruction-set build
+// and the NumPy binding: the fills of the benchmark's floors); a plain copy elsewhere. The kernels
+// use their build's widest stores (kernels_impl.h's StreamLines, or straight from registers).
 #pragma once
 
 #include <cstdint>
