@@ -135,6 +135,20 @@ def test_gradient_is_the_same_bits_every_time(rng):
     del x
 
 
+@pytest.mark.parametrize("sizes", [(5, 6, 23, 31), (9, 9, 65, 65), (37, 37, 10, 11)], ids=str)
+def test_gradient_of_negative_zeros_is_positive_zero_as_stock(sizes):
+    # Each input-gradient element starts from +0 and adds its terms (as ResizeBilinearGrad does), so
+    # an all -0 output gradient gives +0 everywhere: a kernel that started an element from its
+    # first term instead would give -0.
+    h, w, oh, ow = sizes
+    dy = tf.fill([2, oh, ow, 19], -0.0)
+    ours = tu._ops.lib.tfupsample_resize_bilinear_grad(dy, [h, w], T=tf.float32, half_pixel_centers=True).numpy()
+    stock = tf.raw_ops.ResizeBilinearGrad(grads=dy, original_image=tf.zeros([2, h, w, 19]),
+                                          half_pixel_centers=True).numpy()
+    assert not np.signbit(stock).any()
+    np.testing.assert_array_equal(ours.view(np.uint32), stock.view(np.uint32))
+
+
 def test_gradient_of_the_gradient_is_the_resize(rng):
     # The gradient op is linear in output_grad; its own gradient is the forward resize.
     dy = tf.constant(rng.standard_normal((1, 8, 6, 2)), tf.float32)

@@ -452,8 +452,8 @@ struct Lanes {
 // straight to out with non-temporal stores, a vector at a time (out's 64-byte lines are whole
 // vectors): a vector holds the end of one pixel and the start of the next at most, each lane
 // computed with its own pixel's columns and weights -- PixelFromColumns' operations, so the same
-// bits -- without a pass through the cache and a copy out. The partial lines at the row's ends
-// are stored plainly.
+// bits -- without a pass through the cache and a copy out. The elements before the row's first
+// line and after its last whole vector are stored plainly.
 struct StreamedColumns {
   std::vector<int64_t> first;  // per output pixel: its first column's offset in cols (ix * cc)
   std::vector<float> w0, w1;   // its weights; w1 only where two

@@ -60,8 +60,9 @@ inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float
 
 // Output elements [e0, e1) of one row: top + (bottom - top) * yl, where top and bottom are the
 // row's two input rows already interpolated along x (t and b, starting at element e0). With
-// `stream`, the whole 64-byte lines go out with non-temporal stores straight from registers (the
-// callers cut rows at line boundaries, so a line is either streamed whole or stored plainly).
+// `stream`, whole vectors from dst's first 64-byte line on go out with non-temporal stores
+// straight from registers (the callers cut rows at line boundaries, so inside a row a line is
+// streamed whole; a row's last line may be part streamed, part stored plainly by a narrower build).
 inline void LerpRows(const float* __restrict t, const float* __restrict b, float yl, int64_t n,
                      bool stream, float* __restrict dst) {
   int64_t e = 0;
@@ -145,7 +146,7 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   // Elements per chunk: whole lines of 16 floats, 8 KB.
   constexpr int64_t kChunk = 2048;
   pf(sl.count * n_runs, (row * oh / n_runs) * 2, [&](int64_t begin, int64_t end) {
-    std::vector<float> lerped[2];
+    std::vector<float> lerped[3];
     for (auto& v : lerped) v.resize(kChunk + 15 + 2 * cc);
     for (int64_t u0 = begin; u0 < end;) {  // the range's runs of one slab
       const int64_t s = u0 / n_runs, u1 = std::min(end, (s + 1) * n_runs);
@@ -161,14 +162,26 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
       for (int64_t e0 = 0; e0 < row; e0 += kChunk) {
         const int64_t e1 = std::min(row, e0 + kChunk);
         const int64_t p0 = std::max<int64_t>(0, e0 - 15) / cc, p1 = (e1 - 1) / cc + 1;
-        int64_t held[2] = {-1, -1};  // the input row in each of lerped, along x for this chunk
-        const auto along_x = [&](int64_t i, int64_t keep) {
-          for (int k = 0; k < 2; ++k) {
-            if (held[k] == i) return lerped[k].data();
+        int64_t held[3] = {-1, -1, -1};  // the input row in each of lerped, along x for this chunk
+        const auto slot_of = [&](int64_t i) {
+          for (int k = 0; k < 3; ++k) {
+            if (held[k] == i) return k;
           }
-          const int k = held[0] == keep ? 1 : 0;
-          LerpColumns(in + i * w * cc, tx, cc, p0, p1, lerped[k].data());
-          held[k] = i;
+          return -1;
+        };
+        const auto free_slot = [&](int64_t keep0, int64_t keep1) {  // one holding neither
+          for (int k = 0; k < 3; ++k) {
+            if (held[k] != keep0 && held[k] != keep1) return k;
+          }
+          return 0;  // unreachable: three slots, two kept
+        };
+        const auto along_x = [&](int64_t i, int64_t keep) {
+          int k = slot_of(i);
+          if (k < 0) {
+            k = free_slot(keep, keep);
+            LerpColumns(in + i * w * cc, tx, cc, p0, p1, lerped[k].data());
+            held[k] = i;
+          }
           return lerped[k].data();
         };
         for (int64_t u = u0; u < u1; ++u) {
@@ -186,19 +199,29 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
           const int64_t il = ty.lower[y0], iu = ty.upper[y0];
           const float* t = along_x(il, iu) - p0 * cc;
           const float* b = along_x(iu, il) - p0 * cc;
-          if (u + 1 < u1) {
-            // The next run's new input row, for this chunk: a short read that would otherwise
-            // wait on memory latency (the hardware prefetchers do not start on it in time).
-            const int64_t next = ty.upper[runs[(u + 1) % n_runs].first];
-            if (next != held[0] && next != held[1]) {
-              PrefetchBytes(in + (next * w + tx.lower[p0]) * cc,
-                            (tx.upper[p1 - 1] + 1 - tx.lower[p0]) * cc * static_cast<int64_t>(sizeof(T)));
-            }
+          if (u + 2 < u1) {
+            // The input row the run after next lerps, for this chunk: a short read that would
+            // otherwise wait on memory latency (the hardware prefetchers do not start on it).
+            const int64_t later = ty.upper[runs[(u + 2) % n_runs].first];
+            PrefetchBytes(in + (later * w + tx.lower[p0]) * cc,
+                          (tx.upper[p1 - 1] + 1 - tx.lower[p0]) * cc * static_cast<int64_t>(sizeof(T)));
           }
+          // The next run's new input row is lerped along x in pieces between this run's rows, into
+          // the third slot: its stores then mix with the streamed ones instead of following them
+          // in a burst while memory idles (at 19-21 channels the x lerps are ~20% of the time).
+          const int64_t next = u + 1 < u1 ? ty.upper[runs[(u + 1) % n_runs].first] : -1;
+          const int k_next = next >= 0 && slot_of(next) < 0 ? free_slot(il, iu) : -1;
+          if (k_next >= 0) held[k_next] = -1;
+          const int64_t n_rows = y1 - y0;
           for (int64_t oy = y0; oy < y1; ++oy) {
             const int64_t a = cut(oy, e0), z = cut(oy, e1);
             LerpRows(t + a, b + a, ty.lerp[oy], z - a, stream, out + oy * row + a);
+            if (k_next >= 0) {
+              const int64_t r = oy - y0, q0 = p0 + (p1 - p0) * r / n_rows, q1 = p0 + (p1 - p0) * (r + 1) / n_rows;
+              LerpColumns(in + next * w * cc, tx, cc, q0, q1, lerped[k_next].data() + (q0 - p0) * cc);
+            }
           }
+          if (k_next >= 0) held[k_next] = next;
         }
       }
       u0 = u1;
