@@ -396,7 +396,8 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-// Vectors of float lanes for StreamedColumns, with a lane mask `Mask` (the first k lanes: Head(k)).
+// This build's widest vectors of float lanes (for the streamed outputs: StreamedColumns, the
+// resize's LerpRows), with a lane mask `Mask` (the first k lanes: Head(k)).
 #if defined(TFUP_ISA_AVX512)
 struct Lanes {
   static constexpr int64_t kN = 16;
@@ -417,6 +418,7 @@ struct Lanes {
   static V Set(float v) { return _mm512_set1_ps(v); }
   static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V AddWhere(Mask m, V a, V b) { return _mm512_mask_add_ps(a, m, a, b); }
   static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
 };
@@ -443,6 +445,7 @@ struct Lanes {
   static V Set(float v) { return _mm256_set1_ps(v); }
   static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V AddWhere(Mask m, V a, V b) { return _mm256_blendv_ps(a, _mm256_add_ps(a, b), _mm256_castsi256_ps(m)); }
   static void Stream(float* p, V v) { _mm256_stream_ps(p, v); }
 };

@@ -60,34 +60,24 @@ inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float
 
 // Output elements [e0, e1) of one row: top + (bottom - top) * yl, where top and bottom are the
 // row's two input rows already interpolated along x (t and b, starting at element e0). With
-// `stream`, whole vectors from dst's first 64-byte line on go out with non-temporal stores
-// straight from registers (the callers cut rows at line boundaries, so inside a row a line is
-// streamed whole; a row's last line may be part streamed, part stored plainly by a narrower build).
+// `stream` (AVX2 and AVX-512 builds), whole vectors from dst's first 64-byte line on go out with
+// non-temporal stores straight from registers (the callers cut rows at line boundaries, so inside
+// a row a line is streamed whole; a row's last line may be part streamed, part stored plainly).
 inline void LerpRows(const float* __restrict t, const float* __restrict b, float yl, int64_t n,
                      bool stream, float* __restrict dst) {
   int64_t e = 0;
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if (stream) {
-#if defined(TFUP_ISA_AVX512)  // this build's widest vectors: TFUP_SIMD(add_ps) is _mm512_add_ps
-#define TFUP_SIMD(name) _mm512_##name
-    constexpr int64_t kLanes = 16;
-#elif defined(TFUP_ISA_AVX2)
-#define TFUP_SIMD(name) _mm256_##name
-    constexpr int64_t kLanes = 8;
-#else
-#define TFUP_SIMD(name) _mm_##name
-    constexpr int64_t kLanes = 4;
-#endif
-    const auto yv = TFUP_SIMD(set1_ps)(yl);
+    using L = Lanes;
+    const typename L::V yv = L::Set(yl);
     const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64) / 4;
-    if (reinterpret_cast<uintptr_t>(dst) % 4 == 0 && head < n) {
+    if (head < n) {
       for (; e < head; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
-      for (; e + kLanes <= n; e += kLanes) {
-        const auto top = TFUP_SIMD(loadu_ps)(t + e), bottom = TFUP_SIMD(loadu_ps)(b + e);
-        TFUP_SIMD(stream_ps)(dst + e, TFUP_SIMD(add_ps)(top, TFUP_SIMD(mul_ps)(TFUP_SIMD(sub_ps)(bottom, top), yv)));
+      for (; e + L::kN <= n; e += L::kN) {
+        const typename L::V top = L::Load(t + e), bottom = L::Load(b + e);
+        L::Stream(dst + e, L::Add(top, L::Mul(L::Sub(bottom, top), yv)));
       }
     }
-#undef TFUP_SIMD
   }
 #endif
   for (; e < n; ++e) dst[e] = t[e] + (b[e] - t[e]) * yl;
@@ -122,11 +112,12 @@ void LerpColumns(const T* __restrict r, const ResizeTaps& tx, int64_t cc, int64_
 
 // Forward: a unit is a run of output rows that read the same two input rows (at most kRunRows
 // of it). A thread's units go out a column chunk at a time: for each run, its two input rows
-// along x for the chunk (TF's top and bottom; a row the previous run lerped is kept), then every
-// row of the run from them along y -- TF's three lerps in its order, so its bits, with the x
-// lerps done once per input row instead of twice per output row, and the y lerp a flat loop
-// over the row's elements. Each row's pieces end on the output's 64-byte lines, so that large
-// outputs (StreamOutput) are streamed line by line.
+// along x for the chunk (TF's top and bottom, kept in three slots: a row the previous run lerped
+// stays, and the next run's new row is lerped while this run's rows go out), then every row of
+// the run from them along y -- TF's three lerps in its order, so its bits, with the x lerps done
+// once per input row instead of twice per output row, and the y lerp a flat loop over the row's
+// elements. Each row's pieces end on the output's 64-byte lines, so that large outputs
+// (StreamOutput) are streamed line by line.
 template <typename T>
 void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const ParallelFor& pf) {
   const Slabs sl = MakeSlabs(g);
