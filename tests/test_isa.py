@@ -8,6 +8,8 @@ import tempfile
 
 import numpy as np
 
+from tfupsample import testing as ref
+
 SCRIPT = r"""
 import sys, numpy as np, tensorflow as tf, tfupsample as tu
 import tfupsample.numpy as tnp
@@ -53,11 +55,6 @@ def _cpu_has(*flags):
     return all(flag in have for flag in flags)
 
 
-def _bits(a):
-    """An array's bits (so that -0 and +0, or two NaNs, are told apart)."""
-    return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a
-
-
 def _run(path, isa=None, stream=False):
     env = dict(os.environ)
     env.pop("TFUPSAMPLE_ISA", None)
@@ -86,5 +83,5 @@ def test_every_build_agrees_bitwise(tmp_path):
     assert str(avx2["isa"]) == ("baseline" if expected == "baseline" else "avx2")
     for key in best:
         if key != "isa":
-            np.testing.assert_array_equal(_bits(best[key]), _bits(base[key]), err_msg=key)
-            np.testing.assert_array_equal(_bits(avx2[key]), _bits(base[key]), err_msg=key)
+            ref.assert_same_bits(best[key], base[key], key)
+            ref.assert_same_bits(avx2[key], base[key], key)

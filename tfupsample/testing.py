@@ -101,6 +101,13 @@ def assert_close(actual, expected, dtype="float64", op="forward", what=""):
     assert err <= tol, f"{where}{op} {dtype}: max relative error {err:.3g} > {tol}"
 
 
+def assert_same_bits(actual, expected, what=""):
+    """Fails unless the two arrays hold the same bits (so -0 and +0, or two NaNs, are told apart:
+    assert_array_equal takes them as equal)."""
+    bits = lambda a: a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a  # noqa: E731
+    np.testing.assert_array_equal(bits(np.asarray(actual)), bits(np.asarray(expected)), err_msg=what)
+
+
 # ------------------------------------------------------------------------------------------------
 # Layouts
 

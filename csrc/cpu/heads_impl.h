@@ -219,7 +219,7 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
         const auto row = plan.RowTaps(in, oy, C);
         columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
         int64_t* const label_row = label_rows.Row(s * OH + oy);
-        T* const score_row = scores == nullptr ? nullptr : score_rows.Row(s * OH + oy);
+        T* const score_row = score_rows.Row(s * OH + oy);
         if (K == 1) {  // one class left: its label everywhere, its values as the scores
           std::fill(label_row + b0, label_row + b1, pk.id[0]);
           if (scores == nullptr) continue;

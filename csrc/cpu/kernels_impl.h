@@ -109,7 +109,11 @@ class UnitRows {
     r0_ = r0, r1_ = r1;
     if (stream_) buf_.resize((r1 - r0) * width_);
   }
-  T* Row(int64_t r) { return stream_ ? buf_.data() + (r - r0_) * width_ : out_ + r * width_; }
+  // Row r's start; null for a null output (scores not asked for).
+  T* Row(int64_t r) {
+    if (out_ == nullptr) return nullptr;
+    return stream_ ? buf_.data() + (r - r0_) * width_ : out_ + r * width_;
+  }
   void End() {
     if (stream_) StreamLines(out_ + r0_ * width_, buf_.data(), (r1_ - r0_) * width_ * static_cast<int64_t>(sizeof(T)));
   }

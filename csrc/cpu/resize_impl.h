@@ -410,7 +410,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
         }
         for (int64_t oy = y0; oy < y1; ++oy) {
           int64_t* const label_row = label_rows.Row(s * oh + oy);
-          float* const score_row = scores == nullptr ? nullptr : score_rows.Row(s * oh + oy);
+          float* const score_row = score_rows.Row(s * oh + oy);
           for (int64_t ox = x0; ox < x1; ++ox) {
             ResizePixel(q00, q01, q10, q11, tx.lerp[ox], ty.lerp[oy], k, v.data());
             const int64_t best = ArgmaxFirst(v.data(), k, finite, std::numeric_limits<float>::lowest());

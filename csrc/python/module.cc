@@ -219,8 +219,8 @@ PYBIND11_MODULE(_numpy_ext, m) {
           return y;
         },
         py::arg("x"), "softmax_exp.h's float exp, elementwise (for testing its error bound).");
-  // The benchmark's floors (tfupsample.tools.bench): writing or reading an array once, on every
-  // core, in 16 KB blocks.
+  // The benchmark's write floor (tfupsample.tools.bench): writing an array once, on every core,
+  // in 16 KB blocks.
   m.def("fill",
         [](py::array_t<float, py::array::c_style> out, float value, bool stream) {
           float* data = out.mutable_data();
@@ -242,33 +242,6 @@ PYBIND11_MODULE(_numpy_ext, m) {
         py::arg("out"), py::arg("value"), py::arg("stream"),
         "Fills a float32 array with value on every core: with non-temporal stores (what the "
         "kernels use for large outputs) or plain ones.");
-  m.def("read",
-        [](py::array_t<float, py::array::c_style> in) {
-          const float* data = in.data();
-          const int64_t n = in.size(), blocks = (n + 4095) / 4096;
-          std::vector<double> partial(std::max<int64_t>(1, blocks), 0.0);
-          py::gil_scoped_release release;
-          tfup::ThreadRunner(blocks, 4096, [&](int64_t b, int64_t e) {
-            for (int64_t k = b; k < e; ++k) {
-              const float* p = data + k * 4096;
-              const int64_t len = std::min<int64_t>(4096, n - k * 4096);
-              float acc[16] = {};  // 16 independent sums: the compiler keeps them in vector registers
-              int64_t i = 0;
-              for (; i + 16 <= len; i += 16) {
-                for (int j = 0; j < 16; ++j) acc[j] += p[i + j];
-              }
-              double sum = 0;
-              for (; i < len; ++i) sum += p[i];
-              for (float a : acc) sum += a;
-              partial[k] = sum;
-            }
-          });
-          double total = 0;
-          for (double v : partial) total += v;
-          return total;
-        },
-        py::arg("array"),
-        "Sums a float32 array on every core: reading it once (the benchmark's read floor).");
   m.def("stream_threshold_bytes", &tfup::StreamThresholdBytes,
         "Outputs larger than this (bytes) are written with non-temporal stores.");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
