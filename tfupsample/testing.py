@@ -386,7 +386,7 @@ def segmentation_logits(rng, shape, lead=8.0, blobs=4):
     return x
 
 
-ARGMAX_CASES = ("random", "segmentation", "ties", "near_ties", "huge", "non_finite")
+ARGMAX_CASES = ("random", "segmentation", "ties", "near_ties", "ulp_leads", "huge", "non_finite")
 
 
 def tf_argmax(v, lowest):
@@ -405,7 +405,9 @@ def tf_argmax(v, lowest):
 def argmax_logits(kind, shape, rng, dtype="float32"):
     """Logits [n, h, w, c] (c >= 21, h >= 3, w >= 3; float64 values) of one of ARGMAX_CASES:
     uniform random, segmentation-like, exact ties between leading classes (the lowest must win),
-    1-ulp near-ties, huge magnitudes (the rounding margin scales with them), inf / NaN."""
+    1-ulp near-ties, a higher class leading a lower one by 1-3 ulps of `dtype` at every pixel
+    (rounding can tie them in the upsample, and the lower must then win), huge magnitudes (the
+    rounding margin scales with them), inf / NaN."""
     n, h, w, c = shape
     x = segmentation_logits(rng, shape) if kind == "segmentation" else rng.standard_normal(shape)
     if kind == "ties":
@@ -414,6 +416,12 @@ def argmax_logits(kind, shape, rng, dtype="float32"):
     elif kind == "near_ties":
         x[..., 9] = np.maximum(np.nextafter(x[..., 4].astype(np.float32), np.float32(np.inf)), x.max(-1))
         x[..., 4] = np.nextafter(x[..., 9].astype(np.float32), np.float32(-np.inf))
+    elif kind == "ulp_leads":
+        bits = {"float16": 10, "bfloat16": 7, "float32": 23, "float64": 52}[dtype]
+        mantissa = np.ldexp(np.round(np.ldexp(rng.uniform(1, 2, (n, h, w)), bits)), -bits)
+        exponent = rng.integers(3, 5, (n, h, w))  # values in [8, 32): above the others
+        x[..., 5] = np.ldexp(mantissa, exponent)
+        x[..., 12] = x[..., 5] + rng.integers(1, 4, (n, h, w)) * np.ldexp(1.0, exponent - bits)
     elif kind == "huge":
         x = x * 1e30 if dtype in ("float32", "float64", "bfloat16") else x * 1e4
     elif kind == "non_finite":

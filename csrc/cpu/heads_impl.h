@@ -137,6 +137,70 @@ inline void SummariseBounds(const A* lo, const A* up, int64_t C, A* best_lo, A* 
   *big = std::max(std::max(-least, most), A(0));
 }
 
+// The pruning's shortcut for the common case, a cell one class leads everywhere. Per input pixel
+// (one pass over the logits, where the cell-by-cell bounds read each pixel four times): the
+// largest value `first` and its first class `id`, the largest of the other classes' values
+// `second` (first itself on a tie), and the largest |value| `big` -- infinity where a value is
+// not finite in the caller's sense (|v| <= top, v as `convert` gives it).
+template <typename A>
+struct Leader {
+  A first, second, big;
+  int64_t id;
+};
+
+template <typename A, typename T, typename Convert>
+std::vector<Leader<A>> Leaders(const T* logits, int64_t pixels, int64_t C, A top, Convert convert,
+                               const ParallelFor& pf) {
+  std::vector<Leader<A>> out(C > 0 ? pixels : 0);
+  if (C == 0) return out;
+  const A inf = std::numeric_limits<A>::infinity();
+  // Sixteen pixels at a time, classes in the outer loop: lanes across pixels, no horizontal
+  // reductions (a pixel of a VOC-like head has only ~20 classes).
+  constexpr int64_t kPixels = 16;
+  pf((pixels + kPixels - 1) / kPixels, C * kPixels * 2, [&](int64_t begin, int64_t end) {
+    for (int64_t i0 = begin * kPixels; i0 < std::min(pixels, end * kPixels); i0 += kPixels) {
+      const int64_t n = std::min(kPixels, pixels - i0);
+      const T* x = logits + i0 * C;
+      A first[kPixels], second[kPixels], big[kPixels];
+      int64_t id[kPixels], ok[kPixels];
+      for (int64_t j = 0; j < kPixels; ++j) {
+        first[j] = second[j] = -inf;
+        big[j] = A(0);
+        id[j] = ok[j] = 0;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t j = 0; j < n; ++j) {
+          const A v = convert(x[j * C + c]), m = std::abs(v);
+          second[j] = std::max(second[j], std::min(first[j], v));
+          id[j] = v > first[j] ? c : id[j];
+          first[j] = std::max(first[j], v);
+          big[j] = std::max(big[j], m);
+          ok[j] += m <= top;
+        }
+      }
+      for (int64_t j = 0; j < n; ++j)
+        out[i0 + j] = ok[j] == C ? Leader<A>{first[j], second[j], big[j], id[j]} : Leader<A>{-inf, -inf, inf, 0};
+    }
+  });
+  return out;
+}
+
+// The class that survives the pruning alone in a cell whose four taps are the pixels a..d, or -1:
+// where they share their leader and its smallest value exceeds every other class's largest by
+// more than `slack` roundings (delta = margin x the largest |value|), the pruning's test
+// `hi[c] < best_lo - slack * delta` holds for every other class c (hi[c] <= second, best_lo >=
+// first, and rounding is monotonic) and fails for the leader.
+template <typename A>
+inline int64_t SoleLeader(const Leader<A>& a, const Leader<A>& b, const Leader<A>& c,
+                          const Leader<A>& d, A margin, A slack) {
+  if (a.id != b.id || a.id != c.id || a.id != d.id) return -1;
+  const A lo = std::min(std::min(a.first, b.first), std::min(c.first, d.first));
+  const A hi = std::max(std::max(a.second, b.second), std::max(c.second, d.second));
+  const A big = std::max(std::max(a.big, b.big), std::max(c.big, d.big));
+  const A delta = margin * big;
+  return hi < lo - slack * delta ? a.id : -1;
+}
+
 // Classes packed for evaluation: their four taps contiguously (as A) and their class ids, in
 // ascending class order.
 template <typename A>
@@ -177,6 +241,8 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
   // Work unit: one image x one run of output rows that read the same two input rows.
   // Large outputs go out a unit's rows at a time with streaming stores (UnitRows).
   const bool stream = StreamOutput(g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t)));
+  const auto leaders = Leaders<A>(logits, g.n * g.y.n_in * W, C, std::numeric_limits<A>::max(),
+                                  [](T x) { return Widen(x); }, pf);
   pf(g.n * ny, OW * C * 2 * std::max<int64_t>(1, OH / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<A> hi(C), vals(C), cols(2 * C), corner(4 * C);
     Packed<A> block(C), sub(C);
@@ -251,11 +317,22 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       const auto row0 = plan.RowTaps(in, y0, C);
       label_rows.Begin(s * OH + y0, s * OH + y1);
       score_rows.Begin(s * OH + y0, s * OH + y1);
+      const Leader<A>* lead[2] = {leaders.data() + (row0.rows[0] - logits) / std::max<int64_t>(C, 1),
+                                  leaders.data() + (row0.rows[1] - logits) / std::max<int64_t>(C, 1)};
       for (const auto& [x0, x1] : xruns) {
         const int64_t ix = plan.tx.first[x0], nx = plan.tx.count[x0];
         const T* p[4] = {row0.rows[0] + ix * C, row0.rows[0] + (ix + nx - 1) * C,
                          row0.rows[1] + ix * C, row0.rows[1] + (ix + nx - 1) * C};
         const bool two_y = row0.n == 2, two_x = nx == 2;
+        const int64_t sole = C == 0 ? -1 : SoleLeader(lead[0][ix], lead[0][ix + nx - 1], lead[1][ix],
+                                                      lead[1][ix + nx - 1], margin, A(3));
+        if (sole >= 0) {  // what the pruning below would leave: this class alone
+          block.k = 1;
+          block.id[0] = sole;
+          for (int t = 0; t < 4; ++t) block.Tap(t)[0] = Widen(p[t][sole]);
+          evaluate(block, true, in, s, ix, two_x, y0, y1, x0, x1);
+          continue;
+        }
         // 1. Bounds per class over the whole block (elementwise, so it vectorises), then the
         // best lower bound, the largest |bound| and finiteness as reductions.
         A* __restrict lo = vals.data();

@@ -369,6 +369,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
   // "Finite" here: small enough that no lerp can overflow (a difference of two taps stays finite).
   const float top_value = std::numeric_limits<float>::max() / 4;
   const bool stream = StreamOutput(g.n * oh * ow * static_cast<int64_t>(sizeof(int64_t)));
+  const auto leaders = Leaders<float>(logits, g.n * h * w, C, top_value, [](T x) { return ToFloat(x); }, pf);
   pf(g.n * ny, ow * C * 2 * std::max<int64_t>(1, oh / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<float> lo(C), hi(C), q(4 * C), v(C);
     std::vector<int64_t> id(C);
@@ -385,32 +386,49 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
         const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
         const T* p[4] = {in + (il * w + jl) * C, in + (il * w + ju) * C, in + (iu * w + jl) * C,
                          in + (iu * w + ju) * C};
-        int64_t ok = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const float a = ToFloat(p[0][c]), b = ToFloat(p[1][c]), d = ToFloat(p[2][c]), e = ToFloat(p[3][c]);
-          lo[c] = std::min(std::min(a, b), std::min(d, e));
-          hi[c] = std::max(std::max(a, b), std::max(d, e));
-          ok += (std::abs(a) <= top_value) & (std::abs(b) <= top_value) & (std::abs(d) <= top_value) &
-                (std::abs(e) <= top_value);
-        }
-        const bool finite = ok == C;
-        float best_lo, big;
-        SummariseBounds(lo.data(), hi.data(), C, &best_lo, &big);
-        const float delta = margin * big;
-        int64_t k = 0;
         float *q00 = q.data(), *q01 = q00 + C, *q10 = q01 + C, *q11 = q10 + C;
-        for (int64_t c = 0; c < C; ++c) {
-          if (finite && hi[c] < best_lo - 3 * delta) continue;  // never the maximum in this cell
-          id[k] = c;
-          q00[k] = ToFloat(p[0][c]);
-          q01[k] = ToFloat(p[1][c]);
-          q10[k] = ToFloat(p[2][c]);
-          q11[k] = ToFloat(p[3][c]);
-          ++k;
+        const Leader<float>* lead = leaders.data() + s * h * w;
+        const int64_t sole = C == 0 ? -1 : SoleLeader(lead[il * w + jl], lead[il * w + ju], lead[iu * w + jl],
+                                                      lead[iu * w + ju], margin, 3.0f);
+        int64_t k = 0;
+        bool finite = true;
+        if (sole >= 0) {  // what the pruning below would leave: this class alone
+          id[0] = sole;
+          q00[0] = ToFloat(p[0][sole]);
+          q01[0] = ToFloat(p[1][sole]);
+          q10[0] = ToFloat(p[2][sole]);
+          q11[0] = ToFloat(p[3][sole]);
+          k = 1;
+        } else {
+          int64_t ok = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const float a = ToFloat(p[0][c]), b = ToFloat(p[1][c]), d = ToFloat(p[2][c]), e = ToFloat(p[3][c]);
+            lo[c] = std::min(std::min(a, b), std::min(d, e));
+            hi[c] = std::max(std::max(a, b), std::max(d, e));
+            ok += (std::abs(a) <= top_value) & (std::abs(b) <= top_value) & (std::abs(d) <= top_value) &
+                  (std::abs(e) <= top_value);
+          }
+          finite = ok == C;
+          float best_lo, big;
+          SummariseBounds(lo.data(), hi.data(), C, &best_lo, &big);
+          const float delta = margin * big;
+          for (int64_t c = 0; c < C; ++c) {
+            if (finite && hi[c] < best_lo - 3 * delta) continue;  // never the maximum in this cell
+            id[k] = c;
+            q00[k] = ToFloat(p[0][c]);
+            q01[k] = ToFloat(p[1][c]);
+            q10[k] = ToFloat(p[2][c]);
+            q11[k] = ToFloat(p[3][c]);
+            ++k;
+          }
         }
         for (int64_t oy = y0; oy < y1; ++oy) {
           int64_t* const label_row = label_rows.Row(s * oh + oy);
           float* const score_row = score_rows.Row(s * oh + oy);
+          if (k == 1 && score_row == nullptr) {  // one class: its label (ArgmaxFirst's best is 0)
+            std::fill(label_row + x0, label_row + x1, id[0]);
+            continue;
+          }
           for (int64_t ox = x0; ox < x1; ++ox) {
             ResizePixel(q00, q01, q10, q11, tx.lerp[ox], ty.lerp[oy], k, v.data());
             const int64_t best = ArgmaxFirst(v.data(), k, finite, std::numeric_limits<float>::lowest());
