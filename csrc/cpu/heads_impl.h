@@ -151,8 +151,9 @@ struct Leader {
 template <typename A, typename T, typename Convert>
 std::vector<Leader<A>> Leaders(const T* logits, int64_t pixels, int64_t C, A top, Convert convert,
                                const ParallelFor& pf) {
-  std::vector<Leader<A>> out(C > 0 ? pixels : 0);
-  if (C == 0) return out;
+  const bool any = C > 0 && C <= std::numeric_limits<int32_t>::max();  // else no shortcut
+  std::vector<Leader<A>> out(any ? pixels : 0);
+  if (!any) return out;
   const A inf = std::numeric_limits<A>::infinity();
   // Sixteen pixels at a time, classes in the outer loop: lanes across pixels, no horizontal
   // reductions (a pixel of a VOC-like head has only ~20 classes).
@@ -162,7 +163,7 @@ std::vector<Leader<A>> Leaders(const T* logits, int64_t pixels, int64_t C, A top
       const int64_t n = std::min(kPixels, pixels - i0);
       const T* x = logits + i0 * C;
       A first[kPixels], second[kPixels], big[kPixels];
-      int64_t id[kPixels], ok[kPixels];
+      int32_t id[kPixels], ok[kPixels];
       for (int64_t j = 0; j < kPixels; ++j) {
         first[j] = second[j] = -inf;
         big[j] = A(0);
@@ -172,7 +173,7 @@ std::vector<Leader<A>> Leaders(const T* logits, int64_t pixels, int64_t C, A top
         for (int64_t j = 0; j < n; ++j) {
           const A v = convert(x[j * C + c]), m = std::abs(v);
           second[j] = std::max(second[j], std::min(first[j], v));
-          id[j] = v > first[j] ? c : id[j];
+          id[j] = v > first[j] ? static_cast<int32_t>(c) : id[j];
           first[j] = std::max(first[j], v);
           big[j] = std::max(big[j], m);
           ok[j] += m <= top;
@@ -282,13 +283,16 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       A* c0 = cols.data();
       A* c1 = c0 + K;
       for (int64_t oy = a0; oy < a1; ++oy) {
-        const auto row = plan.RowTaps(in, oy, C);
-        columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
         int64_t* const label_row = label_rows.Row(s * OH + oy);
         T* const score_row = score_rows.Row(s * OH + oy);
+        if (K == 1 && score_row == nullptr) {  // one class left and no scores: its label
+          std::fill(label_row + b0, label_row + b1, pk.id[0]);
+          continue;
+        }
+        const auto row = plan.RowTaps(in, oy, C);
+        columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
         if (K == 1) {  // one class left: its label everywhere, its values as the scores
           std::fill(label_row + b0, label_row + b1, pk.id[0]);
-          if (scores == nullptr) continue;
           for (int64_t ox = b0; ox < b1; ++ox) {
             const A wx0 = plan.wx[g.x.Tap(ox, ix)];
             const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);
@@ -317,14 +321,15 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       const auto row0 = plan.RowTaps(in, y0, C);
       label_rows.Begin(s * OH + y0, s * OH + y1);
       score_rows.Begin(s * OH + y0, s * OH + y1);
-      const Leader<A>* lead[2] = {leaders.data() + (row0.rows[0] - logits) / std::max<int64_t>(C, 1),
-                                  leaders.data() + (row0.rows[1] - logits) / std::max<int64_t>(C, 1)};
+      const Leader<A>* lead[2] = {};
+      if (!leaders.empty())
+        for (int r = 0; r < 2; ++r) lead[r] = leaders.data() + (row0.rows[r] - logits) / C;
       for (const auto& [x0, x1] : xruns) {
         const int64_t ix = plan.tx.first[x0], nx = plan.tx.count[x0];
         const T* p[4] = {row0.rows[0] + ix * C, row0.rows[0] + (ix + nx - 1) * C,
                          row0.rows[1] + ix * C, row0.rows[1] + (ix + nx - 1) * C};
         const bool two_y = row0.n == 2, two_x = nx == 2;
-        const int64_t sole = C == 0 ? -1 : SoleLeader(lead[0][ix], lead[0][ix + nx - 1], lead[1][ix],
+        const int64_t sole = leaders.empty() ? -1 : SoleLeader(lead[0][ix], lead[0][ix + nx - 1], lead[1][ix],
                                                       lead[1][ix + nx - 1], margin, A(3));
         if (sole >= 0) {  // what the pruning below would leave: this class alone
           block.k = 1;

@@ -388,7 +388,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
                          in + (iu * w + ju) * C};
         float *q00 = q.data(), *q01 = q00 + C, *q10 = q01 + C, *q11 = q10 + C;
         const Leader<float>* lead = leaders.data() + s * h * w;
-        const int64_t sole = C == 0 ? -1 : SoleLeader(lead[il * w + jl], lead[il * w + ju], lead[iu * w + jl],
+        const int64_t sole = leaders.empty() ? -1 : SoleLeader(lead[il * w + jl], lead[il * w + ju], lead[iu * w + jl],
                                                       lead[iu * w + ju], margin, 3.0f);
         int64_t k = 0;
         bool finite = true;
