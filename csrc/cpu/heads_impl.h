@@ -496,12 +496,15 @@ void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRu
     for (int64_t c = 0; c < C; ++c)
       for (int64_t p = 0; p < P; ++p) vt[c * P + p] = blk[p * C + c];
     A m[P], sum[P], target[P], all[P];
-    for (int64_t p = 0; p < P; ++p) m[p] = vt[p];
-    for (int64_t c = 1; c < C; ++c) {
-      for (int64_t p = 0; p < P; ++p) {
-        const A x = vt[c * P + p];
-        m[p] = x > m[p] ? x : m[p];  // MaxOp: a NaN is never taken, NaN in class 0 stays
+    {  // as one vector of P lanes (GCC leaves the scalar loop's compares scalar)
+      typedef A Row __attribute__((vector_size(P * sizeof(A))));
+      Row mv, x;
+      std::memcpy(&mv, vt, sizeof(mv));
+      for (int64_t c = 1; c < C; ++c) {
+        std::memcpy(&x, vt + c * P, sizeof(x));
+        mv = x > mv ? x : mv;  // MaxOp: a NaN is never taken, NaN in class 0 stays
       }
+      std::memcpy(m, &mv, sizeof(m));
     }
     for (int64_t p = 0; p < P; ++p) sum[p] = target[p] = all[p] = A(0);
     for (int64_t c = 0; c < C; ++c) {
