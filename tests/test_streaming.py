@@ -94,3 +94,20 @@ def test_threshold_is_the_cache_or_the_override():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_bad,
                              cwd=tempfile.gettempdir(), timeout=120)
         assert out.returncode == 0 and int(out.stdout) >= 1 << 20, (bad, out.stderr[-2000:])
+
+
+def test_stream_fill_op_writes_its_shape_with_the_value():
+    # The benchmark's write floor: an op that streams a constant into its output.
+    import numpy as np
+    import pytest
+    import tensorflow as tf
+
+    from tfupsample._ops import lib
+
+    for shape in ([3, 4, 5], [40999], [2, 0, 3], []):
+        y = lib.tfupsample_stream_fill(tf.constant(shape, tf.int64), value=2.5)
+        assert y.shape == tuple(shape) and y.dtype == tf.float32
+        np.testing.assert_array_equal(y.numpy(), np.full(shape, 2.5, np.float32))
+    for bad, match in (([[1, 2]], "shape must be a 1-D tensor"), ([-1, 3], "non-negative")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            lib.tfupsample_stream_fill(tf.constant(bad, tf.int64))

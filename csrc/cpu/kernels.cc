@@ -5,8 +5,10 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cpu/dispatch.h"
+#include "cpu/stream.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -92,6 +94,22 @@ void PreferHugePages(void* data, int64_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+void FillFloats(float* data, int64_t n, float value, bool stream, const ParallelFor& pf) {
+  constexpr int64_t kBlock = 4096;
+  pf((n + kBlock - 1) / kBlock, kBlock, [&](int64_t b, int64_t e) {
+    std::vector<float> block(kBlock, value);
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t len = std::min<int64_t>(kBlock, n - k * kBlock);
+      if (stream) {
+        StreamBytes(data + k * kBlock, block.data(), len * static_cast<int64_t>(sizeof(float)));
+      } else {
+        std::fill_n(data + k * kBlock, len, value);
+      }
+    }
+    if (stream) StreamFence();
+  });
 }
 
 // The best build this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 (with F16C, FMA), else the

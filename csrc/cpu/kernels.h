@@ -56,6 +56,10 @@ const char* KernelIsa();
 // A hint only: does nothing where unsupported or for small buffers.
 void PreferHugePages(void* data, int64_t bytes);
 
+// The benchmark's write floor: n floats set to value on every core (pf), in 16 KB blocks, with
+// non-temporal stores (`stream`, what the kernels use for large outputs) or plain ones.
+void FillFloats(float* data, int64_t n, float value, bool stream, const ParallelFor& pf);
+
 // Outputs larger than this many bytes are written with non-temporal stores: the L2 caches of all
 // cores together, at most the last-level cache (sysconf, read once; 8 MiB where unknown, at least
 // 1 MiB); TFUPSAMPLE_STREAM_BYTES (bytes) overrides it (the tests stream small outputs with it).

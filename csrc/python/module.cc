@@ -226,18 +226,7 @@ PYBIND11_MODULE(_numpy_ext, m) {
           float* data = out.mutable_data();
           const int64_t n = out.size();
           py::gil_scoped_release release;
-          tfup::ThreadRunner((n + 4095) / 4096, 4096, [&](int64_t b, int64_t e) {
-            std::vector<float> block(4096, value);
-            for (int64_t k = b; k < e; ++k) {
-              const int64_t len = std::min<int64_t>(4096, n - k * 4096);
-              if (stream) {
-                tfup::StreamBytes(data + k * 4096, block.data(), len * static_cast<int64_t>(sizeof(float)));
-              } else {
-                std::fill_n(data + k * 4096, len, value);
-              }
-            }
-            if (stream) tfup::StreamFence();
-          });
+          tfup::FillFloats(data, n, value, stream, tfup::ThreadRunner);
         },
         py::arg("out"), py::arg("value"), py::arg("stream"),
         "Fills a float32 array with value on every core: with non-temporal stores (what the "

@@ -248,6 +248,38 @@ class DepthwiseOp : public OpKernel {
   Padding padding_ = Padding::kSame;
 };
 
+// ----------------------------------------------------------------------------------------------
+// The benchmark's write floor (tfupsample.tools.bench): an op that only writes its float32
+// output, with non-temporal stores on every core, into memory from TF's allocator given the same
+// huge-page hint as the kernels' outputs -- what the fastest op writing those bytes costs, its
+// dispatch and allocation included, as the kernels' times include theirs.
+class StreamFillOp : public OpKernel {
+ public:
+  explicit StreamFillOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("value", &value_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dims = ctx->input(0);
+    OP_REQUIRES(ctx, dims.dims() == 1,
+                absl::InvalidArgumentError(absl::StrCat("shape must be a 1-D tensor, got shape ",
+                                                        dims.shape().DebugString())));
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape(
+        absl::Span<const int64_t>(dims.flat<int64_t>().data(), dims.NumElements()), &shape));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    const int64_t n = out->NumElements();
+    if (n == 0) return;
+    float* data = out->flat<float>().data();
+    PreferHugePages(data, n * static_cast<int64_t>(sizeof(float)));
+    RunGuarded(ctx, "TfupsampleStreamFill", [&] { FillFloats(data, n, value_, true, CpuRunner(ctx)); });
+  }
+
+ private:
+  float value_ = 0;
+};
+
 }  // namespace
 
 // ---- Registrations.
@@ -398,5 +430,21 @@ TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropFilter", "inpu
                           DepthwiseOp<D, T, Mode::kBackpropFilter>);
 
 TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER)
+
+REGISTER_OP("TfupsampleStreamFill")
+    .Input("shape: int64")
+    .Output("output: float")
+    .Attr("value: float = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(0, &out));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    })
+    .Doc("A float32 tensor of `shape` set to `value` with non-temporal stores on every core: the "
+         "benchmark's write floor (CPU only).");
+
+REGISTER_KERNEL_BUILDER(Name("TfupsampleStreamFill").Device(tensorflow::DEVICE_CPU).HostMemory("shape"),
+                        StreamFillOp);
 
 }  // namespace tfup

@@ -373,18 +373,18 @@ def timed(fn, repeats=7, warmup=2):
 
 def write_floor(shape, dtype=tf.float32):
     """Writing the output's bytes once on every core, the fastest way this machine has for its
-    size: plain stores (`tf.fill`, whose buffer TF's allocator hands back already mapped after
-    the first call, as it does an op's output) or non-temporal ones (`_numpy_ext.fill` on every
-    core into a buffer mapped once), whichever is faster in a short untimed trial -- the kernels
-    stream their large outputs. (A single-threaded NumPy refill is no floor on a multi-core
-    machine; a fresh np.full would also pay page faults.)"""
-    from tfupsample import _numpy_ext
-
+    size, as an op: plain stores (`tf.fill`) or non-temporal ones (our `TfupsampleStreamFill`
+    op, which only streams a constant into its output, as the kernels stream their large
+    outputs), whichever is faster in a short untimed trial. Both are TF ops writing memory from
+    TF's allocator, so the floor pays what every op pays besides its writes -- dispatch from an
+    emptied cache (~1.5 ms on the 2-core VM) and allocation -- as the kernels do. (A fill of a
+    NumPy buffer from Python skips that dispatch; a single-threaded NumPy refill is no floor on a
+    multi-core machine.)"""
     plain = lambda: tf.fill(shape, tf.constant(1, dtype))  # noqa: E731
     if tf.as_dtype(dtype) != tf.float32:
         return plain
-    buf = np.zeros(int(np.prod(shape)), np.float32)
-    stream = lambda: _numpy_ext.fill(buf, 1.0, True)  # noqa: E731
+    dims = tf.constant(shape, tf.int64)
+    stream = lambda: _ops.lib.tfupsample_stream_fill(dims, value=1.0)  # noqa: E731
     times = timed_together([plain, stream], repeats=3, warmup=1)
     return plain if times[0] <= times[1] else stream
 
