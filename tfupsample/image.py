@@ -7,6 +7,8 @@ the kernel's speed. A call the kernel does not cover (another method, `antialias
 stock function, which gives stock's answer. Both also take `data_format="NCHW"`.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -39,6 +41,9 @@ def _images(images, ranks):
 
 def _size(size):
     """size as a 1-D int32 tensor [new_height, new_width], checked where it is static."""
+    if (type(size) in (tuple, list) and len(size) == 2 and all(type(v) is int and 0 < v < 2**31 for v in size)
+            and tf.executing_eagerly()):
+        return _eager_size(*size)  # the common call, (h, w) as ints: checked here, made once
     if isinstance(size, (list, tuple)) and any(tf.is_tensor(v) or isinstance(v, tf.Variable) for v in size):
         size = tf.stack([tf.cast(v, tf.int32) for v in size])  # [h, w] mixing ints and scalar tensors
     if tf.is_tensor(size) or isinstance(size, tf.Variable):
@@ -57,6 +62,13 @@ def _size(size):
     if static is not None and (np.asarray(static) <= 0).any():
         raise ValueError(f"size must be positive (output dimensions must be positive), got {[int(v) for v in static]}")
     return s
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_size(h, w):
+    """A static size's int32 tensor, made once per size (an eager call would otherwise spend
+    half its Python time making and reading it back)."""
+    return tf.constant([h, w], tf.int32)
 
 
 def _resize4(x, size, data_format, mode):
