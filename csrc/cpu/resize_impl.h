@@ -488,8 +488,11 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
   pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
-    std::vector<A> acc(band * w * C), xr(w * C), d(C);
-    std::vector<float> v(C);
+    // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C are never
+    // used: the compiler's scalar tail of 3-5 exps would cost more than the vector at 19-21).
+    const int64_t Cv = (C + 15) / 16 * 16;
+    std::vector<A> acc(band * w * C), xr(w * C), d(Cv);
+    std::vector<float> v(Cv);
     for (int64_t u = begin; u < stop; ++u) {
       const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
       std::fill(acc.begin(), acc.end(), A(0));
@@ -511,11 +514,11 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
           ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
           const float scale = gl / sum;
           if (rule.smoothing == 0) {
-            for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
+            for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
             d[y] -= A(gl);  // the one-hot
           } else {  // the target (1 - s) onehot + s / C
             const float off = gl * uniform;
-            for (int64_t c = 0; c < C; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale - off);
+            for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale - off);
             d[y] -= A(gl * on_label);
           }
           AddScaled(xr.data() + tx.lower[ox] * C, A(1.0f - tx.lerp[ox]), d.data(), C);
