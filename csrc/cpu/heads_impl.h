@@ -496,15 +496,20 @@ void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRu
     for (int64_t c = 0; c < C; ++c)
       for (int64_t p = 0; p < P; ++p) vt[c * P + p] = blk[p * C + c];
     A m[P], sum[P], target[P], all[P];
-    {  // as one vector of P lanes (GCC leaves the scalar loop's compares scalar)
-      typedef A Row __attribute__((vector_size(P * sizeof(A))));
-      Row mv, x;
-      std::memcpy(&mv, vt, sizeof(mv));
-      for (int64_t c = 1; c < C; ++c) {
-        std::memcpy(&x, vt + c * P, sizeof(x));
-        mv = x > mv ? x : mv;  // MaxOp: a NaN is never taken, NaN in class 0 stays
+    {  // as 32-byte vectors of lanes (GCC leaves the scalar loop's compares scalar with AVX-512;
+       // a 64-byte vector type is slower than the scalar loop in the AVX2 build)
+      typedef A Vec __attribute__((vector_size(32)));
+      constexpr int64_t kLanes = 32 / sizeof(A);
+      static_assert(P % kLanes == 0, "P is whole vectors");
+      for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
+        Vec mv, x;
+        std::memcpy(&mv, vt + p0, sizeof(mv));
+        for (int64_t c = 1; c < C; ++c) {
+          std::memcpy(&x, vt + c * P + p0, sizeof(x));
+          mv = x > mv ? x : mv;  // MaxOp: a NaN is never taken, NaN in class 0 stays
+        }
+        std::memcpy(m + p0, &mv, sizeof(mv));
       }
-      std::memcpy(m, &mv, sizeof(m));
     }
     for (int64_t p = 0; p < P; ++p) sum[p] = target[p] = all[p] = A(0);
     for (int64_t c = 0; c < C; ++c) {
