@@ -381,7 +381,7 @@ def write_floor(shape, dtype=tf.float32):
     NumPy buffer from Python skips that dispatch; a single-threaded NumPy refill is no floor on a
     multi-core machine.)"""
     plain = lambda: tf.fill(shape, tf.constant(1, dtype))  # noqa: E731
-    if tf.as_dtype(dtype) != tf.float32:
+    if tf.as_dtype(dtype) != tf.float32 or _ops.lib is None:  # (the library did not load: plain)
         return plain
     dims = tf.constant(shape, tf.int64)
     stream = lambda: _ops.lib.tfupsample_stream_fill(dims, value=1.0)  # noqa: E731
