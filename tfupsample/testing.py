@@ -418,7 +418,8 @@ def argmax_logits(kind, shape, rng, dtype="float32"):
         x[..., 4] = np.nextafter(x[..., 9].astype(np.float32), np.float32(-np.inf))
     elif kind == "ulp_leads":
         bits = {"float16": 10, "bfloat16": 7, "float32": 23, "float64": 52}[dtype]
-        mantissa = np.ldexp(np.round(np.ldexp(rng.uniform(1, 2, (n, h, w)), bits)), -bits)
+        # mantissas [1, 2) on the dtype's grid, short of 2 by more than 3 ulps (the lead stays in the binade)
+        mantissa = np.ldexp(rng.integers(2**bits, 2 ** (bits + 1) - 3, (n, h, w)).astype(np.float64), -bits)
         exponent = rng.integers(3, 5, (n, h, w))  # values in [8, 32): above the others
         x[..., 5] = np.ldexp(mantissa, exponent)
         x[..., 12] = x[..., 5] + rng.integers(1, 4, (n, h, w)) * np.ldexp(1.0, exponent - bits)

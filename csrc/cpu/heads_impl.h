@@ -145,7 +145,7 @@ inline void SummariseBounds(const A* lo, const A* up, int64_t C, A* best_lo, A* 
 template <typename A>
 struct Leader {
   A first, second, big;
-  int64_t id;
+  int32_t id;  // Leaders makes none past 2^31 classes
 };
 
 template <typename A, typename T, typename Convert>
@@ -285,14 +285,11 @@ void UpsampleArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, T* 
       for (int64_t oy = a0; oy < a1; ++oy) {
         int64_t* const label_row = label_rows.Row(s * OH + oy);
         T* const score_row = score_rows.Row(s * OH + oy);
-        if (K == 1 && score_row == nullptr) {  // one class left and no scores: its label
-          std::fill(label_row + b0, label_row + b1, pk.id[0]);
-          continue;
-        }
+        if (K == 1) std::fill(label_row + b0, label_row + b1, pk.id[0]);  // one class left: its label
+        if (K == 1 && score_row == nullptr) continue;
         const auto row = plan.RowTaps(in, oy, C);
         columns(pk, row.w[0], row.w[1], row.n == 2, c0, c1);
-        if (K == 1) {  // one class left: its label everywhere, its values as the scores
-          std::fill(label_row + b0, label_row + b1, pk.id[0]);
+        if (K == 1) {  // and its values as the scores
           for (int64_t ox = b0; ox < b1; ++ox) {
             const A wx0 = plan.wx[g.x.Tap(ox, ix)];
             const A wx1 = two_x ? plan.wx[g.x.Tap(ox, ix + 1)] : A(0);

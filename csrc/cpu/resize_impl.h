@@ -369,7 +369,11 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
   // "Finite" here: small enough that no lerp can overflow (a difference of two taps stays finite).
   const float top_value = std::numeric_limits<float>::max() / 4;
   const bool stream = StreamOutput(g.n * oh * ow * static_cast<int64_t>(sizeof(int64_t)));
-  const auto leaders = Leaders<float>(logits, g.n * h * w, C, top_value, [](T x) { return ToFloat(x); }, pf);
+  // The leader shortcut where there are at least as many outputs as inputs (a shrinking resize
+  // reads few of its input pixels: a pass over all of them would cost more than it saves).
+  const auto leaders = oh * ow >= h * w
+      ? Leaders<float>(logits, g.n * h * w, C, top_value, [](T x) { return ToFloat(x); }, pf)
+      : std::vector<Leader<float>>();
   pf(g.n * ny, ow * C * 2 * std::max<int64_t>(1, oh / std::max<int64_t>(1, ny)), [&](int64_t begin, int64_t end) {
     std::vector<float> lo(C), hi(C), q(4 * C), v(C);
     std::vector<int64_t> id(C);
@@ -387,18 +391,23 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
         const T* p[4] = {in + (il * w + jl) * C, in + (il * w + ju) * C, in + (iu * w + jl) * C,
                          in + (iu * w + ju) * C};
         float *q00 = q.data(), *q01 = q00 + C, *q10 = q01 + C, *q11 = q10 + C;
-        const Leader<float>* lead = leaders.data() + s * h * w;
-        const int64_t sole = leaders.empty() ? -1 : SoleLeader(lead[il * w + jl], lead[il * w + ju], lead[iu * w + jl],
-                                                      lead[iu * w + ju], margin, 3.0f);
+        int64_t sole = -1;
+        if (!leaders.empty()) {
+          const Leader<float>* lead = leaders.data() + s * h * w;
+          sole = SoleLeader(lead[il * w + jl], lead[il * w + ju], lead[iu * w + jl], lead[iu * w + ju], margin, 3.0f);
+        }
         int64_t k = 0;
         bool finite = true;
+        const auto keep = [&](int64_t c) {  // class c survives: its four taps packed
+          id[k] = c;
+          q00[k] = ToFloat(p[0][c]);
+          q01[k] = ToFloat(p[1][c]);
+          q10[k] = ToFloat(p[2][c]);
+          q11[k] = ToFloat(p[3][c]);
+          ++k;
+        };
         if (sole >= 0) {  // what the pruning below would leave: this class alone
-          id[0] = sole;
-          q00[0] = ToFloat(p[0][sole]);
-          q01[0] = ToFloat(p[1][sole]);
-          q10[0] = ToFloat(p[2][sole]);
-          q11[0] = ToFloat(p[3][sole]);
-          k = 1;
+          keep(sole);
         } else {
           int64_t ok = 0;
           for (int64_t c = 0; c < C; ++c) {
@@ -414,12 +423,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
           const float delta = margin * big;
           for (int64_t c = 0; c < C; ++c) {
             if (finite && hi[c] < best_lo - 3 * delta) continue;  // never the maximum in this cell
-            id[k] = c;
-            q00[k] = ToFloat(p[0][c]);
-            q01[k] = ToFloat(p[1][c]);
-            q10[k] = ToFloat(p[2][c]);
-            q11[k] = ToFloat(p[3][c]);
-            ++k;
+            keep(c);
           }
         }
         for (int64_t oy = y0; oy < y1; ++oy) {
@@ -488,8 +492,9 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
   pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
-    // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C are never
-    // used: the compiler's scalar tail of 3-5 exps would cost more than the vector at 19-21).
+    // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C, set to the
+    // maximum, are never used: the compiler's scalar tail of 3-5 exps would cost more than the
+    // vector at 19-21 classes).
     const int64_t Cv = (C + 15) / 16 * 16;
     std::vector<A> acc(band * w * C), xr(w * C), d(Cv);
     std::vector<float> v(Cv);
@@ -512,6 +517,7 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
           const float gl = loss_grad[i];
           const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
           ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
+          std::fill(v.begin() + C, v.end(), m);  // the unused lanes: exp(0), in SoftmaxExp's range
           const float scale = gl / sum;
           if (rule.smoothing == 0) {
             for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "cpu/kernels.h"
-#include "cpu/stream.h"
 #include "softmax_exp.h"
 
 namespace py = pybind11;
