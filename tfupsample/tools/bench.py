@@ -377,9 +377,9 @@ def write_floor(shape, dtype=tf.float32):
     op, which only streams a constant into its output, as the kernels stream their large
     outputs), whichever is faster in a short untimed trial. Both are TF ops writing memory from
     TF's allocator, so the floor pays what every op pays besides its writes -- dispatch from an
-    emptied cache (~1.5 ms on the 2-core VM) and allocation -- as the kernels do. (A fill of a
-    NumPy buffer from Python skips that dispatch; a single-threaded NumPy refill is no floor on a
-    multi-core machine.)"""
+    emptied cache (~1.1 ms for a 1-element op on the 2-core VM) and allocation -- as the kernels
+    do. (A fill of a NumPy buffer from Python skips that dispatch; a single-threaded NumPy refill
+    is no floor on a multi-core machine.)"""
     plain = lambda: tf.fill(shape, tf.constant(1, dtype))  # noqa: E731
     if tf.as_dtype(dtype) != tf.float32 or _ops.lib is None:  # (the library did not load: plain)
         return plain
