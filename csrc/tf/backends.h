@@ -6,6 +6,7 @@
 
 #include "cpu/kernels.h"
 #include "tf/runner.h"
+#include "tf/specs.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -28,38 +29,20 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 
 template <typename Device> struct Backend;
 
-// One static member template per kernel of csrc/cpu/kernel_list.h, with its parameters after the
-// context: Backend<Device>::BilinearForward<T>(ctx, g, input, output), and so on.
+// Backend<Device>::Run<T>(ctx, kernel, g, rule, pointers) runs one kernel of
+// csrc/cpu/kernel_list.h, its pointers in the kernel's parameter order (cpu/invoke.h).
 template <>
 struct Backend<CPUDevice> {
   static constexpr bool kChecksLabelValues = true;  // labels are in host memory
 
-#define TFUP_CPU_BACKEND(Name, Params, Args)                                              \
-  template <typename T>                                                                   \
-  static void Name(tensorflow::OpKernelContext* ctx, TFUP_UNPAREN Params) {               \
-    RunGuarded(ctx, #Name, [&] { tfup::Name<T>(TFUP_UNPAREN Args, CpuRunner(ctx)); });   \
+  template <typename T>
+  static void Run(OpKernelContext* ctx, Kernel k, const Geometry& g, LabelRule rule, void* const* p) {
+    RunGuarded(ctx, KernelName(k), [&] { InvokeKernel<T>(k, g, rule, p, CpuRunner(ctx)); });
   }
-  TFUP_KERNELS(TFUP_CPU_BACKEND, T)
-#undef TFUP_CPU_BACKEND
 };
 
 #if GOOGLE_CUDA
 using GPUDevice = Eigen::GpuDevice;
-
-// The arguments of a kernel call as the CUDA op table takes them: the arrays in order, the
-// geometry and the ignore label apart.
-struct CudaCall {
-  const Geometry* g = nullptr;
-  LabelRule rule;
-  void* p[5] = {};
-  int n = 0;
-  void Add(const Geometry& geometry) { g = &geometry; }
-  void Add(LabelRule label) { rule = label; }
-  template <typename P>
-  void Add(P* pointer) { p[n++] = const_cast<void*>(static_cast<const void*>(pointer)); }
-  template <typename... A>
-  explicit CudaCall(const A&... args) { (Add(args), ...); }
-};
 
 template <typename T> cuda::DType DTypeOf();
 template <> inline cuda::DType DTypeOf<Eigen::half>() { return cuda::DType::kHalf; }
@@ -72,32 +55,69 @@ struct Backend<GPUDevice> {
   // Labels live on the device: out-of-range ones give NaN (as TF's GPU softmax cross-entropy).
   static constexpr bool kChecksLabelValues = false;
 
-  // Launches op on the context's stream, with its scratch from TF's allocator (freed when the
-  // op's step no longer needs it; stream order keeps that safe).
+  // Launches the kernel on the context's stream, with its scratch from TF's allocator (freed
+  // when the op's step no longer needs it; stream order keeps that safe).
   template <typename T>
-  static void Run(tensorflow::OpKernelContext* ctx, const char* op, const CudaCall& call) {
+  static void Run(OpKernelContext* ctx, Kernel k, const Geometry& g, LabelRule rule, void* const* p) {
+    const char* op = KernelName(k);
     const cuda::DType t = DTypeOf<T>();
-    const int64_t bytes = cuda::OpScratchBytes(op, *call.g, t);
+    const int64_t bytes = cuda::OpScratchBytes(op, g, t);
     tensorflow::Tensor holder;
     void* scratch = nullptr;
     if (bytes > 0) {
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), &holder));
       scratch = holder.data();
     }
-    const std::string err = cuda::RunOp(op, *call.g, t, call.rule, call.p, scratch,
-                                        ctx->eigen_device<GPUDevice>().stream());
+    const std::string err = cuda::RunOp(op, g, t, rule, p, scratch, ctx->eigen_device<GPUDevice>().stream());
     if (!err.empty()) ctx->SetStatus(absl::InternalError(err));
   }
-
-#define TFUP_GPU_BACKEND(Name, Params, Args)                                 \
-  template <typename T>                                                      \
-  static void Name(tensorflow::OpKernelContext* ctx, TFUP_UNPAREN Params) {  \
-    Run<T>(ctx, #Name, CudaCall(TFUP_UNPAREN Args));                         \
-  }
-  TFUP_KERNELS(TFUP_GPU_BACKEND, T)
-#undef TFUP_GPU_BACKEND
 };
 #endif  // GOOGLE_CUDA
+
+// An op's inputs as its Spec sees them (tf/specs.h), from the running op's tensors.
+class TensorInputs : public PlanInputs {
+ public:
+  explicit TensorInputs(OpKernelContext* ctx) : ctx_(ctx) {}
+  TensorShape Shape(int i) const override { return ctx_->input(i).shape(); }
+  absl::StatusOr<Tensor> Host(int i) const override { return ctx_->input(i); }
+
+ private:
+  OpKernelContext* ctx_;
+};
+
+// The OpKernel of every op: its Spec checks the inputs and plans, then the outputs are allocated
+// and the kernel runs (nothing to run when the first output is empty).
+template <class Spec, typename Device, typename T>
+class SpecOp : public OpKernel {
+ public:
+  explicit SpecOp(OpKernelConstruction* ctx) : OpKernel(ctx), spec_(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    Plan plan;
+    OP_REQUIRES_OK(ctx, spec_.Make(TensorInputs(ctx), &plan));
+    void* p[8] = {};
+    int n = 0;
+    for (int a : plan.args) p[n++] = const_cast<char*>(ctx->input(a).tensor_data().data());
+    if (plan.labels_arg >= 0 && Backend<Device>::kChecksLabelValues) {
+      const Tensor& labels = ctx->input(plan.args[plan.labels_arg]);
+      const std::string bad = CheckLabelValues(labels.flat<int64_t>().data(), labels.NumElements(),
+                                               plan.g.c, plan.rule);
+      OP_REQUIRES(ctx, bad.empty(), absl::InvalidArgumentError(bad));
+    }
+    int64_t elements = 0;
+    for (int o = 0; o < static_cast<int>(plan.outputs.size()); ++o) {
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(o, plan.outputs[o], &out));
+      p[n++] = o == plan.absent_output ? nullptr : const_cast<char*>(out->tensor_data().data());
+      if (o == 0) elements = out->NumElements();
+    }
+    if (elements == 0) return;
+    Backend<Device>::template Run<T>(ctx, plan.kernel, plan.g, plan.rule, p);
+  }
+
+ private:
+  Spec spec_;
+};
 
 // Expands REG(DEVICE_NAME, Device, T) for every dtype on every device this build has.
 #define TFUP_FOR_EACH_TYPE(REG, DEV, D) \
