@@ -224,7 +224,7 @@ def test_labels_out_of_range_are_an_error(rng):
 
 
 @pytest.mark.parametrize("factor", [2, 3])
-def test_heads_under_xla(factor, rng):
+def test_heads_under_xla(factor, rng, xla_path):
     x = tf.constant(_logits(rng, factor))
     labels = tf.constant(_labels(rng, x, factor, 7))
 

@@ -107,15 +107,15 @@ def test_segmentation_loss_pixel_weights_and_dtypes(rng):
     assert none.numpy() == 0.0
 
 
-def test_segmentation_loss_with_the_stock_ops_is_the_same(rng, monkeypatch):
-    # The stock-op path (XLA, a library that could not load) computes the same loss.
+def test_segmentation_loss_under_xla_is_the_same(rng, xla_path):
+    # Under XLA (the kernels, or the stock-op lowering) the same loss.
     x, labels = _case(rng)
     options = dict(ignore_label=255, class_weights=[1, 2, 3, 4, 5], label_smoothing=0.2, top_k_percent_pixels=0.4)
     fused = tu.segmentation_loss(labels, x, **options)
     jit = tf.function(lambda t: tu.segmentation_loss(labels, t, **options), jit_compile=True)(x)
     exp_loss, _ = _reference_and_gradient(x, labels, (23, 17), "bilinear", **options)
     ref.assert_close(fused, exp_loss, "float32", "resize")
-    ref.assert_close(jit, exp_loss, "float32", "resize_grad")  # XLA's own resize rounds differently
+    ref.assert_close(jit, exp_loss, "float32", "resize_grad")  # the lowering: XLA's own resize rounds differently
 
 
 @pytest.mark.parametrize("options", OPTIONS[1:5], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))

@@ -125,7 +125,7 @@ def test_loss_takes_any_label_size_and_checks_labels(rng):
         grad(np.zeros((2, 6, 6), np.int64), x, np.zeros((2, 6, 6, 2)), np.zeros((2, 6, 5), np.float32))
 
 
-def test_heads_under_xla_are_the_stock_ops(rng):
+def test_heads_under_xla(rng, xla_path):
     x, labels, g = _case(rng, "float32")
 
     def step(t):
@@ -136,7 +136,10 @@ def test_heads_under_xla_are_the_stock_ops(rng):
         return tu.upsample_argmax(t, size=(23, 17), interpolation="bilinear"), loss, tape.gradient(loss, t)
 
     a, b = tf.function(step, jit_compile=True)(x), step(x)
-    assert (a[0].numpy() != b[0].numpy()).mean() < 1e-2  # XLA's own resize rounds differently
+    if xla_path == "kernels":  # the same kernels: the same bits (the loss is XLA's sum of them)
+        for u, v in zip((a[0], a[2]), (b[0], b[2])):
+            np.testing.assert_array_equal(u.numpy(), v.numpy())
+    assert (a[0].numpy() != b[0].numpy()).mean() < 1e-2  # XLA's own resize (the lowering) rounds differently
     ref.assert_close(a[1], b[1], "float32", "loss")
     ref.assert_close(a[2], b[2], "float32", "resize_grad")
 

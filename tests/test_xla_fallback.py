@@ -1,5 +1,7 @@
-"""Under XLA, and when the compiled library cannot load, the public functions run on stock ops:
-same results, gradients by autodiff."""
+"""Under XLA the public functions run the kernels as custom calls (tests/test_xla.py), or the
+stock-op lowering where those cannot run (TFUPSAMPLE_XLA_KERNELS=0 stands for that here); when the
+compiled library cannot load they run on stock ops: the same results either way, gradients by
+autodiff on the lowering."""
 
 import subprocess
 import sys
@@ -19,7 +21,7 @@ CASES = [((2, 3), (3, 4), "SAME", None), ((2, 1), (5, 2), "VALID", None), ((3, 2
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("factor", [1, 2, 3, 8])
-def test_bilinear_under_xla(factor, data_format, rng):
+def test_bilinear_under_xla(factor, data_format, rng, xla_path):
     x = rng.standard_normal((2, 4, 5, 3))
     xin = to_nchw(x) if data_format == "NCHW" else x
     g = rng.standard_normal((2, 4 * factor, 5 * factor, 3))
@@ -43,7 +45,7 @@ def test_bilinear_under_xla(factor, data_format, rng):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
-def test_depthwise_under_xla(case, data_format, rng):
+def test_depthwise_under_xla(case, data_format, rng, xla_path):
     (sy, sx), (kh, kw), pad, out_hw = case
     x = rng.standard_normal((2, 3, 4, 5))
     w = rng.standard_normal((kh, kw, 5, 1))
@@ -75,11 +77,15 @@ def test_backend_reports_the_compiled_ops():
     assert tu.backend() == "op"
 
 
-def test_impl_op_refuses_xla_and_says_why():
+def test_impl_op_under_xla_runs_the_kernel_or_says_why_not(monkeypatch):
     x = tf.ones([1, 2, 3, 2])
-    np.testing.assert_array_equal(tu.bilinear_upsample(x, 2, impl="op").numpy(),
-                                  tu.bilinear_upsample(x, 2).numpy())
-    with pytest.raises(RuntimeError, match="impl='op' cannot run under XLA"):
+    eager = tu.bilinear_upsample(x, 2, impl="op").numpy()
+    np.testing.assert_array_equal(eager, tu.bilinear_upsample(x, 2).numpy())
+    if tu.xla_kernels():
+        np.testing.assert_array_equal(
+            tf.function(lambda v: tu.bilinear_upsample(v, 2, impl="op"), jit_compile=True)(x).numpy(), eager)
+    monkeypatch.setenv("TFUPSAMPLE_XLA_KERNELS", "0")
+    with pytest.raises(RuntimeError, match="impl='op' cannot run under XLA .* TFUPSAMPLE_XLA_KERNELS=0"):
         tf.function(lambda v: tu.bilinear_upsample(v, 2, impl="op"), jit_compile=True)(x)
     # impl="auto" lowers to stock ops there.
     assert tf.function(lambda v: tu.bilinear_upsample(v, 2), jit_compile=True)(x).shape == (1, 4, 6, 2)

@@ -23,6 +23,8 @@ _API = (
     "stock_ops",
     "resize",
     "resize_bilinear",
+    "xla_kernels",
+    "xla_kernels_missing",
 )
 
 __all__ = list(_API) + ["load_ops"]

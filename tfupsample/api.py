@@ -1,7 +1,10 @@
 """Public TensorFlow-level functions."""
 
 import contextlib
+import functools
+import os
 import threading
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -101,7 +104,7 @@ def _stack_sizes(values):
 def backend():
     """"op" when tfupsample's compiled kernels are loaded, "pure-tf" when the library could not be
     loaded and every function runs on stock TensorFlow ops (the warning at import says why).
-    Under XLA (`jit_compile=True`) the stock-op lowering is used in either case."""
+    Under XLA (`jit_compile=True`) the kernels run where `xla_kernels()` is True."""
     return "op" if _ops.lib is not None else "pure-tf"
 
 
@@ -136,10 +139,58 @@ def _in_xla():
     return _control_flow_util.GraphOrParentsInXlaContext(_framework_ops.get_default_graph())
 
 
-def _use_pure_tf(impl="auto"):
+def xla_kernels():
+    """Whether tfupsample's kernels run inside XLA (`jit_compile=True`) here: True where the
+    library was built with its XLA custom calls (TensorFlow 2.21's wheel has what they need) and
+    the process has no GPU (the custom calls are XLA:CPU's). Elsewhere every function lowers to
+    stock TensorFlow ops under XLA: the same results, but the fused heads then build the
+    full-size logits. `xla_kernels_missing()` says why."""
+    return not xla_kernels_missing()
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_library_missing():
+    if _ops.lib is None:
+        return f"the compiled library did not load ({_ops.load_error})"
+    info = _ops._build_info
+    if info is None or not getattr(info, "XLA_KERNELS", False):
+        why = getattr(info, "XLA_KERNELS_MISSING", "") if info is not None else ""
+        return (f"the library was built without its XLA kernels ({why or 'unknown reason'}; "
+                f"TensorFlow {tf.__version__})")
+    return ""
+
+
+def xla_kernels_missing():
+    """"" where `xla_kernels()` is True, else why tfupsample lowers to stock ops under XLA
+    (`TFUPSAMPLE_XLA_KERNELS=0` in the environment asks for that lowering)."""
+    if os.environ.get("TFUPSAMPLE_XLA_KERNELS", "1") == "0":
+        return "TFUPSAMPLE_XLA_KERNELS=0 asks for the stock-op lowering"
+    missing = _xla_library_missing()
+    if not missing and tf.config.list_logical_devices("GPU"):
+        missing = "a GPU is visible and the XLA kernels are XLA:CPU's only"
+    return missing
+
+
+_lowering_warned = set()
+
+
+def _warn_lowering(what):
+    """Once per fused head: under XLA it runs the stock-op lowering."""
+    if what in _lowering_warned:
+        return
+    _lowering_warned.add(what)
+    warnings.warn(f"tfupsample.{what} runs on stock TensorFlow ops under XLA (jit_compile): "
+                  f"{xla_kernels_missing()}. It then builds the full-size logits (and, for the "
+                  "loss, their softmax and gradient): the fused head's memory saving is lost. "
+                  "Without jit_compile it runs the kernels.",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _use_pure_tf(impl="auto", what=None):
     """Whether this call runs the stock-op lowering. "auto": when the compiled kernels cannot run
-    (inside jit_compile, since XLA cannot compile custom ops, or when the library did not load).
-    "op": never -- an error saying why when the kernel cannot run."""
+    (the library did not load, tfupsample.stock_ops(), or XLA without tfupsample's XLA kernels;
+    `what`, the public function, is warned about once there). "op": never -- an error saying why
+    when the kernel cannot run."""
     if impl == "op":
         if _in_stock_ops():
             raise RuntimeError("impl='op' cannot run inside tfupsample.stock_ops(), which asks for "
@@ -147,11 +198,18 @@ def _use_pure_tf(impl="auto"):
         if _ops.lib is None:
             raise RuntimeError(f"impl='op' needs tfupsample's compiled kernels, which did not load: "
                                f"{_ops.load_error}")
-        if _in_xla():
-            raise RuntimeError("impl='op' cannot run under XLA (jit_compile=True): XLA cannot compile "
-                               "custom ops; use impl='auto' to lower to stock TensorFlow ops there")
+        if _in_xla() and not xla_kernels():
+            raise RuntimeError(f"impl='op' cannot run under XLA (jit_compile=True) here: "
+                               f"{xla_kernels_missing()}; use impl='auto' to lower to stock "
+                               "TensorFlow ops there")
         return False
-    return _ops.lib is None or _in_stock_ops() or _in_xla()
+    if _ops.lib is None or _in_stock_ops():
+        return True
+    if _in_xla() and not xla_kernels():
+        if what is not None:
+            _warn_lowering(what)
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,14 +56,14 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
         x = _nhwc(logits, data_format)
         if conv is not None:
             hw = _size(size) if size is not None else tf.shape(x)[1:3] * factor
-            if _use_pure_tf():
+            if _use_pure_tf(what="upsample_argmax"):
                 up = tf.raw_ops.ResizeBilinear(images=x, size=hw, **_resize_kwargs(conv))
                 labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
             else:
                 labels, scores = _ops.lib.tfupsample_resize_argmax(x, hw, with_scores=bool(return_scores),
                                                                    **_resize_kwargs(conv))
                 labels = tf.cast(labels, output_type)
-        elif _use_pure_tf():
+        elif _use_pure_tf(what="upsample_argmax"):
             up = bilinear_upsample(x, factor)
             labels, scores = tf.argmax(up, axis=-1, output_type=output_type), tf.reduce_max(up, axis=-1)
         else:
@@ -119,13 +119,13 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
         rule = dict(ignore_label=0 if ignore_label is None else int(ignore_label),
                     use_ignore_label=ignore_label is not None, label_smoothing=smoothing)
         if conv is not None:
-            if _use_pure_tf():
+            if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
                 up = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(y)[1:3], **_resize_kwargs(conv))
                 return _masked_cross_entropy(y, up, ignore_label, smoothing)
             loss, _stats = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy(
                 y, x, **rule, **_resize_kwargs(conv))
             return loss
-        if _use_pure_tf():
+        if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
             return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
         loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(y, x, factor=factor, **rule)
         return loss  # _stats: each pixel's softmax max and sum, kept for the gradient
