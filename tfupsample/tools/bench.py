@@ -416,9 +416,9 @@ class Target:
     """One target: `ours` against `ref` (a floor or a peer) as ours / ref (`at_most`: the ratio
     must not exceed `limit`) or ref / ours (`faster`: ours must be at least `limit` x faster)."""
 
-    def __init__(self, name, ours_ms, ref_name, ref_ms, kind, limit, note=None):
+    def __init__(self, name, ours_ms, ref_name, ref_ms, kind, limit, note=None, unit="ms"):
         self.name, self.ours_ms, self.ref_name, self.ref_ms = name, ours_ms, ref_name, ref_ms
-        self.kind, self.limit, self.note = kind, limit, note
+        self.kind, self.limit, self.note, self.unit = kind, limit, note, unit
         self.ratio = ours_ms / ref_ms if kind == "at_most" else ref_ms / ours_ms
         self.met = self.ratio <= limit if kind == "at_most" else self.ratio >= limit
 
@@ -426,15 +426,17 @@ class Target:
         if self.kind == "at_most":
             ratio = f"ours/{self.ref_name} {self.ratio:.2f}x, target <= {self.limit:g}x"
         else:
-            ratio = (f"{self.ref_name}/ours {self.ratio:.2f}x (ours {'faster' if self.ratio >= 1 else 'slower'}), "
-                     f"target >= {self.limit:g}x")
+            better = ("less" if self.ratio >= 1 else "more") if self.unit != "ms" else (
+                "faster" if self.ratio >= 1 else "slower")
+            ratio = f"{self.ref_name}/ours {self.ratio:.2f}x (ours {better}), target >= {self.limit:g}x"
         note = f" [{self.note}]" if self.note else ""
-        return (f"{'MET   ' if self.met else 'MISSED'} {self.name}: ours {self.ours_ms:.1f} ms, "
-                f"{self.ref_name} {self.ref_ms:.1f} ms, {ratio}{note}")
+        u = self.unit
+        return (f"{'MET   ' if self.met else 'MISSED'} {self.name}: ours {self.ours_ms:.1f} {u}, "
+                f"{self.ref_name} {self.ref_ms:.1f} {u}, {ratio}{note}")
 
     def as_dict(self):
         return {k: getattr(self, k) for k in ("name", "ours_ms", "ref_name", "ref_ms", "kind",
-                                              "limit", "ratio", "met", "note")}
+                                              "limit", "ratio", "met", "note", "unit")}
 
 
 # The resize targets' shapes: ADE20K-like logits to 512 x 512, Cityscapes-like to 1024 x 2048
@@ -523,8 +525,125 @@ def head_targets(repeats=3, cases=HEAD_CASES):
     return out
 
 
+def _jit(fn):
+    return tf.function(fn, jit_compile=True)
+
+
+def xla_speed_targets(n=1, h=16, w=22, classes=1000, factor=32, filter_classes=100, repeats=5):
+    """Every op under XLA (its custom call, in a jit-compiled tf.function) against the same op in
+    a tf.function without XLA, timed together, at [n, h, w, classes] x factor (the filter gradient at filter_classes, as its
+    target; the resize ops to the same output size)."""
+    lib, f = _ops.lib, factor
+    rng = np.random.default_rng(0)
+    x = segmentation_logits(n, h, w, classes)
+    size = [h * f, w * f]
+    out = [n, *size, classes]
+    dy = tf.random.stateless_normal(out, seed=[1, 2])
+    filt = tf.constant(tu.bilinear_upsample_weights(f, classes))
+    fx = tf.constant(rng.standard_normal((n, h, w, filter_classes), np.float32))
+    fdy = tf.random.stateless_normal([n, *size, filter_classes], seed=[3, 4])
+    labels = tf.constant(rng.integers(0, classes, (n, *size)))
+    loss, stats = lib.tfupsample_upsample_sparse_softmax_cross_entropy(labels, x, factor=f)
+    rloss, rstats = lib.tfupsample_resize_sparse_softmax_cross_entropy(labels, x, half_pixel_centers=True)
+    ones, rones = tf.ones_like(loss), tf.ones_like(rloss)
+    hp = dict(half_pixel_centers=True)
+    k = bilinear_kernel_size(f)
+    ops = [
+        ("bilinear upsample", lambda a: lib.tfupsample_bilinear_upsample(a, factor=f), (x,)),
+        ("bilinear input gradient", lambda a: lib.tfupsample_bilinear_upsample_grad(a, factor=f), (dy,)),
+        ("depthwise transposed convolution", lambda a, b: lib.tfupsample_depthwise_conv2d_transpose(
+            a, b, out, strides=[f, f], padding="SAME"), (x, filt)),
+        ("depthwise input gradient", lambda a, b: lib.tfupsample_depthwise_conv2d_transpose_backprop_input(
+            a, b, [n, h, w, classes], strides=[f, f], padding="SAME"), (dy, filt)),
+        (f"depthwise filter gradient ({filter_classes} classes)",
+         lambda a, b: lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
+             a, b, [k, k, filter_classes, 1], strides=[f, f], padding="SAME"), (fx, fdy)),
+        ("resize", lambda a: lib.tfupsample_resize_bilinear(a, size, **hp), (x,)),
+        ("resize input gradient", lambda a: lib.tfupsample_resize_bilinear_grad(a, [h, w], T=tf.float32, **hp), (dy,)),
+        ("upsample_argmax", lambda a: lib.tfupsample_upsample_argmax(a, factor=f), (x,)),
+        ("fused loss", lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(a, b, factor=f),
+         (labels, x)),
+        ("fused loss gradient", lambda a, b, c, d: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
+            a, b, c, d, factor=f), (labels, x, stats, ones)),
+        ("upsample_argmax, resize semantics", lambda a: lib.tfupsample_resize_argmax(a, size, **hp), (x,)),
+        ("fused loss, resize semantics", lambda a, b: lib.tfupsample_resize_sparse_softmax_cross_entropy(
+            a, b, **hp), (labels, x)),
+        ("fused loss gradient, resize semantics",
+         lambda a, b, c, d: lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(a, b, c, d, **hp),
+         (labels, x, rstats, rones)),
+    ]
+    results = []
+    for name, fn, args in ops:
+        # Both in a tf.function, one jit-compiled: the same call path, so what differs is XLA's
+        # (its buffers and threads). A bare eager call skips tf.function's dispatch, ~1 ms from an
+        # emptied cache on the 2-core VM, with or without XLA (the note gives it).
+        jit, graph = _jit(fn), tf.function(fn)
+        jit_ms, graph_ms, eager_ms = (t * 1e3 for t in timed_together(
+            [lambda: jit(*args), lambda: graph(*args), lambda: fn(*args)], repeats))
+        results.append(Target(f"{name} under XLA vs without, [{n},{h},{w},{classes}] x{f}", jit_ms,
+                              "op without XLA", graph_ms, "at_most", 1.15, f"eager call {eager_ms:.1f} ms"))
+    return results
+
+
+_XLA_STEP = r"""
+import json, os, sys
+mode = sys.argv[1]
+if mode == "lowering":
+    os.environ["TFUPSAMPLE_XLA_KERNELS"] = "0"
+import numpy as np, tensorflow as tf, keras
+import tfupsample as tu
+from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
+from tfupsample.tools import bench
+n, h, w, c, f = (int(v) for v in sys.argv[2:7])
+keras.utils.set_random_seed(0)
+inputs = keras.Input((h, w, c))
+model = keras.Model(inputs, keras.layers.Conv2D(c, 1)(inputs))
+model.compile(optimizer=keras.optimizers.SGD(0.01), loss=UpsampledSparseCategoricalCrossentropy(f),
+              jit_compile=mode != "eager")
+rng = np.random.default_rng(0)
+x = tf.constant(rng.standard_normal((n, h, w, c), np.float32))
+y = tf.constant(rng.integers(0, c, (n, h * f, w * f)))
+step = lambda: model.train_on_batch(x, y, return_dict=True)["loss"]
+seconds, peak = bench.measure(step, repeats=3, warmup=2)
+print(json.dumps({"ms": seconds * 1e3, "mb": peak / 1e6, "xla_kernels": tu.xla_kernels()}))
+"""
+
+
+def xla_memory_targets(shape=(2, 16, 22, 150), factor=32):
+    """Peak RSS growth of one Keras training step with the fused loss (model.train_on_batch) under
+    jit_compile=True against the same step without XLA, and against the stock-op lowering under
+    XLA; each in a fresh process, after two warm-up steps, without oneDNN (below)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import os
+
+    # Freed buffers must go back to the system, so that the warm-up steps (the compilation
+    # among them) leave no peak behind for the measured step to hide under: TF's plain CPU
+    # allocator (oneDNN's keeps a pool that never shrinks: no step would grow the peak at all)
+    # and a fixed mmap threshold (glibc's adaptive one keeps large freed blocks on its heap).
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", MALLOC_MMAP_THRESHOLD_="131072", TF_CPP_MIN_LOG_LEVEL="2")
+    got = {}
+    for mode in ("eager", "xla", "lowering"):
+        r = subprocess.run([sys.executable, "-c", _XLA_STEP, mode, *map(str, shape), str(factor)],
+                           capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir(), env=env)
+        if r.returncode != 0:
+            raise RuntimeError(f"the {mode} training step failed: {r.stderr[-2000:]}")
+        got[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    name = f"[{','.join(map(str, shape))}] x{factor}"
+    note = f"step: {got['eager']['ms']:.0f} ms without XLA, {got['xla']['ms']:.0f} ms with, " \
+           f"{got['lowering']['ms']:.0f} ms lowered"
+    return [Target(f"Keras training step, fused loss, {name}: peak memory growth under XLA vs without",
+                   got["xla"]["mb"], "without XLA", got["eager"]["mb"], "at_most", 1.2, note, unit="MB"),
+            Target(f"Keras training step, fused loss, {name}: peak memory growth under XLA, kernels vs the "
+                   "stock-op lowering", got["xla"]["mb"], "stock-op lowering", got["lowering"]["mb"], "faster",
+                   5.0, note, unit="MB")]
+
+
 def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=("random", "segmentation"),
-            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads")):
+            repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads", "xla")):
     """Measures the targets in this process and returns them (a list of Target)."""
     h, w = size
     ms = lambda s: s * 1e3  # noqa: E731
@@ -589,4 +708,7 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         out += resize_targets(repeats)
     if "heads" in which:
         out += head_targets(max(3, repeats // 2))
+    if "xla" in which and tu.xla_kernels():
+        out += xla_speed_targets(1, h, w, classes, factor, filter_classes, max(3, repeats // 2))
+        out += xla_memory_targets()
     return out

@@ -34,7 +34,7 @@ def _factors(text):
     return values
 
 
-TARGET_GROUPS = ("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads")
+TARGET_GROUPS = ("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads", "xla")
 
 
 def _groups(text):
@@ -70,7 +70,9 @@ def main(argv=None):
     b.add_argument("--which", type=_groups, default=list(TARGET_GROUPS),
                    help="target groups to measure, comma-separated (default all: "
                         f"{','.join(TARGET_GROUPS)}); resize and heads run at their own fixed shapes "
-                        "(ADE20K-, Cityscapes-, DeepLab-, VOC-like), not --size/--classes/--factors")
+                        "(ADE20K-, Cityscapes-, DeepLab-, VOC-like), not --size/--classes/--factors; "
+                        "xla: each op jit-compiled against the eager op, and a Keras training step's "
+                        "peak memory with and without XLA")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--plot", metavar="FILE.png", help="draw time and memory against classes")
     d = sub.add_parser("demo", help="VGG-16 FCN-32 on a sample image, upsampled x32 with "
