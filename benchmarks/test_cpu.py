@@ -113,7 +113,7 @@ def test_heads_peak_memory(benchmark, what):
 @pytest.mark.parametrize("logits", ["random", "segmentation"])
 def test_targets(benchmark, logits):
     """The targets, as `tfupsample bench --targets` measures and prints them."""
-    which = ("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads") if logits == "random" else ("argmax",)
+    which = ("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads", "xla") if logits == "random" else ("argmax",)
     ENVIRONMENT.update(bench.environment())
     found = bench.targets(logits=(logits,), which=which)
     benchmark.group = "targets"
