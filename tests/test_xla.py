@@ -271,3 +271,22 @@ def test_lowering_warns_once_for_the_heads(monkeypatch, rng):
     assert "tfupsample_" not in hlo
     monkeypatch.delenv("TFUPSAMPLE_XLA_KERNELS")
     assert tu.xla_kernels()
+
+
+def test_handlers_that_did_not_register_mean_the_lowering(monkeypatch):
+    # xla_kernels() asks the library whether XLA took its handlers; a library that cannot answer
+    # (here: another of ours, without the entry point) means no custom calls, the lowering.
+    import os
+
+    from tfupsample import _ops, api
+
+    other = os.path.join(os.path.dirname(_ops.path), next(
+        f for f in os.listdir(os.path.dirname(_ops.path)) if f.startswith("_numpy_ext") and f.endswith(".so")))
+    api._xla_library_missing.cache_clear()
+    monkeypatch.setattr(_ops, "path", other)
+    try:
+        assert not tu.xla_kernels() and "XLA did not take the custom-call handlers" in tu.xla_kernels_missing()
+    finally:
+        monkeypatch.undo()
+        api._xla_library_missing.cache_clear()
+    assert tu.xla_kernels()

@@ -175,3 +175,16 @@ def test_inconsistent_output_shape_is_refused_under_xla():
                     jit_compile=True)
     with pytest.raises(ValueError, match="output size 9 is inconsistent"):
         f(tf.zeros([1, 4, 5, 3], tf.float64))
+
+
+def test_xla_kernels_are_built_where_tensorflow_allows():
+    # TF 2.21's wheel has what the XLA custom calls need; TF 2.16's has no typed FFI: the build
+    # leaves them out there and says so (a silent probe failure would skip tests/test_xla.py).
+    version = tuple(int(p) for p in tf.__version__.split(".")[:2])
+    if tu.backend() != "op" or tf.config.list_logical_devices("GPU"):
+        pytest.skip("needs the compiled library and no GPU")
+    if version >= (2, 21):
+        assert tu.xla_kernels(), tu.xla_kernels_missing()
+    elif version <= (2, 16):
+        assert not tu.xla_kernels()
+        assert "built without its XLA kernels (no XLA FFI headers" in tu.xla_kernels_missing()

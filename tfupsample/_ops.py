@@ -16,8 +16,10 @@ except ImportError:  # a source checkout that was never built
     _build_info = None
 
 
+path = os.path.join(os.path.dirname(__file__), "_tfupsample_ops.so")
+
+
 def _load():
-    path = os.path.join(os.path.dirname(__file__), "_tfupsample_ops.so")
     try:
         return tf.load_op_library(path), None
     except (tf.errors.NotFoundError, OSError) as e:

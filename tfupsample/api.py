@@ -141,9 +141,9 @@ def _in_xla():
 
 def xla_kernels():
     """Whether tfupsample's kernels run inside XLA (`jit_compile=True`) here: True where the
-    library was built with its XLA custom calls (TensorFlow 2.21's wheel has what they need) and
-    the process has no GPU (the custom calls are XLA:CPU's). Elsewhere every function lowers to
-    stock TensorFlow ops under XLA: the same results, but the fused heads then build the
+    library was built with its XLA custom calls (TensorFlow 2.21's wheel has what they need), on
+    the CPU, and on a GPU where the build has the CUDA kernels too. Elsewhere every function
+    lowers to stock TensorFlow ops under XLA: the same results, but the fused heads then build the
     full-size logits. `xla_kernels_missing()` says why."""
     return not xla_kernels_missing()
 
@@ -157,18 +157,35 @@ def _xla_library_missing():
         why = getattr(info, "XLA_KERNELS_MISSING", "") if info is not None else ""
         return (f"the library was built without its XLA kernels ({why or 'unknown reason'}; "
                 f"TensorFlow {tf.__version__})")
+    try:  # the handlers register when the library loads: did they?
+        import ctypes
+
+        status = ctypes.CDLL(_ops.path).tfupsample_xla_status
+        status.restype = ctypes.c_char_p
+        failed = status().decode()
+    except (OSError, AttributeError) as e:
+        failed = str(e)
+    if failed:
+        return f"XLA did not take the custom-call handlers: {failed}"
     return ""
 
 
 def xla_kernels_missing():
     """"" where `xla_kernels()` is True, else why tfupsample lowers to stock ops under XLA
     (`TFUPSAMPLE_XLA_KERNELS=0` in the environment asks for that lowering)."""
-    if os.environ.get("TFUPSAMPLE_XLA_KERNELS", "1") == "0":
+    if os.environ.get("TFUPSAMPLE_XLA_KERNELS", "1").strip().lower() in ("0", "false", "off", "no"):
         return "TFUPSAMPLE_XLA_KERNELS=0 asks for the stock-op lowering"
     missing = _xla_library_missing()
-    if not missing and tf.config.list_logical_devices("GPU"):
-        missing = "a GPU is visible and the XLA kernels are XLA:CPU's only"
+    if not missing and not _ops._build_info.CUDA_KERNELS and _gpu_visible():
+        missing = "a GPU is visible and this build has no CUDA kernels (its XLA custom calls are XLA:CPU's only)"
     return missing
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    # (Physical devices: asking for logical ones would start TF's runtime, after which a user's
+    # tf.config.set_visible_devices fails.)
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 _lowering_warned = set()
@@ -183,7 +200,19 @@ def _warn_lowering(what):
                   f"{xla_kernels_missing()}. It then builds the full-size logits (and, for the "
                   "loss, their softmax and gradient): the fused head's memory saving is lost. "
                   "Without jit_compile it runs the kernels.",
-                  RuntimeWarning, stacklevel=4)
+                  RuntimeWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel():
+    """The warnings stacklevel of the first frame outside tfupsample (and TF's tracing), so that
+    a warning points at the user's line whichever public function or Keras loss led here."""
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _use_pure_tf(impl="auto", what=None):

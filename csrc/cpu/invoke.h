@@ -1,10 +1,11 @@
 // The kernels of kernel_list.h by number, for callers that hold their arguments as an untyped
 // list: the TF op kernels (one generic OpKernel per op, tf/specs.h) and the XLA custom-call
-// handlers (tf/xla_ffi.cc). The pointers come in the order of the kernel's parameters; the label
+// handlers (tf_xla/ffi.cc). The pointers come in the order of the kernel's parameters; the label
 // rule is passed apart. Plain C++: no TF types.
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -17,13 +18,13 @@ namespace tfup {
 enum class Kernel : int { TFUP_KERNELS(TFUP_KERNEL_ENUM, T) kCount };
 #undef TFUP_KERNEL_ENUM
 
-// "BilinearForward", ... (the CUDA op table's names); nullptr for a number out of range.
+// "BilinearForward", ... (the CUDA op table's names); "?" for a number out of range.
 inline const char* KernelName(Kernel k) {
 #define TFUP_KERNEL_NAME(Name, Params, Args) \
   if (k == Kernel::k##Name) return #Name;
   TFUP_KERNELS(TFUP_KERNEL_NAME, T)
 #undef TFUP_KERNEL_NAME
-  return nullptr;
+  return "?";
 }
 
 namespace invoke_detail {
@@ -78,6 +79,7 @@ void InvokeKernel(Kernel k, const Geometry& g, LabelRule rule, void* const* p, c
   if (k == Kernel::k##Name) return invoke_detail::Call(&Name<T>, {g, rule, pf, p});
   TFUP_KERNELS(TFUP_KERNEL_CALL, T)
 #undef TFUP_KERNEL_CALL
+  throw std::logic_error("no kernel number " + std::to_string(static_cast<int>(k)));
 }
 
 // "" or why labels[0, n) are not all in [0, classes) or the ignore label (the loss ops' check of

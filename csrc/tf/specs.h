@@ -1,5 +1,5 @@
 // What every op does before a kernel runs, written once for the TF op kernels (tf/kernels.cc,
-// tf/heads.cc) and the XLA kernels (tf/xla.cc): read the attributes, check the inputs' shapes and
+// tf/heads.cc) and the XLA kernels (tf_xla/kernels.cc): read the attributes, check the inputs' shapes and
 // the size vectors, and make a Plan -- the kernel, its geometry and label rule, which inputs it
 // reads in which order, and the outputs' shapes. A Spec sees its inputs through PlanInputs: the
 // tensors of a running op, or the static shapes and compile-time constants of an XLA compilation.

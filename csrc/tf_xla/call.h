@@ -1,5 +1,5 @@
-// The contract between the XLA kernels (xla/kernels.cc, which plan each op at compile time and
-// emit a custom call) and the custom-call handlers (xla/ffi.cc, which run the CPU kernels):
+// The contract between the XLA kernels (tf_xla/kernels.cc, which plan each op at compile time and
+// emit a custom call) and the custom-call handlers (tf_xla/ffi.cc, which run the CPU kernels):
 // the target names and how the plan travels as attributes. Plain C++: no TF or XLA types.
 #pragma once
 

@@ -1,15 +1,14 @@
 // The ops under XLA (tf.function(jit_compile=True), Keras' jit_compile): one XlaOpKernel per op,
 // generic over the op's Spec (tf/specs.h), which makes the same checks and plan as the TF op
 // kernel from the static shapes and the compile-time-constant size inputs. The plan becomes a
-// custom call to the kernel's typed-FFI handler (xla/ffi.cc): the same CPU kernel runs inside
-// the XLA program, on XLA's buffers and threads. XLA:CPU only; GPU clusters keep the stock-op
-// lowering (tfupsample/api.py).
+// custom call to the kernel's typed-FFI handler (tf_xla/ffi.cc): the same CPU kernel runs inside
+// the XLA program, on XLA's buffers and threads (XLA:CPU; XLA:GPU too in CUDA builds).
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_join.h"
 #include "tf/specs.h"
-#include "xla/call.h"
+#include "tf_xla/call.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -20,7 +19,7 @@
 
 namespace tfup {
 
-std::string RegisterXlaHandlers();  // xla/ffi.cc
+std::string RegisterXlaHandlers();  // tf_xla/ffi.cc
 
 namespace {
 
@@ -86,6 +85,9 @@ class SpecXlaOp : public XlaOpKernel {
     }
     Plan plan;
     OP_REQUIRES_OK(ctx, spec_.Make(XlaInputs(ctx), &plan));
+    OP_REQUIRES(ctx, static_cast<int>(plan.args.size() + plan.outputs.size()) == KernelPointers<float>(plan.kernel),
+                absl::InternalError(absl::StrCat(name(), ": the plan's buffers do not match kernel ",
+                                                 KernelName(plan.kernel))));
     absl::StatusOr<xla_call::DType> dtype = CallType(dtype_);
     OP_REQUIRES_OK(ctx, dtype.status());
 
@@ -133,24 +135,43 @@ class SpecXlaOp : public XlaOpKernel {
 const DataType kFloatTypes[] = {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16, tensorflow::DT_FLOAT,
                                 tensorflow::DT_DOUBLE};
 
-// The handlers, registered with XLA when the library loads.
+// The handlers, registered with XLA when the library loads: "" or what failed.
+const std::string& HandlerStatus() {
+  static const std::string failed = RegisterXlaHandlers();
+  return failed;
+}
 const bool kHandlers = [] {
-  const std::string failed = RegisterXlaHandlers();
-  if (!failed.empty()) LOG(ERROR) << "tfupsample: XLA custom-call handlers not registered: " << failed;
-  return failed.empty();
+  if (!HandlerStatus().empty()) LOG(ERROR) << "tfupsample: XLA custom-call handlers not registered: " << HandlerStatus();
+  return HandlerStatus().empty();
 }();
 
 }  // namespace
 
+// For tfupsample/api.py (ctypes): "" when every handler is registered, else what failed; where it
+// is not "", tfupsample lowers to stock ops under XLA instead of emitting calls nothing would run.
+extern "C" __attribute__((visibility("default"))) const char* tfupsample_xla_status() {
+  return HandlerStatus().c_str();
+}
+
 // Each op twice: with XLA's op registry (which records its compile-time-constant inputs and
-// makes the kernel at the process's first XLA compilation) and directly as a kernel on the
-// XLA:CPU compilation device, so that a library loaded after that first compilation is seen too
-// (priority 1: above the registry's own copy when both exist).
-#define TFUP_XLA_OP(NAME, CLASS, ...)                                                              \
-  REGISTER_XLA_OP(Name(NAME).Device(tensorflow::DEVICE_CPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
-                      __VA_ARGS__, CLASS);                                                         \
-  REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_CPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
+// makes the kernel at the process's first XLA compilation) and directly as a kernel on each XLA
+// compilation device, so that a library loaded after that first compilation is seen too
+// (priority 1: above the registry's own copy when both exist). XLA:GPU only in CUDA builds,
+// which have the CUDA handlers (tf_xla/ffi.cc).
+#if GOOGLE_CUDA
+const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT, tensorflow::DEVICE_GPU_XLA_JIT};
+#define TFUP_XLA_GPU_KERNEL(NAME, CLASS)                                                                   \
+  REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_GPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
                               .Priority(1), CLASS);
+#else
+const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT};
+#define TFUP_XLA_GPU_KERNEL(NAME, CLASS)
+#endif
+#define TFUP_XLA_OP(NAME, CLASS, ...)                                                                      \
+  REGISTER_XLA_OP(Name(NAME).Device(kXlaDevices).TypeConstraint("T", kFloatTypes) __VA_ARGS__, CLASS);     \
+  REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_CPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
+                              .Priority(1), CLASS);                                                        \
+  TFUP_XLA_GPU_KERNEL(NAME, CLASS)
 
 using BilinearXla = SpecXlaOp<BilinearSpec<false>>;
 using BilinearGradXla = SpecXlaOp<BilinearSpec<true>>;
