@@ -188,3 +188,28 @@ def test_xla_kernels_are_built_where_tensorflow_allows():
     elif version <= (2, 16):
         assert not tu.xla_kernels()
         assert "built without its XLA kernels (no XLA FFI headers" in tu.xla_kernels_missing()
+
+
+GPU_WITHOUT_CUDA_SCRIPT = r"""
+import warnings, tensorflow as tf
+real = tf.config.list_physical_devices
+tf.config.list_physical_devices = lambda kind=None: (
+    [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if kind == "GPU" else real(kind))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import tfupsample as tu  # (TF is imported: this loads the ops)
+    tu.load_ops()
+from tfupsample import _build_info
+msgs = [str(w.message) for w in caught if "tfupsample" in str(w.message)]
+if _build_info.CUDA_KERNELS:
+    assert not [m for m in msgs if "without its CUDA kernels" in m], msgs
+else:
+    assert len(msgs) == 1 and "a GPU is visible but tfupsample was built without its CUDA kernels" in msgs[0], msgs
+print("ok")
+"""
+
+
+def test_a_gpu_without_cuda_kernels_is_warned_about_once():
+    r = subprocess.run([sys.executable, "-c", GPU_WITHOUT_CUDA_SCRIPT], capture_output=True, text=True,
+                       timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

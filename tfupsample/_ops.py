@@ -37,6 +37,24 @@ def _load():
 lib, load_error = _load()
 
 
+def _warn_gpu_without_cuda():
+    """Once, at load: a GPU is visible but this build has no CUDA kernels, so TensorFlow runs
+    every op on the CPU, copying its tensors there and back."""
+    if lib is None or _build_info is None or _build_info.CUDA_KERNELS:
+        return
+    if not tf.config.list_physical_devices("GPU"):  # (physical: does not start TF's runtime)
+        return
+    cuda = "a CUDA build" if _build_info.TF_BUILT_WITH_CUDA else "not a CUDA build"
+    warnings.warn(f"tfupsample: a GPU is visible but tfupsample was built without its CUDA kernels "
+                  f"(the TensorFlow it was built against, {_build_info.TF_VERSION}, is {cuda}; or no "
+                  "CUDA compiler was found): its ops run on the CPU, their tensors copied there and "
+                  "back. Rebuild with a CUDA toolkit on the PATH (docs/gpu.md).",
+                  RuntimeWarning, stacklevel=3)
+
+
+_warn_gpu_without_cuda()
+
+
 
 def _register(op_name):
     """RegisterGradient, when the ops exist."""
