@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -16,9 +17,92 @@ from cuda_host import emulator
 class FakeGpuArray:
     """Anything with a __cuda_array_interface__; its pointer is never dereferenced by the checks."""
 
-    def __init__(self, shape, typestr="<f4", strides=None):
+    def __init__(self, shape, typestr="<f4", strides=None, ptr=0):
         self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr,
-                                         "data": (0, False), "strides": strides, "version": 3}
+                                         "data": (ptr, False), "strides": strides, "version": 3}
+
+
+def framework_array(framework, shape, ptr, device, typestr="<f4"):
+    """A fake torch or CuPy array (by its class's module) on GPU `device`."""
+    cls = type("Tensor" if framework == "torch" else "ndarray", (FakeGpuArray,), {"__module__": framework})
+    a = cls(shape, typestr, ptr=ptr)
+    a.device = types.SimpleNamespace(index=device, id=device, type="cuda")
+    a.is_cuda = True
+    return a
+
+
+class RecordingExt:
+    """Stands in for the compiled C ABI: records what would be launched."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, op, args, dtype, pointers, stream):
+        self.calls.append((op, list(pointers), stream))
+
+    def bilinear_kernel_size(self, factor):
+        return 2 * factor - factor % 2
+
+
+@pytest.fixture
+def ext(monkeypatch):
+    fake = RecordingExt()
+    monkeypatch.setattr(tc, "_ext", lambda: fake)
+    return fake
+
+
+def test_every_array_must_be_on_the_input_s_gpu(fake_torch, ext):
+    x = framework_array("torch", (1, 2, 2, 3), 1 << 40, 0)
+    with pytest.raises(ValueError, match="out is on GPU 1 but images on GPU 0"):
+        tc.bilinear_upsample(x, 2, out=framework_array("torch", (1, 4, 4, 3), 2 << 40, 1), stream=5)
+    w = framework_array("torch", (4, 4, 3, 1), 3 << 40, 1)
+    with pytest.raises(ValueError, match="filter is on GPU 1 but input on GPU 0"):
+        tc.depthwise_conv2d_transpose(x, w, [1, 4, 4, 3], 2, out=framework_array("torch", (1, 4, 4, 3), 2 << 40, 0),
+                                      stream=5)
+
+    class Stream:  # a torch stream of GPU 1
+        cuda_stream, device = 77, types.SimpleNamespace(index=1)
+
+    with pytest.raises(ValueError, match="stream is on GPU 1 but images on GPU 0"):
+        tc.bilinear_upsample(x, 2, out=framework_array("torch", (1, 4, 4, 3), 2 << 40, 0), stream=Stream())
+    assert not ext.calls
+    tc.bilinear_upsample(x, 2, out=framework_array("torch", (1, 4, 4, 3), 2 << 40, 0), stream=5)
+    assert ext.calls == [("BilinearForward", [1 << 40, 2 << 40], 5)]
+
+
+def test_an_output_overlapping_an_input_is_refused(ext):
+    base = 1 << 40
+    x = FakeGpuArray((1, 2, 2, 3), ptr=base)  # 48 bytes
+    with pytest.raises(ValueError, match="out overlaps images"):
+        tc.bilinear_upsample(x, 2, out=FakeGpuArray((1, 4, 4, 3), ptr=base + 16), stream=0)
+    tc.bilinear_upsample(x, 2, out=FakeGpuArray((1, 4, 4, 3), ptr=base + 48), stream=0)  # adjacent: fine
+    logits = FakeGpuArray((1, 2, 2, 3), ptr=base)
+    labels = FakeGpuArray((1, 4, 4), "<i8", ptr=base + 4096)
+    with pytest.raises(ValueError, match="scores overlaps labels"):
+        tc.upsample_argmax(logits, 2, return_scores=True, stream=0,
+                           out=(labels, FakeGpuArray((1, 4, 4), ptr=base + 4096 + 8)))
+    assert len(ext.calls) == 1
+
+
+def test_cupy_s_stream_is_the_array_s_device_s(monkeypatch, ext):
+    current = {"device": 0}
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            self.saved, current["device"] = current["device"], self.i
+
+        def __exit__(self, *exc):
+            current["device"] = self.saved
+
+    cuda = types.SimpleNamespace(Device=Device,
+                                 get_current_stream=lambda: types.SimpleNamespace(ptr=1000 + current["device"]))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    x = framework_array("cupy", (1, 2, 2, 3), 1 << 40, 1)
+    tc.bilinear_upsample(x, 2, out=framework_array("cupy", (1, 4, 4, 3), 2 << 40, 1))
+    assert ext.calls[-1][2] == 1001 and current["device"] == 0
 
 
 def test_non_gpu_arrays_and_dtypes_are_refused():
@@ -172,3 +256,46 @@ def test_gpu_check_torch_dry_run(monkeypatch):
     import gpu_check
 
     assert gpu_check.main(["--backend", "torch-cpu", "--quick"]) == 0
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """A fake torch module: which stream is current when each piece of work is queued (log)."""
+    log, current = [], [types.SimpleNamespace(cuda_stream=5)]
+    ptrs = iter(range(1 << 40, 1 << 41, 1 << 30))
+
+    class StreamContext:
+        def __init__(self, s):
+            self.s = s
+
+        def __enter__(self):
+            self.saved, current[0] = current[0], self.s
+
+        def __exit__(self, *exc):
+            current[0] = self.saved
+
+    def empty(shape, dtype, device):
+        log.append(("empty", current[0].cuda_stream))
+        a = framework_array("torch", shape, next(ptrs), device.index, "<i8" if dtype == "int64" else "<f4")
+        a.to = lambda t: log.append(("to", current[0].cuda_stream)) or a
+        a.record_stream = lambda s: log.append(("record", s.cuda_stream))
+        return a
+
+    cuda = types.SimpleNamespace(current_stream=lambda device=None: current[0], stream=StreamContext,
+                                 ExternalStream=lambda ptr, device=None: types.SimpleNamespace(cuda_stream=ptr))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
+        cuda=cuda, empty=empty, int32="int32", int64="int64", float32="float32"))
+    return log, current
+
+
+def test_a_given_stream_orders_the_framework_work_with_the_kernel(fake_torch, ext):
+    log, current = fake_torch
+    x = framework_array("torch", (1, 2, 2, 3), 1 << 39, 0)
+    labels = tc.upsample_argmax(x, 2, output_type="int32", stream=77)
+    assert ext.calls[-1][2] == 77 and current[0].cuda_stream == 5
+    # Both outputs allocated and the labels converted on stream 77; the result recorded on the caller's.
+    assert log == [("empty", 77), ("empty", 77), ("to", 77), ("record", 5)], log
+    log.clear()
+    tc.upsample_argmax(x, 2)  # no stream given: the caller's current stream, nothing switched
+    assert log == [("empty", 5), ("empty", 5)] and ext.calls[-1][2] == 5
+    del labels

@@ -233,6 +233,11 @@ def test_tf_gpu_adapter_compiles():
 
     flags = [f for f in tf.sysconfig.get_compile_flags() if not f.startswith(("--std", "-std"))]
     files = [os.path.join(ROOT, "csrc", "tf", f) for f in ("kernels.cc", "heads.cc")]
+    include = tf.sysconfig.get_include()
+    if os.path.exists(os.path.join(include, "xla", "ffi", "api", "ffi.h")):  # the XLA handlers (CUDA ones too)
+        files += [os.path.join(ROOT, "csrc", "tf_xla", f) for f in ("kernels.cc", "ffi.cc")]
+        flags += ["-I" + os.path.join(include, "external", "highwayhash"),
+                  "-I" + os.path.join(include, "external", "farmhash_archive", "src")]
     result = subprocess.run(["nvcc", "-std=c++17", "-x", "c++", "-c", "-DGOOGLE_CUDA=1",
                              "-I" + os.path.join(ROOT, "csrc"),
                              "-Xcompiler", "-fsyntax-only,-Wno-deprecated-declarations", *flags, *files],

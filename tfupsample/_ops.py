@@ -37,10 +37,31 @@ def _load():
 lib, load_error = _load()
 
 
+def cuda_status():
+    """"" where the library's GPU kernels are registered (or it has none), else why not: the
+    driver cannot run what the toolkit compiled (the library says so at load)."""
+    if lib is None or _build_info is None or not _build_info.CUDA_KERNELS:
+        return ""
+    try:
+        import ctypes
+
+        status = ctypes.CDLL(path).tfupsample_cuda_status
+        status.restype = ctypes.c_char_p
+        return status().decode()
+    except (OSError, AttributeError) as e:
+        return str(e)
+
+
 def _warn_gpu_without_cuda():
-    """Once, at load: a GPU is visible but this build has no CUDA kernels, so TensorFlow runs
-    every op on the CPU, copying its tensors there and back."""
-    if lib is None or _build_info is None or _build_info.CUDA_KERNELS:
+    """Once, at load: the GPU kernels were left unregistered (an old driver: TF then places the
+    ops on the CPU), or a GPU is visible but this build has no CUDA kernels."""
+    if lib is None or _build_info is None:
+        return
+    if _build_info.CUDA_KERNELS:
+        status = cuda_status()
+        if status:
+            warnings.warn(f"tfupsample: its GPU kernels are not registered, so its ops run on the CPU: "
+                          f"{status}.", RuntimeWarning, stacklevel=3)
         return
     if not tf.config.list_physical_devices("GPU"):  # (physical: does not start TF's runtime)
         return

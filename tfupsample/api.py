@@ -176,8 +176,11 @@ def xla_kernels_missing():
     if os.environ.get("TFUPSAMPLE_XLA_KERNELS", "1").strip().lower() in ("0", "false", "off", "no"):
         return "TFUPSAMPLE_XLA_KERNELS=0 asks for the stock-op lowering"
     missing = _xla_library_missing()
-    if not missing and not _ops._build_info.CUDA_KERNELS and _gpu_visible():
-        missing = "a GPU is visible and this build has no CUDA kernels (its XLA custom calls are XLA:CPU's only)"
+    if not missing and _gpu_visible():
+        if not _ops._build_info.CUDA_KERNELS:
+            missing = "a GPU is visible and this build has no CUDA kernels (its XLA custom calls are XLA:CPU's only)"
+        elif _ops.cuda_status():
+            missing = f"a GPU is visible and the CUDA kernels cannot run on it: {_ops.cuda_status()}"
     return missing
 
 

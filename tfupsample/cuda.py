@@ -4,7 +4,10 @@
 The same kernels the TF op runs on a GPU. Arrays must be C-contiguous and on a CUDA device;
 results are written into `out` when given, else into a new array of the input's framework
 (torch or CuPy). Work is queued on `stream` (a `cudaStream_t` as an int, a torch or CuPy stream),
-by default the framework's current stream, and not waited for, as the frameworks' own ops do.
+by default the framework's current stream on the array's device, and not waited for, as the
+frameworks' own ops do; with a stream given, the function's own framework work (new outputs,
+transposes, conversions) goes on that stream too. Every array must be on one GPU, and an `out`
+must not overlap an input.
 
     import torch, tfupsample.cuda as tc
     x = torch.randn(1, 16, 22, 1000, device="cuda")
@@ -12,6 +15,7 @@ by default the framework's current stream, and not waited for, as the frameworks
 """
 
 import ctypes
+import functools
 import os
 import struct
 
@@ -111,12 +115,29 @@ _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
 class _View:
-    def __init__(self, array, name, ptr, shape, dtype, contiguous):
+    def __init__(self, array, name, ptr, shape, dtype, contiguous, device=None):
         if dtype is None:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 (int64 for labels)")
         if not contiguous:
             raise ValueError(f"{name} must be C-contiguous")
         self.array, self.name, self.ptr, self.shape, self.dtype = array, name, ptr, tuple(shape), dtype
+        self.device = device  # the GPU's ordinal, where the array says (None: unknown)
+
+    def byte_range(self):
+        size = _ITEMSIZE[self.dtype]
+        for n in self.shape:
+            size *= n
+        return self.ptr, self.ptr + size
+
+
+def _device_of(array):
+    """The ordinal of the GPU a torch or CuPy array is on; None for other arrays."""
+    device = getattr(array, "device", None)
+    if _framework(array) == "torch":
+        return getattr(device, "index", None)
+    if _framework(array) == "cupy":
+        return getattr(device, "id", None)
+    return None
 
 
 def _contiguous(shape, strides, itemsize=1):
@@ -138,7 +159,7 @@ def _view(array, name):
         shape = tuple(cai["shape"])
         strides = cai.get("strides")
         ok = strides is None or dtype is None or _contiguous(shape, strides, _ITEMSIZE[dtype])
-        return _View(array, name, cai["data"][0] or 0, shape, dtype, ok)
+        return _View(array, name, cai["data"][0] or 0, shape, dtype, ok, _device_of(array))
     if hasattr(array, "__dlpack__"):
         capsule = array.__dlpack__()
         t = ctypes.cast(_capsule_pointer(capsule, b"dltensor"), ctypes.POINTER(_DLTensor)).contents
@@ -148,7 +169,7 @@ def _view(array, name):
         ok = not t.strides or _contiguous(shape, [t.strides[i] for i in range(t.ndim)])
         dtype = _DL_DTYPES.get((t.dtype.code, t.dtype.bits)) if t.dtype.lanes == 1 else None
         # The capsule is not consumed: the array keeps owning the memory, and `array` is held.
-        return _View(array, name, (t.data or 0) + t.byte_offset, shape, dtype, ok)
+        return _View(array, name, (t.data or 0) + t.byte_offset, shape, dtype, ok, t.device.device_id)
     raise TypeError(f"{name} must be a CUDA array (CuPy, torch, or anything with "
                     f"__cuda_array_interface__ or __dlpack__), got {type(array).__name__}")
 
@@ -183,8 +204,14 @@ def _output(out, like, name, shape, dtype):
 
 def _stream(like, stream):
     """A cudaStream_t as an int: given (an int, a torch.cuda.Stream, a CuPy stream), or the
-    current stream of the array's framework, or the legacy default stream."""
+    current stream of the array's framework on the array's device, or the legacy default stream.
+    A stream object of another device than the array's is refused."""
     if stream is not None:
+        device = getattr(stream, "device_id", None)  # CuPy
+        if device is None:
+            device = getattr(getattr(stream, "device", None), "index", None)  # torch
+        if device is not None and like.device is not None and device != like.device:
+            raise ValueError(f"stream is on GPU {device} but {like.name} on GPU {like.device}")
         for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
             if hasattr(stream, attr):
                 return int(getattr(stream, attr))
@@ -196,8 +223,47 @@ def _stream(like, stream):
     if _framework(like.array) == "cupy":
         import cupy
 
-        return cupy.cuda.get_current_stream().ptr
+        with cupy.cuda.Device(like.array.device.id):  # the array's device's stream, not the current device's
+            return cupy.cuda.get_current_stream().ptr
     return 0
+
+
+def _on_given_stream(fn):
+    """fn with its `stream`, when given for a torch or CuPy array, made the framework's current
+    stream on the array's device while fn runs: the function's own framework work -- the outputs'
+    allocation, NCHW transposes, the int32 labels' conversion -- is then queued in order with its
+    kernel, not on another stream that could race it. New torch outputs are recorded on the
+    caller's stream, so that the caching allocator reuses their memory only after the caller's
+    work on them."""
+    @functools.wraps(fn)
+    def run(*args, stream=None, **kwargs):
+        first = args[0] if args else None
+        fw = _framework(first) if first is not None else ""
+        if stream is None or not (fw == "cupy" or (fw == "torch" and getattr(first, "is_cuda", False))):
+            return fn(*args, stream=stream, **kwargs)
+        if fw == "cupy":
+            import cupy
+
+            with cupy.cuda.Device(first.device.id):
+                target = stream if hasattr(stream, "ptr") else cupy.cuda.ExternalStream(int(stream))
+                with target:
+                    return fn(*args, stream=stream, **kwargs)
+        import torch
+
+        caller = torch.cuda.current_stream(first.device)
+        target = stream if hasattr(stream, "cuda_stream") else torch.cuda.ExternalStream(int(stream), device=first.device)
+        if int(target.cuda_stream) == int(caller.cuda_stream):
+            return fn(*args, stream=stream, **kwargs)
+        with torch.cuda.stream(target):
+            result = fn(*args, stream=stream, **kwargs)
+        out = kwargs.get("out")
+        given = {id(a) for a in (out if isinstance(out, (tuple, list)) else (out,)) if a is not None}
+        for t in result if isinstance(result, tuple) else (result,):
+            if id(t) not in given and hasattr(t, "record_stream"):
+                t.record_stream(caller)
+        return result
+
+    return run
 
 
 def _rank4(v, data_format):
@@ -216,9 +282,42 @@ def _same_dtype(v, like):
         raise TypeError(f"{v.name} must have {like.name}'s dtype {like.dtype}, got {v.dtype}")
 
 
+# How many of an op's arrays are inputs (the kernel list's order: inputs, then outputs).
+_INPUTS = {"BilinearForward": 1, "BilinearBackpropInput": 1, "ResizeBilinear": 1, "ResizeBilinearBackpropInput": 1,
+           "DepthwiseForward": 2, "DepthwiseBackpropInput": 2, "DepthwiseBackpropFilter": 2, "UpsampleArgmax": 1,
+           "UpsampleSoftmaxCrossEntropy": 2, "UpsampleSoftmaxCrossEntropyGrad": 4, "ResizeArgmax": 1,
+           "ResizeSoftmaxCrossEntropy": 2, "ResizeSoftmaxCrossEntropyGrad": 4}
+
+
+def _check_placement(op, views):
+    """Every array on one GPU (where the arrays say which: an array on another one would be an
+    illegal address that ends the CUDA context), and no output overlapping an input or another
+    output (the kernels read their inputs while they write)."""
+    present = [v for v in views if v is not None]
+    known = [v for v in present if v.device is not None]
+    for v in known[1:]:
+        if v.device != known[0].device:
+            raise ValueError(f"{v.name} is on GPU {v.device} but {known[0].name} on GPU {known[0].device}: "
+                             "every array must be on the same GPU")
+    inputs = _INPUTS[op]
+    for i, out in enumerate(views[inputs:], inputs):
+        if out is None or not out.ptr:
+            continue
+        lo, hi = out.byte_range()
+        for other in views[:i]:
+            if other is None or not other.ptr or (other.device is not None and out.device is not None
+                                                  and other.device != out.device):
+                continue
+            olo, ohi = other.byte_range()
+            if lo < ohi and olo < hi and lo < hi and olo < ohi:
+                raise ValueError(f"{out.name} overlaps {other.name}: an output must not share memory "
+                                 "with an input or another output")
+
+
 def _run(op, args, views, stream, dtype=None):
     """Runs op on views (arrays in the kernel list's order); dtype: the op's element type, by
     default the first array's."""
+    _check_placement(op, views)
     _ext().run(op, [int(a) for a in args], _DTYPE_CODES[dtype or views[0].dtype],
                [None if v is None else v.ptr for v in views], stream)
 
@@ -250,6 +349,7 @@ def _float(v):
 # The functions: the names, argument order and return conventions of the TF-level API
 # (tfupsample.bilinear_upsample, ...), plus `out=` and `stream=`.
 
+@_on_given_stream
 def bilinear_upsample(images, factor, *, data_format="NHWC", out=None, stream=None):
     """Bilinear upsample by an integer `factor` (the FCN transposed convolution, SAME)."""
     f, fmt = check_factor(factor), _check_data_format(data_format)
@@ -262,6 +362,7 @@ def bilinear_upsample(images, factor, *, data_format="NHWC", out=None, stream=No
     return o.array
 
 
+@_on_given_stream
 def bilinear_upsample_grad(grad, factor, *, data_format="NHWC", out=None, stream=None):
     """Gradient of `bilinear_upsample` to its input, given the output's gradient `grad`."""
     f, fmt = check_factor(factor), _check_data_format(data_format)
@@ -285,6 +386,7 @@ def _resize_mode(align_corners, half_pixel_centers):
     return "half_pixel" if half_pixel_centers else ("align_corners" if align_corners else "asymmetric")
 
 
+@_on_given_stream
 def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False, *, data_format="NHWC",
                     out=None, stream=None):
     """`tf.compat.v1.image.resize_bilinear` of 4-D `images` to `size` [new_height, new_width]:
@@ -299,12 +401,14 @@ def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False,
     return o.array
 
 
+@_on_given_stream
 def resize(images, size, *, data_format="NHWC", out=None, stream=None):
     """`tf.image.resize(images, size)` (bilinear, half-pixel centres) of 4-D `images`."""
     return resize_bilinear(images, size, half_pixel_centers=True, data_format=data_format, out=out,
                            stream=stream)
 
 
+@_on_given_stream
 def resize_bilinear_grad(grad, input_size, dtype="float32", align_corners=False, half_pixel_centers=False, *,
                          data_format="NHWC", out=None, stream=None):
     """Gradient of `resize_bilinear` to images of height and width `input_size` and type `dtype`,
@@ -369,6 +473,7 @@ def _with_filter(array, name, filter, strides, padding, data_format):  # noqa: A
     return fmt, pad, s, v, dims, fv
 
 
+@_on_given_stream
 def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SAME",  # noqa: A002
                                data_format="NHWC", *, out=None, stream=None):
     """Per-channel transposed convolution. `output_shape`: 4 ints in `data_format` order, or
@@ -386,6 +491,7 @@ def depthwise_conv2d_transpose(input, filter, output_shape, strides, padding="SA
     return o.array
 
 
+@_on_given_stream
 def depthwise_conv2d_transpose_backprop_input(out_backprop, filter, input_sizes, strides,  # noqa: A002
                                               padding="SAME", data_format="NHWC", *, out=None,
                                               stream=None):
@@ -399,6 +505,7 @@ def depthwise_conv2d_transpose_backprop_input(out_backprop, filter, input_sizes,
     return o.array
 
 
+@_on_given_stream
 def depthwise_conv2d_transpose_backprop_filter(input, out_backprop, filter_sizes, strides,  # noqa: A002
                                                padding="SAME", data_format="NHWC", *, out=None,
                                                stream=None):
@@ -456,6 +563,7 @@ def _labels(labels, shape):
     return v
 
 
+@_on_given_stream
 def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", return_scores=False,
                     out=None, stream=None):
     """Labels [N, H*f, W*f] = argmax over classes of the upsampled logits (ties: the lowest
@@ -483,6 +591,7 @@ def upsample_argmax(logits, factor, *, data_format="NHWC", output_type="int64", 
     return (result, scores.array) if return_scores else result
 
 
+@_on_given_stream
 def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_label=None, label_smoothing=0.0,
                                           data_format="NHWC", out=None, return_stats=False,
                                           stream=None):
@@ -502,6 +611,7 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
     return (loss.array, stats.array) if return_stats else loss.array
 
 
+@_on_given_stream
 def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor, *, stats=None,
                                                ignore_label=None, label_smoothing=0.0, data_format="NHWC",
                                                out=None, stream=None):

@@ -1,5 +1,9 @@
 // The CUDA entry points: launch launch.cuh's sequences on the caller's stream.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "cuda/launch.cuh"
 
@@ -58,6 +62,33 @@ std::string RunOp(const char* op, const Geometry& g, DType t, LabelRule rule,
   return Launch(op, stream, [&](const DeviceExec& ex) {
     found->run(ex, OpCall{g, t, rule, pointers, scratch});
   });
+}
+
+// The driver's CUDA version (1000 * major + 10 * minor), from the driver library itself (not
+// through a CUDA runtime, which in the TF op library is TF's, and may be missing); 0 without one.
+// TFUPSAMPLE_CUDA_DRIVER_VERSION stands in for it (the tests' old driver).
+int DriverVersion() {
+  if (const char* fake = std::getenv("TFUPSAMPLE_CUDA_DRIVER_VERSION")) return std::atoi(fake);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return 0;
+  using GetVersion = int (*)(int*);
+  const auto get = reinterpret_cast<GetVersion>(dlsym(lib, "cuDriverGetVersion"));
+  int version = 0;
+  if (get == nullptr || get(&version) != 0) version = 0;
+  return version;  // (the library stays loaded: the kernels will need it)
+}
+
+std::string CheckDriver() {
+  const int driver = DriverVersion();
+  if (driver == 0) return "";  // no driver: no GPU either
+  const int toolkit = CUDART_VERSION;  // the toolkit that compiled the kernels
+  if (driver / 1000 >= toolkit / 1000) return "";  // same major or newer: SASS runs (minor-version compatibility)
+  const auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  return "the NVIDIA driver supports CUDA " + version(driver) + " but tfupsample's CUDA kernels were compiled by the "
+         "CUDA " + version(toolkit) + " toolkit, which needs a driver for CUDA " + std::to_string(toolkit / 1000) +
+         ".x or newer" + (toolkit / 1000 >= 13 ? " (R580 or newer)" : "") + ". Update the driver, or rebuild "
+         "tfupsample with a CUDA " + std::to_string(driver / 1000) + " toolkit (CUDACXX=/path/to/nvcc pip install "
+         "--force-reinstall --no-deps <tfupsample source>)";
 }
 
 }  // namespace cuda

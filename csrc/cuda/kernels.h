@@ -57,6 +57,11 @@ inline std::string CheckOpGeometry(const std::string& op, const Geometry& g) {
                          : " takes no resize geometry (resize must be 0)");
 }
 
+// "" when this machine's driver can run the kernels (or has no driver: then there is no GPU
+// either), else why not -- the driver's CUDA version, the compiling toolkit's, and the fix.
+// The kernels' cubins need a driver of the toolkit's CUDA major version or newer.
+std::string CheckDriver();
+
 // The ops of launch.cuh's table, by their names in csrc/cpu/kernel_list.h ("BilinearForward", ...).
 // Device scratch op needs (bytes; any 256-byte alignment), or -1 when there is no op of that name.
 int64_t OpScratchBytes(const char* op, const Geometry& g, DType t);

@@ -119,15 +119,46 @@ class SpecOp : public OpKernel {
   Spec spec_;
 };
 
-// Expands REG(DEVICE_NAME, Device, T) for every dtype on every device this build has.
-#define TFUP_FOR_EACH_TYPE(REG, DEV, D) \
-  REG(DEV, D, Eigen::half) REG(DEV, D, Eigen::bfloat16) REG(DEV, D, float) REG(DEV, D, double)
+// A kernel registration run when called (REGISTER_KERNEL_BUILDER's, as a statement): the GPU
+// kernels register only where the driver can run them.
+template <class K>
+void RegisterKernelNow(::tensorflow::KernelDefBuilder& builder, const char* class_name) {
+  ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
+      builder.Build(), class_name, [](OpKernelConstruction* c) -> OpKernel* { return new K(c); });
+  (void)registrar;
+}
+#define TFUP_KERNEL_STATIC(BUILDER, ...) REGISTER_KERNEL_BUILDER(BUILDER, __VA_ARGS__);
+#define TFUP_KERNEL_NOW(BUILDER, ...) \
+  ::tfup::RegisterKernelNow<__VA_ARGS__>(::tensorflow::register_kernel::BUILDER, #__VA_ARGS__);
+
+// "" where the GPU kernels are registered (or there are none: no CUDA build), else why not:
+// the driver cannot run what the toolkit compiled (cuda::CheckDriver). Read once.
+inline const std::string& CudaStatus() {
 #if GOOGLE_CUDA
-#define TFUP_REGISTER_ON_EVERY_DEVICE(REG)                    \
-  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice) \
-  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_GPU, GPUDevice)
+  static const std::string status = cuda::CheckDriver();
 #else
-#define TFUP_REGISTER_ON_EVERY_DEVICE(REG) TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice)
+  static const std::string status;
+#endif
+  return status;
+}
+
+// Expands REG(DEVICE_NAME, Device, T, R) for every dtype on every device this build has: static
+// registrations on the CPU, and on the GPU registrations made at load where CudaStatus() is "".
+#define TFUP_FOR_EACH_TYPE(REG, DEV, D, R) \
+  REG(DEV, D, Eigen::half, R) REG(DEV, D, Eigen::bfloat16, R) REG(DEV, D, float, R) REG(DEV, D, double, R)
+#define TFUP_CONCAT_(a, b) a##b
+#define TFUP_CONCAT(a, b) TFUP_CONCAT_(a, b)
+#if GOOGLE_CUDA
+#define TFUP_REGISTER_ON_EVERY_DEVICE(REG)                                                  \
+  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice, TFUP_KERNEL_STATIC)            \
+  static const bool TFUP_CONCAT(tfup_gpu_kernels_, __LINE__) = [] {                         \
+    if (!::tfup::CudaStatus().empty()) return false;                                        \
+    TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_GPU, GPUDevice, TFUP_KERNEL_NOW)             \
+    return true;                                                                            \
+  }();
+#else
+#define TFUP_REGISTER_ON_EVERY_DEVICE(REG) \
+  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice, TFUP_KERNEL_STATIC)
 #endif
 
 }  // namespace tfup

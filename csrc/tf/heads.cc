@@ -148,25 +148,19 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
       return absl::OkStatus();
     });
 
-#define TFUP_REGISTER_HEADS(DEV, D, T)                                                             \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleUpsampleArgmax").Device(DEV).TypeConstraint<T>("T"),                         \
-      SpecOp<HeadSpec<Head::kArgmax, false>, D, T>);                                                                     \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),      \
-      SpecOp<HeadSpec<Head::kLoss, false>, D, T>);                                                               \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),  \
-      SpecOp<HeadSpec<Head::kLossGrad, false>, D, T>);                                                           \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleResizeArgmax").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),        \
-      SpecOp<HeadSpec<Head::kArgmax, true>, D, T>);                                                                       \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleResizeSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),        \
-      SpecOp<HeadSpec<Head::kLoss, true>, D, T>);                                                                 \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleResizeSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),    \
-      SpecOp<HeadSpec<Head::kLossGrad, true>, D, T>);
+#define TFUP_REGISTER_HEADS(DEV, D, T, R)                                                               \
+  R(Name("TfupsampleUpsampleArgmax").Device(DEV).TypeConstraint<T>("T"),                               \
+    SpecOp<HeadSpec<Head::kArgmax, false>, D, T>)                                                        \
+  R(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),            \
+    SpecOp<HeadSpec<Head::kLoss, false>, D, T>)                                                          \
+  R(Name("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),        \
+    SpecOp<HeadSpec<Head::kLossGrad, false>, D, T>)                                                      \
+  R(Name("TfupsampleResizeArgmax").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),              \
+    SpecOp<HeadSpec<Head::kArgmax, true>, D, T>)                                                         \
+  R(Name("TfupsampleResizeSparseSoftmaxCrossEntropy").Device(DEV).TypeConstraint<T>("T"),              \
+    SpecOp<HeadSpec<Head::kLoss, true>, D, T>)                                                           \
+  R(Name("TfupsampleResizeSparseSoftmaxCrossEntropyGrad").Device(DEV).TypeConstraint<T>("T"),          \
+    SpecOp<HeadSpec<Head::kLossGrad, true>, D, T>)
 
 TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER_HEADS)
 

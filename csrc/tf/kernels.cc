@@ -161,39 +161,29 @@ TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropInput", "outpu
 TFUP_DEPTHWISE_GRAD_OP("TfupsampleDepthwiseConv2dTransposeBackpropFilter", "input", "output_grad",
                        "filter_sizes", "filter_grad");
 
-// Kernels, on every device this build has; the size vectors stay in host memory on all.
-#define TFUP_REGISTER(DEV, D, T)                                                                   \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"),                       \
-      SpecOp<BilinearSpec<false>, D, T>);                                                                   \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"),                   \
-      SpecOp<BilinearSpec<true>, D, T>);                                                               \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TfupsampleResizeBilinear").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),      \
-      SpecOp<ResizeSpec<false>, D, T>);                                                                      \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleResizeBilinearGrad")                                     \
-                              .Device(DEV)                                                         \
-                              .TypeConstraint<T>("T")                                              \
-                              .HostMemory("input_size"),                                           \
-                          SpecOp<ResizeSpec<true>, D, T>);                                                   \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTranspose")                               \
-                              .Device(DEV)                                                         \
-                              .TypeConstraint<T>("T")                                              \
-                              .HostMemory("output_shape"),                                         \
-                          SpecOp<DepthwiseSpec<Mode::kForward>, D, T>);                                      \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput")                  \
-                              .Device(DEV)                                                         \
-                              .TypeConstraint<T>("T")                                              \
-                              .HostMemory("input_sizes"),                                          \
-                          SpecOp<DepthwiseSpec<Mode::kBackpropInput>, D, T>);                                \
-  REGISTER_KERNEL_BUILDER(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter")                 \
-                              .Device(DEV)                                                         \
-                              .TypeConstraint<T>("T")                                              \
-                              .HostMemory("filter_sizes"),                                         \
-                          SpecOp<DepthwiseSpec<Mode::kBackpropFilter>, D, T>);
+// Kernels, on every device this build has (R registers one: tf/backends.h); the size vectors
+// stay in host memory on all.
+#define TFUP_REGISTER(DEV, D, T, R)                                                                     \
+  R(Name("TfupsampleBilinearUpsample").Device(DEV).TypeConstraint<T>("T"), SpecOp<BilinearSpec<false>, D, T>) \
+  R(Name("TfupsampleBilinearUpsampleGrad").Device(DEV).TypeConstraint<T>("T"), SpecOp<BilinearSpec<true>, D, T>) \
+  R(Name("TfupsampleResizeBilinear").Device(DEV).TypeConstraint<T>("T").HostMemory("size"),            \
+    SpecOp<ResizeSpec<false>, D, T>)                                                                     \
+  R(Name("TfupsampleResizeBilinearGrad").Device(DEV).TypeConstraint<T>("T").HostMemory("input_size"),  \
+    SpecOp<ResizeSpec<true>, D, T>)                                                                      \
+  R(Name("TfupsampleDepthwiseConv2dTranspose").Device(DEV).TypeConstraint<T>("T").HostMemory("output_shape"), \
+    SpecOp<DepthwiseSpec<Mode::kForward>, D, T>)                                                         \
+  R(Name("TfupsampleDepthwiseConv2dTransposeBackpropInput").Device(DEV).TypeConstraint<T>("T")         \
+        .HostMemory("input_sizes"), SpecOp<DepthwiseSpec<Mode::kBackpropInput>, D, T>)                   \
+  R(Name("TfupsampleDepthwiseConv2dTransposeBackpropFilter").Device(DEV).TypeConstraint<T>("T")        \
+        .HostMemory("filter_sizes"), SpecOp<DepthwiseSpec<Mode::kBackpropFilter>, D, T>)
 
 TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER)
+
+// For tfupsample/_ops.py (ctypes): "" when the GPU kernels are registered (or this build has
+// none), else why they are not -- the driver, the toolkit and the fix, for its warning.
+extern "C" __attribute__((visibility("default"))) const char* tfupsample_cuda_status() {
+  return CudaStatus().c_str();
+}
 
 REGISTER_OP("TfupsampleStreamFill")
     .Input("shape: int64")
