@@ -16,7 +16,8 @@ with warnings.catch_warnings(record=True) as caught:
     tu.load_ops()
 from tensorflow.python.framework import kernels
 from tfupsample import _build_info, _ops
-ops = [op.name for op in _ops.lib.OP_LIST.op if op.name != "TfupsampleStreamFill"]
+ops = sorted({k.op for k in kernels.get_all_registered_kernels().kernel
+              if k.op.startswith("Tfupsample") and k.op != "TfupsampleStreamFill"})
 devices = {op: sorted({k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}) for op in ops}
 print(json.dumps({"cuda_kernels": _build_info.CUDA_KERNELS, "tf_cuda": _build_info.TF_BUILT_WITH_CUDA,
                   "devices": devices, "status": _ops.cuda_status(),

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import types
 
+import numpy as np
 import pytest
 
 import tfupsample.cuda as tc
@@ -206,6 +207,17 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
         lib.run("BilinearForward", args, 7, [0, 0], 0)
     with pytest.raises(ValueError, match="args must have 16 values, got 15"):
         lib.run("BilinearForward", args[:-1], 2, [0, 0], 0)
+    # Scratch: how much (none for the forward, -1 for bad arguments), and too little is refused.
+    good = [1, 2, 2, 3, 4, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0]
+    assert lib.scratch_bytes("BilinearForward", good, 2) == 0 and lib.scratch_bytes("BilinearForward", args, 2) == -1
+    need = lib.scratch_bytes("BilinearBackpropInput", good, 2)
+    assert need > 0
+    with pytest.raises(ValueError, match=f"scratch must hold {need} bytes, got 8"):
+        lib.run("BilinearBackpropInput", good, 2, [1 << 40, 1 << 41], 0, scratch=1 << 42, scratch_size=8)
+    # Host memory is refused before any launch (an illegal address would end the CUDA context).
+    host = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="array 0 is not GPU memory"):
+        lib.run("BilinearForward", good, 2, [host.ctypes.data, host.ctypes.data + 64], 0)
     # The label smoothing (the bits of a double) must lie in [0, 1]: the C ABI checks it too.
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
         tc._args(1, 2, 2, 3, 4, 4, (4, 4), (2, 2), label_smoothing=1.5)
@@ -276,7 +288,8 @@ def fake_torch(monkeypatch):
 
     def empty(shape, dtype, device):
         log.append(("empty", current[0].cuda_stream))
-        a = framework_array("torch", shape, next(ptrs), device.index, "<i8" if dtype == "int64" else "<f4")
+        a = framework_array("torch", shape, next(ptrs) + 8, device.index,
+                            {"int64": "<i8", "uint8": "|u1"}.get(dtype, "<f4"))
         a.to = lambda t: log.append(("to", current[0].cuda_stream)) or a
         a.record_stream = lambda s: log.append(("record", s.cuda_stream))
         return a
@@ -284,7 +297,7 @@ def fake_torch(monkeypatch):
     cuda = types.SimpleNamespace(current_stream=lambda device=None: current[0], stream=StreamContext,
                                  ExternalStream=lambda ptr, device=None: types.SimpleNamespace(cuda_stream=ptr))
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
-        cuda=cuda, empty=empty, int32="int32", int64="int64", float32="float32"))
+        cuda=cuda, empty=empty, int32="int32", int64="int64", float32="float32", uint8="uint8"))
     return log, current
 
 
@@ -299,3 +312,17 @@ def test_a_given_stream_orders_the_framework_work_with_the_kernel(fake_torch, ex
     tc.upsample_argmax(x, 2)  # no stream given: the caller's current stream, nothing switched
     assert log == [("empty", 5), ("empty", 5)] and ext.calls[-1][2] == 5
     del labels
+
+
+def test_scratch_comes_from_the_framework_s_allocator(fake_torch, ext):
+    log, _ = fake_torch
+    ext.scratch_bytes = lambda op, args, dtype: 1000 if op == "BilinearBackpropInput" else 0
+    runs = []
+    ext.run = lambda op, args, dtype, pointers, stream, scratch=None, scratch_size=0: runs.append(
+        (op, scratch, scratch_size))
+    dy = framework_array("torch", (1, 4, 4, 3), 1 << 39, 0)
+    tc.bilinear_upsample_grad(dy, 2, stream=5)
+    tc.bilinear_upsample(framework_array("torch", (1, 2, 2, 3), 1 << 38, 0), 2, stream=5)
+    (op, scratch, size), (op2, scratch2, size2) = runs
+    assert op == "BilinearBackpropInput" and size == 1000 and scratch % 256 == 0 and scratch >= 1 << 40
+    assert op2 == "BilinearForward" and scratch2 is None and size2 == 0  # no scratch needed: none made

@@ -23,10 +23,10 @@ from ._checks import _check_data_format, _check_padding, _pair
 from ._weights import check_factor
 
 _DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-_TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i8": "int64"}
-_DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 64): "float64",
+_TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i8": "int64", "|u1": "uint8"}
+_DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 64): "float64", (1, 8): "uint8",
               (0, 64): "int64"}
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8, "uint8": 1}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 _MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
 _ARG_COUNT = 16  # GeometryFromArgs' values (csrc/cuda/kernels.h)
@@ -39,21 +39,30 @@ class _Library:
         self.lib = ctypes.CDLL(path)
         self.lib.tfupsample_cuda_run.restype = ctypes.c_int
         self.lib.tfupsample_cuda_run.argtypes = [
-            ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int,
-            ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+            ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+        self.lib.tfupsample_cuda_scratch_bytes.restype = ctypes.c_int64
+        self.lib.tfupsample_cuda_scratch_bytes.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
+                                                           ctypes.c_int]
         self.lib.tfupsample_cuda_device_count.restype = ctypes.c_int
         self.lib.tfupsample_cuda_bilinear_kernel_size.restype = ctypes.c_int64
         self.lib.tfupsample_cuda_bilinear_kernel_size.argtypes = [ctypes.c_int64]
         self.lib.tfupsample_cuda_default_output_size.restype = ctypes.c_int64
         self.lib.tfupsample_cuda_default_output_size.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int]
 
-    def run(self, op, args, dtype, pointers, stream):
+    def scratch_bytes(self, op, args, dtype):
+        """Device scratch the op needs; -1 for bad arguments (run says why)."""
+        if len(args) != _ARG_COUNT:
+            return -1
+        return self.lib.tfupsample_cuda_scratch_bytes(op.encode(), (ctypes.c_int64 * _ARG_COUNT)(*args), dtype)
+
+    def run(self, op, args, dtype, pointers, stream, scratch=None, scratch_size=0):
         error = ctypes.create_string_buffer(1024)
         ptrs = (ctypes.c_void_p * _MAX_ARRAYS)(*(list(pointers) + [None] * (_MAX_ARRAYS - len(pointers))))
         if len(args) != _ARG_COUNT:
             raise ValueError(f"args must have {_ARG_COUNT} values, got {len(args)}")
         code = self.lib.tfupsample_cuda_run(op.encode(), (ctypes.c_int64 * _ARG_COUNT)(*args), dtype, ptrs,
-                                            stream, error, len(error))
+                                            len(pointers), stream, scratch, scratch_size, error, len(error))
         if code == 1:
             raise ValueError(error.value.decode())
         if code != 0:
@@ -316,10 +325,22 @@ def _check_placement(op, views):
 
 def _run(op, args, views, stream, dtype=None):
     """Runs op on views (arrays in the kernel list's order); dtype: the op's element type, by
-    default the first array's."""
+    default the first array's. The op's scratch comes from the framework's allocator for torch and
+    CuPy arrays (on the current stream, which is the kernel's where a stream was given), so that
+    the framework's memory accounting and caching see it."""
     _check_placement(op, views)
-    _ext().run(op, [int(a) for a in args], _DTYPE_CODES[dtype or views[0].dtype],
-               [None if v is None else v.ptr for v in views], stream)
+    ext, args, code = _ext(), [int(a) for a in args], _DTYPE_CODES[dtype or views[0].dtype]
+    pointers = [None if v is None else v.ptr for v in views]
+    like = views[0].array
+    need = ext.scratch_bytes(op, args, code) if hasattr(ext, "scratch_bytes") else 0
+    if need > 0 and _framework(like) in ("torch", "cupy"):
+        # Released when this returns, with the kernel still queued: the frameworks' allocators are
+        # stream-ordered, so only work queued after it on the same stream can reuse the memory.
+        buffer = _empty(like, "scratch", (need + 255,), "uint8")
+        base = _view(buffer, "scratch").ptr
+        ext.run(op, args, code, pointers, stream, scratch=(base + 255) // 256 * 256, scratch_size=need)
+        return
+    ext.run(op, args, code, pointers, stream)
 
 
 _RESIZE_CODES = {"half_pixel": 1, "align_corners": 2, "asymmetric": 3}

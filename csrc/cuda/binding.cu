@@ -16,39 +16,51 @@ namespace {
 
 enum Result { kOk = 0, kInvalidArgument = 1, kCudaError = 2 };
 
-// Scratch from the stream-ordered allocator, freed in stream order after the kernels.
+// Scratch from the stream-ordered allocator, freed in stream order after the kernels: only for
+// callers that bring none (tfupsample/cuda.py gives torch and CuPy arrays theirs from the
+// framework's allocator).
 struct Scratch {
   void* p = nullptr;
   cudaStream_t s;
-  cudaError_t status;
-  Scratch(int64_t bytes, cudaStream_t stream) : s(stream) {
-    status = cudaMallocAsync(&p, bytes > 0 ? bytes : 1, s);
+  cudaError_t status = cudaSuccess;
+  bool owned = false;
+  Scratch(int64_t bytes, cudaStream_t stream, void* given) : p(given), s(stream) {
+    if (given != nullptr || bytes <= 0) return;
+    status = cudaMallocAsync(&p, bytes, s);
+    owned = status == cudaSuccess;
   }
   ~Scratch() {
-    if (status == cudaSuccess) cudaFreeAsync(p, s);
+    if (owned) cudaFreeAsync(p, s);
   }
 };
 
-// The device that holds p (the current one for host or unknown pointers).
-int DeviceOf(const void* p) {
-  int current = 0;
-  cudaGetDevice(&current);
-  cudaPointerAttributes attr{};
-  if (p != nullptr && cudaPointerGetAttributes(&attr, p) == cudaSuccess &&
-      attr.type == cudaMemoryTypeDevice) {
-    return attr.device;
+// Where each array is (CheckDevices' codes), and the device of the first one.
+std::string LocateArrays(void* const* p, int n, int* device) {
+  int types[8] = {}, devices[8] = {};
+  for (int k = 0; k < n && k < 8; ++k) {
+    cudaPointerAttributes attr{};
+    if (p[k] == nullptr) {
+      types[k] = -1;
+    } else if (cudaPointerGetAttributes(&attr, p[k]) != cudaSuccess) {
+      cudaGetLastError();  // clear a failed query
+      types[k] = 0;
+    } else {
+      types[k] = attr.type == cudaMemoryTypeDevice ? 2 : attr.type == cudaMemoryTypeManaged ? 3
+               : attr.type == cudaMemoryTypeHost ? 1 : 0;
+      devices[k] = attr.device;
+    }
   }
-  cudaGetLastError();  // clear a failed query
-  return current;
+  return CheckDevices(types, devices, n < 8 ? n : 8, device);
 }
 
-// Runs op with its scratch from the stream-ordered allocator; *known is false for no such op.
-std::string Dispatch(const char* op, const Geometry& g, DType t, LabelRule rule,
-                     void* const* p, cudaStream_t stream, bool* known) {
+// Runs op with its scratch (given, or from the stream-ordered allocator); *known is false for
+// no such op.
+std::string Dispatch(const char* op, const Geometry& g, DType t, LabelRule rule, void* const* p,
+                     cudaStream_t stream, void* scratch, bool* known) {
   const int64_t bytes = OpScratchBytes(op, g, t);
   *known = bytes >= 0;
   if (!*known) return std::string("unknown op ") + op;
-  Scratch s(bytes, stream);
+  Scratch s(bytes, stream, scratch);
   if (s.status != cudaSuccess) return std::string("CUDA error: ") + cudaGetErrorString(s.status);
   return RunOp(op, g, t, rule, p, s.p, stream);
 }
@@ -57,12 +69,35 @@ std::string Dispatch(const char* op, const Geometry& g, DType t, LabelRule rule,
 }  // namespace cuda
 }  // namespace tfup
 
-// Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding pointers[0], on stream. args: the
-// kArgCount values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. Returns 0, or
-// 1 (bad arguments) / 2 (CUDA error) with the reason in error.
-extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtype,
-                                   void* const* pointers, uintptr_t stream, char* error,
-                                   size_t error_size) {
+namespace {
+
+// Parses op's arguments; "" or why they are bad.
+std::string ParseArgs(const char* op, const int64_t* args, int dtype, tfup::Geometry* g, tfup::LabelRule* rule) {
+  if (dtype < 0 || dtype > 3) return "dtype must be 0..3";
+  std::string bad = tfup::cuda::GeometryFromArgs(args, g, rule);
+  if (bad.empty()) bad = tfup::cuda::CheckOpGeometry(op, *g);
+  return bad;
+}
+
+}  // namespace
+
+// The device scratch op needs (bytes), or -1 for no such op or bad arguments (tfupsample/cuda.py
+// allocates it from the array's framework).
+extern "C" int64_t tfupsample_cuda_scratch_bytes(const char* op, const int64_t* args, int dtype) {
+  tfup::Geometry g;
+  tfup::LabelRule rule;
+  if (!ParseArgs(op, args, dtype, &g, &rule).empty()) return -1;
+  return tfup::cuda::OpScratchBytes(op, g, static_cast<tfup::cuda::DType>(dtype));
+}
+
+// Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding its arrays
+// (the n pointers, null for an absent one; all on one device), on stream. args: the kArgCount
+// values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. scratch: at least
+// tfupsample_cuda_scratch_bytes of device memory, or null (then from the stream-ordered allocator).
+// Returns 0, or 1 (bad arguments) / 2 (CUDA error) with the reason in error.
+extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtype, void* const* pointers,
+                                   int n, uintptr_t stream, void* scratch, size_t scratch_size,
+                                   char* error, size_t error_size) {
   using namespace tfup;
   using namespace tfup::cuda;
   auto fail = [&](int code, const std::string& why) {
@@ -72,20 +107,25 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
     }
     return code;
   };
-  if (dtype < 0 || dtype > 3) return fail(kInvalidArgument, "dtype must be 0..3");
   Geometry g;
   LabelRule rule;
-  std::string bad = GeometryFromArgs(args, &g, &rule);
-  if (bad.empty()) bad = CheckOpGeometry(op, g);
+  const std::string bad = ParseArgs(op, args, dtype, &g, &rule);
   if (!bad.empty()) return fail(kInvalidArgument, bad);
-
+  const int64_t bytes = OpScratchBytes(op, g, static_cast<DType>(dtype));
+  if (scratch != nullptr && bytes > 0 && scratch_size < static_cast<size_t>(bytes)) {
+    return fail(kInvalidArgument, "scratch must hold " + std::to_string(bytes) + " bytes, got " +
+                                      std::to_string(scratch_size));
+  }
+  int device = 0;
+  const std::string where = LocateArrays(pointers, n, &device);
+  if (!where.empty()) return fail(kInvalidArgument, where);
   int old = 0;
   cudaGetDevice(&old);
-  const cudaError_t set = cudaSetDevice(DeviceOf(pointers[0]));
+  const cudaError_t set = cudaSetDevice(device);
   if (set != cudaSuccess) return fail(kCudaError, std::string("CUDA error: ") + cudaGetErrorString(set));
   bool known = true;
   const std::string err = Dispatch(op, g, static_cast<DType>(dtype), rule, pointers,
-                                   reinterpret_cast<cudaStream_t>(stream), &known);
+                                   reinterpret_cast<cudaStream_t>(stream), scratch, &known);
   cudaSetDevice(old);
   if (!known) return fail(kInvalidArgument, err);
   return err.empty() ? kOk : fail(kCudaError, err);

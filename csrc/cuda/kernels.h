@@ -57,6 +57,27 @@ inline std::string CheckOpGeometry(const std::string& op, const Geometry& g) {
                          : " takes no resize geometry (resize must be 0)");
 }
 
+// Whether a call's arrays can be used together: types[k] of array k is -1 (absent), 0 (not known
+// to CUDA: plain host memory), 1 (pinned host memory), 2 (device memory, on devices[k]) or 3
+// (managed memory). All present arrays must be device or managed memory, the device ones on one
+// device; *device gets it (0 when none is device memory). "" or why not.
+inline std::string CheckDevices(const int* types, const int* devices, int n, int* device) {
+  int first = -1;
+  for (int k = 0; k < n; ++k) {
+    if (types[k] == -1 || types[k] == 3) continue;
+    if (types[k] != 2) return "array " + std::to_string(k) + " is not GPU memory";
+    if (first < 0) {
+      first = k;
+    } else if (devices[k] != devices[first]) {
+      return "array " + std::to_string(k) + " is on GPU " + std::to_string(devices[k]) + " but array " +
+             std::to_string(first) + " on GPU " + std::to_string(devices[first]) +
+             ": every array must be on the same GPU";
+    }
+  }
+  *device = first < 0 ? 0 : devices[first];
+  return "";
+}
+
 // "" when this machine's driver can run the kernels (or has no driver: then there is no GPU
 // either), else why not -- the driver's CUDA version, the compiling toolkit's, and the fix.
 // The kernels' cubins need a driver of the toolkit's CUDA major version or newer.
