@@ -320,8 +320,10 @@ def check_allocation(be, rep, rng):
 # ------------------------------------------------------------------------------------------------
 # Timings (cuda only)
 
-def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=32,
-            resize_shapes=(((8, 64, 64, 150), (512, 512)), ((2, 128, 256, 19), (1024, 2048)))):
+def timings(device="cuda", shapes=(((1, 16, 22, 1000), 32), ((8, 16, 22, 150), 32), ((8, 64, 64, 150), 8),
+                                   ((8, 128, 128, 21), 4), ((8, 64, 64, 21), 8)),
+            resize_shapes=(((8, 64, 64, 150), (512, 512)), ((2, 128, 256, 19), (1024, 2048)),
+                           ((8, 65, 65, 21), (513, 513)))):
     """Median ms of ours and the torch peers. device="cpu" (with tiny shapes, over the CPU
     emulation) only exercises this code where there is no GPU."""
     import torch
@@ -391,12 +393,21 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
             return tc.upsample_sparse_softmax_cross_entropy_grad(labels, x, g, f, stats=stats)
 
         r["ours_loss_fwd_grad_ms"] = timed(loss_fwd_grad, reps=5)
+        # NCHW: its own memory order (a run of x per thread, lanes along x).
+        xn, yn = x.permute(0, 3, 1, 2).contiguous(), torch.empty((n, c, h * f, w * f), device=device)
+        dyn, dxn = dy.permute(0, 3, 1, 2).contiguous(), torch.empty((n, c, h, w), device=device)
+        r["ours_forward_nchw_ms"] = timed(lambda: tc.bilinear_upsample(xn, f, data_format="NCHW", out=yn))
+        r["ours_input_grad_nchw_ms"] = timed(lambda: tc.bilinear_upsample_grad(dyn, f, data_format="NCHW", out=dxn))
         r["forward_GBps"] = byte_fwd / (r["ours_forward_ms"] * 1e-3) / 1e9
         r["input_grad_GBps"] = byte_fwd / (r["ours_input_grad_ms"] * 1e-3) / 1e9
         r["forward_pct_of_copy"] = 100 * r["forward_GBps"] * 1e9 / copy_bw
         r["input_grad_pct_of_copy"] = 100 * r["input_grad_GBps"] * 1e9 / copy_bw
+        r["forward_nchw_pct_of_copy"] = 100 * byte_fwd / (r["ours_forward_nchw_ms"] * 1e-3) / copy_bw
+        r["input_grad_nchw_pct_of_copy"] = 100 * byte_fwd / (r["ours_input_grad_nchw_ms"] * 1e-3) / copy_bw
         r["targets"] = {
             "forward >= 85% of copy bandwidth": r["forward_pct_of_copy"] >= 85,
+            "forward NCHW >= 85% of copy bandwidth": r["forward_nchw_pct_of_copy"] >= 85,
+            "input grad NCHW >= 70% of copy bandwidth": r["input_grad_nchw_pct_of_copy"] >= 70,
             "forward faster than torch interpolate": r["ours_forward_ms"] < r["torch_interpolate_ms"],
             "forward faster than torch conv_transpose2d": r["ours_forward_ms"] < r["torch_conv_transpose_ms"],
             "input grad >= 70% of copy bandwidth": r["input_grad_pct_of_copy"] >= 70,
@@ -431,7 +442,7 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
 
     copy_bw = copy_bandwidth()
     rows = []
-    for shape in shapes:
+    for shape, factor in shapes:
         rows.append(one_shape(shape, factor, copy_bw))
         if device == "cuda":
             torch.cuda.empty_cache()  # the previous shape's tensors are gone with its frame
@@ -440,6 +451,33 @@ def timings(device="cuda", shapes=((1, 16, 22, 1000), (8, 16, 22, 150)), factor=
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def versions():
+    """The driver's CUDA version (libcuda), the CUDA runtime torch uses, and the nvcc that built the
+    kernels: what a figure was measured with."""
+    import ctypes
+    import subprocess
+
+    out = {}
+    try:
+        v = ctypes.c_int(0)
+        ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v))
+        out["driver CUDA"] = f"{v.value // 1000}.{v.value % 1000 // 10}"
+    except OSError:
+        out["driver CUDA"] = "none"
+    try:
+        import torch
+
+        out["torch CUDA runtime"] = str(torch.version.cuda)
+    except ImportError:
+        out["torch CUDA runtime"] = "no torch"
+    try:
+        text = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+        out["nvcc"] = text.strip().splitlines()[-1] if text.strip() else "none"
+    except OSError:
+        out["nvcc"] = "none"
+    return out
 
 
 def print_timings(rows, device):
@@ -451,8 +489,9 @@ def print_timings(rows, device):
         for k, v in r.items():
             if k.endswith("_ms"):
                 print(f"    {k[:-3]:34s} {v:9.3f}")
-        print(f"    forward     {r['forward_pct_of_copy']:.0f}% of copy")
-        print(f"    input grad  {r['input_grad_pct_of_copy']:.0f}% of copy")
+        for k, v in r.items():
+            if k.endswith("_pct_of_copy"):
+                print(f"    {k[:-12]:34s} {v:6.0f}% of copy")
         for name, ok in r["targets"].items():
             print(f"    {'MET   ' if ok else 'MISSED'} {name}")
 
@@ -499,6 +538,8 @@ def main(argv=None):
 
         device = torch.cuda.get_device_name()
         result["device"] = device
+        result["versions"] = versions()
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))
         try:
             result["timings"] = timings()
             print_timings(result["timings"], device)
@@ -506,8 +547,9 @@ def main(argv=None):
             traceback.print_exc()
             rep.failures.append(f"timings: raised {type(e).__name__}: {e}")
     if args.backend == "torch-cpu":  # the timing code on tiny shapes
-        rows = timings("cpu", shapes=((1, 2, 3, 8), (2, 2, 2, 6)), factor=4,
+        rows = timings("cpu", shapes=(((1, 2, 3, 8), 4), ((2, 2, 2, 6), 4)),
                        resize_shapes=(((1, 2, 3, 8), (5, 7)),))
+        result["versions"] = versions()
         print_timings(rows, "the CPU emulation (dry run: the figures mean nothing)")
         result["timings"] = rows
     if args.json:

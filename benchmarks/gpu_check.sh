@@ -3,7 +3,7 @@
 # then parity against a NumPy float64 reference (factors 2-9 and 32, every dtype, both layouts,
 # forward and both gradients, fused heads), bitwise-repeatable backward, the torch peers' timings
 # and the card's copy bandwidth (benchmarks/gpu_check.py), and compute-sanitizer memcheck on small
-# cases. Under 5 minutes on an H100. Extra arguments go to gpu_check.py (e.g. --json FILE).
+# cases. Meant to stay under 8 minutes on an H100. Extra arguments go to gpu_check.py (e.g. --json FILE).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
