@@ -119,6 +119,27 @@ def test_every_kernel_has_a_case():
                        "ResizeSoftmaxCrossEntropy", "ResizeSoftmaxCrossEntropyGrad"}
 
 
+@pytest.mark.parametrize("which", ["bilinear", "resize_grad", "argmax", "loss_grad"])
+def test_work_split_over_xla_s_threads_gives_the_same_bits(which, rng):
+    # Large enough that the handlers split the work into chunks on XLA's pool.
+    x = tf.constant(rng.standard_normal((2, 16, 22, 32)), tf.float32)
+    if which == "bilinear":
+        fn, args = (lambda a: lib.tfupsample_bilinear_upsample(a, factor=8)), [x]
+    elif which == "resize_grad":
+        dy = tf.constant(rng.standard_normal((2, 128, 176, 32)), tf.float32)
+        fn, args = (lambda a: lib.tfupsample_resize_bilinear_grad(a, [16, 22], T=tf.float32, half_pixel_centers=True)), [dy]
+    elif which == "argmax":
+        fn, args = (lambda a: lib.tfupsample_upsample_argmax(a, factor=8)), [x]
+    else:
+        labels = _labels(rng, (2, 128, 176), 32)
+        _, stats = lib.tfupsample_upsample_sparse_softmax_cross_entropy(labels, x, factor=8)
+        g = tf.constant(rng.standard_normal((2, 128, 176)), tf.float32)
+        fn, args = (lambda a, b, c, d: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(a, b, c, d, factor=8)), [
+            labels, x, stats, g]
+    for a, b in zip(_outputs(tf.function(fn, jit_compile=True)(*args)), _outputs(fn(*args))):
+        ref.assert_same_bits(a, b, which)
+
+
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])
 @pytest.mark.parametrize("index", [0, 3, 6, 12])
 def test_other_dtypes_under_xla(index, dtype, rng):
