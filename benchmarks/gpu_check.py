@@ -481,7 +481,7 @@ def versions():
 
 
 def print_timings(rows, device):
-    print(f"\nTimings on {device}, float32 NHWC, median ms (CUDA events)")
+    print(f"\nTimings on {device}, float32 (NHWC unless a name says NCHW), median ms (CUDA events)")
     for r in rows:
         what = f"resize to {r['size']}" if "size" in r else f"x{r['factor']}"
         print(f"\n  {r['shape']} {what}   device-to-device copy {r['copy_GBps']:.0f} GB/s "

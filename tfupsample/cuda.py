@@ -16,6 +16,7 @@ must not overlap an input.
 
 import ctypes
 import functools
+import inspect
 import os
 import struct
 
@@ -211,6 +212,29 @@ def _output(out, like, name, shape, dtype):
     return v
 
 
+def _handle(stream):
+    """A stream as its cudaStream_t (an int): a torch.cuda.Stream, a CuPy stream, or an int."""
+    for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
+        if hasattr(stream, attr):
+            return int(getattr(stream, attr))
+    return int(stream)
+
+
+def _current_stream(array):
+    """The current stream of a torch or CuPy array's framework on its device; None otherwise."""
+    fw = _framework(array)
+    if fw == "torch" and getattr(array, "is_cuda", False):
+        import torch
+
+        return torch.cuda.current_stream(array.device)
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(array.device.id):  # the array's device's stream, not the current device's
+            return cupy.cuda.get_current_stream()
+    return None
+
+
 def _stream(like, stream):
     """A cudaStream_t as an int: given (an int, a torch.cuda.Stream, a CuPy stream), or the
     current stream of the array's framework on the array's device, or the legacy default stream.
@@ -219,22 +243,11 @@ def _stream(like, stream):
         device = getattr(stream, "device_id", None)  # CuPy
         if device is None:
             device = getattr(getattr(stream, "device", None), "index", None)  # torch
-        if device is not None and like.device is not None and device != like.device:
+        if device is not None and device >= 0 and like.device is not None and device != like.device:
             raise ValueError(f"stream is on GPU {device} but {like.name} on GPU {like.device}")
-        for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream, cupy.cuda.Stream
-            if hasattr(stream, attr):
-                return int(getattr(stream, attr))
-        return int(stream)
-    if _framework(like.array) == "torch" and like.array.is_cuda:
-        import torch
-
-        return torch.cuda.current_stream(like.array.device).cuda_stream
-    if _framework(like.array) == "cupy":
-        import cupy
-
-        with cupy.cuda.Device(like.array.device.id):  # the array's device's stream, not the current device's
-            return cupy.cuda.get_current_stream().ptr
-    return 0
+        return _handle(stream)
+    current = _current_stream(like.array)
+    return 0 if current is None else _handle(current)
 
 
 def _on_given_stream(fn):
@@ -244,25 +257,29 @@ def _on_given_stream(fn):
     kernel, not on another stream that could race it. New torch outputs are recorded on the
     caller's stream, so that the caching allocator reuses their memory only after the caller's
     work on them."""
+    first_name = next(iter(inspect.signature(fn).parameters))
+
     @functools.wraps(fn)
     def run(*args, stream=None, **kwargs):
-        first = args[0] if args else None
+        first = args[0] if args else kwargs.get(first_name)
         fw = _framework(first) if first is not None else ""
         if stream is None or not (fw == "cupy" or (fw == "torch" and getattr(first, "is_cuda", False))):
+            return fn(*args, stream=stream, **kwargs)
+        caller = _current_stream(first)
+        if _handle(stream) == _handle(caller):
             return fn(*args, stream=stream, **kwargs)
         if fw == "cupy":
             import cupy
 
             with cupy.cuda.Device(first.device.id):
-                target = stream if hasattr(stream, "ptr") else cupy.cuda.ExternalStream(int(stream))
+                target = stream if type(stream).__module__.split(".")[0] == "cupy" else \
+                    cupy.cuda.ExternalStream(_handle(stream), first.device.id)
                 with target:
                     return fn(*args, stream=stream, **kwargs)
         import torch
 
-        caller = torch.cuda.current_stream(first.device)
-        target = stream if hasattr(stream, "cuda_stream") else torch.cuda.ExternalStream(int(stream), device=first.device)
-        if int(target.cuda_stream) == int(caller.cuda_stream):
-            return fn(*args, stream=stream, **kwargs)
+        target = stream if type(stream).__module__.split(".")[0] == "torch" else \
+            torch.cuda.ExternalStream(_handle(stream), device=first.device)
         with torch.cuda.stream(target):
             result = fn(*args, stream=stream, **kwargs)
         out = kwargs.get("out")
@@ -333,7 +350,8 @@ def _run(op, args, views, stream, dtype=None):
     pointers = [None if v is None else v.ptr for v in views]
     like = views[0].array
     need = ext.scratch_bytes(op, args, code) if hasattr(ext, "scratch_bytes") else 0
-    if need > 0 and _framework(like) in ("torch", "cupy"):
+    current = _current_stream(like) if need > 0 else None
+    if current is not None and _handle(current) == stream:  # (else the C side's, on the kernel's stream)
         # Released when this returns, with the kernel still queued: the frameworks' allocators are
         # stream-ordered, so only work queued after it on the same stream can reuse the memory.
         buffer = _empty(like, "scratch", (need + 255,), "uint8")

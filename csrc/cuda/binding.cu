@@ -34,23 +34,40 @@ struct Scratch {
   }
 };
 
-// Where each array is (CheckDevices' codes), and the device of the first one.
-std::string LocateArrays(void* const* p, int n, int* device) {
-  int types[8] = {}, devices[8] = {};
-  for (int k = 0; k < n && k < 8; ++k) {
+// Where each array is (CheckDevices' codes), and the device to run on: "" or why not (a CUDA
+// error other than "not CUDA's memory" says so as such, in *cuda_error).
+std::string LocateArrays(void* const* p, int n, int* device, bool* cuda_error) {
+  *cuda_error = false;
+  if (n < 0 || n > 8) return "an op takes 0 to 8 arrays, got " + std::to_string(n);
+  int types[8] = {}, devices[8] = {}, managed = -1;
+  for (int k = 0; k < n; ++k) {
     cudaPointerAttributes attr{};
     if (p[k] == nullptr) {
       types[k] = -1;
-    } else if (cudaPointerGetAttributes(&attr, p[k]) != cudaSuccess) {
-      cudaGetLastError();  // clear a failed query
-      types[k] = 0;
-    } else {
-      types[k] = attr.type == cudaMemoryTypeDevice ? 2 : attr.type == cudaMemoryTypeManaged ? 3
-               : attr.type == cudaMemoryTypeHost ? 1 : 0;
-      devices[k] = attr.device;
+      continue;
     }
+    const cudaError_t e = cudaPointerGetAttributes(&attr, p[k]);
+    if (e == cudaErrorInvalidValue) {  // not memory CUDA knows
+      cudaGetLastError();
+      types[k] = 0;
+      continue;
+    }
+    if (e != cudaSuccess) {  // no device, an old driver, a context already broken, ...
+      cudaGetLastError();
+      *cuda_error = true;
+      return std::string("CUDA error: ") + cudaGetErrorString(e);
+    }
+    types[k] = attr.type == cudaMemoryTypeDevice ? 2 : attr.type == cudaMemoryTypeManaged ? 3
+             : attr.type == cudaMemoryTypeHost ? 1 : 0;
+    devices[k] = attr.device;
+    if (types[k] == 3 && managed < 0) managed = attr.device;
   }
-  return CheckDevices(types, devices, n < 8 ? n : 8, device);
+  std::string bad = CheckDevices(types, devices, n, device);
+  if (bad.empty() && *device < 0) {  // no device memory: the managed arrays' GPU, else the current one
+    *device = managed;
+    if (*device < 0) cudaGetDevice(device);
+  }
+  return bad;
 }
 
 // Runs op with its scratch (given, or from the stream-ordered allocator); *known is false for
@@ -117,8 +134,9 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
                                       std::to_string(scratch_size));
   }
   int device = 0;
-  const std::string where = LocateArrays(pointers, n, &device);
-  if (!where.empty()) return fail(kInvalidArgument, where);
+  bool cuda_error = false;
+  const std::string where = LocateArrays(pointers, n, &device, &cuda_error);
+  if (!where.empty()) return fail(cuda_error ? kCudaError : kInvalidArgument, where);
   int old = 0;
   cudaGetDevice(&old);
   const cudaError_t set = cudaSetDevice(device);

@@ -60,7 +60,7 @@ inline std::string CheckOpGeometry(const std::string& op, const Geometry& g) {
 // Whether a call's arrays can be used together: types[k] of array k is -1 (absent), 0 (not known
 // to CUDA: plain host memory), 1 (pinned host memory), 2 (device memory, on devices[k]) or 3
 // (managed memory). All present arrays must be device or managed memory, the device ones on one
-// device; *device gets it (0 when none is device memory). "" or why not.
+// device; *device gets it (-1 when none is device memory). "" or why not.
 inline std::string CheckDevices(const int* types, const int* devices, int n, int* device) {
   int first = -1;
   for (int k = 0; k < n; ++k) {
@@ -74,7 +74,7 @@ inline std::string CheckDevices(const int* types, const int* devices, int n, int
              ": every array must be on the same GPU";
     }
   }
-  *device = first < 0 ? 0 : devices[first];
+  *device = first < 0 ? -1 : devices[first];
   return "";
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "cpu/kernels.h"
+#include "tf/registration.h"
 #include "tf/runner.h"
 #include "tf/specs.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -118,29 +119,6 @@ class SpecOp : public OpKernel {
  private:
   Spec spec_;
 };
-
-// A kernel registration run when called (REGISTER_KERNEL_BUILDER's, as a statement): the GPU
-// kernels register only where the driver can run them.
-template <class K>
-void RegisterKernelNow(::tensorflow::KernelDefBuilder& builder, const char* class_name) {
-  ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
-      builder.Build(), class_name, [](OpKernelConstruction* c) -> OpKernel* { return new K(c); });
-  (void)registrar;
-}
-#define TFUP_KERNEL_STATIC(BUILDER, ...) REGISTER_KERNEL_BUILDER(BUILDER, __VA_ARGS__);
-#define TFUP_KERNEL_NOW(BUILDER, ...) \
-  ::tfup::RegisterKernelNow<__VA_ARGS__>(::tensorflow::register_kernel::BUILDER, #__VA_ARGS__);
-
-// "" where the GPU kernels are registered (or there are none: no CUDA build), else why not:
-// the driver cannot run what the toolkit compiled (cuda::CheckDriver). Read once.
-inline const std::string& CudaStatus() {
-#if GOOGLE_CUDA
-  static const std::string status = cuda::CheckDriver();
-#else
-  static const std::string status;
-#endif
-  return status;
-}
 
 // Expands REG(DEVICE_NAME, Device, T, R) for every dtype on every device this build has: static
 // registrations on the CPU, and on the GPU registrations made at load where CudaStatus() is "".

@@ -242,9 +242,11 @@ std::string RegisterXlaHandlers() {
   TFUP_KERNELS(TFUP_REGISTER_HANDLER, T)
 #undef TFUP_REGISTER_HANDLER
 #if GOOGLE_CUDA
+  if (cuda::CheckDriver().empty()) {  // as the GPU kernels (tf/registration.h)
 #define TFUP_REGISTER_HANDLER(Name, Params, Args) add(Kernel::k##Name, "CUDA", CudaHandler<Kernel::k##Name>);
-  TFUP_KERNELS(TFUP_REGISTER_HANDLER, T)
+    TFUP_KERNELS(TFUP_REGISTER_HANDLER, T)
 #undef TFUP_REGISTER_HANDLER
+  }
 #endif
   return failed;
 }

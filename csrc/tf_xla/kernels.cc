@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "tf/registration.h"
 #include "tf/specs.h"
 #include "tf_xla/call.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
@@ -158,11 +159,18 @@ extern "C" __attribute__((visibility("default"))) const char* tfupsample_xla_sta
 // compilation device, so that a library loaded after that first compilation is seen too
 // (priority 1: above the registry's own copy when both exist). XLA:GPU only in CUDA builds,
 // which have the CUDA handlers (tf_xla/ffi.cc).
+// XLA:GPU only where the driver can run the CUDA kernels (tf/registration.h), as the GPU ops.
 #if GOOGLE_CUDA
 const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT, tensorflow::DEVICE_GPU_XLA_JIT};
 #define TFUP_XLA_GPU_KERNEL(NAME, CLASS)                                                                   \
-  REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_GPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
-                              .Priority(1), CLASS);
+  static const bool TFUP_XLA_CONCAT(tfup_xla_gpu_, __LINE__) = [] {                                        \
+    if (!CudaStatus().empty()) return false;                                                               \
+    TFUP_KERNEL_NOW(Name(NAME).Device(tensorflow::DEVICE_GPU_XLA_JIT).TypeConstraint("T", kFloatTypes)     \
+                        .Priority(1), CLASS)                                                               \
+    return true;                                                                                           \
+  }();
+#define TFUP_XLA_CONCAT_(a, b) a##b
+#define TFUP_XLA_CONCAT(a, b) TFUP_XLA_CONCAT_(a, b)
 #else
 const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT};
 #define TFUP_XLA_GPU_KERNEL(NAME, CLASS)
