@@ -305,6 +305,7 @@ def test_handlers_that_did_not_register_mean_the_lowering(monkeypatch):
         f for f in os.listdir(os.path.dirname(_ops.path)) if f.startswith("_numpy_ext") and f.endswith(".so")))
     api._xla_library_missing.cache_clear()
     monkeypatch.setattr(_ops, "path", other)
+    monkeypatch.setattr(_ops, "_library_strings", {})
     try:
         assert not tu.xla_kernels() and "XLA did not take the custom-call handlers" in tu.xla_kernels_missing()
     finally:

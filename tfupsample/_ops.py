@@ -4,6 +4,7 @@ If the library cannot be loaded (a TensorFlow it was not built for, say), `lib` 
 warning says why, and the public functions run on stock TensorFlow ops (`_pure_tf`).
 """
 
+import functools
 import os
 import warnings
 
@@ -37,19 +38,37 @@ def _load():
 lib, load_error = _load()
 
 
+def library_string(symbol):
+    """A string the loaded library reports about itself (an exported `const char* symbol()`),
+    read once; the error's text where it cannot be read."""
+    if symbol not in _library_strings:
+        try:
+            import ctypes
+
+            fn = getattr(ctypes.CDLL(path), symbol)
+            fn.restype = ctypes.c_char_p
+            _library_strings[symbol] = fn().decode()
+        except (OSError, AttributeError) as e:
+            _library_strings[symbol] = str(e)
+    return _library_strings[symbol]
+
+
+_library_strings = {}
+
+
 def cuda_status():
     """"" where the library's GPU kernels are registered (or it has none), else why not: the
     driver cannot run what the toolkit compiled (the library says so at load)."""
     if lib is None or _build_info is None or not _build_info.CUDA_KERNELS:
         return ""
-    try:
-        import ctypes
+    return library_string("tfupsample_cuda_status")
 
-        status = ctypes.CDLL(path).tfupsample_cuda_status
-        status.restype = ctypes.c_char_p
-        return status().decode()
-    except (OSError, AttributeError) as e:
-        return str(e)
+
+@functools.lru_cache(maxsize=None)
+def gpu_visible():
+    """Whether TensorFlow sees a GPU (physical devices: asking for logical ones would start TF's
+    runtime, after which a user's tf.config.set_visible_devices fails). Asked once."""
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _warn_gpu_without_cuda():
@@ -63,7 +82,7 @@ def _warn_gpu_without_cuda():
             warnings.warn(f"tfupsample: its GPU kernels are not registered, so its ops run on the CPU: "
                           f"{status}.", RuntimeWarning, stacklevel=3)
         return
-    if not tf.config.list_physical_devices("GPU"):  # (physical: does not start TF's runtime)
+    if not gpu_visible():
         return
     cuda = "a CUDA build" if _build_info.TF_BUILT_WITH_CUDA else "not a CUDA build"
     warnings.warn(f"tfupsample: a GPU is visible but tfupsample was built without its CUDA kernels "

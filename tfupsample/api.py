@@ -157,14 +157,7 @@ def _xla_library_missing():
         why = getattr(info, "XLA_KERNELS_MISSING", "") if info is not None else ""
         return (f"the library was built without its XLA kernels ({why or 'unknown reason'}; "
                 f"TensorFlow {tf.__version__})")
-    try:  # the handlers register when the library loads: did they?
-        import ctypes
-
-        status = ctypes.CDLL(_ops.path).tfupsample_xla_status
-        status.restype = ctypes.c_char_p
-        failed = status().decode()
-    except (OSError, AttributeError) as e:
-        failed = str(e)
+    failed = _ops.library_string("tfupsample_xla_status")  # the handlers register at load: did they?
     if failed:
         return f"XLA did not take the custom-call handlers: {failed}"
     return ""
@@ -176,19 +169,12 @@ def xla_kernels_missing():
     if os.environ.get("TFUPSAMPLE_XLA_KERNELS", "1").strip().lower() in ("0", "false", "off", "no"):
         return "TFUPSAMPLE_XLA_KERNELS=0 asks for the stock-op lowering"
     missing = _xla_library_missing()
-    if not missing and _gpu_visible():
+    if not missing and _ops.gpu_visible():
         if not _ops._build_info.CUDA_KERNELS:
             missing = "a GPU is visible and this build has no CUDA kernels (its XLA custom calls are XLA:CPU's only)"
         elif _ops.cuda_status():
             missing = f"a GPU is visible and the CUDA kernels cannot run on it: {_ops.cuda_status()}"
     return missing
-
-
-@functools.lru_cache(maxsize=None)
-def _gpu_visible():
-    # (Physical devices: asking for logical ones would start TF's runtime, after which a user's
-    # tf.config.set_visible_devices fails.)
-    return bool(tf.config.list_physical_devices("GPU"))
 
 
 _lowering_warned = set()

@@ -331,8 +331,7 @@ def _check_placement(op, views):
             continue
         lo, hi = out.byte_range()
         for other in views[:i]:
-            if other is None or not other.ptr or (other.device is not None and out.device is not None
-                                                  and other.device != out.device):
+            if other is None or not other.ptr:
                 continue
             olo, ohi = other.byte_range()
             if lo < ohi and olo < hi and lo < hi and olo < ohi:
@@ -349,7 +348,7 @@ def _run(op, args, views, stream, dtype=None):
     ext, args, code = _ext(), [int(a) for a in args], _DTYPE_CODES[dtype or views[0].dtype]
     pointers = [None if v is None else v.ptr for v in views]
     like = views[0].array
-    need = ext.scratch_bytes(op, args, code) if hasattr(ext, "scratch_bytes") else 0
+    need = ext.scratch_bytes(op, args, code)
     current = _current_stream(like) if need > 0 else None
     if current is not None and _handle(current) == stream:  # (else the C side's, on the kernel's stream)
         # Released when this returns, with the kernel still queued: the frameworks' allocators are
@@ -440,7 +439,6 @@ def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False,
     return o.array
 
 
-@_on_given_stream
 def resize(images, size, *, data_format="NHWC", out=None, stream=None):
     """`tf.image.resize(images, size)` (bilinear, half-pixel centres) of 4-D `images`."""
     return resize_bilinear(images, size, half_pixel_centers=True, data_format=data_format, out=out,

@@ -78,7 +78,8 @@ int DriverVersion() {
   return version;  // (the library stays loaded: the kernels will need it)
 }
 
-std::string CheckDriver() {
+namespace {
+std::string DriverVerdict() {
   const int driver = DriverVersion();
   if (driver == 0) return "";  // no driver: no GPU either
   const int toolkit = CUDART_VERSION;  // the toolkit that compiled the kernels
@@ -89,6 +90,12 @@ std::string CheckDriver() {
          ".x or newer" + (toolkit / 1000 >= 13 ? " (R580 or newer)" : "") + ". Update the driver, or rebuild "
          "tfupsample with a CUDA " + std::to_string(driver / 1000) + " toolkit (CUDACXX=/path/to/nvcc pip install "
          "--force-reinstall --no-deps <tfupsample source>)";
+}
+}  // namespace
+
+std::string CheckDriver() {
+  static const std::string verdict = DriverVerdict();  // asked once: the GPU ops, XLA:GPU and its handlers
+  return verdict;
 }
 
 }  // namespace cuda

@@ -80,7 +80,7 @@ inline std::string CheckDevices(const int* types, const int* devices, int n, int
 
 // "" when this machine's driver can run the kernels (or has no driver: then there is no GPU
 // either), else why not -- the driver's CUDA version, the compiling toolkit's, and the fix.
-// The kernels' cubins need a driver of the toolkit's CUDA major version or newer.
+// The kernels' cubins need a driver of the toolkit's CUDA major version or newer. Asked once.
 std::string CheckDriver();
 
 // The ops of launch.cuh's table, by their names in csrc/cpu/kernel_list.h ("BilinearForward", ...).

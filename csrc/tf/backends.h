@@ -124,16 +124,10 @@ class SpecOp : public OpKernel {
 // registrations on the CPU, and on the GPU registrations made at load where CudaStatus() is "".
 #define TFUP_FOR_EACH_TYPE(REG, DEV, D, R) \
   REG(DEV, D, Eigen::half, R) REG(DEV, D, Eigen::bfloat16, R) REG(DEV, D, float, R) REG(DEV, D, double, R)
-#define TFUP_CONCAT_(a, b) a##b
-#define TFUP_CONCAT(a, b) TFUP_CONCAT_(a, b)
 #if GOOGLE_CUDA
-#define TFUP_REGISTER_ON_EVERY_DEVICE(REG)                                                  \
-  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice, TFUP_KERNEL_STATIC)            \
-  static const bool TFUP_CONCAT(tfup_gpu_kernels_, __LINE__) = [] {                         \
-    if (!::tfup::CudaStatus().empty()) return false;                                        \
-    TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_GPU, GPUDevice, TFUP_KERNEL_NOW)             \
-    return true;                                                                            \
-  }();
+#define TFUP_REGISTER_ON_EVERY_DEVICE(REG)                                       \
+  TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice, TFUP_KERNEL_STATIC) \
+  TFUP_AT_LOAD_IF_CUDA_RUNS(TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_GPU, GPUDevice, TFUP_KERNEL_NOW))
 #else
 #define TFUP_REGISTER_ON_EVERY_DEVICE(REG) \
   TFUP_FOR_EACH_TYPE(REG, tensorflow::DEVICE_CPU, CPUDevice, TFUP_KERNEL_STATIC)

@@ -182,7 +182,8 @@ TFUP_REGISTER_ON_EVERY_DEVICE(TFUP_REGISTER)
 // For tfupsample/_ops.py (ctypes): "" when the GPU kernels are registered (or this build has
 // none), else why they are not -- the driver, the toolkit and the fix, for its warning.
 extern "C" __attribute__((visibility("default"))) const char* tfupsample_cuda_status() {
-  return CudaStatus().c_str();
+  static const std::string status = CudaStatus();
+  return status.c_str();
 }
 
 REGISTER_OP("TfupsampleStreamFill")

@@ -27,14 +27,23 @@ void RegisterKernelNow(::tensorflow::KernelDefBuilder& builder, const char* clas
   ::tfup::RegisterKernelNow<__VA_ARGS__>(::tensorflow::register_kernel::BUILDER, #__VA_ARGS__);
 
 // "" where the GPU kernels are registered (or there are none: no CUDA build), else why not:
-// the driver cannot run what the toolkit compiled (cuda::CheckDriver). Read once.
-inline const std::string& CudaStatus() {
+// the driver cannot run what the toolkit compiled (cuda::CheckDriver).
+inline std::string CudaStatus() {
 #if GOOGLE_CUDA
-  static const std::string status = cuda::CheckDriver();
+  return cuda::CheckDriver();
 #else
-  static const std::string status;
+  return "";
 #endif
-  return status;
 }
+
+#define TFUP_CONCAT_(a, b) a##b
+#define TFUP_CONCAT(a, b) TFUP_CONCAT_(a, b)
+// Runs the registration statements STATEMENTS at load where the GPU kernels can run.
+#define TFUP_AT_LOAD_IF_CUDA_RUNS(STATEMENTS)                  \
+  static const bool TFUP_CONCAT(tfup_gpu_kernels_, __LINE__) = [] { \
+    if (!::tfup::CudaStatus().empty()) return false;           \
+    STATEMENTS                                                 \
+    return true;                                               \
+  }();
 
 }  // namespace tfup

@@ -13,6 +13,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <Eigen/Core>
 
@@ -159,20 +160,23 @@ ffi::Error HostCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
   return ffi::Error::Success();
 }
 
+// A handler's binding after its context: the buffers, then the plan's attributes (tf_xla/call.h).
+template <class Binding>
+auto WithPlan(Binding&& context) {
+  return std::forward<Binding>(context)
+      .RemainingArgs()
+      .RemainingRets()
+      .template Attr<int64_t>("dtype")
+      .template Attr<ffi::Span<const int64_t>>("geometry")
+      .template Attr<ffi::Span<const int64_t>>("rule")
+      .template Attr<ffi::Span<const int64_t>>("sizes")
+      .template Attr<int64_t>("labels")
+      .template Attr<int64_t>("absent");
+}
+
 template <Kernel K>
 XLA_FFI_Error* HostHandler(XLA_FFI_CallFrame* frame) {
-  static auto* handler = ffi::Ffi::Bind()
-                             .Ctx<ffi::ThreadPool>()
-                             .RemainingArgs()
-                             .RemainingRets()
-                             .Attr<int64_t>("dtype")
-                             .Attr<ffi::Span<const int64_t>>("geometry")
-                             .Attr<ffi::Span<const int64_t>>("rule")
-                             .Attr<ffi::Span<const int64_t>>("sizes")
-                             .Attr<int64_t>("labels")
-                             .Attr<int64_t>("absent")
-                             .To(HostCall<K>)
-                             .release();
+  static auto* handler = WithPlan(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()).To(HostCall<K>).release();
   return handler->Call(frame);
 }
 
@@ -208,19 +212,8 @@ ffi::Error CudaCall(void* stream, ffi::ScratchAllocator scratch, ffi::RemainingA
 
 template <Kernel K>
 XLA_FFI_Error* CudaHandler(XLA_FFI_CallFrame* frame) {
-  static auto* handler = ffi::Ffi::Bind()
-                             .Ctx<ffi::PlatformStream<void*>>()
-                             .Ctx<ffi::ScratchAllocator>()
-                             .RemainingArgs()
-                             .RemainingRets()
-                             .Attr<int64_t>("dtype")
-                             .Attr<ffi::Span<const int64_t>>("geometry")
-                             .Attr<ffi::Span<const int64_t>>("rule")
-                             .Attr<ffi::Span<const int64_t>>("sizes")
-                             .Attr<int64_t>("labels")
-                             .Attr<int64_t>("absent")
-                             .To(CudaCall<K>)
-                             .release();
+  static auto* handler =
+      WithPlan(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::ScratchAllocator>()).To(CudaCall<K>).release();
   return handler->Call(frame);
 }
 #endif  // GOOGLE_CUDA
@@ -242,7 +235,7 @@ std::string RegisterXlaHandlers() {
   TFUP_KERNELS(TFUP_REGISTER_HANDLER, T)
 #undef TFUP_REGISTER_HANDLER
 #if GOOGLE_CUDA
-  if (cuda::CheckDriver().empty()) {  // as the GPU kernels (tf/registration.h)
+  if (cuda::CheckDriver().empty()) {  // as the GPU kernels (tf/registration.h; asked once)
 #define TFUP_REGISTER_HANDLER(Name, Params, Args) add(Kernel::k##Name, "CUDA", CudaHandler<Kernel::k##Name>);
     TFUP_KERNELS(TFUP_REGISTER_HANDLER, T)
 #undef TFUP_REGISTER_HANDLER

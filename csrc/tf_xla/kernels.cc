@@ -28,18 +28,6 @@ using ::tensorflow::DataType;
 using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 
-absl::StatusOr<xla::PrimitiveType> XlaType(DataType t) {
-  switch (t) {
-    case tensorflow::DT_HALF: return xla::F16;
-    case tensorflow::DT_BFLOAT16: return xla::BF16;
-    case tensorflow::DT_FLOAT: return xla::F32;
-    case tensorflow::DT_DOUBLE: return xla::F64;
-    case tensorflow::DT_INT32: return xla::S32;
-    case tensorflow::DT_INT64: return xla::S64;
-    default: return absl::InvalidArgumentError(absl::StrCat("no XLA type for ", tensorflow::DataTypeString(t)));
-  }
-}
-
 absl::StatusOr<xla_call::DType> CallType(DataType t) {
   switch (t) {
     case tensorflow::DT_HALF: return xla_call::DType::kHalf;
@@ -103,20 +91,17 @@ class SpecXlaOp : public XlaOpKernel {
       sizes.push_back(xla::ShapeUtil::ElementsIn(*s));
     }
     for (int o = 0; o < static_cast<int>(plan.outputs.size()); ++o) {
-      absl::StatusOr<xla::PrimitiveType> t = XlaType(ctx->expected_output_dtype(o));
-      OP_REQUIRES_OK(ctx, t.status());
-      result_shapes.push_back(xla::ShapeUtil::MakeShapeWithDescendingLayout(*t, plan.outputs[o].dim_sizes()));
+      result_shapes.push_back(
+          xla::ShapeUtil::MakeShapeWithDescendingLayout(ctx->output_xla_type(o), plan.outputs[o].dim_sizes()));
       sizes.push_back(plan.outputs[o].num_elements());
     }
-    int labels = -1;
-    if (plan.labels_arg >= 0) labels = plan.labels_arg;
     int64_t geometry[xla_call::kGeometryInts], rule[xla_call::kRuleInts];
     xla_call::GeometryToInts(plan.g, geometry);
     xla_call::RuleToInts(plan.rule, rule);
     const std::string attrs = absl::StrCat(
         "{dtype = ", static_cast<int64_t>(*dtype), " : i64, geometry = ", IntArray(geometry, xla_call::kGeometryInts),
         ", rule = ", IntArray(rule, xla_call::kRuleInts), ", sizes = ", IntArray(sizes.data(), sizes.size()),
-        ", labels = ", labels, " : i64, absent = ", plan.absent_output, " : i64}");
+        ", labels = ", plan.labels_arg, " : i64, absent = ", plan.absent_output, " : i64}");
     const bool tuple = result_shapes.size() > 1;
     const xla::Shape result = tuple ? xla::ShapeUtil::MakeTupleShape(result_shapes) : result_shapes[0];
     const xla::XlaOp call = xla::CustomCallWithLayout(
@@ -159,24 +144,27 @@ extern "C" __attribute__((visibility("default"))) const char* tfupsample_xla_sta
 // compilation device, so that a library loaded after that first compilation is seen too
 // (priority 1: above the registry's own copy when both exist). XLA:GPU only in CUDA builds,
 // which have the CUDA handlers (tf_xla/ffi.cc).
-// XLA:GPU only where the driver can run the CUDA kernels (tf/registration.h), as the GPU ops.
+// XLA:GPU only in CUDA builds, and there only where the driver can run the CUDA kernels
+// (tf/registration.h), as the GPU ops: both the registry's devices and the direct kernel.
+const std::vector<absl::string_view>& XlaDevices() {
+  static const std::vector<absl::string_view> devices = [] {
+    std::vector<absl::string_view> d = {tensorflow::DEVICE_CPU_XLA_JIT};
 #if GOOGLE_CUDA
-const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT, tensorflow::DEVICE_GPU_XLA_JIT};
-#define TFUP_XLA_GPU_KERNEL(NAME, CLASS)                                                                   \
-  static const bool TFUP_XLA_CONCAT(tfup_xla_gpu_, __LINE__) = [] {                                        \
-    if (!CudaStatus().empty()) return false;                                                               \
-    TFUP_KERNEL_NOW(Name(NAME).Device(tensorflow::DEVICE_GPU_XLA_JIT).TypeConstraint("T", kFloatTypes)     \
-                        .Priority(1), CLASS)                                                               \
-    return true;                                                                                           \
+    if (CudaStatus().empty()) d.push_back(tensorflow::DEVICE_GPU_XLA_JIT);
+#endif
+    return d;
   }();
-#define TFUP_XLA_CONCAT_(a, b) a##b
-#define TFUP_XLA_CONCAT(a, b) TFUP_XLA_CONCAT_(a, b)
+  return devices;
+}
+#if GOOGLE_CUDA
+#define TFUP_XLA_GPU_KERNEL(NAME, CLASS) \
+  TFUP_AT_LOAD_IF_CUDA_RUNS(             \
+      TFUP_KERNEL_NOW(Name(NAME).Device(tensorflow::DEVICE_GPU_XLA_JIT).TypeConstraint("T", kFloatTypes).Priority(1), CLASS))
 #else
-const absl::string_view kXlaDevices[] = {tensorflow::DEVICE_CPU_XLA_JIT};
 #define TFUP_XLA_GPU_KERNEL(NAME, CLASS)
 #endif
 #define TFUP_XLA_OP(NAME, CLASS, ...)                                                                      \
-  REGISTER_XLA_OP(Name(NAME).Device(kXlaDevices).TypeConstraint("T", kFloatTypes) __VA_ARGS__, CLASS);     \
+  REGISTER_XLA_OP(Name(NAME).Device(XlaDevices()).TypeConstraint("T", kFloatTypes) __VA_ARGS__, CLASS);   \
   REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_CPU_XLA_JIT).TypeConstraint("T", kFloatTypes) \
                               .Priority(1), CLASS);                                                        \
   TFUP_XLA_GPU_KERNEL(NAME, CLASS)

@@ -56,6 +56,9 @@ class Ext:
     def device_count(self):
         return 1
 
+    def scratch_bytes(self, op, args, dtype):
+        return 0  # the emulation allocates its own
+
     def bilinear_kernel_size(self, factor):
         return self.lib.tfup_emu_bilinear_kernel_size(factor)
 
