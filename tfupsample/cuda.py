@@ -262,23 +262,20 @@ def _on_given_stream(fn):
     @functools.wraps(fn)
     def run(*args, stream=None, **kwargs):
         first = args[0] if args else kwargs.get(first_name)
-        fw = _framework(first) if first is not None else ""
-        if stream is None or not (fw == "cupy" or (fw == "torch" and getattr(first, "is_cuda", False))):
+        caller = None if stream is None or first is None else _current_stream(first)  # None: no framework's
+        if caller is None or _handle(stream) == _handle(caller):
             return fn(*args, stream=stream, **kwargs)
-        caller = _current_stream(first)
-        if _handle(stream) == _handle(caller):
-            return fn(*args, stream=stream, **kwargs)
-        if fw == "cupy":
+        if _framework(first) == "cupy":
             import cupy
 
             with cupy.cuda.Device(first.device.id):
-                target = stream if type(stream).__module__.split(".")[0] == "cupy" else \
+                target = stream if _framework(stream) == "cupy" else \
                     cupy.cuda.ExternalStream(_handle(stream), first.device.id)
                 with target:
                     return fn(*args, stream=stream, **kwargs)
         import torch
 
-        target = stream if type(stream).__module__.split(".")[0] == "torch" else \
+        target = stream if _framework(stream) == "torch" else \
             torch.cuda.ExternalStream(_handle(stream), device=first.device)
         with torch.cuda.stream(target):
             result = fn(*args, stream=stream, **kwargs)
