@@ -49,6 +49,19 @@ def test_divider_matches_integer_division(emu):
         assert emu.tfup_emu_divide(n, d) == n // d, (n, d)
 
 
+def test_divider_32_bit_matches_integer_division(emu):
+    # The int32 indices of tensors under 2^31 - 2^28 elements: every n >= 0 up to 2^31 - 1.
+    rng = np.random.default_rng(1)
+    divisors = [1, 2, 3, 5, 7, 21, 32, 150, 704, 1000, 4096, 65537, 2**30 + 3, 2**31 - 1]
+    divisors += [int(rng.integers(1, 2**rng.integers(1, 32))) for _ in range(200)]
+    for d in divisors:
+        ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2**31 - 1, 2**31 - 2, 2**30}
+        ns |= {int(v) for v in rng.integers(0, 2**31 - 1, 40)}
+        for n in ns:
+            if 0 <= n < 2**31:
+                assert emu.tfup_emu_divide32(n, d) == n // d, (n, d)
+
+
 def test_argmax_cells_tile_each_axis(emu):
     # Every output lies in its cell's span, the spans tile the axis, none is longer than the
     # factor (the argmax's sub-blocks per cell are sized by it).
@@ -261,6 +274,39 @@ def test_bilinear_forward_vector_paths_agree_bitwise(emu, rng):
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     ref.assert_close(outs[0], ref.bilinear_loop(x.astype(np.float64), f), "float32")
+
+
+@pytest.fixture(scope="module")
+def emu64(tmp_path_factory):
+    """The emulation built so that every launch takes the 64-bit index path."""
+    return emulator.build(str(tmp_path_factory.mktemp("cuda_host64")), defines=["TFUP_INDEX32_LIMIT=0"])
+
+
+# Shapes that reach each launch shape of the bilinear forward: NHWC channel lanes (4-, 2- and
+# 1-wide vectors, full and partial warps, several channel groups), NHWC rows (few or awkward
+# channel counts), NCHW rows; rows of more than one 512-element piece and runs cut by the row end.
+FORWARD_SHAPES = [((1, 3, 2, 64), 2), ((2, 2, 3, 600), 3), ((1, 2, 2, 150), 4), ((1, 3, 2, 33), 2),
+                  ((2, 3, 4, 21), 3), ((1, 2, 3, 5), 8), ((1, 2, 40, 3), 8), ((1, 3, 2, 16), 32),
+                  ((2, 2, 9, 1), 32)]
+
+
+@pytest.mark.parametrize("shape, f", FORWARD_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_bilinear_forward_launch_shapes_and_index_widths(emu, emu64, shape, f, layout, rng):
+    # Every launch shape against the loop from the definition; the 64-bit index path (huge
+    # tensors: rows only) gives the same bits as the 32-bit one.
+    x = rng.standard_normal(shape)
+    out_shape = to_layout(np.zeros((shape[0], shape[1] * f, shape[2] * f, shape[3])), layout).shape
+    for dtype in ("float32", "float16", "float64"):
+        np_t = DTYPES[dtype][1]
+        outs = []
+        for lib in (emu, emu64):
+            out = np.full(out_shape, np.nan, np_t)  # every element must be written
+            call(lib, "BilinearForward", bilinear_dims(shape, f, layout), dtype, to_layout(x.astype(np_t), layout), out)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        ref.assert_close(from_layout(outs[0].astype(np.float64), layout),
+                         ref.bilinear_loop(x.astype(np_t).astype(np.float64), f), dtype)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])

@@ -111,6 +111,15 @@ struct GatherBody {
   }
 };
 
+// The bilinear order of operations (docs/DESIGN.md, "The bilinear kernel"): each input column
+// along y first (Column), then the two columns along x -- as on the CPU, so equal bits everywhere
+// it is used (forward, argmax, loss). A missing second tap is skipped, not weighted 0, so an inf
+// or NaN input reaches exactly the outputs its taps reach.
+template <typename A>
+TFUP_HOST_DEVICE inline A Column(bool two, A w0, A w1, A v0, A v1) {
+  return two ? w0 * v0 + w1 * v1 : w0 * v0;
+}
+
 // The bilinear forward: at most two inputs per axis, so the four weights and offsets are worked
 // out once per output position and the channel loop is four loads and a few multiply-adds.
 template <typename T>
@@ -139,14 +148,10 @@ struct BilinearPixel {
     off10 = s.At(n, iy1, ix0, 0);
     off11 = s.At(n, iy1, ix1, 0);
   }
-  // The bilinear order of operations (docs/DESIGN.md, "The bilinear kernel"): each input column
-  // along y first, then the two columns along x -- as on the CPU, so equal bits everywhere it
-  // is used (forward, argmax, loss).
   TFUP_HOST_DEVICE A Mix(A v00, A v01, A v10, A v11) const {
-    const A col0 = two_y ? wy0 * v00 + wy1 * v10 : wy0 * v00;
+    const A col0 = Column(two_y, wy0, wy1, v00, v10);
     if (!two_x) return wx0 * col0;
-    const A col1 = two_y ? wy0 * v01 + wy1 * v11 : wy0 * v01;
-    return wx0 * col0 + wx1 * col1;
+    return wx0 * col0 + wx1 * Column(two_y, wy0, wy1, v01, v11);
   }
   TFUP_HOST_DEVICE A Value(const T* in, int64_t coff) const {
     return Mix(ToAcc(in[off00 + coff]), ToAcc(in[off01 + coff]), ToAcc(in[off10 + coff]),
@@ -160,41 +165,172 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-// The bilinear forward. With V > 1 (NHWC, C a multiple of V, aligned pointers) the channel index
-// counts vectors of V channels: fewer instructions per byte, which the write-bound x32 upsample
-// needs to run at the memory's speed.
-template <typename T, int V>
-struct BilinearForwardBody {
+// One output coordinate's inputs along an axis of the bilinear forward: i0 and i1 (i1 = i0 when
+// there is no second tap) and their weights. The forward reads them from per-axis tables made once
+// per launch (TapTableBody) instead of dividing and computing weights per element.
+template <typename A, typename I>
+struct alignas(16) Taps2 {  // one 16-byte load (float, 32-bit indices)
+  I i0, i1;
+  A w0, w1;
+  TFUP_HOST_DEVICE bool Two() const { return i1 != i0; }
+};
+
+// Fills the tables: entries [0, h_out) for y, then [h_out, h_out + w_out) for x, as BilinearPixel
+// computes them (the heads' arithmetic: the same weights, the same bits).
+template <typename A, typename I>
+struct TapTableBody {
   Axis ay, ax;
   Divider sy, sx;
-  int64_t C;
-  Strides in_s, out_s;
+  Taps2<A, I>* table;
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const int64_t total = ay.n_out + ax.n_out;
+    for (int64_t o = p.block * p.bx + p.tx; o < total; o += p.grid * p.bx) {
+      const bool along_y = o < ay.n_out;
+      const Axis& a = along_y ? ay : ax;
+      const Run r = InputsOf(a, along_y ? sy : sx, along_y ? o : o - ay.n_out);
+      const int64_t i0 = r.count > 0 ? r.i0 : 0, i1 = r.count > 1 ? r.i0 + 1 : i0;
+      table[o] = Taps2<A, I>{static_cast<I>(i0), static_cast<I>(i1),
+                             r.count > 0 ? BilinearWeights<A>::Axis1(a.stride, r.t0) : A(0),
+                             r.count > 1 ? BilinearWeights<A>::Axis1(a.stride, r.t0 + r.dt) : A(0)};
+    }
+  }
+};
+
+// One output element from its four inputs' values, both second taps present or not at compile
+// time (the same expressions as Column and BilinearPixel::Mix).
+template <bool kTwoY, bool kTwoX, typename A, typename I>
+TFUP_HOST_DEVICE inline A Mix4(const Taps2<A, I>& ty, const Taps2<A, I>& tx, A v00, A v01, A v10, A v11) {
+  const A col0 = kTwoY ? ty.w0 * v00 + ty.w1 * v10 : ty.w0 * v00;
+  if (!kTwoX) return tx.w0 * col0;
+  const A col1 = kTwoY ? ty.w0 * v01 + ty.w1 * v11 : ty.w0 * v01;
+  return tx.w0 * col0 + tx.w1 * col1;
+}
+
+// The bilinear forward's tables and sizes, shared by its two launch shapes.
+template <typename T, typename I>
+struct BilinearForwardBase {
+  using A = typename AccOf<T>::type;
+  const Taps2<A, I>* ty_tab;  // h_out entries
+  const Taps2<A, I>* tx_tab;  // w_out entries
+  I h_in, w_in, h_out, w_out, C;
   const T* in;
   T* out;
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
-                                   int64_t c_end) const {
-    if (ay.n_in == 0 || ax.n_in == 0) return;  // no output either (SAME)
-    const BilinearPixel<T> px(ay, ax, sy, sx, in_s, n, y, x);
-    T* o = out + out_s.At(n, y, x, 0);
-    if (V == 1) {
-      for (int64_t c = c0; c < c_end; c += cs) {
-        o[c * out_s.c] = Store<T>::From(px.Value(in, c * in_s.c));
+};
+
+// NHWC with many channels (ChannelLanes): per position the two tables' entries and four input
+// pointers, then the channel loop -- four vector loads, the mix, one vector store -- in one of four
+// variants chosen once per position by which second taps exist. V channels per vector (C a
+// multiple of V, aligned pointers): fewer instructions per byte, which the write-bound x32
+// upsample needs to run at the memory's speed. The channel index counts vectors.
+template <typename T, typename I, int V>
+struct BilinearChannelsBody : BilinearForwardBase<T, I> {
+  using A = typename AccOf<T>::type;
+  using W = Vec<T, V>;
+
+  // The channel loop. kLanes 32 (a full warp across channels, the common case): unrolled, every
+  // access at a constant offset from five pointers; 0: any lane count, pointers stepped by cs.
+  template <bool kTwoY, bool kTwoX, int kLanes>
+  TFUP_HOST_DEVICE void Loop(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W* p00, const W* p01,
+                             const W* p10, const W* p11, W* o, I c0, I cs, I c_end) const {
+    p00 = Opaque(p00 + c0);
+    p01 = Opaque(p01 + c0);
+    p10 = Opaque(p10 + c0);
+    p11 = Opaque(p11 + c0);
+    o = Opaque(o + c0);
+    const I step = kLanes > 0 ? I(kLanes) : cs;
+    TFUP_UNROLL
+    for (int j = 0; j < kGroupLanes; ++j) {
+      const I c = c0 + j * step;
+      if (c >= c_end) break;
+      const I at = kLanes > 0 ? I(j * kLanes) : I(0);
+      const W a = p00[at], b = p01[at];
+      W d = a, e = b;
+      if (kTwoY) {
+        d = p10[at];
+        e = p11[at];
       }
-      return;
-    }
-    using W = Vec<T, V>;
-    const W *p00 = reinterpret_cast<const W*>(in + px.off00), *p01 = reinterpret_cast<const W*>(in + px.off01);
-    const W *p10 = reinterpret_cast<const W*>(in + px.off10), *p11 = reinterpret_cast<const W*>(in + px.off11);
-    W* ov = reinterpret_cast<W*>(o);
-    for (int64_t c = c0; c < c_end; c += cs) {
-      const W a = p00[c], b = p01[c], d = p10[c], e = p11[c];
       W r;
       TFUP_UNROLL
       for (int i = 0; i < V; ++i) {
-        r.v[i] = Store<T>::From(px.Mix(ToAcc(a.v[i]), ToAcc(b.v[i]), ToAcc(d.v[i]), ToAcc(e.v[i])));
+        r.v[i] = Store<T>::From(Mix4<kTwoY, kTwoX>(ty, tx, ToAcc(a.v[i]), ToAcc(b.v[i]), ToAcc(d.v[i]), ToAcc(e.v[i])));
       }
-      ov[c] = r;
+      o[at] = r;
+      if (kLanes == 0) {
+        p00 += cs;
+        p01 += cs;
+        p10 += cs;
+        p11 += cs;
+        o += cs;
+      }
     }
+  }
+  template <bool kTwoY, bool kTwoX>
+  TFUP_HOST_DEVICE void Lanes(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W* p00, const W* p01,
+                              const W* p10, const W* p11, W* o, I c0, I cs, I c_end) const {
+    if (cs == 32) return Loop<kTwoY, kTwoX, 32>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+    Loop<kTwoY, kTwoX, 0>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+  }
+  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
+    const auto& b = *this;
+    const Taps2<A, I> ty = b.ty_tab[y], tx = b.tx_tab[x];
+    const I row0 = (n * b.h_in + ty.i0) * b.w_in, row1 = (n * b.h_in + ty.i1) * b.w_in;
+    const W* in = reinterpret_cast<const W*>(b.in);
+    const I cv = b.C / V;
+    const W *p00 = in + (row0 + tx.i0) * cv, *p01 = in + (row0 + tx.i1) * cv;
+    const W *p10 = in + (row1 + tx.i0) * cv, *p11 = in + (row1 + tx.i1) * cv;
+    W* o = reinterpret_cast<W*>(b.out) + ((n * b.h_out + y) * b.w_out + x) * cv;
+    if (ty.Two()) {
+      if (tx.Two()) return Lanes<true, true>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+      return Lanes<true, false>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+    }
+    if (tx.Two()) return Lanes<false, true>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+    Lanes<false, false>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+  }
+};
+
+// NCHW (kPlanar: a row is one channel's output row, C = 1 per element) and NHWC with few channels
+// (a row is w_out * C elements, element e at x = e / C, channel e % C), by RowRuns: per run the
+// row's y entry and input rows, per element the x entry, the loads and the mix.
+template <typename T, typename I, bool kPlanar>
+struct BilinearRowsBody : BilinearForwardBase<T, I> {
+  using A = typename AccOf<T>::type;
+  Divider by_h_out, by_c;  // row -> (image or plane, y); e -> x (NHWC)
+
+  // kFull: all kRun elements are inside the row (no bounds test per element).
+  template <bool kTwoY, bool kFull>
+  TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ty, const T* r0, const T* r1, T* o, I e, I row_len) const {
+    const auto& b = *this;
+    r0 = Opaque(r0);
+    r1 = Opaque(r1);
+    o += e;
+    const Taps2<A, I>* tab = b.tx_tab + (kPlanar ? e : 0);
+    TFUP_UNROLL
+    for (int j = 0; j < kRun; ++j, e += kRunLanes, o += kRunLanes) {
+      if (!kFull && e >= row_len) break;
+      const I x = kPlanar ? 0 : by_c.Div(e), c = kPlanar ? 0 : e - x * b.C;
+      const Taps2<A, I> tx = kPlanar ? tab[j * kRunLanes] : tab[x];
+      const I i0 = kPlanar ? tx.i0 : tx.i0 * b.C + c, i1 = kPlanar ? tx.i1 : tx.i1 * b.C + c;
+      const A v00 = ToAcc(r0[i0]), v01 = ToAcc(r0[i1]);
+      const A v10 = kTwoY ? ToAcc(r1[i0]) : v00, v11 = kTwoY ? ToAcc(r1[i1]) : v01;
+      *o = Store<T>::From(tx.Two() ? Mix4<kTwoY, true>(ty, tx, v00, v01, v10, v11)
+                                   : Mix4<kTwoY, false>(ty, tx, v00, v01, v10, v11));
+    }
+  }
+  TFUP_HOST_DEVICE void operator()(I row, I e, I row_len) const {
+    const auto& b = *this;
+    const I q = by_h_out.Div(row), y = row - q * b.h_out;  // q: the plane (NCHW) or the image (NHWC)
+    const Taps2<A, I> ty = b.ty_tab[y];
+    const I row_in = kPlanar ? b.w_in : b.w_in * b.C;
+    const T* r0 = b.in + (q * b.h_in + ty.i0) * row_in;
+    const T* r1 = b.in + (q * b.h_in + ty.i1) * row_in;
+    T* o = b.out + row * row_len;
+    const bool full = e + kRunLanes * (kRun - 1) < row_len;
+    if (ty.Two()) {
+      if (full) return Elements<true, true>(ty, r0, r1, o, e, row_len);
+      return Elements<true, false>(ty, r0, r1, o, e, row_len);
+    }
+    if (full) return Elements<false, true>(ty, r0, r1, o, e, row_len);
+    Elements<false, false>(ty, r0, r1, o, e, row_len);
   }
 };
 

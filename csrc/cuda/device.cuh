@@ -39,6 +39,13 @@ template <> struct Store<__nv_bfloat16> {
   TFUP_HOST_DEVICE static __nv_bfloat16 From(float v) { return __float2bfloat16_rn(v); }
 };
 
+TFUP_HOST_DEVICE inline uint32_t MulHi(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
 TFUP_HOST_DEVICE inline uint64_t MulHi(uint64_t a, uint64_t b) {
 #if defined(__CUDA_ARCH__)
   return __umul64hi(a, b);
@@ -56,10 +63,12 @@ TFUP_HOST_DEVICE inline int LowestBit(uint64_t v) {
 #endif
 }
 
-// Division of non-negative int64 values by a divisor fixed at launch: a multiply-high and two
-// shifts instead of the GPU's ~100-instruction 64-bit division (Granlund & Montgomery 1994).
+// Division of non-negative values by a divisor fixed at launch: a multiply-high and two shifts
+// instead of the GPU's ~100-instruction 64-bit division (Granlund & Montgomery 1994). Div takes
+// int64 values; Div(int32_t) the 32-bit indices of smaller tensors, with a 32-bit multiply-high.
 struct Divider {
   uint64_t d = 1, m = 0;
+  uint32_t m32 = 0;
   int s = 0;
   Divider() = default;
   explicit Divider(int64_t divisor) : d(static_cast<uint64_t>(divisor)) {
@@ -67,13 +76,41 @@ struct Divider {
     while ((uint64_t{1} << s) < d) ++s;
     const unsigned __int128 one = 1;
     m = static_cast<uint64_t>(((one << 64) * ((one << s) - d)) / d + 1);
+    if (s <= 32) m32 = static_cast<uint32_t>(((uint64_t{1} << 32) * ((one << s) - d)) / d + 1);
   }
   TFUP_HOST_DEVICE int64_t Div(int64_t n) const {
     if (d == 1) return n;
     const uint64_t u = static_cast<uint64_t>(n), t = MulHi(m, u);
     return static_cast<int64_t>((t + ((u - t) >> 1)) >> (s - 1));
   }
+  TFUP_HOST_DEVICE int32_t Div(int32_t n) const {
+    if (d == 1) return n;
+    const uint32_t u = static_cast<uint32_t>(n), t = MulHi(m32, u);
+    return static_cast<int32_t>((t + ((u - t) >> 1)) >> (s - 1));
+  }
 };
+
+// p, hidden from the compiler's address arithmetic (still known to be global memory): p[i] then
+// costs one wide multiply-add from the pointer, not a 64-bit sum of the offsets that led to p and
+// i (four instructions per access).
+template <typename P>
+TFUP_HOST_DEVICE inline P* Opaque(P* p) {
+#if defined(__CUDA_ARCH__)
+  asm("mov.b64 %0, %0;" : "+l"(p));
+  __builtin_assume(__isGlobal(p));
+#endif
+  return p;
+}
+
+// The index type of a launch: int32 when every tensor it touches has fewer than 2^31 - 2^28
+// elements (so that a grid-stride step, at most 2^20 blocks of 256, stays in range), else int64.
+// The 64-bit products and divisions cost several instructions each on the GPU, and signed 32-bit
+// offsets let the compiler keep a row's pointer and add each element's offset in one instruction.
+// TFUP_INDEX32_LIMIT lowers the bound (the tests build an emulation that takes the 64-bit path).
+#ifndef TFUP_INDEX32_LIMIT
+#define TFUP_INDEX32_LIMIT ((int64_t{1} << 31) - (int64_t{1} << 28))
+#endif
+inline bool Fits32(int64_t elements) { return elements < TFUP_INDEX32_LIMIT; }
 
 // Element strides of an (n, y, x, c) tensor in its layout.
 struct Strides {
@@ -119,28 +156,66 @@ struct Shape {
 // kGroupLanes elements, while wide C still splits into enough warps to fill the card.
 constexpr int kGroupLanes = 8;
 
-template <class Body>
+// Lanes along the channels: the power of two >= C, at most a warp.
+inline int ChannelLanesFor(int64_t C) {
+  int lanes = 1;
+  while (lanes < 32 && lanes < C) lanes *= 2;
+  return lanes;
+}
+
+template <class Body, typename I = int64_t>
 struct ChannelLanes {
   Body body;
-  int64_t items, C, group;  // items = positions * groups; group = channels per group
-  Divider groups, w, h;     // by the group count, the x and the y extents
+  I items, C, group;     // items = positions * groups; group = channels per group
+  Divider groups, w, h;  // by the group count, the x and the y extents
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
-    const int64_t step = p.grid * p.by;
-    for (int64_t i = p.block * p.by + p.ty; i < items; i += step) {
-      const QuotRem pg = Split(groups, i), yx = Split(w, pg.q), ny = Split(h, yx.q);
-      const int64_t g = pg.r, c_end = (g + 1) * group < C ? (g + 1) * group : C;
-      body(ny.q, ny.r, yx.r, g * group + p.tx, p.bx, c_end);
+    const I step = static_cast<I>(p.grid) * p.by;
+    for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
+      const I pg = groups.Div(i), g = i - pg * static_cast<I>(groups.d);
+      const I yx = w.Div(pg), x = pg - yx * static_cast<I>(w.d);
+      const I n = h.Div(yx), y = yx - n * static_cast<I>(h.d);
+      const I c_end = (g + 1) * group < C ? (g + 1) * group : C;
+      body(n, y, x, g * group + p.tx, static_cast<I>(p.bx), c_end);
     }
   }
   static ChannelLanes Make(const Body& body, int64_t positions, int64_t w, int64_t h, int64_t C,
                            Shape* s) {
-    int lanes = 1;
-    while (lanes < 32 && lanes < C) lanes *= 2;
+    const int lanes = ChannelLanesFor(C);
     const int64_t group = int64_t{lanes} * kGroupLanes, count = (C + group - 1) / group;
     const int64_t items = positions * count;
     *s = Shape::Of(lanes, 256 / lanes, items, 256 / lanes);
-    return ChannelLanes{body, items, C, group, Divider(count), Divider(w), Divider(h)};
+    return ChannelLanes{body, static_cast<I>(items), static_cast<I>(C), static_cast<I>(group),
+                        Divider(count), Divider(w), Divider(h)};
+  }
+};
+
+// Runs along rows: the row-major [rows, row_len] output is cut into pieces of kRunLanes * kRun
+// elements; a warp takes a piece, lane l its elements l, l + 32, ... (coalesced), so the body's
+// per-row work (a division, the row's taps) is done once for up to kRun elements. For NCHW (a
+// row is one channel's output row) and NHWC with few channels (a row is w * C elements: every
+// lane busy whatever C).
+constexpr int kRunLanes = 32, kRun = 16;
+
+template <class Body, typename I>
+struct RowRuns {
+  Body body;
+  I items, row_len, per_row;  // items = rows * per_row
+  Divider pieces;             // by per_row
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const I step = static_cast<I>(p.grid) * p.by;
+    for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
+      const I row = pieces.Div(i), piece = i - row * per_row;
+      body(row, piece * (kRunLanes * kRun) + p.tx, row_len);
+    }
+  }
+  static RowRuns Make(const Body& body, int64_t rows, int64_t row_len, Shape* s) {
+    const int64_t per_row = (row_len + kRunLanes * kRun - 1) / (kRunLanes * kRun);
+    const int64_t items = rows * per_row;
+    *s = Shape::Of(kRunLanes, 256 / kRunLanes, items, 256 / kRunLanes);
+    return RowRuns{body, static_cast<I>(items), static_cast<I>(row_len), static_cast<I>(per_row),
+                   Divider(per_row)};
   }
 };
 

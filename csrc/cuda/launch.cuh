@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 #include "cuda/heads.cuh"
 #include "cuda/kernels.h"
@@ -45,24 +46,67 @@ inline int VectorWidth(const Geometry& g, int64_t bytes, const void* a, const vo
   return 1;
 }
 
-template <int V, typename T, class Exec>
-void BilinearForwardV(const Exec& ex, const Geometry& g, const T* in, T* out) {
-  const BilinearForwardBody<T, V> b{g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), g.c,
-                                    InputStrides(g), OutputStrides(g), in, out};
-  ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c / V, b);
+// The bilinear forward: the two axes' tap tables (scratch), then one of two launch shapes. NHWC
+// whose channel vectors keep channel lanes busy (at least 8 vectors, >= 75% of the lanes' slots
+// used) runs ChannelLanes; NCHW and NHWC with few or awkward channel counts (C = 21: 11 of 32
+// lanes idle) run RowRuns. 32-bit indices where both tensors are under 2^31 elements; the 64-bit
+// path (rare: huge tensors) runs RowRuns only.
+inline int64_t TapTableBytes(const Geometry& g) {
+  return (g.y.n_out + g.x.n_out) * 32 + 256;  // Taps2 of at most 32 bytes, from a 256-aligned start
+}
+inline bool ChannelLanesFit(int64_t vectors) {
+  if (vectors < 8) return false;
+  const int64_t lanes = ChannelLanesFor(vectors);
+  return vectors * 4 >= 3 * lanes * ((vectors + lanes - 1) / lanes);
+}
+
+template <typename T, typename I, class Exec>
+void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out, void* scratch) {
+  using A = typename AccOf<T>::type;
+  Taps2<A, I>* table = static_cast<Taps2<A, I>*>(scratch);
+  const int64_t coords = g.y.n_out + g.x.n_out;
+  ex(Shape::Of(256, 1, coords, 256),
+     TapTableBody<A, I>{g.y, g.x, Divider(g.y.stride), Divider(g.x.stride), table});
+  const BilinearForwardBase<T, I> base{table, table + g.y.n_out, static_cast<I>(g.y.n_in), static_cast<I>(g.x.n_in),
+                                       static_cast<I>(g.y.n_out), static_cast<I>(g.x.n_out), static_cast<I>(g.c), in, out};
+  Shape s;
+  const int V = std::is_same<I, int64_t>::value ? 1 : VectorWidth(g, sizeof(T), in, out);
+  const auto channels = [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    using Body = BilinearChannelsBody<T, I, kV>;
+    const auto k = ChannelLanes<Body, I>::Make(Body{base}, g.n * g.y.n_out * g.x.n_out, g.x.n_out, g.y.n_out, g.c / kV, &s);
+    ex(s, k);
+  };
+  if constexpr (!std::is_same<I, int64_t>::value) {
+    if (g.layout == Layout::kNHWC && ChannelLanesFit(g.c / V)) {
+      if (V == 4) return channels(std::integral_constant<int, 4>{});
+      if (V == 2) return channels(std::integral_constant<int, 2>{});
+      return channels(std::integral_constant<int, 1>{});
+    }
+  }
+  const auto rows = [&](auto planar) {
+    constexpr bool kPlanar = decltype(planar)::value;
+    using Body = BilinearRowsBody<T, I, kPlanar>;
+    const int64_t row_len = kPlanar ? g.x.n_out : g.x.n_out * g.c;
+    const Body body{base, Divider(g.y.n_out), Divider(kPlanar ? 1 : g.c)};
+    const auto k = RowRuns<Body, I>::Make(body, g.n * (kPlanar ? g.c : 1) * g.y.n_out, row_len, &s);
+    ex(s, k);
+  };
+  if (g.layout == Layout::kNCHW) return rows(std::true_type{});
+  rows(std::false_type{});
 }
 
 template <class Exec>
-void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* in, void* out) {
+void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* in, void* out, void* scratch) {
+  if (g.OutputElements() == 0 || g.y.n_in == 0 || g.x.n_in == 0) return;  // (no input: no output either, SAME)
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const T* src = static_cast<const T*>(in);
     T* dst = static_cast<T*>(out);
-    switch (VectorWidth(g, sizeof(T), in, out)) {
-      case 4: return BilinearForwardV<4>(ex, g, src, dst);
-      case 2: return BilinearForwardV<2>(ex, g, src, dst);
-      default: return BilinearForwardV<1>(ex, g, src, dst);
+    if (Fits32(g.InputElements()) && Fits32(g.OutputElements())) {
+      return BilinearForwardTyped<T, int32_t>(ex, g, src, dst, scratch);
     }
+    BilinearForwardTyped<T, int64_t>(ex, g, src, dst, scratch);
   });
 }
 
@@ -315,8 +359,8 @@ const Op<Exec>* FindOp(const char* name) {
   using C = const OpCall&;
   using E = const Exec&;
   static const Op<Exec> ops[] = {
-      {"BilinearForward", NoScratch,
-       [](E ex, C c) { RunBilinearForward(ex, c.g, c.t, c.p[0], c.p[1]); }},
+      {"BilinearForward", [](const Geometry& g, DType) { return TapTableBytes(g); },
+       [](E ex, C c) { RunBilinearForward(ex, c.g, c.t, c.p[0], c.p[1], c.scratch); }},
       {"BilinearBackpropInput", BilinearScratchBytes,
        [](E ex, C c) { RunBilinearBackpropInput(ex, c.g, c.t, c.p[0], c.p[1], c.scratch); }},
       {"DepthwiseForward", NoScratch,

@@ -43,6 +43,11 @@ extern "C" int64_t tfup_emu_divide(int64_t n, int64_t d) {
   return tfup::cuda::Divider(d).Div(n);
 }
 
+// The 32-bit division (int32 indices: n >= 0, d < 2^31).
+extern "C" int32_t tfup_emu_divide32(int32_t n, int64_t d) {
+  return tfup::cuda::Divider(d).Div(n);
+}
+
 // The argmax's cells along one axis of n inputs upsampled by f: the number of outputs whose cell's
 // span does not hold them, plus the outputs over all spans that are not exactly n * f, plus the
 // spans longer than f (a cell must fit its sub-blocks).

@@ -18,10 +18,10 @@ def have_nvcc():
     return shutil.which("nvcc") is not None
 
 
-def build(directory):
-    """Compile emulate.cu into directory; returns the loaded library."""
+def build(directory, defines=()):
+    """Compile emulate.cu into directory (with the -D defines given); returns the loaded library."""
     so = os.path.join(directory, "emulate.so")
-    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC",
+    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC", *("-D" + d for d in defines),
                     "-I" + os.path.join(ROOT, "csrc"),
                     os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
     lib = ctypes.CDLL(so)
@@ -32,6 +32,8 @@ def build(directory):
     lib.tfup_emu_check_cells.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.tfup_emu_divide.restype = ctypes.c_int64
     lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    lib.tfup_emu_divide32.restype = ctypes.c_int32
+    lib.tfup_emu_divide32.argtypes = [ctypes.c_int32, ctypes.c_int64]
     lib.tfup_emu_bilinear_kernel_size.restype = ctypes.c_int64
     lib.tfup_emu_bilinear_kernel_size.argtypes = [ctypes.c_int64]
     lib.tfup_emu_default_output_size.restype = ctypes.c_int64
