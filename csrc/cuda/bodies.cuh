@@ -111,15 +111,6 @@ struct GatherBody {
   }
 };
 
-// The bilinear order of operations (docs/DESIGN.md, "The bilinear kernel"): each input column
-// along y first (Column), then the two columns along x -- as on the CPU, so equal bits everywhere
-// it is used (forward, argmax, loss). A missing second tap is skipped, not weighted 0, so an inf
-// or NaN input reaches exactly the outputs its taps reach.
-template <typename A>
-TFUP_HOST_DEVICE inline A Column(bool two, A w0, A w1, A v0, A v1) {
-  return two ? w0 * v0 + w1 * v1 : w0 * v0;
-}
-
 // The bilinear forward: at most two inputs per axis, so the four weights and offsets are worked
 // out once per output position and the channel loop is four loads and a few multiply-adds.
 template <typename T>
@@ -148,10 +139,12 @@ struct BilinearPixel {
     off10 = s.At(n, iy1, ix0, 0);
     off11 = s.At(n, iy1, ix1, 0);
   }
+  // The bilinear order of operations: Mix4's (below), with the taps known at run time.
   TFUP_HOST_DEVICE A Mix(A v00, A v01, A v10, A v11) const {
-    const A col0 = Column(two_y, wy0, wy1, v00, v10);
+    const A col0 = two_y ? wy0 * v00 + wy1 * v10 : wy0 * v00;
     if (!two_x) return wx0 * col0;
-    return wx0 * col0 + wx1 * Column(two_y, wy0, wy1, v01, v11);
+    const A col1 = two_y ? wy0 * v01 + wy1 * v11 : wy0 * v01;
+    return wx0 * col0 + wx1 * col1;
   }
   TFUP_HOST_DEVICE A Value(const T* in, int64_t coff) const {
     return Mix(ToAcc(in[off00 + coff]), ToAcc(in[off01 + coff]), ToAcc(in[off10 + coff]),
@@ -197,13 +190,19 @@ struct TapTableBody {
 };
 
 // One output element from its four inputs' values, both second taps present or not at compile
-// time (the same expressions as Column and BilinearPixel::Mix).
+// time: the same expressions as BilinearPixel::Mix, the bilinear order of operations (docs/
+// DESIGN.md, "The bilinear kernel": each input column along y first, then the two columns along
+// x -- as on the CPU, so equal bits everywhere it is used: forward, argmax, loss). A missing
+// second tap is skipped, not weighted 0, so an inf or NaN input reaches exactly the outputs its
+// taps reach.
+template <bool kTwoY, typename A, typename I>
+TFUP_HOST_DEVICE inline A Column(const Taps2<A, I>& ty, A v0, A v1) {
+  return kTwoY ? ty.w0 * v0 + ty.w1 * v1 : ty.w0 * v0;
+}
 template <bool kTwoY, bool kTwoX, typename A, typename I>
 TFUP_HOST_DEVICE inline A Mix4(const Taps2<A, I>& ty, const Taps2<A, I>& tx, A v00, A v01, A v10, A v11) {
-  const A col0 = kTwoY ? ty.w0 * v00 + ty.w1 * v10 : ty.w0 * v00;
-  if (!kTwoX) return tx.w0 * col0;
-  const A col1 = kTwoY ? ty.w0 * v01 + ty.w1 * v11 : ty.w0 * v01;
-  return tx.w0 * col0 + tx.w1 * col1;
+  const A first = tx.w0 * Column<kTwoY>(ty, v00, v10);
+  return kTwoX ? first + tx.w1 * Column<kTwoY>(ty, v01, v11) : first;
 }
 
 // The bilinear forward's tables and sizes, shared by its two launch shapes.
@@ -288,42 +287,58 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
   }
 };
 
-// NCHW (kPlanar: a row is one channel's output row, C = 1 per element) and NHWC with few channels
-// (a row is w_out * C elements, element e at x = e / C, channel e % C), by RowRuns: per run the
-// row's y entry and input rows, per element the x entry, the loads and the mix.
-template <typename T, typename I, bool kPlanar>
+// NCHW (kPlanar: a row is one channel's output row) and NHWC (a row is w_out * C elements, in
+// vectors of V channels: element e is vector e % (C / V) of position e / (C / V)), by RowRuns:
+// per run the row's y entry and input rows, per element the x entry, the loads and the mix.
+template <typename T, typename I, bool kPlanar, int V>
 struct BilinearRowsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
-  Divider by_h_out, by_c;  // row -> (image or plane, y); e -> x (NHWC)
+  using W = Vec<T, V>;
+  Divider by_h_out, by_cv;  // row -> (plane or image, y); e -> x (NHWC)
 
   // kFull: all kRun elements are inside the row (no bounds test per element).
   template <bool kTwoY, bool kFull>
-  TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ty, const T* r0, const T* r1, T* o, I e, I row_len) const {
+  TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ty, const W* r0, const W* r1, W* o, I e, I row_len) const {
     const auto& b = *this;
-    r0 = Opaque(r0);
-    r1 = Opaque(r1);
+    const I cv = kPlanar ? 1 : b.C / V;
     o += e;
     const Taps2<A, I>* tab = b.tx_tab + (kPlanar ? e : 0);
     TFUP_UNROLL
     for (int j = 0; j < kRun; ++j, e += kRunLanes, o += kRunLanes) {
       if (!kFull && e >= row_len) break;
-      const I x = kPlanar ? 0 : by_c.Div(e), c = kPlanar ? 0 : e - x * b.C;
+      const I x = kPlanar ? 0 : by_cv.Div(e), c = kPlanar ? 0 : e - x * cv;
       const Taps2<A, I> tx = kPlanar ? tab[j * kRunLanes] : tab[x];
-      const I i0 = kPlanar ? tx.i0 : tx.i0 * b.C + c, i1 = kPlanar ? tx.i1 : tx.i1 * b.C + c;
-      const A v00 = ToAcc(r0[i0]), v01 = ToAcc(r0[i1]);
-      const A v10 = kTwoY ? ToAcc(r1[i0]) : v00, v11 = kTwoY ? ToAcc(r1[i1]) : v01;
-      *o = Store<T>::From(tx.Two() ? Mix4<kTwoY, true>(ty, tx, v00, v01, v10, v11)
-                                   : Mix4<kTwoY, false>(ty, tx, v00, v01, v10, v11));
+      // The second input along x, when there is one, is the next position: one address per row.
+      const W* a0 = r0 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
+      const W* a1 = r1 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
+      // Mix4's arithmetic, the first column's product shared by both cases.
+      const W v00 = a0[0], v10 = kTwoY ? a1[0] : v00;
+      A first[V];
+      W r;
+      TFUP_UNROLL
+      for (int i = 0; i < V; ++i) {
+        first[i] = tx.w0 * Column<kTwoY>(ty, ToAcc(v00.v[i]), ToAcc(v10.v[i]));
+        r.v[i] = Store<T>::From(first[i]);
+      }
+      if (tx.Two()) {
+        const W v01 = a0[cv], v11 = kTwoY ? a1[cv] : v01;
+        TFUP_UNROLL
+        for (int i = 0; i < V; ++i) {
+          r.v[i] = Store<T>::From(first[i] + tx.w1 * Column<kTwoY>(ty, ToAcc(v01.v[i]), ToAcc(v11.v[i])));
+        }
+      }
+      *o = r;
     }
   }
   TFUP_HOST_DEVICE void operator()(I row, I e, I row_len) const {
     const auto& b = *this;
     const I q = by_h_out.Div(row), y = row - q * b.h_out;  // q: the plane (NCHW) or the image (NHWC)
     const Taps2<A, I> ty = b.ty_tab[y];
-    const I row_in = kPlanar ? b.w_in : b.w_in * b.C;
-    const T* r0 = b.in + (q * b.h_in + ty.i0) * row_in;
-    const T* r1 = b.in + (q * b.h_in + ty.i1) * row_in;
-    T* o = b.out + row * row_len;
+    const I row_in = kPlanar ? b.w_in : b.w_in * (b.C / V);  // vectors per input row
+    const W* in = reinterpret_cast<const W*>(b.in);
+    const W* r0 = Opaque(in + (q * b.h_in + ty.i0) * row_in);
+    const W* r1 = Opaque(in + (q * b.h_in + ty.i1) * row_in);
+    W* o = reinterpret_cast<W*>(b.out) + row * row_len;
     const bool full = e + kRunLanes * (kRun - 1) < row_len;
     if (ty.Two()) {
       if (full) return Elements<true, true>(ty, r0, r1, o, e, row_len);

@@ -47,18 +47,14 @@ inline int VectorWidth(const Geometry& g, int64_t bytes, const void* a, const vo
 }
 
 // The bilinear forward: the two axes' tap tables (scratch), then one of two launch shapes. NHWC
-// whose channel vectors keep channel lanes busy (at least 8 vectors, >= 75% of the lanes' slots
-// used) runs ChannelLanes; NCHW and NHWC with few or awkward channel counts (C = 21: 11 of 32
-// lanes idle) run RowRuns. 32-bit indices where both tensors are under 2^31 elements; the 64-bit
-// path (rare: huge tensors) runs RowRuns only.
+// with at least 4 channel vectors per lane (C / V >= 128) runs ChannelLanes (no per-element
+// division or table entry); NCHW and NHWC with fewer channels run RowRuns (every lane busy
+// whatever C; the per-row work shared by 16 elements). 32-bit indices where both tensors are
+// small enough; the 64-bit path (huge tensors) runs RowRuns, one channel per element.
 inline int64_t TapTableBytes(const Geometry& g) {
   return (g.y.n_out + g.x.n_out) * 32 + 256;  // Taps2 of at most 32 bytes, from a 256-aligned start
 }
-inline bool ChannelLanesFit(int64_t vectors) {
-  if (vectors < 8) return false;
-  const int64_t lanes = ChannelLanesFor(vectors);
-  return vectors * 4 >= 3 * lanes * ((vectors + lanes - 1) / lanes);
-}
+constexpr int64_t kChannelLanesMin = 128;
 
 template <typename T, typename I, class Exec>
 void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out, void* scratch) {
@@ -77,23 +73,24 @@ void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out
     const auto k = ChannelLanes<Body, I>::Make(Body{base}, g.n * g.y.n_out * g.x.n_out, g.x.n_out, g.y.n_out, g.c / kV, &s);
     ex(s, k);
   };
-  if constexpr (!std::is_same<I, int64_t>::value) {
-    if (g.layout == Layout::kNHWC && ChannelLanesFit(g.c / V)) {
-      if (V == 4) return channels(std::integral_constant<int, 4>{});
-      if (V == 2) return channels(std::integral_constant<int, 2>{});
-      return channels(std::integral_constant<int, 1>{});
-    }
-  }
-  const auto rows = [&](auto planar) {
+  const auto rows = [&](auto planar, auto v) {
     constexpr bool kPlanar = decltype(planar)::value;
-    using Body = BilinearRowsBody<T, I, kPlanar>;
-    const int64_t row_len = kPlanar ? g.x.n_out : g.x.n_out * g.c;
-    const Body body{base, Divider(g.y.n_out), Divider(kPlanar ? 1 : g.c)};
+    constexpr int kV = decltype(v)::value;
+    using Body = BilinearRowsBody<T, I, kPlanar, kV>;
+    const int64_t row_len = kPlanar ? g.x.n_out : g.x.n_out * (g.c / kV);
+    const Body body{base, Divider(g.y.n_out), Divider(kPlanar ? 1 : g.c / kV)};
     const auto k = RowRuns<Body, I>::Make(body, g.n * (kPlanar ? g.c : 1) * g.y.n_out, row_len, &s);
     ex(s, k);
   };
-  if (g.layout == Layout::kNCHW) return rows(std::true_type{});
-  rows(std::false_type{});
+  using One = std::integral_constant<int, 1>;
+  if (g.layout == Layout::kNCHW) return rows(std::true_type{}, One{});
+  if constexpr (!std::is_same<I, int64_t>::value) {
+    const bool wide = g.c / V >= kChannelLanesMin;
+    if (V == 4) return wide ? channels(std::integral_constant<int, 4>{}) : rows(std::false_type{}, std::integral_constant<int, 4>{});
+    if (V == 2) return wide ? channels(std::integral_constant<int, 2>{}) : rows(std::false_type{}, std::integral_constant<int, 2>{});
+    if (wide) return channels(One{});
+  }
+  rows(std::false_type{}, One{});
 }
 
 template <class Exec>
