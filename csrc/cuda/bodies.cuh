@@ -397,21 +397,25 @@ struct FilterPartialBody {
   }
 };
 
-// Stage 2: the chunks' partial sums added in chunk order.
-template <typename T>
+// Stages 2 and 3: a partial-sum array [count, ky, kx, C] reduced along its first dimension in
+// consecutive groups of `per` (the last may be shorter), each group in order: stage 2 writes
+// [groups, ky, kx, C] partials (A), stage 3 (one group) the filter gradient (T). Two levels of at
+// most kFilterGroup terms each: no thread sums more than that, and the order is fixed.
+template <typename T, typename Out>
 struct FilterReduceBody {
   using A = typename AccOf<T>::type;
-  int64_t chunks, taps, C;  // taps = ky * kx
+  int64_t count, per, taps, C;  // taps = ky * kx
   int64_t kx;
   const A* partial;
-  T* filter_grad;
-  TFUP_HOST_DEVICE void operator()(int64_t, int64_t ty, int64_t tx, int64_t c0, int64_t cs,
+  Out* out;
+  TFUP_HOST_DEVICE void operator()(int64_t group, int64_t ty, int64_t tx, int64_t c0, int64_t cs,
                                    int64_t c_end) const {
     const int64_t tap = ty * kx + tx;
+    const int64_t k0 = group * per, k1 = k0 + per < count ? k0 + per : count;
     for (int64_t c = c0; c < c_end; c += cs) {
       A acc = A(0);
-      for (int64_t k = 0; k < chunks; ++k) acc += partial[(k * taps + tap) * C + c];
-      filter_grad[tap * C + c] = Store<T>::From(acc);
+      for (int64_t k = k0; k < k1; ++k) acc += partial[(k * taps + tap) * C + c];
+      out[(group * taps + tap) * C + c] = Store<Out>::From(acc);
     }
   }
 };

@@ -150,22 +150,27 @@ void RunDepthwiseGather(const Exec& ex, const Geometry& g, DType t, const void* 
 }
 
 // Filter gradient: the (n, iy) rows are cut into chunks so that there are ~2^20 threads whatever
-// the filter size; each thread sums one chunk for one (tap, channel), then the chunks are added
-// in order. Fixed chunking (from the shapes only): the same bits on every run and every card.
+// the filter size, at most kFilterGroup^2 chunks; each thread sums one chunk for one (tap,
+// channel), then the chunks are added in two levels of at most kFilterGroup in order. Fixed
+// chunking (from the shapes only): the same bits on every run and every card.
+constexpr int64_t kFilterGroup = 256;
 struct FilterChunks {
-  int64_t rows, per, count;
+  int64_t rows, per, count, groups;
   explicit FilterChunks(const Geometry& g) {
     rows = g.n * g.y.n_in;
     const int64_t items = g.y.k * g.x.k * g.c;
     int64_t want = items > 0 ? ((int64_t{1} << 20) + items - 1) / items : 1;
+    if (want > kFilterGroup * kFilterGroup) want = kFilterGroup * kFilterGroup;
     if (want > rows) want = rows;
     if (want < 1) want = 1;
     per = (rows + want - 1) / want;
     count = per > 0 ? (rows + per - 1) / per : 1;
+    groups = (count + kFilterGroup - 1) / kFilterGroup;
   }
 };
 inline int64_t FilterScratchBytes(const Geometry& g, DType t) {
-  return FilterChunks(g).count * g.y.k * g.x.k * g.c * AccBytes(t);
+  const FilterChunks chunks(g);
+  return (chunks.count + chunks.groups) * g.y.k * g.x.k * g.c * AccBytes(t);
 }
 template <class Exec>
 void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, const void* in,
@@ -174,15 +179,18 @@ void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, cons
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
-    A* partial = static_cast<A*>(scratch);
+    const int64_t taps = g.y.k * g.x.k;
+    A* partial = static_cast<A*>(scratch);  // [count, ky, kx, C], then the groups' [groups, ky, kx, C]
+    A* sums = partial + chunks.count * taps * g.c;
     const FilterPartialBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, g.y.k,
                                     Divider(g.y.n_in > 0 ? g.y.n_in : 1), InputStrides(g),
                                     OutputStrides(g), static_cast<const T*>(in),
                                     static_cast<const T*>(dy), partial};
     ForEach(ex, Layout::kNHWC, chunks.count, g.y.k, g.x.k, g.c, part);
-    const FilterReduceBody<T> reduce{chunks.count, g.y.k * g.x.k, g.c, g.x.k, partial,
-                                     static_cast<T*>(dw)};
-    ForEach(ex, Layout::kNHWC, 1, g.y.k, g.x.k, g.c, reduce);
+    const FilterReduceBody<T, A> level1{chunks.count, kFilterGroup, taps, g.c, g.x.k, partial, sums};
+    ForEach(ex, Layout::kNHWC, chunks.groups, g.y.k, g.x.k, g.c, level1);
+    const FilterReduceBody<T, T> level2{chunks.groups, chunks.groups, taps, g.c, g.x.k, sums, static_cast<T*>(dw)};
+    ForEach(ex, Layout::kNHWC, 1, g.y.k, g.x.k, g.c, level2);
   });
 }
 
