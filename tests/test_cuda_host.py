@@ -144,15 +144,18 @@ def test_depthwise_forward_and_gradients(emu, case, layout, dtype, rng):
                      "filter_grad")
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("shape", [(3, 700, 2, 1), (1, 70001, 1, 1)], ids=str)
-def test_filter_gradient_chunked_over_many_rows(emu, shape, rng):
+def test_filter_gradient_chunked_over_many_rows(emu, shape, layout, rng):
     # 1 tap x 1 channel: the rows are cut into many chunks (2^20 threads wanted; at most 2^16
-    # chunks: 70001 rows make 35001 chunks of 2), added in two levels of up to 256 in order.
+    # partials: 70001 rows make 35001 chunks of 2, or in NCHW 2001 chunks of 35 with a partial per
+    # lane), added in two levels of up to 256 in order. (C = 1: the layouts share the memory.)
     x = rng.standard_normal(shape)
     out_hw = (shape[1] * 2, shape[2] * 2)
     dy = rng.standard_normal((shape[0], *out_hw, 1))
     dw = np.full((1, 1, 1), np.nan)
-    call(emu, "DepthwiseBackpropFilter", dims(shape, out_hw, (1, 1), (2, 2)), "float64", x, dy, dw)
+    call(emu, "DepthwiseBackpropFilter", dims(shape, out_hw, (1, 1), (2, 2), layout=layout), "float64",
+         to_layout(x, layout), to_layout(dy, layout), dw)
     expected = ref.transposed_conv_filter_grad_loop(x, dy, (1, 1), (2, 2), "SAME")
     ref.assert_close(dw, expected, "float64", "filter_grad")
 

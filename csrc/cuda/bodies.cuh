@@ -397,6 +397,47 @@ struct FilterPartialBody {
   }
 };
 
+// Stage 1 for NCHW, where a warp across channels would use 4 of each 32-byte sector it loads:
+// a warp takes one (chunk, tap, channel), lane l the columns ix = ix_lo + l + 32 m of each row
+// (coalesced along x), and writes its own partial: partial[chunk * 32 + l, ky, kx, C].
+constexpr int kFilterLanes = 32;
+template <typename T>
+struct FilterPartialColumnsBody {
+  using A = typename AccOf<T>::type;
+  Axis ay, ax;
+  int64_t C, rows, rows_per_chunk, kx, taps, items;  // items = chunks * taps * C
+  Divider by_h, by_c, by_taps, by_kx;  // rows -> (n, iy); items -> (chunk, tap, c); tap -> (ty, tx)
+  const T* in;
+  const T* dy;
+  A* partial;
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const int64_t step = p.grid * p.by;
+    for (int64_t i = p.block * p.by + p.ty; i < items; i += step) {
+      const QuotRem rc = Split(by_c, i), ct = Split(by_taps, rc.q), yx = Split(by_kx, ct.r);
+      const int64_t c = rc.r, chunk = ct.q, ty = yx.q, tx = yx.r;
+      // Inputs ix whose tap tx lands inside the output: 0 <= ix*sx - px + tx < n_out.
+      int64_t ix_lo = 0, ix_hi = ax.n_in - 1;
+      while (ix_lo <= ix_hi && ix_lo * ax.stride - ax.pad + tx < 0) ++ix_lo;
+      while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
+      const int64_t r0 = chunk * rows_per_chunk;
+      const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+      A acc = A(0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = by_h.Div(r), iy = r - n * ay.n_in;
+        const int64_t oy = iy * ay.stride - ay.pad + ty;
+        if (oy < 0 || oy >= ay.n_out) continue;
+        const T* x_row = in + ((n * C + c) * ay.n_in + iy) * ax.n_in;
+        const T* dy_row = dy + ((n * C + c) * ay.n_out + oy) * ax.n_out - ax.pad + tx;
+        for (int64_t ix = ix_lo + p.tx; ix <= ix_hi; ix += kFilterLanes) {
+          acc += A(ToAcc(x_row[ix])) * A(ToAcc(dy_row[ix * ax.stride]));
+        }
+      }
+      partial[((chunk * kFilterLanes + p.tx) * taps + ct.r) * C + c] = acc;
+    }
+  }
+};
+
 // Stages 2 and 3: a partial-sum array [count, ky, kx, C] reduced along its first dimension in
 // consecutive groups of `per` (the last may be shorter), each group in order: stage 2 writes
 // [groups, ky, kx, C] partials (A), stage 3 (one group) the filter gradient (T). Two levels of at

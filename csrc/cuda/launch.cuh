@@ -150,27 +150,30 @@ void RunDepthwiseGather(const Exec& ex, const Geometry& g, DType t, const void* 
 }
 
 // Filter gradient: the (n, iy) rows are cut into chunks so that there are ~2^20 threads whatever
-// the filter size, at most kFilterGroup^2 chunks; each thread sums one chunk for one (tap,
-// channel), then the chunks are added in two levels of at most kFilterGroup in order. Fixed
-// chunking (from the shapes only): the same bits on every run and every card.
+// the filter size; each thread sums one chunk for one (tap, channel) -- NCHW: one lane's columns
+// of it, 32 partials per chunk -- then the partials (at most kFilterGroup^2) are added in two
+// levels of at most kFilterGroup, in order. Fixed chunking (from the shapes only): the same bits
+// on every run and every card.
 constexpr int64_t kFilterGroup = 256;
 struct FilterChunks {
-  int64_t rows, per, count, groups;
+  int64_t rows, per, count, lanes, partials, groups;  // partials = count * lanes
   explicit FilterChunks(const Geometry& g) {
     rows = g.n * g.y.n_in;
-    const int64_t items = g.y.k * g.x.k * g.c;
+    lanes = g.layout == Layout::kNCHW ? kFilterLanes : 1;
+    const int64_t items = g.y.k * g.x.k * g.c * lanes;
     int64_t want = items > 0 ? ((int64_t{1} << 20) + items - 1) / items : 1;
-    if (want > kFilterGroup * kFilterGroup) want = kFilterGroup * kFilterGroup;
+    if (want > kFilterGroup * kFilterGroup / lanes) want = kFilterGroup * kFilterGroup / lanes;
     if (want > rows) want = rows;
     if (want < 1) want = 1;
     per = (rows + want - 1) / want;
     count = per > 0 ? (rows + per - 1) / per : 1;
-    groups = (count + kFilterGroup - 1) / kFilterGroup;
+    partials = count * lanes;
+    groups = (partials + kFilterGroup - 1) / kFilterGroup;
   }
 };
 inline int64_t FilterScratchBytes(const Geometry& g, DType t) {
   const FilterChunks chunks(g);
-  return (chunks.count + chunks.groups) * g.y.k * g.x.k * g.c * AccBytes(t);
+  return (chunks.partials + chunks.groups) * g.y.k * g.x.k * g.c * AccBytes(t);
 }
 template <class Exec>
 void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, const void* in,
@@ -180,14 +183,22 @@ void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, cons
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
     const int64_t taps = g.y.k * g.x.k;
-    A* partial = static_cast<A*>(scratch);  // [count, ky, kx, C], then the groups' [groups, ky, kx, C]
-    A* sums = partial + chunks.count * taps * g.c;
-    const FilterPartialBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, g.y.k,
-                                    Divider(g.y.n_in > 0 ? g.y.n_in : 1), InputStrides(g),
-                                    OutputStrides(g), static_cast<const T*>(in),
-                                    static_cast<const T*>(dy), partial};
-    ForEach(ex, Layout::kNHWC, chunks.count, g.y.k, g.x.k, g.c, part);
-    const FilterReduceBody<T, A> level1{chunks.count, kFilterGroup, taps, g.c, g.x.k, partial, sums};
+    A* partial = static_cast<A*>(scratch);  // [partials, ky, kx, C], then the groups' [groups, ky, kx, C]
+    A* sums = partial + chunks.partials * taps * g.c;
+    const Divider by_h(g.y.n_in > 0 ? g.y.n_in : 1);
+    if (g.layout == Layout::kNCHW) {
+      const int64_t items = chunks.count * taps * g.c;
+      const FilterPartialColumnsBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, taps, items,
+                                             by_h, Divider(g.c), Divider(taps), Divider(g.x.k),
+                                             static_cast<const T*>(in), static_cast<const T*>(dy), partial};
+      ex(Shape::Of(kFilterLanes, 256 / kFilterLanes, items, 256 / kFilterLanes), part);
+    } else {
+      const FilterPartialBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, g.y.k, by_h,
+                                      InputStrides(g), OutputStrides(g), static_cast<const T*>(in),
+                                      static_cast<const T*>(dy), partial};
+      ForEach(ex, Layout::kNHWC, chunks.count, g.y.k, g.x.k, g.c, part);
+    }
+    const FilterReduceBody<T, A> level1{chunks.partials, kFilterGroup, taps, g.c, g.x.k, partial, sums};
     ForEach(ex, Layout::kNHWC, chunks.groups, g.y.k, g.x.k, g.c, level1);
     const FilterReduceBody<T, T> level2{chunks.groups, chunks.groups, taps, g.c, g.x.k, sums, static_cast<T*>(dw)};
     ForEach(ex, Layout::kNHWC, 1, g.y.k, g.x.k, g.c, level2);
