@@ -210,9 +210,11 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
         lib.run("BilinearForward", args, 7, [0, 0], 0)
     with pytest.raises(ValueError, match="args must have 16 values, got 15"):
         lib.run("BilinearForward", args[:-1], 2, [0, 0], 0)
-    # Scratch: how much (none for the forward, -1 for bad arguments), and too little is refused.
+    # Scratch: how much (none for the depthwise forward, the tap tables for the bilinear one, -1 for
+    # bad arguments), and too little is refused.
     good = [1, 2, 2, 3, 4, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0]
-    assert lib.scratch_bytes("BilinearForward", good, 2) == 0 and lib.scratch_bytes("BilinearForward", args, 2) == -1
+    assert lib.scratch_bytes("DepthwiseForward", good, 2) == 0 and lib.scratch_bytes("BilinearForward", good, 2) > 0
+    assert lib.scratch_bytes("BilinearForward", args, 2) == -1
     need = lib.scratch_bytes("BilinearBackpropInput", good, 2)
     assert need > 0
     with pytest.raises(ValueError, match=f"scratch must hold {need} bytes, got 8"):

@@ -111,71 +111,167 @@ template <> struct Epsilon<__nv_bfloat16> { static constexpr double v = 1.0 / 12
 template <> struct Epsilon<float> { static constexpr double v = 1.1920928955078125e-07; };
 template <> struct Epsilon<double> { static constexpr double v = 2.220446049250313e-16; };
 
-// Pass 1, space (n, by, bx, 1) over the sub-blocks. First level, over the cell: a class whose
-// largest tap value is below the best smallest one by more than 3 delta (delta bounds the
-// rounding of a computed value) is never the maximum in the cell. Second level, over the
-// sub-block: a pixel's value is bilinear in its position within a cell, so the values at the
-// sub-block's four corner pixels bound it to within 2 delta; a class whose largest corner value is
-// below the best smallest one by more than 5 delta is dropped too. Every class is kept where a tap
-// value is not finite. Pixels past the sub-block grid's cells have no sub-block, so none reads an
-// empty one.
+// Pass 1 (docs/DESIGN.md, "Fused heads"). First level, over a cell: a class whose largest tap
+// value is below the best smallest one by more than 3 delta (delta bounds the rounding of a
+// computed value) is never the maximum in the cell. Second level, over a sub-block: a pixel's
+// value is bilinear in its position within a cell, so the values at the sub-block's four corner
+// pixels bound it to within 2 delta; a class whose largest corner value is below the best smallest
+// one by more than 5 delta is dropped too. Every class is kept where a tap value is not finite.
+// Pixels past the sub-block grid's cells have no sub-block, so none reads an empty one.
+//
+// Three launches, each over (position, mask word) with the words across lanes, so that a warp
+// shares a sub-block's classes and each thread builds its mask word in a register: 1a the cells'
+// statistics per word of 64 classes, 1b each sub-block's best smallest corner value per word
+// (needs 1a's statistics of the whole cell), 1c the mask words (needs 1b's of the whole
+// sub-block). The maxima and minima are exact, so the masks are those of one thread per
+// sub-block running over every class.
 template <typename T>
-struct ArgmaxCandidatesBody : HeadBase<T> {
+struct ArgmaxPass1 : HeadBase<T> {
+  using A = typename AccOf<T>::type;
   uint64_t* masks;
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t by, int64_t bx, int64_t, int64_t, int64_t) const {
-    using A = typename AccOf<T>::type;
-    const int64_t C = this->C, words = MaskWords(C);
-    uint64_t* mask = SubBlockMask(*this, masks, n, by, bx);
-    for (int64_t k = 0; k < words; ++k) mask[k] = 0;
-    const int64_t cy = by / SubBlocks(this->ay), cx = bx / SubBlocks(this->ax);
-    const Span cell_y = CellSpan(this->ay, cy), cell_x = CellSpan(this->ax, cx);
-    const int64_t y0 = cell_y.first + (by % SubBlocks(this->ay)) * kArgmaxSub;
-    const int64_t x0 = cell_x.first + (bx % SubBlocks(this->ax)) * kArgmaxSub;
-    const int64_t y1 = y0 + kArgmaxSub < cell_y.end ? y0 + kArgmaxSub : cell_y.end;
-    const int64_t x1 = x0 + kArgmaxSub < cell_x.end ? x0 + kArgmaxSub : cell_x.end;
-    if (y0 >= y1 || x0 >= x1) return;  // no pixel here
+  A* cell_stats;  // [n, 2h, 2w, words, 4]: largest lo, smallest lo, largest up, all finite (1 or 0)
+  A* sub_lo;      // [n, 2h SubBlocks, 2w SubBlocks, words]
+
+  // A cell's outputs along y and x, and its four tap pointers (channel 0).
+  struct Cell {
+    Span y, x;
+    const T* p[4];
+    TFUP_HOST_DEVICE bool Empty() const { return y.first >= y.end || x.first >= x.end; }
+  };
+  TFUP_HOST_DEVICE Cell CellAt(int64_t n, int64_t cy, int64_t cx) const {
+    Cell c{CellSpan(this->ay, cy), CellSpan(this->ax, cx), {}};
+    if (c.Empty()) return c;
     const int64_t iy0 = cy / 2, iy1 = iy0 + (cy % 2), ix0 = cx / 2, ix1 = ix0 + (cx % 2);
-    const T* p[4] = {this->logits + this->s.At(n, iy0, ix0, 0), this->logits + this->s.At(n, iy0, ix1, 0),
-                     this->logits + this->s.At(n, iy1, ix0, 0), this->logits + this->s.At(n, iy1, ix1, 0)};
+    c.p[0] = this->logits + this->s.At(n, iy0, ix0, 0);
+    c.p[1] = this->logits + this->s.At(n, iy0, ix1, 0);
+    c.p[2] = this->logits + this->s.At(n, iy1, ix0, 0);
+    c.p[3] = this->logits + this->s.At(n, iy1, ix1, 0);
+    return c;
+  }
+  TFUP_HOST_DEVICE int64_t Words() const { return MaskWords(this->C); }
+  TFUP_HOST_DEVICE int64_t CellIndex(int64_t n, int64_t cy, int64_t cx) const {
+    return (n * 2 * this->ay.n_in + cy) * 2 * this->ax.n_in + cx;
+  }
+  TFUP_HOST_DEVICE int64_t SubIndex(int64_t n, int64_t by, int64_t bx) const {
+    return (n * 2 * this->ay.n_in * SubBlocks(this->ay) + by) * 2 * this->ax.n_in * SubBlocks(this->ax) + bx;
+  }
+  TFUP_HOST_DEVICE static A Up(const Cell& c, int64_t k) {
+    return fmax(fmax(ToAcc(c.p[0][k]), ToAcc(c.p[1][k])), fmax(ToAcc(c.p[2][k]), ToAcc(c.p[3][k])));
+  }
+
+  // 1a, space (n, 2h, 2w, words).
+  TFUP_HOST_DEVICE void Stats(int64_t n, int64_t cy, int64_t cx, int64_t w) const {
+    A* out = cell_stats + (CellIndex(n, cy, cx) * Words() + w) * 4;
+    const Cell cell = CellAt(n, cy, cx);
+    if (cell.Empty()) return;  // no sub-block reads it
     const A top = FiniteMax(A(0));
     A best_lo = -A(INFINITY), min_lo = A(INFINITY), max_up = -A(INFINITY);
     bool finite = true;
-    for (int64_t c = 0; c < C; ++c) {
-      const A a = ToAcc(p[0][c]), b = ToAcc(p[1][c]), d = ToAcc(p[2][c]), e = ToAcc(p[3][c]);
+    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+    for (int64_t k = 64 * w; k < end; ++k) {
+      const A a = ToAcc(cell.p[0][k]), b = ToAcc(cell.p[1][k]), d = ToAcc(cell.p[2][k]), e = ToAcc(cell.p[3][k]);
       finite = finite && fabs(a) <= top && fabs(b) <= top && fabs(d) <= top && fabs(e) <= top;
       const A lo = fmin(fmin(a, b), fmin(d, e)), up = fmax(fmax(a, b), fmax(d, e));
       best_lo = lo > best_lo ? lo : best_lo;
       min_lo = lo < min_lo ? lo : min_lo;
       max_up = up > max_up ? up : max_up;
     }
-    if (!finite) {
-      for (int64_t c = 0; c < C; ++c) mask[c / 64] |= uint64_t{1} << (c % 64);
-      return;
+    out[0] = best_lo;
+    out[1] = min_lo;
+    out[2] = max_up;
+    out[3] = finite ? A(1) : A(0);
+  }
+
+  // What 1b and 1c share about a sub-block: its cell, corner pixels and the first level's cut.
+  struct Sub {
+    Cell cell;
+    bool empty, finite;
+    A delta, cut;
+    int64_t y0, y1, x0, x1;
+  };
+  TFUP_HOST_DEVICE Sub SubAt(int64_t n, int64_t by, int64_t bx) const {
+    Sub sb{};
+    const int64_t cy = by / SubBlocks(this->ay), cx = bx / SubBlocks(this->ax);
+    sb.cell = CellAt(n, cy, cx);
+    sb.y0 = sb.cell.y.first + (by % SubBlocks(this->ay)) * kArgmaxSub;
+    sb.x0 = sb.cell.x.first + (bx % SubBlocks(this->ax)) * kArgmaxSub;
+    sb.y1 = sb.y0 + kArgmaxSub < sb.cell.y.end ? sb.y0 + kArgmaxSub : sb.cell.y.end;
+    sb.x1 = sb.x0 + kArgmaxSub < sb.cell.x.end ? sb.x0 + kArgmaxSub : sb.cell.x.end;
+    sb.empty = sb.cell.Empty() || sb.y0 >= sb.y1 || sb.x0 >= sb.x1;  // no pixel here
+    if (sb.empty) return sb;
+    const A* st = cell_stats + CellIndex(n, cy, cx) * Words() * 4;
+    A best_lo = -A(INFINITY), min_lo = A(INFINITY), max_up = -A(INFINITY);
+    sb.finite = true;
+    for (int64_t w = 0; w < Words(); ++w, st += 4) {
+      best_lo = st[0] > best_lo ? st[0] : best_lo;
+      min_lo = st[1] < min_lo ? st[1] : min_lo;
+      max_up = st[2] > max_up ? st[2] : max_up;
+      sb.finite = sb.finite && st[3] != A(0);
     }
     // As on the CPU: a few roundings in A, and one of T for the stored value (which can make a
     // smaller value equal to a larger one, a tie the lowest class would win).
     const A margin = A(8 * Epsilon<A>::v + 2 * Epsilon<T>::v);
-    const A delta = margin * fmax(fmax(-min_lo, max_up), A(0));
-    const A cut = best_lo - A(3) * delta;
-    const BilinearPixel<T> q[4] = {this->Pixel(n, y0, x0), this->Pixel(n, y0, x1 - 1),
-                                   this->Pixel(n, y1 - 1, x0), this->Pixel(n, y1 - 1, x1 - 1)};
-    auto up_of = [&](int64_t c) {
-      return fmax(fmax(ToAcc(p[0][c]), ToAcc(p[1][c])), fmax(ToAcc(p[2][c]), ToAcc(p[3][c])));
-    };
-    A sub_lo = -A(INFINITY);
-    for (int64_t c = 0; c < C; ++c) {
-      if (up_of(c) < cut) continue;
-      const A v0 = q[0].Value(this->logits, c), v1 = q[1].Value(this->logits, c);
-      const A v2 = q[2].Value(this->logits, c), v3 = q[3].Value(this->logits, c);
-      const A lo = fmin(fmin(v0, v1), fmin(v2, v3));
-      sub_lo = lo > sub_lo ? lo : sub_lo;
+    sb.delta = margin * fmax(fmax(-min_lo, max_up), A(0));
+    sb.cut = best_lo - A(3) * sb.delta;
+    return sb;
+  }
+  // Class k's values at the sub-block's four corner pixels, in q's order.
+  TFUP_HOST_DEVICE void Corners(const BilinearPixel<T> (&q)[4], int64_t k, A* lo, A* up) const {
+    const A v0 = q[0].Value(this->logits, k), v1 = q[1].Value(this->logits, k);
+    const A v2 = q[2].Value(this->logits, k), v3 = q[3].Value(this->logits, k);
+    *lo = fmin(fmin(v0, v1), fmin(v2, v3));
+    *up = fmax(fmax(v0, v1), fmax(v2, v3));
+  }
+
+  // 1b and 1c, space (n, 2h SubBlocks, 2w SubBlocks, words).
+  TFUP_HOST_DEVICE void Pass(bool masks_now, int64_t n, int64_t by, int64_t bx, int64_t w) const {
+    const int64_t at = SubIndex(n, by, bx) * Words() + w;
+    const Sub sb = SubAt(n, by, bx);
+    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+    if (!masks_now) {
+      A best = -A(INFINITY);
+      if (!sb.empty && sb.finite) {
+        const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
+                                       this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
+        for (int64_t k = 64 * w; k < end; ++k) {
+          if (Up(sb.cell, k) < sb.cut) continue;
+          A lo, up;
+          Corners(q, k, &lo, &up);
+          best = lo > best ? lo : best;
+        }
+      }
+      sub_lo[at] = best;
+      return;
     }
-    const A sub_cut = sub_lo - A(5) * delta;
-    for (int64_t c = 0; c < C; ++c) {
-      if (up_of(c) < cut) continue;
-      const A v0 = q[0].Value(this->logits, c), v1 = q[1].Value(this->logits, c);
-      const A v2 = q[2].Value(this->logits, c), v3 = q[3].Value(this->logits, c);
-      if (!(fmax(fmax(v0, v1), fmax(v2, v3)) < sub_cut)) mask[c / 64] |= uint64_t{1} << (c % 64);
+    uint64_t bits = 0;
+    if (!sb.empty && !sb.finite) {
+      for (int64_t k = 64 * w; k < end; ++k) bits |= uint64_t{1} << (k % 64);
+    } else if (!sb.empty) {
+      const A* lows = sub_lo + SubIndex(n, by, bx) * Words();
+      A best = -A(INFINITY);
+      for (int64_t v = 0; v < Words(); ++v) best = lows[v] > best ? lows[v] : best;
+      const A sub_cut = best - A(5) * sb.delta;
+      const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
+                                     this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
+      for (int64_t k = 64 * w; k < end; ++k) {
+        if (Up(sb.cell, k) < sb.cut) continue;
+        A lo, up;
+        Corners(q, k, &lo, &up);
+        if (!(up < sub_cut)) bits |= uint64_t{1} << (k % 64);
+      }
+    }
+    masks[at] = bits;
+  }
+};
+template <typename T, int kStage>  // 0: 1a, 1: 1b, 2: 1c
+struct ArgmaxPass1Body : ArgmaxPass1<T> {
+  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t w0, int64_t ws, int64_t w_end) const {
+    for (int64_t w = w0; w < w_end; w += ws) {
+      if (kStage == 0) {
+        this->Stats(n, y, x, w);
+      } else {
+        this->Pass(kStage == 2, n, y, x, w);
+      }
     }
   }
 };

@@ -212,21 +212,45 @@ HeadBase<T> MakeHead(const Geometry& g, const void* logits) {
                      static_cast<const T*>(logits)};
 }
 
-// Pass 1's class masks: per sub-block (n x 2h SubBlocks x 2w SubBlocks of them) a bit per class.
-inline int64_t ArgmaxScratchBytes(const Geometry& g, DType) {
-  const int64_t rows = CheckedMul(2 * g.y.n_in, SubBlocks(g.y)), cols = CheckedMul(2 * g.x.n_in, SubBlocks(g.x));
-  const int64_t bytes = CheckedMul(CheckedMul(CheckedMul(g.n, rows), cols), MaskWords(g.c) * 8);
-  return bytes < 0 ? INT64_MAX : bytes;  // too large: the allocation fails and says so
-}
+// Pass 1's class masks (per sub-block, n x 2h SubBlocks x 2w SubBlocks of them, a bit per class),
+// then its cells' statistics (4 per mask word) and its sub-blocks' best smallest corner values
+// (1 per mask word).
+struct ArgmaxScratch {
+  int64_t masks, stats, lows;  // bytes of each, each a multiple of 8
+  ArgmaxScratch(const Geometry& g, DType t) {
+    const int64_t words = MaskWords(g.c), acc = AccBytes(t);
+    const int64_t subs = CheckedMul(CheckedMul(g.n, CheckedMul(2 * g.y.n_in, SubBlocks(g.y))),
+                                    CheckedMul(2 * g.x.n_in, SubBlocks(g.x)));
+    const int64_t cells = CheckedMul(g.n, CheckedMul(2 * g.y.n_in, 2 * g.x.n_in));
+    masks = CheckedMul(subs, words * 8);
+    stats = CheckedMul(cells, words * 4 * acc);
+    lows = CheckedMul(subs, words * acc);
+    lows = lows < 0 ? -1 : (lows + 7) / 8 * 8;
+  }
+  int64_t Total() const {
+    if (masks < 0 || stats < 0 || lows < 0 || masks > INT64_MAX / 4 || stats > INT64_MAX / 4 || lows > INT64_MAX / 4) {
+      return INT64_MAX;  // too large: the allocation fails and says so
+    }
+    return masks + stats + lows;
+  }
+};
+inline int64_t ArgmaxScratchBytes(const Geometry& g, DType t) { return ArgmaxScratch(g, t).Total(); }
 template <class Exec>
 void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* logits,
                        int64_t* labels, void* scores, void* scratch) {
   if (g.c == 0) return;
+  const ArgmaxScratch sizes(g, t);
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
-    uint64_t* masks = static_cast<uint64_t*>(scratch);
-    const ArgmaxCandidatesBody<T> blocks{MakeHead<T>(g, logits), masks};
-    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in * SubBlocks(g.y), 2 * g.x.n_in * SubBlocks(g.x), 1, blocks);
+    using A = typename AccOf<T>::type;
+    char* base = static_cast<char*>(scratch);
+    uint64_t* masks = reinterpret_cast<uint64_t*>(base);
+    const ArgmaxPass1<T> pass1{MakeHead<T>(g, logits), masks, reinterpret_cast<A*>(base + sizes.masks),
+                               reinterpret_cast<A*>(base + sizes.masks + sizes.stats)};
+    const int64_t words = MaskWords(g.c), sub_h = 2 * g.y.n_in * SubBlocks(g.y), sub_w = 2 * g.x.n_in * SubBlocks(g.x);
+    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in, 2 * g.x.n_in, words, ArgmaxPass1Body<T, 0>{pass1});
+    ForEach(ex, Layout::kNHWC, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 1>{pass1});
+    ForEach(ex, Layout::kNHWC, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 2>{pass1});
     const ArgmaxBody<T> b{MakeHead<T>(g, logits), masks, labels, static_cast<T*>(scores)};
     ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
