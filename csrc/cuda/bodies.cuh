@@ -67,6 +67,31 @@ struct BilinearWeights {
   TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{Axis1(fy, ty) * Axis1(fx, tx)}; }
 };
 
+// ... or per-axis tables of them (the bilinear input gradient: each pass's axis's k weights and,
+// for the other axis, the single weight 1), filled once per launch by WeightTableBody: a load per
+// tap instead of the division that computes one. The product with the other axis's 1 is exact, so
+// the same bits as BilinearWeights.
+template <typename A>
+struct TableWeights {
+  const A* wy;
+  const A* wx;
+  struct Tap {
+    A v;
+    TFUP_HOST_DEVICE A operator()(int64_t) const { return v; }
+  };
+  TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{wy[ty] * wx[tx]}; }
+};
+template <typename A>
+struct WeightTableBody {  // table[0, ky): y's weights, [ky, ky + kx): x's, then the weight 1
+  int64_t fy, ky, fx, kx;
+  A* table;
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    for (int64_t t = p.block * p.bx + p.tx; t <= ky + kx; t += p.grid * p.bx) {
+      table[t] = t < ky ? BilinearWeights<A>::Axis1(fy, t) : (t < ky + kx ? BilinearWeights<A>::Axis1(fx, t - ky) : A(1));
+    }
+  }
+};
+
 // dst[n, y, x, c] = sum over the taps of src[n, iy, ix, c] * weight(ty, tx, c): the forward
 // (runs from InputsOf) and the gradient to the input (runs from OutputsOf) of every op. A thread
 // keeps its (up to kGroupLanes) channels' sums in registers, so each tap's indices and weight are

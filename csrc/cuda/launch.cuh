@@ -108,9 +108,13 @@ void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* 
 }
 
 // Separable, in two gathers: along x into a [n, h_out, w_in, c] scratch (each output-gradient
-// element is read once from memory, its second reader finds it in cache), then along y.
+// element is read once from memory, its second reader finds it in cache), then along y. The
+// weights come from a table at the scratch's end (WeightTableBody).
+inline int64_t BilinearRowsBytes(const Geometry& g, DType t) {
+  return (g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t) + 255) / 256 * 256;
+}
 inline int64_t BilinearScratchBytes(const Geometry& g, DType t) {
-  return g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t);
+  return BilinearRowsBytes(g, t) + (g.y.k + g.x.k + 1) * AccBytes(t);
 }
 template <class Exec>
 void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
@@ -120,13 +124,16 @@ void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const 
     using A = typename AccOf<T>::type;
     const Strides mid = StridesOf(g.layout, g.y.n_out, g.x.n_in, g.c);
     A* rows = static_cast<A*>(scratch);
-    const GatherBody<T, A, BilinearWeights<A>, true> along_x{
+    A* weights = reinterpret_cast<A*>(static_cast<char*>(scratch) + BilinearRowsBytes(g, t));
+    const A* one = weights + g.y.k + g.x.k;
+    ex(Shape::Of(256, 1, g.y.k + g.x.k + 1, 256), WeightTableBody<A>{g.y.stride, g.y.k, g.x.stride, g.x.k, weights});
+    const GatherBody<T, A, TableWeights<A>, true> along_x{
         Identity(g.y.n_out), g.x, Divider(), Divider(), g.c, OutputStrides(g), mid,
-        static_cast<const T*>(dy), rows, BilinearWeights<A>{1, g.x.stride}};
+        static_cast<const T*>(dy), rows, TableWeights<A>{one, weights + g.y.k}};
     ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
-    const GatherBody<A, T, BilinearWeights<A>, true> along_y{
+    const GatherBody<A, T, TableWeights<A>, true> along_y{
         g.y, Identity(g.x.n_in), Divider(), Divider(), g.c, mid, InputStrides(g), rows,
-        static_cast<T*>(dx), BilinearWeights<A>{g.y.stride, 1}};
+        static_cast<T*>(dx), TableWeights<A>{weights, one}};
     ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
   });
 }
