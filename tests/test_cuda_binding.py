@@ -219,6 +219,8 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
     assert need > 0
     with pytest.raises(ValueError, match=f"scratch must hold {need} bytes, got 8"):
         lib.run("BilinearBackpropInput", good, 2, [1 << 40, 1 << 41], 0, scratch=1 << 42, scratch_size=8)
+    with pytest.raises(ValueError, match="scratch must be 256-byte aligned"):
+        lib.run("BilinearForward", good, 2, [1 << 40, 1 << 41], 0, scratch=(1 << 42) + 8, scratch_size=1 << 20)
     # Host memory is refused before any launch (an illegal address would end the CUDA context);
     # without a GPU the pointer query itself fails, and says so.
     host = np.zeros(64, np.float32)

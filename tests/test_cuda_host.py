@@ -317,6 +317,16 @@ def test_bilinear_forward_launch_shapes_and_index_widths(emu, emu64, shape, f, l
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_bilinear_forward_of_an_empty_input_is_zeros(emu, layout):
+    # VALID with no input rows still has output rows (up to k - 1): nothing reaches them.
+    shape, out_hw = (1, 0, 3, 2), (3, 8)
+    out = np.full(to_layout(np.zeros((1, *out_hw, 2)), layout).shape, np.nan, np.float32)
+    x = np.zeros(to_layout(np.zeros(shape), layout).shape, np.float32)
+    call(emu, "BilinearForward", dims(shape, out_hw, (4, 4), (2, 2), "VALID", layout), "float32", x, out)
+    np.testing.assert_array_equal(out, 0)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_non_finite_inputs_reach_only_their_taps(emu, layout):
     # inf and NaN in the corners and the middle: the outputs they reach are inf / NaN exactly as
     # in the loop from the definition (a skipped tap is not "weight 0 times inf").

@@ -110,7 +110,8 @@ extern "C" int64_t tfupsample_cuda_scratch_bytes(const char* op, const int64_t* 
 // Runs op (a name of csrc/cpu/kernel_list.h; tfupsample/cuda.py) on the device holding its arrays
 // (the n pointers, null for an absent one; all on one device), on stream. args: the kArgCount
 // values of GeometryFromArgs; dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64. scratch: at least
-// tfupsample_cuda_scratch_bytes of device memory, or null (then from the stream-ordered allocator).
+// tfupsample_cuda_scratch_bytes of device memory, 256-byte aligned, or null (then from the
+// stream-ordered allocator).
 // Returns 0, or 1 (bad arguments) / 2 (CUDA error) with the reason in error.
 extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtype, void* const* pointers,
                                    int n, uintptr_t stream, void* scratch, size_t scratch_size,
@@ -132,6 +133,9 @@ extern "C" int tfupsample_cuda_run(const char* op, const int64_t* args, int dtyp
   if (scratch != nullptr && bytes > 0 && scratch_size < static_cast<size_t>(bytes)) {
     return fail(kInvalidArgument, "scratch must hold " + std::to_string(bytes) + " bytes, got " +
                                       std::to_string(scratch_size));
+  }
+  if (scratch != nullptr && bytes > 0 && reinterpret_cast<uintptr_t>(scratch) % 256 != 0) {
+    return fail(kInvalidArgument, "scratch must be 256-byte aligned (the kernels' tables are read 16 bytes at a time)");
   }
   int device = 0;
   bool cuda_error = false;

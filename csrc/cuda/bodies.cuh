@@ -251,11 +251,12 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
   using W = Vec<T, V>;
 
-  // The channel loop. kLanes 32 (a full warp across channels, the common case): unrolled, every
-  // access at a constant offset from five pointers; 0: any lane count, pointers stepped by cs.
+  // The channel loop, unrolled. kLanes 32 (a full warp across channels: what the launch picks):
+  // every access at a constant offset from five pointers; 0: any lane count.
   template <bool kTwoY, bool kTwoX, int kLanes>
   TFUP_HOST_DEVICE void Loop(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W* p00, const W* p01,
                              const W* p10, const W* p11, W* o, I c0, I cs, I c_end) const {
+    if (c0 >= c_end) return;  // a lane past the channels
     p00 = Opaque(p00 + c0);
     p01 = Opaque(p01 + c0);
     p10 = Opaque(p10 + c0);
@@ -266,7 +267,7 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
     for (int j = 0; j < kGroupLanes; ++j) {
       const I c = c0 + j * step;
       if (c >= c_end) break;
-      const I at = kLanes > 0 ? I(j * kLanes) : I(0);
+      const I at = I(j) * step;
       const W a = p00[at], b = p01[at];
       W d = a, e = b;
       if (kTwoY) {
@@ -279,13 +280,6 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
         r.v[i] = Store<T>::From(Mix4<kTwoY, kTwoX>(ty, tx, ToAcc(a.v[i]), ToAcc(b.v[i]), ToAcc(d.v[i]), ToAcc(e.v[i])));
       }
       o[at] = r;
-      if (kLanes == 0) {
-        p00 += cs;
-        p01 += cs;
-        p10 += cs;
-        p11 += cs;
-        o += cs;
-      }
     }
   }
   template <bool kTwoY, bool kTwoX>
@@ -326,13 +320,14 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
   TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ty, const W* r0, const W* r1, W* o, I e, I row_len) const {
     const auto& b = *this;
     const I cv = kPlanar ? 1 : b.C / V;
+    if (e >= row_len) return;  // a lane past the row
     o += e;
     const Taps2<A, I>* tab = b.tx_tab + (kPlanar ? e : 0);
     TFUP_UNROLL
-    for (int j = 0; j < kRun; ++j, e += kRunLanes, o += kRunLanes) {
+    for (int j = 0; j < kRun; ++j, e += kRunLanes) {
       if (!kFull && e >= row_len) break;
       const I x = kPlanar ? 0 : by_cv.Div(e), c = kPlanar ? 0 : e - x * cv;
-      const Taps2<A, I> tx = kPlanar ? tab[j * kRunLanes] : tab[x];
+      const Taps2<A, I> tx = tab[kPlanar ? j * kRunLanes : x];
       // The second input along x, when there is one, is the next position: one address per row.
       const W* a0 = r0 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
       const W* a1 = r1 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
@@ -352,7 +347,7 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
           r.v[i] = Store<T>::From(first[i] + tx.w1 * Column<kTwoY>(ty, ToAcc(v01.v[i]), ToAcc(v11.v[i])));
         }
       }
-      *o = r;
+      o[j * kRunLanes] = r;
     }
   }
   TFUP_HOST_DEVICE void operator()(I row, I e, I row_len) const {
@@ -453,9 +448,9 @@ struct FilterPartialColumnsBody {
         const int64_t oy = iy * ay.stride - ay.pad + ty;
         if (oy < 0 || oy >= ay.n_out) continue;
         const T* x_row = in + ((n * C + c) * ay.n_in + iy) * ax.n_in;
-        const T* dy_row = dy + ((n * C + c) * ay.n_out + oy) * ax.n_out - ax.pad + tx;
+        const T* dy_row = dy + ((n * C + c) * ay.n_out + oy) * ax.n_out;
         for (int64_t ix = ix_lo + p.tx; ix <= ix_hi; ix += kFilterLanes) {
-          acc += A(ToAcc(x_row[ix])) * A(ToAcc(dy_row[ix * ax.stride]));
+          acc += A(ToAcc(x_row[ix])) * A(ToAcc(dy_row[ix * ax.stride - ax.pad + tx]));
         }
       }
       partial[((chunk * kFilterLanes + p.tx) * taps + ct.r) * C + c] = acc;

@@ -52,8 +52,16 @@ inline int VectorWidth(const Geometry& g, int64_t bytes, const void* a, const vo
 // whatever C; the per-row work shared by 16 elements). 32-bit indices where both tensors are
 // small enough; the 64-bit path (huge tensors) runs RowRuns, one channel per element.
 inline int64_t TapTableBytes(const Geometry& g) {
-  return (g.y.n_out + g.x.n_out) * 32 + 256;  // Taps2 of at most 32 bytes, from a 256-aligned start
+  return (g.y.n_out + g.x.n_out) * 32;  // Taps2 of at most 32 bytes (scratch is 256-byte aligned)
 }
+template <typename T>
+struct ZeroBody {  // out[0, count) = 0
+  T* out;
+  int64_t count;
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    for (int64_t i = p.block * p.bx + p.tx; i < count; i += p.grid * p.bx) out[i] = Store<T>::From(0.0f);
+  }
+};
 constexpr int64_t kChannelLanesMin = 128;
 
 template <typename T, typename I, class Exec>
@@ -95,11 +103,14 @@ void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out
 
 template <class Exec>
 void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* in, void* out, void* scratch) {
-  if (g.OutputElements() == 0 || g.y.n_in == 0 || g.x.n_in == 0) return;  // (no input: no output either, SAME)
+  if (g.OutputElements() == 0) return;
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const T* src = static_cast<const T*>(in);
     T* dst = static_cast<T*>(out);
+    if (g.y.n_in == 0 || g.x.n_in == 0) {  // (VALID) no input reaches the output: zeros
+      return ex(Shape::Of(256, 1, g.OutputElements(), 256), ZeroBody<T>{dst, g.OutputElements()});
+    }
     if (Fits32(g.InputElements()) && Fits32(g.OutputElements())) {
       return BilinearForwardTyped<T, int32_t>(ex, g, src, dst, scratch);
     }
