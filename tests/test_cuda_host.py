@@ -62,6 +62,17 @@ def test_divider_32_bit_matches_integer_division(emu):
                 assert emu.tfup_emu_divide32(n, d) == n // d, (n, d)
 
 
+def test_short_divider_matches_integer_division_in_its_range(emu):
+    # One multiply-high, exact for n * d < 2^32 (the NHWC row runs: n < w * C / V, d = C / V).
+    rng = np.random.default_rng(2)
+    for d in [1, 2, 3, 7, 19, 21, 75, 127, 250, 1000, 65535, 2**20 + 7]:
+        top = min(2**31 - 1, (2**32 - 1) // d)
+        ns = {0, 1, d - 1, d, d + 1, top, top - 1, top - d} | {int(v) for v in rng.integers(0, top + 1, 300)}
+        for n in ns:
+            if 0 <= n <= top:
+                assert emu.tfup_emu_divide_short(n, d) == n // d, (n, d)
+
+
 def test_argmax_cells_tile_each_axis(emu):
     # Every output lies in its cell's span, the spans tile the axis, none is longer than the
     # factor (the argmax's sub-blocks per cell are sized by it).

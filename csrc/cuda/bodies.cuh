@@ -313,7 +313,10 @@ template <typename T, typename I, bool kPlanar, int V>
 struct BilinearRowsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
   using W = Vec<T, V>;
-  Divider by_h_out, by_cv;  // row -> (plane or image, y); e -> x (NHWC)
+  // row -> (plane or image, y); e -> x (NHWC: with 32-bit indices the launch checks that every
+  // row index times C / V is below 2^32, ShortDivider's range)
+  Divider by_h_out;
+  typename std::conditional<std::is_same<I, int64_t>::value, Divider, ShortDivider>::type by_cv;
 
   // kFull: all kRun elements are inside the row (no bounds test per element).
   template <bool kTwoY, bool kFull>

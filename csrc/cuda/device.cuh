@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "geometry.h"
 
@@ -101,6 +102,22 @@ TFUP_HOST_DEVICE inline P* Opaque(P* p) {
 #endif
   return p;
 }
+
+// Division of values n < 2^32 / d by d: one multiply-high by ceil(2^32 / d) (exact there: the
+// error n (ceil(2^32 / d) - 2^32 / d) / 2^32 stays below 1 / d). The per-element division of the
+// bilinear forward's NHWC row runs, where n is an index in a row of w * C / V elements.
+struct ShortDivider {
+  uint32_t m = 0;
+  int32_t d = 1;
+  ShortDivider() = default;
+  explicit ShortDivider(int64_t divisor) : d(static_cast<int32_t>(divisor)) {
+    if (d > 1) m = static_cast<uint32_t>(((uint64_t{1} << 32) + d - 1) / d);
+  }
+  static bool Fits(int64_t n_end, int64_t divisor) { return n_end <= ((int64_t{1} << 32) - 1) / divisor; }
+  TFUP_HOST_DEVICE int32_t Div(int32_t n) const {
+    return d == 1 ? n : static_cast<int32_t>(MulHi(m, static_cast<uint32_t>(n)));
+  }
+};
 
 // The index type of a launch: int32 when every tensor it touches has fewer than 2^31 - 2^28
 // elements (so that a grid-stride step, at most 2^20 blocks of 256, stays in range), else int64.

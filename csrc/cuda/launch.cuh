@@ -86,7 +86,7 @@ void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out
     constexpr int kV = decltype(v)::value;
     using Body = BilinearRowsBody<T, I, kPlanar, kV>;
     const int64_t row_len = kPlanar ? g.x.n_out : g.x.n_out * (g.c / kV);
-    const Body body{base, Divider(g.y.n_out), Divider(kPlanar ? 1 : g.c / kV)};
+    const Body body{base, Divider(g.y.n_out), decltype(Body::by_cv)(kPlanar ? 1 : g.c / kV)};
     const auto k = RowRuns<Body, I>::Make(body, g.n * (kPlanar ? g.c : 1) * g.y.n_out, row_len, &s);
     ex(s, k);
   };
@@ -111,7 +111,8 @@ void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* 
     if (g.y.n_in == 0 || g.x.n_in == 0) {  // (VALID) no input reaches the output: zeros
       return ex(Shape::Of(256, 1, g.OutputElements(), 256), ZeroBody<T>{dst, g.OutputElements()});
     }
-    if (Fits32(g.InputElements()) && Fits32(g.OutputElements())) {
+    const int64_t cv = g.layout == Layout::kNHWC ? g.c : 1;  // the row runs' divisor at most
+    if (Fits32(g.InputElements()) && Fits32(g.OutputElements()) && ShortDivider::Fits(g.x.n_out * cv, cv)) {
       return BilinearForwardTyped<T, int32_t>(ex, g, src, dst, scratch);
     }
     BilinearForwardTyped<T, int64_t>(ex, g, src, dst, scratch);

@@ -48,6 +48,11 @@ extern "C" int32_t tfup_emu_divide32(int32_t n, int64_t d) {
   return tfup::cuda::Divider(d).Div(n);
 }
 
+// The one-multiply division (n < 2^32 / d).
+extern "C" int32_t tfup_emu_divide_short(int32_t n, int64_t d) {
+  return tfup::cuda::ShortDivider(d).Div(n);
+}
+
 // The argmax's cells along one axis of n inputs upsampled by f: the number of outputs whose cell's
 // span does not hold them, plus the outputs over all spans that are not exactly n * f, plus the
 // spans longer than f (a cell must fit its sub-blocks).
