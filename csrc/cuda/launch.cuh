@@ -2,6 +2,7 @@
 // launches them on a stream, HostExec runs the same grid on the CPU (tests/cuda_host).
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -111,7 +112,8 @@ void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* 
     if (g.y.n_in == 0 || g.x.n_in == 0) {  // (VALID) no input reaches the output: zeros
       return ex(Shape::Of(256, 1, g.OutputElements(), 256), ZeroBody<T>{dst, g.OutputElements()});
     }
-    const int64_t cv = g.layout == Layout::kNHWC ? g.c : 1;  // the row runs' divisor at most
+    // The NHWC row runs' divisor C / V is below kChannelLanesMin (else channel lanes run).
+    const int64_t cv = g.layout == Layout::kNHWC ? std::min<int64_t>(g.c, kChannelLanesMin - 1) : 1;
     if (Fits32(g.InputElements()) && Fits32(g.OutputElements()) && ShortDivider::Fits(g.x.n_out * cv, cv)) {
       return BilinearForwardTyped<T, int32_t>(ex, g, src, dst, scratch);
     }
