@@ -112,6 +112,19 @@ struct GatherBody {
     const Run ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
     const Run rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
     const TS* base = src + n * src_s.n + c0 * src_s.c;
+    if (c0 + cs >= c_end) {  // one channel (NCHW's one element per thread): no array of sums
+      if (c0 >= c_end) return;
+      A sum = A(0);
+      const TS* row = base + ry.i0 * src_s.y + rx.i0 * src_s.x;
+      for (int64_t my = 0; my < ry.count; ++my, row += ry.di * src_s.y) {
+        const TS* p = row;
+        for (int64_t mx = 0; mx < rx.count; ++mx, p += rx.di * src_s.x) {
+          sum += A(ToAcc(*p)) * weights.At(ry.t0 + my * ry.dt, rx.t0 + mx * rx.dt)(c0);
+        }
+      }
+      dst[dst_s.At(n, y, x, c0)] = Store<TD>::From(sum);
+      return;
+    }
     const int64_t step = cs * src_s.c;
     A acc[kGroupLanes];
     TFUP_UNROLL
