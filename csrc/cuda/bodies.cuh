@@ -115,11 +115,16 @@ struct GatherBody {
     if (c0 + cs >= c_end) {  // one channel (NCHW's one element per thread): no array of sums
       if (c0 >= c_end) return;
       A sum = A(0);
-      const TS* row = base + ry.i0 * src_s.y + rx.i0 * src_s.x;
-      for (int64_t my = 0; my < ry.count; ++my, row += ry.di * src_s.y) {
-        const TS* p = row;
-        for (int64_t mx = 0; mx < rx.count; ++mx, p += rx.di * src_s.x) {
-          sum += A(ToAcc(*p)) * weights.At(ry.t0 + my * ry.dt, rx.t0 + mx * rx.dt)(c0);
+      if (ry.count > 0 && rx.count > 0) {  // pointers stepped to each tap, never past the last
+        const int64_t ystep = ry.di * src_s.y, xstep = rx.di * src_s.x;
+        const TS* row = base + ry.i0 * src_s.y + rx.i0 * src_s.x;
+        for (int64_t my = 0; my < ry.count; ++my) {
+          if (my > 0) row += ystep;
+          const TS* p = row;
+          for (int64_t mx = 0; mx < rx.count; ++mx) {
+            if (mx > 0) p += xstep;
+            sum += A(ToAcc(*p)) * weights.At(ry.t0 + my * ry.dt, rx.t0 + mx * rx.dt)(c0);
+          }
         }
       }
       dst[dst_s.At(n, y, x, c0)] = Store<TD>::From(sum);

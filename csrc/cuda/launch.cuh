@@ -112,9 +112,12 @@ void RunBilinearForward(const Exec& ex, const Geometry& g, DType t, const void* 
     if (g.y.n_in == 0 || g.x.n_in == 0) {  // (VALID) no input reaches the output: zeros
       return ex(Shape::Of(256, 1, g.OutputElements(), 256), ZeroBody<T>{dst, g.OutputElements()});
     }
-    // The NHWC row runs' divisor C / V is below kChannelLanesMin (else channel lanes run).
-    const int64_t cv = g.layout == Layout::kNHWC ? std::min<int64_t>(g.c, kChannelLanesMin - 1) : 1;
-    if (Fits32(g.InputElements()) && Fits32(g.OutputElements()) && ShortDivider::Fits(g.x.n_out * cv, cv)) {
+    // int32 where the tensors allow it and, for NHWC row runs (C / V below kChannelLanesMin), the
+    // row's indices times C / V stay in ShortDivider's range (the int64 path divides in 64 bits).
+    const int64_t cv = g.c / VectorWidth(g, sizeof(T), in, out);
+    const bool rows_divide = g.layout == Layout::kNHWC && cv < kChannelLanesMin;
+    if (Fits32(g.InputElements()) && Fits32(g.OutputElements()) &&
+        (!rows_divide || ShortDivider::Fits(g.x.n_out * cv, cv))) {
       return BilinearForwardTyped<T, int32_t>(ex, g, src, dst, scratch);
     }
     BilinearForwardTyped<T, int64_t>(ex, g, src, dst, scratch);
