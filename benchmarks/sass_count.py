@@ -73,7 +73,7 @@ def _walk(ins, start):
             return n, i
         if text.startswith("EXIT"):
             return None
-        m = re.match(r"BRA 0x([0-9a-f]+)", text)
+        m = re.match(r"BRA(?:\.\w+)* 0x([0-9a-f]+)", text)  # unconditional (also BRA.U)
         i = where[int(m.group(1), 16)] if m else i + 1
     return None
 
@@ -95,12 +95,15 @@ def _setup(ins):
     addr = [a for a, _ in ins]
     loops = []
     for i, (a, text) in enumerate(ins):
-        m = re.search(r"BRA (?:!?P\d, )?0x([0-9a-f]+)", text)
+        m = re.search(r"BRA(?:\.\w+)* (?:!?U?P\w+, )?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) <= a:
             loops.append((addr.index(int(m.group(1), 16)), i))
     head = max(loops, key=lambda l: l[1] - l[0])[0]
     to_first, first = _walk(ins, head - 1)
-    return to_first - _walk(ins, first)[0]
+    step = _walk(ins, first)
+    if step is None:
+        raise ValueError("the grid-stride loop stores once per pass: no step to take off")
+    return to_first - step[0]
 
 
 PROBES = r"""
