@@ -223,42 +223,43 @@ struct ArgmaxPass1 : HeadBase<T> {
     *up = fmax(fmax(v0, v1), fmax(v2, v3));
   }
 
+  // fn(k, lo, up) for each class k of word w that survives the first level, with its smallest and
+  // largest value at the sub-block's four corner pixels.
+  template <class Fn>
+  TFUP_HOST_DEVICE void Survivors(const Sub& sb, int64_t n, int64_t w, const Fn& fn) const {
+    const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
+                                   this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
+    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+    for (int64_t k = 64 * w; k < end; ++k) {
+      if (Up(sb.cell, k) < sb.cut) continue;
+      A lo, up;
+      Corners(q, k, &lo, &up);
+      fn(k, lo, up);
+    }
+  }
+
   // 1b and 1c, space (n, 2h SubBlocks, 2w SubBlocks, words).
   TFUP_HOST_DEVICE void Pass(bool masks_now, int64_t n, int64_t by, int64_t bx, int64_t w) const {
     const int64_t at = SubIndex(n, by, bx) * Words() + w;
     const Sub sb = SubAt(n, by, bx);
-    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
     if (!masks_now) {
       A best = -A(INFINITY);
-      if (!sb.empty && sb.finite) {
-        const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
-                                       this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
-        for (int64_t k = 64 * w; k < end; ++k) {
-          if (Up(sb.cell, k) < sb.cut) continue;
-          A lo, up;
-          Corners(q, k, &lo, &up);
-          best = lo > best ? lo : best;
-        }
-      }
+      if (!sb.empty && sb.finite) Survivors(sb, n, w, [&](int64_t, A lo, A) { best = lo > best ? lo : best; });
       sub_lo[at] = best;
       return;
     }
     uint64_t bits = 0;
     if (!sb.empty && !sb.finite) {
+      const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
       for (int64_t k = 64 * w; k < end; ++k) bits |= uint64_t{1} << (k % 64);
     } else if (!sb.empty) {
       const A* lows = sub_lo + SubIndex(n, by, bx) * Words();
       A best = -A(INFINITY);
       for (int64_t v = 0; v < Words(); ++v) best = lows[v] > best ? lows[v] : best;
       const A sub_cut = best - A(5) * sb.delta;
-      const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
-                                     this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
-      for (int64_t k = 64 * w; k < end; ++k) {
-        if (Up(sb.cell, k) < sb.cut) continue;
-        A lo, up;
-        Corners(q, k, &lo, &up);
+      Survivors(sb, n, w, [&](int64_t k, A, A up) {
         if (!(up < sub_cut)) bits |= uint64_t{1} << (k % 64);
-      }
+      });
     }
     masks[at] = bits;
   }
