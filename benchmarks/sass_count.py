@@ -125,7 +125,7 @@ ROWS(rows_nhwc4_full, false, 4, true)
   __global__ void name(BilinearChannelsBody<float, int, v> b, Tap ty, Tap tx, const W<v>* p00,         \
                        const W<v>* p01, const W<v>* p10, const W<v>* p11, W<v>* o, int c0, int cs,     \
                        int c_end) {                                                                    \
-    b.Loop<true, true, 32>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);                              \
+    b.Loop<true, true>(ty, tx, p00, p01, p10, p11, o, c0, c_end);                              \
   }
 LANES(lanes4_warp, 4)
 """

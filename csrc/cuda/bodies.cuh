@@ -269,23 +269,22 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
   using W = Vec<T, V>;
 
-  // The channel loop, unrolled. kLanes 32 (a full warp across channels: what the launch picks):
-  // every access at a constant offset from five pointers; 0: any lane count.
-  template <bool kTwoY, bool kTwoX, int kLanes>
+  // The channel loop, unrolled: a full warp across channels (the launch runs channel lanes only
+  // with at least 128 vectors, so cs is 32), every access at a constant offset from five pointers.
+  template <bool kTwoY, bool kTwoX>
   TFUP_HOST_DEVICE void Loop(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W* p00, const W* p01,
-                             const W* p10, const W* p11, W* o, I c0, I cs, I c_end) const {
+                             const W* p10, const W* p11, W* o, I c0, I c_end) const {
     if (c0 >= c_end) return;  // a lane past the channels
     p00 = Opaque(p00 + c0);
     p01 = Opaque(p01 + c0);
     p10 = Opaque(p10 + c0);
     p11 = Opaque(p11 + c0);
     o = Opaque(o + c0);
-    const I step = kLanes > 0 ? I(kLanes) : cs;
+    constexpr int kLanes = 32;
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) {
-      const I c = c0 + j * step;
-      if (c >= c_end) break;
-      const I at = I(j) * step;
+      const I at = I(j * kLanes);
+      if (c0 + at >= c_end) break;
       const W a = p00[at], b = p01[at];
       W d = a, e = b;
       if (kTwoY) {
@@ -300,13 +299,7 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
       o[at] = r;
     }
   }
-  template <bool kTwoY, bool kTwoX>
-  TFUP_HOST_DEVICE void Lanes(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W* p00, const W* p01,
-                              const W* p10, const W* p11, W* o, I c0, I cs, I c_end) const {
-    if (cs == 32) return Loop<kTwoY, kTwoX, 32>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
-    Loop<kTwoY, kTwoX, 0>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
-  }
-  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
+  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I, I c_end) const {
     const auto& b = *this;
     const Taps2<A, I> ty = b.ty_tab[y], tx = b.tx_tab[x];
     const I row0 = (n * b.h_in + ty.i0) * b.w_in, row1 = (n * b.h_in + ty.i1) * b.w_in;
@@ -316,11 +309,11 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
     const W *p10 = in + (row1 + tx.i0) * cv, *p11 = in + (row1 + tx.i1) * cv;
     W* o = reinterpret_cast<W*>(b.out) + ((n * b.h_out + y) * b.w_out + x) * cv;
     if (ty.Two()) {
-      if (tx.Two()) return Lanes<true, true>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
-      return Lanes<true, false>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+      if (tx.Two()) return Loop<true, true>(ty, tx, p00, p01, p10, p11, o, c0, c_end);
+      return Loop<true, false>(ty, tx, p00, p01, p10, p11, o, c0, c_end);
     }
-    if (tx.Two()) return Lanes<false, true>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
-    Lanes<false, false>(ty, tx, p00, p01, p10, p11, o, c0, cs, c_end);
+    if (tx.Two()) return Loop<false, true>(ty, tx, p00, p01, p10, p11, o, c0, c_end);
+    Loop<false, false>(ty, tx, p00, p01, p10, p11, o, c0, c_end);
   }
 };
 

@@ -64,6 +64,8 @@ struct ZeroBody {  // out[0, count) = 0
   }
 };
 constexpr int64_t kChannelLanesMin = 128;
+static_assert(kChannelLanesMin > 16, "BilinearChannelsBody's loop steps by 32: a full warp across channels, "
+              "which ChannelLanes gives above 16 channel vectors");
 
 template <typename T, typename I, class Exec>
 void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out, void* scratch) {
