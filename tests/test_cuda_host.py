@@ -300,12 +300,13 @@ def emu64(tmp_path_factory):
     return emulator.build(str(tmp_path_factory.mktemp("cuda_host64")), defines=["TFUP_INDEX32_LIMIT=0"])
 
 
-# Shapes that reach each launch shape of the bilinear forward: NHWC channel lanes (4-, 2- and
-# 1-wide vectors, full and partial warps, several channel groups), NHWC rows (few or awkward
-# channel counts), NCHW rows; rows of more than one 512-element piece and runs cut by the row end.
-FORWARD_SHAPES = [((1, 3, 2, 64), 2), ((2, 2, 3, 600), 3), ((1, 2, 2, 150), 4), ((1, 3, 2, 33), 2),
-                  ((2, 3, 4, 21), 3), ((1, 2, 3, 5), 8), ((1, 2, 40, 3), 8), ((1, 3, 2, 16), 32),
-                  ((2, 2, 9, 1), 32)]
+# Shapes that reach each launch shape of the bilinear forward: NHWC channel lanes (at least 128
+# vectors: 600 channels 4-wide (float64: 2-wide), 1100 in two groups of 256 vectors, 129 1-wide with
+# a partial warp), NHWC rows (4-, 2- and 1-wide: 64, 150, 33, 21, 5, 3, 16 and 1 channels), NCHW
+# rows; rows of more than one 512-element piece and runs cut by the row end.
+FORWARD_SHAPES = [((1, 3, 2, 64), 2), ((2, 2, 3, 600), 3), ((1, 2, 2, 1100), 2), ((1, 2, 2, 129), 3),
+                  ((1, 2, 2, 150), 4), ((1, 3, 2, 33), 2), ((2, 3, 4, 21), 3), ((1, 2, 3, 5), 8),
+                  ((1, 2, 40, 3), 8), ((1, 3, 2, 16), 32), ((2, 2, 9, 1), 32)]
 
 
 @pytest.mark.parametrize("shape, f", FORWARD_SHAPES, ids=str)
