@@ -246,9 +246,10 @@ CROSS = [((2, 3, 4, 5), (4, 4), (2, 2), "SAME", (6, 8)), ((1, 3, 4, 3), (5, 5), 
          ((1, 3, 3, 2), (7, 7), (2, 2), "SAME", (5, 6)), ((1, 2, 5, 4), (8, 8), (4, 4), "SAME", (8, 20)),
          # tall enough for row bands whose shared output rows the CPU reduces once, into a buffer
          ((1, 6, 3, 70), (16, 16), (8, 8), "SAME", (48, 24)),
-         # the GPU bilinear forward's other launch shapes: channel lanes with 4-wide vectors, NCHW
-         # rows of more than one piece
-         ((1, 3, 2, 64), (4, 4), (2, 2), "SAME", (6, 4)), ((1, 2, 40, 3), (16, 16), (8, 8), "SAME", (16, 320))]
+         # the GPU bilinear forward's other launch shapes: NHWC rows 4-wide, channel lanes (600
+         # channels: 150 vectors of 4 in float32, 300 of 2 in float64), NCHW rows of two pieces
+         ((1, 3, 2, 64), (4, 4), (2, 2), "SAME", (6, 4)), ((1, 2, 2, 600), (4, 4), (2, 2), "SAME", (4, 4)),
+         ((1, 2, 40, 3), (16, 16), (8, 8), "SAME", (16, 320))]
 
 
 @pytest.mark.parametrize("case", CROSS, ids=str)
