@@ -383,6 +383,15 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
   }
 };
 
+// The inputs [*lo, *hi] (empty when *lo > *hi) whose tap t lands inside the output along an axis:
+// 0 <= i * s - p + t < n_out. The filter gradient's column range per tap.
+TFUP_HOST_DEVICE inline void InputsOfTap(const Axis& a, int64_t t, int64_t* lo, int64_t* hi) {
+  *lo = 0;
+  *hi = a.n_in - 1;
+  while (*lo <= *hi && *lo * a.stride - a.pad + t < 0) ++*lo;
+  while (*hi >= *lo && *hi * a.stride - a.pad + t >= a.n_out) --*hi;
+}
+
 // Filter gradient, stage 1: over a space (chunk, ty, tx, c), the sum over one chunk of the
 // (n, iy) rows of input[n, iy, ix, c] * output_grad[n, iy*sy - py + ty, ix*sx - px + tx, c].
 template <typename T>
@@ -398,10 +407,8 @@ struct FilterPartialBody {
 
   TFUP_HOST_DEVICE void operator()(int64_t chunk, int64_t ty, int64_t tx, int64_t c0,
                                    int64_t cs, int64_t c_end) const {
-    // Inputs ix whose tap tx lands inside the output: 0 <= ix*sx - px + tx < n_out.
-    int64_t ix_lo = 0, ix_hi = ax.n_in - 1;
-    while (ix_lo <= ix_hi && ix_lo * ax.stride - ax.pad + tx < 0) ++ix_lo;
-    while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
+    int64_t ix_lo, ix_hi;
+    InputsOfTap(ax, tx, &ix_lo, &ix_hi);
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
     const int64_t in_step = cs * in_s.c, dy_step = cs * dy_s.c;
@@ -450,10 +457,8 @@ struct FilterPartialColumnsBody {
     for (int64_t i = p.block * p.by + p.ty; i < items; i += step) {
       const QuotRem rc = Split(by_c, i), ct = Split(by_taps, rc.q), yx = Split(by_kx, ct.r);
       const int64_t c = rc.r, chunk = ct.q, ty = yx.q, tx = yx.r;
-      // Inputs ix whose tap tx lands inside the output: 0 <= ix*sx - px + tx < n_out.
-      int64_t ix_lo = 0, ix_hi = ax.n_in - 1;
-      while (ix_lo <= ix_hi && ix_lo * ax.stride - ax.pad + tx < 0) ++ix_lo;
-      while (ix_hi >= ix_lo && ix_hi * ax.stride - ax.pad + tx >= ax.n_out) --ix_hi;
+      int64_t ix_lo, ix_hi;
+      InputsOfTap(ax, tx, &ix_lo, &ix_hi);
       const int64_t r0 = chunk * rows_per_chunk;
       const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
       A acc = A(0);

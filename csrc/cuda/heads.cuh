@@ -149,6 +149,7 @@ struct ArgmaxPass1 : HeadBase<T> {
     return c;
   }
   TFUP_HOST_DEVICE int64_t Words() const { return MaskWords(this->C); }
+  TFUP_HOST_DEVICE int64_t WordEnd(int64_t w) const { return 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C; }  // its classes: [64 w, end)
   TFUP_HOST_DEVICE int64_t CellIndex(int64_t n, int64_t cy, int64_t cx) const {
     return (n * 2 * this->ay.n_in + cy) * 2 * this->ax.n_in + cx;
   }
@@ -167,7 +168,7 @@ struct ArgmaxPass1 : HeadBase<T> {
     const A top = FiniteMax(A(0));
     A best_lo = -A(INFINITY), min_lo = A(INFINITY), max_up = -A(INFINITY);
     bool finite = true;
-    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+    const int64_t end = WordEnd(w);
     for (int64_t k = 64 * w; k < end; ++k) {
       const A a = ToAcc(cell.p[0][k]), b = ToAcc(cell.p[1][k]), d = ToAcc(cell.p[2][k]), e = ToAcc(cell.p[3][k]);
       finite = finite && fabs(a) <= top && fabs(b) <= top && fabs(d) <= top && fabs(e) <= top;
@@ -229,7 +230,7 @@ struct ArgmaxPass1 : HeadBase<T> {
   TFUP_HOST_DEVICE void Survivors(const Sub& sb, int64_t n, int64_t w, const Fn& fn) const {
     const BilinearPixel<T> q[4] = {this->Pixel(n, sb.y0, sb.x0), this->Pixel(n, sb.y0, sb.x1 - 1),
                                    this->Pixel(n, sb.y1 - 1, sb.x0), this->Pixel(n, sb.y1 - 1, sb.x1 - 1)};
-    const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+    const int64_t end = WordEnd(w);
     for (int64_t k = 64 * w; k < end; ++k) {
       if (Up(sb.cell, k) < sb.cut) continue;
       A lo, up;
@@ -250,7 +251,7 @@ struct ArgmaxPass1 : HeadBase<T> {
     }
     uint64_t bits = 0;
     if (!sb.empty && !sb.finite) {
-      const int64_t end = 64 * (w + 1) < this->C ? 64 * (w + 1) : this->C;
+      const int64_t end = WordEnd(w);
       for (int64_t k = 64 * w; k < end; ++k) bits |= uint64_t{1} << (k % 64);
     } else if (!sb.empty) {
       const A* lows = sub_lo + SubIndex(n, by, bx) * Words();
