@@ -124,6 +124,23 @@ def test_gradient_equals_stock_and_the_adjoint(sizes, convention, dtype, rng):
     np.testing.assert_array_equal(tf.transpose(tape.gradient(loss, nchw), [0, 2, 3, 1]).numpy(), dx.numpy())
 
 
+# Channel counts around the float x pass's vectors (2 to 4 of them, the last partial, go in one
+# masked pass; 16, 64 and 70 in blocks), at DeepLab's align-corners factor 8 and a fractional
+# half-pixel size.
+@pytest.mark.parametrize("channels", [2, 5, 16, 19, 21, 45, 63, 64, 70])
+@pytest.mark.parametrize("sizes,convention", [((5, 4, 33, 25), (True, False)), ((7, 6, 20, 23), (False, True))],
+                         ids=["align_corners_x8", "half_pixel"])
+def test_gradient_channel_counts(channels, sizes, convention, rng):
+    h, w, oh, ow = sizes
+    g = rng.standard_normal((2, oh, ow, channels)).astype(np.float32)
+    dx = tu._ops.lib.tfupsample_resize_bilinear_grad(g, [h, w], T=tf.float32, align_corners=convention[0],
+                                                     half_pixel_centers=convention[1])
+    ref.assert_close(dx, ref.resize_bilinear_grad_loop(g, (h, w), CONVENTIONS[convention]), "float32", "resize_grad")
+    stock = tf.raw_ops.ResizeBilinearGrad(grads=g, original_image=tf.zeros((2, h, w, channels)),
+                                          align_corners=convention[0], half_pixel_centers=convention[1])
+    ref.assert_close(dx, stock, "float32", "resize_grad")
+
+
 def test_gradient_is_the_same_bits_every_time(rng):
     x = tf.constant(rng.standard_normal((2, 17, 23, 40)), tf.float32)
     g = tf.constant(rng.standard_normal((2, 64, 97, 40)), tf.float32)
