@@ -65,7 +65,7 @@ def test_divider_32_bit_matches_integer_division(emu):
 def test_short_divider_matches_integer_division_in_its_range(emu):
     # One multiply-high, exact for n * d < 2^32 (the NHWC row runs: n < w * C / V, d = C / V).
     rng = np.random.default_rng(2)
-    for d in [1, 2, 3, 7, 19, 21, 75, 127, 250, 1000, 65535, 2**20 + 7]:
+    for d in [2, 3, 7, 19, 21, 75, 127, 250, 1000, 65535, 2**20 + 7]:  # (d >= 2: C / V = 1 does not divide)
         top = min(2**31 - 1, (2**32 - 1) // d)
         ns = {0, 1, d - 1, d, d + 1, top, top - 1, top - d} | {int(v) for v in rng.integers(0, top + 1, 300)}
         for n in ns:
@@ -302,11 +302,14 @@ def emu64(tmp_path_factory):
 
 # Shapes that reach each launch shape of the bilinear forward: NHWC channel lanes (at least 128
 # vectors: 600 channels 4-wide (float64: 2-wide), 1100 in two groups of 256 vectors, 129 1-wide with
-# a partial warp), NHWC rows (4-, 2- and 1-wide: 64, 150, 33, 21, 5, 3, 16 and 1 channels), NCHW
-# rows; rows of more than one 512-element piece and runs cut by the row end.
+# a partial warp), NHWC rows (4-, 2- and 1-wide: 64, 150, 33, 21, 5, 3, 16 and 1 channels; one
+# vector per position: 4, 2 and 1 channels), NCHW rows; rows of more than one 512-element piece and
+# runs cut by the row end. Rows go in pairs: pairs whose rows share their input rows (every pair
+# at even factors, some at 3 and 5), pairs that do not, and a last row alone (odd heights: 9, 15, 5).
 FORWARD_SHAPES = [((1, 3, 2, 64), 2), ((2, 2, 3, 600), 3), ((1, 2, 2, 1100), 2), ((1, 2, 2, 129), 3),
                   ((1, 2, 2, 150), 4), ((1, 3, 2, 33), 2), ((2, 3, 4, 21), 3), ((1, 2, 3, 5), 8),
-                  ((1, 2, 40, 3), 8), ((1, 3, 2, 16), 32), ((2, 2, 9, 1), 32)]
+                  ((1, 2, 40, 3), 8), ((1, 3, 2, 16), 32), ((2, 2, 9, 1), 32), ((1, 3, 5, 4), 2),
+                  ((2, 5, 3, 2), 3), ((1, 1, 3, 7), 5)]
 
 
 @pytest.mark.parametrize("shape, f", FORWARD_SHAPES, ids=str)

@@ -317,71 +317,131 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
   }
 };
 
-// NCHW (kPlanar: a row is one channel's output row) and NHWC (a row is w_out * C elements, in
-// vectors of V channels: element e is vector e % (C / V) of position e / (C / V)), by RowRuns:
-// per run the row's y entry and input rows, per element the x entry, the loads and the mix.
-template <typename T, typename I, bool kPlanar, int V>
+// NCHW (a row is one channel's output row) and NHWC (a row is w_out * C elements, in vectors of V
+// channels: element e is vector e % (C / V) of position e / (C / V); kOne: C = V, a position is
+// one vector, as in NCHW, where kOne too: no division), by RowRuns, two
+// rows y_a, y_b of a plane (or image) at a time: per run each row's y entry and input rows, per
+// element the x entry, the loads and the mix. Where both rows read the same two input rows (most
+// pairs of an upsample: RowRuns pairs the rows so), an element's x work and four loads serve both
+// rows; otherwise the rows go one after the other.
+template <typename T, typename I, bool kOne, int V>
 struct BilinearRowsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
   using W = Vec<T, V>;
-  // row -> (plane or image, y); e -> x (NHWC: with 32-bit indices the launch checks that every
-  // row index times C / V is below 2^32, ShortDivider's range)
-  Divider by_h_out;
+  // e -> x (NHWC: with 32-bit indices the launch checks that every row index times C / V is below
+  // 2^32, ShortDivider's range)
   typename std::conditional<std::is_same<I, int64_t>::value, Divider, ShortDivider>::type by_cv;
 
-  // kFull: all kRun elements are inside the row (no bounds test per element).
-  template <bool kTwoY, bool kFull>
-  TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ty, const W* r0, const W* r1, W* o, I e, I row_len) const {
-    const auto& b = *this;
-    const I cv = kPlanar ? 1 : b.C / V;
-    if (e >= row_len) return;  // a lane past the row
-    o += e;
-    const Taps2<A, I>* tab = b.tx_tab + (kPlanar ? e : 0);
+  // One output vector from its inputs' values: Mix4's arithmetic (First: the first column's
+  // product; Both: plus the second's, when there is a second tap along x; Out: the vector).
+  struct Firsts {  // V accumulator values
+    A v[V];
+  };
+  template <bool kTwoY>
+  TFUP_HOST_DEVICE static Firsts First(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W& v00, const W& v10) {
+    Firsts f;
     TFUP_UNROLL
+    for (int i = 0; i < V; ++i) f.v[i] = tx.w0 * Column<kTwoY>(ty, ToAcc(v00.v[i]), ToAcc(v10.v[i]));
+    return f;
+  }
+  TFUP_HOST_DEVICE static W Out(const Firsts& f) {
+    W w;
+    TFUP_UNROLL
+    for (int i = 0; i < V; ++i) w.v[i] = Store<T>::From(f.v[i]);
+    return w;
+  }
+  template <bool kTwoY>
+  TFUP_HOST_DEVICE static Firsts Both(const Taps2<A, I>& ty, const Taps2<A, I>& tx, const W& v01, const W& v11,
+                                      const Firsts& f) {
+    Firsts r;
+    TFUP_UNROLL
+    for (int i = 0; i < V; ++i) r.v[i] = f.v[i] + tx.w1 * Column<kTwoY>(ty, ToAcc(v01.v[i]), ToAcc(v11.v[i]));
+    return r;
+  }
+
+  // Rows with the same two input rows r0, r1 (kPair: two rows, y entries ta and tb, outputs oa
+  // and ob; else row a alone), from element e, kRun elements kRunLanes apart. kFull: all of them
+  // inside the row (no bounds test per element).
+  template <bool kPair, bool kTwoY, bool kFull>
+  TFUP_HOST_DEVICE void Elements(const Taps2<A, I>& ta, const Taps2<A, I>& tb, const W* r0, const W* r1, W* oa,
+                                 W* ob, I e, I row_len) const {
+    const I cv = kOne ? 1 : this->C / V;
+    if (e >= row_len) return;  // a lane past the row
+    oa += e;
+    ob += e;
+    const Taps2<A, I>* tab = this->tx_tab + (kOne ? e : 0);
+    // Unrolled whole, except for vectors of 2-byte types (4 at a time: unrolled whole, ptxas
+    // spilled a few registers in the half and bfloat16 4-wide kernels).
+    constexpr int kUnroll = sizeof(T) == 2 && V > 1 ? 4 : kRun;
+#if defined(__CUDA_ARCH__)
+#pragma unroll kUnroll
+#endif
     for (int j = 0; j < kRun; ++j, e += kRunLanes) {
       if (!kFull && e >= row_len) break;
-      const I x = kPlanar ? 0 : by_cv.Div(e), c = kPlanar ? 0 : e - x * cv;
-      const Taps2<A, I> tx = tab[kPlanar ? j * kRunLanes : x];
-      // The second input along x, when there is one, is the next position: one address per row.
-      const W* a0 = r0 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
-      const W* a1 = r1 + (kPlanar ? tx.i0 : tx.i0 * cv + c);
-      // Mix4's arithmetic, the first column's product shared by both cases.
-      const W v00 = a0[0], v10 = kTwoY ? a1[0] : v00;
-      A first[V];
-      W r;
-      TFUP_UNROLL
-      for (int i = 0; i < V; ++i) {
-        first[i] = tx.w0 * Column<kTwoY>(ty, ToAcc(v00.v[i]), ToAcc(v10.v[i]));
-        r.v[i] = Store<T>::From(first[i]);
-      }
+      const I x = kOne ? 0 : by_cv.Div(e), c = kOne ? 0 : e - x * cv;
+      const Taps2<A, I> tx = tab[kOne ? j * kRunLanes : x];
+      const I off = kOne ? tx.i0 : tx.i0 * cv + c;
+      const W v00 = r0[off], v10 = kTwoY ? r1[off] : v00;
+      const Firsts fa = First<kTwoY>(ta, tx, v00, v10), fb = kPair ? First<kTwoY>(tb, tx, v00, v10) : fa;
+      Firsts ra = fa, rb = fb;
       if (tx.Two()) {
-        const W v01 = a0[cv], v11 = kTwoY ? a1[cv] : v01;
-        TFUP_UNROLL
-        for (int i = 0; i < V; ++i) {
-          r.v[i] = Store<T>::From(first[i] + tx.w1 * Column<kTwoY>(ty, ToAcc(v01.v[i]), ToAcc(v11.v[i])));
-        }
+        // (the offset from i1 = i0 + 1, not off + cv: one wide multiply-add per address, where
+        // the compiler would add a 64-bit cv * sizeof(W) to the first tap's in two halves)
+        const I off1 = kOne ? tx.i1 : tx.i1 * cv + c;
+        const W v01 = r0[off1], v11 = kTwoY ? r1[off1] : v01;
+        ra = Both<kTwoY>(ta, tx, v01, v11, fa);
+        if (kPair) rb = Both<kTwoY>(tb, tx, v01, v11, fb);
       }
-      o[j * kRunLanes] = r;
+      oa[j * kRunLanes] = Out(ra);
+      if (kPair) ob[j * kRunLanes] = Out(rb);
     }
   }
-  TFUP_HOST_DEVICE void operator()(I row, I e, I row_len) const {
+  template <bool kPair, bool kFull>
+  TFUP_HOST_DEVICE void Rows(const Taps2<A, I>& ta, const Taps2<A, I>& tb, I q, W* oa, W* ob, I e, I row_len) const {
     const auto& b = *this;
-    const I q = by_h_out.Div(row), y = row - q * b.h_out;  // q: the plane (NCHW) or the image (NHWC)
-    const Taps2<A, I> ty = b.ty_tab[y];
-    const I row_in = kPlanar ? b.w_in : b.w_in * (b.C / V);  // vectors per input row
+    const I row_in = kOne ? b.w_in : b.w_in * (b.C / V);  // vectors per input row
     const W* in = reinterpret_cast<const W*>(b.in);
-    const W* r0 = Opaque(in + (q * b.h_in + ty.i0) * row_in);
-    const W* r1 = Opaque(in + (q * b.h_in + ty.i1) * row_in);
-    W* o = reinterpret_cast<W*>(b.out) + row * row_len;
+    const W* r0 = Opaque(in + (q * b.h_in + ta.i0) * row_in);
+    const W* r1 = Opaque(in + (q * b.h_in + ta.i1) * row_in);
+    if (ta.Two()) return Elements<kPair, true, kFull>(ta, tb, r0, r1, oa, ob, e, row_len);
+    Elements<kPair, false, kFull>(ta, tb, r0, r1, oa, ob, e, row_len);
+  }
+  // Rows ya and yb of plane q (yb = ya: that row alone).
+  TFUP_HOST_DEVICE void operator()(I q, I ya, I yb, I e, I row_len) const {
+    const auto& b = *this;
+    const Taps2<A, I> ta = b.ty_tab[ya], tb = b.ty_tab[yb];
+    W* const out = reinterpret_cast<W*>(b.out) + q * b.h_out * row_len;
+    W *const oa = out + ya * row_len, *const ob = out + yb * row_len;
     const bool full = e + kRunLanes * (kRun - 1) < row_len;
-    if (ty.Two()) {
-      if (full) return Elements<true, true>(ty, r0, r1, o, e, row_len);
-      return Elements<true, false>(ty, r0, r1, o, e, row_len);
+    if (TFUP_LIKELY(ya != yb && ta.i0 == tb.i0 && ta.i1 == tb.i1)) {  // (laid out first)
+      if (TFUP_LIKELY(full)) return Rows<true, true>(ta, tb, q, oa, ob, e, row_len);
+      return Rows<true, false>(ta, tb, q, oa, ob, e, row_len);
     }
-    if (full) return Elements<false, true>(ty, r0, r1, o, e, row_len);
-    Elements<false, false>(ty, r0, r1, o, e, row_len);
+    if (full) {
+      Rows<false, true>(ta, ta, q, oa, oa, e, row_len);
+      if (yb != ya) Rows<false, true>(tb, tb, q, ob, ob, e, row_len);
+      return;
+    }
+    Rows<false, false>(ta, ta, q, oa, oa, e, row_len);
+    if (yb != ya) Rows<false, false>(tb, tb, q, ob, ob, e, row_len);
   }
 };
+
+// The row pairing of RowRuns for the bilinear forward along y: pairs (y, y + 1) from y = -shift,
+// shift 0 or 1, whichever gives more pairs whose rows read the same two input rows (counted over
+// the first rows: the taps repeat with the stride). Only the speed depends on it.
+inline int PairShift(const Axis& ay) {
+  const Divider by(ay.stride);
+  const int64_t end = ay.n_out < 4 * ay.stride + 4 ? ay.n_out : 4 * ay.stride + 4;
+  int64_t same[2] = {0, 0};
+  for (int shift = 0; shift < 2; ++shift) {
+    for (int64_t y = 1 - shift; y + 1 < end; y += 2) {
+      const Run a = InputsOf(ay, by, y), b = InputsOf(ay, by, y + 1);
+      same[shift] += a.count == b.count && a.i0 == b.i0;
+    }
+  }
+  return same[1] > same[0] ? 1 : 0;
+}
 
 // The inputs [*lo, *hi] (empty when *lo > *hi) whose tap t lands inside the output along an axis:
 // 0 <= i * s - p + t < n_out. The filter gradient's column range per tap.

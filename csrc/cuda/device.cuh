@@ -103,20 +103,22 @@ TFUP_HOST_DEVICE inline P* Opaque(P* p) {
   return p;
 }
 
-// Division of values n < 2^32 / d by d: one multiply-high by ceil(2^32 / d) (exact there: the
-// error n (ceil(2^32 / d) - 2^32 / d) / 2^32 stays below 1 / d). The per-element division of the
-// bilinear forward's NHWC row runs, where n is an index in a row of w * C / V elements.
+// A condition that is usually true: its branch's code laid out first (benchmarks/sass_count.py
+// walks the bilinear forward's kernel along that layout).
+#define TFUP_LIKELY(c) __builtin_expect(static_cast<bool>(c), 1)
+
+// Division of values n < 2^32 / d by d >= 2: one multiply-high by ceil(2^32 / d) (exact there:
+// the error n (ceil(2^32 / d) - 2^32 / d) / 2^32 stays below 1 / d). The per-element division of
+// the bilinear forward's NHWC row runs, where n is an index in a row of w * C / V elements (C / V
+// >= 2: one vector per position runs without a division).
 struct ShortDivider {
   uint32_t m = 0;
-  int32_t d = 1;
   ShortDivider() = default;
-  explicit ShortDivider(int64_t divisor) : d(static_cast<int32_t>(divisor)) {
-    if (d > 1) m = static_cast<uint32_t>(((uint64_t{1} << 32) + d - 1) / d);
+  explicit ShortDivider(int64_t divisor) {
+    if (divisor > 1) m = static_cast<uint32_t>(((uint64_t{1} << 32) + divisor - 1) / divisor);
   }
   static bool Fits(int64_t n_end, int64_t divisor) { return n_end <= ((int64_t{1} << 32) - 1) / divisor; }
-  TFUP_HOST_DEVICE int32_t Div(int32_t n) const {
-    return d == 1 ? n : static_cast<int32_t>(MulHi(m, static_cast<uint32_t>(n)));
-  }
+  TFUP_HOST_DEVICE int32_t Div(int32_t n) const { return static_cast<int32_t>(MulHi(m, static_cast<uint32_t>(n))); }
 };
 
 // The index type of a launch: int32 when every tensor it touches has fewer than 2^31 - 2^28
@@ -207,32 +209,37 @@ struct ChannelLanes {
   }
 };
 
-// Runs along rows: the row-major [rows, row_len] output is cut into pieces of kRunLanes * kRun
-// elements; a warp takes a piece, lane l its elements l, l + 32, ... (coalesced), so the body's
-// per-row work (a division, the row's taps) is done once for up to kRun elements. For NCHW (a
-// row is one channel's output row) and NHWC with few channels (a row is w * C elements: every
-// lane busy whatever C).
+// Runs along rows: the output is planes of h rows of row_len elements, each row cut into pieces of
+// kRunLanes * kRun elements; the rows of a plane go in pairs (y, y + 1) from y = -shift (a pair's
+// row outside the plane is its other row: that row alone). A warp takes a piece of a pair, lane l
+// its elements l, l + 32, ... (coalesced), so the body's per-row work (a division, the row's taps)
+// is done once for up to kRun elements, and its per-element work once for both rows where they
+// can share it. For NCHW (a row is one channel's output row) and NHWC with few channels (a row is
+// w * C elements: every lane busy whatever C).
 constexpr int kRunLanes = 32, kRun = 16;
 
 template <class Body, typename I>
 struct RowRuns {
   Body body;
-  I items, row_len, per_row;  // items = rows * per_row
-  Divider pieces;             // by per_row
+  I items, h, shift, per_plane, row_len, per_row;  // items = planes * per_plane * per_row
+  Divider pieces, pairs;                // by per_row, by pairs per plane
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const I step = static_cast<I>(p.grid) * p.by;
     for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
-      const I row = pieces.Div(i), piece = i - row * per_row;
-      body(row, piece * (kRunLanes * kRun) + p.tx, row_len);
+      const I pair = pieces.Div(i), piece = i - pair * per_row;
+      const I q = pairs.Div(pair), y = 2 * (pair - q * per_plane) - shift;
+      const I ya = y < 0 ? y + 1 : y, yb = y + 1 < h ? y + 1 : y;
+      body(q, ya, yb, piece * (kRunLanes * kRun) + p.tx, row_len);
     }
   }
-  static RowRuns Make(const Body& body, int64_t rows, int64_t row_len, Shape* s) {
+  static RowRuns Make(const Body& body, int64_t planes, int64_t h, int shift, int64_t row_len, Shape* s) {
     const int64_t per_row = (row_len + kRunLanes * kRun - 1) / (kRunLanes * kRun);
-    const int64_t items = rows * per_row;
+    const int64_t per_plane = (h + shift + 1) / 2;
+    const int64_t items = planes * per_plane * per_row;
     *s = Shape::Of(kRunLanes, 256 / kRunLanes, items, 256 / kRunLanes);
-    return RowRuns{body, static_cast<I>(items), static_cast<I>(row_len), static_cast<I>(per_row),
-                   Divider(per_row)};
+    return RowRuns{body, static_cast<I>(items), static_cast<I>(h), static_cast<I>(shift), static_cast<I>(per_plane),
+                   static_cast<I>(row_len), static_cast<I>(per_row), Divider(per_row), Divider(per_plane)};
   }
 };
 

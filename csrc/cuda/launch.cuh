@@ -50,7 +50,7 @@ inline int VectorWidth(const Geometry& g, int64_t bytes, const void* a, const vo
 // The bilinear forward: the two axes' tap tables (scratch), then one of two launch shapes. NHWC
 // with at least 4 channel vectors per lane (C / V >= 128) runs ChannelLanes (no per-element
 // division or table entry); NCHW and NHWC with fewer channels run RowRuns (every lane busy
-// whatever C; the per-row work shared by 16 elements). 32-bit indices where both tensors are
+// whatever C; the per-row work shared by 16 elements, the per-element work by two rows). 32-bit indices where both tensors are
 // small enough; the 64-bit path (huge tensors) runs RowRuns, one channel per element.
 inline int64_t TapTableBytes(const Geometry& g) {
   return (g.y.n_out + g.x.n_out) * 32;  // Taps2 of at most 32 bytes (scratch is 256-byte aligned)
@@ -84,17 +84,25 @@ void BilinearForwardTyped(const Exec& ex, const Geometry& g, const T* in, T* out
     const auto k = ChannelLanes<Body, I>::Make(Body{base}, g.n * g.y.n_out * g.x.n_out, g.x.n_out, g.y.n_out, g.c / kV, &s);
     ex(s, k);
   };
-  const auto rows = [&](auto planar, auto v) {
-    constexpr bool kPlanar = decltype(planar)::value;
+  // Row runs; kOne: a position is one vector (NCHW, or NHWC with C = V).
+  const auto rows = [&](auto one, auto v) {
+    constexpr bool kOne = decltype(one)::value;
     constexpr int kV = decltype(v)::value;
-    using Body = BilinearRowsBody<T, I, kPlanar, kV>;
-    const int64_t row_len = kPlanar ? g.x.n_out : g.x.n_out * (g.c / kV);
-    const Body body{base, Divider(g.y.n_out), decltype(Body::by_cv)(kPlanar ? 1 : g.c / kV)};
-    const auto k = RowRuns<Body, I>::Make(body, g.n * (kPlanar ? g.c : 1) * g.y.n_out, row_len, &s);
+    using Body = BilinearRowsBody<T, I, kOne, kV>;
+    const int64_t row_len = g.x.n_out * (kOne ? 1 : g.c / kV);
+    const Body body{base, decltype(Body::by_cv)(g.c / kV)};
+    const int64_t planes = g.n * (g.layout == Layout::kNCHW ? g.c : 1);
+    const auto k = RowRuns<Body, I>::Make(body, planes, g.y.n_out, PairShift(g.y), row_len, &s);
     ex(s, k);
   };
   using One = std::integral_constant<int, 1>;
-  if (g.layout == Layout::kNCHW) return rows(std::true_type{}, One{});
+  if (g.layout == Layout::kNCHW || g.c == V) {
+    if constexpr (!std::is_same<I, int64_t>::value) {
+      if (V == 4) return rows(std::true_type{}, std::integral_constant<int, 4>{});
+      if (V == 2) return rows(std::true_type{}, std::integral_constant<int, 2>{});
+    }
+    return rows(std::true_type{}, One{});
+  }
   if constexpr (!std::is_same<I, int64_t>::value) {
     const bool wide = g.c / V >= kChannelLanesMin;
     if (V == 4) return wide ? channels(std::integral_constant<int, 4>{}) : rows(std::false_type{}, std::integral_constant<int, 4>{});
