@@ -1,14 +1,18 @@
 """SASS instructions per output element of the float32 bilinear forward, without a GPU.
 
 Compiles csrc/cuda/kernels.cu for one architecture (default sm_90) with the build's flags, and a
-probe file that instantiates each launch shape's unrolled element loop alone (both second taps
-present: the costliest variant), dumps the machine code with cuobjdump and counts the
-instructions a thread executes:
-- step: from one output store to the next in the probe's loop, per element (a vector store
-  writes V elements), walking the code with conditional branches not taken (the early exits and
-  the one-tap cases) and unconditional ones taken; predicated instructions count;
-- setup: in the op's kernel, the same walk from the top of the grid-stride loop to the first
-  store, less one step (a row or position's divisions, table entries and pointers);
+probe file that instantiates launch shapes' unrolled element loops alone, dumps the machine code
+with cuobjdump and counts the instructions a thread executes:
+- row runs (two rows at a time), in the op's kernels: every path from the top of the grid-stride
+  loop through a whole run whose two rows share their input rows, both second taps present
+  (stores alternating between the two rows, five loads per pair: the x entry and four inputs,
+  no bounds test), the costliest; its instructions per store, and its setup (the walk to the
+  first pair's stores less one pair's step); conditional branches are taken both ways before
+  the first store and not taken after it (the one-tap cases skipped), predicated instructions
+  count;
+- channel lanes, runs cut by the row end and rows one after the other (pairs that do not share
+  their input rows), on the probes: from one store to the next along the probe's path (the
+  median of two consecutive walks, halved);
 - per element: steps and setups at the shapes the issue names, divided by the elements.
 The budget is 24 (what an H100 can issue per element at 85% of its copy bandwidth). Also prints
 the -Xptxas -v summary (stack frames, spills, registers) of every entry function of kernels.cu.
@@ -126,7 +130,8 @@ def _pair_run(ins, stores):
         if len(set(bases[0::2])) != 1 or len(set(bases[1::2])) != 1 or bases[0] == bases[1]:
             continue  # not two rows in turn
         tail = texts[counts[1]:]  # after the first pair
-        if any("ISETP.GE" in t for t in tail) or sum(bool(re.search(r"\bLDG", t)) for t in tail) != 5 * (stores // 2 - 1):
+        loads = sum(bool(re.search(r"\bLDG", t)) for t in tail)
+        if any("ISETP.GE" in t for t in tail) or loads != 5 * (stores // 2 - 1):
             continue  # a run cut by the row end (a bounds test per element), or a one-tap variant
         per_store = (counts[-1] - counts[1]) / (stores - 2)
         setup = counts[1] - 2 * per_store
