@@ -83,6 +83,17 @@ def _walk(ins, start):
     return None
 
 
+def _loop_head(ins):
+    """The index of the grid-stride loop's top: the widest backward branch's target."""
+    addr = [a for a, _ in ins]
+    loops = []
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r"BRA(?:\.\w+)* (?:!?U?P\w+, )?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= a:
+            loops.append((addr.index(int(m.group(1), 16)), i))
+    return max(loops, key=lambda l: l[1] - l[0])[0]
+
+
 def _pair_runs(ins, head, stores):
     """Every path from the loop head through its first `stores` stores, as (instruction counts
     from the head to each store, the texts walked): the conditional branches before the first
@@ -117,13 +128,7 @@ def _pair_run(ins, stores):
     store two rows' elements in turn (two output pointers) with five loads per pair (the x entry,
     four inputs) and no bounds test (whole runs); the costliest. Setup: the walk to the first
     pair's second store less one pair's step."""
-    addr = [a for a, _ in ins]
-    loops = []
-    for i, (a, text) in enumerate(ins):
-        m = re.search(r"BRA(?:\.\w+)* (?:!?U?P\w+, )?0x([0-9a-f]+)", text)
-        if m and int(m.group(1), 16) <= a:
-            loops.append((addr.index(int(m.group(1), 16)), i))
-    head = max(loops, key=lambda l: l[1] - l[0])[0]
+    head = _loop_head(ins)
     best = None
     for counts, texts in _pair_runs(ins, head, stores):
         bases = [re.search(r"\[(R\d+)\.64", texts[c - 1]).group(1) for c in counts]
@@ -156,15 +161,8 @@ def _step(ins):
 
 
 def _setup(ins, step, stores=1):
-    """The walk from the top of the grid-stride loop (the widest backward branch's target) to its
-    `stores`-th store, less `stores` steps: a run's (or a position's) work before its elements."""
-    addr = [a for a, _ in ins]
-    loops = []
-    for i, (a, text) in enumerate(ins):
-        m = re.search(r"BRA(?:\.\w+)* (?:!?U?P\w+, )?0x([0-9a-f]+)", text)
-        if m and int(m.group(1), 16) <= a:
-            loops.append((addr.index(int(m.group(1), 16)), i))
-    head = max(loops, key=lambda l: l[1] - l[0])[0]
+    """The walk from the top of the grid-stride loop to its `stores`-th store, less `stores` steps: a run's (or a position's) work before its elements."""
+    head = _loop_head(ins)
     total, at = 0, head - 1
     for _ in range(stores):
         walk = _walk(ins, at)
