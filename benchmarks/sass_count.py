@@ -101,6 +101,8 @@ def _pair_runs(ins, head, stores):
     where = {a: i for i, (a, _) in enumerate(ins)}
     out, todo = [], [(head, 0, [], [])]
     while todo:
+        if len(out) + len(todo) > 4096:
+            raise ValueError("too many paths before the first store")
         i, n, counts, texts = todo.pop()
         while i < len(ins) and len(counts) < stores and n < 20 * len(ins):
             if i == head and n > 0:  # round the grid-stride loop without a store: not a run
@@ -131,12 +133,13 @@ def _pair_run(ins, stores):
     head = _loop_head(ins)
     best = None
     for counts, texts in _pair_runs(ins, head, stores):
-        bases = [re.search(r"\[(R\d+)\.64", texts[c - 1]).group(1) for c in counts]
-        if len(set(bases[0::2])) != 1 or len(set(bases[1::2])) != 1 or bases[0] == bases[1]:
+        bases = [(re.findall(r"\[(U?R\d+)", texts[c - 1]) or [None])[-1] for c in counts]  # (after desc[..])
+        if None in bases or len(set(bases[0::2])) != 1 or len(set(bases[1::2])) != 1 or bases[0] == bases[1]:
             continue  # not two rows in turn
         tail = texts[counts[1]:]  # after the first pair
         loads = sum(bool(re.search(r"\bLDG", t)) for t in tail)
-        if any("ISETP.GE" in t for t in tail) or loads != 5 * (stores // 2 - 1):
+        bounds = any(re.search(r"ISETP\.(?!NE|EQ)", t) for t in tail)  # (the tap tests compare i1, i0)
+        if bounds or loads != 5 * (stores // 2 - 1):
             continue  # a run cut by the row end (a bounds test per element), or a one-tap variant
         per_store = (counts[-1] - counts[1]) / (stores - 2)
         setup = counts[1] - 2 * per_store
@@ -149,8 +152,8 @@ def _pair_run(ins, stores):
 
 def _step(ins):
     """The instructions per store along a probe's path: the median over consecutive pairs of
-    store-to-store walks, halved (a pair of rows stores its two rows' elements in turn, one walk
-    with the element's x work and loads, one without)."""
+    store-to-store walks, halved (for a single row, walks alike; for two rows stored in turn, one
+    walk with the element's x work and loads and one without)."""
     walks, at = [], _walk(ins, -1)
     while at is not None:
         at = _walk(ins, at[1])
@@ -161,7 +164,8 @@ def _step(ins):
 
 
 def _setup(ins, step, stores=1):
-    """The walk from the top of the grid-stride loop to its `stores`-th store, less `stores` steps: a run's (or a position's) work before its elements."""
+    """The walk from the top of the grid-stride loop to its `stores`-th store, less `stores`
+    steps: a run's (or a position's) work before its elements."""
     head = _loop_head(ins)
     total, at = 0, head - 1
     for _ in range(stores):
@@ -177,8 +181,8 @@ PROBES = r"""
 using namespace tfup::cuda;
 using Tap = Taps2<float, int>;
 template <int V> using W = Vec<float, V>;
-#define ROWS(name, pair, planar, v, full)                                                              \
-  __global__ void name(BilinearRowsBody<float, int, planar, v> b, Tap ta, Tap tb, const W<v>* r0,      \
+#define ROWS(name, pair, one, v, full)                                                                 \
+  __global__ void name(BilinearRowsBody<float, int, one, v> b, Tap ta, Tap tb, const W<v>* r0,         \
                        const W<v>* r1, W<v>* oa, W<v>* ob, int e, int n) {                             \
     b.Elements<pair, true, full>(ta, tb, r0, r1, oa, ob, e, n);                                        \
   }

@@ -73,6 +73,25 @@ def test_short_divider_matches_integer_division_in_its_range(emu):
                 assert emu.tfup_emu_divide_short(n, d) == n // d, (n, d)
 
 
+def test_row_pairs_share_their_input_rows(emu):
+    # The bilinear forward's row runs pair rows (y, y + 1) from y = -shift; the launch's shift
+    # makes at least as many pairs away from the edges read the same input rows as the other
+    # would, and at an even factor all of them (inputs from the definition: 0 <= y + pad - i*f < k).
+    for f in range(2, 10):
+        k = 2 * f - f % 2
+        for n_in in (3, 7, 20):
+            n_out = n_in * f
+            pad = max((n_in - 1) * f + k - n_out, 0) // 2
+            inputs = [tuple(i for i in range(n_in) if 0 <= y + pad - i * f < k) for y in range(n_out)]
+            # pairs (y, y + 1) with y = shift mod 2, away from the edges (2f rows)
+            shared = {s: [y for y in range(2 * f + s, n_out - 2 * f - 1, 2) if inputs[y] == inputs[y + 1]]
+                      for s in (0, 1)}
+            shift = emu.tfup_emu_pair_shift(n_in, n_out, f, k, pad)
+            assert len(shared[shift]) >= len(shared[1 - shift]), (f, n_in, shift)
+            if f % 2 == 0:
+                assert len(shared[shift]) == len(range(2 * f + shift, n_out - 2 * f - 1, 2)), (f, n_in, shift)
+
+
 def test_argmax_cells_tile_each_axis(emu):
     # Every output lies in its cell's span, the spans tile the axis, none is longer than the
     # factor (the argmax's sub-blocks per cell are sized by it).

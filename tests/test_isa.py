@@ -42,6 +42,11 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
     }
     for k, v in res.items():
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
+# The float x passes' channel counts: 1 to 4 vectors with a partial last one (masked) in either
+# build, and counts the blocks take.
+for c in (5, 12, 28, 45, 63, 70):
+    out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
+    out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
 np.savez(sys.argv[1], **out)
 """
 

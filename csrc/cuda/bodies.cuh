@@ -318,12 +318,12 @@ struct BilinearChannelsBody : BilinearForwardBase<T, I> {
 };
 
 // NCHW (a row is one channel's output row) and NHWC (a row is w_out * C elements, in vectors of V
-// channels: element e is vector e % (C / V) of position e / (C / V); kOne: C = V, a position is
-// one vector, as in NCHW, where kOne too: no division), by RowRuns, two
+// channels: element e is vector e % (C / V) of position e / (C / V); kOne: a position is one
+// vector -- NCHW, or NHWC with C = V -- so element e is position e, no division), by RowRuns, two
 // rows y_a, y_b of a plane (or image) at a time: per run each row's y entry and input rows, per
-// element the x entry, the loads and the mix. Where both rows read the same two input rows (most
-// pairs of an upsample: RowRuns pairs the rows so), an element's x work and four loads serve both
-// rows; otherwise the rows go one after the other.
+// element the x entry, the loads and the mix. Where both rows read the same two input rows (at an
+// even factor every pair but the edges', RowRuns pairing them so), an element's x work and four
+// loads serve both rows; otherwise the rows go one after the other.
 template <typename T, typename I, bool kOne, int V>
 struct BilinearRowsBody : BilinearForwardBase<T, I> {
   using A = typename AccOf<T>::type;
@@ -370,8 +370,8 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
     oa += e;
     ob += e;
     const Taps2<A, I>* tab = this->tx_tab + (kOne ? e : 0);
-    // Unrolled whole, except for vectors of 2-byte types (4 at a time: unrolled whole, ptxas
-    // spilled a few registers in the half and bfloat16 4-wide kernels).
+    // Unrolled whole, vectors of 2-byte types 4 elements at a time (register pressure: unrolled
+    // whole they would spill).
     constexpr int kUnroll = sizeof(T) == 2 && V > 1 ? 4 : kRun;
 #if defined(__CUDA_ARCH__)
 #pragma unroll kUnroll
@@ -413,8 +413,8 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
     W* const out = reinterpret_cast<W*>(b.out) + q * b.h_out * row_len;
     W *const oa = out + ya * row_len, *const ob = out + yb * row_len;
     const bool full = e + kRunLanes * (kRun - 1) < row_len;
-    if (TFUP_LIKELY(ya != yb && ta.i0 == tb.i0 && ta.i1 == tb.i1)) {  // (laid out first)
-      if (TFUP_LIKELY(full)) return Rows<true, true>(ta, tb, q, oa, ob, e, row_len);
+    if (ya != yb && ta.i0 == tb.i0 && ta.i1 == tb.i1) {
+      if (full) return Rows<true, true>(ta, tb, q, oa, ob, e, row_len);
       return Rows<true, false>(ta, tb, q, oa, ob, e, row_len);
     }
     if (full) {
@@ -428,14 +428,17 @@ struct BilinearRowsBody : BilinearForwardBase<T, I> {
 };
 
 // The row pairing of RowRuns for the bilinear forward along y: pairs (y, y + 1) from y = -shift,
-// shift 0 or 1, whichever gives more pairs whose rows read the same two input rows (counted over
-// the first rows: the taps repeat with the stride). Only the speed depends on it.
+// shift 0 or 1, whichever gives more pairs whose rows read the same two input rows, counted over
+// two periods of the taps (2 * stride rows) away from the top edge where the axis is long enough
+// (from its start otherwise). Only the speed depends on it.
 inline int PairShift(const Axis& ay) {
   const Divider by(ay.stride);
-  const int64_t end = ay.n_out < 4 * ay.stride + 4 ? ay.n_out : 4 * ay.stride + 4;
+  const int64_t span = 4 * ay.stride + 2;
+  const int64_t begin = ay.n_out >= 2 * ay.stride + span ? 2 * ay.stride : 0;
+  const int64_t end = begin + span < ay.n_out ? begin + span : ay.n_out;
   int64_t same[2] = {0, 0};
   for (int shift = 0; shift < 2; ++shift) {
-    for (int64_t y = 1 - shift; y + 1 < end; y += 2) {
+    for (int64_t y = begin + (begin + shift) % 2; y + 1 < end; y += 2) {  // RowRuns' pairs under this shift
       const Run a = InputsOf(ay, by, y), b = InputsOf(ay, by, y + 1);
       same[shift] += a.count == b.count && a.i0 == b.i0;
     }

@@ -103,14 +103,11 @@ TFUP_HOST_DEVICE inline P* Opaque(P* p) {
   return p;
 }
 
-// A condition that is usually true: its branch's code laid out first (benchmarks/sass_count.py
-// walks the bilinear forward's kernel along that layout).
-#define TFUP_LIKELY(c) __builtin_expect(static_cast<bool>(c), 1)
-
 // Division of values n < 2^32 / d by d >= 2: one multiply-high by ceil(2^32 / d) (exact there:
 // the error n (ceil(2^32 / d) - 2^32 / d) / 2^32 stays below 1 / d). The per-element division of
-// the bilinear forward's NHWC row runs, where n is an index in a row of w * C / V elements (C / V
-// >= 2: one vector per position runs without a division).
+// the bilinear forward's NHWC row runs, where n is an index in a row of w * C / V elements. Made
+// with a divisor below 2 it is no divider (Div gives 0): one vector per position (C / V = 1) runs
+// without a division.
 struct ShortDivider {
   uint32_t m = 0;
   ShortDivider() = default;

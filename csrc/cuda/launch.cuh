@@ -50,7 +50,8 @@ inline int VectorWidth(const Geometry& g, int64_t bytes, const void* a, const vo
 // The bilinear forward: the two axes' tap tables (scratch), then one of two launch shapes. NHWC
 // with at least 4 channel vectors per lane (C / V >= 128) runs ChannelLanes (no per-element
 // division or table entry); NCHW and NHWC with fewer channels run RowRuns (every lane busy
-// whatever C; the per-row work shared by 16 elements, the per-element work by two rows). 32-bit indices where both tensors are
+// whatever C; the per-row work shared by 16 elements, the per-element work by two rows where
+// they read the same input rows). 32-bit indices where both tensors are
 // small enough; the 64-bit path (huge tensors) runs RowRuns, one channel per element.
 inline int64_t TapTableBytes(const Geometry& g) {
   return (g.y.n_out + g.x.n_out) * 32;  // Taps2 of at most 32 bytes (scratch is 256-byte aligned)

@@ -53,6 +53,13 @@ extern "C" int32_t tfup_emu_divide_short(int32_t n, int64_t d) {
   return tfup::cuda::ShortDivider(d).Div(n);
 }
 
+// The row pairing shift of the bilinear forward's row runs along an axis.
+extern "C" int tfup_emu_pair_shift(int64_t n_in, int64_t n_out, int64_t stride, int64_t k, int64_t pad) {
+  tfup::Axis a;
+  a.n_in = n_in, a.n_out = n_out, a.stride = stride, a.k = k, a.pad = pad;
+  return tfup::cuda::PairShift(a);
+}
+
 // The argmax's cells along one axis of n inputs upsampled by f: the number of outputs whose cell's
 // span does not hold them, plus the outputs over all spans that are not exactly n * f, plus the
 // spans longer than f (a cell must fit its sub-blocks).
