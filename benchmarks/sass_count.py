@@ -163,17 +163,13 @@ def _step(ins):
     return pairs[len(pairs) // 2] / 2
 
 
-def _setup(ins, step, stores=1):
-    """The walk from the top of the grid-stride loop to its `stores`-th store, less `stores`
-    steps: a run's (or a position's) work before its elements."""
-    head = _loop_head(ins)
-    total, at = 0, head - 1
-    for _ in range(stores):
-        walk = _walk(ins, at)
-        if walk is None:
-            raise ValueError("the grid-stride loop ends before its first element's stores")
-        total, at = total + walk[0], walk[1]
-    return total - stores * step
+def _setup(ins, step):
+    """The walk from the top of the grid-stride loop to its first store, less one step: a
+    position's work before its elements."""
+    walk = _walk(ins, _loop_head(ins) - 1)
+    if walk is None:
+        raise ValueError("the grid-stride loop ends before its first store")
+    return walk[0] - step
 
 
 PROBES = r"""
@@ -186,11 +182,7 @@ template <int V> using W = Vec<float, V>;
                        const W<v>* r1, W<v>* oa, W<v>* ob, int e, int n) {                             \
     b.Elements<pair, true, full>(ta, tb, r0, r1, oa, ob, e, n);                                        \
   }
-ROWS(rows_nchw_full, true, true, 1, true)
 ROWS(rows_nchw_cut, true, true, 1, false)
-ROWS(rows_nhwc1_full, true, false, 1, true)
-ROWS(rows_nhwc2_full, true, false, 2, true)
-ROWS(rows_nhwc4_full, true, false, 4, true)
 ROWS(alone_nchw_full, false, true, 1, true)
 ROWS(alone_nhwc1_full, false, false, 1, true)
 #define LANES(name, v)                                                                                 \
