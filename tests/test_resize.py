@@ -141,6 +141,34 @@ def test_gradient_channel_counts(channels, sizes, convention, rng):
     ref.assert_close(dx, stock, "float32", "resize_grad")
 
 
+# Output rows whose two taps are one input row -- every eighth at align-corners x8 (exact taps),
+# the first and last four at half-pixel x8 (clamped edges) -- are summed with the run of rows
+# after them. A batch of 4 at 33 and 17 rows makes bands of several input rows, so that such rows
+# fall inside bands and on their first rows. A non-finite value there reaches its one input row
+# (its zero weight's term is NaN there, as in stock's sum) and no other.
+@pytest.mark.parametrize("sizes,convention", [((33, 9, 257, 65), (True, False)), ((17, 6, 129, 41), (True, False)),
+                                              ((33, 9, 264, 72), (False, True))], ids=str)
+def test_gradient_rows_on_one_input_row(sizes, convention, rng):
+    h, w, oh, ow = sizes
+    g = rng.standard_normal((4, oh, ow, 21)).astype(np.float32)
+    run = lambda dy: tu._ops.lib.tfupsample_resize_bilinear_grad(  # noqa: E731
+        dy, [h, w], T=tf.float32, align_corners=convention[0], half_pixel_centers=convention[1]).numpy()
+    stock = lambda dy: tf.raw_ops.ResizeBilinearGrad(  # noqa: E731
+        grads=dy, original_image=tf.zeros((4, h, w, 21)), align_corners=convention[0],
+        half_pixel_centers=convention[1]).numpy()
+    dx = run(g)
+    ref.assert_close(dx, ref.resize_bilinear_grad_loop(g, (h, w), CONVENTIONS[convention]), "float32", "resize_grad")
+    ref.assert_close(dx, stock(g), "float32", "resize_grad")
+    g[1, 8 * 5, 7, 3] = np.inf  # align-corners: on input row 5; half-pixel: inside a run
+    g[2, 0, 0, 0] = -np.inf  # the first row: on input row 0 in both
+    g[3, oh - 1, 4, 20] = np.nan
+    dx, expected = run(g), stock(g)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(expected))
+    assert np.isnan(dx).any()
+    ok = ~np.isnan(expected)
+    ref.assert_close(dx[ok], expected[ok], "float32", "resize_grad")
+
+
 def test_gradient_is_the_same_bits_every_time(rng):
     x = tf.constant(rng.standard_normal((2, 17, 23, 40)), tf.float32)
     g = tf.constant(rng.standard_normal((2, 64, 97, 40)), tf.float32)

@@ -804,9 +804,12 @@ void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, i
 // Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
 // 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients.
 // fresh0 / fresh1: r0 / r1 hold nothing yet and are read as zeros (so need no zeroing first).
+// lone: the run's first `lone` outputs read r0's column twice (a clamped or exact tap): both of
+// their terms go to r0, w0's first, as two terms of one pixel do everywhere.
 template <int64_t kBlock, typename A, typename Src, class Weights>
 void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride, int64_t c0,
-                 int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1) {
+                 int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1,
+                 int64_t lone) {
   const int64_t len = o1 - o0, prefetch_end = n_out < 0 ? 0 : std::min(n_out, o1 + len);
   constexpr int64_t kAhead = 2;  // blocks ahead along the row (n_out < 0): measured best of 2-16
   A a0[kBlock], a1[kBlock];
@@ -814,14 +817,23 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     a0[c] = fresh0 ? A(0) : r0[c0 + c];
     a1[c] = fresh1 ? A(0) : r1[c0 + c];
   }
-  for (int64_t o = o0; o < o1; ++o) {
-    const auto [w0, w1] = weights(o);
-    const Src* __restrict d = dy + o * stride + c0;
+  const auto prefetch = [&](int64_t o, const Src* d) {
     if (kBlock >= 16 && o + len < prefetch_end) {
       PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
     } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
       PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
     }
+  };
+  for (int64_t o = o0; o < o0 + lone; ++o) {  // both weights into r0, w0's term first
+    const auto [w0, w1] = weights(o);
+    const Src* __restrict d = dy + o * stride + c0;
+    prefetch(o, d);
+    for (int64_t c = 0; c < kBlock; ++c) a0[c] = (a0[c] + w0 * A(d[c])) + w1 * A(d[c]);
+  }
+  for (int64_t o = o0 + lone; o < o1; ++o) {
+    const auto [w0, w1] = weights(o);
+    const Src* __restrict d = dy + o * stride + c0;
+    prefetch(o, d);
     for (int64_t c = 0; c < kBlock; ++c) {
       a0[c] += w0 * A(d[c]);
       a1[c] += w1 * A(d[c]);
@@ -848,10 +860,10 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,
-                      bool fresh0 = false, bool fresh1 = false) {
+                      bool fresh0 = false, bool fresh1 = false, int64_t lone = 0) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
-    if (n_out >= 0 && !fresh0 && !fresh1 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
+    if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
       switch ((nc + Lanes::kN - 1) / Lanes::kN) {
         case 1: return AddRunFewChannels<1>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
         case 2: return AddRunFewChannels<2>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
@@ -863,7 +875,7 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
 #endif
   int64_t c0 = 0;
   const auto block = [&](auto k) {
-    AddRunBlock<decltype(k)::value>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1);
+    AddRunBlock<decltype(k)::value>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, lone);
     c0 += decltype(k)::value;
   };
   while (c0 + 64 <= nc) block(std::integral_constant<int64_t, 64>());
