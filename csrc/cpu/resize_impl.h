@@ -127,10 +127,21 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   const int64_t bytes = static_cast<int64_t>(sizeof(float)) * sl.count * oh * row;
   PreferHugePages(output, bytes);
   const bool stream = StreamOutput(bytes);
-  // Runs longer than kRunRows are cut, so that a tall upsample of few rows still makes units.
+  // Runs longer than kRunRows are cut, so that a tall upsample of few rows still makes units. Rows
+  // on one input row (an exact tap: align-corners at an integer factor, every f-th row; a clamped
+  // edge) join the run after them when it starts on that row: one unit reading two input rows,
+  // those rows lerping the first with itself (TF's arithmetic), and the next run's new row lerped
+  // along x in pieces between all of them instead of in a burst after one. DeepLab's [8,65,65,21]
+  // -> 513 x 513 on one thread: 1.16-1.19x the write floor, against 1.25x with the rows alone.
   constexpr int64_t kRunRows = 16;
   std::vector<std::pair<int64_t, int64_t>> runs;
-  for (const auto& [y0, y1] : SameTapRuns(ty.lower, ty.upper)) {
+  const auto same = SameTapRuns(ty.lower, ty.upper);
+  for (size_t k = 0; k < same.size(); ++k) {
+    auto [y0, y1] = same[k];
+    if (ty.lower[y0] == ty.upper[y0] && k + 1 < same.size() && ty.lower[same[k + 1].first] == ty.lower[y0] &&
+        same[k + 1].second - y0 <= kRunRows) {
+      y1 = same[++k].second;
+    }
     for (int64_t a = y0; a < y1; a += kRunRows) runs.emplace_back(a, std::min(y1, a + kRunRows));
   }
   const int64_t n_runs = static_cast<int64_t>(runs.size());
@@ -187,26 +198,27 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
               if (e1 == row && reinterpret_cast<uintptr_t>(last) % 64 != 0) __builtin_prefetch(last - 1, 1);
             }
           }
-          const int64_t il = ty.lower[y0], iu = ty.upper[y0];
+          const int64_t il = ty.lower[y0], iu = ty.upper[y1 - 1];
           const float* t = along_x(il, iu) - p0 * cc;
           const float* b = along_x(iu, il) - p0 * cc;
           if (u + 2 < u1) {
             // The input row the run after next lerps, for this chunk: a short read that would
             // otherwise wait on memory latency (the hardware prefetchers do not start on it).
-            const int64_t later = ty.upper[runs[(u + 2) % n_runs].first];
+            const int64_t later = ty.upper[runs[(u + 2) % n_runs].second - 1];
             PrefetchBytes(in + (later * w + tx.lower[p0]) * cc,
                           (tx.upper[p1 - 1] + 1 - tx.lower[p0]) * cc * static_cast<int64_t>(sizeof(T)));
           }
           // The next run's new input row is lerped along x in pieces between this run's rows, into
           // the third slot: its stores then mix with the streamed ones instead of following them
           // in a burst while memory idles (at 19-21 channels the x lerps are ~20% of the time).
-          const int64_t next = u + 1 < u1 ? ty.upper[runs[(u + 1) % n_runs].first] : -1;
+          const int64_t next = u + 1 < u1 ? ty.upper[runs[(u + 1) % n_runs].second - 1] : -1;
           const int k_next = next >= 0 && slot_of(next) < 0 ? free_slot(il, iu) : -1;
           if (k_next >= 0) held[k_next] = -1;
           const int64_t n_rows = y1 - y0;
           for (int64_t oy = y0; oy < y1; ++oy) {
             const int64_t a = cut(oy, e0), z = cut(oy, e1);
-            LerpRows(t + a, b + a, ty.lerp[oy], z - a, stream, out + oy * row + a);
+            const float* bo = ty.upper[oy] == iu ? b : t;  // a lone first row: both taps on il
+            LerpRows(t + a, bo + a, ty.lerp[oy], z - a, stream, out + oy * row + a);
             if (k_next >= 0) {
               const int64_t r = oy - y0, q0 = p0 + (p1 - p0) * r / n_rows, q1 = p0 + (p1 - p0) * (r + 1) / n_rows;
               LerpColumns(in + next * w * cc, tx, cc, q0, q1, lerped[k_next].data() + (q0 - p0) * cc);
