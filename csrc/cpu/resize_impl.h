@@ -273,8 +273,10 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
   const auto xweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - tx.lerp[o]), A(tx.lerp[o])); };
   const auto yweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - ty.lerp[o]), A(ty.lerp[o])); };
   // Bands of input rows: about 16 units in all (the output rows two bands share are read by
-  // both, so fewer, taller bands read less twice), at most 64 rows, at least 1.
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>({64, h, sl.count * h / 16}));
+  // both, so fewer, taller bands read less twice), at most 64 rows, at least 1; a slab's bands
+  // as even as they divide (65 rows: 22, 22, 21, not 32, 32, 1).
+  const int64_t tallest = std::max<int64_t>(1, std::min<int64_t>({64, h, sl.count * h / 16}));
+  const int64_t band = (h + (h + tallest - 1) / tallest - 1) / ((h + tallest - 1) / tallest);
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
   pf(sl.count * bands, (rows_per_band + band) * row * 3, [&](int64_t begin, int64_t stop) {
