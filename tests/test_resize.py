@@ -321,7 +321,10 @@ def test_cuda_kernels_give_the_cpu_bits(emu, layout, dtype, rng):
     np_t = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}[dtype]
     code = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}[dtype]
     ext = emulator.Ext(emu)
-    for (h, w, oh, ow), c in ((((3, 5, 8, 13)), 3), ((9, 9, 65, 65), 2), ((12, 7, 5, 3), 40), ((1, 1, 3, 2), 1)):
+    # (17, 9, 129, 65): NHWC bands of 2 input rows too (2 images), so rows on one input row join
+    # the run after them on a band's first row.
+    for (h, w, oh, ow), c in ((((3, 5, 8, 13)), 3), ((9, 9, 65, 65), 2), ((12, 7, 5, 3), 40), ((1, 1, 3, 2), 1),
+                              ((17, 9, 129, 65), 2)):
         for convention, name in CONVENTIONS.items():
             x = (rng.standard_normal((2, h, w, c)) * 5).astype(np_t)
             g = rng.standard_normal((2, oh, ow, c)).astype(np.float32)
