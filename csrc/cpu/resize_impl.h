@@ -87,6 +87,34 @@ inline void LerpRows(const float* __restrict t, const float* __restrict b, float
 template <typename T>
 void LerpColumns(const T* __restrict r, const ResizeTaps& tx, int64_t cc, int64_t p0, int64_t p1,
                  float* __restrict v) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    // Pixels of at most two vectors: a run of output pixels reads the same two input pixels, so
+    // each run loads them and forms tr - tl once (the same value TF forms per pixel: the same
+    // bits). DeepLab's forward on one thread: 1.10-1.12x the write floor, against 1.15x per pixel.
+    if (cc <= 32) {
+      const __mmask16 m0 = cc >= 16 ? __mmask16(0xffff) : __mmask16((1u << cc) - 1);
+      const __mmask16 m1 = cc > 16 ? __mmask16((1u << (cc - 16)) - 1) : __mmask16(0);
+      int64_t jl = -1, ju = -1;
+      __m512 tl0 = _mm512_setzero_ps(), d0 = tl0, tl1 = tl0, d1 = tl0;
+      for (int64_t ox = p0; ox < p1; ++ox) {
+        if (tx.lower[ox] != jl || tx.upper[ox] != ju) {
+          jl = tx.lower[ox], ju = tx.upper[ox];
+          const float *a = r + jl * cc, *b = r + ju * cc;
+          tl0 = _mm512_maskz_loadu_ps(m0, a);
+          d0 = _mm512_sub_ps(_mm512_maskz_loadu_ps(m0, b), tl0);
+          tl1 = _mm512_maskz_loadu_ps(m1, a + 16);
+          d1 = _mm512_sub_ps(_mm512_maskz_loadu_ps(m1, b + 16), tl1);
+        }
+        const __m512 wx = _mm512_set1_ps(tx.lerp[ox]);
+        float* __restrict o = v + (ox - p0) * cc;
+        _mm512_mask_storeu_ps(o, m0, _mm512_add_ps(tl0, _mm512_mul_ps(d0, wx)));
+        if (m1 != 0) _mm512_mask_storeu_ps(o + 16, m1, _mm512_add_ps(tl1, _mm512_mul_ps(d1, wx)));
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t ox = p0; ox < p1; ++ox) {
     const T* __restrict a = r + tx.lower[ox] * cc;
     const T* __restrict b = r + tx.upper[ox] * cc;
