@@ -250,6 +250,30 @@ def test_under_xla(rng, xla_path):
     assert not [op.type for op in graph.get_operations() if op.type.startswith("Tfupsample")]
 
 
+def test_eager_fast_path_is_the_general_path(rng, monkeypatch):
+    """An eager call with (h, w) as ints skips the general path's conversions: the same bits as
+    that path (a NumPy size takes it), in every convention and layout; under stock_ops() it runs
+    the stock op, never the kernel."""
+    x = tf.constant(rng.standard_normal((2, 5, 7, 3)).astype(np.float32))
+    xc = tf.transpose(x, [0, 3, 1, 2])
+    calls = [lambda s: tu.image.resize(x, s), lambda s: tu.image.resize(xc, s, data_format="NCHW"),
+             lambda s: tu.image.resize_bilinear(x, s, align_corners=True),
+             lambda s: tu.image.resize_bilinear(tf.cast(x, tf.float16), s),
+             lambda s: tu.image.resize_bilinear(xc, s, half_pixel_centers=True, data_format="NCHW")]
+    for call in calls:
+        np.testing.assert_array_equal(call((13, 9)).numpy(), call(np.array([13, 9])).numpy())
+        np.testing.assert_array_equal(call([4, 3]).numpy(), call(np.array([4, 3])).numpy())
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("the kernel ran inside tfupsample.stock_ops()")
+
+    monkeypatch.setattr(tu._ops.lib, "tfupsample_resize_bilinear", kernel)
+    with tu.stock_ops():
+        np.testing.assert_array_equal(tu.image.resize(x, (13, 9)).numpy(), tf.image.resize(x, (13, 9)).numpy())
+        np.testing.assert_array_equal(tu.image.resize_bilinear(x, (13, 9), align_corners=True).numpy(),
+                                      tf.compat.v1.image.resize_bilinear(x, (13, 9), align_corners=True).numpy())
+
+
 @pytest.mark.parametrize("call,err,match", [
     (lambda x: tu.resize_bilinear(x, [4, 4], align_corners=True, half_pixel_centers=True), ValueError,
      "If half_pixel_centers is True, align_corners must be False"),
