@@ -47,6 +47,20 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
 for c in (5, 12, 28, 45, 63, 70):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
+# The resize loss gradient at 1 to 5 vectors of classes (the few-class vector rows take up to 4 in
+# either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
+# label, per-pixel loss weights.
+for c in (5, 19, 28, 40):
+    xc = tf.constant(rng.standard_normal((2, 6, 7, c)).astype(np.float32))
+    for size, kw in (((21, 26), {}), ((4, 5), dict(label_smoothing=0.1)), ((13, 15), dict(ignore_label=255, interpolation="align_corners"))):
+        lab = rng.integers(0, c, (2, *size))
+        if "ignore_label" in kw:
+            lab[rng.random(lab.shape) < 0.2] = 255
+        weights = tf.constant(rng.random((2, *size)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch(xc)
+            loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, **{"interpolation": "bilinear", **kw}) * weights
+        out[f"resize_loss_grad_{c}_{size[0]}"] = tape.gradient(loss, xc).numpy()
 np.savez(sys.argv[1], **out)
 """
 

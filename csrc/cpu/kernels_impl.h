@@ -427,6 +427,14 @@ struct Lanes {
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }
   static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V AddWhere(Mask m, V a, V b) { return _mm512_mask_add_ps(a, m, a, b); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Max(V a, V b) { return _mm512_max_ps(a, b); }  // b where either is NaN
+  static V Blend(Mask m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // b in m, else a
+  // 2^n from t = x / ln 2 + 1.5 * 2^23 (n in t's low bits): SoftmaxExp's scale.
+  static V Pow2Of(V t) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
+  }
   static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
 };
 #else
@@ -457,9 +465,34 @@ struct Lanes {
   static V Add(V a, V b) { return _mm256_add_ps(a, b); }
   static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V AddWhere(Mask m, V a, V b) { return _mm256_blendv_ps(a, _mm256_add_ps(a, b), _mm256_castsi256_ps(m)); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Max(V a, V b) { return _mm256_max_ps(a, b); }  // b where either is NaN
+  static V Blend(Mask m, V a, V b) { return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(m)); }
+  static V Pow2Of(V t) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23));
+  }
   static void Stream(float* p, V v) { _mm256_stream_ps(p, v); }
 };
 #endif
+
+// SoftmaxExp (softmax_exp.h) on a vector, operation for operation: the same bits in every lane.
+inline Lanes::V SoftmaxExpLanes(Lanes::V x) {
+  using L = Lanes;
+  x = L::Max(L::Set(-87.0f), x);  // x < -87 ? -87 : x, NaN staying NaN
+  constexpr float kRound = 12582912.0f;
+  const L::V t = L::Add(L::Mul(x, L::Set(1.44269504088896341f)), L::Set(kRound));
+  const L::V n = L::Sub(t, L::Set(kRound));
+  const L::V r = L::Fma(n, L::Set(2.12194440e-4f), L::Sub(x, L::Mul(n, L::Set(0.693359375f))));
+  L::V p = L::Set(1.9875691500e-4f);
+  p = L::Fma(p, r, L::Set(1.3981999507e-3f));
+  p = L::Fma(p, r, L::Set(8.3334519073e-3f));
+  p = L::Fma(p, r, L::Set(4.1665795894e-2f));
+  p = L::Fma(p, r, L::Set(1.6666665459e-1f));
+  p = L::Fma(p, r, L::Set(5.0000001201e-1f));
+  const L::V e = L::Add(L::Fma(L::Mul(r, r), p, r), L::Set(1.0f));
+  return L::Mul(e, L::Pow2Of(t));
+}
 
 // One output row of float pixels (at least Lanes::kN channels) from the row's column values
 // straight to out with non-temporal stores, a vector at a time (out's 64-byte lines are whole

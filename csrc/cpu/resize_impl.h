@@ -522,6 +522,79 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
   });
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// One output row of the loss gradient below, along x, for float logits of NV vectors of classes
+// or fewer (C <= NV * Lanes::kN): per run of pixels with the same two input columns, the four
+// input pixels are loaded and tr - tl, br - bl formed once, and the run's sums into its two
+// columns of xr stay in registers; per pixel, ResizeScores, SoftmaxExp, the target and the two
+// weighted adds, operation for operation as the scalar loop (the same bits). The lanes past C
+// hold the maximum (exp(0)) and never leave the registers.
+template <int NV>
+void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
+                         const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
+                         const int64_t* labels, LabelRule rule, const double* stats, const float* loss_grad,
+                         float* __restrict xr) {
+  using L = Lanes;
+  using V = L::V;
+  constexpr int64_t N = L::kN;
+  const L::Mask last = L::Head(C - (NV - 1) * N);  // the classes in the last vector
+  const auto load = [&](const float* p, int k) { return k + 1 < NV ? L::Load(p + k * N) : L::LoadHead(last, p + k * N); };
+  const auto store = [&](float* p, int k, V v) {
+    if (k + 1 < NV) {
+      L::Store(p + k * N, v);
+    } else {
+      L::StoreHead(last, p + k * N, v);
+    }
+  };
+  const V yv = L::Set(yl);
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  for (const auto& [x0, x1] : xruns) {
+    const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
+    float *xl_sum = xr + jl * C, *xu_sum = xr + ju * C;
+    V tl[NV], dt[NV], bl[NV], db[NV], sl[NV], su[NV];
+    for (int k = 0; k < NV; ++k) {
+      tl[k] = load(r0 + jl * C, k);
+      dt[k] = L::Sub(load(r0 + ju * C, k), tl[k]);
+      bl[k] = load(r1 + jl * C, k);
+      db[k] = L::Sub(load(r1 + ju * C, k), bl[k]);
+      sl[k] = load(xl_sum, k);
+      su[k] = load(xu_sum, k);
+    }
+    for (int64_t ox = x0; ox < x1; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+      const float gl = loss_grad[i];
+      const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+      const float scale = gl / sum, wl = 1.0f - tx.lerp[ox], wu = tx.lerp[ox];
+      const V xv = L::Set(tx.lerp[ox]), mv = L::Set(m), sv = L::Set(scale), wlv = L::Set(wl), wuv = L::Set(wu);
+      const V off = L::Set(gl * uniform), on = L::Set(-(rule.smoothing == 0 ? gl : gl * on_label));
+      for (int k = 0; k < NV; ++k) {
+        const V top = L::Add(tl[k], L::Mul(dt[k], xv)), bottom = L::Add(bl[k], L::Mul(db[k], xv));
+        V v = L::Add(top, L::Mul(L::Sub(bottom, top), yv));
+        if (k + 1 == NV) v = L::Blend(L::Not(last), v, mv);  // the lanes past C: the maximum
+        V d = L::Mul(SoftmaxExpLanes(L::Sub(v, mv)), sv);
+        if (rule.smoothing != 0) d = L::Sub(d, off);
+        if (y / N == k) {  // the target's one-hot: d[y] - gl (d[y] + -gl, the same value)
+          const int64_t j = y % N;
+          d = L::AddWhere(L::And(L::Head(j + 1), L::Not(L::Head(j))), d, on);
+        }
+        if (jl == ju) {  // both weights into one column, in the scalar loop's order
+          sl[k] = L::Add(L::Add(sl[k], L::Mul(wlv, d)), L::Mul(wuv, d));
+        } else {
+          sl[k] = L::Add(sl[k], L::Mul(wlv, d));
+          su[k] = L::Add(su[k], L::Mul(wuv, d));
+        }
+      }
+    }
+    for (int k = 0; k < NV; ++k) {
+      store(xl_sum, k, sl[k]);
+      if (jl != ju) store(xu_sum, k, su[k]);
+    }
+  }
+}
+#endif
+
 // Its gradient to the logits: per output pixel dv = loss_grad * (softmax - target) (the softmax
 // from the forward's stats), folded at once into xr along x, then xr into the band's input rows
 // along y, as ResizeBilinear's gradient (x first here: a pixel's dv exists only while it is
@@ -547,6 +620,26 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
   const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  // Float logits of at most 4 vectors of classes (19 and 21 classes: 2 on AVX-512, 3 on AVX2):
+  // one output row's pixels in vector registers, a run of pixels with the same two input columns
+  // at a time (FewClassLossGradRow). The same operations in the same order as the loop below,
+  // so the same bits.
+  using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
+                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, const int64_t*,
+                         LabelRule, const double*, const float*, float*);
+  RowFn row_fn = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    switch ((C + Lanes::kN - 1) / Lanes::kN) {
+      case 1: row_fn = FewClassLossGradRow<1>; break;
+      case 2: row_fn = FewClassLossGradRow<2>; break;
+      case 3: row_fn = FewClassLossGradRow<3>; break;
+      case 4: row_fn = FewClassLossGradRow<4>; break;
+      default: break;
+    }
+  }
+  const auto xruns = SameTapRuns(tx.lower, tx.upper);
+#endif
   pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
     // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C, set to the
     // maximum, are never used: the compiler's scalar tail of 3-5 exps would cost more than the
@@ -567,7 +660,16 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
         const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
         const int64_t base = (s * oh + oy) * ow;
         std::fill(xr.begin(), xr.end(), A(0));
-        for (int64_t ox = 0; ox < ow; ++ox) {
+        int64_t scalar_end = ow;  // the pixels the loop below does: all, or none after the vectors
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+        if constexpr (std::is_same_v<T, float>) {
+          if (row_fn != nullptr) {
+            row_fn(r0, r1, ty.lerp[oy], C, tx, xruns, base, labels, rule, stats, loss_grad, xr.data());
+            scalar_end = 0;
+          }
+        }
+#endif
+        for (int64_t ox = 0; ox < scalar_end; ++ox) {
           const int64_t i = base + ox, y = labels[i];
           if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
           const float gl = loss_grad[i];
