@@ -37,6 +37,14 @@ struct ResizeTaps {
   }
 };
 
+// Whether the rows of run k (SameTapRuns of t) are on one input row -- both taps on it: an exact
+// tap, a clamped edge -- and run k + 1 starts on that row (its upper tap then another, or the two
+// runs would be one). The forward and the gradient both let such rows join that run, as its first.
+inline bool JoinsNextRun(const ResizeTaps& t, const std::vector<std::pair<int64_t, int64_t>>& runs, size_t k) {
+  const int64_t y0 = runs[k].first;
+  return t.lower[y0] == t.upper[y0] && k + 1 < runs.size() && t.lower[runs[k + 1].first] == t.lower[y0];
+}
+
 // The resize computes in float for every input type (TF's kernel does: a float64 input is
 // rounded to float first).
 template <typename T>
@@ -166,10 +174,7 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   const auto same = SameTapRuns(ty.lower, ty.upper);
   for (size_t k = 0; k < same.size(); ++k) {
     auto [y0, y1] = same[k];
-    if (ty.lower[y0] == ty.upper[y0] && k + 1 < same.size() && ty.lower[same[k + 1].first] == ty.lower[y0] &&
-        same[k + 1].second - y0 <= kRunRows) {
-      y1 = same[++k].second;
-    }
+    if (JoinsNextRun(ty, same, k) && same[k + 1].second - y0 <= kRunRows) y1 = same[++k].second;
     for (int64_t a = y0; a < y1; a += kRunRows) runs.emplace_back(a, std::min(y1, a + kRunRows));
   }
   const int64_t n_runs = static_cast<int64_t>(runs.size());
@@ -361,11 +366,9 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
         // a row alone reads and writes its input row's sums once per output row. DeepLab's
         // [8,65,65,21] -> 513 x 513: ~4 ms of the ~14 ms gradient was the 1 row in 8 alone.
         int64_t lone = 0;
-        if (il == iu && lo_in && k + 1 < yruns.size()) {
+        if (lo_in && JoinsNextRun(ty, yruns, k) && ty.upper[yruns[k + 1].first] < i1) {
           const auto [n0, n1] = yruns[k + 1];
-          if (ty.lower[n0] == il && ty.upper[n0] != il && ty.upper[n0] < i1) {
-            lone = y1 - y0, y1 = n1, iu = ty.upper[n0], up_in = true, ++k;
-          }
+          lone = y1 - y0, y1 = n1, iu = ty.upper[n0], up_in = true, ++k;
         }
         if (il != iu && lo_in && up_in) {
           // Four output rows at a time: four streams from memory keep closer to the read floor
