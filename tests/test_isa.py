@@ -47,10 +47,10 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
 for c in (5, 12, 28, 45, 63, 70):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
-# The resize loss gradient at 1 to 5 vectors of classes (the few-class vector rows take up to 4 in
-# either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
+# The resize loss gradient at 1 to 5 vectors of classes, the last whole or partial (the few-class
+# vector rows take up to 4 in either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
 # label, per-pixel loss weights.
-for c in (5, 19, 28, 40):
+for c in (5, 16, 19, 28, 32, 40):
     xc = tf.constant(rng.standard_normal((2, 6, 7, c)).astype(np.float32))
     for size, kw in (((21, 26), {}), ((4, 5), dict(label_smoothing=0.1)), ((13, 15), dict(ignore_label=255, interpolation="align_corners"))):
         lab = rng.integers(0, c, (2, *size))

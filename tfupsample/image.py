@@ -72,13 +72,14 @@ def _eager_size(h, w):
     return tf.constant([h, w], tf.int32)
 
 
-def _eager_size_of(images, size):
+def _eager_size_of(images, size, name):
     """The common eager call -- a 4-D tensor of a kernel dtype, (h, w) as positive ints, the kernel
     loaded -- checked in a few microseconds: size's int32 tensor, made once per size; None for
     anything else, which takes the general path and its errors. (With a cold cache, the general
     path's conversions and name scope cost ~0.3 ms a call: 5% of a 513 x 513 x 21 x 8 resize.)"""
     if (type(size) in (tuple, list) and len(size) == 2 and type(size[0]) is int and type(size[1]) is int
-            and 0 < size[0] < 2**31 and 0 < size[1] < 2**31 and isinstance(images, tf.Tensor)
+            and 0 < size[0] < 2**31 and 0 < size[1] < 2**31 and (name is None or type(name) is str)
+            and isinstance(images, tf.Tensor)
             and tf.executing_eagerly() and images.dtype in _KERNEL_DTYPE_SET and images.shape.rank == 4
             and not _use_pure_tf()):
         return _eager_size(*size)
@@ -103,7 +104,7 @@ def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False,
     samples at pixel centres (what `tf.image.resize` does); neither: `o * in / out`."""
     _check_data_format(data_format)
     mode = _mode(align_corners, half_pixel_centers)
-    fast = _eager_size_of(images, size)
+    fast = _eager_size_of(images, size, name)
     if fast is not None:
         return _ops.lib.tfupsample_resize_bilinear(images, fast, data_format=data_format, **mode)
     with tf.name_scope(name or "resize_bilinear"):
@@ -125,7 +126,7 @@ def resize(images, size, method="bilinear", preserve_aspect_ratio=False, antiali
                              "(the other methods go to tf.image.resize, which is NHWC only)")
         return tf.image.resize(images, size, method=method, preserve_aspect_ratio=preserve_aspect_ratio,
                                antialias=antialias, name=name)
-    fast = None if preserve_aspect_ratio else _eager_size_of(images, size)
+    fast = None if preserve_aspect_ratio else _eager_size_of(images, size, name)
     if fast is not None:
         return _ops.lib.tfupsample_resize_bilinear(images, fast, data_format=data_format,
                                                    **_mode(False, True))

@@ -352,7 +352,8 @@ def cache_evictor():
 def timed_together(fns, repeats=7, warmup=2, evict=True):
     """Median seconds of each of fns (a list), called in turn, round after round, so that a slow
     spell of the machine hits all of them alike; each result touched. `repeats` is one count for
-    all, or a list of one per fn (a fn whose rounds are done sits the later ones out). With
+    all, or a list of one per fn (one with fewer sits some rounds out, spread evenly, so that its
+    calls still span the whole run). With
     `evict`, the cache is emptied (cache_evictor, untimed) before each timed call, so every peer
     and floor starts from memory alike."""
     counts = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats] * len(fns)
@@ -361,9 +362,10 @@ def timed_together(fns, repeats=7, warmup=2, evict=True):
         for fn in fns:
             _touch(fn())
     times = [[] for _ in fns]
-    for k in range(max(counts, default=0)):
+    rounds = max(counts, default=0)
+    for k in range(rounds):
         for i, fn in enumerate(fns):
-            if k < counts[i]:
+            if (k + 1) * counts[i] // rounds > k * counts[i] // rounds:  # counts[i] of the rounds, evenly
                 if flush is not None:
                     flush()
                 t0 = time.perf_counter()
@@ -702,7 +704,7 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
 
         # The tape's figure includes the forward it records; the floor is reading dy once.
         tape_ms, fwd, floor = run(tape_filter_grad, lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f),
-                                  read_floor(fdy))
+                                  read_floor(fdy), reps=FLOOR_ROUNDS * repeats)
         out.append(Target(f"filter gradient ({filter_classes} classes) through the tape, less its "
                           "forward, vs the read floor", max(tape_ms - fwd, 1e-3), "read floor", floor,
                           "at_most", 3.0, f"tape {tape_ms:.1f} ms incl. forward {fwd:.1f} ms"))
