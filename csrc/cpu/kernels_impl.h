@@ -830,9 +830,9 @@ void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, i
 #endif
 
 // Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
-// columns, into r0 and r1 with the weights weights(o) = (w0, w1), kBlock channels: the
-// 2 x kBlock sums stay in registers over the whole run, so r is loaded and stored once per run rather
-// than once per pixel, and each element still adds its outputs in ascending order (same bits as
+// columns, into r0 and r1 with the weights weights(o) = (w0, w1), kBlock channels: the 2 x kBlock
+// sums stay in registers over the whole run, so r is loaded and stored once per run rather than
+// once per pixel, and each element still adds its outputs in ascending order (same bits as
 // one pixel at a time). While a block sums, the same channels of the run after it are prefetched.
 // Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
 // 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients.
@@ -853,14 +853,19 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     a0[c] = fresh0 ? A(0) : r0[c0 + c];
     a1[c] = fresh1 ? A(0) : r1[c0 + c];
   }
+  const auto prefetch = [&](int64_t o, const Src* d) {
+    if (kBlock >= 16 && o + len < prefetch_end) {
+      PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
+    } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
+      PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
+    }
+  };
   int64_t o = o0;
   if constexpr (kLone) {  // the first `lone` outputs: both weights into r0, w0's term first
     for (; o < o0 + lone; ++o) {
       const auto [w0, w1] = weights(o);
       const Src* __restrict d = dy + o * stride + c0;
-      if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
-        PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
-      }
+      prefetch(o, d);
       for (int64_t c = 0; c < kBlock; ++c) a0[c] = (a0[c] + w0 * A(d[c])) + w1 * A(d[c]);
     }
   }
@@ -869,11 +874,7 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
   for (; o < o1; ++o) {
     const auto [w0, w1] = weights(o);
     const Src* __restrict d = dy + o * stride + c0;
-    if (kBlock >= 16 && o + len < prefetch_end) {
-      PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
-    } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
-      PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
-    }
+    prefetch(o, d);
     for (int64_t c = 0; c < kBlock; ++c) {
       a0[c] += w0 * A(d[c]);
       a1[c] += w1 * A(d[c]);
@@ -890,14 +891,13 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
 // time (64 floats on AVX-512, 32 on AVX2), the rest in blocks of 32, 16, ..., 1: a block's 2 x
 // kBlock sums stay in registers over the whole run, so r is loaded and stored once per run rather
 // than once per pixel, and each element still adds its outputs in ascending order (same bits as
-// one pixel at a time). While a block sums, the
-// same channels of the run after it are prefetched. Measured at [1,16,22,1000] x32, one thread,
-// interleaved: 1.33x the read floor pixel by pixel, 1.07x so; without the prefetch 1.30x. Used by
-// the bilinear and the resize input gradients (float pixels of at most 4 vectors, the last one
-// partial: AddRunFewChannels). n_out < 0: the resize's y pass, whose "channels"
-// are whole output rows: the next run's rows lie megabytes ahead, gone from the cache before they
-// are used, so each row's next blocks are prefetched instead (ADE20K-like x8: 1.36x the read floor
-// against 1.56x with the next run's rows).
+// one pixel at a time). While a block sums, the same channels of the run after it are prefetched.
+// Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
+// 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients (float
+// pixels of at most 4 vectors, the last one partial: AddRunFewChannels). n_out < 0: the resize's
+// y pass, whose "channels" are whole output rows: the next run's rows lie megabytes ahead, gone
+// from the cache before they are used, so each row's next blocks are prefetched instead
+// (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows).
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,
