@@ -853,19 +853,14 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     a0[c] = fresh0 ? A(0) : r0[c0 + c];
     a1[c] = fresh1 ? A(0) : r1[c0 + c];
   }
-  const auto prefetch = [&](int64_t o, const Src* d) {
-    if (kBlock >= 16 && o + len < prefetch_end) {
-      PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
-    } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
-      PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
-    }
-  };
   int64_t o = o0;
   if constexpr (kLone) {  // the first `lone` outputs: both weights into r0, w0's term first
     for (; o < o0 + lone; ++o) {
       const auto [w0, w1] = weights(o);
       const Src* __restrict d = dy + o * stride + c0;
-      prefetch(o, d);
+      if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {  // (lone: n_out < 0 only)
+        PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
+      }
       for (int64_t c = 0; c < kBlock; ++c) a0[c] = (a0[c] + w0 * A(d[c])) + w1 * A(d[c]);
     }
   }
@@ -874,7 +869,13 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
   for (; o < o1; ++o) {
     const auto [w0, w1] = weights(o);
     const Src* __restrict d = dy + o * stride + c0;
-    prefetch(o, d);
+    // The prefetch rule written out in each loop: as one lambda called from both, the bilinear
+    // input gradient at [1,16,22,1000] x32 measured 92 ms against 72-75 ms.
+    if (kBlock >= 16 && o + len < prefetch_end) {
+      PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
+    } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
+      PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
+    }
     for (int64_t c = 0; c < kBlock; ++c) {
       a0[c] += w0 * A(d[c]);
       a1[c] += w1 * A(d[c]);
