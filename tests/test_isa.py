@@ -44,9 +44,12 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
 # The float x passes' channel counts: 1 to 4 vectors with a partial last one (masked) in either
 # build, and counts the blocks take.
-for c in (5, 12, 28, 45, 63, 70):
+for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
+# The resize gradient's y pass with rows of sums over 128 KB together (four output rows at a time,
+# not a whole run of eight).
+out["resize_grad_wide_rows"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 24, 880, 20)).astype(np.float32), [3, 110], T=tf.float32, half_pixel_centers=True).numpy()
 # The resize loss gradient at 1 to 5 vectors of classes, the last whole or partial (the few-class
 # vector rows take up to 4 in either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
 # label, per-pixel loss weights.
@@ -74,12 +77,14 @@ def _cpu_has(*flags):
     return all(flag in have for flag in flags)
 
 
-def _run(path, isa=None, stream=False):
+def _run(path, isa=None, stream=False, x_pass=None):
     env = dict(os.environ)
-    env.pop("TFUPSAMPLE_ISA", None)
-    env.pop("TFUPSAMPLE_STREAM_BYTES", None)
+    for name in ("TFUPSAMPLE_ISA", "TFUPSAMPLE_STREAM_BYTES", "TFUPSAMPLE_X_PASS"):
+        env.pop(name, None)
     if isa:
         env["TFUPSAMPLE_ISA"] = isa
+    if x_pass:  # the input gradients' x pass pixel by pixel or block by block (the CPU's vendor picks otherwise)
+        env["TFUPSAMPLE_X_PASS"] = x_pass
     if stream:  # every output streamed (non-temporal stores: code of each build's own)
         env["TFUPSAMPLE_STREAM_BYTES"] = "0"
     r = subprocess.run([sys.executable, "-c", SCRIPT, path], env=env, capture_output=True,
@@ -91,9 +96,10 @@ def _run(path, isa=None, stream=False):
 def test_every_build_agrees_bitwise(tmp_path):
     best = _run(str(tmp_path / "best.npz"))
     # The AVX2 and baseline builds stream every output, the best build none: equal bits also say
-    # that each build's streamed path writes what the plain one does.
-    avx2 = _run(str(tmp_path / "avx2.npz"), "avx2", stream=True)
-    base = _run(str(tmp_path / "base.npz"), "baseline", stream=True)
+    # that each build's streamed path writes what the plain one does. The AVX2 build's x passes
+    # go pixel by pixel, the baseline's block by block (the best build's as the CPU chooses).
+    avx2 = _run(str(tmp_path / "avx2.npz"), "avx2", stream=True, x_pass="pixels")
+    base = _run(str(tmp_path / "base.npz"), "baseline", stream=True, x_pass="blocks")
     assert str(base["isa"]) == "baseline"  # TFUPSAMPLE_ISA=baseline is honoured
     # Dispatch picks the best build the CPU has (as /proc/cpuinfo says); TFUPSAMPLE_ISA=avx2 caps it.
     expected = ("avx512" if _cpu_has("avx2", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")

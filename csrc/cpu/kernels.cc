@@ -137,6 +137,22 @@ int IsaLevel() {
   return level;
 }
 
+bool XPassByPixel() {
+  static const bool by_pixel = [] {
+    if (const char* env = std::getenv("TFUPSAMPLE_X_PASS")) {
+      if (std::strcmp(env, "pixels") == 0) return true;
+      if (std::strcmp(env, "blocks") == 0) return false;
+    }
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+#else
+    return false;
+#endif
+  }();
+  return by_pixel;
+}
+
 const char* KernelIsa() {
   static const char* const names[] = {"baseline", "avx2", "avx512"};
   return names[IsaLevel()];

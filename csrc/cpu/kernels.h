@@ -65,6 +65,15 @@ void FillFloats(float* data, int64_t n, float value, bool stream, const Parallel
 // 1 MiB); TFUPSAMPLE_STREAM_BYTES (bytes) overrides it (the tests stream small outputs with it).
 int64_t StreamThresholdBytes();
 
+// Whether the input gradients' x pass takes a run of output pixels (which all read the same two
+// input columns) pixel by pixel, each pixel's channels in one pass with the two columns' sums in
+// L1, where a pixel spans more than one channel block -- rather than block by block, each block's
+// sums in registers over the whole run. On AMD CPUs (Zen 4 measured), whose prefetchers serve one
+// sequential stream far better than a run's pixels read a block at a time; elsewhere blocks
+// (Intel Xeon measured). TFUPSAMPLE_X_PASS=pixels|blocks overrides it (the tests compare both).
+// Either way each sum adds its pixels in ascending order: the same bits.
+bool XPassByPixel();
+
 // Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).
 // Returns "" or the reason it cannot exist (overflow).
 std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,

@@ -887,6 +887,48 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
   }
 }
 
+// AddRunTwoColumns pixel by pixel (XPassByPixel; n_out >= 0, r0 and r1 not fresh): each pixel's
+// nc channels in one pass, both columns' sums loaded and stored per pixel (from L1: two rows of
+// nc), so the run is read as one sequential stream. Each element adds w * d to its sum in
+// ascending pixel order: the same bits as the blocks. The bilinear input gradient at
+// [1,16,22,1000] x32 on a 2-core AMD EPYC (Zen 4) VM, interleaved against tf.reduce_sum: 1.13-1.15x
+// the read floor, against 1.61-1.62x block by block (AVX-512 build; one thread: 76 against 122 ms).
+template <typename A, typename Src, class Weights>
+void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, int64_t nc, int64_t o0,
+                         int64_t o1, A* __restrict r0, A* __restrict r1) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
+    using L = Lanes;
+    const int64_t full = nc / L::kN * L::kN;
+    const L::Mask tail = L::Head(nc - full);
+    for (int64_t o = o0; o < o1; ++o) {
+      const auto [w0, w1] = weights(o);
+      const L::V v0 = L::Set(w0), v1 = L::Set(w1);
+      const float* d = dy + o * stride;
+      for (int64_t c = 0; c < full; c += L::kN) {
+        const L::V x = L::Load(d + c);
+        L::Store(r0 + c, L::Add(L::Load(r0 + c), L::Mul(v0, x)));
+        L::Store(r1 + c, L::Add(L::Load(r1 + c), L::Mul(v1, x)));
+      }
+      if (full < nc) {
+        const L::V x = L::LoadHead(tail, d + full);
+        L::StoreHead(tail, r0 + full, L::Add(L::LoadHead(tail, r0 + full), L::Mul(v0, x)));
+        L::StoreHead(tail, r1 + full, L::Add(L::LoadHead(tail, r1 + full), L::Mul(v1, x)));
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t o = o0; o < o1; ++o) {
+    const auto [w0, w1] = weights(o);
+    const Src* __restrict d = dy + o * stride;
+    for (int64_t c = 0; c < nc; ++c) {
+      r0[c] += w0 * A(d[c]);
+      r1[c] += w1 * A(d[c]);
+    }
+  }
+}
+
 // Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
 // columns, into r0 and r1 with the weights weights(o) = (w0, w1). Channels go four vectors at a
 // time (64 floats on AVX-512, 32 on AVX2), the rest in blocks of 32, 16, ..., 1: a block's 2 x
@@ -915,16 +957,6 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
     }
   }
 #endif
-  int64_t c0 = 0;
-  const auto block = [&](auto k) {
-    constexpr int64_t kBlock = decltype(k)::value;
-    if (lone > 0) {
-      AddRunBlock<kBlock, true>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, lone);
-    } else {
-      AddRunBlock<kBlock, false>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, 0);
-    }
-    c0 += decltype(k)::value;
-  };
   // The widest block: four of this build's vectors per sum, so that the run's two columns of sums
   // (eight registers) and their operands fit AVX2's sixteen (64 floats there spilled: the resize
   // gradient at DeepLab's [8,513,513,21] took 13.3 ms, against 11.6 ms in the AVX-512 build).
@@ -935,6 +967,19 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
 #else
   constexpr int64_t kWide = 64 / static_cast<int64_t>(sizeof(A));
 #endif
+  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc > kWide && XPassByPixel()) {
+    return AddPixelsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1);
+  }
+  int64_t c0 = 0;
+  const auto block = [&](auto k) {
+    constexpr int64_t kBlock = decltype(k)::value;
+    if (lone > 0) {
+      AddRunBlock<kBlock, true>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, lone);
+    } else {
+      AddRunBlock<kBlock, false>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, 0);
+    }
+    c0 += decltype(k)::value;
+  };
   while (c0 + kWide <= nc) block(std::integral_constant<int64_t, kWide>());
   if (nc - c0 >= 32) block(std::integral_constant<int64_t, 32>());
   if (nc - c0 >= 16) block(std::integral_constant<int64_t, 16>());
