@@ -937,7 +937,8 @@ void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, 
 // one pixel at a time). While a block sums, the same channels of the run after it are prefetched.
 // Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
 // 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients (float
-// pixels of at most 4 vectors, the last one partial: AddRunFewChannels). n_out < 0: the resize's
+// pixels of at most 4 vectors, the last one partial: AddRunFewChannels; pixels wider than the
+// widest block on AMD CPUs: AddPixelsTwoColumns, see XPassByPixel). n_out < 0: the resize's
 // y pass, whose "channels" are whole output rows: the next run's rows lie megabytes ahead, gone
 // from the cache before they are used, so each row's next blocks are prefetched instead
 // (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows).
