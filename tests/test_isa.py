@@ -15,7 +15,8 @@ import sys, numpy as np, tensorflow as tf, tfupsample as tu
 import tfupsample.numpy as tnp
 from tfupsample._ops import lib
 rng = np.random.default_rng(7)
-out = {"isa": np.array(tnp.kernel_isa())}
+from tfupsample._numpy_ext import kernel_x_pass
+out = {"isa": np.array(tnp.kernel_isa()), "x_pass": np.array(kernel_x_pass())}
 for dtype in ("float32", "float64", "float16", "bfloat16"):
     xv = rng.standard_normal((2, 5, 6, 19))
     # Conversions at the edges: inf, nan, overflow to inf, half subnormals, rounding ties.
@@ -47,9 +48,11 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
 for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
-# The resize gradient's y pass with rows of sums over 128 KB together (four output rows at a time,
-# not a whole run of eight).
-out["resize_grad_wide_rows"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 24, 880, 20)).astype(np.float32), [3, 110], T=tf.float32, half_pixel_centers=True).numpy()
+# The resize gradient's y pass over runs of output rows (bands of several input rows need a batch):
+# rows of sums at most 128 KB together (a whole run of up to eight rows at a time, the clamped top
+# rows joined to the first run) and over it (four at a time).
+out["resize_grad_row_runs"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((8, 32, 40, 21)).astype(np.float32), [4, 5], T=tf.float32, half_pixel_centers=True).numpy()
+out["resize_grad_wide_row_runs"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((8, 32, 520, 32)).astype(np.float32), [4, 65], T=tf.float32, half_pixel_centers=True).numpy()
 # The resize loss gradient at 1 to 5 vectors of classes, the last whole or partial (the few-class
 # vector rows take up to 4 in either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
 # label, per-pixel loss weights.
@@ -64,6 +67,17 @@ for c in (5, 16, 19, 28, 32, 40):
             tape.watch(xc)
             loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, **{"interpolation": "bilinear", **kw}) * weights
         out[f"resize_loss_grad_{c}_{size[0]}"] = tape.gradient(loss, xc).numpy()
+    # The FCN-semantics loss gradient alike (its few-class rows take up to 4 vectors too): an even
+    # and an odd factor (one or two input columns per pixel), label smoothing, an ignored label.
+    for f, kw in ((4, {}), (3, dict(label_smoothing=0.1)), (2, dict(ignore_label=255))):
+        lab = rng.integers(0, c, (2, 6 * f, 7 * f))
+        if "ignore_label" in kw:
+            lab[rng.random(lab.shape) < 0.2] = 255
+        weights = tf.constant(rng.random((2, 6 * f, 7 * f)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch(xc)
+            loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, f, **kw) * weights
+        out[f"loss_grad_{c}_x{f}"] = tape.gradient(loss, xc).numpy()
 np.savez(sys.argv[1], **out)
 """
 
@@ -96,10 +110,15 @@ def _run(path, isa=None, stream=False, x_pass=None):
 def test_every_build_agrees_bitwise(tmp_path):
     best = _run(str(tmp_path / "best.npz"))
     # The AVX2 and baseline builds stream every output, the best build none: equal bits also say
-    # that each build's streamed path writes what the plain one does. The AVX2 build's x passes
-    # go pixel by pixel, the baseline's block by block (the best build's as the CPU chooses).
+    # that each build's streamed path writes what the plain one does. Each of the best and the
+    # AVX2 builds runs its x passes both pixel by pixel and block by block (the best build's first
+    # as the CPU's vendor chooses, then the other way); the baseline's go block by block.
+    other = "blocks" if str(best["x_pass"]) == "pixels" else "pixels"
+    best_other = _run(str(tmp_path / "best_other.npz"), x_pass=other)
     avx2 = _run(str(tmp_path / "avx2.npz"), "avx2", stream=True, x_pass="pixels")
+    avx2_blocks = _run(str(tmp_path / "avx2_blocks.npz"), "avx2", x_pass="blocks")
     base = _run(str(tmp_path / "base.npz"), "baseline", stream=True, x_pass="blocks")
+    assert [str(r["x_pass"]) for r in (best_other, avx2, avx2_blocks, base)] == [other, "pixels", "blocks", "blocks"]
     assert str(base["isa"]) == "baseline"  # TFUPSAMPLE_ISA=baseline is honoured
     # Dispatch picks the best build the CPU has (as /proc/cpuinfo says); TFUPSAMPLE_ISA=avx2 caps it.
     expected = ("avx512" if _cpu_has("avx2", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")
@@ -107,6 +126,6 @@ def test_every_build_agrees_bitwise(tmp_path):
     assert str(best["isa"]) == expected
     assert str(avx2["isa"]) == ("baseline" if expected == "baseline" else "avx2")
     for key in best:
-        if key != "isa":
-            ref.assert_same_bits(best[key], base[key], key)
-            ref.assert_same_bits(avx2[key], base[key], key)
+        if key not in ("isa", "x_pass"):
+            for run in (best, best_other, avx2, avx2_blocks):
+                ref.assert_same_bits(run[key], base[key], key)

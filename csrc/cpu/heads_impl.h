@@ -560,6 +560,78 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
   });
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// The gradient's row below (one output row reduced along x into r) for float logits of NV vectors
+// of classes or fewer (C <= NV * Lanes::kN): per run of pixels with the same input columns, the
+// columns' values and the run's sums into its one or two columns of r stay in registers; per
+// pixel PixelFromColumns, SoftmaxExp, the target and the weighted adds, operation for operation as
+// the scalar loop (the same bits). The lanes past C hold the maximum (exp(0)) and never leave the
+// registers.
+template <int NV>
+void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
+                            const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
+                            const int64_t* labels, const LabelRule& rule, const double* stats,
+                            const float* loss_grad, float* __restrict r) {
+  using L = Lanes;
+  using V = L::V;
+  constexpr int64_t N = L::kN;
+  const Axis& ax = plan.g.x;
+  const L::Mask last = L::Head(C - (NV - 1) * N);  // the classes in the last vector
+  const auto load = [&](const float* p, int k) { return k + 1 < NV ? L::Load(p + k * N) : L::LoadHead(last, p + k * N); };
+  const auto store = [&](float* p, int k, V v) {
+    if (k + 1 < NV) {
+      L::Store(p + k * N, v);
+    } else {
+      L::StoreHead(last, p + k * N, v);
+    }
+  };
+  const bool smoothing = rule.smoothing != 0;
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  for (const auto& [x0, x1] : xruns) {
+    const int64_t j0 = plan.tx.first[x0];
+    const bool two = plan.tx.count[x0] == 2;
+    float *sum0 = r + j0 * C, *sum1 = sum0 + C;
+    V c0[NV], c1[NV], s0[NV], s1[NV];
+    for (int k = 0; k < NV; ++k) {
+      c0[k] = load(cols + j0 * C, k);
+      s0[k] = load(sum0, k);
+      c1[k] = two ? load(cols + (j0 + 1) * C, k) : c0[k];
+      s1[k] = two ? load(sum1, k) : s0[k];
+    }
+    for (int64_t ox = x0; ox < x1; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+      const float gl = loss_grad[i];
+      const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+      const float scale = gl / sum, on = smoothing ? gl * on_label : gl;
+      const float w0 = plan.wx[ax.Tap(ox, j0)], w1 = two ? plan.wx[ax.Tap(ox, j0 + 1)] : 0.0f;
+      const V wv0 = L::Set(w0), wv1 = L::Set(w1), mv = L::Set(m), sv = L::Set(scale), off = L::Set(gl * uniform);
+      const V ws0 = L::Set(smoothing ? w0 : w0 * scale), ws1 = L::Set(smoothing ? w1 : w1 * scale);
+      const V hot0 = L::Set(-(w0 * on)), hot1 = L::Set(-(w1 * on));  // rj[y] -= w * on
+      const L::Mask at_y = L::And(L::Head(y % N + 1), L::Not(L::Head(y % N)));
+      for (int k = 0; k < NV; ++k) {
+        V v = L::Mul(wv0, c0[k]);
+        if (two) v = L::Add(v, L::Mul(wv1, c1[k]));
+        if (k + 1 == NV) v = L::Blend(L::Not(last), v, mv);  // the lanes past C: the maximum
+        V d = SoftmaxExpLanes(L::Sub(v, mv));
+        if (smoothing) d = L::Sub(L::Mul(d, sv), off);
+        s0[k] = L::Add(s0[k], L::Mul(ws0, d));
+        if (y / N == k) s0[k] = L::AddWhere(at_y, s0[k], hot0);
+        if (two) {
+          s1[k] = L::Add(s1[k], L::Mul(ws1, d));
+          if (y / N == k) s1[k] = L::AddWhere(at_y, s1[k], hot1);
+        }
+      }
+    }
+    for (int k = 0; k < NV; ++k) {
+      store(sum0, k, s0[k]);
+      if (two) store(sum1, k, s1[k]);
+    }
+  }
+}
+#endif
+
 // Gradient to the coarse logits: dv = loss_grad * (softmax(v) - target) per output pixel (target:
 // the one-hot, or (1 - s) onehot + s / C with label smoothing), one pixel at a time (the softmax
 // exp(v - max) / sum from the forward's stats, its scale folded into each tap's weight without
@@ -580,6 +652,25 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   // The shared-row buffer takes at most the labels' bytes (the head allocates nothing of the
   // upsampled logits' size); beyond that the bands recompute the rows they share.
   const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  // Float logits of at most 4 vectors of classes (19 and 21 classes: 2 on AVX-512, 3 on AVX2): a
+  // row's pixels in vector registers, a run of pixels with the same input columns at a time
+  // (FewClassFcnLossGradRow; the same bits as the loop below).
+  using RowFn = void (*)(const BilinearPlan<float, float>&, const float*, int64_t,
+                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, const int64_t*,
+                         const LabelRule&, const double*, const float*, float*);
+  RowFn row_fn = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    switch ((C + Lanes::kN - 1) / Lanes::kN) {
+      case 1: row_fn = FewClassFcnLossGradRow<1>; break;
+      case 2: row_fn = FewClassFcnLossGradRow<2>; break;
+      case 3: row_fn = FewClassFcnLossGradRow<3>; break;
+      case 4: row_fn = FewClassFcnLossGradRow<4>; break;
+      default: break;
+    }
+  }
+  const auto xruns = SameTapRuns(plan.tx);
+#endif
   SweepSeparable<T>(g, plan.wy, logits_grad, pf, 24, /*split_channels=*/false,
                     label_bytes / static_cast<int64_t>(sizeof(A)), [&](InputBlock<A>& b, int64_t oy, A* r) {
     b.scratch2.resize(C + ax.n_in * C);
@@ -587,6 +678,11 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
     A* cols = d + C;
     plan.Columns(plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C), C, cols);
     const int64_t base = (b.s * OH + oy) * OW;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      if (row_fn != nullptr) return row_fn(plan, cols, C, xruns, base, labels, rule, stats, loss_grad, r);
+    }
+#endif
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included

@@ -233,6 +233,9 @@ PYBIND11_MODULE(_numpy_ext, m) {
   m.def("stream_threshold_bytes", &tfup::StreamThresholdBytes,
         "Outputs larger than this (bytes) are written with non-temporal stores.");
   m.def("kernel_isa", [] { return std::string(tfup::KernelIsa()); },
-        "Which build of the CPU kernels runs here: 'avx2' or 'baseline' (TFUPSAMPLE_ISA=baseline "
-        "forces the latter; both give the same bits).");
+        "Which build of the CPU kernels runs here: 'avx512', 'avx2' or 'baseline' "
+        "(TFUPSAMPLE_ISA=baseline|avx2 caps it; all give the same bits).");
+  m.def("kernel_x_pass", [] { return std::string(tfup::XPassByPixel() ? "pixels" : "blocks"); },
+        "How the input gradients' x pass reads a run of wide pixels here: 'pixels' (AMD CPUs) or "
+        "'blocks' (TFUPSAMPLE_X_PASS=pixels|blocks overrides it; both give the same bits).");
 }

@@ -15,7 +15,7 @@ def describe(env, evicted):
     onednn = {True: "on", False: "off", None: "unknown"}[env["onednn"]]
     return (f"CPU: {env['cpu']} ({', '.join(env['isa'])}), {env['cores']} cores; "
             f"{env['tensorflow']}, oneDNN {onednn}, intra-op threads {env['intra_op_threads']}; "
-            f"tfupsample kernels: {env['kernel_isa']}, backend {env['backend']}; "
+            f"tfupsample kernels: {env['kernel_isa']} (x pass by {env['kernel_x_pass']}), backend {env['backend']}; "
             f"THP {env['transparent_hugepages']}, last-level cache {env['last_level_cache_mb']} MB; "
             + ("each timed call from an emptied cache" if evicted else "timed calls back to back"))
 
