@@ -78,6 +78,13 @@ for c in (5, 16, 19, 28, 32, 40):
             tape.watch(xc)
             loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, f, **kw) * weights
         out[f"loss_grad_{c}_x{f}"] = tape.gradient(loss, xc).numpy()
+# The loss forwards pixel by pixel (Reduce's 64 partials and their tree: 150 classes), with an
+# infinite and a NaN logit in some pixels.
+x150 = rng.standard_normal((2, 5, 6, 150)).astype(np.float32) * 3
+x150[0, 1, 2, 7], x150[1, 3, 4, 0], x150[1, 0, 0, 140] = np.inf, np.nan, np.nan
+lab150 = rng.integers(0, 150, (2, 20, 24))
+out["loss_150"] = tu.upsample_sparse_softmax_cross_entropy(lab150, x150, 4).numpy()
+out["resize_loss_150"] = tu.upsample_sparse_softmax_cross_entropy(lab150[:, :17, :19], x150, interpolation="bilinear").numpy()
 np.savez(sys.argv[1], **out)
 """
 

@@ -60,7 +60,14 @@ inline A Reduce(const A* v, int64_t C, A init, Op op) {
   A part[kParts];
   std::memcpy(part, acc, sizeof(part));
   for (int k = 0; c < C; ++c, ++k) part[k] = op(part[k], v[c]);
-  for (int half = kParts / 2; half >= 1; half /= 2)
+  // The tree, part[k] = op(part[k], part[k + half]) for half = kParts / 2 ... 1: its levels down
+  // to one vector as whole vectors (lane by lane the same operations; GCC left the scalar loop
+  // scalar, 63 dependent steps per call: ~30% of the ADE20K-like resize loss forward's time).
+  std::memcpy(acc, part, sizeof(part));
+  for (int n = kChains / 2; n >= 1; n /= 2)
+    for (int j = 0; j < n; ++j) acc[j] = op(acc[j], acc[j + n]);
+  std::memcpy(part, acc, sizeof(Vec));
+  for (int half = kLanes / 2; half >= 1; half /= 2)
     for (int k = 0; k < half; ++k) part[k] = op(part[k], part[k + half]);
   return part[0];
 }
