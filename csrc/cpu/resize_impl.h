@@ -58,6 +58,27 @@ template <typename T>
 inline void ResizeScores(const T* r0, const T* r1, int64_t jl, int64_t ju, float xl, float yl,
                          int64_t C, float* __restrict v) {
   const T *a = r0 + jl * C, *b = r0 + ju * C, *c0 = r1 + jl * C, *d = r1 + ju * C;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<T, float>) {  // the same operations, the last vector masked (GCC's
+    using L = Lanes;                         // scalar tail: 5 of VOC's 21 classes cost 45 scalar
+    const L::V xv = L::Set(xl), yv = L::Set(yl);  // operations a pixel)
+    const auto lerp = [&](L::V tl, L::V tr, L::V bl, L::V br) {
+      const L::V top = L::Add(tl, L::Mul(L::Sub(tr, tl), xv));
+      const L::V bottom = L::Add(bl, L::Mul(L::Sub(br, bl), xv));
+      return L::Add(top, L::Mul(L::Sub(bottom, top), yv));
+    };
+    int64_t c = 0;
+    for (; c + L::kN <= C; c += L::kN) {
+      L::Store(v + c, lerp(L::Load(a + c), L::Load(b + c), L::Load(c0 + c), L::Load(d + c)));
+    }
+    if (c < C) {
+      const L::Mask m = L::Head(C - c);
+      L::StoreHead(m, v + c, lerp(L::LoadHead(m, a + c), L::LoadHead(m, b + c), L::LoadHead(m, c0 + c),
+                                  L::LoadHead(m, d + c)));
+    }
+    return;
+  }
+#endif
   for (int64_t c = 0; c < C; ++c) {
     const float tl = ToFloat(a[c]), tr = ToFloat(b[c]), bl = ToFloat(c0[c]), br = ToFloat(d[c]);
     const float top = tl + (tr - tl) * xl;
