@@ -620,15 +620,10 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
   using V = L::V;
   constexpr int64_t N = L::kN;
   const Axis& ax = plan.g.x;
-  const L::Mask last = L::Head(C - (NV - 1) * N);  // the classes in the last vector
-  const auto load = [&](const float* p, int k) { return k + 1 < NV ? L::Load(p + k * N) : L::LoadHead(last, p + k * N); };
-  const auto store = [&](float* p, int k, V v) {
-    if (k + 1 < NV) {
-      L::Store(p + k * N, v);
-    } else {
-      L::StoreHead(last, p + k * N, v);
-    }
-  };
+  const MaskedVectors<NV> vecs(C);
+  const L::Mask last = vecs.last;  // the classes in the last vector
+  const auto load = [&](const float* p, int k) { return vecs.Load(p, k); };
+  const auto store = [&](float* p, int k, V v) { vecs.Store(p, k, v); };
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -705,13 +700,7 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
                          const LabelRule&, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    switch ((C + Lanes::kN - 1) / Lanes::kN) {
-      case 1: row_fn = FewClassFcnLossGradRow<1>; break;
-      case 2: row_fn = FewClassFcnLossGradRow<2>; break;
-      case 3: row_fn = FewClassFcnLossGradRow<3>; break;
-      case 4: row_fn = FewClassFcnLossGradRow<4>; break;
-      default: break;
-    }
+    row_fn = ByVectors<RowFn>(C, [](auto nv) -> RowFn { return FewClassFcnLossGradRow<decltype(nv)::value>; });
   }
   const auto xruns = SameTapRuns(plan.tx);
 #endif

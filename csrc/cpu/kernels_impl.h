@@ -494,6 +494,37 @@ inline Lanes::V SoftmaxExpLanes(Lanes::V x) {
   return L::Mul(e, L::Pow2Of(t));
 }
 
+// n floats as NV vectors, the last one partial (its lanes past n masked: loaded as 0, never
+// stored): vector k of p.
+template <int NV>
+struct MaskedVectors {
+  Lanes::Mask last;
+  explicit MaskedVectors(int64_t n) : last(Lanes::Head(n - (NV - 1) * Lanes::kN)) {}
+  Lanes::V Load(const float* p, int k) const {
+    return k + 1 < NV ? Lanes::Load(p + k * Lanes::kN) : Lanes::LoadHead(last, p + k * Lanes::kN);
+  }
+  void Store(float* p, int k, Lanes::V v) const {
+    if (k + 1 < NV) {
+      Lanes::Store(p + k * Lanes::kN, v);
+    } else {
+      Lanes::StoreHead(last, p + k * Lanes::kN, v);
+    }
+  }
+};
+
+// pick(std::integral_constant<int, NV>()) for the NV vectors that hold n floats, 1 to 4 of them
+// (a row function's instantiation for n classes), else a default Fn (none).
+template <typename Fn, typename Pick>
+Fn ByVectors(int64_t n, Pick&& pick) {
+  switch ((n + Lanes::kN - 1) / Lanes::kN) {
+    case 1: return pick(std::integral_constant<int, 1>());
+    case 2: return pick(std::integral_constant<int, 2>());
+    case 3: return pick(std::integral_constant<int, 3>());
+    case 4: return pick(std::integral_constant<int, 4>());
+    default: return Fn();
+  }
+}
+
 // One output row of float pixels (at least Lanes::kN channels) from the row's column values
 // straight to out with non-temporal stores, a vector at a time (out's 64-byte lines are whole
 // vectors): a vector holds the end of one pixel and the start of the next at most, each lane

@@ -565,15 +565,10 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
   using L = Lanes;
   using V = L::V;
   constexpr int64_t N = L::kN;
-  const L::Mask last = L::Head(C - (NV - 1) * N);  // the classes in the last vector
-  const auto load = [&](const float* p, int k) { return k + 1 < NV ? L::Load(p + k * N) : L::LoadHead(last, p + k * N); };
-  const auto store = [&](float* p, int k, V v) {
-    if (k + 1 < NV) {
-      L::Store(p + k * N, v);
-    } else {
-      L::StoreHead(last, p + k * N, v);
-    }
-  };
+  const MaskedVectors<NV> vecs(C);
+  const L::Mask last = vecs.last;  // the classes in the last vector
+  const auto load = [&](const float* p, int k) { return vecs.Load(p, k); };
+  const auto store = [&](float* p, int k, V v) { vecs.Store(p, k, v); };
   const V yv = L::Set(yl);
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -658,13 +653,7 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
                          LabelRule, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    switch ((C + Lanes::kN - 1) / Lanes::kN) {
-      case 1: row_fn = FewClassLossGradRow<1>; break;
-      case 2: row_fn = FewClassLossGradRow<2>; break;
-      case 3: row_fn = FewClassLossGradRow<3>; break;
-      case 4: row_fn = FewClassLossGradRow<4>; break;
-      default: break;
-    }
+    row_fn = ByVectors<RowFn>(C, [](auto nv) -> RowFn { return FewClassLossGradRow<decltype(nv)::value>; });
   }
   const auto xruns = SameTapRuns(tx.lower, tx.upper);
 #endif
