@@ -15,8 +15,7 @@ import sys, numpy as np, tensorflow as tf, tfupsample as tu
 import tfupsample.numpy as tnp
 from tfupsample._ops import lib
 rng = np.random.default_rng(7)
-from tfupsample._numpy_ext import kernel_x_pass
-out = {"isa": np.array(tnp.kernel_isa()), "x_pass": np.array(kernel_x_pass())}
+out = {"isa": np.array(tnp.kernel_isa()), "x_pass": np.array(tnp.kernel_x_pass())}
 for dtype in ("float32", "float64", "float16", "bfloat16"):
     xv = rng.standard_normal((2, 5, 6, 19))
     # Conversions at the edges: inf, nan, overflow to inf, half subnormals, rounding ties.
@@ -45,19 +44,23 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
         out[f"{dtype}_{k}"] = tf.cast(v, tf.float64).numpy()
 # The float x passes' channel counts: 1 to 4 vectors with a partial last one (masked) in either
 # build, and counts the blocks take.
+out["up_grad_f64_70"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, 70)), factor=3).numpy()
 for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
 # The resize gradient's y pass over runs of output rows (bands of several input rows need a batch):
-# rows of sums at most 128 KB together (a whole run of up to eight rows at a time, the clamped top
-# rows joined to the first run) and over it (four at a time).
+# rows of sums at most 128 KB together (eight rows at a time, the clamped top rows joined to the
+# first run) and over it (four at a time).
 out["resize_grad_row_runs"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((8, 32, 40, 21)).astype(np.float32), [4, 5], T=tf.float32, half_pixel_centers=True).numpy()
 out["resize_grad_wide_row_runs"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((8, 32, 520, 32)).astype(np.float32), [4, 65], T=tf.float32, half_pixel_centers=True).numpy()
 # The resize loss gradient at 1 to 5 vectors of classes, the last whole or partial (the few-class
 # vector rows take up to 4 in either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
 # label, per-pixel loss weights.
 for c in (5, 16, 19, 28, 32, 40):
-    xc = tf.constant(rng.standard_normal((2, 6, 7, c)).astype(np.float32))
+    xv = rng.standard_normal((2, 6, 7, c)).astype(np.float32)
+    if c == 19:  # an infinite and a NaN logit
+        xv[0, 1, 2, 3], xv[1, 4, 5, 0] = np.inf, np.nan
+    xc = tf.constant(xv)
     for size, kw in (((21, 26), {}), ((4, 5), dict(label_smoothing=0.1)), ((13, 15), dict(ignore_label=255, interpolation="align_corners"))):
         lab = rng.integers(0, c, (2, *size))
         if "ignore_label" in kw:
@@ -119,13 +122,16 @@ def test_every_build_agrees_bitwise(tmp_path):
     # The AVX2 and baseline builds stream every output, the best build none: equal bits also say
     # that each build's streamed path writes what the plain one does. Each of the best and the
     # AVX2 builds runs its x passes both pixel by pixel and block by block (the best build's first
-    # as the CPU's vendor chooses, then the other way); the baseline's go block by block.
+    # as the CPU's vendor chooses, then the other way); the baseline's block by block, then pixel
+    # by pixel (its scalar loop, also float64's in every build).
     other = "blocks" if str(best["x_pass"]) == "pixels" else "pixels"
     best_other = _run(str(tmp_path / "best_other.npz"), x_pass=other)
     avx2 = _run(str(tmp_path / "avx2.npz"), "avx2", stream=True, x_pass="pixels")
     avx2_blocks = _run(str(tmp_path / "avx2_blocks.npz"), "avx2", x_pass="blocks")
     base = _run(str(tmp_path / "base.npz"), "baseline", stream=True, x_pass="blocks")
-    assert [str(r["x_pass"]) for r in (best_other, avx2, avx2_blocks, base)] == [other, "pixels", "blocks", "blocks"]
+    base_pixels = _run(str(tmp_path / "base_pixels.npz"), "baseline", x_pass="pixels")
+    assert [str(r["x_pass"]) for r in (best_other, avx2, avx2_blocks, base, base_pixels)] == [
+        other, "pixels", "blocks", "blocks", "pixels"]
     assert str(base["isa"]) == "baseline"  # TFUPSAMPLE_ISA=baseline is honoured
     # Dispatch picks the best build the CPU has (as /proc/cpuinfo says); TFUPSAMPLE_ISA=avx2 caps it.
     expected = ("avx512" if _cpu_has("avx2", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")
@@ -134,5 +140,5 @@ def test_every_build_agrees_bitwise(tmp_path):
     assert str(avx2["isa"]) == ("baseline" if expected == "baseline" else "avx2")
     for key in best:
         if key not in ("isa", "x_pass"):
-            for run in (best, best_other, avx2, avx2_blocks):
+            for run in (best, best_other, avx2, avx2_blocks, base_pixels):
                 ref.assert_same_bits(run[key], base[key], key)

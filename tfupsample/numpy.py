@@ -3,7 +3,7 @@
 import numbers
 
 from ._numpy_ext import bilinear_upsample as _bilinear_upsample
-from ._numpy_ext import kernel_isa
+from ._numpy_ext import kernel_isa, kernel_x_pass
 from ._numpy_ext import resize_bilinear as _resize_bilinear
 from ._weights import check_factor
 
@@ -45,4 +45,4 @@ def resize_bilinear(array, size, align_corners=False, half_pixel_centers=False):
     return _resize_bilinear(array, *_size(size), bool(align_corners), bool(half_pixel_centers))
 
 
-__all__ = ["bilinear_upsample", "resize", "resize_bilinear", "kernel_isa"]
+__all__ = ["bilinear_upsample", "resize", "resize_bilinear", "kernel_isa", "kernel_x_pass"]

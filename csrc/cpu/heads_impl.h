@@ -62,7 +62,7 @@ inline A Reduce(const A* v, int64_t C, A init, Op op) {
   for (int k = 0; c < C; ++c, ++k) part[k] = op(part[k], v[c]);
   // The tree, part[k] = op(part[k], part[k + half]) for half = kParts / 2 ... 1: its levels down
   // to one vector as whole vectors (lane by lane the same operations; GCC left the scalar loop
-  // scalar, 63 dependent steps per call: ~30% of the ADE20K-like resize loss forward's time).
+  // scalar, 63 steps per call: ~30% of the ADE20K-like resize loss forward's time).
   std::memcpy(acc, part, sizeof(part));
   for (int n = kChains / 2; n >= 1; n /= 2)
     for (int j = 0; j < n; ++j) acc[j] = op(acc[j], acc[j + n]);

@@ -345,8 +345,9 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       int64_t done = i0;  // input rows [i0, done) are written
       // Row i along x, written; its buffer fresh for row i + 2. `next`: the first of the output
       // rows the y pass reads after it (or null), whose first kAheadLines lines in each of
-      // kRowsAtOnce rows (the first four of a chunk of eight) are prefetched a few per column run, so that memory keeps streaming
-      // while this pass computes from the cache (Cityscapes-like: ~16% of the gradient).
+      // kRowsAtOnce rows (the first four of a chunk of eight) are prefetched a few per column
+      // run, so that memory keeps streaming while this pass computes from the cache
+      // (Cityscapes-like: ~16% of the gradient).
       constexpr int64_t kRowsAtOnce = 4, kAheadLines = 256;
       const int64_t rows_at_once = 2 * row * static_cast<int64_t>(sizeof(A)) <= (int64_t{128} << 10) ? 8 : kRowsAtOnce;
       auto finish = [&](int64_t i, const float* next) {

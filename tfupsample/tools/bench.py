@@ -257,7 +257,6 @@ def environment():
     import os
 
     from tfupsample import numpy as tnp
-    from tfupsample._numpy_ext import kernel_x_pass
 
     model, flags = cpu_info()
     try:
@@ -282,7 +281,7 @@ def environment():
         "cpu": model, "isa": sorted(flags & {"avx2", "avx512f", "avx512bw", "f16c", "fma"}),
         "cores": os.cpu_count(), "tensorflow": dist, "onednn": onednn,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
-        "kernel_isa": tnp.kernel_isa(), "kernel_x_pass": kernel_x_pass(), "backend": tu.backend(),
+        "kernel_isa": tnp.kernel_isa(), "kernel_x_pass": tnp.kernel_x_pass(), "backend": tu.backend(),
         "transparent_hugepages": transparent_hugepages(),
         "last_level_cache_mb": round(last_level_cache_bytes() / 2**20) or "unknown",
     }
