@@ -45,6 +45,8 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
 # The float x passes' channel counts: 1 to 4 vectors with a partial last one (masked) in either
 # build, and counts the blocks take.
 out["up_grad_f64_70"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, 70)), factor=3).numpy()
+# 1100 channels: the input gradient splits them into blocks of 512 (x passes over part pixels).
+out["up_grad_1100"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 6, 6, 1100)).astype(np.float32), factor=2).numpy()
 for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
