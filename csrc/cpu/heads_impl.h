@@ -622,8 +622,6 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
   const Axis& ax = plan.g.x;
   const MaskedVectors<NV> vecs(C);
   const L::Mask last = vecs.last;  // the classes in the last vector
-  const auto load = [&](const float* p, int k) { return vecs.Load(p, k); };
-  const auto store = [&](float* p, int k, V v) { vecs.Store(p, k, v); };
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -633,10 +631,10 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
     float *sum0 = r + j0 * C, *sum1 = sum0 + C;
     V c0[NV], c1[NV], s0[NV], s1[NV];
     for (int k = 0; k < NV; ++k) {
-      c0[k] = load(cols + j0 * C, k);
-      s0[k] = load(sum0, k);
-      c1[k] = two ? load(cols + (j0 + 1) * C, k) : c0[k];
-      s1[k] = two ? load(sum1, k) : s0[k];
+      c0[k] = vecs.Load(cols + j0 * C, k);
+      s0[k] = vecs.Load(sum0, k);
+      c1[k] = two ? vecs.Load(cols + (j0 + 1) * C, k) : c0[k];
+      s1[k] = two ? vecs.Load(sum1, k) : s0[k];
     }
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
@@ -664,8 +662,8 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
       }
     }
     for (int k = 0; k < NV; ++k) {
-      store(sum0, k, s0[k]);
-      if (two) store(sum1, k, s1[k]);
+      vecs.Store(sum0, k, s0[k]);
+      if (two) vecs.Store(sum1, k, s1[k]);
     }
   }
 }

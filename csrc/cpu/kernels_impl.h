@@ -836,12 +836,9 @@ template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
   using L = Lanes;
-  const L::Mask tail = L::Head(nc - (kVectors - 1) * L::kN);
-  const auto load = [&](const float* p, int v) {
-    return v + 1 < kVectors ? L::Load(p + v * L::kN) : L::LoadHead(tail, p + v * L::kN);
-  };
+  const MaskedVectors<kVectors> vecs(nc);
   L::V a0[kVectors], a1[kVectors];
-  for (int v = 0; v < kVectors; ++v) a0[v] = load(r0, v), a1[v] = load(r1, v);
+  for (int v = 0; v < kVectors; ++v) a0[v] = vecs.Load(r0, v), a1[v] = vecs.Load(r1, v);
   const int64_t len = o1 - o0, prefetch_end = std::min(n_out, o1 + len);
   for (int64_t o = o0; o < o1; ++o) {
     const auto [w0, w1] = weights(o);
@@ -849,14 +846,12 @@ void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, i
     if (o + len < prefetch_end) PrefetchBytes(d + len * stride, nc * static_cast<int64_t>(sizeof(float)));
     const L::V v0 = L::Set(w0), v1 = L::Set(w1);
     for (int v = 0; v < kVectors; ++v) {
-      const L::V x = load(d, v);
+      const L::V x = vecs.Load(d, v);
       a0[v] = L::Add(a0[v], L::Mul(v0, x));
       a1[v] = L::Add(a1[v], L::Mul(v1, x));
     }
   }
-  for (int v = 0; v + 1 < kVectors; ++v) L::Store(r0 + v * L::kN, a0[v]), L::Store(r1 + v * L::kN, a1[v]);
-  L::StoreHead(tail, r0 + (kVectors - 1) * L::kN, a0[kVectors - 1]);
-  L::StoreHead(tail, r1 + (kVectors - 1) * L::kN, a1[kVectors - 1]);
+  for (int v = 0; v < kVectors; ++v) vecs.Store(r0, v, a0[v]), vecs.Store(r1, v, a1[v]);
 }
 #endif
 

@@ -568,8 +568,6 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
   constexpr int64_t N = L::kN;
   const MaskedVectors<NV> vecs(C);
   const L::Mask last = vecs.last;  // the classes in the last vector
-  const auto load = [&](const float* p, int k) { return vecs.Load(p, k); };
-  const auto store = [&](float* p, int k, V v) { vecs.Store(p, k, v); };
   const V yv = L::Set(yl);
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -578,12 +576,12 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
     float *xl_sum = xr + jl * C, *xu_sum = xr + ju * C;
     V tl[NV], dt[NV], bl[NV], db[NV], sl[NV], su[NV];
     for (int k = 0; k < NV; ++k) {
-      tl[k] = load(r0 + jl * C, k);
-      dt[k] = L::Sub(load(r0 + ju * C, k), tl[k]);
-      bl[k] = load(r1 + jl * C, k);
-      db[k] = L::Sub(load(r1 + ju * C, k), bl[k]);
-      sl[k] = load(xl_sum, k);
-      su[k] = load(xu_sum, k);
+      tl[k] = vecs.Load(r0 + jl * C, k);
+      dt[k] = L::Sub(vecs.Load(r0 + ju * C, k), tl[k]);
+      bl[k] = vecs.Load(r1 + jl * C, k);
+      db[k] = L::Sub(vecs.Load(r1 + ju * C, k), bl[k]);
+      sl[k] = vecs.Load(xl_sum, k);
+      su[k] = vecs.Load(xu_sum, k);
     }
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
@@ -612,8 +610,8 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
       }
     }
     for (int k = 0; k < NV; ++k) {
-      store(xl_sum, k, sl[k]);
-      if (jl != ju) store(xu_sum, k, su[k]);
+      vecs.Store(xl_sum, k, sl[k]);
+      if (jl != ju) vecs.Store(xu_sum, k, su[k]);
     }
   }
 }
