@@ -646,7 +646,7 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
       const V wv0 = L::Set(w0), wv1 = L::Set(w1), mv = L::Set(m), sv = L::Set(scale), off = L::Set(gl * uniform);
       const V ws0 = L::Set(smoothing ? w0 : w0 * scale), ws1 = L::Set(smoothing ? w1 : w1 * scale);
       const V hot0 = L::Set(-(w0 * on)), hot1 = L::Set(-(w1 * on));  // rj[y] -= w * on
-      const L::Mask at_y = L::And(L::Head(y % N + 1), L::Not(L::Head(y % N)));
+      const L::Mask at_y = OneLane(y % N);
       for (int k = 0; k < NV; ++k) {
         V v = L::Mul(wv0, c0[k]);
         if (two) v = L::Add(v, L::Mul(wv1, c1[k]));

@@ -494,6 +494,9 @@ inline Lanes::V SoftmaxExpLanes(Lanes::V x) {
   return L::Mul(e, L::Pow2Of(t));
 }
 
+// The mask of lane j alone (a one-hot's lane: the target class in the loss gradients' rows).
+inline Lanes::Mask OneLane(int64_t j) { return Lanes::And(Lanes::Head(j + 1), Lanes::Not(Lanes::Head(j))); }
+
 // n floats as NV vectors, the last one partial (its lanes past n masked: loaded as 0, never
 // stored): vector k of p.
 template <int NV>

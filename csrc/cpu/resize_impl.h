@@ -599,7 +599,7 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
         if (rule.smoothing != 0) d = L::Sub(d, off);
         if (y / N == k) {  // the target's one-hot: d[y] - gl (d[y] + -gl, the same value)
           const int64_t j = y % N;
-          d = L::AddWhere(L::And(L::Head(j + 1), L::Not(L::Head(j))), d, on);
+          d = L::AddWhere(OneLane(j), d, on);
         }
         if (jl == ju) {  // both weights into one column, in the scalar loop's order
           sl[k] = L::Add(L::Add(sl[k], L::Mul(wlv, d)), L::Mul(wuv, d));
