@@ -400,45 +400,10 @@ void BilinearForwardPlanar(const Geometry& g, const T* input, T* output, const P
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-// This build's widest vectors of float lanes (for the streamed outputs: StreamedColumns, the
-// resize's LerpRows), with a lane mask `Mask` (the first k lanes: Head(k)).
-#if defined(TFUP_ISA_AVX512)
-struct Lanes {
-  static constexpr int64_t kN = 16;
-  using V = __m512;
-  using Mask = __mmask16;
-  static Mask Head(int64_t k) { return Mask((1u << k) - 1); }
-  static Mask Not(Mask m) { return Mask(~m); }
-  static Mask And(Mask a, Mask b) { return Mask(a & b); }
-  static Mask Or(Mask a, Mask b) { return Mask(a | b); }
-  static Mask None() { return 0; }
-  static bool Any(Mask m) { return m != 0; }
-  static V Load(const float* p) { return _mm512_loadu_ps(p); }
-  static V LoadHead(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // others +0
-  static void StoreHead(Mask m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  // Lanes of ma from a, of mb from b (disjoint), the others +0; nothing read outside them.
-  static V LoadSplit(Mask ma, Mask mb, const float* a, const float* b) {
-    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(ma, a), mb, b);
-  }
-  static V Pick(Mask m, float in_m, float rest) { return _mm512_mask_blend_ps(m, _mm512_set1_ps(rest), _mm512_set1_ps(in_m)); }
-  static V Set(float v) { return _mm512_set1_ps(v); }
-  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static V AddWhere(Mask m, V a, V b) { return _mm512_mask_add_ps(a, m, a, b); }
-  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V Max(V a, V b) { return _mm512_max_ps(a, b); }  // b where either is NaN
-  static V Blend(Mask m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // b in m, else a
-  // 2^n from t = x / ln 2 + 1.5 * 2^23 (n in t's low bits): SoftmaxExp's scale.
-  static V Pow2Of(V t) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
-  }
-  static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
-};
-#else
-struct Lanes {
+// Vectors of float lanes with a lane mask `Mask` (the first k lanes: Head(k)): 8 lanes (AVX2) and,
+// in the AVX-512 build, 16. `Lanes` is this build's widest (for the streamed outputs:
+// StreamedColumns, the resize's LerpRows, and most row loops); AddPixelsTwoColumns keeps 8.
+struct Lanes256 {
   static constexpr int64_t kN = 8;
   using V = __m256;
   using Mask = __m256i;  // all ones in a lane that is in
@@ -474,6 +439,44 @@ struct Lanes {
   }
   static void Stream(float* p, V v) { _mm256_stream_ps(p, v); }
 };
+#if defined(TFUP_ISA_AVX512)
+struct Lanes512 {
+  static constexpr int64_t kN = 16;
+  using V = __m512;
+  using Mask = __mmask16;
+  static Mask Head(int64_t k) { return Mask((1u << k) - 1); }
+  static Mask Not(Mask m) { return Mask(~m); }
+  static Mask And(Mask a, Mask b) { return Mask(a & b); }
+  static Mask Or(Mask a, Mask b) { return Mask(a | b); }
+  static Mask None() { return 0; }
+  static bool Any(Mask m) { return m != 0; }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static V LoadHead(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // others +0
+  static void StoreHead(Mask m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  // Lanes of ma from a, of mb from b (disjoint), the others +0; nothing read outside them.
+  static V LoadSplit(Mask ma, Mask mb, const float* a, const float* b) {
+    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(ma, a), mb, b);
+  }
+  static V Pick(Mask m, float in_m, float rest) { return _mm512_mask_blend_ps(m, _mm512_set1_ps(rest), _mm512_set1_ps(in_m)); }
+  static V Set(float v) { return _mm512_set1_ps(v); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V AddWhere(Mask m, V a, V b) { return _mm512_mask_add_ps(a, m, a, b); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Max(V a, V b) { return _mm512_max_ps(a, b); }  // b where either is NaN
+  static V Blend(Mask m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // b in m, else a
+  // 2^n from t = x / ln 2 + 1.5 * 2^23 (n in t's low bits): SoftmaxExp's scale.
+  static V Pow2Of(V t) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
+  }
+  static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
+};
+using Lanes = Lanes512;
+#else
+using Lanes = Lanes256;
 #endif
 
 // SoftmaxExp (softmax_exp.h) on a vector, operation for operation: the same bits in every lane.
@@ -922,12 +925,16 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
 // ascending pixel order: the same bits as the blocks. The bilinear input gradient at
 // [1,16,22,1000] x32 on a 2-core AMD EPYC (Zen 4) VM, interleaved against tf.reduce_sum: 1.13-1.15x
 // the read floor, against 1.61-1.62x block by block (AVX-512 build; one thread: 76 against 122 ms).
+// 8-lane vectors in the AVX-512 build too: Zen 4 splits a 16-lane store in two, and this loop,
+// two stores per vector of dy, is store-bound from L3; interleaved in one process, 16 against 8
+// lanes: 1.19-1.40x against 1.17-1.27x the read floor (two threads), 68-97 ms against 64-90 ms
+// (one thread).
 template <typename A, typename Src, class Weights>
 void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, int64_t nc, int64_t o0,
                          int64_t o1, A* __restrict r0, A* __restrict r1) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
-    using L = Lanes;
+    using L = Lanes256;
     const int64_t full = nc / L::kN * L::kN;
     const L::Mask tail = L::Head(nc - full);
     for (int64_t o = o0; o < o1; ++o) {
