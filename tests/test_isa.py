@@ -45,7 +45,8 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
 # The float x passes' channel counts: 1 to 4 vectors with a partial last one (masked) in either
 # build, and counts the blocks take.
 out["up_grad_f64_70"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, 70)), factor=3).numpy()
-# 1100 channels: the input gradient splits them into blocks of 512 (x passes over part pixels).
+# 1100 channels: in block order the input gradient splits them into blocks of 512 (x passes over
+# part pixels); pixel by pixel they stay whole, in bands of one input row (6 of them).
 out["up_grad_1100"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 6, 6, 1100)).astype(np.float32), factor=2).numpy()
 for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()

@@ -702,16 +702,25 @@ struct InputBands {
 // Channel blocks where a slab has many channels, so a batch-1 image still splits finely; bands
 // of at most `max_band` input rows (adjacent bands both read the k - s output rows they share).
 // Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
-// than row bands (each unit then strides through every row of dy).
+// than row bands (each unit then strides through every row of dy). Up to `whole_up_to` channels
+// the pixels stay whole and the bands shrink instead, as many units as the channel blocks would
+// have made (the x pass pixel by pixel, XPassByPixel, reads a unit's rows as one stream; a
+// block of a pixel skips the rest of it).
 inline InputBands MakeInputBands(const Geometry& g, const Slabs& sl, bool split_channels,
-                                 int64_t max_band) {
+                                 int64_t max_band, int64_t whole_up_to = 0) {
   InputBands ib;
   ib.slabs = sl.count;
   ib.H = g.y.n_in;
   ib.cc = sl.cc;
   ib.cblock = split_channels && ib.cc >= 1024 ? 512 : std::max<int64_t>(ib.cc, 1);
   ib.cblocks = (ib.cc + ib.cblock - 1) / ib.cblock;
-  ib.band = std::max<int64_t>(1, std::min<int64_t>(max_band, ib.H / 2));
+  int64_t per = 2;  // units per band's worth of rows
+  if (ib.cblocks > 1 && ib.cc <= whole_up_to) {  // as many units, as bands of whole pixels
+    per = 2 * ib.cblocks;
+    ib.cblock = ib.cc;
+    ib.cblocks = 1;
+  }
+  ib.band = std::max<int64_t>(1, std::min<int64_t>(max_band, ib.H / per));
   ib.bands = (ib.H + ib.band - 1) / ib.band;
   return ib;
 }
@@ -786,7 +795,12 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   const int64_t W = g.x.n_in;
   // Bands of up to 8 rows where the shared rows are buffered (more units cost no re-reading),
   // of up to 16 where they are not (fewer shared rows to reduce twice).
-  InputBands ib = MakeInputBands(g, sl, split_channels, 8);
+  // Whole pixels up to 2048 channels where the x pass goes pixel by pixel (two rows of sums, 16 KB,
+  // stay in L1). [1,16,22,C] x32, EPYC VM, interleaved against tf.reduce_sum: C = 1024 88-89 ->
+  // 56-59 ms (2.0-3.3x -> 1.2-1.3x the read floor), 1500 117-132 -> 92-97 ms, 2048 194-206 ->
+  // 168-189 ms; bands of whole pixels without shrinking (half the units) measured between.
+  const int64_t whole = XPassByPixel() ? 2048 : 0;
+  InputBands ib = MakeInputBands(g, sl, split_channels, 8, whole);
   // Shared rows of the boundary above band b (b = 1 .. bands-1): [FirstOutput(i0), EndOutput(i0
   // - 1)), i0 = b * band, stored from first[b] on; one row holds W x cblock elements.
   std::vector<int64_t> first(ib.bands + 1, 0);
@@ -796,7 +810,7 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   }
   const int64_t shared = first[ib.bands], row = W * ib.cblock;
   const bool buffered = shared > 0 && sl.count * ib.cblocks * shared * row <= max_buffer;
-  if (!buffered) ib = MakeInputBands(g, sl, split_channels, 16);
+  if (!buffered) ib = MakeInputBands(g, sl, split_channels, 16, whole);
   std::vector<A> rows(buffered ? sl.count * ib.cblocks * shared * row : 0);
   auto stored = [&](int64_t s, int64_t cb, int64_t b, int64_t oy) {
     return rows.data() + ((s * ib.cblocks + cb) * shared + first[b] + oy - g.y.FirstOutput(b * ib.band)) * row;
