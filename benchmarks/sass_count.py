@@ -17,7 +17,7 @@ with cuobjdump and counts the instructions a thread executes:
 The budget is 24 (what an H100 can issue per element at 85% of its copy bandwidth). Also prints
 the -Xptxas -v summary (stack frames, spills, registers) of every entry function of kernels.cu.
 
-Needs nvcc and cuobjdump (the pip wheel nvidia-cuda-cuobjdump has it).
+Needs nvcc, cuobjdump and nvdisasm (the pip wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm).
 
     python -m benchmarks.sass_count [--arch 90]
 """
@@ -39,13 +39,17 @@ kRun = 16  # csrc/cuda/device.cuh: elements per lane in a row run
 
 def _cuobjdump():
     found = os.environ.get("CUOBJDUMP") or shutil.which("cuobjdump")
-    if found:
-        return found
-    for base in {sysconfig.get_paths()["purelib"], *sys.path}:
-        hits = glob.glob(os.path.join(base, "nvidia", "cu*", "bin", "cuobjdump"))
-        if hits:
-            return hits[0]
-    sys.exit("cuobjdump not found: put it on the PATH, set CUOBJDUMP, or pip install nvidia-cuda-cuobjdump")
+    if not found:
+        for base in {sysconfig.get_paths()["purelib"], *sys.path}:
+            hits = glob.glob(os.path.join(base, "nvidia", "cu*", "bin", "cuobjdump"))
+            if hits:
+                found = hits[0]
+                break
+    if not found:
+        sys.exit("cuobjdump not found: put it on the PATH, set CUOBJDUMP, or pip install nvidia-cuda-cuobjdump")
+    # cuobjdump runs nvdisasm (the pip wheel nvidia-cuda-nvdisasm installs it beside cuobjdump's)
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), os.path.dirname(found)])
+    return found
 
 
 def _functions(sass):
@@ -195,6 +199,26 @@ LANES(lanes4_warp, 4)
 """
 
 
+def _tap_loop(ins, loads_per_tap):
+    """(instructions per tap, instructions before it) of a gather's tap loop: the loop (a backward
+    branch) whose body has the most global loads per instruction (the unrolled inner loop), each
+    tap loading loads_per_tap values; the static count before the loop's top bounds the
+    per-element setup from above."""
+    where = {a: i for i, (a, _) in enumerate(ins)}
+    best = None
+    for i, (_, text) in enumerate(ins):
+        m = re.match(r"@!?U?P\w+ BRA(?:\.\w+)* 0x([0-9a-f]+)", text)
+        top = where.get(int(m.group(1), 16)) if m else None
+        if top is not None and top < i:
+            loads = sum(bool(re.search(r"\bLDG", t)) for _, t in ins[top:i + 1])
+            if loads and (best is None or loads / (i + 1 - top) > best[0] / best[1]):
+                best = (loads, i + 1 - top, top)
+    if best is None:
+        raise ValueError("no loop with loads")
+    loads, size, top = best
+    return size / (loads / loads_per_tap), top
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="90")
@@ -259,6 +283,19 @@ def main(argv=None):
         print(f"| {label} | {shape} | {total:.1f} | {'MET' if total <= BUDGET else 'MISSED'} |")
     for label, total in alone:
         print(f"| {label} | (the pairs that straddle an input row at odd factors) | {total:.1f} | - |")
+    # The input gradient's pass along x (the larger one: it reads every output-gradient element, each
+    # by two taps), int32 indices: NCHW one element per thread (a tap loads the element and its
+    # weight), NHWC a thread's 8 channels per tap (8 elements and the weight).
+    gather = "GatherBodyIffNS0_16AxisTableWeightsIfLb0EEELb1EEEiEE"
+    nchw_tap, nchw_setup = _tap_loop(kernel("ColumnLanesINS0_10" + gather), 2)
+    nhwc_tap, nhwc_setup = _tap_loop(kernel("ChannelLanesINS0_10" + gather), 9)
+    print("\n| float32 input gradient, pass along x (int32) | per tap | before the tap loop (static) | "
+          "per output-gradient element (2 taps) at f = 2 / 32 |")
+    print("|---|---|---|---|")
+    for label, tap, setup, per_tap in (("NCHW, one element per thread", nchw_tap, nchw_setup, 1),
+                                       ("NHWC, 8 channels per thread", nhwc_tap, nhwc_setup, 8)):
+        at = lambda f: 2 * (tap + setup / (2 * f)) / per_tap  # noqa: E731 (k = 2f taps per element)
+        print(f"| {label} | {tap:.1f} | {setup} | {at(2):.1f} / {at(32):.1f} |")
     return 0 if max(r[2] for r in rows) <= BUDGET else 1
 
 

@@ -115,25 +115,30 @@ TFUP_HOST_DEVICE inline Acc BilinearWeight(int64_t factor, int64_t a) {
 }
 
 // One output index of a resize axis: its two inputs and the second one's weight.
-struct ResizeTap {
-  int64_t lower, upper;
+template <typename I>
+struct ResizeTapT {
+  I lower, upper;
   float lerp;
 };
+using ResizeTap = ResizeTapT<int64_t>;
 TFUP_HOST_DEVICE inline float ResizeScale(int64_t n_in, int64_t n_out, Resize mode) {
   if (mode == Resize::kAlignCorners && n_out > 1) {
     return static_cast<float>(n_in - 1) / static_cast<float>(n_out - 1);
   }
   return static_cast<float>(n_in) / static_cast<float>(n_out);
 }
-TFUP_HOST_DEVICE inline ResizeTap ResizeTapOf(Resize mode, float scale, int64_t o, int64_t n_in) {
+// In o's index type I (the GPU's int32 launches: the same float arithmetic and taps).
+template <typename I>
+TFUP_HOST_DEVICE inline ResizeTapT<I> ResizeTapOf(Resize mode, float scale, I o, int64_t n_in) {
   const float u = mode == Resize::kHalfPixel ? (static_cast<float>(o) + 0.5f) * scale - 0.5f
                                              : static_cast<float>(o) * scale;
   const float below = floorf(u);
-  int64_t lower = static_cast<int64_t>(below), upper = static_cast<int64_t>(ceilf(u));
+  const I last = static_cast<I>(n_in - 1);
+  I lower = static_cast<I>(below), upper = static_cast<I>(ceilf(u));
   // TF clamps the lower tap at 0 and the upper at n_in - 1; the other two bounds never bind for
   // sizes TF accepts and only keep every index inside the input.
-  lower = lower < 0 ? 0 : (lower > n_in - 1 ? n_in - 1 : lower);
-  upper = upper < 0 ? 0 : (upper > n_in - 1 ? n_in - 1 : upper);
+  lower = lower < 0 ? I(0) : (lower > last ? last : lower);
+  upper = upper < 0 ? I(0) : (upper > last ? last : upper);
   return {lower, upper, u - below};
 }
 

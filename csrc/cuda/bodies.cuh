@@ -8,36 +8,52 @@
 namespace tfup {
 namespace cuda {
 
-// A run of taps along one axis: source index i0 + m * di, tap t0 + m * dt, for m in [0, count).
-struct Run {
-  int64_t i0 = 0, di = 0, t0 = 0, dt = 0, count = 0;
+// A run of taps along one axis: source index i0 + m * di, tap t0 + m * dt, for m in [0, count),
+// in a launch's index type I.
+template <typename I>
+struct RunT {
+  I i0 = 0, di = 0, t0 = 0, dt = 0, count = 0;
 };
+using Run = RunT<int64_t>;
 
 // Forward: the inputs that output o reads, in ascending order like the CPU kernels (so that
 // sums of more than two taps are added in the same order, the same bits): the last one is
 // q = (o + pad) / s (clipped to the input) with tap r; the run starts count - 1 inputs before it,
 // at tap r + (count - 1) * s, while taps stay inside the kernel and inputs inside the input.
-TFUP_HOST_DEVICE inline Run InputsOf(const Axis& a, const Divider& by_stride, int64_t o) {
-  const int64_t num = o + a.pad;
-  int64_t i = by_stride.Div(num), t = num - i * a.stride;
-  if (i > a.n_in - 1) {  // taps of inputs past the end
-    t += (i - (a.n_in - 1)) * a.stride;
-    i = a.n_in - 1;
+// In o's type: int32 where the launch's axes fit (AxisFits32).
+template <typename I>
+TFUP_HOST_DEVICE inline RunT<I> InputsOf(const Axis& a, const Divider& by_stride, I o) {
+  const I stride = static_cast<I>(a.stride), last = static_cast<I>(a.n_in - 1), k = static_cast<I>(a.k);
+  const I num = o + static_cast<I>(a.pad);
+  I i = by_stride.Div(num), t = num - i * stride;
+  if (i > last) {  // taps of inputs past the end
+    t += (i - last) * stride;
+    i = last;
   }
-  Run r{i, 1, t, -a.stride, 0};
-  if (t < a.k && i >= 0) {
-    const int64_t taps = by_stride.Div(a.k - 1 - t) + 1;
+  RunT<I> r{i, 1, t, static_cast<I>(-stride), 0};
+  if (t < k && i >= 0) {
+    const I taps = by_stride.Div(static_cast<I>(k - 1 - t)) + 1;
     r.count = taps < i + 1 ? taps : i + 1;
     r.i0 = i - (r.count - 1);
-    r.t0 = t + (r.count - 1) * a.stride;
+    r.t0 = t + (r.count - 1) * stride;
   }
   return r;
 }
 
-// Gradient to the input: the outputs input i wrote, [i*s - pad, i*s - pad + k) clipped.
-TFUP_HOST_DEVICE inline Run OutputsOf(const Axis& a, int64_t i) {
-  const int64_t first = a.FirstOutput(i), end = a.EndOutput(i);
-  return Run{first, 1, first + a.pad - i * a.stride, 1, end > first ? end - first : 0};
+// Gradient to the input: the outputs input i wrote, [i*s - pad, i*s - pad + k) clipped
+// (Axis::FirstOutput, EndOutput), in i's type.
+template <typename I>
+TFUP_HOST_DEVICE inline RunT<I> OutputsOf(const Axis& a, I i) {
+  const I at = i * static_cast<I>(a.stride) - static_cast<I>(a.pad);
+  const I first = at > 0 ? at : 0, end_k = at + static_cast<I>(a.k), n_out = static_cast<I>(a.n_out);
+  const I end = end_k < n_out ? end_k : n_out;
+  return RunT<I>{first, 1, first - at, 1, end > first ? static_cast<I>(end - first) : I(0)};
+}
+
+// Whether an axis' indices and the sums OutputsOf and InputsOf form (i * s + k, o + pad) fit the
+// int32 index path (with Fits32 of every tensor a launch touches).
+inline bool AxisFits32(const Axis& a) {
+  return Fits32(a.n_in * a.stride + a.k + a.pad) && Fits32(a.n_out + a.pad + a.k);
 }
 
 // Weights of tap (ty, tx): At(ty, tx) gives a per-channel weight function. A [ky, kx, C] filter ...
@@ -48,9 +64,11 @@ struct FilterWeights {
   int64_t kx, C;
   struct Tap {
     const T* p;
-    TFUP_HOST_DEVICE A operator()(int64_t c) const { return ToAcc(p[c]); }
+    template <typename I>
+    TFUP_HOST_DEVICE A operator()(I c) const { return ToAcc(p[c]); }
   };
-  TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{w + (ty * kx + tx) * C}; }
+  template <typename I>  // (int32: the filter fits too)
+  TFUP_HOST_DEVICE Tap At(I ty, I tx) const { return Tap{w + (ty * static_cast<I>(kx) + tx) * static_cast<I>(C)}; }
 };
 
 // ... or the bilinear kernel, computed per axis by geometry.h's BilinearWeight (the one
@@ -67,27 +85,28 @@ struct BilinearWeights {
   TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{Axis1(fy, ty) * Axis1(fx, tx)}; }
 };
 
-// ... or per-axis tables of them (the bilinear input gradient: each pass's axis's k weights and,
-// for the other axis, the single weight 1), filled once per launch by WeightTableBody: a load per
-// tap instead of the division that computes one. The product with the other axis's 1 is exact, so
-// the same bits as BilinearWeights.
-template <typename A>
-struct TableWeights {
-  const A* wy;
-  const A* wx;
+// ... or one axis' table of them (the bilinear input gradient's one-axis passes: the other axis'
+// weight is 1, which the product with it would keep exactly), filled once per launch by
+// WeightTableBody: a load per tap instead of the division that computes one; the same bits as
+// BilinearWeights.
+template <typename A, bool kAlongY>
+struct AxisTableWeights {
+  const A* w;
   struct Tap {
     A v;
-    TFUP_HOST_DEVICE A operator()(int64_t) const { return v; }
+    template <typename I>
+    TFUP_HOST_DEVICE A operator()(I) const { return v; }
   };
-  TFUP_HOST_DEVICE Tap At(int64_t ty, int64_t tx) const { return Tap{wy[ty] * wx[tx]}; }
+  template <typename I>
+  TFUP_HOST_DEVICE Tap At(I ty, I tx) const { return Tap{w[kAlongY ? ty : tx]}; }
 };
 template <typename A>
-struct WeightTableBody {  // table[0, ky): y's weights, [ky, ky + kx): x's, then the weight 1
+struct WeightTableBody {  // table[0, ky): y's weights, [ky, ky + kx): x's
   int64_t fy, ky, fx, kx;
   A* table;
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
-    for (int64_t t = p.block * p.bx + p.tx; t <= ky + kx; t += p.grid * p.bx) {
-      table[t] = t < ky ? BilinearWeights<A>::Axis1(fy, t) : (t < ky + kx ? BilinearWeights<A>::Axis1(fx, t - ky) : A(1));
+    for (int64_t t = p.block * p.bx + p.tx; t < ky + kx; t += p.grid * p.bx) {
+      table[t] = t < ky ? BilinearWeights<A>::Axis1(fy, t) : BilinearWeights<A>::Axis1(fx, t - ky);
     }
   }
 };
@@ -106,40 +125,42 @@ struct GatherBody {
   TD* dst;
   Weights weights;
 
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
-                                   int64_t c_end) const {
+  // I: the launch's index type (int32 where every tensor and axis fits; the same addresses).
+  template <typename I>
+  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
     using A = typename AccOf<TD>::type;
-    const Run ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
-    const Run rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
-    const TS* base = src + n * src_s.n + c0 * src_s.c;
+    const RunT<I> ry = kToInput ? OutputsOf(ay, y) : InputsOf(ay, sy, y);
+    const RunT<I> rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
+    const I src_y = static_cast<I>(src_s.y), src_x = static_cast<I>(src_s.x);
+    const TS* base = src + src_s.At(n, I(0), I(0), c0);
     if (c0 + cs >= c_end) {  // one channel (NCHW's one element per thread): no array of sums
       if (c0 >= c_end) return;
       A sum = A(0);
       if (ry.count > 0 && rx.count > 0) {  // pointers stepped to each tap, never past the last
-        const int64_t ystep = ry.di * src_s.y, xstep = rx.di * src_s.x;
-        const TS* row = base + ry.i0 * src_s.y + rx.i0 * src_s.x;
-        for (int64_t my = 0; my < ry.count; ++my) {
+        const I ystep = ry.di * src_y, xstep = rx.di * src_x;
+        const TS* row = base + (ry.i0 * src_y + rx.i0 * src_x);
+        for (I my = 0; my < ry.count; ++my) {
           if (my > 0) row += ystep;
           const TS* p = row;
-          for (int64_t mx = 0; mx < rx.count; ++mx) {
+          for (I mx = 0; mx < rx.count; ++mx) {
             if (mx > 0) p += xstep;
-            sum += A(ToAcc(*p)) * weights.At(ry.t0 + my * ry.dt, rx.t0 + mx * rx.dt)(c0);
+            sum += A(ToAcc(*p)) * weights.At(static_cast<I>(ry.t0 + my * ry.dt), static_cast<I>(rx.t0 + mx * rx.dt))(c0);
           }
         }
       }
       dst[dst_s.At(n, y, x, c0)] = Store<TD>::From(sum);
       return;
     }
-    const int64_t step = cs * src_s.c;
+    const I step = cs * static_cast<I>(src_s.c);
     A acc[kGroupLanes];
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
-    for (int64_t my = 0; my < ry.count; ++my) {
-      const int64_t iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
-      for (int64_t mx = 0; mx < rx.count; ++mx) {
-        const int64_t ix = rx.i0 + mx * rx.di, tx = rx.t0 + mx * rx.dt;
+    for (I my = 0; my < ry.count; ++my) {
+      const I iy = ry.i0 + my * ry.di, ty = ry.t0 + my * ry.dt;
+      for (I mx = 0; mx < rx.count; ++mx) {
+        const I ix = rx.i0 + mx * rx.di, tx = rx.t0 + mx * rx.dt;
         const auto w = weights.At(ty, tx);
-        const TS* p = base + iy * src_s.y + ix * src_s.x;
+        const TS* p = base + (iy * src_y + ix * src_x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {
           if (c0 + j * cs < c_end) acc[j] += A(ToAcc(p[j * step])) * w(c0 + j * cs);
@@ -149,7 +170,7 @@ struct GatherBody {
     TD* out = dst + dst_s.At(n, y, x, c0);
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) {
-      if (c0 + j * cs < c_end) out[j * cs * dst_s.c] = Store<TD>::From(acc[j]);
+      if (c0 + j * cs < c_end) out[j * cs * static_cast<I>(dst_s.c)] = Store<TD>::From(acc[j]);
     }
   }
 };

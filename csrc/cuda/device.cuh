@@ -134,6 +134,10 @@ struct Strides {
   TFUP_HOST_DEVICE int64_t At(int64_t in, int64_t iy, int64_t ix, int64_t ic) const {
     return in * n + iy * y + ix * x + ic * c;
   }
+  template <typename I>  // in a launch's index type (int32: its tensors fit, Fits32)
+  TFUP_HOST_DEVICE I At(I in, I iy, I ix, I ic) const {
+    return in * static_cast<I>(n) + iy * static_cast<I>(y) + ix * static_cast<I>(x) + ic * static_cast<I>(c);
+  }
 };
 inline Strides StridesOf(Layout layout, int64_t h, int64_t w, int64_t c) {
   if (layout == Layout::kNCHW) return {c * h * w, w, 1, h * w};
@@ -241,34 +245,43 @@ struct RowRuns {
 };
 
 // One thread per element of an NCHW (n, c, y, x) space, threads along x (coalesced there).
-template <class Body>
+template <class Body, typename I = int64_t>
 struct ColumnLanes {
   Body body;
-  int64_t elements;
+  I elements;
   Divider w, h, c;  // by the x, y and channel extents
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
-    const int64_t step = p.grid * p.bx;
-    for (int64_t i = p.block * p.bx + p.tx; i < elements; i += step) {
-      const QuotRem yx = Split(w, i), cy = Split(h, yx.q), nc = Split(c, cy.q);
-      body(nc.q, cy.r, yx.r, nc.r, 1, nc.r + 1);  // one channel
+    const I step = static_cast<I>(p.grid) * p.bx;
+    for (I i = static_cast<I>(p.block) * p.bx + p.tx; i < elements; i += step) {
+      const I yx = w.Div(i), x = i - yx * static_cast<I>(w.d);
+      const I cy = h.Div(yx), y = yx - cy * static_cast<I>(h.d);
+      const I n = c.Div(cy), ch = cy - n * static_cast<I>(c.d);
+      body(n, y, x, ch, I(1), static_cast<I>(ch + 1));  // one channel
     }
   }
   static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }
 };
 
-// Runs a body over an (n, y, x, c) space in the layout's natural order.
-template <class Exec, class Body>
+// Runs a body over an (n, y, x, c) space in the layout's natural order, its indices of type I
+// (int32 where every tensor the body touches fits, Fits32: the body then takes int32 indices).
+// ForEachNHWC: the NHWC order only (bodies that only ever run on NHWC data: no NCHW kernel built).
+template <typename I = int64_t, class Exec, class Body>
+void ForEachNHWC(const Exec& exec, int64_t n, int64_t h, int64_t w, int64_t c, const Body& body) {
+  if (n * h * w * c == 0) return;
+  Shape s;
+  const ChannelLanes<Body, I> k = ChannelLanes<Body, I>::Make(body, n * h * w, w, h, c, &s);
+  exec(s, k);
+}
+template <typename I = int64_t, class Exec, class Body>
 void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, int64_t c,
              const Body& body) {
   if (n * h * w * c == 0) return;
   if (layout == Layout::kNHWC) {
-    Shape s;
-    const ChannelLanes<Body> k = ChannelLanes<Body>::Make(body, n * h * w, w, h, c, &s);
-    exec(s, k);
+    ForEachNHWC<I>(exec, n, h, w, c, body);
   } else {
-    ColumnLanes<Body> k{body, n * h * w * c, Divider(w), Divider(h), Divider(c)};
-    exec(ColumnLanes<Body>::ShapeFor(n * h * w * c), k);
+    ColumnLanes<Body, I> k{body, static_cast<I>(n * h * w * c), Divider(w), Divider(h), Divider(c)};
+    exec(ColumnLanes<Body, I>::ShapeFor(n * h * w * c), k);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 
 #include "cuda/heads.cuh"
@@ -142,8 +143,19 @@ inline int64_t BilinearRowsBytes(const Geometry& g, DType t) {
   return (g.n * g.y.n_out * g.x.n_in * g.c * AccBytes(t) + 255) / 256 * 256;
 }
 inline int64_t BilinearScratchBytes(const Geometry& g, DType t) {
-  return BilinearRowsBytes(g, t) + (g.y.k + g.x.k + 1) * AccBytes(t);
+  return BilinearRowsBytes(g, t) + (g.y.k + g.x.k) * AccBytes(t);
 }
+
+// Runs fn(int32_t{}) where every tensor of `elements` and both axes fit 32-bit indices (Fits32,
+// AxisFits32), else fn(int64_t{}): the gathers' index type.
+template <class Fn>
+void WithIndexType(const Geometry& g, std::initializer_list<int64_t> elements, const Fn& fn) {
+  bool small = AxisFits32(g.y) && AxisFits32(g.x);
+  for (const int64_t e : elements) small = small && Fits32(e);
+  if (small) return fn(int32_t{});
+  fn(int64_t{});
+}
+
 template <class Exec>
 void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const void* dy,
                               void* dx, void* scratch) {
@@ -153,16 +165,18 @@ void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const 
     const Strides mid = StridesOf(g.layout, g.y.n_out, g.x.n_in, g.c);
     A* rows = static_cast<A*>(scratch);
     A* weights = reinterpret_cast<A*>(static_cast<char*>(scratch) + BilinearRowsBytes(g, t));
-    const A* one = weights + g.y.k + g.x.k;
-    ex(Shape::Of(256, 1, g.y.k + g.x.k + 1, 256), WeightTableBody<A>{g.y.stride, g.y.k, g.x.stride, g.x.k, weights});
-    const GatherBody<T, A, TableWeights<A>, true> along_x{
+    ex(Shape::Of(256, 1, g.y.k + g.x.k, 256), WeightTableBody<A>{g.y.stride, g.y.k, g.x.stride, g.x.k, weights});
+    const GatherBody<T, A, AxisTableWeights<A, false>, true> along_x{
         Identity(g.y.n_out), g.x, Divider(), Divider(), g.c, OutputStrides(g), mid,
-        static_cast<const T*>(dy), rows, TableWeights<A>{one, weights + g.y.k}};
-    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
-    const GatherBody<A, T, TableWeights<A>, true> along_y{
+        static_cast<const T*>(dy), rows, AxisTableWeights<A, false>{weights + g.y.k}};
+    const GatherBody<A, T, AxisTableWeights<A, true>, true> along_y{
         g.y, Identity(g.x.n_in), Divider(), Divider(), g.c, mid, InputStrides(g), rows,
-        static_cast<T*>(dx), TableWeights<A>{weights, one}};
-    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
+        static_cast<T*>(dx), AxisTableWeights<A, true>{weights}};
+    WithIndexType(g, {g.OutputElements(), g.InputElements()}, [&](auto index) {
+      using I = decltype(index);
+      ForEach<I>(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
+      ForEach<I>(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);
+    });
   });
 }
 
@@ -179,8 +193,10 @@ void RunDepthwiseGather(const Exec& ex, const Geometry& g, DType t, const void* 
         g.y, g.x, sy, sx, g.c, kAdjoint ? OutputStrides(g) : InputStrides(g),
         kAdjoint ? InputStrides(g) : OutputStrides(g), static_cast<const T*>(src),
         static_cast<T*>(dst), FilterWeights<T>{static_cast<const T*>(filter), g.x.k, g.c}};
-    ForEach(ex, g.layout, g.n, kAdjoint ? g.y.n_in : g.y.n_out, kAdjoint ? g.x.n_in : g.x.n_out,
-            g.c, b);
+    WithIndexType(g, {g.OutputElements(), g.InputElements(), g.y.k * g.x.k * g.c}, [&](auto index) {
+      ForEach<decltype(index)>(ex, g.layout, g.n, kAdjoint ? g.y.n_in : g.y.n_out,
+                               kAdjoint ? g.x.n_in : g.x.n_out, g.c, b);
+    });
   });
 }
 
@@ -231,12 +247,12 @@ void RunDepthwiseBackpropFilter(const Exec& ex, const Geometry& g, DType t, cons
       const FilterPartialBody<T> part{g.y, g.x, g.c, chunks.rows, chunks.per, g.x.k, g.y.k, by_h,
                                       InputStrides(g), OutputStrides(g), static_cast<const T*>(in),
                                       static_cast<const T*>(dy), partial};
-      ForEach(ex, Layout::kNHWC, chunks.count, g.y.k, g.x.k, g.c, part);
+      ForEachNHWC(ex, chunks.count, g.y.k, g.x.k, g.c, part);
     }
     const FilterReduceBody<T, A> level1{chunks.partials, kFilterGroup, taps, g.c, g.x.k, partial, sums};
-    ForEach(ex, Layout::kNHWC, chunks.groups, g.y.k, g.x.k, g.c, level1);
+    ForEachNHWC(ex, chunks.groups, g.y.k, g.x.k, g.c, level1);
     const FilterReduceBody<T, T> level2{chunks.groups, chunks.groups, taps, g.c, g.x.k, sums, static_cast<T*>(dw)};
-    ForEach(ex, Layout::kNHWC, 1, g.y.k, g.x.k, g.c, level2);
+    ForEachNHWC(ex, 1, g.y.k, g.x.k, g.c, level2);
   });
 }
 
@@ -283,11 +299,11 @@ void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* l
     const ArgmaxPass1<T> pass1{MakeHead<T>(g, logits), masks, reinterpret_cast<A*>(base + sizes.masks),
                                reinterpret_cast<A*>(base + sizes.masks + sizes.stats)};
     const int64_t words = MaskWords(g.c), sub_h = 2 * g.y.n_in * SubBlocks(g.y), sub_w = 2 * g.x.n_in * SubBlocks(g.x);
-    ForEach(ex, Layout::kNHWC, g.n, 2 * g.y.n_in, 2 * g.x.n_in, words, ArgmaxPass1Body<T, 0>{pass1});
-    ForEach(ex, Layout::kNHWC, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 1>{pass1});
-    ForEach(ex, Layout::kNHWC, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 2>{pass1});
+    ForEachNHWC(ex, g.n, 2 * g.y.n_in, 2 * g.x.n_in, words, ArgmaxPass1Body<T, 0>{pass1});
+    ForEachNHWC(ex, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 1>{pass1});
+    ForEachNHWC(ex, g.n, sub_h, sub_w, words, ArgmaxPass1Body<T, 2>{pass1});
     const ArgmaxBody<T> b{MakeHead<T>(g, logits), masks, labels, static_cast<T*>(scores)};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+    ForEachNHWC(ex, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
@@ -297,7 +313,7 @@ void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const v
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, rule, static_cast<T*>(loss), stats};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+    ForEachNHWC(ex, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
@@ -309,7 +325,7 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
     using T = decltype(tag);
     const CrossEntropyGradBody<T> b{MakeHead<T>(g, logits), labels, rule, stats,
                                     static_cast<const T*>(loss_grad), static_cast<T*>(grad)};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
+    ForEachNHWC(ex, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
 }
 
@@ -324,7 +340,9 @@ void RunResizeBilinear(const Exec& ex, const Geometry& g, DType t, const void* i
     const ResizeForwardBody<T> b{g.y, g.x, g.resize, ResizeScale(g.y.n_in, g.y.n_out, g.resize),
                                  ResizeScale(g.x.n_in, g.x.n_out, g.resize), InputStrides(g),
                                  OutputStrides(g), static_cast<const T*>(in), static_cast<float*>(out)};
-    ForEach(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
+    WithIndexType(g, {g.OutputElements(), g.InputElements()}, [&](auto index) {
+      ForEach<decltype(index)>(ex, g.layout, g.n, g.y.n_out, g.x.n_out, g.c, b);
+    });
   });
 }
 
@@ -360,10 +378,13 @@ void RunResizeBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, 
     const Strides mid = StridesOf(g.layout, g.y.n_in, g.x.n_out, g.c);
     const ResizeGatherBody<float, A, A> along_y{false, g.y.n_in, g.resize, r.sy, r.first_y, r.end_y,
                                                OutputStrides(g), mid, static_cast<const float*>(dy), rows};
-    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_out, g.c, along_y);
     const ResizeGatherBody<A, T, A> along_x{true, g.x.n_in, g.resize, r.sx, r.first_x, r.end_x,
                                            mid, InputStrides(g), rows, static_cast<T*>(dx)};
-    ForEach(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_x);
+    WithIndexType(g, {g.OutputElements(), g.InputElements(), g.n * g.y.n_in * g.x.n_out * g.c}, [&](auto index) {
+      using I = decltype(index);
+      ForEach<I>(ex, g.layout, g.n, g.y.n_in, g.x.n_out, g.c, along_y);
+      ForEach<I>(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_x);
+    });
   });
 }
 
@@ -380,7 +401,7 @@ void RunResizeArgmax(const Exec& ex, const Geometry& g, DType t, const void* log
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const ResizeArgmaxBody<T> b{MakeResizeHead<T>(g, logits), labels, static_cast<float*>(scores)};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+    ForEachNHWC(ex, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
@@ -391,7 +412,7 @@ void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const voi
     using T = decltype(tag);
     const ResizeCrossEntropyBody<T> b{MakeResizeHead<T>(g, logits), labels, rule,
                                       static_cast<float*>(loss), stats};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_out, g.x.n_out, 1, b);
+    ForEachNHWC(ex, g.n, g.y.n_out, g.x.n_out, 1, b);
   });
 }
 
@@ -405,7 +426,7 @@ void RunResizeCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const
     const ResizeCrossEntropyGradBody<T> b{MakeResizeHead<T>(g, logits), r.first_y, r.end_y, r.first_x, r.end_x,
                                           labels, rule, stats, static_cast<const float*>(loss_grad),
                                           static_cast<T*>(grad)};
-    ForEach(ex, Layout::kNHWC, g.n, g.y.n_in, g.x.n_in, g.c, b);
+    ForEachNHWC(ex, g.n, g.y.n_in, g.x.n_in, g.c, b);
   });
 }
 inline int64_t ResizeHeadScratchBytes(const Geometry& g, DType) { return ResizeTableBytes(g); }

@@ -24,21 +24,22 @@ struct ResizeForwardBody {
   const T* in;
   float* out;
 
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
-                                   int64_t c_end) const {
-    const ResizeTap ty = ResizeTapOf(mode, scale_y, y, ay.n_in);
-    const ResizeTap tx = ResizeTapOf(mode, scale_x, x, ax.n_in);
-    const T* base = in + n * in_s.n;
-    const int64_t o00 = ty.lower * in_s.y + tx.lower * in_s.x, o01 = ty.lower * in_s.y + tx.upper * in_s.x;
-    const int64_t o10 = ty.upper * in_s.y + tx.lower * in_s.x, o11 = ty.upper * in_s.y + tx.upper * in_s.x;
-    float* dst = out + out_s.At(n, y, x, 0);
-    for (int64_t c = c0; c < c_end; c += cs) {
-      const T* p = base + c * in_s.c;
+  template <typename I>  // the launch's index type (WithIndexType)
+  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
+    const ResizeTapT<I> ty = ResizeTapOf(mode, scale_y, y, ay.n_in);
+    const ResizeTapT<I> tx = ResizeTapOf(mode, scale_x, x, ax.n_in);
+    const T* base = in + n * static_cast<I>(in_s.n);
+    const I sy = static_cast<I>(in_s.y), sx = static_cast<I>(in_s.x), sc = static_cast<I>(in_s.c);
+    const I o00 = ty.lower * sy + tx.lower * sx, o01 = ty.lower * sy + tx.upper * sx;
+    const I o10 = ty.upper * sy + tx.lower * sx, o11 = ty.upper * sy + tx.upper * sx;
+    float* dst = out + out_s.At(n, y, x, I(0));
+    for (I c = c0; c < c_end; c += cs) {
+      const T* p = base + c * sc;
       const float tl = ResizeLoad(p + o00), tr = ResizeLoad(p + o01);
       const float bl = ResizeLoad(p + o10), br = ResizeLoad(p + o11);
       const float top = tl + (tr - tl) * tx.lerp;
       const float bottom = bl + (br - bl) * tx.lerp;
-      dst[c * out_s.c] = top + (bottom - top) * ty.lerp;
+      dst[c * static_cast<I>(out_s.c)] = top + (bottom - top) * ty.lerp;
     }
   }
 };
@@ -89,20 +90,20 @@ struct ResizeGatherBody {
   const TS* src;
   TD* dst;
 
-  TFUP_HOST_DEVICE void operator()(int64_t n, int64_t y, int64_t x, int64_t c0, int64_t cs,
-                                   int64_t c_end) const {
-    const int64_t i = along_x ? x : y;
+  template <typename I>  // the launch's index type (WithIndexType)
+  TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
+    const I i = along_x ? x : y, step = cs * static_cast<I>(src_s.c);
     A acc[kGroupLanes];
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) acc[j] = A(0);
-    for (int64_t o = first[i]; o < end[i]; ++o) {
-      const ResizeTap t = ResizeTapOf(mode, scale, o, n_in);
+    for (I o = static_cast<I>(first[i]); o < static_cast<I>(end[i]); ++o) {
+      const ResizeTapT<I> t = ResizeTapOf(mode, scale, o, n_in);
       const A wl = A(1.0f - t.lerp), wu = A(t.lerp);
       const TS* p = src + (along_x ? src_s.At(n, y, o, c0) : src_s.At(n, o, x, c0));
       TFUP_UNROLL
       for (int j = 0; j < kGroupLanes; ++j) {
         if (c0 + j * cs < c_end) {
-          const A v = A(ToAcc(p[j * cs * src_s.c]));
+          const A v = A(ToAcc(p[j * step]));
           if (t.lower == i) acc[j] += wl * v;
           if (t.upper == i) acc[j] += wu * v;
         }
@@ -111,7 +112,7 @@ struct ResizeGatherBody {
     TD* out = dst + dst_s.At(n, y, x, c0);
     TFUP_UNROLL
     for (int j = 0; j < kGroupLanes; ++j) {
-      if (c0 + j * cs < c_end) out[j * cs * dst_s.c] = Store<TD>::From(acc[j]);
+      if (c0 + j * cs < c_end) out[j * cs * static_cast<I>(dst_s.c)] = Store<TD>::From(acc[j]);
     }
   }
 };

@@ -21,7 +21,11 @@ def have_nvcc():
 def build(directory, defines=()):
     """Compile emulate.cu into directory (with the -D defines given); returns the loaded library."""
     so = os.path.join(directory, "emulate.so")
-    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC", *("-D" + d for d in defines),
+    # -fno-gnu-unique: the op table (a static in the inline FindOp) is otherwise a GNU unique symbol,
+    # one per process, so a second build loaded beside the first (another -D) ran the first one's
+    # ops, and the two compared equal whatever their defines.
+    subprocess.run(["nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC,-fno-gnu-unique",
+                    *("-D" + d for d in defines),
                     "-I" + os.path.join(ROOT, "csrc"),
                     os.path.join(ROOT, "tests", "cuda_host", "emulate.cu"), "-o", so], check=True)
     lib = ctypes.CDLL(so)
