@@ -15,7 +15,9 @@ with cuobjdump and counts the instructions a thread executes:
   median of two consecutive walks, halved);
 - per element: steps and setups at the shapes the issue names, divided by the elements.
 The budget is 24 (what an H100 can issue per element at 85% of its copy bandwidth). Also prints
-the -Xptxas -v summary (stack frames, spills, registers) of every entry function of kernels.cu.
+the -Xptxas -v summary (stack frames, spills, registers) of every entry function of kernels.cu,
+and the float32 input gradient's pass along x (int32 indices): instructions per tap of its
+densest loop and the static count before it, in both layouts.
 
 Needs nvcc, cuobjdump and nvdisasm (the pip wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm).
 
