@@ -356,52 +356,50 @@ def test_bilinear_forward_launch_shapes_and_index_widths(emu, emu64, shape, f, l
 # channel per thread (NCHW) and channel groups past one warp (NHWC, 600: 3 groups), up and down.
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_gathers_index_widths_agree(emu, emu64, layout, rng):
-    def both(op, d, dtype, out_shape, *ins):
+    assert emu.tfup_emu_index32_limit() > 2**30 and emu64.tfup_emu_index32_limit() == 0
+
+    def both(op, d, out_dtype, out_shape, *ins, dtype=None):
         outs = []
         for lib in (emu, emu64):
-            out = np.full(out_shape, np.nan, DTYPES[dtype][1])  # every element must be written
-            call(lib, op, d, dtype, *[to_layout(a, layout) for a in ins], out)
+            out = np.full(out_shape, np.nan, DTYPES[out_dtype][1])  # every element must be written
+            ins_laid = [a if a.ndim == 3 else to_layout(a, layout) for a in ins]  # (a filter stays)
+            call(lib, op, d, dtype or out_dtype, *ins_laid, out)
             outs.append(out)
         np.testing.assert_array_equal(outs[0], outs[1], err_msg=op)
         return from_layout(outs[0].astype(np.float64), layout)
 
-    for shape, f in (((1, 2, 3, 600), 2), ((2, 3, 4, 5), 3), ((1, 2, 2, 3), 32)):
-        dy = rng.standard_normal((shape[0], shape[1] * f, shape[2] * f, shape[3])).astype(np.float32)
-        dx = both("BilinearBackpropInput", bilinear_dims(shape, f, layout), "float32",
+    for (shape, f), dtype in zip((((1, 2, 3, 600), 2), ((2, 3, 4, 5), 3), ((1, 2, 2, 3), 32)),
+                                 ("float32", "bfloat16", "float64")):
+        dy = rng.standard_normal((shape[0], shape[1] * f, shape[2] * f, shape[3])).astype(DTYPES[dtype][1])
+        dx = both("BilinearBackpropInput", bilinear_dims(shape, f, layout), dtype,
                   to_layout(np.zeros(shape), layout).shape, dy)
-        ref.assert_close(dx, ref.bilinear_grad_loop(dy, f), "float32", "input_grad")
-    for case in CASES[:5]:
+        ref.assert_close(dx, ref.bilinear_grad_loop(dy, f), dtype, "input_grad")
+    # Depthwise: every case (300 channels: two channel groups; empty batch and input height).
+    for case, dtype in zip(CASES, ("float64", "float16", "float32") * 3):
         shape, k, s, padding, out = case
         out_hw = _out_hw(shape, k, s, padding, out)
-        x = rng.standard_normal(shape)
-        w = rng.standard_normal((*k, shape[3]))
-        dy = rng.standard_normal((shape[0], *out_hw, shape[3]))
+        np_t = DTYPES[dtype][1]
+        x = rng.standard_normal(shape).astype(np_t)
+        w = rng.standard_normal((*k, shape[3])).astype(np_t)
+        dy = rng.standard_normal((shape[0], *out_hw, shape[3])).astype(np_t)
         d = dims(shape, out_hw, k, s, padding, layout)
-        y_shape = to_layout(np.zeros((shape[0], *out_hw, shape[3])), layout).shape
-        outs = []
-        for lib in (emu, emu64):
-            y = np.full(y_shape, np.nan)
-            call(lib, "DepthwiseForward", d, "float64", to_layout(x, layout), w, y)
-            outs.append(y)
-        np.testing.assert_array_equal(outs[0], outs[1], err_msg=str(case))
-        ref.assert_close(from_layout(outs[0], layout), ref.transposed_conv_loop(x, w, out_hw, s, padding), "float64")
-        outs = []
-        for lib in (emu, emu64):
-            dx = np.full(to_layout(x, layout).shape, np.nan)
-            call(lib, "DepthwiseBackpropInput", d, "float64", to_layout(dy, layout), w, dx)
-            outs.append(dx)
-        np.testing.assert_array_equal(outs[0], outs[1], err_msg=str(case))
-        ref.assert_close(from_layout(outs[0], layout),
-                         ref.transposed_conv_input_grad_loop(dy, w, shape[1:3], s, padding), "float64", "input_grad")
-    for (h, w_in, oh, ow), c, name in (((3, 5, 8, 13), 3, "half_pixel"), ((9, 9, 65, 65), 2, "align_corners"),
-                                      ((12, 7, 5, 3), 40, "half_pixel"), ((4, 6, 9, 4), 600, "asymmetric")):
-        x = rng.standard_normal((2, h, w_in, c)).astype(np.float32)
+        y = both("DepthwiseForward", d, dtype, to_layout(dy, layout).shape, x, w)
+        ref.assert_close(y, ref.transposed_conv_loop(x.astype(np.float64), w.astype(np.float64), out_hw, s, padding),
+                         dtype)
+        dx = both("DepthwiseBackpropInput", d, dtype, to_layout(x, layout).shape, dy, w)
+        ref.assert_close(dx, ref.transposed_conv_input_grad_loop(dy.astype(np.float64), w.astype(np.float64),
+                                                                 shape[1:3], s, padding), dtype, "input_grad")
+    for (h, w_in, oh, ow), c, name, dtype in (((3, 5, 8, 13), 3, "half_pixel", "float32"),
+                                             ((9, 9, 65, 65), 2, "align_corners", "float16"),
+                                             ((12, 7, 5, 3), 40, "half_pixel", "float64"),
+                                             ((4, 6, 9, 4), 600, "asymmetric", "float32")):
+        x = rng.standard_normal((2, h, w_in, c)).astype(DTYPES[dtype][1])
         g = rng.standard_normal((2, oh, ow, c)).astype(np.float32)
         args = tc._args(2, h, w_in, c, oh, ow, (1, 1), (1, 1), data_format=layout, resize=name)
-        y = both("ResizeBilinear", args, "float32", to_layout(np.zeros((2, oh, ow, c)), layout).shape, x)
-        ref.assert_close(y, ref.resize_bilinear_loop(x, (oh, ow), name), "float32")
-        dx = both("ResizeBilinearBackpropInput", args, "float32", to_layout(x, layout).shape, g)
-        ref.assert_close(dx, ref.resize_bilinear_grad_loop(g, (h, w_in), name), "float32", "resize_grad")
+        y = both("ResizeBilinear", args, "float32", to_layout(np.zeros((2, oh, ow, c)), layout).shape, x, dtype=dtype)
+        ref.assert_close(y, ref.resize_bilinear_loop(x.astype(np.float64), (oh, ow), name), "float32")
+        dx = both("ResizeBilinearBackpropInput", args, dtype, to_layout(x, layout).shape, g)
+        ref.assert_close(dx, ref.resize_bilinear_grad_loop(g, (h, w_in), name), dtype, "resize_grad")
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])

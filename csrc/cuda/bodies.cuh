@@ -53,7 +53,8 @@ TFUP_HOST_DEVICE inline RunT<I> OutputsOf(const Axis& a, I i) {
 // Whether an axis' indices and the sums OutputsOf and InputsOf form (i * s + k, o + pad) fit the
 // int32 index path (with Fits32 of every tensor a launch touches).
 inline bool AxisFits32(const Axis& a) {
-  return Fits32(a.n_in * a.stride + a.k + a.pad) && Fits32(a.n_out + a.pad + a.k);
+  const bool each = Fits32(a.n_in) && Fits32(a.n_out) && Fits32(a.stride) && Fits32(a.k) && Fits32(a.pad);
+  return each && Fits32(a.n_in * a.stride + a.k + a.pad) && Fits32(a.n_out + a.pad + a.k);  // (no overflow)
 }
 
 // Weights of tap (ty, tx): At(ty, tx) gives a per-channel weight function. A [ky, kx, C] filter ...

@@ -172,7 +172,7 @@ void RunBilinearBackpropInput(const Exec& ex, const Geometry& g, DType t, const 
     const GatherBody<A, T, AxisTableWeights<A, true>, true> along_y{
         g.y, Identity(g.x.n_in), Divider(), Divider(), g.c, mid, InputStrides(g), rows,
         static_cast<T*>(dx), AxisTableWeights<A, true>{weights}};
-    WithIndexType(g, {g.OutputElements(), g.InputElements()}, [&](auto index) {
+    WithIndexType(g, {g.OutputElements(), g.InputElements(), g.n * g.y.n_out * g.x.n_in * g.c}, [&](auto index) {
       using I = decltype(index);
       ForEach<I>(ex, g.layout, g.n, g.y.n_out, g.x.n_in, g.c, along_x);
       ForEach<I>(ex, g.layout, g.n, g.y.n_in, g.x.n_in, g.c, along_y);

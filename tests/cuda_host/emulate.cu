@@ -48,6 +48,9 @@ extern "C" int32_t tfup_emu_divide32(int32_t n, int64_t d) {
   return tfup::cuda::Divider(d).Div(n);
 }
 
+// The element count below which a launch takes int32 indices (Fits32): 0 in the 64-bit build.
+extern "C" int64_t tfup_emu_index32_limit() { return TFUP_INDEX32_LIMIT; }
+
 // The one-multiply division (n < 2^32 / d).
 extern "C" int32_t tfup_emu_divide_short(int32_t n, int64_t d) {
   return tfup::cuda::ShortDivider(d).Div(n);

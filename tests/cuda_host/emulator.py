@@ -40,6 +40,7 @@ def build(directory, defines=()):
     lib.tfup_emu_divide.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.tfup_emu_divide32.restype = ctypes.c_int32
     lib.tfup_emu_divide32.argtypes = [ctypes.c_int32, ctypes.c_int64]
+    lib.tfup_emu_index32_limit.restype = ctypes.c_int64
     lib.tfup_emu_divide_short.restype = ctypes.c_int32
     lib.tfup_emu_divide_short.argtypes = [ctypes.c_int32, ctypes.c_int64]
     lib.tfup_emu_bilinear_kernel_size.restype = ctypes.c_int64
