@@ -286,16 +286,18 @@ def main(argv=None):
     for label, total in alone:
         print(f"| {label} | (the pairs that straddle an input row at odd factors) | {total:.1f} | - |")
     # The input gradient's pass along x (the larger one: it reads every output-gradient element, each
-    # by two taps), int32 indices: NCHW one element per thread (a tap loads the element and its
-    # weight), NHWC a thread's 8 channels per tap (8 elements and the weight).
+    # by two taps), int32 indices: NCHW and NHWC under 32 channels one element per thread (a tap
+    # loads the element and its weight), NHWC a thread's 8 channels per tap (8 elements and the weight).
     gather = "GatherBodyIffNS0_16AxisTableWeightsIfLb0EEELb1EEEiEE"
     nchw_tap, nchw_setup = _tap_loop(kernel("ColumnLanesINS0_10" + gather), 2)
     nhwc_tap, nhwc_setup = _tap_loop(kernel("ChannelLanesINS0_10" + gather), 9)
+    few_tap, few_setup = _tap_loop(kernel("ElementLanesINS0_10" + gather), 2)
     print("\n| float32 input gradient, pass along x (int32) | per tap | before the tap loop (static) | "
           "per output-gradient element (2 taps) at f = 2 / 32 |")
     print("|---|---|---|---|")
     for label, tap, setup, per_tap in (("NCHW, one element per thread", nchw_tap, nchw_setup, 1),
-                                       ("NHWC, 8 channels per thread", nhwc_tap, nhwc_setup, 8)):
+                                       ("NHWC, 8 channels per thread", nhwc_tap, nhwc_setup, 8),
+                                       ("NHWC under 32 channels, one element per thread", few_tap, few_setup, 1)):
         at = lambda f: 2 * (tap + setup / (2 * f)) / per_tap  # noqa: E731 (k = 2f taps per element)
         print(f"| {label} | {tap:.1f} | {setup} | {at(2):.1f} / {at(32):.1f} |")
     return 0 if max(r[2] for r in rows) <= BUDGET else 1

@@ -263,6 +263,28 @@ struct ColumnLanes {
   static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }
 };
 
+// One thread per element of an NHWC (n, y, x, c) space in memory order, threads along the flat
+// (x, c) index (coalesced): for pixels of fewer than 32 channels, where ChannelLanes' warps across
+// a pixel's channels leave lanes idle (21 channels: 11 of 32) and give each thread one element
+// anyway.
+template <class Body, typename I = int64_t>
+struct ElementLanes {
+  Body body;
+  I elements;
+  Divider c, w, h;  // by the channel, x and y extents
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const I step = static_cast<I>(p.grid) * p.bx;
+    for (I i = static_cast<I>(p.block) * p.bx + p.tx; i < elements; i += step) {
+      const I px = c.Div(i), ch = i - px * static_cast<I>(c.d);
+      const I yx = w.Div(px), x = px - yx * static_cast<I>(w.d);
+      const I n = h.Div(yx), y = yx - n * static_cast<I>(h.d);
+      body(n, y, x, ch, I(1), static_cast<I>(ch + 1));  // one channel
+    }
+  }
+};
+constexpr int64_t kElementLanesBelow = 32;  // channels under which ForEach runs ElementLanes
+
 // Runs a body over an (n, y, x, c) space in the layout's natural order, its indices of type I
 // (int32 where every tensor the body touches fits, Fits32: the body then takes int32 indices).
 // ForEachNHWC: the NHWC order only (bodies that only ever run on NHWC data: no NCHW kernel built).
@@ -277,7 +299,10 @@ template <typename I = int64_t, class Exec, class Body>
 void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, int64_t c,
              const Body& body) {
   if (n * h * w * c == 0) return;
-  if (layout == Layout::kNHWC) {
+  if (layout == Layout::kNHWC && c < kElementLanesBelow) {
+    ElementLanes<Body, I> k{body, static_cast<I>(n * h * w * c), Divider(c), Divider(w), Divider(h)};
+    exec(Shape::Of(256, 1, n * h * w * c, 256), k);
+  } else if (layout == Layout::kNHWC) {
     ForEachNHWC<I>(exec, n, h, w, c, body);
   } else {
     ColumnLanes<Body, I> k{body, static_cast<I>(n * h * w * c), Divider(w), Divider(h), Divider(c)};
