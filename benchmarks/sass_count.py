@@ -204,21 +204,23 @@ LANES(lanes4_warp, 4)
 def _tap_loop(ins, loads_per_tap):
     """(instructions per tap, instructions before it) of a gather's tap loop: the loop (a backward
     branch) whose body has the most global loads per instruction (the unrolled inner loop), each
-    tap loading loads_per_tap values; the static count before the loop's top bounds the
-    per-element setup from above."""
+    tap loading loads_per_tap values. Before it: the static count from the top of the loop over
+    elements (the second loop around it, outside the loop over the other axis' taps) to the tap
+    loop, an upper bound of the per-element setup."""
     where = {a: i for i, (a, _) in enumerate(ins)}
-    best = None
+    loops = []
     for i, (_, text) in enumerate(ins):
-        m = re.match(r"@!?U?P\w+ BRA(?:\.\w+)* 0x([0-9a-f]+)", text)
+        m = re.match(r"(?:@!?U?P\w+ )?BRA(?:\.\w+)* 0x([0-9a-f]+)", text)
         top = where.get(int(m.group(1), 16)) if m else None
         if top is not None and top < i:
-            loads = sum(bool(re.search(r"\bLDG", t)) for _, t in ins[top:i + 1])
-            if loads and (best is None or loads / (i + 1 - top) > best[0] / best[1]):
-                best = (loads, i + 1 - top, top)
-    if best is None:
+            loops.append((top, i, sum(bool(re.search(r"\bLDG", t)) for _, t in ins[top:i + 1])))
+    dense = [lp for lp in loops if lp[2]]
+    if not dense:
         raise ValueError("no loop with loads")
-    loads, size, top = best
-    return size / (loads / loads_per_tap), top
+    top, end, loads = max(dense, key=lambda lp: lp[2] / (lp[1] + 1 - lp[0]))
+    around = sorted((lp for lp in loops if lp[0] < top and lp[1] > end), key=lambda lp: lp[1] - lp[0])
+    start = around[1][0] if len(around) > 1 else 0
+    return (end + 1 - top) / (loads / loads_per_tap), top - start
 
 
 def main(argv=None):
@@ -289,13 +291,13 @@ def main(argv=None):
     # by two taps), int32 indices: NCHW and NHWC under 32 channels one element per thread (a tap
     # loads the element and its weight), NHWC a thread's 8 channels per tap (8 elements and the weight).
     gather = "GatherBodyIffNS0_16AxisTableWeightsIfLb0EEELb1EEEiEE"
-    nchw_tap, nchw_setup = _tap_loop(kernel("ColumnLanesINS0_10" + gather), 2)
+    nchw_tap, nchw_setup = _tap_loop(kernel("ColumnRunsINS0_10" + gather), 2)
     nhwc_tap, nhwc_setup = _tap_loop(kernel("ChannelLanesINS0_10" + gather), 9)
     few_tap, few_setup = _tap_loop(kernel("ElementLanesINS0_10" + gather), 2)
-    print("\n| float32 input gradient, pass along x (int32) | per tap | before the tap loop (static) | "
+    print("\n| float32 input gradient, pass along x (int32) | per tap | per element before the tap loop (static) | "
           "per output-gradient element (2 taps) at f = 2 / 32 |")
     print("|---|---|---|---|")
-    for label, tap, setup, per_tap in (("NCHW, one element per thread", nchw_tap, nchw_setup, 1),
+    for label, tap, setup, per_tap in (("NCHW, runs of 16 along x per thread", nchw_tap, nchw_setup, 1),
                                        ("NHWC, 8 channels per thread", nhwc_tap, nhwc_setup, 8),
                                        ("NHWC under 32 channels, one element per thread", few_tap, few_setup, 1)):
         at = lambda f: 2 * (tap + setup / (2 * f)) / per_tap  # noqa: E731 (k = 2f taps per element)

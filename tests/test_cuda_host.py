@@ -352,8 +352,10 @@ def test_bilinear_forward_launch_shapes_and_index_widths(emu, emu64, shape, f, l
 
 # The gathers (the bilinear input gradient's two passes, the depthwise forward and input
 # gradient, the resize and its gradient's two passes) run int32 indices where every tensor and
-# axis fits and int64 otherwise: both give the same bits, and the loops' values. Shapes: one
-# channel per thread (NCHW) and channel groups past one warp (NHWC, 600: 3 groups), up and down.
+# axis fits and int64 otherwise: both give the same bits, and the loops' values. Shapes: NCHW
+# (int32: runs of 16 x per lane, rows of more than one 512-element piece; int64: an element per
+# thread), NHWC under 32 channels (an element per thread) and channel groups past one warp (600:
+# 3 groups), up and down.
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_gathers_index_widths_agree(emu, emu64, layout, rng):
     assert emu.tfup_emu_index32_limit() > 2**30 and emu64.tfup_emu_index32_limit() == 0
@@ -392,7 +394,8 @@ def test_gathers_index_widths_agree(emu, emu64, layout, rng):
     for (h, w_in, oh, ow), c, name, dtype in (((3, 5, 8, 13), 3, "half_pixel", "float32"),
                                              ((9, 9, 65, 65), 2, "align_corners", "float16"),
                                              ((12, 7, 5, 3), 40, "half_pixel", "float64"),
-                                             ((4, 6, 9, 4), 600, "asymmetric", "float32")):
+                                             ((4, 6, 9, 4), 600, "asymmetric", "float32"),
+                                             ((3, 40, 2, 1100), 2, "half_pixel", "float32")):  # rows of 3 runs
         x = rng.standard_normal((2, h, w_in, c)).astype(DTYPES[dtype][1])
         g = rng.standard_normal((2, oh, ow, c)).astype(np.float32)
         args = tc._args(2, h, w_in, c, oh, ow, (1, 1), (1, 1), data_format=layout, resize=name)

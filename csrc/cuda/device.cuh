@@ -13,8 +13,10 @@
 
 #if defined(__CUDA_ARCH__)
 #define TFUP_UNROLL _Pragma("unroll")
+#define TFUP_NO_UNROLL _Pragma("unroll 1")
 #else
 #define TFUP_UNROLL
+#define TFUP_NO_UNROLL
 #endif
 
 namespace tfup {
@@ -263,6 +265,40 @@ struct ColumnLanes {
   static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }
 };
 
+// ... or with int32 indices, each row (n, c, y) cut into pieces of kRunLanes * kRun elements along
+// x; a warp takes a piece, lane l its elements x = l, l + 32, ... (coalesced), one channel each,
+// so the row's index work (three divisions; the body's per-row terms, hoisted out of the run) is
+// done once per up to kRun elements rather than per element. (With int64 indices the bodies that
+// keep 8 channels' sums spilled registers in it.)
+template <class Body, typename I = int64_t>
+struct ColumnRuns {
+  Body body;
+  I items, w, per_row;   // items = rows * per_row
+  Divider pieces, h, c;  // by per_row, the y and the channel extents
+
+  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
+    const I step = static_cast<I>(p.grid) * p.by;
+    for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
+      const I row = pieces.Div(i), piece = i - row * per_row;
+      const I cy = h.Div(row), y = row - cy * static_cast<I>(h.d);
+      const I n = c.Div(cy), ch = cy - n * static_cast<I>(c.d);
+      const I x0 = piece * (kRunLanes * kRun) + p.tx;
+      TFUP_NO_UNROLL
+      for (int j = 0; j < kRun; ++j) {
+        const I x = x0 + j * kRunLanes;
+        if (x >= w) break;
+        body(n, y, x, ch, I(1), static_cast<I>(ch + 1));
+      }
+    }
+  }
+  static ColumnRuns Make(const Body& body, int64_t n, int64_t c, int64_t h, int64_t w, Shape* s) {
+    const int64_t per_row = (w + kRunLanes * kRun - 1) / (kRunLanes * kRun), items = n * c * h * per_row;
+    *s = Shape::Of(kRunLanes, 256 / kRunLanes, items, 256 / kRunLanes);
+    return ColumnRuns{body, static_cast<I>(items), static_cast<I>(w), static_cast<I>(per_row),
+                      Divider(per_row), Divider(h), Divider(c)};
+  }
+};
+
 // One thread per element of an NHWC (n, y, x, c) space in memory order, threads along the flat
 // (x, c) index (coalesced): for pixels of fewer than 32 channels, where ChannelLanes' warps across
 // a pixel's channels leave lanes idle (21 channels: 11 of 32) and give each thread one element
@@ -305,8 +341,14 @@ void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, i
   } else if (layout == Layout::kNHWC) {
     ForEachNHWC<I>(exec, n, h, w, c, body);
   } else {
-    ColumnLanes<Body, I> k{body, static_cast<I>(n * h * w * c), Divider(w), Divider(h), Divider(c)};
-    exec(ColumnLanes<Body, I>::ShapeFor(n * h * w * c), k);
+    if constexpr (std::is_same<I, int64_t>::value) {
+      ColumnLanes<Body, I> k{body, n * h * w * c, Divider(w), Divider(h), Divider(c)};
+      exec(ColumnLanes<Body, I>::ShapeFor(n * h * w * c), k);
+    } else {
+      Shape s;
+      const ColumnRuns<Body, I> k = ColumnRuns<Body, I>::Make(body, n, c, h, w, &s);
+      exec(s, k);
+    }
   }
 }
 
