@@ -293,7 +293,7 @@ def main(argv=None):
     gather = "GatherBodyIffNS0_16AxisTableWeightsIfLb0EEELb1EEEiEE"
     nchw_tap, nchw_setup = _tap_loop(kernel("ColumnRunsINS0_10" + gather), 2)
     nhwc_tap, nhwc_setup = _tap_loop(kernel("ChannelLanesINS0_10" + gather), 9)
-    few_tap, few_setup = _tap_loop(kernel("ElementLanesINS0_10" + gather), 2)
+    few_tap, few_setup = _tap_loop(kernel("ElementLanesINS0_10" + gather[:-2] + "Lb1EE"), 2)
     print("\n| float32 input gradient, pass along x (int32) | per tap | per element before the tap loop (static) | "
           "per output-gradient element (2 taps) at f = 2 / 32 |")
     print("|---|---|---|---|")

@@ -144,18 +144,25 @@ def _out_hw(shape, k, s, padding, out):
                  for n, kk, st in zip(shape[1:3], k, s))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("dtype", list(DTYPES))
-def test_depthwise_forward_and_gradients(emu, case, layout, dtype, rng):
+def _depthwise_case(case, layout, dtype, rng):
+    """(shape, strides, padding, output size, x, filter, dy, the binding's dims) of a CASES entry."""
     shape, k, s, padding, out = case
     out_hw = _out_hw(shape, k, s, padding, out)
     np_t = DTYPES[dtype][1]
     x = rng.standard_normal(shape).astype(np_t)
     w = rng.standard_normal((*k, shape[3])).astype(np_t)
     dy = rng.standard_normal((shape[0], *out_hw, shape[3])).astype(np_t)
+    return shape, s, padding, out_hw, x, w, dy, dims(shape, out_hw, k, s, padding, layout)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_depthwise_forward_and_gradients(emu, case, layout, dtype, rng):
+    shape, s, padding, out_hw, x, w, dy, d = _depthwise_case(case, layout, dtype, rng)
+    k = w.shape[:2]
+    np_t = DTYPES[dtype][1]
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-    d = dims(shape, out_hw, k, s, padding, layout)
 
     y = np.full(to_layout(dy, layout).shape, np.nan, np_t)  # every element must be written
     call(emu, "DepthwiseForward", d, dtype, to_layout(x, layout), w, y)
@@ -378,13 +385,7 @@ def test_gathers_index_widths_agree(emu, emu64, layout, rng):
         ref.assert_close(dx, ref.bilinear_grad_loop(dy, f), dtype, "input_grad")
     # Depthwise: every case (300 channels: two channel groups; empty batch and input height).
     for case, dtype in zip(CASES, ("float64", "float16", "float32") * 3):
-        shape, k, s, padding, out = case
-        out_hw = _out_hw(shape, k, s, padding, out)
-        np_t = DTYPES[dtype][1]
-        x = rng.standard_normal(shape).astype(np_t)
-        w = rng.standard_normal((*k, shape[3])).astype(np_t)
-        dy = rng.standard_normal((shape[0], *out_hw, shape[3])).astype(np_t)
-        d = dims(shape, out_hw, k, s, padding, layout)
+        shape, s, padding, out_hw, x, w, dy, d = _depthwise_case(case, layout, dtype, rng)
         y = both("DepthwiseForward", d, dtype, to_layout(dy, layout).shape, x, w)
         ref.assert_close(y, ref.transposed_conv_loop(x.astype(np.float64), w.astype(np.float64), out_hw, s, padding),
                          dtype)

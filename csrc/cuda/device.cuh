@@ -146,13 +146,27 @@ inline Strides StridesOf(Layout layout, int64_t h, int64_t w, int64_t c) {
   return {h * w * c, w * c, c, 1};
 }
 
-// Splits a flat index i into (i / d, i % d).
-struct QuotRem {
-  int64_t q, r;
+// Splits a flat index i into (i / d, i % d), in i's type.
+template <typename I>
+struct QuotRemT {
+  I q, r;
 };
-TFUP_HOST_DEVICE inline QuotRem Split(const Divider& d, int64_t i) {
-  const int64_t q = d.Div(i);
-  return QuotRem{q, i - q * static_cast<int64_t>(d.d)};
+using QuotRem = QuotRemT<int64_t>;
+template <typename I>
+TFUP_HOST_DEVICE inline QuotRemT<I> Split(const Divider& d, I i) {
+  const I q = d.Div(i);
+  return QuotRemT<I>{q, i - q * static_cast<I>(d.d)};
+}
+// ... by three extents, innermost first: r[0] = i % d0, r[1] = i / d0 % d1, r[2] = i / (d0 d1) % d2,
+// q = i / (d0 d1 d2).
+template <typename I>
+struct Split3 {
+  I r[3], q;
+};
+template <typename I>
+TFUP_HOST_DEVICE inline Split3<I> SplitBy3(I i, const Divider& d0, const Divider& d1, const Divider& d2) {
+  const QuotRemT<I> a = Split(d0, i), b = Split(d1, a.q), c = Split(d2, b.q);
+  return Split3<I>{{a.r, b.r, c.r}, c.q};
 }
 
 // A thread's place in a launch (what blockIdx / threadIdx / blockDim / gridDim say on the GPU).
@@ -194,11 +208,9 @@ struct ChannelLanes {
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const I step = static_cast<I>(p.grid) * p.by;
     for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
-      const I pg = groups.Div(i), g = i - pg * static_cast<I>(groups.d);
-      const I yx = w.Div(pg), x = pg - yx * static_cast<I>(w.d);
-      const I n = h.Div(yx), y = yx - n * static_cast<I>(h.d);
-      const I c_end = (g + 1) * group < C ? (g + 1) * group : C;
-      body(n, y, x, g * group + p.tx, static_cast<I>(p.bx), c_end);
+      const Split3<I> at = SplitBy3(i, groups, w, h);  // group, x, y; n
+      const I g = at.r[0], c_end = (g + 1) * group < C ? (g + 1) * group : C;
+      body(at.q, at.r[2], at.r[1], g * group + p.tx, static_cast<I>(p.bx), c_end);
     }
   }
   static ChannelLanes Make(const Body& body, int64_t positions, int64_t w, int64_t h, int64_t C,
@@ -246,25 +258,6 @@ struct RowRuns {
   }
 };
 
-// One thread per element of an NCHW (n, c, y, x) space, threads along x (coalesced there).
-template <class Body, typename I = int64_t>
-struct ColumnLanes {
-  Body body;
-  I elements;
-  Divider w, h, c;  // by the x, y and channel extents
-
-  TFUP_HOST_DEVICE void operator()(const Pos& p) const {
-    const I step = static_cast<I>(p.grid) * p.bx;
-    for (I i = static_cast<I>(p.block) * p.bx + p.tx; i < elements; i += step) {
-      const I yx = w.Div(i), x = i - yx * static_cast<I>(w.d);
-      const I cy = h.Div(yx), y = yx - cy * static_cast<I>(h.d);
-      const I n = c.Div(cy), ch = cy - n * static_cast<I>(c.d);
-      body(n, y, x, ch, I(1), static_cast<I>(ch + 1));  // one channel
-    }
-  }
-  static Shape ShapeFor(int64_t elements) { return Shape::Of(256, 1, elements, 256); }
-};
-
 // ... or with int32 indices, each row (n, c, y) cut into pieces of kRunLanes * kRun elements along
 // x; a warp takes a piece, lane l its elements x = l, l + 32, ... (coalesced), one channel each,
 // so the row's index work (three divisions; the body's per-row terms, hoisted out of the run) is
@@ -273,16 +266,14 @@ struct ColumnLanes {
 template <class Body, typename I = int64_t>
 struct ColumnRuns {
   Body body;
-  I items, w, per_row;   // items = rows * per_row
-  Divider pieces, h, c;  // by per_row, the y and the channel extents
+  I items, w;            // items = rows * pieces per row
+  Divider pieces, h, c;  // by the pieces per row, the y and the channel extents
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const I step = static_cast<I>(p.grid) * p.by;
     for (I i = static_cast<I>(p.block) * p.by + p.ty; i < items; i += step) {
-      const I row = pieces.Div(i), piece = i - row * per_row;
-      const I cy = h.Div(row), y = row - cy * static_cast<I>(h.d);
-      const I n = c.Div(cy), ch = cy - n * static_cast<I>(c.d);
-      const I x0 = piece * (kRunLanes * kRun) + p.tx;
+      const Split3<I> at = SplitBy3(i, pieces, h, c);  // piece, y, channel; n
+      const I n = at.q, y = at.r[1], ch = at.r[2], x0 = at.r[0] * (kRunLanes * kRun) + p.tx;
       TFUP_NO_UNROLL
       for (int j = 0; j < kRun; ++j) {
         const I x = x0 + j * kRunLanes;
@@ -294,32 +285,34 @@ struct ColumnRuns {
   static ColumnRuns Make(const Body& body, int64_t n, int64_t c, int64_t h, int64_t w, Shape* s) {
     const int64_t per_row = (w + kRunLanes * kRun - 1) / (kRunLanes * kRun), items = n * c * h * per_row;
     *s = Shape::Of(kRunLanes, 256 / kRunLanes, items, 256 / kRunLanes);
-    return ColumnRuns{body, static_cast<I>(items), static_cast<I>(w), static_cast<I>(per_row),
-                      Divider(per_row), Divider(h), Divider(c)};
+    return ColumnRuns{body, static_cast<I>(items), static_cast<I>(w), Divider(per_row), Divider(h), Divider(c)};
   }
 };
 
-// One thread per element of an NHWC (n, y, x, c) space in memory order, threads along the flat
-// (x, c) index (coalesced): for pixels of fewer than 32 channels, where ChannelLanes' warps across
-// a pixel's channels leave lanes idle (21 channels: 11 of 32) and give each thread one element
-// anyway.
-template <class Body, typename I = int64_t>
+// One thread per element, in memory order, threads along the innermost dimension (coalesced):
+// NCHW (n, c, y, x) with int64 indices (ColumnRuns takes the int32 launches), and NHWC pixels of
+// fewer than 32 channels, where ChannelLanes' warps across a pixel's channels leave lanes idle (21
+// channels: 11 of 32) and give each thread one element anyway.
+template <class Body, typename I, bool kNHWC>
 struct ElementLanes {
   Body body;
   I elements;
-  Divider c, w, h;  // by the channel, x and y extents
+  Divider inner, middle, outer;  // by the extents innermost first: NCHW w, h, c; NHWC c, w, h
 
   TFUP_HOST_DEVICE void operator()(const Pos& p) const {
     const I step = static_cast<I>(p.grid) * p.bx;
     for (I i = static_cast<I>(p.block) * p.bx + p.tx; i < elements; i += step) {
-      const I px = c.Div(i), ch = i - px * static_cast<I>(c.d);
-      const I yx = w.Div(px), x = px - yx * static_cast<I>(w.d);
-      const I n = h.Div(yx), y = yx - n * static_cast<I>(h.d);
-      body(n, y, x, ch, I(1), static_cast<I>(ch + 1));  // one channel
+      const Split3<I> at = SplitBy3(i, inner, middle, outer);
+      const I x = at.r[kNHWC ? 1 : 0], y = at.r[kNHWC ? 2 : 1], ch = at.r[kNHWC ? 0 : 2];
+      body(at.q, y, x, ch, I(1), static_cast<I>(ch + 1));  // one channel
     }
   }
-};
-constexpr int64_t kElementLanesBelow = 32;  // channels under which ForEach runs ElementLanes
+  static ElementLanes Make(const Body& body, int64_t n, int64_t h, int64_t w, int64_t c, Shape* s) {
+    *s = Shape::Of(256, 1, n * h * w * c, 256);
+    return kNHWC ? ElementLanes{body, static_cast<I>(n * h * w * c), Divider(c), Divider(w), Divider(h)}
+                 : ElementLanes{body, static_cast<I>(n * h * w * c), Divider(w), Divider(h), Divider(c)};
+  }
+};constexpr int64_t kElementLanesBelow = 32;  // channels under which ForEach runs ElementLanes
 
 // Runs a body over an (n, y, x, c) space in the layout's natural order, its indices of type I
 // (int32 where every tensor the body touches fits, Fits32: the body then takes int32 indices).
@@ -335,20 +328,18 @@ template <typename I = int64_t, class Exec, class Body>
 void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, int64_t c,
              const Body& body) {
   if (n * h * w * c == 0) return;
+  Shape s;
   if (layout == Layout::kNHWC && c < kElementLanesBelow) {
-    ElementLanes<Body, I> k{body, static_cast<I>(n * h * w * c), Divider(c), Divider(w), Divider(h)};
-    exec(Shape::Of(256, 1, n * h * w * c, 256), k);
+    const auto k = ElementLanes<Body, I, true>::Make(body, n, h, w, c, &s);
+    exec(s, k);
   } else if (layout == Layout::kNHWC) {
     ForEachNHWC<I>(exec, n, h, w, c, body);
+  } else if constexpr (std::is_same<I, int64_t>::value) {
+    const auto k = ElementLanes<Body, I, false>::Make(body, n, h, w, c, &s);
+    exec(s, k);
   } else {
-    if constexpr (std::is_same<I, int64_t>::value) {
-      ColumnLanes<Body, I> k{body, n * h * w * c, Divider(w), Divider(h), Divider(c)};
-      exec(ColumnLanes<Body, I>::ShapeFor(n * h * w * c), k);
-    } else {
-      Shape s;
-      const ColumnRuns<Body, I> k = ColumnRuns<Body, I>::Make(body, n, c, h, w, &s);
-      exec(s, k);
-    }
+    const auto k = ColumnRuns<Body, I>::Make(body, n, c, h, w, &s);
+    exec(s, k);
   }
 }
 
