@@ -796,9 +796,10 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   // Bands of up to 8 rows where the shared rows are buffered (more units cost no re-reading),
   // of up to 16 where they are not (fewer shared rows to reduce twice).
   // Whole pixels up to 2048 channels where the x pass goes pixel by pixel (two rows of sums, 16 KB,
-  // stay in L1). [1,16,22,C] x32, EPYC VM, interleaved against tf.reduce_sum: C = 1024 88-89 ->
-  // 56-59 ms (2.0-3.3x -> 1.2-1.3x the read floor), 1500 117-132 -> 92-97 ms, 2048 194-206 ->
-  // 168-189 ms; bands of whole pixels without shrinking (half the units) measured between.
+  // stay in L1). [1,16,22,C] x32, EPYC VM, interleaved against tf.reduce_sum: C = 1024 88-107 ->
+  // 44-59 ms (2.0-3.3x -> 1.2-1.7x the read floor), 1500 117-153 -> 89-97 ms, 2048 no clear change
+  // (160-206 against 168-189 ms); bands of whole pixels without shrinking (half the units) measured
+  // between.
   const int64_t whole = XPassByPixel() ? 2048 : 0;
   InputBands ib = MakeInputBands(g, sl, split_channels, 8, whole);
   // Shared rows of the boundary above band b (b = 1 .. bands-1): [FirstOutput(i0), EndOutput(i0
