@@ -288,8 +288,9 @@ def main(argv=None):
     for label, total in alone:
         print(f"| {label} | (the pairs that straddle an input row at odd factors) | {total:.1f} | - |")
     # The input gradient's pass along x (the larger one: it reads every output-gradient element, each
-    # by two taps), int32 indices: NCHW and NHWC under 32 channels one element per thread (a tap
-    # loads the element and its weight), NHWC a thread's 8 channels per tap (8 elements and the weight).
+    # by two taps), int32 indices: NCHW (runs of 16 along x per lane) and NHWC under 32 channels (one
+    # element per thread) one channel per body call (a tap loads the element and its weight), NHWC
+    # a thread's 8 channels per tap (8 elements and the weight).
     gather = "GatherBodyIffNS0_16AxisTableWeightsIfLb0EEELb1EEEiEE"
     nchw_tap, nchw_setup = _tap_loop(kernel("ColumnRunsINS0_10" + gather), 2)
     nhwc_tap, nhwc_setup = _tap_loop(kernel("ChannelLanesINS0_10" + gather), 9)

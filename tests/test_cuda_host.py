@@ -396,7 +396,7 @@ def test_gathers_index_widths_agree(emu, emu64, layout, rng):
                                              ((9, 9, 65, 65), 2, "align_corners", "float16"),
                                              ((12, 7, 5, 3), 40, "half_pixel", "float64"),
                                              ((4, 6, 9, 4), 600, "asymmetric", "float32"),
-                                             ((3, 40, 2, 1100), 2, "half_pixel", "float32")):  # rows of 3 runs
+                                             ((3, 40, 2, 1100), 2, "half_pixel", "float32")):  # rows of 3 pieces
         x = rng.standard_normal((2, h, w_in, c)).astype(DTYPES[dtype][1])
         g = rng.standard_normal((2, oh, ow, c)).astype(np.float32)
         args = tc._args(2, h, w_in, c, oh, ow, (1, 1), (1, 1), data_format=layout, resize=name)

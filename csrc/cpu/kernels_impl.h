@@ -703,9 +703,9 @@ struct InputBands {
 // of at most `max_band` input rows (adjacent bands both read the k - s output rows they share).
 // Measured at [1,16,22,1000] x32: splitting channels with a whole-height sweep was 2x slower
 // than row bands (each unit then strides through every row of dy). Up to `whole_up_to` channels
-// the pixels stay whole and the bands shrink instead, as many units as the channel blocks would
-// have made (the x pass pixel by pixel, XPassByPixel, reads a unit's rows as one stream; a
-// block of a pixel skips the rest of it).
+// the pixels stay whole and the bands shrink instead, toward as many units as the channel blocks
+// would have made (bands of at least one row): the x pass pixel by pixel (XPassByPixel) reads a
+// unit's rows as one stream, where a block of a pixel skips the rest of it.
 inline InputBands MakeInputBands(const Geometry& g, const Slabs& sl, bool split_channels,
                                  int64_t max_band, int64_t whole_up_to = 0) {
   InputBands ib;
@@ -715,7 +715,7 @@ inline InputBands MakeInputBands(const Geometry& g, const Slabs& sl, bool split_
   ib.cblock = split_channels && ib.cc >= 1024 ? 512 : std::max<int64_t>(ib.cc, 1);
   ib.cblocks = (ib.cc + ib.cblock - 1) / ib.cblock;
   int64_t per = 2;  // units per band's worth of rows
-  if (ib.cblocks > 1 && ib.cc <= whole_up_to) {  // as many units, as bands of whole pixels
+  if (ib.cblocks > 1 && ib.cc <= whole_up_to) {  // toward as many units, as bands of whole pixels
     per = 2 * ib.cblocks;
     ib.cblock = ib.cc;
     ib.cblocks = 1;
@@ -1145,12 +1145,13 @@ void DepthwiseBackpropInputImpl(const Geometry& g, const T* output_grad, const T
 // then 1 channel with the 2 x 2 sums held in registers, u ascending, so the accumulators are loaded and stored once
 // per pass rather than once per pixel; each element still adds its terms in ascending j (the
 // same bits as one pixel at a time). While the passes run, `next` (the next row this owner reads,
-// or null) is prefetched into the outer caches in address order, 1/sx of it per pass: the passes
-// read each row's pixels sx apart, which the hardware prefetchers do not follow. Measured at
+// or null) is prefetched into the outer caches in address order, one pass's share of it per pass
+// (min(sx, kx) passes, one per x residue): the passes read each row's pixels sx apart, which the
+// hardware prefetchers do not follow. Measured at
 // [1,16,22,100] x32, interleaved: 2.6x the read floor pixel by pixel, 1.95x so (Intel Xeon VM); NCHW
 // 3x faster than pixel by pixel. On a Zen 4 EPYC VM, interleaved: prefetching each pass's own
 // pixels of `next` into L1 (before) 2.9-3.8x, none 2.4-3.1x, in address order into L1 3.0-3.1x,
-// T1 2.1-2.7x, T2 2.1-2.3x.
+// T1 2.1-2.7x, T2 2.1-2.3x (later rounds of T2: 1.9-2.4x).
 template <typename A>
 void AddFilterRowTwoInputRows(const Axis& ax, const A* dr, const A* next, const A* x0, const A* x1,
                               int64_t cc, int64_t nc, A* acc0, A* acc1) {

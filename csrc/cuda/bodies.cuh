@@ -134,7 +134,7 @@ struct GatherBody {
     const RunT<I> rx = kToInput ? OutputsOf(ax, x) : InputsOf(ax, sx, x);
     const I src_y = static_cast<I>(src_s.y), src_x = static_cast<I>(src_s.x);
     const TS* base = src + src_s.At(n, I(0), I(0), c0);
-    if (c0 + cs >= c_end) {  // one channel (NCHW's one element per thread): no array of sums
+    if (c0 + cs >= c_end) {  // one channel (ElementLanes, ColumnRuns, or a channel lane's last one): no array of sums
       if (c0 >= c_end) return;
       A sum = A(0);
       if (ry.count > 0 && rx.count > 0) {  // pointers stepped to each tap, never past the last

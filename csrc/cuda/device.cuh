@@ -312,7 +312,8 @@ struct ElementLanes {
     return kNHWC ? ElementLanes{body, static_cast<I>(n * h * w * c), Divider(c), Divider(w), Divider(h)}
                  : ElementLanes{body, static_cast<I>(n * h * w * c), Divider(w), Divider(h), Divider(c)};
   }
-};constexpr int64_t kElementLanesBelow = 32;  // channels under which ForEach runs ElementLanes
+};
+constexpr int64_t kElementLanesBelow = 32;  // channels under which ForEach runs ElementLanes
 
 // Runs a body over an (n, y, x, c) space in the layout's natural order, its indices of type I
 // (int32 where every tensor the body touches fits, Fits32: the body then takes int32 indices).

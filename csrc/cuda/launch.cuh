@@ -329,7 +329,8 @@ void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, con
   });
 }
 
-// Resize: the forward, one element per thread position (ForEach's lanes); the gradient, the two
+// Resize: the forward through ForEach (channel lanes, ColumnRuns or ElementLanes by layout,
+// channels and index type); the gradient, the two
 // axes' output ranges per input index (tables at the start of the scratch), then the gather along
 // y into the rest of the scratch ([n, h_in, w_out, c] accumulators), then along x (the CPU
 // kernel's order).
