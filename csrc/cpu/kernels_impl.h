@@ -157,14 +157,12 @@ inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
 }
 // Asks for the cache lines of [p, p + bytes) ahead of their use (a hint: no fault, no effect on
 // the results).
+// kLocality: __builtin_prefetch's (3: into L1; 1, the T2 hint: the outer caches, for data needed a
+// whole pass of other work later).
+template <int kLocality = 3>
 inline void PrefetchBytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(c + e);
-}
-// The same with the T2 hint (outer caches, not L1): for data needed a whole pass of other work later.
-inline void PrefetchBytesOuter(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(c + e, 0, 1);
+  for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(c + e, 0, kLocality);
 }
 #if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
 inline __m256 Load8(const Eigen::half* p) {
@@ -1176,9 +1174,9 @@ void AddFilterRowTwoInputRows(const Axis& ax, const A* dr, const A* next, const 
       const int64_t passes = std::min(sx, kx), per = (OW + passes - 1) / passes;
       const int64_t p0 = std::min(OW, bx * per), p1 = std::min(OW, p0 + per);
       if (nc == cc) {
-        PrefetchBytesOuter(next + p0 * cc, (p1 - p0) * bytes);
+        PrefetchBytes<1>(next + p0 * cc, (p1 - p0) * bytes);
       } else {
-        for (int64_t o = p0; o < p1; ++o) PrefetchBytesOuter(next + o * cc, bytes);
+        for (int64_t o = p0; o < p1; ++o) PrefetchBytes<1>(next + o * cc, bytes);
       }
     }
     // Interior: both taps' columns inside the image (nt == 2 and 1 <= u <= W - 1).

@@ -258,8 +258,9 @@ struct RowRuns {
   }
 };
 
-// ... or with int32 indices, each row (n, c, y) cut into pieces of kRunLanes * kRun elements along
-// x; a warp takes a piece, lane l its elements x = l, l + 32, ... (coalesced), one channel each,
+// NCHW (n, c, y, x) spaces with int32 indices: each row (n, c, y) cut into pieces of kRunLanes *
+// kRun elements along x; a warp takes a piece, lane l its elements x = l, l + 32, ... (coalesced),
+// one channel each,
 // so the row's index work (three divisions; the body's per-row terms, hoisted out of the run) is
 // done once per up to kRun elements rather than per element. (With int64 indices the bodies that
 // keep 8 channels' sums spilled registers in it.)
@@ -282,7 +283,7 @@ struct ColumnRuns {
       }
     }
   }
-  static ColumnRuns Make(const Body& body, int64_t n, int64_t c, int64_t h, int64_t w, Shape* s) {
+  static ColumnRuns Make(const Body& body, int64_t n, int64_t h, int64_t w, int64_t c, Shape* s) {
     const int64_t per_row = (w + kRunLanes * kRun - 1) / (kRunLanes * kRun), items = n * c * h * per_row;
     *s = Shape::Of(kRunLanes, 256 / kRunLanes, items, 256 / kRunLanes);
     return ColumnRuns{body, static_cast<I>(items), static_cast<I>(w), Divider(per_row), Divider(h), Divider(c)};
@@ -339,7 +340,7 @@ void ForEach(const Exec& exec, Layout layout, int64_t n, int64_t h, int64_t w, i
     const auto k = ElementLanes<Body, I, false>::Make(body, n, h, w, c, &s);
     exec(s, k);
   } else {
-    const auto k = ColumnRuns<Body, I>::Make(body, n, c, h, w, &s);
+    const auto k = ColumnRuns<Body, I>::Make(body, n, h, w, c, &s);
     exec(s, k);
   }
 }

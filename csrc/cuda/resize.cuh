@@ -28,7 +28,7 @@ struct ResizeForwardBody {
   TFUP_HOST_DEVICE void operator()(I n, I y, I x, I c0, I cs, I c_end) const {
     const ResizeTapT<I> ty = ResizeTapOf(mode, scale_y, y, ay.n_in);
     const ResizeTapT<I> tx = ResizeTapOf(mode, scale_x, x, ax.n_in);
-    const T* base = in + n * static_cast<I>(in_s.n);
+    const T* base = in + in_s.At(n, I(0), I(0), I(0));
     const I sy = static_cast<I>(in_s.y), sx = static_cast<I>(in_s.x), sc = static_cast<I>(in_s.c);
     const I o00 = ty.lower * sy + tx.lower * sx, o01 = ty.lower * sy + tx.upper * sx;
     const I o10 = ty.upper * sy + tx.lower * sx, o11 = ty.upper * sy + tx.upper * sx;
