@@ -726,13 +726,13 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
     if "loss" in which:
         peers = prob.loss_and_grad()
         ours, unfused = run(peers["tfupsample fused loss"], peers["bilinear_upsample + stock loss"],
-                            reps=max(3, repeats // 2))
+                            reps=repeats)
         out.append(Target("fused loss forward + gradient", ours, "bilinear_upsample + stock loss + gradient",
                           unfused, "faster", 6.0))
     if "resize" in which:
         out += resize_targets(repeats)
     if "heads" in which:
-        out += head_targets(max(3, repeats // 2))
+        out += head_targets(repeats)
     if "xla" in which and tu.xla_kernels():
         out += xla_speed_targets(1, h, w, classes, factor, filter_classes, repeats)
         out += xla_memory_targets()
