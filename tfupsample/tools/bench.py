@@ -702,16 +702,10 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                 y = tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f)
             return tape.gradient(y, wv, output_gradients=fdy)
 
-        k = wv.shape[0]
-
-        def filter_grad_op():  # what the tape's gradient runs for the filter alone (the input's is skipped)
-            return _ops.lib.tfupsample_depthwise_conv2d_transpose_backprop_filter(
-                fx, fdy, [k, k, filter_classes, 1], strides=[f, f], padding="SAME")
-
-        # The target times the gradient op itself: the tape's figure less its forward, a difference
-        # of two times, swung 2.2-3.9x the floor between runs on unchanged code (EPYC VM); it is
-        # printed beside.
-        op_ms, tape_ms, fwd, floor = run(filter_grad_op, tape_filter_grad,
+        # The target times the gradient op itself (what the tape runs for the filter alone), not the
+        # tape's time less its forward's: that difference of two times swung 2.2-3.9x the floor
+        # between runs of unchanged code on the EPYC VM. The tape's figure is printed beside.
+        op_ms, tape_ms, fwd, floor = run(fp.filter_grad()["tfupsample"], tape_filter_grad,
                                          lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f),
                                          read_floor(fdy), reps=FLOOR_ROUNDS * repeats)
         out.append(Target(f"filter gradient ({filter_classes} classes) vs the read floor", op_ms, "read floor",

@@ -59,7 +59,10 @@ def main(argv=None):
     b.add_argument("--classes", type=_factors, default=[21, 150, 1000], help="default 21,150,1000")
     b.add_argument("--factors", type=_factors, default=[2, 8, 32], help="default 2,8,32")
     b.add_argument("--size", default="16x22", help="coarse input HxW (default 16x22, VGG-16 on 512x704)")
-    b.add_argument("--repeats", type=int, default=3, help="timed calls per measurement, at least (median; the grid calls its peers in turn, more rounds for fast cells)")
+    b.add_argument("--repeats", type=int, default=None,
+                   help="rounds per measurement (medians): with --targets 7 by default (at least 3; ours and "
+                        "the floors take 3x as many), else timed calls per grid cell, at least 3 by default "
+                        "(the grid calls its peers in turn, more rounds for fast cells)")
     b.add_argument("--dense-limit-mb", type=int, default=512,
                    help="skip dense conv2d_transpose when its filter alone exceeds this (default 512)")
     b.add_argument("--targets", action="store_true",
@@ -104,7 +107,7 @@ def main(argv=None):
             size = ()
         if len(size) != 2 or min(size) < 1:  # a real check: it must survive python -O
             parser.error(f"--size takes HxW, e.g. 16x22, got {args.size!r}")
-        if args.repeats < 1:
+        if args.repeats is not None and args.repeats < 1:
             parser.error("--repeats must be at least 1")
         import json
 
@@ -114,7 +117,8 @@ def main(argv=None):
         if args.targets:
             logits = ("random", "segmentation") if args.logits == "both" else (args.logits,)
             found = bench.targets(size=size, classes=max(args.classes), factor=max(args.factors),
-                                  logits=logits, repeats=max(args.repeats, 3), which=tuple(args.which))
+                                  logits=logits, repeats=max(7 if args.repeats is None else args.repeats, 3),
+                                  which=tuple(args.which))
             if args.json:
                 print(json.dumps({"environment": env, "targets": [t.as_dict() for t in found]}, indent=1))
             else:
@@ -123,7 +127,8 @@ def main(argv=None):
                 for t in found:
                     print(t.line())
             return 0
-        rows = bench_cli.run(args.classes, args.factors, size, args.repeats, args.dense_limit_mb)
+        rows = bench_cli.run(args.classes, args.factors, size, 3 if args.repeats is None else args.repeats,
+                             args.dense_limit_mb)
         found = bench_cli.grid_targets(rows)
         if args.json:
             print(json.dumps({"environment": env, "size": size, "rows": rows,
