@@ -109,6 +109,7 @@ def main(argv=None):
             parser.error(f"--size takes HxW, e.g. 16x22, got {args.size!r}")
         if args.repeats is not None and args.repeats < 1:
             parser.error("--repeats must be at least 1")
+        repeats = args.repeats if args.repeats is not None else (7 if args.targets else 3)
         import json
 
         from . import bench
@@ -117,8 +118,7 @@ def main(argv=None):
         if args.targets:
             logits = ("random", "segmentation") if args.logits == "both" else (args.logits,)
             found = bench.targets(size=size, classes=max(args.classes), factor=max(args.factors),
-                                  logits=logits, repeats=max(7 if args.repeats is None else args.repeats, 3),
-                                  which=tuple(args.which))
+                                  logits=logits, repeats=max(repeats, 3), which=tuple(args.which))
             if args.json:
                 print(json.dumps({"environment": env, "targets": [t.as_dict() for t in found]}, indent=1))
             else:
@@ -127,8 +127,7 @@ def main(argv=None):
                 for t in found:
                     print(t.line())
             return 0
-        rows = bench_cli.run(args.classes, args.factors, size, 3 if args.repeats is None else args.repeats,
-                             args.dense_limit_mb)
+        rows = bench_cli.run(args.classes, args.factors, size, repeats, args.dense_limit_mb)
         found = bench_cli.grid_targets(rows)
         if args.json:
             print(json.dumps({"environment": env, "size": size, "rows": rows,
