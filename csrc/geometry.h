@@ -73,13 +73,31 @@ struct Geometry {
 };
 
 // How a segmentation loss reads its labels: the label it skips (loss 0, gradient 0), if any
-// (use, value), and the label smoothing s in [0, 1]: the target distribution is
-// (1 - s) onehot(label) + s / classes, so loss = logsumexp(v) - (1 - s) v[label] - s mean(v).
+// (use, value), the label smoothing s in [0, 1] -- the target distribution is
+// (1 - s) onehot(label) + s / classes, so loss = logsumexp(v) - (1 - s) v[label] - s mean(v) --
+// and whether the label map holds int32 (narrow) or int64 elements.
 struct LabelRule {
   bool use = false;
   int64_t value = 0;
   double smoothing = 0;
+  bool narrow = false;
   TFUP_HOST_DEVICE bool Skips(int64_t label) const { return use && label == value; }
+};
+
+// A label map as the loss kernels read it: int64 elements, or int32 ones (narrow) -- what
+// tf.nn.sparse_softmax_cross_entropy_with_logits takes, so that int32 labels need no int64 copy.
+struct LabelMap {
+  const void* p = nullptr;
+  bool narrow = false;
+  TFUP_HOST_DEVICE int64_t operator[](int64_t i) const {
+    return narrow ? static_cast<const int32_t*>(p)[i] : static_cast<const int64_t*>(p)[i];
+  }
+  // The map from element k on.
+  TFUP_HOST_DEVICE LabelMap From(int64_t k) const {
+    return {narrow ? static_cast<const void*>(static_cast<const int32_t*>(p) + k)
+                   : static_cast<const void*>(static_cast<const int64_t*>(p) + k),
+            narrow};
+  }
 };
 
 // "" or why s is no label smoothing (the TF ops and the CUDA bindings refuse it with this text).

@@ -27,7 +27,7 @@ def call(lib, op, dims, dtype, *arrays):
 
 
 def dims(x_shape, out_hw, k, s, padding="SAME", layout="NHWC", ignore=None):
-    """The 14 values the bindings pass (tfupsample.cuda builds them the same way)."""
+    """The values the bindings pass (tfupsample.cuda builds them the same way)."""
     return tc._args(*x_shape, *out_hw, k, s, padding, layout, ignore)
 
 
@@ -236,6 +236,15 @@ def test_heads(emu, factor, dtype, rng):
     grad = np.full(shape, np.nan, np_t)
     call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3] + d[14:], dtype, x, target, stats, g.astype(np_t), grad)
     ref.assert_close(grad, expected, dtype, "loss_grad")
+
+    # int32 labels, read as such (the last argument, narrow labels): the same loss and gradient.
+    narrow = d[:12] + [1, 3] + d[14:16] + [1]
+    target32 = target.astype(np.int32)
+    loss32, stats32, grad32 = np.full_like(loss, np.nan), np.full_like(stats, np.nan), np.full_like(grad, np.nan)
+    call(emu, "UpsampleSoftmaxCrossEntropy", narrow, dtype, x, target32, loss32, stats32)
+    ref.assert_close(loss32, exp_loss, dtype, "loss")
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", narrow, dtype, x, target32, stats32, g.astype(np_t), grad32)
+    ref.assert_close(grad32, expected, dtype, "loss_grad")
 
 
 @pytest.mark.parametrize("factor", [2, 3, 5, 8, 32])

@@ -115,10 +115,11 @@ def test_cross_entropy_and_gradient_match_unfused(factor, rng):
 
 
 @pytest.mark.parametrize("factor,shape", [(2, (1, 40, 3, 5)), (4, (2, 19, 2, 70)), (16, (1, 9, 2, 3))], ids=str)
-def test_cross_entropy_gradient_over_row_bands(factor, shape, rng):
+@pytest.mark.parametrize("label_type", ["int64", "int32", "uint8"])  # int32 read as such; uint8 cast to int32
+def test_cross_entropy_gradient_over_row_bands(factor, shape, label_type, rng):
     # Tall enough for several row bands, whose shared output rows are reduced once into a buffer.
     x = rng.standard_normal(shape) * 3
-    labels = _labels(rng, x, factor, shape[-1])
+    labels = _labels(rng, x, factor, shape[-1]).astype(label_type)
     labels[0, :factor] = 255
     g = rng.standard_normal(labels.shape)
     with tf.GradientTape() as tape:
@@ -200,12 +201,12 @@ def test_gradient_numeric(rng):
 def test_labels_out_of_range_are_an_error(rng):
     x = _logits(rng, 2)
     labels = _labels(rng, x, 2, 7)
-    for bad in (7, -1, 255):
+    for bad, label_type in ((7, np.int64), (-1, np.int64), (255, np.int64), (7, np.int32), (-1, np.int32)):
         labels[0, 1, 1] = bad
         # On the CPU (a GPU gives NaN there instead, as TF's own kernel does).
         with tf.device("/CPU:0"), pytest.raises(
                 tf.errors.InvalidArgumentError, match=f"labels must be in \\[0, 7\\).*got {bad}"):
-            tu.upsample_sparse_softmax_cross_entropy(labels, x, 2)
+            tu.upsample_sparse_softmax_cross_entropy(labels.astype(label_type), x, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have shape"):
         lib.tfupsample_upsample_sparse_softmax_cross_entropy(np.zeros((2, 5, 5), np.int64), x, factor=2)
     grad = lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad
@@ -226,7 +227,7 @@ def test_labels_out_of_range_are_an_error(rng):
 @pytest.mark.parametrize("factor", [2, 3])
 def test_heads_under_xla(factor, rng, xla_path):
     x = tf.constant(_logits(rng, factor))
-    labels = tf.constant(_labels(rng, x, factor, 7))
+    labels = tf.constant(_labels(rng, x, factor, 7), tf.int32 if factor == 3 else tf.int64)  # both label widths
 
     def step(t):
         with tf.GradientTape() as tape:

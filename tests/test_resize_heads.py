@@ -79,6 +79,7 @@ def _case(rng, dtype, hw=(5, 6), size=(23, 17), classes=7):
 @pytest.mark.parametrize("classes", [7, 70])  # either side of the kernels' few-class path (< 64)
 def test_loss_and_gradient_equal_stock_and_the_definition(hw, size, dtype, interpolation, smoothing, classes, rng):
     x, labels, g = _case(rng, dtype, hw, size, classes)
+    labels = labels.astype(np.int32 if smoothing else np.int64)  # both label widths, on both class paths
     keep = labels != 255
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
@@ -127,6 +128,7 @@ def test_loss_takes_any_label_size_and_checks_labels(rng):
 
 def test_heads_under_xla(rng, xla_path):
     x, labels, g = _case(rng, "float32")
+    labels = labels.astype(np.int32)  # int32 labels through the handler (int64 in the FCN heads' test)
 
     def step(t):
         with tf.GradientTape() as tape:
@@ -171,10 +173,14 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
     np_t = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}[dtype]
     code = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}[dtype]
     ext = emulator.Ext(emu)
-    for (interpolation, (_, mode)), smoothing in zip(MODES.items(), (0.0, 0.3, 1.0)):
+    # The labels int64, then int32 (read as such by the kernels: narrow_labels), then int64.
+    for (interpolation, (_, mode)), smoothing, label_type in zip(MODES.items(), (0.0, 0.3, 1.0),
+                                                                 (np.int64, np.int32, np.int64)):
         x = (ref.argmax_logits("near_ties", (2, 4, 5, 21), rng, dtype)).astype(np_t)
         size = (13, 11)
         args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode, label_smoothing=smoothing)
+        loss_args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode,
+                             label_smoothing=smoothing, narrow_labels=label_type == np.int32)
         labels = np.full((2, *size), -7, np.int64)
         scores = np.full((2, *size), np.nan, np.float32)
         ext.run("ResizeArgmax", args, code, [x.ctypes.data, labels.ctypes.data, scores.ctypes.data], 0)
@@ -183,15 +189,15 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
         np.testing.assert_array_equal(labels, cpu_labels.numpy())
         np.testing.assert_array_equal(scores, cpu_scores.numpy())
 
-        target = rng.integers(0, 21, (2, *size))
+        target = rng.integers(0, 21, (2, *size)).astype(label_type)
         target[1, 0] = 255
         g = rng.standard_normal(target.shape).astype(np.float32)
         loss = np.full(target.shape, np.nan, np.float32)
         stats = np.full(target.shape + (2,), np.nan)
-        ext.run("ResizeSoftmaxCrossEntropy", args, code,
+        ext.run("ResizeSoftmaxCrossEntropy", loss_args, code,
                 [x.ctypes.data, target.ctypes.data, loss.ctypes.data, stats.ctypes.data], 0)
         grad = np.full(x.shape, np.nan, np_t)
-        ext.run("ResizeSoftmaxCrossEntropyGrad", args, code,
+        ext.run("ResizeSoftmaxCrossEntropyGrad", loss_args, code,
                 [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g.ctypes.data, grad.ctypes.data], 0)
         with tf.GradientTape() as tape:
             tape.watch(xt)

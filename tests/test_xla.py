@@ -211,10 +211,11 @@ def test_errors_under_xla_are_the_ops_errors(rng):
         f(tf.zeros([1, 3, 4, 3]))
     # Label values are checked when the program runs, as the op checks them.
     logits = tf.zeros([1, 2, 2, 3])
-    bad = tf.constant(np.full((1, 4, 4), 7), tf.int64)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 3\), got 7 at flat index 0"):
-        tf.function(lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(a, b, factor=2),
-                    jit_compile=True)(bad, logits)
+    for label_type in (tf.int64, tf.int32):  # int32 labels are read as int32 by the handler too
+        bad = tf.constant(np.full((1, 4, 4), 7), label_type)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 3\), got 7 at flat index 0"):
+            tf.function(lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(a, b, factor=2),
+                        jit_compile=True)(bad, logits)
 
 
 ORDER_SCRIPT = r"""

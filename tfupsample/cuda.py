@@ -24,13 +24,13 @@ from ._checks import _check_data_format, _check_padding, _pair
 from ._weights import check_factor
 
 _DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-_TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i8": "int64", "|u1": "uint8"}
+_TYPESTR = {"<f2": "float16", "<f4": "float32", "<f8": "float64", "<i4": "int32", "<i8": "int64", "|u1": "uint8"}
 _DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 64): "float64", (1, 8): "uint8",
-              (0, 64): "int64"}
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8, "uint8": 1}
+              (0, 32): "int32", (0, 64): "int64"}
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8, "uint8": 1}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 _MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
-_ARG_COUNT = 16  # GeometryFromArgs' values (csrc/cuda/kernels.h)
+_ARG_COUNT = 17  # GeometryFromArgs' values (csrc/cuda/kernels.h)
 
 
 class _Library:
@@ -127,7 +127,7 @@ _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 class _View:
     def __init__(self, array, name, ptr, shape, dtype, contiguous, device=None):
         if dtype is None:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 (int64 for labels)")
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 (int32 or int64 for labels)")
         if not contiguous:
             raise ValueError(f"{name} must be C-contiguous")
         self.array, self.name, self.ptr, self.shape, self.dtype = array, name, ptr, tuple(shape), dtype
@@ -361,17 +361,19 @@ _RESIZE_CODES = {"half_pixel": 1, "align_corners": 2, "asymmetric": 3}
 
 
 def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None, resize=None,
-          label_smoothing=0.0):
+          label_smoothing=0.0, narrow_labels=False):
     """The flat arguments of csrc/cuda/kernels.h's GeometryFromArgs (_ARG_COUNT values); resize:
     None (the transposed convolution) or one of _RESIZE_CODES (then k, s and padding are unused);
     label_smoothing travels as the bits of a double, rounded to float32 first as the TF ops' float
-    attribute is (the loss is then one function on both devices)."""
+    attribute is (the loss is then one function on both devices); narrow_labels: the labels are
+    int32 (else int64)."""
     if not 0.0 <= float(label_smoothing) <= 1.0:  # also refused by the kernels' argument check
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     (single,) = struct.unpack("<f", struct.pack("<f", float(label_smoothing)))
     (smoothing,) = struct.unpack("<q", struct.pack("<d", single))
     return [n, h, w, c, oh, ow, k[0], k[1], s[0], s[1], padding == "VALID", data_format == "NCHW",
-            ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0, smoothing]
+            ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0, smoothing,
+            bool(narrow_labels)]
 
 
 def _float(v):
@@ -583,18 +585,20 @@ def _head(logits, factor, data_format):
     v = _float(_view(logits, "logits"))
     n, h, w, c = _rank4(v, "NHWC")
 
-    def args(ignore=None, smoothing=0.0):
+    def args(ignore=None, smoothing=0.0, narrow=False):
         k = _ext().bilinear_kernel_size(f)
-        return _args(n, h, w, c, h * f, w * f, (k, k), (f, f), ignore_label=ignore, label_smoothing=smoothing)
+        return _args(n, h, w, c, h * f, w * f, (k, k), (f, f), ignore_label=ignore, label_smoothing=smoothing,
+                     narrow_labels=narrow)
 
     return v, (n, h * f, w * f), args
 
 
 def _labels(labels, shape):
+    """The labels' view, and whether they are int32 (else int64)."""
     v = _view(labels, "labels")
-    if v.dtype != "int64" or v.shape != tuple(shape):
-        raise ValueError(f"labels must be int64 of shape {list(shape)}, got {v.dtype} {list(v.shape)}")
-    return v
+    if v.dtype not in ("int32", "int64") or v.shape != tuple(shape):
+        raise ValueError(f"labels must be int32 or int64 of shape {list(shape)}, got {v.dtype} {list(v.shape)}")
+    return v, v.dtype == "int32"
 
 
 @_on_given_stream
@@ -636,11 +640,11 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor, *, ignore_labe
     which `upsample_sparse_softmax_cross_entropy_grad(..., stats=stats)` takes instead of
     computing them again; out is then the (loss, stats) pair."""
     v, shape, args = _head(logits, factor, data_format)
-    lv = _labels(labels, shape)
+    lv, narrow = _labels(labels, shape)
     loss_out, stats_out = (out if out is not None else (None, None)) if return_stats else (out, None)
     loss = _output(loss_out, v, "out", shape, v.dtype)
     stats = _output(stats_out, v, "stats", (*shape, 2), "float64") if return_stats else None
-    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing), [v, lv, loss, stats],
+    _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing, narrow), [v, lv, loss, stats],
          _stream(v, stream))
     return (loss.array, stats.array) if return_stats else loss.array
 
@@ -652,7 +656,7 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     """Gradient of the loss map to the coarse logits (in `data_format`), given its gradient, and
     the forward's `stats` (return_stats=True) when kept: without them they are computed first."""
     v, shape, args = _head(logits, factor, data_format)
-    lv = _labels(labels, shape)
+    lv, narrow = _labels(labels, shape)
     gv = _view(loss_grad, "loss_grad")
     _same_dtype(gv, v)
     if gv.shape != tuple(shape):
@@ -663,11 +667,11 @@ def upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, factor
     st = _stream(v, stream)
     if stats is None:
         sv = _output(None, v, "stats", (*shape, 2), "float64")
-        _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing), [v, lv, None, sv], st)
+        _run("UpsampleSoftmaxCrossEntropy", args(ignore_label, label_smoothing, narrow), [v, lv, None, sv], st)
     else:
         sv = _output(stats, v, "stats", (*shape, 2), "float64")
     grad = _output(None if nchw else out, v, "out", v.shape, v.dtype)
-    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label, label_smoothing), [v, lv, sv, gv, grad], st)
+    _run("UpsampleSoftmaxCrossEntropyGrad", args(ignore_label, label_smoothing, narrow), [v, lv, sv, gv, grad], st)
     if not nchw:
         return grad.array
     return _permuted(grad.array, (0, 3, 1, 2))

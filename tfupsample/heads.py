@@ -115,7 +115,7 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
             raise TypeError(f"labels must be an integer tensor, got {y.dtype.name}")
         if y.shape.rank is not None and y.shape.rank != 3:
             raise ValueError(f"labels must be [N, height, width], got shape {y.shape}")
-        y = tf.cast(y, tf.int64)
+        y = _label_type(y)
         rule = dict(ignore_label=0 if ignore_label is None else int(ignore_label),
                     use_ignore_label=ignore_label is not None, label_smoothing=smoothing)
         if conv is not None:
@@ -129,6 +129,15 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
             return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
         loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(y, x, factor=factor, **rule)
         return loss  # _stats: each pixel's softmax max and sum, kept for the gradient
+
+
+def _label_type(labels):
+    """Integer labels as the loss ops take them: int32 and int64 as they are (as
+    `tf.nn.sparse_softmax_cross_entropy_with_logits` takes them: no int64 copy of an int32 map),
+    narrower types as int32, unsigned 32- and 64-bit ones as int64."""
+    if labels.dtype in (tf.int32, tf.int64):
+        return labels
+    return tf.cast(labels, tf.int64 if labels.dtype in (tf.uint32, tf.uint64) else tf.int32)
 
 
 def _masked_cross_entropy(labels, up, ignore_label, smoothing=0.0):
@@ -184,7 +193,7 @@ def segmentation_loss(labels, logits, factor=None, *, interpolation="bilinear", 
             if y.shape[-1] not in (1, None):
                 raise ValueError(f"labels must be [N, H, W] or [N, H, W, 1], got shape {y.shape}")
             y = tf.squeeze(y, -1)
-        y = tf.cast(tf.cast(y, tf.int32), tf.int64)
+        y = tf.cast(y, tf.int32)
         losses = upsample_sparse_softmax_cross_entropy(y, logits, factor, ignore_label=ignore_label,
                                                        label_smoothing=label_smoothing,
                                                        interpolation=interpolation, data_format=data_format)

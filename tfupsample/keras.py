@@ -96,7 +96,7 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         if labels.shape.rank == 4:
             labels = tf.squeeze(labels, -1)
         if not labels.dtype.is_integer:
-            labels = tf.cast(tf.round(labels), tf.int64)  # Keras may hand labels over as floats
+            labels = tf.cast(tf.round(labels), tf.int32)  # Keras may hand labels over as floats
         losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor, ignore_label=self.ignore_class,
                                                        label_smoothing=self.label_smoothing,
                                                        interpolation=self.interpolation)

@@ -451,7 +451,7 @@ inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
 
 // LossRow (below) one pixel at a time, its reductions over the classes vectorised.
 template <typename A, typename O, typename Scores>
-void PixelLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule, Scores&& scores,
+void PixelLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
                   O* loss, double* stats, std::vector<A>& scratch) {
   scratch.resize(C);
   A* v = scratch.data();
@@ -516,7 +516,7 @@ inline void TransposePixels(const A* __restrict blk, int64_t C, A* __restrict vt
 // (one vector operation per class per 16 pixels), the sums in class order (as the CUDA kernels
 // sum).
 template <typename A, typename O, typename Scores>
-void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule,
+void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule,
                      Scores&& scores, O* loss, double* stats, std::vector<A>& scratch) {
   constexpr int64_t P = 16;
   const int64_t Cpad = (C + 7) / 8 * 8;
@@ -578,7 +578,7 @@ void FewClassLossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRu
 // first pixel (loss, stats may be null). Pixel by pixel from kFewClasses classes (or with none:
 // every pixel is then ignored), 16 pixels at a time below.
 template <typename A, typename O, typename Scores>
-void LossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule, Scores&& scores,
+void LossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
              O* loss, double* stats, std::vector<A>& scratch) {
   if (C == 0 || C >= kFewClasses) return PixelLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
   FewClassLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
@@ -587,7 +587,7 @@ void LossRow(int64_t ow, int64_t C, const int64_t* labels, const LabelRule& rule
 // The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
 // the gradient takes instead of computing them again -- two of its passes over the classes.
 template <typename T>
-void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
+void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap labels,
                                      LabelRule rule, T* loss, double* stats,
                                      const ParallelFor& pf) {
   using A = Acc<T>;
@@ -597,7 +597,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
     std::vector<A> cols(W * C), scratch;
     plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
     const int64_t base = (s * OH + oy) * OW;
-    LossRow<A>(OW, C, labels + base, rule, [&](int64_t ox, A* out) {
+    LossRow<A>(OW, C, labels.From(base), rule, [&](int64_t ox, A* out) {
       plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
       ScoresAsStored<T>(out, C);
     }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
@@ -614,7 +614,7 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const i
 template <int NV>
 void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
                             const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
-                            const int64_t* labels, const LabelRule& rule, const double* stats,
+                            LabelMap labels, const LabelRule& rule, const double* stats,
                             const float* loss_grad, float* __restrict r) {
   using L = Lanes;
   using V = L::V;
@@ -677,7 +677,7 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
 // the input rows like the bilinear input gradient. The scratch is one pixel and one input row per
 // thread.
 template <typename T>
-void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
+void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, LabelMap labels,
                                          LabelRule rule, const double* stats,
                                          const T* loss_grad, T* logits_grad, const ParallelFor& pf) {
   using A = Acc<T>;
@@ -686,15 +686,16 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, con
   const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
   const double smoothing = rule.smoothing;
   const A on_label = A(1 - smoothing), uniform = A(smoothing / static_cast<double>(C));
-  // The shared-row buffer takes at most the labels' bytes (the head allocates nothing of the
-  // upsampled logits' size); beyond that the bands recompute the rows they share.
+  // The shared-row buffer takes at most 8 bytes per output pixel, int64 labels' size, whatever
+  // the labels' width (the head allocates nothing of the upsampled logits' size); beyond that the
+  // bands recompute the rows they share.
   const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   // Float logits of at most 4 vectors of classes (19 and 21 classes: 2 on AVX-512, 3 on AVX2): a
   // row's pixels in vector registers, a run of pixels with the same input columns at a time
   // (FewClassFcnLossGradRow; the same bits as the loop below).
   using RowFn = void (*)(const BilinearPlan<float, float>&, const float*, int64_t,
-                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, const int64_t*,
+                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap,
                          const LabelRule&, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {

@@ -46,6 +46,8 @@ P Pick(Source* s) {
     return s->rule;
   } else if constexpr (std::is_same<Bare, ParallelFor>::value) {
     return s->pf;
+  } else if constexpr (std::is_same<Bare, LabelMap>::value) {  // a pointer, of the rule's width
+    return LabelMap{s->p[s->next++], s->rule.narrow};
   } else {
     static_assert(std::is_pointer<P>::value, "a kernel parameter of an unknown kind");
     return static_cast<P>(s->p[s->next++]);
@@ -53,7 +55,7 @@ P Pick(Source* s) {
 }
 template <typename... P>
 constexpr int CountPointers(void (*)(P...)) {
-  return (0 + ... + (std::is_pointer<P>::value ? 1 : 0));
+  return (0 + ... + (std::is_pointer<P>::value || std::is_same<P, LabelMap>::value ? 1 : 0));
 }
 template <typename... P>
 void Call(void (*fn)(P...), Source s) {
@@ -84,7 +86,7 @@ void InvokeKernel(Kernel k, const Geometry& g, LabelRule rule, void* const* p, c
 
 // "" or why labels[0, n) are not all in [0, classes) or the ignore label (the loss ops' check of
 // values in host memory: the TF op kernel and the XLA handler give the same text).
-inline std::string CheckLabelValues(const int64_t* labels, int64_t n, int64_t classes, LabelRule rule) {
+inline std::string CheckLabelValues(LabelMap labels, int64_t n, int64_t classes, LabelRule rule) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t l = labels[i];
     if ((l < 0 || l >= classes) && !rule.Skips(l)) {

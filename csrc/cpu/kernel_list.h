@@ -36,11 +36,11 @@
   X(ResizeArgmax, (const Geometry& g, const T* logits, int64_t* labels, float* scores),    \
     (g, logits, labels, scores))                                                            \
   X(ResizeSoftmaxCrossEntropy,                                                              \
-    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      float* loss, double* stats),                                                           \
     (g, logits, labels, rule, loss, stats))                                               \
   X(ResizeSoftmaxCrossEntropyGrad,                                                          \
-    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      const double* stats, const float* loss_grad, T* logits_grad),                          \
     (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
   /* Fused heads over NHWC logits [n, h, w, c] (g: the bilinear geometry); label and loss   \
@@ -53,12 +53,12 @@
      [n, h*f, w*f, 2] the pixel's softmax statistics (max v, sum of exp(v - max)), 0 at the \
      ignore label. Either output may be null (the CUDA gradient asks for stats alone). */   \
   X(UpsampleSoftmaxCrossEntropy,                                                            \
-    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      T* loss, double* stats),                                                               \
     (g, logits, labels, rule, loss, stats))                                               \
   /* Its gradient to the logits, given the forward's stats and the loss map's gradient. */  \
   X(UpsampleSoftmaxCrossEntropyGrad,                                                        \
-    (const Geometry& g, const T* logits, const int64_t* labels, LabelRule rule,         \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      const double* stats, const T* loss_grad, T* logits_grad),                              \
     (g, logits, labels, rule, stats, loss_grad, logits_grad))
 

@@ -535,7 +535,7 @@ void ResizeArgmaxImpl(const Geometry& g, const T* logits, int64_t* labels, float
 // sparse_softmax_cross_entropy_with_logits of ResizeBilinear's float output, per output pixel,
 // and its softmax statistics for the gradient (as the transposed convolution's loss head).
 template <typename T>
-void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int64_t* labels,
+void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap labels,
                                    LabelRule rule, float* loss, double* stats,
                                    const ParallelFor& pf) {
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
@@ -545,7 +545,7 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
     const T* in = logits + s * h * w * C;
     const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
     const int64_t base = (s * oh + oy) * ow;
-    LossRow<float>(ow, C, labels + base, rule, [&](int64_t ox, float* out) {
+    LossRow<float>(ow, C, labels.From(base), rule, [&](int64_t ox, float* out) {
       ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
     }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
   });
@@ -561,7 +561,7 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, const int
 template <int NV>
 void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
                          const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
-                         const int64_t* labels, LabelRule rule, const double* stats, const float* loss_grad,
+                         LabelMap labels, LabelRule rule, const double* stats, const float* loss_grad,
                          float* __restrict xr) {
   using L = Lanes;
   using V = L::V;
@@ -623,7 +623,7 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
 // computed). A band's thread owns its rows; the output rows two bands share are computed by both.
 // Scratch: one pixel, one input row and the band's rows per thread: nothing of the output's size.
 template <typename T>
-void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const int64_t* labels,
+void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, LabelMap labels,
                                        LabelRule rule, const double* stats,
                                        const float* loss_grad, T* logits_grad,
                                        const ParallelFor& pf) {
@@ -648,7 +648,7 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, const
   // at a time (FewClassLossGradRow). The same operations in the same order as the loop below,
   // so the same bits.
   using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
-                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, const int64_t*,
+                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap,
                          LabelRule, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {

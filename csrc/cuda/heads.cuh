@@ -328,7 +328,7 @@ struct SoftmaxStats {
 // may be null. A bad label gives NaN for both, an ignored pixel 0.
 template <typename T>
 struct CrossEntropyBody : HeadBase<T> {
-  const int64_t* labels;
+  LabelMap labels;
   LabelRule rule;
   T* loss;
   double* stats;  // [pixels, 2]
@@ -369,7 +369,7 @@ struct CrossEntropyBody : HeadBase<T> {
 template <typename T>
 struct CrossEntropyGradBody : HeadBase<T> {
   using A = typename AccOf<T>::type;
-  const int64_t* labels;
+  LabelMap labels;
   LabelRule rule;
   const double* stats;
   const T* loss_grad;

@@ -309,7 +309,7 @@ void RunUpsampleArgmax(const Exec& ex, const Geometry& g, DType t, const void* l
 
 template <class Exec>
 void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                             const int64_t* labels, LabelRule rule, void* loss, double* stats) {
+                             LabelMap labels, LabelRule rule, void* loss, double* stats) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const CrossEntropyBody<T> b{MakeHead<T>(g, logits), labels, rule, static_cast<T*>(loss), stats};
@@ -319,7 +319,7 @@ void RunUpsampleCrossEntropy(const Exec& ex, const Geometry& g, DType t, const v
 
 template <class Exec>
 void RunUpsampleCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                                 const int64_t* labels, LabelRule rule, const double* stats,
+                                 LabelMap labels, LabelRule rule, const double* stats,
                                  const void* loss_grad, void* grad) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
@@ -408,7 +408,7 @@ void RunResizeArgmax(const Exec& ex, const Geometry& g, DType t, const void* log
 
 template <class Exec>
 void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                           const int64_t* labels, LabelRule rule, void* loss, double* stats) {
+                           LabelMap labels, LabelRule rule, void* loss, double* stats) {
   WithType(t, [&](auto tag) {
     using T = decltype(tag);
     const ResizeCrossEntropyBody<T> b{MakeResizeHead<T>(g, logits), labels, rule,
@@ -419,7 +419,7 @@ void RunResizeCrossEntropy(const Exec& ex, const Geometry& g, DType t, const voi
 
 template <class Exec>
 void RunResizeCrossEntropyGrad(const Exec& ex, const Geometry& g, DType t, const void* logits,
-                               const int64_t* labels, LabelRule rule, const double* stats,
+                               LabelMap labels, LabelRule rule, const double* stats,
                                const void* loss_grad, void* grad, void* scratch) {
   const ResizeRanges r = RunResizeRanges(ex, g, scratch);
   WithType(t, [&](auto tag) {
@@ -474,12 +474,12 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunResizeArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
       {"ResizeSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule, c.p[2],
+         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule, c.p[2],
                                static_cast<double*>(c.p[3]));
        }},
       {"ResizeSoftmaxCrossEntropyGrad", ResizeHeadScratchBytes,
        [](E ex, C c) {
-         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule,
+         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule,
                                    static_cast<const double*>(c.p[2]), c.p[3], c.p[4], c.scratch);
        }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
@@ -488,12 +488,12 @@ const Op<Exec>* FindOp(const char* name) {
        }},
       {"UpsampleSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]), c.rule,
+         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule,
                                  c.p[2], static_cast<double*>(c.p[3]));
        }},
       {"UpsampleSoftmaxCrossEntropyGrad", NoScratch,
        [](E ex, C c) {
-         RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], static_cast<const int64_t*>(c.p[1]),
+         RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow},
                                      c.rule, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
        }},
   };

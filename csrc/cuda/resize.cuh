@@ -177,7 +177,7 @@ struct ResizeArgmaxBody : ResizeHeadBase<T> {
 // at a label out of range (as TF's GPU kernel), 0 at the ignore label.
 template <typename T>
 struct ResizeCrossEntropyBody : ResizeHeadBase<T> {
-  const int64_t* labels;
+  LabelMap labels;
   LabelRule rule;
   float* loss;
   double* stats;
@@ -219,7 +219,7 @@ template <typename T>
 struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
   using A = typename AccOf<T>::type;
   const int64_t *first_y, *end_y, *first_x, *end_x;
-  const int64_t* labels;
+  LabelMap labels;
   LabelRule rule;
   const double* stats;
   const float* loss_grad;

@@ -101,7 +101,7 @@ class SpecOp : public OpKernel {
     for (int a : plan.args) p[n++] = const_cast<char*>(ctx->input(a).tensor_data().data());
     if (plan.labels_arg >= 0 && Backend<Device>::kChecksLabelValues) {
       const Tensor& labels = ctx->input(plan.args[plan.labels_arg]);
-      const std::string bad = CheckLabelValues(labels.flat<int64_t>().data(), labels.NumElements(),
+      const std::string bad = CheckLabelValues(LabelMap{labels.tensor_data().data(), plan.rule.narrow}, labels.NumElements(),
                                                plan.g.c, plan.rule);
       OP_REQUIRES(ctx, bad.empty(), absl::InvalidArgumentError(bad));
     }

@@ -36,14 +36,16 @@ REGISTER_OP("TfupsampleUpsampleArgmax")
          "maximum (with_scores; else scores is empty and not computed), without the upsampled "
          "logits.");
 
-// The loss ops' label rule (LabelRule): the ignored label, if any, and the label smoothing.
+// The loss ops' label rule (LabelRule): the ignored label, if any, the label smoothing and the
+// labels' type (int32 or int64, as tf.nn.sparse_softmax_cross_entropy_with_logits takes).
 #define TFUP_LOSS_ATTRS                                                    \
   Attr("ignore_label: int = 0")                                            \
       .Attr("use_ignore_label: bool = false")                              \
-      .Attr("label_smoothing: float = 0")
+      .Attr("label_smoothing: float = 0")                                  \
+      .Attr("Tlabels: {int32, int64} = DT_INT64")
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
-    .Input("labels: int64")
+    .Input("labels: Tlabels")
     .Input("logits: T")
     .Output("loss: T")
     .Output("stats: float64")
@@ -66,7 +68,7 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
          "pixel's max score and sum of exp(score - max), for the gradient.");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
-    .Input("labels: int64")
+    .Input("labels: Tlabels")
     .Input("logits: T")
     .Input("stats: float64")
     .Input("loss_grad: T")
@@ -116,7 +118,7 @@ REGISTER_OP("TfupsampleResizeArgmax")
          "else scores is empty and not computed), without the resized logits.");
 
 REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
-    .Input("labels: int64")
+    .Input("labels: Tlabels")
     .Input("logits: T")
     .Output("loss: float")
     .Output("stats: float64")
@@ -135,7 +137,7 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
          "width), without the resized logits; 0 where labels == ignore_label.");
 
 REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
-    .Input("labels: int64")
+    .Input("labels: Tlabels")
     .Input("logits: T")
     .Input("stats: float64")
     .Input("loss_grad: float")

@@ -272,7 +272,8 @@ inline absl::Status CheckStatsAndLossGrad(const TensorShape& stats, const Tensor
   return absl::OkStatus();
 }
 
-// The loss ops' ignore_label, use_ignore_label and label_smoothing attributes (the argmax has none).
+// The loss ops' ignore_label, use_ignore_label, label_smoothing and Tlabels attributes (the argmax
+// has none).
 inline absl::Status ReadLabelRule(OpKernelConstruction* ctx, LabelRule* rule) {
   if (!ctx->HasAttr("ignore_label")) return absl::OkStatus();
   TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_label", &rule->value));
@@ -280,6 +281,9 @@ inline absl::Status ReadLabelRule(OpKernelConstruction* ctx, LabelRule* rule) {
   float smoothing = 0;
   TF_RETURN_IF_ERROR(ctx->GetAttr("label_smoothing", &smoothing));
   rule->smoothing = smoothing;
+  tensorflow::DataType labels = tensorflow::DT_INT64;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("Tlabels", &labels));
+  rule->narrow = labels == tensorflow::DT_INT32;
   return GeometryError(CheckLabelSmoothing(smoothing));
 }
 

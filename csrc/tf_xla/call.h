@@ -37,20 +37,22 @@ inline Geometry GeometryFromInts(const int64_t* v) {
   return g;
 }
 
-// The attribute "rule": a LabelRule as 3 integers (use, value, the bits of the smoothing).
-constexpr int kRuleInts = 3;
+// The attribute "rule": a LabelRule as 4 integers (use, value, the bits of the smoothing, narrow).
+constexpr int kRuleInts = 4;
 inline void RuleToInts(const LabelRule& r, int64_t* v) {
   int64_t bits;
   std::memcpy(&bits, &r.smoothing, sizeof(bits));
   v[0] = r.use ? 1 : 0;
   v[1] = r.value;
   v[2] = bits;
+  v[3] = r.narrow ? 1 : 0;
 }
 inline LabelRule RuleFromInts(const int64_t* v) {
   LabelRule r;
   r.use = v[0] != 0;
   r.value = v[1];
   std::memcpy(&r.smoothing, &v[2], sizeof(r.smoothing));
+  r.narrow = v[3] != 0;
   return r;
 }
 

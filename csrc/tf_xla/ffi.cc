@@ -108,8 +108,11 @@ ffi::Error Collect(Kernel k, ffi::RemainingArgs& args, ffi::RemainingRets& rets,
       if (!b.has_value()) return b.error();
       out->p[i] = b->untyped_data();
       count = static_cast<int64_t>(b->element_count());
-      if (static_cast<int64_t>(i) == labels && b->element_type() != ffi::DataType::S64) {
-        return ffi::Error::InvalidArgument(std::string(name) + ": labels must be int64");
+      if (static_cast<int64_t>(i) == labels) {
+        const bool narrow = xla_call::RuleFromInts(rule.begin()).narrow;
+        if (b->element_type() != (narrow ? ffi::DataType::S32 : ffi::DataType::S64)) {
+          return ffi::Error::InvalidArgument(std::string(name) + ": labels must be " + (narrow ? "int32" : "int64"));
+        }
       }
     } else {
       const int64_t r = static_cast<int64_t>(i - args.size());
@@ -139,7 +142,7 @@ ffi::Error HostCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
   const Geometry g = xla_call::GeometryFromInts(geometry.begin());
   const LabelRule rule = xla_call::RuleFromInts(rule_ints.begin());
   if (labels >= 0) {
-    const std::string bad = CheckLabelValues(static_cast<const int64_t*>(b.p[labels]), sizes[labels], g.c, rule);
+    const std::string bad = CheckLabelValues(LabelMap{b.p[labels], rule.narrow}, sizes[labels], g.c, rule);
     if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
   }
   if (b.first_output == 0) return ffi::Error::Success();
