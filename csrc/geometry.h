@@ -75,12 +75,15 @@ struct Geometry {
 // How a segmentation loss reads its labels: the label it skips (loss 0, gradient 0), if any
 // (use, value), the label smoothing s in [0, 1] -- the target distribution is
 // (1 - s) onehot(label) + s / classes, so loss = logsumexp(v) - (1 - s) v[label] - s mean(v) --
-// and whether the label map holds int32 (narrow) or int64 elements.
+// and whether the label map holds int32 (narrow) or int64 elements. uniform_grad: the loss
+// gradients' loss_grad is one value, loss_grad[0], for every pixel (XLA passes a compile-time
+// constant map of one value so, rather than materialise it: tf_xla/kernels.cc).
 struct LabelRule {
   bool use = false;
   int64_t value = 0;
   double smoothing = 0;
   bool narrow = false;
+  bool uniform_grad = false;
   TFUP_HOST_DEVICE bool Skips(int64_t label) const { return use && label == value; }
 };
 

@@ -203,16 +203,16 @@ def test_c_abi_library_builds_and_reports_errors(tmp_path):
     assert lib.bilinear_kernel_size(3) == 5 and lib.bilinear_kernel_size(4) == 8
     assert lib.default_output_size(2, 2, 3, "VALID") == 6  # Keras: n * s + max(k - s, 0)
     assert lib.default_output_size(2, 5, 3, "VALID") == 8 and lib.default_output_size(2, 5, 3, "SAME") == 6
-    args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
+    args = [1, 2, 2, 3, 5, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0]  # output height 5 cannot come from 2 x2
     with pytest.raises(ValueError, match=r"height: output size 5 is inconsistent .* expected a value in \[3, 4\]"):
         lib.run("BilinearForward", args, 2, [0, 0], 0)
     with pytest.raises(ValueError, match="dtype must be 0..3"):
         lib.run("BilinearForward", args, 7, [0, 0], 0)
-    with pytest.raises(ValueError, match="args must have 17 values, got 16"):
+    with pytest.raises(ValueError, match="args must have 18 values, got 17"):
         lib.run("BilinearForward", args[:-1], 2, [0, 0], 0)
     # Scratch: how much (none for the depthwise forward, the tap tables for the bilinear one, -1 for
     # bad arguments), and too little is refused.
-    good = [1, 2, 2, 3, 4, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0, 0]
+    good = [1, 2, 2, 3, 4, 4, 4, 4, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0]
     assert lib.scratch_bytes("DepthwiseForward", good, 2) == 0 and lib.scratch_bytes("BilinearForward", good, 2) > 0
     assert lib.scratch_bytes("BilinearForward", args, 2) == -1
     need = lib.scratch_bytes("BilinearBackpropInput", good, 2)

@@ -237,14 +237,21 @@ def test_heads(emu, factor, dtype, rng):
     call(emu, "UpsampleSoftmaxCrossEntropyGrad", d[:12] + [1, 3] + d[14:], dtype, x, target, stats, g.astype(np_t), grad)
     ref.assert_close(grad, expected, dtype, "loss_grad")
 
-    # int32 labels, read as such (the last argument, narrow labels): the same loss and gradient.
-    narrow = d[:12] + [1, 3] + d[14:16] + [1]
+    # int32 labels, read as such (narrow labels): the same loss and gradient.
+    narrow = d[:12] + [1, 3] + d[14:16] + [1, 0]
     target32 = target.astype(np.int32)
     loss32, stats32, grad32 = np.full_like(loss, np.nan), np.full_like(stats, np.nan), np.full_like(grad, np.nan)
     call(emu, "UpsampleSoftmaxCrossEntropy", narrow, dtype, x, target32, loss32, stats32)
     ref.assert_close(loss32, exp_loss, dtype, "loss")
     call(emu, "UpsampleSoftmaxCrossEntropyGrad", narrow, dtype, x, target32, stats32, g.astype(np_t), grad32)
     ref.assert_close(grad32, expected, dtype, "loss_grad")
+
+    # One loss gradient value for every pixel (uniform loss_grad, as XLA may pass it): loss_grad[0].
+    uniform = d[:12] + [1, 3] + d[14:16] + [0, 1]
+    _, expected_u = ref.upsample_softmax_cross_entropy(x, target, factor, np.full(labels.shape, 0.75, np_t), ignore=3)
+    grad_u = np.full_like(grad, np.nan)
+    call(emu, "UpsampleSoftmaxCrossEntropyGrad", uniform, dtype, x, target, stats, np.array([0.75], np_t), grad_u)
+    ref.assert_close(grad_u, expected_u, dtype, "loss_grad")
 
 
 @pytest.mark.parametrize("factor", [2, 3, 5, 8, 32])

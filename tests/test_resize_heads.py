@@ -173,14 +173,16 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
     np_t = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}[dtype]
     code = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}[dtype]
     ext = emulator.Ext(emu)
-    # The labels int64, then int32 (read as such by the kernels: narrow_labels), then int64.
-    for (interpolation, (_, mode)), smoothing, label_type in zip(MODES.items(), (0.0, 0.3, 1.0),
-                                                                 (np.int64, np.int32, np.int64)):
+    # The labels int64, then int32 (read as such by the kernels: narrow_labels), then int64; the
+    # loss gradient a map, then one value for every pixel (uniform_loss_grad, as XLA may pass it).
+    for (interpolation, (_, mode)), smoothing, label_type, uniform in zip(
+            MODES.items(), (0.0, 0.3, 1.0), (np.int64, np.int32, np.int64), (False, True, False)):
         x = (ref.argmax_logits("near_ties", (2, 4, 5, 21), rng, dtype)).astype(np_t)
         size = (13, 11)
         args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode, label_smoothing=smoothing)
         loss_args = tc._args(2, 4, 5, 21, *size, (1, 1), (1, 1), ignore_label=255, resize=mode,
-                             label_smoothing=smoothing, narrow_labels=label_type == np.int32)
+                             label_smoothing=smoothing, narrow_labels=label_type == np.int32,
+                             uniform_loss_grad=uniform)
         labels = np.full((2, *size), -7, np.int64)
         scores = np.full((2, *size), np.nan, np.float32)
         ext.run("ResizeArgmax", args, code, [x.ctypes.data, labels.ctypes.data, scores.ctypes.data], 0)
@@ -192,13 +194,16 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
         target = rng.integers(0, 21, (2, *size)).astype(label_type)
         target[1, 0] = 255
         g = rng.standard_normal(target.shape).astype(np.float32)
+        if uniform:
+            g[...] = g[0, 0, 0]
+        g_passed = g.reshape(-1)[:1].copy() if uniform else g
         loss = np.full(target.shape, np.nan, np.float32)
         stats = np.full(target.shape + (2,), np.nan)
         ext.run("ResizeSoftmaxCrossEntropy", loss_args, code,
                 [x.ctypes.data, target.ctypes.data, loss.ctypes.data, stats.ctypes.data], 0)
         grad = np.full(x.shape, np.nan, np_t)
         ext.run("ResizeSoftmaxCrossEntropyGrad", loss_args, code,
-                [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g.ctypes.data, grad.ctypes.data], 0)
+                [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g_passed.ctypes.data, grad.ctypes.data], 0)
         with tf.GradientTape() as tape:
             tape.watch(xt)
             cpu_loss = tu.upsample_sparse_softmax_cross_entropy(target, xt, ignore_label=255, label_smoothing=smoothing,

@@ -313,3 +313,52 @@ def test_handlers_that_did_not_register_mean_the_lowering(monkeypatch):
         monkeypatch.undo()
         api._xla_library_missing.cache_clear()
     assert tu.xla_kernels()
+
+
+@pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
+def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, rng):
+    # Keras' mean of the per-pixel losses: the loss map's gradient is one compile-time value, and
+    # the call takes that value alone (the rule's last flag), not a map of it XLA would build. A
+    # constant map of different values, or one computed from the data, still goes whole.
+    x = tf.constant(rng.standard_normal((2, 4, 5, 6)), tf.float32)
+    labels = _labels(rng, (2, 8, 10), 6, ignore=255)
+    fcn = interpolation == "transposed_conv"
+    kernel = "UpsampleSoftmaxCrossEntropyGrad" if fcn else "ResizeSoftmaxCrossEntropyGrad"
+    varied = tf.constant(rng.standard_normal((2, 8, 10)), tf.float32)
+
+    def weighted(v, w):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            losses = tu.upsample_sparse_softmax_cross_entropy(labels, v, 2 if fcn else None, ignore_label=255,
+                                                              interpolation=interpolation)
+            loss = tf.reduce_mean(losses if w is None else losses * w)
+        return loss, tape.gradient(loss, v)
+
+    def step(v):
+        return weighted(v, None)
+
+    def uniform_flag(f, *args):
+        line = next(s for s in _hlo(f, *args).splitlines() if f'custom_call_target="tfupsample_{kernel}"' in s)
+        return int(re.search(r"rule = array<i64: ([^>]*)>", line).group(1).split(",")[4])
+
+    jit = tf.function(step, jit_compile=True)
+    assert uniform_flag(jit, x) == 1
+    a, b = jit(x), step(x)
+    ref.assert_close(a[0], b[0], "float32", "loss")
+    ref.assert_close(a[1], b[1], "float32", "loss_grad" if fcn else "resize_grad")
+    # The float64 definition, with the mean's gradient 1 / pixels at every pixel.
+    y, x64, g = labels.numpy(), x.numpy().astype(np.float64), np.full(labels.shape, 1 / labels.numpy().size)
+    if fcn:
+        _, expected = ref.upsample_softmax_cross_entropy(x64, y, 2, g, ignore=255)
+    else:
+        _, grad_up = ref.softmax_cross_entropy(ref.resize_bilinear_loop(x64, (8, 10)), y, ignore=255)
+        expected = ref.resize_bilinear_grad_loop(grad_up * g[..., None], (4, 5))
+    ref.assert_close(a[1], expected, "float32", "loss_grad" if fcn else "resize_grad")
+    # A constant map of different values, and a map from the function's argument: passed whole.
+    jit_varied = tf.function(lambda v: weighted(v, varied), jit_compile=True)
+    assert uniform_flag(jit_varied, x) == 0
+    ref.assert_close(jit_varied(x)[1], weighted(x, varied)[1], "float32", "loss_grad" if fcn else "resize_grad")
+    jit_weighted = tf.function(weighted, jit_compile=True)
+    assert uniform_flag(jit_weighted, x, varied) == 0
+    ref.assert_close(jit_weighted(x, varied)[1], weighted(x, varied)[1], "float32",
+                     "loss_grad" if fcn else "resize_grad")

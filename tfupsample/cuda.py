@@ -30,7 +30,7 @@ _DL_DTYPES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (2, 6
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8, "uint8": 1}
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13
 _MAX_ARRAYS = 5  # the most arrays an op takes (the loss gradient's)
-_ARG_COUNT = 17  # GeometryFromArgs' values (csrc/cuda/kernels.h)
+_ARG_COUNT = 18  # GeometryFromArgs' values (csrc/cuda/kernels.h)
 
 
 class _Library:
@@ -361,19 +361,20 @@ _RESIZE_CODES = {"half_pixel": 1, "align_corners": 2, "asymmetric": 3}
 
 
 def _args(n, h, w, c, oh, ow, k, s, padding="SAME", data_format="NHWC", ignore_label=None, resize=None,
-          label_smoothing=0.0, narrow_labels=False):
+          label_smoothing=0.0, narrow_labels=False, uniform_loss_grad=False):
     """The flat arguments of csrc/cuda/kernels.h's GeometryFromArgs (_ARG_COUNT values); resize:
     None (the transposed convolution) or one of _RESIZE_CODES (then k, s and padding are unused);
     label_smoothing travels as the bits of a double, rounded to float32 first as the TF ops' float
     attribute is (the loss is then one function on both devices); narrow_labels: the labels are
-    int32 (else int64)."""
+    int32 (else int64); uniform_loss_grad: the loss gradients read loss_grad[0] for every pixel
+    (as XLA's handlers may pass it; the functions below always pass the whole map)."""
     if not 0.0 <= float(label_smoothing) <= 1.0:  # also refused by the kernels' argument check
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     (single,) = struct.unpack("<f", struct.pack("<f", float(label_smoothing)))
     (smoothing,) = struct.unpack("<q", struct.pack("<d", single))
     return [n, h, w, c, oh, ow, k[0], k[1], s[0], s[1], padding == "VALID", data_format == "NCHW",
             ignore_label is not None, ignore_label or 0, _RESIZE_CODES[resize] if resize else 0, smoothing,
-            bool(narrow_labels)]
+            bool(narrow_labels), bool(uniform_loss_grad)]
 
 
 def _float(v):

@@ -639,7 +639,7 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-      const float gl = loss_grad[i];
+      const float gl = loss_grad[rule.uniform_grad ? 0 : i];
       const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
       const float scale = gl / sum, on = smoothing ? gl * on_label : gl;
       const float w0 = plan.wx[ax.Tap(ox, j0)], w1 = two ? plan.wx[ax.Tap(ox, j0 + 1)] : 0.0f;
@@ -718,7 +718,7 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
     for (int64_t ox = 0; ox < OW; ++ox) {
       const int64_t y = labels[base + ox];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-      const A gl = Widen(loss_grad[base + ox]);
+      const A gl = Widen(loss_grad[rule.uniform_grad ? 0 : base + ox]);
       const A m = static_cast<A>(stats[2 * (base + ox)]), sum = static_cast<A>(stats[2 * (base + ox) + 1]);
       plan.PixelFromColumns(cols, ox, C, d);
       ScoresAsStored<T>(d, C);

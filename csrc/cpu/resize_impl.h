@@ -586,7 +586,7 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-      const float gl = loss_grad[i];
+      const float gl = loss_grad[rule.uniform_grad ? 0 : i];
       const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
       const float scale = gl / sum, wl = 1.0f - tx.lerp[ox], wu = tx.lerp[ox];
       const V xv = L::Set(tx.lerp[ox]), mv = L::Set(m), sv = L::Set(scale), wlv = L::Set(wl), wuv = L::Set(wu);
@@ -688,7 +688,7 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
         for (int64_t ox = 0; ox < scalar_end; ++ox) {
           const int64_t i = base + ox, y = labels[i];
           if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-          const float gl = loss_grad[i];
+          const float gl = loss_grad[rule.uniform_grad ? 0 : i];
           const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
           ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
           std::fill(v.begin() + C, v.end(), m);  // the unused lanes: exp(0), in SoftmaxExp's range

@@ -390,7 +390,7 @@ struct CrossEntropyGradBody : HeadBase<T> {
         if (rule.Skips(label)) continue;
         const A max = static_cast<A>(stats[2 * i]), sum = static_cast<A>(stats[2 * i + 1]);
         const A wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
-        const A sw = ToAcc(loss_grad[i]) * (wy * wx), soft = sw / sum;
+        const A sw = ToAcc(loss_grad[rule.uniform_grad ? 0 : i]) * (wy * wx), soft = sw / sum;
         const BilinearPixel<T> px = this->Pixel(n, y, x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {

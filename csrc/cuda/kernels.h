@@ -18,15 +18,16 @@ enum class DType { kHalf, kBFloat16, kFloat, kDouble };
 // The flat argument list of the framework-free bindings (the C ABI of binding.cu, the CPU emulation):
 // n, h, w, c, out_h, out_w, ky, kx, sy, sx, valid, nchw, use_ignore, ignore_label, resize (0: the
 // transposed convolution; 1, 2, 3: a resize with half-pixel centres, aligned corners, neither),
-// label smoothing (the bits of a double in [0, 1]), narrow labels (1: int32, 0: int64).
+// label smoothing (the bits of a double in [0, 1]), narrow labels (1: int32, 0: int64), uniform
+// loss gradient (1: loss_grad[0] for every pixel, as XLA may pass it).
 // Fills g and rule; returns "" or why the sizes are inconsistent.
-constexpr int kArgCount = 17;
+constexpr int kArgCount = 18;
 inline std::string GeometryFromArgs(const int64_t* d, Geometry* g, LabelRule* rule) {
   double smoothing;
   std::memcpy(&smoothing, &d[15], sizeof smoothing);
   const std::string bad = CheckLabelSmoothing(smoothing);
   if (!bad.empty()) return bad;
-  *rule = LabelRule{d[12] != 0, d[13], smoothing, d[16] != 0};
+  *rule = LabelRule{d[12] != 0, d[13], smoothing, d[16] != 0, d[17] != 0};
   if (d[14] != 0) {
     if (d[14] < 0 || d[14] > 3) return "resize must be 0, 1, 2 or 3, got " + std::to_string(d[14]);
     const Resize mode = d[14] == 1 ? Resize::kHalfPixel

@@ -241,7 +241,7 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
         if (rule.Skips(label)) continue;
         const float max = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
         const float wx = Weight(ResizeTapOf(this->mode, this->scale_x, x, this->ax.n_in), ix);
-        const float gl = loss_grad[i], scale = gl / sum;
+        const float gl = loss_grad[rule.uniform_grad ? 0 : i], scale = gl / sum;
         const auto p = this->At(n, y, x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {

@@ -38,6 +38,7 @@ struct Plan {
   std::vector<TensorShape> outputs;   // op outputs, which follow them in that order
   int absent_output = -1;             // an output the kernel skips (null pointer; shape [0])
   int labels_arg = -1;                // the position in args of labels whose values need checking
+  int loss_grad_arg = -1;             // the position in args of the loss map's gradient (loss gradients)
 };
 
 using Dims4 = std::array<int64_t, 4>;  // always (n, h, w, c), whatever the layout
@@ -367,6 +368,7 @@ struct HeadSpec {
     TF_RETURN_IF_ERROR(CheckStatsAndLossGrad(in.Shape(2), in.Shape(3), map));
     p->kernel = kResize ? Kernel::kResizeSoftmaxCrossEntropyGrad : Kernel::kUpsampleSoftmaxCrossEntropyGrad;
     p->args = {1, 0, 2, 3};
+    p->loss_grad_arg = 3;
     p->outputs = {logits};
     return absl::OkStatus();
   }

@@ -37,8 +37,9 @@ inline Geometry GeometryFromInts(const int64_t* v) {
   return g;
 }
 
-// The attribute "rule": a LabelRule as 4 integers (use, value, the bits of the smoothing, narrow).
-constexpr int kRuleInts = 4;
+// The attribute "rule": a LabelRule as 5 integers (use, value, the bits of the smoothing, narrow,
+// uniform_grad).
+constexpr int kRuleInts = 5;
 inline void RuleToInts(const LabelRule& r, int64_t* v) {
   int64_t bits;
   std::memcpy(&bits, &r.smoothing, sizeof(bits));
@@ -46,6 +47,7 @@ inline void RuleToInts(const LabelRule& r, int64_t* v) {
   v[1] = r.value;
   v[2] = bits;
   v[3] = r.narrow ? 1 : 0;
+  v[4] = r.uniform_grad ? 1 : 0;
 }
 inline LabelRule RuleFromInts(const int64_t* v) {
   LabelRule r;
@@ -53,6 +55,7 @@ inline LabelRule RuleFromInts(const int64_t* v) {
   r.value = v[1];
   std::memcpy(&r.smoothing, &v[2], sizeof(r.smoothing));
   r.narrow = v[3] != 0;
+  r.uniform_grad = v[4] != 0;
   return r;
 }
 

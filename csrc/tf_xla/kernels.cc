@@ -52,6 +52,19 @@ class XlaInputs : public PlanInputs {
   XlaOpKernelContext* ctx_;
 };
 
+// Whether input i is a compile-time constant with at least one element, all of them the same bits.
+bool UniformConstant(XlaOpKernelContext* ctx, int i) {
+  absl::StatusOr<Tensor> t = ctx->ConstantInputTensor(i);  // an error where it depends on the data
+  if (!t.ok() || t->NumElements() == 0) return false;
+  const absl::string_view bytes = t->tensor_data();
+  const size_t element = tensorflow::DataTypeSize(t->dtype());
+  if (element == 0 || bytes.size() % element != 0) return false;
+  for (size_t at = element; at < bytes.size(); at += element) {
+    if (bytes.compare(at, element, bytes.substr(0, element)) != 0) return false;
+  }
+  return true;
+}
+
 std::string IntArray(const int64_t* v, int n) {
   return absl::StrCat("array<i64: ", absl::StrJoin(v, v + n, ", "), ">");
 }
@@ -83,9 +96,22 @@ class SpecXlaOp : public XlaOpKernel {
     std::vector<xla::XlaOp> operands;
     std::vector<xla::Shape> operand_shapes, result_shapes;
     std::vector<int64_t> sizes;
-    for (int a : plan.args) {
+    for (int k = 0; k < static_cast<int>(plan.args.size()); ++k) {
+      const int a = plan.args[k];
       absl::StatusOr<xla::Shape> s = ctx->InputXlaShape(a);
       OP_REQUIRES_OK(ctx, s.status());
+      if (k == plan.loss_grad_arg && UniformConstant(ctx, a)) {
+        // The loss map's gradient is one compile-time value everywhere (Keras' mean of the losses
+        // without weights): its first element alone, read for every pixel (rule.uniform_grad).
+        // The map itself, which XLA would materialise (and schedule early, beside the forward's
+        // outputs), is then never built.
+        const std::vector<int64_t> zeros(s->dimensions().size(), 0), ones(s->dimensions().size(), 1);
+        operands.push_back(xla::Reshape(xla::Slice(ctx->Input(a), zeros, ones, ones), {1}));
+        operand_shapes.push_back(xla::ShapeUtil::MakeShapeWithDescendingLayout(s->element_type(), {1}));
+        sizes.push_back(1);
+        plan.rule.uniform_grad = true;
+        continue;
+      }
       operands.push_back(ctx->Input(a));
       operand_shapes.push_back(xla::ShapeUtil::MakeShapeWithDescendingLayout(s->element_type(), s->dimensions()));
       sizes.push_back(xla::ShapeUtil::ElementsIn(*s));

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 
-ARG_COUNT = 17  # GeometryFromArgs' values
+ARG_COUNT = 18  # GeometryFromArgs' values
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
