@@ -36,10 +36,11 @@ class RecordingExt:
     """Stands in for the compiled C ABI: records what would be launched."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.args = [], []
 
     def run(self, op, args, dtype, pointers, stream):
         self.calls.append((op, list(pointers), stream))
+        self.args.append(list(args))
 
     def bilinear_kernel_size(self, factor):
         return 2 * factor - factor % 2
@@ -86,6 +87,24 @@ def test_an_output_overlapping_an_input_is_refused(ext):
         tc.upsample_argmax(logits, 2, return_scores=True, stream=0,
                            out=(labels, FakeGpuArray((1, 4, 4), ptr=base + 4096 + 8)))
     assert len(ext.calls) == 1
+
+
+def test_int32_labels_go_to_the_kernels_as_they_are(ext):
+    # int32 labels: the same array, its width in the arguments (narrow labels, index 16); the loss
+    # gradient's map always whole (uniform loss_grad, index 17, is XLA's alone).
+    base = 1 << 40
+    logits = FakeGpuArray((1, 2, 2, 3), ptr=base)
+    loss, loss_grad = FakeGpuArray((1, 4, 4), ptr=base + 4096), FakeGpuArray((1, 4, 4), ptr=base + 8192)
+    stats, grad = FakeGpuArray((1, 4, 4, 2), "<f8", ptr=base + 12288), FakeGpuArray((1, 2, 2, 3), ptr=base + 16384)
+    for typestr, narrow in (("<i8", False), ("<i4", True)):
+        labels = FakeGpuArray((1, 4, 4), typestr, ptr=base + 20480)
+        tc.upsample_sparse_softmax_cross_entropy(labels, logits, 2, out=loss, stream=0)
+        tc.upsample_sparse_softmax_cross_entropy_grad(labels, logits, loss_grad, 2, stats=stats, out=grad, stream=0)
+        assert [c[0] for c in ext.calls[-2:]] == ["UpsampleSoftmaxCrossEntropy", "UpsampleSoftmaxCrossEntropyGrad"]
+        assert [c[1][1] for c in ext.calls[-2:]] == [base + 20480] * 2
+        assert [(a[16], a[17]) for a in ext.args[-2:]] == [(narrow, False)] * 2
+    with pytest.raises(ValueError, match="labels must be int32 or int64 of shape"):
+        tc.upsample_sparse_softmax_cross_entropy(FakeGpuArray((1, 4, 4), "<f4"), logits, 2, out=loss, stream=0)
 
 
 def test_cupy_s_stream_is_the_array_s_device_s(monkeypatch, ext):

@@ -316,12 +316,13 @@ def test_handlers_that_did_not_register_mean_the_lowering(monkeypatch):
 
 
 @pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
-def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, rng):
+@pytest.mark.parametrize("classes", [6, 70])  # the kernels' few-class rows, and the pixel loops
+def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, rng):
     # Keras' mean of the per-pixel losses: the loss map's gradient is one compile-time value, and
     # the call takes that value alone (the rule's last flag), not a map of it XLA would build. A
     # constant map of different values, or one computed from the data, still goes whole.
-    x = tf.constant(rng.standard_normal((2, 4, 5, 6)), tf.float32)
-    labels = _labels(rng, (2, 8, 10), 6, ignore=255)
+    x = tf.constant(rng.standard_normal((2, 4, 5, classes)), tf.float32)
+    labels = _labels(rng, (2, 8, 10), classes, ignore=255)
     fcn = interpolation == "transposed_conv"
     kernel = "UpsampleSoftmaxCrossEntropyGrad" if fcn else "ResizeSoftmaxCrossEntropyGrad"
     varied = tf.constant(rng.standard_normal((2, 8, 10)), tf.float32)
