@@ -66,8 +66,8 @@ class Cuda:
 
     def put(self, a, dtype):
         t = self.torch
-        if dtype == "int64":
-            return t.from_numpy(np.ascontiguousarray(a, np.int64)).to(self.device)
+        if dtype in ("int32", "int64"):
+            return t.from_numpy(np.ascontiguousarray(a, dtype)).to(self.device)
         host = np.ascontiguousarray(a, np.float64 if dtype == "float64" else np.float32)
         return t.from_numpy(host).to(self.device).to(getattr(t, dtype)).contiguous()
 
@@ -228,7 +228,7 @@ def check_heads(be, rep, rng, factors, dtypes):
                      np.array_equal(be.get(scores), up_ours.max(-1)))
             target = rng.integers(0, c, m)
             target[:, 0, :] = 2  # the ignore label on the first row
-            tl = be.put(target, "int64")
+            tl = be.put(target, "int32" if f % 2 == 0 else "int64")  # int32 labels on the even factors
             loss, stats = be.empty(m, dtype), be.empty((*m, 2), "float64")
             s = 0.1 if f % 2 else 0.0  # label smoothing on the odd factors
             tc.upsample_sparse_softmax_cross_entropy(tl, x, f, ignore_label=2, label_smoothing=s,
