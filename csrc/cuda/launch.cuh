@@ -442,6 +442,7 @@ struct OpCall {
   LabelRule rule;
   void* const* p;  // the op's arrays, in the kernel list's order
   void* scratch;   // OpScratchBytes of device memory
+  LabelMap Labels() const { return {p[1], rule.narrow}; }  // the loss ops' labels (array 1)
 };
 template <class Exec>
 struct Op {
@@ -474,12 +475,12 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) { RunResizeArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2]); }},
       {"ResizeSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule, c.p[2],
+         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], c.Labels(), c.rule, c.p[2],
                                static_cast<double*>(c.p[3]));
        }},
       {"ResizeSoftmaxCrossEntropyGrad", ResizeHeadScratchBytes,
        [](E ex, C c) {
-         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule,
+         RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(), c.rule,
                                    static_cast<const double*>(c.p[2]), c.p[3], c.p[4], c.scratch);
        }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
@@ -488,12 +489,12 @@ const Op<Exec>* FindOp(const char* name) {
        }},
       {"UpsampleSoftmaxCrossEntropy", NoScratch,
        [](E ex, C c) {
-         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow}, c.rule,
+         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], c.Labels(), c.rule,
                                  c.p[2], static_cast<double*>(c.p[3]));
        }},
       {"UpsampleSoftmaxCrossEntropyGrad", NoScratch,
        [](E ex, C c) {
-         RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], LabelMap{c.p[1], c.rule.narrow},
+         RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(),
                                      c.rule, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
        }},
   };
