@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <numeric>
 #include <type_traits>
 #include <utility>
@@ -669,6 +670,30 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
   });
 }
 
+// Scratch whose first element sits on a 64-byte boundary. The input gradients' sums are rows of
+// such buffers (columns nc elements apart), loaded and stored once per vector of dy where the x
+// pass goes pixel by pixel: at the heap's 16-byte alignment half of those 32-byte accesses cross
+// a cache line. The FCN input gradient at [1,16,22,1000] x32 on the 2-core EPYC VM, in one
+// process against tf.reduce_sum (same bits): 1.21-1.30x the read floor in its fast mode with the
+// sums 64 (or 32) bytes aligned, 1.51-1.61x with them 16 bytes off; one thread 1.27-1.29x against
+// 1.55-1.89x.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
 // ---------------------------------------------------------------------------------------------
 // Input gradient (gather over outputs): dx[i] = sum over the outputs i feeds of w(tap) * dy.
 // Each unit owns a band of input rows and sweeps the output rows that band reads once, in
@@ -679,7 +704,7 @@ void DepthwiseForwardImpl(const Geometry& g, const T* input, const T* filter, T*
 template <typename A>
 struct InputBlock {
   int64_t s, i0, i1, c0, nc;
-  std::vector<A> acc, scratch, scratch2;
+  AlignedVector<A> acc, scratch, scratch2;
 };
 
 // How an input gradient is cut into units: slabs x bands of `band` input rows x channel blocks.
@@ -810,7 +835,7 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
   const int64_t shared = first[ib.bands], row = W * ib.cblock;
   const bool buffered = shared > 0 && sl.count * ib.cblocks * shared * row <= max_buffer;
   if (!buffered) ib = MakeInputBands(g, sl, split_channels, 16, whole);
-  std::vector<A> rows(buffered ? sl.count * ib.cblocks * shared * row : 0);
+  AlignedVector<A> rows(buffered ? sl.count * ib.cblocks * shared * row : 0);
   auto stored = [&](int64_t s, int64_t cb, int64_t b, int64_t oy) {
     return rows.data() + ((s * ib.cblocks + cb) * shared + first[b] + oy - g.y.FirstOutput(b * ib.band)) * row;
   };
