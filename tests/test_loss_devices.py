@@ -30,6 +30,21 @@ def test_softmax_exp_is_within_two_ulp_of_exp():
     assert _numpy_ext.softmax_exp(np.array([-200.0], np.float32))[0] < 1e-37  # clamped, not garbage
 
 
+def test_softmax_log_is_within_one_ulp_of_log():
+    # The loss gives it sums of exps in [1, classes]; it holds for every positive normal float.
+    x = np.concatenate([np.linspace(1, 1100, 2_000_001, dtype=np.float32),
+                        np.logspace(-37, 38, 100_001).astype(np.float32),
+                        np.float32([1.0, 2.0, np.sqrt(2), np.nextafter(np.float32(np.sqrt(2)), 2)])]).astype(np.float32)
+    x = x[np.isfinite(x) & (x >= np.finfo(np.float32).tiny)]
+    ours = np.asarray(_numpy_ext.softmax_log(x), np.float64)
+    exact = np.log(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    worst = float(np.max(np.abs(ours - exact) / ulp))
+    assert worst <= 1.0, f"softmax log is {worst:.2f} ulp from log"
+    assert _numpy_ext.softmax_log(np.float32([1.0]))[0] == 0.0  # a pixel whose one class dominates: loss 0
+    assert np.isnan(_numpy_ext.softmax_log(np.array([np.nan], np.float32))[0])
+
+
 def _cuda(emu, op, args, dtype, *arrays):
     emulator.Ext(emu).run(op, args, CODE[dtype], [a.ctypes.data for a in arrays], 0)
 

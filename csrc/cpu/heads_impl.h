@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 #include <type_traits>
@@ -466,7 +467,7 @@ void PixelLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule,
     const A target = SmoothedTarget(v, C, y, rule.smoothing);
     A m;
     const A sum = ExpShifted(v, C, &m);
-    if (loss != nullptr) loss[o] = Narrow<O>(std::log(sum) + m - target);  // logsumexp(v) - target
+    if (loss != nullptr) loss[o] = Narrow<O>(SoftmaxLog(sum) + m - target);  // logsumexp(v) - target
     if (stats != nullptr) {
       stats[2 * o] = static_cast<double>(m);
       stats[2 * o + 1] = static_cast<double>(sum);
@@ -511,14 +512,119 @@ inline void TransposePixels(const A* __restrict blk, int64_t C, A* __restrict vt
     for (int64_t p = 0; p < 16; ++p) vt[c * 16 + p] = blk[p * C + c];
 }
 
+// The pixels FewClassLossRow takes at a time.
+constexpr int64_t kLossBlock = 16;
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// The few-class loss forwards' scores for float logits class-major, a block of kLossBlock output
+// pixels of a row at a time as FewClassLossRow reads them (vt[c * kLossBlock + p]), from input
+// rows or column values transposed to class-major ([C][columns + Lanes::kN]): per window of
+// Lanes::kN pixels, one load per class and row of the kN columns from the window's first lower
+// column, each pixel's lower and upper column picked from it by a permutation, then each
+// semantics' own operations on each value (the same bits as its per-pixel scores). Per pixel this
+// replaces the per-pixel loads and stores of C values and the transposition of the block's
+// scores: at 19 classes they had taken half of the loss forward's time. Blocks whose pixels'
+// columns do not fit in their windows (shrinking) keep the pixel-by-pixel path.
+class ClassWindows {
+ public:
+  static constexpr int64_t kN = Lanes::kN;
+  // An output pixel's taps: its lower and upper columns, its weights a and b (the semantics'
+  // own), and whether it has a second tap (b's; the transposed convolution's edge pixels have not).
+  struct Taps {
+    int64_t lower, upper;
+    float a, b;
+    bool two;
+  };
+  // taps(o) for the output pixels o of a row of ow.
+  template <typename TapsOf>
+  ClassWindows(int64_t ow, TapsOf&& taps) {
+    const int64_t blocks = (ow + kLossBlock - 1) / kLossBlock, n = blocks * kLossBlock;
+    first_.resize(n / kN);
+    lower_.resize(n), upper_.resize(n), a_.resize(n), b_.resize(n), two_.assign(n / kN, 0), fits_.assign(blocks, 1);
+    for (int64_t o = 0; o < n; ++o) {
+      const Taps t = taps(std::min(o, ow - 1));  // past the row: copies of its last pixel
+      const int64_t win = o / kN;
+      if (o % kN == 0) first_[win] = t.lower;
+      const int64_t lo = t.lower - first_[win], up = t.upper - first_[win];
+      if (lo < 0 || up < 0 || lo >= kN || up >= kN) fits_[o / kLossBlock] = 0;
+      lower_[o] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(lo, 0), kN - 1));
+      upper_[o] = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(up, 0), kN - 1));
+      a_[o] = t.a, b_[o] = t.b;
+      if (t.two) two_[win] |= uint32_t{1} << (o % kN);
+    }
+  }
+  // For the block from output pixel o0: false where it does not fit, else f(p0, first, lower,
+  // upper, a, b, two) for each of its windows -- pixels o0 + p0 on, their first column and, as
+  // vectors, the columns from it, the weights, and the lanes with a second tap -- and true.
+  template <typename F>
+  bool ForWindows(int64_t o0, F&& f) const {
+    if (!fits_[o0 / kLossBlock]) return false;
+    for (int64_t p0 = 0; p0 < kLossBlock; p0 += kN) {
+      const int64_t o = o0 + p0;
+      f(p0, first_[o / kN], Lanes::LoadIdx(&lower_[o]), Lanes::LoadIdx(&upper_[o]), Lanes::Load(&a_[o]),
+        Lanes::Load(&b_[o]), Mask(two_[o / kN]));
+    }
+    return true;
+  }
+
+ private:
+  static Lanes::Mask Mask(uint32_t bits) {
+#if defined(TFUP_ISA_AVX512)
+    return static_cast<Lanes::Mask>(bits);
+#else
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane), lane);
+#endif
+  }
+  std::vector<int64_t> first_;         // per window: its first column
+  std::vector<int32_t> lower_, upper_;  // per pixel: from its window's first column
+  std::vector<float> a_, b_;
+  std::vector<uint32_t> two_;          // per window: its lanes with a second tap
+  std::vector<char> fits_;             // per block: its windows hold its pixels' columns
+};
+
+// Rows of [w][C] floats transposed to class-major, [C][w + Lanes::kN] (the columns past w: 0,
+// loaded with a window, never picked), a thread's two last kept: the output rows that read the
+// same input rows (8 of them at 8x) transpose them once.
+class ClassRows {
+ public:
+  ClassRows(int64_t w, int64_t C) : w_(w), C_(C) {
+    for (auto& r : rows_) r.assign(C * stride(), 0.0f);
+  }
+  int64_t stride() const { return w_ + Lanes::kN; }
+  // Row `key` (a number naming it among the call's rows) from r; other: the key of the row the
+  // caller also holds, not to be replaced.
+  const float* Get(int64_t key, const float* r, int64_t other) {
+    for (int j = 0; j < 2; ++j) {
+      if (keys_[j] == key) return rows_[j].data();
+    }
+    const int j = keys_[0] == other ? 1 : 0;
+    keys_[j] = key;
+    Transpose(r, rows_[j].data());
+    return rows_[j].data();
+  }
+  void Transpose(const float* r, float* __restrict t) const {
+    for (int64_t x = 0; x < w_; ++x)
+      for (int64_t c = 0; c < C_; ++c) t[c * stride() + x] = r[x * C_ + c];
+  }
+
+ private:
+  int64_t w_, C_;
+  int64_t keys_[2] = {-1, -1};
+  std::vector<float> rows_[2];
+};
+#endif
+
 // LossRow (below) at few classes, 16 pixels at a time with the classes as the outer loop: each
 // pixel's max, exps, their sum and its target score are running values across the 16 pixels
 // (one vector operation per class per 16 pixels), the sums in class order (as the CUDA kernels
-// sum).
-template <typename A, typename O, typename Scores>
-void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule,
-                     Scores&& scores, O* loss, double* stats, std::vector<A>& scratch) {
-  constexpr int64_t P = 16;
+// sum). block_scores(o0, np, vt) may write the scores of the pixels [o0, o0 + np) and up to
+// 16 - np more (copies: never used) class-major itself, vt[c * 16 + p], and return true; else
+// scores and a transposition do.
+template <typename A, typename O, typename Scores, typename BlockScores>
+void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
+                     BlockScores&& block_scores, O* loss, double* stats, std::vector<A>& scratch) {
+  constexpr int64_t P = kLossBlock;
   const int64_t Cpad = (C + 7) / 8 * 8;
   scratch.resize(P * C + 8 + Cpad * P);
   A* __restrict blk = scratch.data();  // [P][C], as scores writes them (8 more read past it)
@@ -527,15 +633,17 @@ void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& ru
   for (int64_t o0 = 0; o0 < ow; o0 += P) {
     const int64_t np = std::min(P, ow - o0);
     int64_t y[P];
-    for (int64_t p = 0; p < P; ++p) {
-      y[p] = p < np ? labels[o0 + p] : 0;
-      if (p < np) {
-        scores(o0 + p, blk + p * C);
-      } else {
-        std::fill(blk + p * C, blk + (p + 1) * C, A(0));
+    for (int64_t p = 0; p < P; ++p) y[p] = p < np ? labels[o0 + p] : 0;
+    if (!block_scores(o0, np, vt)) {
+      for (int64_t p = 0; p < P; ++p) {
+        if (p < np) {
+          scores(o0 + p, blk + p * C);
+        } else {
+          std::fill(blk + p * C, blk + (p + 1) * C, A(0));
+        }
       }
+      TransposePixels(blk, C, vt);
     }
-    TransposePixels(blk, C, vt);
     A m[P], sum[P], target[P], all[P];
     {  // as 32-byte vectors of lanes (GCC leaves the scalar loop's compares scalar with AVX-512;
        // a 64-byte vector type is slower than the scalar loop in the AVX2 build)
@@ -552,19 +660,23 @@ void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& ru
         std::memcpy(m + p0, &mv, sizeof(mv));
       }
     }
-    for (int64_t p = 0; p < P; ++p) sum[p] = target[p] = all[p] = A(0);
+    for (int64_t p = 0; p < P; ++p) sum[p] = A(0);
     for (int64_t c = 0; c < C; ++c) {
-      for (int64_t p = 0; p < P; ++p) {
-        const A x = vt[c * P + p];
-        sum[p] += SoftmaxExp(x - m[p]);
-        target[p] = y[p] == c ? x : target[p];
-        all[p] += x;
+      for (int64_t p = 0; p < P; ++p) sum[p] += SoftmaxExp(vt[c * P + p] - m[p]);
+    }
+    for (int64_t p = 0; p < P; ++p) target[p] = y[p] >= 0 && y[p] < C ? vt[y[p] * P + p] : A(0);
+    if (rule.smoothing != 0) {
+      for (int64_t p = 0; p < P; ++p) all[p] = A(0);
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t p = 0; p < P; ++p) all[p] += vt[c * P + p];
       }
     }
+    A lse[P];  // log(sum), vectorised (SoftmaxLog)
+    for (int64_t p = 0; p < P; ++p) lse[p] = SoftmaxLog(sum[p]);
     for (int64_t p = 0; p < np; ++p) {
       const bool skip = rule.Skips(y[p]);
       if (!skip && rule.smoothing != 0) target[p] = on_label * target[p] + uniform * (all[p] / A(C));
-      if (loss != nullptr) loss[o0 + p] = skip ? O(0) : Narrow<O>(std::log(sum[p]) + m[p] - target[p]);
+      if (loss != nullptr) loss[o0 + p] = skip ? O(0) : Narrow<O>(lse[p] + m[p] - target[p]);
       if (stats != nullptr) {
         stats[2 * (o0 + p)] = skip ? 0.0 : static_cast<double>(m[p]);
         stats[2 * (o0 + p) + 1] = skip ? 0.0 : static_cast<double>(sum[p]);
@@ -576,12 +688,18 @@ void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& ru
 // The loss and stats of the output pixels [0, ow) of one row, for both loss forwards: scores(o, v)
 // writes pixel o's C scores as the loss reads them; labels, loss and stats point at the row's
 // first pixel (loss, stats may be null). Pixel by pixel from kFewClasses classes (or with none:
-// every pixel is then ignored), 16 pixels at a time below.
+// every pixel is then ignored), 16 pixels at a time below, where block_scores (FewClassLossRow)
+// may take over from scores.
+template <typename A, typename O, typename Scores, typename BlockScores>
+void LossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
+             BlockScores&& block_scores, O* loss, double* stats, std::vector<A>& scratch) {
+  if (C == 0 || C >= kFewClasses) return PixelLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
+  FewClassLossRow(ow, C, labels, rule, scores, block_scores, loss, stats, scratch);
+}
 template <typename A, typename O, typename Scores>
 void LossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
              O* loss, double* stats, std::vector<A>& scratch) {
-  if (C == 0 || C >= kFewClasses) return PixelLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
-  FewClassLossRow(ow, C, labels, rule, scores, loss, stats, scratch);
+  LossRow(ow, C, labels, rule, scores, [](int64_t, int64_t, A*) { return false; }, loss, stats, scratch);
 }
 
 // The forward also writes each pixel's max and sum (stats, as double: exact for every A), which
@@ -593,35 +711,81 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMa
   using A = Acc<T>;
   const BilinearPlan<T, A> plan(g);
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
-  ForEachRow(pf, g.n, OH, OW * C * 16, [&](int64_t s, int64_t oy) {
+  if (g.n == 0 || OH == 0) return;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  // Float logits at few classes: the scores class-major (ClassWindows), where the windows fit.
+  const bool by_class = std::is_same_v<T, float> && C > 0 && C < kFewClasses && OW > 0;
+  std::unique_ptr<ClassWindows> windows;
+  if (by_class) {
+    windows = std::make_unique<ClassWindows>(OW, [&](int64_t o) {
+      const int64_t j = plan.tx.first[o];
+      const bool two = plan.tx.count[o] == 2;
+      return ClassWindows::Taps{j, two ? j + 1 : j, static_cast<float>(plan.wx[g.x.Tap(o, j)]),
+                                two ? static_cast<float>(plan.wx[g.x.Tap(o, j + 1)]) : 0.0f, two};
+    });
+  }
+#endif
+  pf(g.n * OH, OW * C * 16, [&](int64_t begin, int64_t end) {
     std::vector<A> cols(W * C), scratch;
-    plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
-    const int64_t base = (s * OH + oy) * OW;
-    LossRow<A>(OW, C, labels.From(base), rule, [&](int64_t ox, A* out) {
-      plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
-      ScoresAsStored<T>(out, C);
-    }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+    std::unique_ptr<ClassRows> class_cols;
+    if (by_class) class_cols = std::make_unique<ClassRows>(W, C);
+#endif
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / OH, oy = u % OH;
+      plan.Columns(plan.RowTaps(logits + s * g.y.n_in * W * C, oy, C), C, cols.data());
+      const int64_t base = (s * OH + oy) * OW;
+      const auto scores = [&](int64_t ox, A* out) {
+        plan.PixelFromColumns(cols.data(), ox, C, out);  // the forward's values
+        ScoresAsStored<T>(out, C);
+      };
+      T* loss_row = loss == nullptr ? nullptr : loss + base;
+      double* stats_row = stats == nullptr ? nullptr : stats + 2 * base;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        if (by_class) {
+          const float* t = class_cols->Get(u, cols.data(), -1);
+          const int64_t stride = class_cols->stride();
+          LossRow<A>(OW, C, labels.From(base), rule, scores, [&](int64_t o0, int64_t, float* vt) {
+            // PixelFromColumns' operations on each value, as class-major vectors of pixels: a
+            // pixel without a second column keeps its first one's product
+            return windows->ForWindows(o0, [&](int64_t p0, int64_t first, Lanes::Idx il, Lanes::Idx iu,
+                                               Lanes::V w0, Lanes::V w1, Lanes::Mask two) {
+              using L = Lanes;
+              for (int64_t c = 0; c < C; ++c) {
+                const L::V x = L::Load(t + first + c * stride);
+                const L::V v = L::Mul(w0, L::Permute(x, il));
+                L::Store(vt + c * kLossBlock + p0, L::AddWhere(two, v, L::Mul(w1, L::Permute(x, iu))));
+              }
+            });
+          }, loss_row, stats_row, scratch);
+          continue;
+        }
+      }
+#endif
+      LossRow<A>(OW, C, labels.From(base), rule, scores, loss_row, stats_row, scratch);
+    }
   });
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
 // The gradient's row below (one output row reduced along x into r) for float logits of NV vectors
-// of classes or fewer (C <= NV * Lanes::kN): per run of pixels with the same input columns, the
-// columns' values and the run's sums into its one or two columns of r stay in registers; per
-// pixel PixelFromColumns, SoftmaxExp, the target and the weighted adds, operation for operation as
-// the scalar loop (the same bits). The lanes past C hold the maximum (exp(0)) and never leave the
-// registers.
-template <int NV>
+// of classes or fewer (C <= NV * Lanes::kN; the last vector's lanes of type Last, ClassVectors):
+// per run of pixels with the same input columns, the columns' values and the run's sums into its
+// one or two columns of r stay in registers; per pixel PixelFromColumns, SoftmaxExp, the target
+// and the weighted adds, operation for operation as the scalar loop (the same bits). The lanes
+// past C hold the maximum (exp(0)) and never leave the registers.
+template <typename L>
+struct FcnGradRegs {
+  typename L::V c0, c1, s0, s1;  // a run's one or two columns' values; its sums into them
+};
+template <int NV, typename Last>
 void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
                             const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                             LabelMap labels, const LabelRule& rule, const double* stats,
                             const float* loss_grad, float* __restrict r) {
-  using L = Lanes;
-  using V = L::V;
-  constexpr int64_t N = L::kN;
   const Axis& ax = plan.g.x;
-  const MaskedVectors<NV> vecs(C);
-  const L::Mask last = vecs.last;  // the classes in the last vector
+  ClassVectors<NV, Last, FcnGradRegs> vecs(C);
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -629,13 +793,12 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
     const int64_t j0 = plan.tx.first[x0];
     const bool two = plan.tx.count[x0] == 2;
     float *sum0 = r + j0 * C, *sum1 = sum0 + C;
-    V c0[NV], c1[NV], s0[NV], s1[NV];
-    for (int k = 0; k < NV; ++k) {
-      c0[k] = vecs.Load(cols + j0 * C, k);
-      s0[k] = vecs.Load(sum0, k);
-      c1[k] = two ? vecs.Load(cols + (j0 + 1) * C, k) : c0[k];
-      s1[k] = two ? vecs.Load(sum1, k) : s0[k];
-    }
+    vecs.ForEach([&](auto vec, auto& q) {
+      q.c0 = vec.Load(cols + j0 * C);
+      q.s0 = vec.Load(sum0);
+      q.c1 = two ? vec.Load(cols + (j0 + 1) * C) : q.c0;
+      q.s1 = two ? vec.Load(sum1) : q.s0;
+    });
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
@@ -643,28 +806,27 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
       const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
       const float scale = gl / sum, on = smoothing ? gl * on_label : gl;
       const float w0 = plan.wx[ax.Tap(ox, j0)], w1 = two ? plan.wx[ax.Tap(ox, j0 + 1)] : 0.0f;
-      const V wv0 = L::Set(w0), wv1 = L::Set(w1), mv = L::Set(m), sv = L::Set(scale), off = L::Set(gl * uniform);
-      const V ws0 = L::Set(smoothing ? w0 : w0 * scale), ws1 = L::Set(smoothing ? w1 : w1 * scale);
-      const V hot0 = L::Set(-(w0 * on)), hot1 = L::Set(-(w1 * on));  // rj[y] -= w * on
-      const L::Mask at_y = OneLane(y % N);
-      for (int k = 0; k < NV; ++k) {
-        V v = L::Mul(wv0, c0[k]);
-        if (two) v = L::Add(v, L::Mul(wv1, c1[k]));
-        if (k + 1 == NV) v = L::Blend(L::Not(last), v, mv);  // the lanes past C: the maximum
-        V d = SoftmaxExpLanes(L::Sub(v, mv));
-        if (smoothing) d = L::Sub(L::Mul(d, sv), off);
-        s0[k] = L::Add(s0[k], L::Mul(ws0, d));
-        if (y / N == k) s0[k] = L::AddWhere(at_y, s0[k], hot0);
+      vecs.ForEach([&](auto vec, auto& q) {
+        using L = typename decltype(vec)::L;
+        using V = typename L::V;
+        const V mv = L::Set(m);
+        V v = L::Mul(L::Set(w0), q.c0);
+        if (two) v = L::Add(v, L::Mul(L::Set(w1), q.c1));
+        V d = SoftmaxExpLanes<L>(L::Sub(vec.PastEnd(v, mv), mv));  // past C: the maximum
+        if (smoothing) d = L::Sub(L::Mul(d, L::Set(scale)), L::Set(gl * uniform));
+        const typename L::Mask at_y = OneLane<L>(y % Lanes::kN);
+        q.s0 = L::Add(q.s0, L::Mul(L::Set(smoothing ? w0 : w0 * scale), d));
+        if (vec.Holds(y)) q.s0 = L::AddWhere(at_y, q.s0, L::Set(-(w0 * on)));  // rj[y] -= w * on
         if (two) {
-          s1[k] = L::Add(s1[k], L::Mul(ws1, d));
-          if (y / N == k) s1[k] = L::AddWhere(at_y, s1[k], hot1);
+          q.s1 = L::Add(q.s1, L::Mul(L::Set(smoothing ? w1 : w1 * scale), d));
+          if (vec.Holds(y)) q.s1 = L::AddWhere(at_y, q.s1, L::Set(-(w1 * on)));
         }
-      }
+      });
     }
-    for (int k = 0; k < NV; ++k) {
-      vecs.Store(sum0, k, s0[k]);
-      if (two) vecs.Store(sum1, k, s1[k]);
-    }
+    vecs.ForEach([&](auto vec, auto& q) {
+      vec.Store(sum0, q.s0);
+      if (two) vec.Store(sum1, q.s1);
+    });
   }
 }
 #endif
@@ -699,7 +861,9 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
                          const LabelRule&, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    row_fn = ByVectors<RowFn>(C, [](auto nv) -> RowFn { return FewClassFcnLossGradRow<decltype(nv)::value>; });
+    row_fn = ByClassVectors<RowFn>(C, [](auto nv, auto last) -> RowFn {
+      return FewClassFcnLossGradRow<decltype(nv)::value, decltype(last)>;
+    });
   }
   const auto xruns = SameTapRuns(plan.tx);
 #endif

@@ -442,6 +442,9 @@ struct Lanes256 {
         _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23));
   }
   static void Stream(float* p, V v) { _mm256_stream_ps(p, v); }
+  using Idx = __m256i;  // a lane index per lane (Permute)
+  static Idx LoadIdx(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static V Permute(V v, Idx i) { return _mm256_permutevar8x32_ps(v, i); }  // lane j: v[i[j]]
 };
 #if defined(TFUP_ISA_AVX512)
 struct Lanes512 {
@@ -477,32 +480,52 @@ struct Lanes512 {
         _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
   }
   static void Stream(float* p, V v) { _mm512_stream_ps(p, v); }
+  using Idx = __m512i;
+  static Idx LoadIdx(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static V Permute(V v, Idx i) { return _mm512_permutexvar_ps(i, v); }  // lane j: v[i[j]]
 };
 using Lanes = Lanes512;
+// 8 float lanes with AVX-512VL's k-masks: the last vector of a pixel's classes where 8 or fewer
+// are left (19 classes: 16 + 3, 21: 16 + 5; ClassVectors below). Zen 4 executes a 512-bit
+// operation as two 256-bit halves, so a 256-bit last vector does half the work of a masked 512-bit
+// one for the same lanes. Lanes256's members that take its own vector masks (Or, None, Any,
+// LoadSplit, Pick) are not for this type.
+struct Lanes256k : Lanes256 {
+  using Mask = __mmask8;
+  static Mask Head(int64_t k) { return Mask((1u << k) - 1); }
+  static Mask Not(Mask m) { return Mask(~m); }
+  static Mask And(Mask a, Mask b) { return Mask(a & b); }
+  static V LoadHead(Mask m, const float* p) { return _mm256_maskz_loadu_ps(m, p); }  // others +0
+  static void StoreHead(Mask m, float* p, V v) { _mm256_mask_storeu_ps(p, m, v); }
+  static V AddWhere(Mask m, V a, V b) { return _mm256_mask_add_ps(a, m, a, b); }
+  static V Blend(Mask m, V a, V b) { return _mm256_mask_blend_ps(m, a, b); }  // b in m, else a
+};
 #else
 using Lanes = Lanes256;
 #endif
 
 // SoftmaxExp (softmax_exp.h) on a vector, operation for operation: the same bits in every lane.
-inline Lanes::V SoftmaxExpLanes(Lanes::V x) {
-  using L = Lanes;
+template <typename L = Lanes>
+inline typename L::V SoftmaxExpLanes(typename L::V x) {
+  using V = typename L::V;
   x = L::Max(L::Set(-87.0f), x);  // x < -87 ? -87 : x, NaN staying NaN
   constexpr float kRound = 12582912.0f;
-  const L::V t = L::Add(L::Mul(x, L::Set(1.44269504088896341f)), L::Set(kRound));
-  const L::V n = L::Sub(t, L::Set(kRound));
-  const L::V r = L::Fma(n, L::Set(2.12194440e-4f), L::Sub(x, L::Mul(n, L::Set(0.693359375f))));
-  L::V p = L::Set(1.9875691500e-4f);
+  const V t = L::Add(L::Mul(x, L::Set(1.44269504088896341f)), L::Set(kRound));
+  const V n = L::Sub(t, L::Set(kRound));
+  const V r = L::Fma(n, L::Set(2.12194440e-4f), L::Sub(x, L::Mul(n, L::Set(0.693359375f))));
+  V p = L::Set(1.9875691500e-4f);
   p = L::Fma(p, r, L::Set(1.3981999507e-3f));
   p = L::Fma(p, r, L::Set(8.3334519073e-3f));
   p = L::Fma(p, r, L::Set(4.1665795894e-2f));
   p = L::Fma(p, r, L::Set(1.6666665459e-1f));
   p = L::Fma(p, r, L::Set(5.0000001201e-1f));
-  const L::V e = L::Add(L::Fma(L::Mul(r, r), p, r), L::Set(1.0f));
+  const V e = L::Add(L::Fma(L::Mul(r, r), p, r), L::Set(1.0f));
   return L::Mul(e, L::Pow2Of(t));
 }
 
 // The mask of lane j alone (a one-hot's lane: the target class in the loss gradients' rows).
-inline Lanes::Mask OneLane(int64_t j) { return Lanes::And(Lanes::Head(j + 1), Lanes::Not(Lanes::Head(j))); }
+template <typename L = Lanes>
+inline typename L::Mask OneLane(int64_t j) { return L::And(L::Head(j + 1), L::Not(L::Head(j))); }
 
 // n floats as NV vectors, the last one partial (its lanes past n masked: loaded as 0, never
 // stored): vector k of p.
@@ -533,6 +556,56 @@ Fn ByVectors(int64_t n, Pick&& pick) {
     case 4: return pick(std::integral_constant<int, 4>());
     default: return Fn();
   }
+}
+
+// One of ClassVectors' vectors: classes [k * Lanes::kN, that + L::kN) of a pixel in lanes of type
+// L, whole (kWhole) or the last one with its lanes past the pixel's classes masked (`in`: loaded
+// as 0, never stored).
+template <typename L_, bool kWhole>
+struct ClassVector {
+  using L = L_;
+  using V = typename L::V;
+  int k;
+  typename L::Mask in;
+  const float* At(const float* p) const { return p + k * Lanes::kN; }
+  V Load(const float* p) const { return kWhole ? L::Load(At(p)) : L::LoadHead(in, At(p)); }
+  void Store(float* p, V v) const {
+    if constexpr (kWhole) {
+      L::Store(p + k * Lanes::kN, v);
+    } else {
+      L::StoreHead(in, p + k * Lanes::kN, v);
+    }
+  }
+  V PastEnd(V v, V fill) const { return kWhole ? v : L::Blend(L::Not(in), v, fill); }  // lanes past n: fill
+  bool Holds(int64_t c) const { return c / Lanes::kN == k; }  // class c in this vector (c < n)
+};
+
+// A pixel's n float classes as NV vectors, each with its registers R<its lanes> (a row function's
+// state, per vector): NV - 1 whole vectors of Lanes, then the last of Last (Lanes, or in the
+// AVX-512 build Lanes256k where it holds 8 classes or fewer), whose lanes past n are masked.
+// ForEach(f) calls f(vector, its registers) for each in order.
+template <int NV, typename Last, template <typename> class R>
+struct ClassVectors {
+  R<Lanes> whole[NV > 1 ? NV - 1 : 1];  // (one unused for NV = 1)
+  R<Last> last;
+  typename Last::Mask in;
+  explicit ClassVectors(int64_t n) : in(Last::Head(n - (NV - 1) * Lanes::kN)) {}
+  template <typename F>
+  void ForEach(F&& f) {
+    for (int k = 0; k + 1 < NV; ++k) f(ClassVector<Lanes, true>{k, typename Lanes::Mask()}, whole[k]);
+    f(ClassVector<Last, false>{NV - 1, in}, last);
+  }
+};
+
+// ByVectors for a ClassVectors row function: pick(std::integral_constant<int, NV>(), Last()).
+template <typename Fn, typename Pick>
+Fn ByClassVectors(int64_t n, Pick&& pick) {
+#if defined(TFUP_ISA_AVX512)
+  if (n > 0 && n - (n - 1) / Lanes::kN * Lanes::kN <= Lanes256k::kN) {
+    return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, Lanes256k()); });
+  }
+#endif
+  return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, Lanes()); });
 }
 
 // One output row of float pixels (at least Lanes::kN channels) from the row's column values

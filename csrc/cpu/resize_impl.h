@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "cpu/kernels_impl.h"
@@ -540,79 +541,126 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap 
                                    const ParallelFor& pf) {
   const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
-  ForEachRow(pf, g.n, oh, ow * C * 16, [&](int64_t s, int64_t oy) {
+  if (g.n == 0 || oh == 0) return;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  // Float logits at few classes: the scores class-major (ClassWindows), where the windows fit.
+  const bool by_class = std::is_same_v<T, float> && C > 0 && C < kFewClasses && ow > 0;
+  std::unique_ptr<ClassWindows> windows;
+  if (by_class) {
+    windows = std::make_unique<ClassWindows>(ow, [&](int64_t o) {
+      return ClassWindows::Taps{tx.lower[o], tx.upper[o], tx.lerp[o], 0.0f, true};
+    });
+  }
+#endif
+  pf(g.n * oh, ow * C * 16, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
-    const T* in = logits + s * h * w * C;
-    const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
-    const int64_t base = (s * oh + oy) * ow;
-    LossRow<float>(ow, C, labels.From(base), rule, [&](int64_t ox, float* out) {
-      ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
-    }, loss == nullptr ? nullptr : loss + base, stats == nullptr ? nullptr : stats + 2 * base, scratch);
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+    std::unique_ptr<ClassRows> class_rows;
+    if (by_class) class_rows = std::make_unique<ClassRows>(w, C);
+#endif
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = u / oh, oy = u % oh;
+      const T* in = logits + s * h * w * C;
+      const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
+      const int64_t base = (s * oh + oy) * ow;
+      const auto scores = [&](int64_t ox, float* out) {
+        ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, out);
+      };
+      float* loss_row = loss == nullptr ? nullptr : loss + base;
+      double* stats_row = stats == nullptr ? nullptr : stats + 2 * base;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        if (by_class) {
+          const int64_t k0 = s * h + ty.lower[oy], k1 = s * h + ty.upper[oy];
+          const float* t0 = class_rows->Get(k0, r0, k1);
+          const float* t1 = class_rows->Get(k1, r1, k0);
+          const int64_t stride = class_rows->stride();
+          const Lanes::V yv = Lanes::Set(ty.lerp[oy]);
+          LossRow<float>(ow, C, labels.From(base), rule, scores, [&](int64_t o0, int64_t, float* vt) {
+            // ResizeScores' operations on each value, as class-major vectors of pixels
+            return windows->ForWindows(o0, [&](int64_t p0, int64_t first, Lanes::Idx il, Lanes::Idx iu, Lanes::V xv,
+                                               Lanes::V, Lanes::Mask) {
+              using L = Lanes;
+              const float *w0 = t0 + first, *w1 = t1 + first;
+              for (int64_t c = 0; c < C; ++c) {
+                const L::V a = L::Load(w0 + c * stride), d = L::Load(w1 + c * stride);
+                const L::V tl = L::Permute(a, il), tr = L::Permute(a, iu), bl = L::Permute(d, il), br = L::Permute(d, iu);
+                const L::V top = L::Add(tl, L::Mul(L::Sub(tr, tl), xv));
+                const L::V bottom = L::Add(bl, L::Mul(L::Sub(br, bl), xv));
+                L::Store(vt + c * kLossBlock + p0, L::Add(top, L::Mul(L::Sub(bottom, top), yv)));
+              }
+            });
+          }, loss_row, stats_row, scratch);
+          continue;
+        }
+      }
+#endif
+      LossRow<float>(ow, C, labels.From(base), rule, scores, loss_row, stats_row, scratch);
+    }
   });
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
 // One output row of the loss gradient below, along x, for float logits of NV vectors of classes
-// or fewer (C <= NV * Lanes::kN): per run of pixels with the same two input columns, the four
-// input pixels are loaded and tr - tl, br - bl formed once, and the run's sums into its two
-// columns of xr stay in registers; per pixel, ResizeScores, SoftmaxExp, the target and the two
-// weighted adds, operation for operation as the scalar loop (the same bits). The lanes past C
-// hold the maximum (exp(0)) and never leave the registers.
-template <int NV>
+// or fewer (C <= NV * Lanes::kN; the last vector's lanes of type Last, ClassVectors): per run of
+// pixels with the same two input columns, the four input pixels are loaded and tr - tl, br - bl
+// formed once, and the run's sums into its two columns of xr stay in registers; per pixel,
+// ResizeScores, SoftmaxExp, the target and the two weighted adds, operation for operation as the
+// scalar loop (the same bits). The lanes past C hold the maximum (exp(0)) and never leave the
+// registers.
+template <typename L>
+struct ResizeGradRegs {
+  typename L::V tl, dt, bl, db, sl, su;  // a run's four inputs as tl, tr - tl, bl, br - bl; its sums
+};
+template <int NV, typename Last>
 void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
                          const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                          LabelMap labels, LabelRule rule, const double* stats, const float* loss_grad,
                          float* __restrict xr) {
-  using L = Lanes;
-  using V = L::V;
-  constexpr int64_t N = L::kN;
-  const MaskedVectors<NV> vecs(C);
-  const L::Mask last = vecs.last;  // the classes in the last vector
-  const V yv = L::Set(yl);
+  ClassVectors<NV, Last, ResizeGradRegs> vecs(C);
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   for (const auto& [x0, x1] : xruns) {
     const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
     float *xl_sum = xr + jl * C, *xu_sum = xr + ju * C;
-    V tl[NV], dt[NV], bl[NV], db[NV], sl[NV], su[NV];
-    for (int k = 0; k < NV; ++k) {
-      tl[k] = vecs.Load(r0 + jl * C, k);
-      dt[k] = L::Sub(vecs.Load(r0 + ju * C, k), tl[k]);
-      bl[k] = vecs.Load(r1 + jl * C, k);
-      db[k] = L::Sub(vecs.Load(r1 + ju * C, k), bl[k]);
-      sl[k] = vecs.Load(xl_sum, k);
-      su[k] = vecs.Load(xu_sum, k);
-    }
+    vecs.ForEach([&](auto vec, auto& q) {
+      using L = typename decltype(vec)::L;
+      q.tl = vec.Load(r0 + jl * C);
+      q.dt = L::Sub(vec.Load(r0 + ju * C), q.tl);
+      q.bl = vec.Load(r1 + jl * C);
+      q.db = L::Sub(vec.Load(r1 + ju * C), q.bl);
+      q.sl = vec.Load(xl_sum);
+      q.su = vec.Load(xu_sum);
+    });
     for (int64_t ox = x0; ox < x1; ++ox) {
       const int64_t i = base + ox, y = labels[i];
       if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
       const float gl = loss_grad[rule.uniform_grad ? 0 : i];
       const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
       const float scale = gl / sum, wl = 1.0f - tx.lerp[ox], wu = tx.lerp[ox];
-      const V xv = L::Set(tx.lerp[ox]), mv = L::Set(m), sv = L::Set(scale), wlv = L::Set(wl), wuv = L::Set(wu);
-      const V off = L::Set(gl * uniform), on = L::Set(-(rule.smoothing == 0 ? gl : gl * on_label));
-      for (int k = 0; k < NV; ++k) {
-        const V top = L::Add(tl[k], L::Mul(dt[k], xv)), bottom = L::Add(bl[k], L::Mul(db[k], xv));
-        V v = L::Add(top, L::Mul(L::Sub(bottom, top), yv));
-        if (k + 1 == NV) v = L::Blend(L::Not(last), v, mv);  // the lanes past C: the maximum
-        V d = L::Mul(SoftmaxExpLanes(L::Sub(v, mv)), sv);
-        if (rule.smoothing != 0) d = L::Sub(d, off);
-        if (y / N == k) {  // the target's one-hot: d[y] - gl (d[y] + -gl, the same value)
-          const int64_t j = y % N;
-          d = L::AddWhere(OneLane(j), d, on);
-        }
+      const float off = gl * uniform, on = -(rule.smoothing == 0 ? gl : gl * on_label);
+      vecs.ForEach([&](auto vec, auto& q) {
+        using L = typename decltype(vec)::L;
+        using V = typename L::V;
+        const V xv = L::Set(tx.lerp[ox]), mv = L::Set(m);
+        const V top = L::Add(q.tl, L::Mul(q.dt, xv)), bottom = L::Add(q.bl, L::Mul(q.db, xv));
+        const V v = vec.PastEnd(L::Add(top, L::Mul(L::Sub(bottom, top), L::Set(yl))), mv);  // past C: the max
+        V d = L::Mul(SoftmaxExpLanes<L>(L::Sub(v, mv)), L::Set(scale));
+        if (rule.smoothing != 0) d = L::Sub(d, L::Set(off));
+        if (vec.Holds(y)) d = L::AddWhere(OneLane<L>(y % Lanes::kN), d, L::Set(on));  // d[y] - gl
+        const V wlv = L::Set(wl), wuv = L::Set(wu);
         if (jl == ju) {  // both weights into one column, in the scalar loop's order
-          sl[k] = L::Add(L::Add(sl[k], L::Mul(wlv, d)), L::Mul(wuv, d));
+          q.sl = L::Add(L::Add(q.sl, L::Mul(wlv, d)), L::Mul(wuv, d));
         } else {
-          sl[k] = L::Add(sl[k], L::Mul(wlv, d));
-          su[k] = L::Add(su[k], L::Mul(wuv, d));
+          q.sl = L::Add(q.sl, L::Mul(wlv, d));
+          q.su = L::Add(q.su, L::Mul(wuv, d));
         }
-      }
+      });
     }
-    for (int k = 0; k < NV; ++k) {
-      vecs.Store(xl_sum, k, sl[k]);
-      if (jl != ju) vecs.Store(xu_sum, k, su[k]);
-    }
+    vecs.ForEach([&](auto vec, auto& q) {
+      vec.Store(xl_sum, q.sl);
+      if (jl != ju) vec.Store(xu_sum, q.su);
+    });
   }
 }
 #endif
@@ -652,7 +700,9 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
                          LabelRule, const double*, const float*, float*);
   RowFn row_fn = nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    row_fn = ByVectors<RowFn>(C, [](auto nv) -> RowFn { return FewClassLossGradRow<decltype(nv)::value>; });
+    row_fn = ByClassVectors<RowFn>(C, [](auto nv, auto last) -> RowFn {
+      return FewClassLossGradRow<decltype(nv)::value, decltype(last)>;
+    });
   }
   const auto xruns = SameTapRuns(tx.lower, tx.upper);
 #endif

@@ -218,6 +218,13 @@ PYBIND11_MODULE(_numpy_ext, m) {
           return y;
         },
         py::arg("x"), "softmax_exp.h's float exp, elementwise (for testing its error bound).");
+  m.def("softmax_log",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+          py::array_t<float> y(x.size());
+          for (py::ssize_t i = 0; i < x.size(); ++i) y.mutable_data()[i] = tfup::SoftmaxLog(x.data()[i]);
+          return y;
+        },
+        py::arg("x"), "softmax_exp.h's float log, elementwise (for testing its error bound).");
   // The benchmark's write floor (tfupsample.tools.bench): writing an array once, on every core,
   // in 16 KB blocks.
   m.def("fill",
