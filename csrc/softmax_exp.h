@@ -1,5 +1,5 @@
 // The exp of the fused softmax cross-entropy, one definition for the CPU and CUDA kernels (see
-// docs/DESIGN.md, "Fused heads"). float: Cephes' single-precision polynomial in fused
+// docs/DESIGN.md, "Fused heads"), and the CPU loss forwards' log. float: Cephes' single-precision polynomial in fused
 // multiply-adds, branch-free so the CPU loop over classes vectorises (a libm exp per element would
 // not); within 2 ulp of the correctly rounded exp on [-87, 0], the only arguments it gets (scores
 // minus their maximum), tested through the NumPy binding. NaN in, NaN out. double: the C
@@ -57,16 +57,21 @@ TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
 }
 TFUP_HOST_DEVICE inline double SoftmaxExp(double x) { return exp(x); }
 
-// The log of the loss on the CPU, log(sum of a pixel's exps), float: Cephes' single-precision
-// logf, branch-free so that the loss rows' loop over 16 pixels vectorises (a libm log per pixel
-// had taken a tenth of the few-class loss forward's time). For positive normal x (the loss gives it
-// sums in [1, classes]); within 1 ulp of the correctly rounded log there, tested through the
-// NumPy binding. NaN in, NaN out. Products and sums rounded separately (no FMA: the kernels are
-// compiled without contraction), so every build gives the same bits. double: the C library's log.
+// The log of the CPU loss forwards, log(sum of a pixel's exps), float: Cephes' single-precision
+// logf, branch-free so that the few-class loss rows' loop over their block of pixels vectorises
+// (a libm log per pixel had taken a tenth of the few-class loss forward's time). Within 1 ulp of
+// the correctly rounded log for every positive float (the loss gives it sums in [1, classes]),
+// tested through the NumPy binding; log(0) = -inf, log(inf) = inf, NaN for NaN and negative x.
+// Products and sums rounded separately (the kernels are compiled without contraction), so every
+// CPU build gives the same bits. (The CUDA kernels take the device's logf.) double: the C
+// library's log.
 TFUP_HOST_DEVICE inline float SoftmaxLog(float x) {
-  // x = 2^e * m with m in [sqrt(1/2), sqrt(2)): e from the exponent bits, m from the mantissa's.
-  const int32_t bits = BitCast<int32_t>(x);
-  int32_t e = (bits >> 23) - 127;
+  // A subnormal x scaled by 2^23 into the normal range first (its exponent corrected below).
+  const bool tiny = x < 1.17549435e-38f;
+  const float xn = tiny ? x * 8388608.0f : x;
+  // xn = 2^e * m with m in [sqrt(1/2), sqrt(2)): e from the exponent bits, m from the mantissa's.
+  const int32_t bits = BitCast<int32_t>(xn);
+  int32_t e = ((bits >> 23) & 0xFF) - (tiny ? 127 + 23 : 127);
   float m = BitCast<float>((bits & 0x007FFFFF) | 0x3F800000);  // [1, 2)
   const bool high = m > 1.41421356f;
   m = high ? m * 0.5f : m;  // exact
@@ -87,7 +92,10 @@ TFUP_HOST_DEVICE inline float SoftmaxLog(float x) {
   y = y - 2.12194440e-4f * fe;  // ln 2 = 0.693359375 - 2.12194440e-4 (to float), the first exact
   y = y - 0.5f * z;
   const float r = (f + y) + 0.693359375f * fe;
-  return x == x ? r : x;
+  // x <= 0, inf, NaN: x - x is NaN for inf and NaN; 0 gives -inf, a negative NaN.
+  constexpr float kInf = __builtin_huge_valf();
+  const float special = x == 0.0f ? -kInf : (x == kInf ? kInf : (x - x) / 0.0f);
+  return x > 0.0f && x < kInf ? r : special;
 }
 TFUP_HOST_DEVICE inline double SoftmaxLog(double x) { return log(x); }
 

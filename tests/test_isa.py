@@ -84,6 +84,20 @@ for c in (5, 16, 19, 28, 32, 40):
             tape.watch(xc)
             loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, f, **kw) * weights
         out[f"loss_grad_{c}_x{f}"] = tape.gradient(loss, xc).numpy()
+# The few-class loss forwards' class-major scores over rows of several blocks: windows that fit
+# (8x up, the FCN's 3x), rows where only some blocks fit (40 -> 44 columns with 8-lane windows,
+# 40 -> 17) or the last block is part of one, label smoothing, ignored labels, an infinite and a
+# NaN logit.
+xw = rng.standard_normal((2, 5, 40, 21)).astype(np.float32) * 3
+xw[0, 1, 7, 3], xw[1, 2, 30, 0] = np.inf, np.nan
+for name, size, kw in (("up", (9, 320), {}), ("near", (7, 44), dict(label_smoothing=0.2)),
+                       ("near_ac", (6, 45), dict(interpolation="align_corners", ignore_label=255)), ("down", (3, 17), {})):
+    lab = rng.integers(0, 21, (2, *size))
+    if "ignore_label" in kw:
+        lab[rng.random(lab.shape) < 0.2] = 255
+    out[f"resize_loss_rows_{name}"] = tu.upsample_sparse_softmax_cross_entropy(
+        lab, xw, **{"interpolation": "bilinear", **kw}).numpy()
+out["loss_rows_x3"] = tu.upsample_sparse_softmax_cross_entropy(rng.integers(0, 21, (2, 15, 120)), xw, 3, label_smoothing=0.1).numpy()
 # The loss forwards pixel by pixel (Reduce's 64 partials and their tree: 150 classes), with an
 # infinite and a NaN logit in some pixels.
 x150 = rng.standard_normal((2, 5, 6, 150)).astype(np.float32) * 3

@@ -73,10 +73,12 @@ inline A Reduce(const A* v, int64_t C, A init, Op op) {
   return part[0];
 }
 
-// Below this many classes the loss forwards take 16 pixels at a time (LossRow) and the argmax's bounds are
+// Below this many classes the loss forwards take kLossBlock pixels at a time (LossRow) and the argmax's bounds are
 // running values: a pixel's classes fill less than Reduce's eight vectors, so its horizontal
 // reductions would dominate.
 constexpr int64_t kFewClasses = 64;
+// The pixels FewClassLossRow takes at a time.
+constexpr int64_t kLossBlock = 16;
 
 // The maximum and minimum as Reduce's op (a NaN operand on the right is never taken).
 struct MaxOp {
@@ -494,26 +496,25 @@ inline void Transpose8x8(const float* src, int64_t src_stride, float* dst, int64
 }
 #endif
 
-// FewClassLossRow's transposition of 16 pixels' C classes: vt[c * 16 + p] = blk[p * C + c]. For
+// FewClassLossRow's transposition of its block's C classes: vt[c * P + p] = blk[p * C + c]. For
 // float in 8 x 8 blocks in registers (the scalar copies, two memory operations a value, had cost
 // a fifth of the VOC-like resize loss forward; a gather per class was no faster on Zen 4): the
 // last block reads up to 7 values past blk (its caller's slack) and writes classes up to C
 // rounded up to 8 (vt's rows), whose values nothing reads.
 template <typename A>
 inline void TransposePixels(const A* __restrict blk, int64_t C, A* __restrict vt) {
+  constexpr int64_t P = kLossBlock;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float>) {
-    for (int64_t p = 0; p < 16; p += 8)
-      for (int64_t c = 0; c < C; c += 8) Transpose8x8(blk + p * C + c, C, vt + c * 16 + p, 16);
+    static_assert(P % 8 == 0, "8 x 8 blocks");
+    for (int64_t p = 0; p < P; p += 8)
+      for (int64_t c = 0; c < C; c += 8) Transpose8x8(blk + p * C + c, C, vt + c * P + p, P);
     return;
   }
 #endif
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t p = 0; p < 16; ++p) vt[c * 16 + p] = blk[p * C + c];
+    for (int64_t p = 0; p < P; ++p) vt[c * P + p] = blk[p * C + c];
 }
-
-// The pixels FewClassLossRow takes at a time.
-constexpr int64_t kLossBlock = 16;
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
 // The few-class loss forwards' scores for float logits class-major, a block of kLossBlock output
@@ -528,8 +529,10 @@ constexpr int64_t kLossBlock = 16;
 class ClassWindows {
  public:
   static constexpr int64_t kN = Lanes::kN;
+  static_assert(kLossBlock % kN == 0, "a block is whole windows");
   // An output pixel's taps: its lower and upper columns, its weights a and b (the semantics'
-  // own), and whether it has a second tap (b's; the transposed convolution's edge pixels have not).
+  // own: the resize's lerp, or the transposed convolution's two tap weights), and whether it has
+  // a second tap (the transposed convolution's edge pixels have not).
   struct Taps {
     int64_t lower, upper;
     float a, b;
@@ -553,22 +556,24 @@ class ClassWindows {
       if (t.two) two_[win] |= uint32_t{1} << (o % kN);
     }
   }
-  // For the block from output pixel o0: false where it does not fit, else f(p0, first, lower,
-  // upper, a, b, two) for each of its windows -- pixels o0 + p0 on, their first column and, as
-  // vectors, the columns from it, the weights, and the lanes with a second tap -- and true.
+  bool AnyFits() const { return std::find(fits_.begin(), fits_.end(), 1) != fits_.end(); }
+  // For the block from output pixel o0 (a multiple of kLossBlock): false where it does not fit,
+  // else f(p0, first, lower, upper, a, b, two) for each of its windows -- pixels o0 + p0 on, their
+  // first column and, as vectors, the columns from it, the weights, and the lanes with a second
+  // tap -- and true.
   template <typename F>
   bool ForWindows(int64_t o0, F&& f) const {
     if (!fits_[o0 / kLossBlock]) return false;
     for (int64_t p0 = 0; p0 < kLossBlock; p0 += kN) {
       const int64_t o = o0 + p0;
       f(p0, first_[o / kN], Lanes::LoadIdx(&lower_[o]), Lanes::LoadIdx(&upper_[o]), Lanes::Load(&a_[o]),
-        Lanes::Load(&b_[o]), Mask(two_[o / kN]));
+        Lanes::Load(&b_[o]), LaneMask(two_[o / kN]));
     }
     return true;
   }
 
  private:
-  static Lanes::Mask Mask(uint32_t bits) {
+  static Lanes::Mask LaneMask(uint32_t bits) {  // lane j in where bit j is set
 #if defined(TFUP_ISA_AVX512)
     return static_cast<Lanes::Mask>(bits);
 #else
@@ -583,29 +588,43 @@ class ClassWindows {
   std::vector<char> fits_;             // per block: its windows hold its pixels' columns
 };
 
-// Rows of [w][C] floats transposed to class-major, [C][w + Lanes::kN] (the columns past w: 0,
-// loaded with a window, never picked), a thread's two last kept: the output rows that read the
-// same input rows (8 of them at 8x) transpose them once.
+// The ClassWindows of a row of ow output pixels with taps(o) for a loss forward over T logits of
+// C classes, or null where the class-major scores do not apply: other than float logits, C of
+// kFewClasses or more (pixel by pixel), or no block of the row fits (its rows would be
+// transposed for nothing).
+template <typename T, typename TapsOf>
+std::unique_ptr<ClassWindows> MakeClassWindows(int64_t C, int64_t ow, TapsOf&& taps) {
+  if (!std::is_same_v<T, float> || C <= 0 || C >= kFewClasses || ow <= 0) return nullptr;
+  auto windows = std::make_unique<ClassWindows>(ow, taps);
+  if (!windows->AnyFits()) return nullptr;
+  return windows;
+}
+
+// r, w columns of C floats ([w][C]), class-major into t: t[c * stride + x] (stride >= w).
+inline void ClassMajor(const float* r, int64_t w, int64_t C, int64_t stride, float* __restrict t) {
+  for (int64_t x = 0; x < w; ++x)
+    for (int64_t c = 0; c < C; ++c) t[c * stride + x] = r[x * C + c];
+}
+
+// Input rows of [w][C] floats class-major, [C][w + Lanes::kN] (the columns past w: 0, loaded with
+// a window, never picked), a thread's two last kept: the output rows that read the same input
+// rows (8 of them at 8x) transpose them once.
 class ClassRows {
  public:
   ClassRows(int64_t w, int64_t C) : w_(w), C_(C) {
     for (auto& r : rows_) r.assign(C * stride(), 0.0f);
   }
   int64_t stride() const { return w_ + Lanes::kN; }
-  // Row `key` (a number naming it among the call's rows) from r; other: the key of the row the
-  // caller also holds, not to be replaced.
-  const float* Get(int64_t key, const float* r, int64_t other) {
+  // Row `key` (a number naming it among the call's rows) from r, keeping the row `keep` (the
+  // other one the caller holds) if it is there.
+  const float* Get(int64_t key, const float* r, int64_t keep) {
     for (int j = 0; j < 2; ++j) {
       if (keys_[j] == key) return rows_[j].data();
     }
-    const int j = keys_[0] == other ? 1 : 0;
+    const int j = keys_[0] == keep ? 1 : 0;
     keys_[j] = key;
-    Transpose(r, rows_[j].data());
+    ClassMajor(r, w_, C_, stride(), rows_[j].data());
     return rows_[j].data();
-  }
-  void Transpose(const float* r, float* __restrict t) const {
-    for (int64_t x = 0; x < w_; ++x)
-      for (int64_t c = 0; c < C_; ++c) t[c * stride() + x] = r[x * C_ + c];
   }
 
  private:
@@ -615,12 +634,13 @@ class ClassRows {
 };
 #endif
 
-// LossRow (below) at few classes, 16 pixels at a time with the classes as the outer loop: each
-// pixel's max, exps, their sum and its target score are running values across the 16 pixels
-// (one vector operation per class per 16 pixels), the sums in class order (as the CUDA kernels
-// sum). block_scores(o0, np, vt) may write the scores of the pixels [o0, o0 + np) and up to
-// 16 - np more (copies: never used) class-major itself, vt[c * 16 + p], and return true; else
-// scores and a transposition do.
+// LossRow (below) at few classes, a block of P = kLossBlock pixels at a time with the classes as
+// the outer loop: each pixel's max and sum of exps are running values across the block's pixels
+// (one vector operation per class per block), the sums in class order (as the CUDA kernels sum);
+// then each pixel's target score (and with label smoothing the sum of its scores) and its log
+// (SoftmaxLog), as vectors across the block. block_scores(o0, np, vt) may write the scores of
+// the pixels [o0, o0 + np) and P - np more (copies: never used) class-major itself,
+// vt[c * P + p], and return true; else scores and a transposition do.
 template <typename A, typename O, typename Scores, typename BlockScores>
 void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
                      BlockScores&& block_scores, O* loss, double* stats, std::vector<A>& scratch) {
@@ -688,8 +708,8 @@ void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& ru
 // The loss and stats of the output pixels [0, ow) of one row, for both loss forwards: scores(o, v)
 // writes pixel o's C scores as the loss reads them; labels, loss and stats point at the row's
 // first pixel (loss, stats may be null). Pixel by pixel from kFewClasses classes (or with none:
-// every pixel is then ignored), 16 pixels at a time below, where block_scores (FewClassLossRow)
-// may take over from scores.
+// every pixel is then ignored), kLossBlock pixels at a time below, where block_scores
+// (FewClassLossRow) may take over from scores.
 template <typename A, typename O, typename Scores, typename BlockScores>
 void LossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
              BlockScores&& block_scores, O* loss, double* stats, std::vector<A>& scratch) {
@@ -713,23 +733,19 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMa
   const int64_t C = g.c, OH = g.y.n_out, OW = g.x.n_out, W = g.x.n_in;
   if (g.n == 0 || OH == 0) return;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-  // Float logits at few classes: the scores class-major (ClassWindows), where the windows fit.
-  const bool by_class = std::is_same_v<T, float> && C > 0 && C < kFewClasses && OW > 0;
-  std::unique_ptr<ClassWindows> windows;
-  if (by_class) {
-    windows = std::make_unique<ClassWindows>(OW, [&](int64_t o) {
-      const int64_t j = plan.tx.first[o];
-      const bool two = plan.tx.count[o] == 2;
-      return ClassWindows::Taps{j, two ? j + 1 : j, static_cast<float>(plan.wx[g.x.Tap(o, j)]),
-                                two ? static_cast<float>(plan.wx[g.x.Tap(o, j + 1)]) : 0.0f, two};
-    });
-  }
+  // Float logits at few classes: the scores class-major from the row's columns, where they fit.
+  const auto windows = MakeClassWindows<T>(C, OW, [&](int64_t o) {
+    const int64_t j = plan.tx.first[o];
+    const bool two = plan.tx.count[o] == 2;
+    return ClassWindows::Taps{j, two ? j + 1 : j, static_cast<float>(plan.wx[g.x.Tap(o, j)]),
+                              two ? static_cast<float>(plan.wx[g.x.Tap(o, j + 1)]) : 0.0f, two};
+  });
+  const int64_t stride = W + Lanes::kN;  // the class-major columns' (the columns past W: 0, never picked)
 #endif
   pf(g.n * OH, OW * C * 16, [&](int64_t begin, int64_t end) {
     std::vector<A> cols(W * C), scratch;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-    std::unique_ptr<ClassRows> class_cols;
-    if (by_class) class_cols = std::make_unique<ClassRows>(W, C);
+    std::vector<float> class_cols(windows != nullptr ? C * stride : 0, 0.0f);
 #endif
     for (int64_t u = begin; u < end; ++u) {
       const int64_t s = u / OH, oy = u % OH;
@@ -743,9 +759,9 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMa
       double* stats_row = stats == nullptr ? nullptr : stats + 2 * base;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
       if constexpr (std::is_same_v<T, float>) {
-        if (by_class) {
-          const float* t = class_cols->Get(u, cols.data(), -1);
-          const int64_t stride = class_cols->stride();
+        if (windows != nullptr) {
+          const float* t = class_cols.data();
+          ClassMajor(cols.data(), W, C, stride, class_cols.data());
           LossRow<A>(OW, C, labels.From(base), rule, scores, [&](int64_t o0, int64_t, float* vt) {
             // PixelFromColumns' operations on each value, as class-major vectors of pixels: a
             // pixel without a second column keeps its first one's product

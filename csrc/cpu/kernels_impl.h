@@ -12,6 +12,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <new>
 #include <numeric>
@@ -492,6 +493,11 @@ using Lanes = Lanes512;
 // LoadSplit, Pick) are not for this type.
 struct Lanes256k : Lanes256 {
   using Mask = __mmask8;
+  static Mask Or(Mask, Mask) = delete;
+  static Mask None() = delete;
+  static bool Any(Mask) = delete;
+  static V LoadSplit(Mask, Mask, const float*, const float*) = delete;
+  static V Pick(Mask, float, float) = delete;
   static Mask Head(int64_t k) { return Mask((1u << k) - 1); }
   static Mask Not(Mask m) { return Mask(~m); }
   static Mask And(Mask a, Mask b) { return Mask(a & b); }
@@ -528,7 +534,8 @@ template <typename L = Lanes>
 inline typename L::Mask OneLane(int64_t j) { return L::And(L::Head(j + 1), L::Not(L::Head(j))); }
 
 // n floats as NV vectors, the last one partial (its lanes past n masked: loaded as 0, never
-// stored): vector k of p.
+// stored): vector k of p (AddRunFewChannels' channels; the loss gradients' rows, whose last vector
+// may be narrower, take ClassVectors below).
 template <int NV>
 struct MaskedVectors {
   Lanes::Mask last;
@@ -546,7 +553,7 @@ struct MaskedVectors {
 };
 
 // pick(std::integral_constant<int, NV>()) for the NV vectors that hold n floats, 1 to 4 of them
-// (a row function's instantiation for n classes), else a default Fn (none).
+// (a row function's instantiation for n classes; ByClassVectors below), else a default Fn (none).
 template <typename Fn, typename Pick>
 Fn ByVectors(int64_t n, Pick&& pick) {
   switch ((n + Lanes::kN - 1) / Lanes::kN) {
@@ -586,7 +593,7 @@ struct ClassVector {
 // ForEach(f) calls f(vector, its registers) for each in order.
 template <int NV, typename Last, template <typename> class R>
 struct ClassVectors {
-  R<Lanes> whole[NV > 1 ? NV - 1 : 1];  // (one unused for NV = 1)
+  std::array<R<Lanes>, NV - 1> whole;
   R<Last> last;
   typename Last::Mask in;
   explicit ClassVectors(int64_t n) : in(Last::Head(n - (NV - 1) * Lanes::kN)) {}
@@ -601,7 +608,7 @@ struct ClassVectors {
 template <typename Fn, typename Pick>
 Fn ByClassVectors(int64_t n, Pick&& pick) {
 #if defined(TFUP_ISA_AVX512)
-  if (n > 0 && n - (n - 1) / Lanes::kN * Lanes::kN <= Lanes256k::kN) {
+  if (n > 0 && (n - 1) % Lanes::kN < Lanes256k::kN) {  // the last vector holds 8 classes or fewer
     return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, Lanes256k()); });
   }
 #endif

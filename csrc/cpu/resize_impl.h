@@ -543,20 +543,17 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap 
   const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
   if (g.n == 0 || oh == 0) return;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-  // Float logits at few classes: the scores class-major (ClassWindows), where the windows fit.
-  const bool by_class = std::is_same_v<T, float> && C > 0 && C < kFewClasses && ow > 0;
-  std::unique_ptr<ClassWindows> windows;
-  if (by_class) {
-    windows = std::make_unique<ClassWindows>(ow, [&](int64_t o) {
-      return ClassWindows::Taps{tx.lower[o], tx.upper[o], tx.lerp[o], 0.0f, true};
-    });
-  }
+  // Float logits at few classes: the scores class-major from the two input rows, where they fit
+  // (the taps' b and two unused).
+  const auto windows = MakeClassWindows<T>(C, ow, [&](int64_t o) {
+    return ClassWindows::Taps{tx.lower[o], tx.upper[o], tx.lerp[o], 0.0f, true};
+  });
 #endif
   pf(g.n * oh, ow * C * 16, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
     std::unique_ptr<ClassRows> class_rows;
-    if (by_class) class_rows = std::make_unique<ClassRows>(w, C);
+    if (windows != nullptr) class_rows = std::make_unique<ClassRows>(w, C);
 #endif
     for (int64_t u = begin; u < end; ++u) {
       const int64_t s = u / oh, oy = u % oh;
@@ -570,7 +567,7 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap 
       double* stats_row = stats == nullptr ? nullptr : stats + 2 * base;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
       if constexpr (std::is_same_v<T, float>) {
-        if (by_class) {
+        if (windows != nullptr) {
           const int64_t k0 = s * h + ty.lower[oy], k1 = s * h + ty.upper[oy];
           const float* t0 = class_rows->Get(k0, r0, k1);
           const float* t1 = class_rows->Get(k1, r1, k0);
@@ -581,9 +578,9 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap 
             return windows->ForWindows(o0, [&](int64_t p0, int64_t first, Lanes::Idx il, Lanes::Idx iu, Lanes::V xv,
                                                Lanes::V, Lanes::Mask) {
               using L = Lanes;
-              const float *w0 = t0 + first, *w1 = t1 + first;
+              const float *top_row = t0 + first, *bottom_row = t1 + first;
               for (int64_t c = 0; c < C; ++c) {
-                const L::V a = L::Load(w0 + c * stride), d = L::Load(w1 + c * stride);
+                const L::V a = L::Load(top_row + c * stride), d = L::Load(bottom_row + c * stride);
                 const L::V tl = L::Permute(a, il), tr = L::Permute(a, iu), bl = L::Permute(d, il), br = L::Permute(d, iu);
                 const L::V top = L::Add(tl, L::Mul(L::Sub(tr, tl), xv));
                 const L::V bottom = L::Add(bl, L::Mul(L::Sub(br, bl), xv));
