@@ -92,10 +92,10 @@ TFUP_HOST_DEVICE inline float SoftmaxLog(float x) {
   y = y - 2.12194440e-4f * fe;  // ln 2 = 0.693359375 - 2.12194440e-4 (to float), the first exact
   y = y - 0.5f * z;
   const float r = (f + y) + 0.693359375f * fe;
-  // x <= 0, inf, NaN: x - x is NaN for inf and NaN; 0 gives -inf, a negative NaN.
-  constexpr float kInf = __builtin_huge_valf();
-  const float special = x == 0.0f ? -kInf : (x == kInf ? kInf : (x - x) / 0.0f);
-  return x > 0.0f && x < kInf ? r : special;
+  // x = inf: inf; 0: -inf; negative or NaN: NaN.
+  const float inf = BitCast<float>(int32_t{0x7F800000}), nan = BitCast<float>(int32_t{0x7FC00000});
+  const float special = x == inf ? inf : (x == 0.0f ? -inf : nan);
+  return x > 0.0f && x < inf ? r : special;
 }
 TFUP_HOST_DEVICE inline double SoftmaxLog(double x) { return log(x); }
 
