@@ -61,7 +61,8 @@ TFUP_HOST_DEVICE inline double SoftmaxExp(double x) { return exp(x); }
 // logf, branch-free so that the few-class loss rows' loop over their block of pixels vectorises
 // (a libm log per pixel had taken a tenth of the few-class loss forward's time). Within 1 ulp of
 // the correctly rounded log for every positive float (the loss gives it sums in [1, classes]),
-// tested through the NumPy binding; log(0) = -inf, log(inf) = inf, NaN for NaN and negative x.
+// tested through the NumPy binding; log(0) = -inf, log(inf) = inf, a NaN x itself, NaN for
+// negative x.
 // Products and sums rounded separately (the kernels are compiled without contraction), so every
 // CPU build gives the same bits. (The CUDA kernels take the device's logf.) double: the C
 // library's log.
@@ -92,9 +93,10 @@ TFUP_HOST_DEVICE inline float SoftmaxLog(float x) {
   y = y - 2.12194440e-4f * fe;  // ln 2 = 0.693359375 - 2.12194440e-4 (to float), the first exact
   y = y - 0.5f * z;
   const float r = (f + y) + 0.693359375f * fe;
-  // x = inf: inf; 0: -inf; negative or NaN: NaN.
+  // x = inf: inf; 0: -inf; NaN: x itself (as the C library's log: a NaN sum's sign then reaches
+  // the loss whatever order the compiler adds it in, the same bits in every build); negative: NaN.
   const float inf = BitCast<float>(int32_t{0x7F800000}), nan = BitCast<float>(int32_t{0x7FC00000});
-  const float special = x == inf ? inf : (x == 0.0f ? -inf : nan);
+  const float special = x == inf ? inf : (x == 0.0f ? -inf : (x != x ? x : nan));
   return x > 0.0f && x < inf ? r : special;
 }
 TFUP_HOST_DEVICE inline double SoftmaxLog(double x) { return log(x); }

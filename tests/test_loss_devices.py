@@ -46,6 +46,8 @@ def test_softmax_log_is_within_one_ulp_of_log():
     assert special[0] == 0.0  # a pixel whose one class dominates: loss 0
     assert special[1] == special[2] == -np.inf and special[3] == np.inf
     assert np.all(np.isnan(special[4:]))
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7FC12345], np.uint32).view(np.float32)
+    assert np.array_equal(_numpy_ext.softmax_log(nans).view(np.uint32), nans.view(np.uint32))  # the NaN itself
 
 
 def _cuda(emu, op, args, dtype, *arrays):
