@@ -59,7 +59,7 @@ out["resize_grad_wide_row_runs"] = lib.tfupsample_resize_bilinear_grad(rng.stand
 # The resize loss gradient at 1 to 5 vectors of classes, the last whole or partial (the few-class
 # vector rows take up to 4 in either build), up (clamped edges: both taps on one column) and down, label smoothing, an ignored
 # label, per-pixel loss weights.
-for c in (5, 16, 19, 28, 32, 40):
+for c in (5, 16, 19, 28, 32, 40, 70):  # 70: past the rows' 4 vectors (a vector at a time)
     xv = rng.standard_normal((2, 6, 7, c)).astype(np.float32)
     if c == 19:  # an infinite and a NaN logit
         xv[0, 1, 2, 3], xv[1, 4, 5, 0] = np.inf, np.nan
@@ -84,6 +84,19 @@ for c in (5, 16, 19, 28, 32, 40):
             tape.watch(xc)
             loss = tu.upsample_sparse_softmax_cross_entropy(lab, xc, f, **kw) * weights
         out[f"loss_grad_{c}_x{f}"] = tape.gradient(loss, xc).numpy()
+# The loss gradients a vector of classes at a time over runs longer than their pieces of 64
+# pixels (3 -> 260 columns; the FCN's x130), with label smoothing and ignored labels.
+x70 = tf.constant(rng.standard_normal((1, 3, 3, 70)).astype(np.float32))
+for name, make_loss, shape in (
+        ("resize", lambda lab: tu.upsample_sparse_softmax_cross_entropy(lab, x70, interpolation="bilinear", label_smoothing=0.1), (1, 5, 260)),
+        ("fcn", lambda lab: tu.upsample_sparse_softmax_cross_entropy(lab, x70, 130, ignore_label=255), (1, 390, 390))):
+    lab = rng.integers(0, 70, shape)
+    if name == "fcn":
+        lab[rng.random(lab.shape) < 0.2] = 255
+    with tf.GradientTape() as tape:
+        tape.watch(x70)
+        loss = make_loss(lab) * tf.constant(rng.random(shape).astype(np.float32))
+    out[f"loss_grad_long_runs_{name}"] = tape.gradient(loss, x70).numpy()
 # The few-class loss forwards' class-major scores over rows of several blocks: windows that fit
 # (8x up, the FCN's 3x), rows where only some blocks fit (40 -> 44 columns with 8-lane windows,
 # 40 -> 17) or the last block is part of one, label smoothing, ignored labels, an infinite and a

@@ -785,22 +785,75 @@ void UpsampleSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMa
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-// The gradient's row below (one output row reduced along x into r) for float logits of NV vectors
-// of classes or fewer (C <= NV * Lanes::kN; the last vector's lanes of type Last, ClassVectors):
-// per run of pixels with the same input columns, the columns' values and the run's sums into its
-// one or two columns of r stay in registers; per pixel PixelFromColumns, SoftmaxExp, the target
-// and the weighted adds, operation for operation as the scalar loop (the same bits). The lanes
-// past C hold the maximum (exp(0)) and never leave the registers.
+// The gradient's row below (one output row reduced along x into r) for float logits: per run of
+// pixels with the same input columns, the columns' values and the run's sums into its one or two
+// columns of r stay in registers; per pixel PixelFromColumns, SoftmaxExp, the target and the
+// weighted adds (AddFcnLossGradPixel), operation for operation as the scalar loop (the same
+// bits). The lanes past C hold the maximum (exp(0)) and never leave the registers.
+// FewClassFcnLossGradRow keeps all of a pixel's NV vectors of classes in registers (NV at most 4;
+// the last one's lanes of type Last, ClassVectors), FcnLossGradRowByVectors any number, a vector
+// at a time over the run's pixels.
 template <typename L>
 struct FcnGradRegs {
   typename L::V c0, c1, s0, s1;  // a run's one or two columns' values; its sums into them
 };
+// A pixel's scalars for AddFcnLossGradPixel.
+struct FcnLossGradPixel {
+  int64_t y;                // its label
+  float m, scale, off;      // its scores' maximum, loss_grad / the sum of its exps, the smoothing term
+  float w0, w1, ws0, ws1;   // its columns' weights, and as they scale d
+  float hot0, hot1;         // the one-hot's terms at y: -(w * gl)
+};
+// The pixel's terms (false where the rule skips it: an ignored pixel contributes nothing, NaN
+// logits included); on_label, uniform: the target's 1 - s and s / C for label smoothing s.
+inline bool FcnLossGradTerms(const BilinearPlan<float, float>& plan, int64_t ox, int64_t j0, bool two,
+                             int64_t base, LabelMap labels, const LabelRule& rule, const double* stats,
+                             const float* loss_grad, float on_label, float uniform, FcnLossGradPixel* p) {
+  const int64_t i = base + ox, y = labels[i];
+  if (rule.Skips(y)) return false;
+  const bool smoothing = rule.smoothing != 0;
+  const float gl = loss_grad[rule.uniform_grad ? 0 : i];
+  const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+  const float scale = gl / sum, on = smoothing ? gl * on_label : gl;
+  const float w0 = plan.wx[plan.g.x.Tap(ox, j0)], w1 = two ? plan.wx[plan.g.x.Tap(ox, j0 + 1)] : 0.0f;
+  *p = {y, m, scale, gl * uniform, w0, w1, smoothing ? w0 : w0 * scale, smoothing ? w1 : w1 * scale,
+        -(w0 * on), -(w1 * on)};
+  return true;
+}
+template <typename Vec, typename Q>
+inline void AddFcnLossGradPixel(Vec vec, Q& q, const FcnLossGradPixel& p, bool smoothing, bool two) {
+  using L = typename Vec::L;
+  using V = typename L::V;
+  const V mv = L::Set(p.m);
+  V v = L::Mul(L::Set(p.w0), q.c0);
+  if (two) v = L::Add(v, L::Mul(L::Set(p.w1), q.c1));
+  V d = SoftmaxExpLanes<L>(L::Sub(vec.PastEnd(v, mv), mv));  // past C: the maximum
+  if (smoothing) d = L::Sub(L::Mul(d, L::Set(p.scale)), L::Set(p.off));
+  const typename L::Mask at_y = OneLane<L>(p.y % Lanes::kN);
+  q.s0 = L::Add(q.s0, L::Mul(L::Set(p.ws0), d));
+  if (vec.Holds(p.y)) q.s0 = L::AddWhere(at_y, q.s0, L::Set(p.hot0));  // rj[y] -= w * on
+  if (two) {
+    q.s1 = L::Add(q.s1, L::Mul(L::Set(p.ws1), d));
+    if (vec.Holds(p.y)) q.s1 = L::AddWhere(at_y, q.s1, L::Set(p.hot1));
+  }
+}
+template <typename Vec, typename Q>
+inline void LoadFcnLossGradRun(Vec vec, Q& q, const float* cols, const float* r, int64_t j0, bool two, int64_t C) {
+  q.c0 = vec.Load(cols + j0 * C);
+  q.s0 = vec.Load(r + j0 * C);
+  q.c1 = two ? vec.Load(cols + (j0 + 1) * C) : q.c0;
+  q.s1 = two ? vec.Load(r + (j0 + 1) * C) : q.s0;
+}
+template <typename Vec, typename Q>
+inline void StoreFcnLossGradRun(Vec vec, const Q& q, float* r, int64_t j0, bool two, int64_t C) {
+  vec.Store(r + j0 * C, q.s0);
+  if (two) vec.Store(r + (j0 + 1) * C, q.s1);
+}
 template <int NV, typename Last>
 void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
                             const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                             LabelMap labels, const LabelRule& rule, const double* stats,
                             const float* loss_grad, float* __restrict r) {
-  const Axis& ax = plan.g.x;
   ClassVectors<NV, Last, FcnGradRegs> vecs(C);
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
@@ -808,41 +861,46 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
   for (const auto& [x0, x1] : xruns) {
     const int64_t j0 = plan.tx.first[x0];
     const bool two = plan.tx.count[x0] == 2;
-    float *sum0 = r + j0 * C, *sum1 = sum0 + C;
-    vecs.ForEach([&](auto vec, auto& q) {
-      q.c0 = vec.Load(cols + j0 * C);
-      q.s0 = vec.Load(sum0);
-      q.c1 = two ? vec.Load(cols + (j0 + 1) * C) : q.c0;
-      q.s1 = two ? vec.Load(sum1) : q.s0;
-    });
+    vecs.ForEach([&](auto vec, auto& q) { LoadFcnLossGradRun(vec, q, cols, r, j0, two, C); });
     for (int64_t ox = x0; ox < x1; ++ox) {
-      const int64_t i = base + ox, y = labels[i];
-      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-      const float gl = loss_grad[rule.uniform_grad ? 0 : i];
-      const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
-      const float scale = gl / sum, on = smoothing ? gl * on_label : gl;
-      const float w0 = plan.wx[ax.Tap(ox, j0)], w1 = two ? plan.wx[ax.Tap(ox, j0 + 1)] : 0.0f;
-      vecs.ForEach([&](auto vec, auto& q) {
-        using L = typename decltype(vec)::L;
-        using V = typename L::V;
-        const V mv = L::Set(m);
-        V v = L::Mul(L::Set(w0), q.c0);
-        if (two) v = L::Add(v, L::Mul(L::Set(w1), q.c1));
-        V d = SoftmaxExpLanes<L>(L::Sub(vec.PastEnd(v, mv), mv));  // past C: the maximum
-        if (smoothing) d = L::Sub(L::Mul(d, L::Set(scale)), L::Set(gl * uniform));
-        const typename L::Mask at_y = OneLane<L>(y % Lanes::kN);
-        q.s0 = L::Add(q.s0, L::Mul(L::Set(smoothing ? w0 : w0 * scale), d));
-        if (vec.Holds(y)) q.s0 = L::AddWhere(at_y, q.s0, L::Set(-(w0 * on)));  // rj[y] -= w * on
-        if (two) {
-          q.s1 = L::Add(q.s1, L::Mul(L::Set(smoothing ? w1 : w1 * scale), d));
-          if (vec.Holds(y)) q.s1 = L::AddWhere(at_y, q.s1, L::Set(-(w1 * on)));
-        }
-      });
+      FcnLossGradPixel p;
+      if (!FcnLossGradTerms(plan, ox, j0, two, base, labels, rule, stats, loss_grad, on_label, uniform, &p)) continue;
+      vecs.ForEach([&](auto vec, auto& q) { AddFcnLossGradPixel(vec, q, p, smoothing, two); });
     }
-    vecs.ForEach([&](auto vec, auto& q) {
-      vec.Store(sum0, q.s0);
-      if (two) vec.Store(sum1, q.s1);
-    });
+    vecs.ForEach([&](auto vec, auto& q) { StoreFcnLossGradRun(vec, q, r, j0, two, C); });
+  }
+}
+// (A run's pixels in pieces of at most kFcnGradPiece, their terms on the stack.)
+constexpr int64_t kFcnGradPiece = 64;
+template <typename Last>
+void FcnLossGradRowByVectors(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
+                             const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
+                             LabelMap labels, const LabelRule& rule, const double* stats,
+                             const float* loss_grad, float* __restrict r) {
+  const int64_t nv = (C + Lanes::kN - 1) / Lanes::kN;
+  const typename Last::Mask in = Last::Head(C - (nv - 1) * Lanes::kN);
+  const bool smoothing = rule.smoothing != 0;
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  FcnLossGradPixel pixels[kFcnGradPiece];
+  for (const auto& [run0, run1] : xruns) {
+    const int64_t j0 = plan.tx.first[run0];
+    const bool two = plan.tx.count[run0] == 2;
+    for (int64_t x0 = run0; x0 < run1; x0 += kFcnGradPiece) {
+      int64_t n = 0;
+      for (int64_t ox = x0; ox < std::min(run1, x0 + kFcnGradPiece); ++ox) {
+        n += FcnLossGradTerms(plan, ox, j0, two, base, labels, rule, stats, loss_grad, on_label, uniform, &pixels[n]);
+      }
+      const auto piece = [&](auto vec) {
+        FcnGradRegs<typename decltype(vec)::L> q;
+        LoadFcnLossGradRun(vec, q, cols, r, j0, two, C);
+        for (int64_t k = 0; k < n; ++k) AddFcnLossGradPixel(vec, q, pixels[k], smoothing, two);
+        StoreFcnLossGradRun(vec, q, r, j0, two, C);
+      };
+      if (n == 0) continue;
+      for (int k = 0; k + 1 < nv; ++k) piece(ClassVector<Lanes, true>{k, Lanes::Mask()});
+      piece(ClassVector<Last, false>{static_cast<int>(nv - 1), in});
+    }
   }
 }
 #endif
@@ -869,9 +927,10 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
   // bands recompute the rows they share.
   const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-  // Float logits of at most 4 vectors of classes (19 and 21 classes: 2 on AVX-512, 3 on AVX2): a
-  // row's pixels in vector registers, a run of pixels with the same input columns at a time
-  // (FewClassFcnLossGradRow; the same bits as the loop below).
+  // Float logits: a row's pixels in vector registers, a run of pixels with the same input columns
+  // at a time, all of a pixel's classes at once up to 4 vectors (19 and 21 classes: 2 on AVX-512,
+  // 3 on AVX2; FewClassFcnLossGradRow), else a vector at a time over the run
+  // (FcnLossGradRowByVectors). The same bits as the loop below.
   using RowFn = void (*)(const BilinearPlan<float, float>&, const float*, int64_t,
                          const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap,
                          const LabelRule&, const double*, const float*, float*);
@@ -880,6 +939,9 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
     row_fn = ByClassVectors<RowFn>(C, [](auto nv, auto last) -> RowFn {
       return FewClassFcnLossGradRow<decltype(nv)::value, decltype(last)>;
     });
+    if (row_fn == nullptr) {  // more vectors than registers hold
+      row_fn = ByLastVector<RowFn>(C, [](auto last) -> RowFn { return FcnLossGradRowByVectors<decltype(last)>; });
+    }
   }
   const auto xruns = SameTapRuns(plan.tx);
 #endif

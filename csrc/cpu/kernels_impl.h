@@ -604,15 +604,20 @@ struct ClassVectors {
   }
 };
 
+// pick(Last()) for the last of the vectors that hold n floats: Lanes, or in the AVX-512 build
+// Lanes256k where it holds 8 or fewer (ClassVectors).
+template <typename Fn, typename Pick>
+Fn ByLastVector(int64_t n, Pick&& pick) {
+#if defined(TFUP_ISA_AVX512)
+  if (n > 0 && (n - 1) % Lanes::kN < Lanes256k::kN) return pick(Lanes256k());
+#endif
+  return pick(Lanes());
+}
+
 // ByVectors for a ClassVectors row function: pick(std::integral_constant<int, NV>(), Last()).
 template <typename Fn, typename Pick>
 Fn ByClassVectors(int64_t n, Pick&& pick) {
-#if defined(TFUP_ISA_AVX512)
-  if (n > 0 && (n - 1) % Lanes::kN < Lanes256k::kN) {  // the last vector holds 8 classes or fewer
-    return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, Lanes256k()); });
-  }
-#endif
-  return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, Lanes()); });
+  return ByLastVector<Fn>(n, [&](auto last) { return ByVectors<Fn>(n, [&](auto nv) { return pick(nv, last); }); });
 }
 
 // One output row of float pixels (at least Lanes::kN channels) from the row's column values

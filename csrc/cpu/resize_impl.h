@@ -598,66 +598,125 @@ void ResizeSoftmaxCrossEntropyImpl(const Geometry& g, const T* logits, LabelMap 
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-// One output row of the loss gradient below, along x, for float logits of NV vectors of classes
-// or fewer (C <= NV * Lanes::kN; the last vector's lanes of type Last, ClassVectors): per run of
-// pixels with the same two input columns, the four input pixels are loaded and tr - tl, br - bl
-// formed once, and the run's sums into its two columns of xr stay in registers; per pixel,
-// ResizeScores, SoftmaxExp, the target and the two weighted adds, operation for operation as the
-// scalar loop (the same bits). The lanes past C hold the maximum (exp(0)) and never leave the
-// registers.
+// One output row of the loss gradient below, along x, for float logits: per run of pixels with
+// the same two input columns, the four input pixels are loaded and tr - tl, br - bl formed once,
+// and the run's sums into its two columns of xr stay in registers; per pixel, ResizeScores,
+// SoftmaxExp, the target and the two weighted adds (AddLossGradPixel), operation for operation as
+// the scalar loop (the same bits). The lanes past C hold the maximum (exp(0)) and never leave the
+// registers. FewClassLossGradRow keeps all of a pixel's NV vectors of classes in registers (NV at
+// most 4; the last one's lanes of type Last, ClassVectors), LossGradRowByVectors any number, a
+// vector at a time over the run's pixels.
 template <typename L>
 struct ResizeGradRegs {
   typename L::V tl, dt, bl, db, sl, su;  // a run's four inputs as tl, tr - tl, bl, br - bl; its sums
 };
+// A pixel's scalars for AddLossGradPixel.
+struct LossGradPixel {
+  int64_t y;      // its label
+  float xl;       // its x lerp (the upper column's weight)
+  float m;        // its scores' maximum
+  float scale;    // loss_grad / the sum of its exps
+  float off, on;  // the target's terms: d - off everywhere, d + on at y
+};
+// The pixel's terms (false where the rule skips it: an ignored pixel contributes nothing, NaN
+// logits included).
+// on_label, uniform: the target's 1 - s and s / C for label smoothing s.
+inline bool LossGradTerms(int64_t ox, int64_t base, LabelMap labels, const LabelRule& rule, const double* stats,
+                          const float* loss_grad, const ResizeTaps& tx, float on_label, float uniform,
+                          LossGradPixel* p) {
+  const int64_t i = base + ox, y = labels[i];
+  if (rule.Skips(y)) return false;
+  const float gl = loss_grad[rule.uniform_grad ? 0 : i];
+  const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+  *p = {y, tx.lerp[ox], m, gl / sum, gl * uniform, -(rule.smoothing == 0 ? gl : gl * on_label)};
+  return true;
+}
+// One pixel's d = scale * exp(v - m) (- off) (+ on at y) for vector vec of its classes, added into
+// the run's sums with weights 1 - xl and xl (one_column: both into sl, lower's first).
+template <typename Vec, typename Q>
+inline void AddLossGradPixel(Vec vec, Q& q, const LossGradPixel& p, float yl, bool smoothing, bool one_column) {
+  using L = typename Vec::L;
+  using V = typename L::V;
+  const V xv = L::Set(p.xl), mv = L::Set(p.m);
+  const V top = L::Add(q.tl, L::Mul(q.dt, xv)), bottom = L::Add(q.bl, L::Mul(q.db, xv));
+  const V v = vec.PastEnd(L::Add(top, L::Mul(L::Sub(bottom, top), L::Set(yl))), mv);  // past C: the max
+  V d = L::Mul(SoftmaxExpLanes<L>(L::Sub(v, mv)), L::Set(p.scale));
+  if (smoothing) d = L::Sub(d, L::Set(p.off));
+  if (vec.Holds(p.y)) d = L::AddWhere(OneLane<L>(p.y % Lanes::kN), d, L::Set(p.on));  // d[y] - gl
+  const V wlv = L::Set(1.0f - p.xl), wuv = L::Set(p.xl);
+  if (one_column) {  // both weights into one column, in the scalar loop's order
+    q.sl = L::Add(L::Add(q.sl, L::Mul(wlv, d)), L::Mul(wuv, d));
+  } else {
+    q.sl = L::Add(q.sl, L::Mul(wlv, d));
+    q.su = L::Add(q.su, L::Mul(wuv, d));
+  }
+}
+template <typename Vec, typename Q>
+inline void LoadLossGradRun(Vec vec, Q& q, const float* r0, const float* r1, int64_t jl, int64_t ju, int64_t C,
+                            const float* xr) {
+  using L = typename Vec::L;
+  q.tl = vec.Load(r0 + jl * C);
+  q.dt = L::Sub(vec.Load(r0 + ju * C), q.tl);
+  q.bl = vec.Load(r1 + jl * C);
+  q.db = L::Sub(vec.Load(r1 + ju * C), q.bl);
+  q.sl = vec.Load(xr + jl * C);
+  q.su = vec.Load(xr + ju * C);
+}
+template <typename Vec, typename Q>
+inline void StoreLossGradRun(Vec vec, const Q& q, int64_t jl, int64_t ju, int64_t C, float* xr) {
+  vec.Store(xr + jl * C, q.sl);
+  if (jl != ju) vec.Store(xr + ju * C, q.su);
+}
 template <int NV, typename Last>
 void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
                          const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                          LabelMap labels, LabelRule rule, const double* stats, const float* loss_grad,
                          float* __restrict xr) {
   ClassVectors<NV, Last, ResizeGradRegs> vecs(C);
+  const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   for (const auto& [x0, x1] : xruns) {
     const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
-    float *xl_sum = xr + jl * C, *xu_sum = xr + ju * C;
-    vecs.ForEach([&](auto vec, auto& q) {
-      using L = typename decltype(vec)::L;
-      q.tl = vec.Load(r0 + jl * C);
-      q.dt = L::Sub(vec.Load(r0 + ju * C), q.tl);
-      q.bl = vec.Load(r1 + jl * C);
-      q.db = L::Sub(vec.Load(r1 + ju * C), q.bl);
-      q.sl = vec.Load(xl_sum);
-      q.su = vec.Load(xu_sum);
-    });
+    vecs.ForEach([&](auto vec, auto& q) { LoadLossGradRun(vec, q, r0, r1, jl, ju, C, xr); });
     for (int64_t ox = x0; ox < x1; ++ox) {
-      const int64_t i = base + ox, y = labels[i];
-      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-      const float gl = loss_grad[rule.uniform_grad ? 0 : i];
-      const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
-      const float scale = gl / sum, wl = 1.0f - tx.lerp[ox], wu = tx.lerp[ox];
-      const float off = gl * uniform, on = -(rule.smoothing == 0 ? gl : gl * on_label);
-      vecs.ForEach([&](auto vec, auto& q) {
-        using L = typename decltype(vec)::L;
-        using V = typename L::V;
-        const V xv = L::Set(tx.lerp[ox]), mv = L::Set(m);
-        const V top = L::Add(q.tl, L::Mul(q.dt, xv)), bottom = L::Add(q.bl, L::Mul(q.db, xv));
-        const V v = vec.PastEnd(L::Add(top, L::Mul(L::Sub(bottom, top), L::Set(yl))), mv);  // past C: the max
-        V d = L::Mul(SoftmaxExpLanes<L>(L::Sub(v, mv)), L::Set(scale));
-        if (rule.smoothing != 0) d = L::Sub(d, L::Set(off));
-        if (vec.Holds(y)) d = L::AddWhere(OneLane<L>(y % Lanes::kN), d, L::Set(on));  // d[y] - gl
-        const V wlv = L::Set(wl), wuv = L::Set(wu);
-        if (jl == ju) {  // both weights into one column, in the scalar loop's order
-          q.sl = L::Add(L::Add(q.sl, L::Mul(wlv, d)), L::Mul(wuv, d));
-        } else {
-          q.sl = L::Add(q.sl, L::Mul(wlv, d));
-          q.su = L::Add(q.su, L::Mul(wuv, d));
-        }
-      });
+      LossGradPixel p;
+      if (!LossGradTerms(ox, base, labels, rule, stats, loss_grad, tx, on_label, uniform, &p)) continue;
+      vecs.ForEach([&](auto vec, auto& q) { AddLossGradPixel(vec, q, p, yl, smoothing, jl == ju); });
     }
-    vecs.ForEach([&](auto vec, auto& q) {
-      vec.Store(xl_sum, q.sl);
-      if (jl != ju) vec.Store(xu_sum, q.su);
-    });
+    vecs.ForEach([&](auto vec, auto& q) { StoreLossGradRun(vec, q, jl, ju, C, xr); });
+  }
+}
+// (A run's pixels in pieces of at most kGradPiece, their terms on the stack.)
+constexpr int64_t kGradPiece = 64;
+template <typename Last>
+void LossGradRowByVectors(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
+                          const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
+                          LabelMap labels, LabelRule rule, const double* stats, const float* loss_grad,
+                          float* __restrict xr) {
+  const int64_t nv = (C + Lanes::kN - 1) / Lanes::kN;
+  const typename Last::Mask in = Last::Head(C - (nv - 1) * Lanes::kN);
+  const bool smoothing = rule.smoothing != 0;
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  LossGradPixel pixels[kGradPiece];
+  for (const auto& [run0, run1] : xruns) {
+    const int64_t jl = tx.lower[run0], ju = tx.upper[run0];
+    for (int64_t x0 = run0; x0 < run1; x0 += kGradPiece) {
+      int64_t n = 0;
+      for (int64_t ox = x0; ox < std::min(run1, x0 + kGradPiece); ++ox) {
+        n += LossGradTerms(ox, base, labels, rule, stats, loss_grad, tx, on_label, uniform, &pixels[n]);
+      }
+      const auto piece = [&](auto vec) {
+        ResizeGradRegs<typename decltype(vec)::L> q;
+        LoadLossGradRun(vec, q, r0, r1, jl, ju, C, xr);
+        for (int64_t k = 0; k < n; ++k) AddLossGradPixel(vec, q, pixels[k], yl, smoothing, jl == ju);
+        StoreLossGradRun(vec, q, jl, ju, C, xr);
+      };
+      if (n == 0) continue;
+      for (int k = 0; k + 1 < nv; ++k) piece(ClassVector<Lanes, true>{k, Lanes::Mask()});
+      piece(ClassVector<Last, false>{static_cast<int>(nv - 1), in});
+    }
   }
 }
 #endif
@@ -688,10 +747,11 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-  // Float logits of at most 4 vectors of classes (19 and 21 classes: 2 on AVX-512, 3 on AVX2):
-  // one output row's pixels in vector registers, a run of pixels with the same two input columns
-  // at a time (FewClassLossGradRow). The same operations in the same order as the loop below,
-  // so the same bits.
+  // Float logits: one output row's pixels in vector registers, a run of pixels with the same two
+  // input columns at a time, all of a pixel's classes at once up to 4 vectors (19 and 21 classes:
+  // 2 on AVX-512, 3 on AVX2; FewClassLossGradRow), else a vector at a time over the run
+  // (LossGradRowByVectors). The same operations in the same order as the loop below, so the same
+  // bits.
   using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
                          const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap,
                          LabelRule, const double*, const float*, float*);
@@ -700,6 +760,9 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
     row_fn = ByClassVectors<RowFn>(C, [](auto nv, auto last) -> RowFn {
       return FewClassLossGradRow<decltype(nv)::value, decltype(last)>;
     });
+    if (row_fn == nullptr) {  // more vectors than registers hold
+      row_fn = ByLastVector<RowFn>(C, [](auto last) -> RowFn { return LossGradRowByVectors<decltype(last)>; });
+    }
   }
   const auto xruns = SameTapRuns(tx.lower, tx.upper);
 #endif
