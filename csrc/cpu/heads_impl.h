@@ -870,36 +870,30 @@ void FewClassFcnLossGradRow(const BilinearPlan<float, float>& plan, const float*
     vecs.ForEach([&](auto vec, auto& q) { StoreFcnLossGradRun(vec, q, r, j0, two, C); });
   }
 }
-// (A run's pixels in pieces of at most kFcnGradPiece, their terms on the stack.)
-constexpr int64_t kFcnGradPiece = 64;
 template <typename Last>
 void FcnLossGradRowByVectors(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
                              const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                              LabelMap labels, const LabelRule& rule, const double* stats,
                              const float* loss_grad, float* __restrict r) {
-  const int64_t nv = (C + Lanes::kN - 1) / Lanes::kN;
-  const typename Last::Mask in = Last::Head(C - (nv - 1) * Lanes::kN);
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
-  FcnLossGradPixel pixels[kFcnGradPiece];
+  FcnLossGradPixel pixels[kGradPiece];
   for (const auto& [run0, run1] : xruns) {
     const int64_t j0 = plan.tx.first[run0];
     const bool two = plan.tx.count[run0] == 2;
-    for (int64_t x0 = run0; x0 < run1; x0 += kFcnGradPiece) {
+    for (int64_t x0 = run0; x0 < run1; x0 += kGradPiece) {
       int64_t n = 0;
-      for (int64_t ox = x0; ox < std::min(run1, x0 + kFcnGradPiece); ++ox) {
+      for (int64_t ox = x0; ox < std::min(run1, x0 + kGradPiece); ++ox) {
         n += FcnLossGradTerms(plan, ox, j0, two, base, labels, rule, stats, loss_grad, on_label, uniform, &pixels[n]);
       }
-      const auto piece = [&](auto vec) {
+      if (n == 0) continue;
+      ForEachClassVector<Last>(C, [&](auto vec) {
         FcnGradRegs<typename decltype(vec)::L> q;
         LoadFcnLossGradRun(vec, q, cols, r, j0, two, C);
         for (int64_t k = 0; k < n; ++k) AddFcnLossGradPixel(vec, q, pixels[k], smoothing, two);
         StoreFcnLossGradRun(vec, q, r, j0, two, C);
-      };
-      if (n == 0) continue;
-      for (int k = 0; k + 1 < nv; ++k) piece(ClassVector<Lanes, true>{k, Lanes::Mask()});
-      piece(ClassVector<Last, false>{static_cast<int>(nv - 1), in});
+      });
     }
   }
 }

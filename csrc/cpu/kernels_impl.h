@@ -604,6 +604,20 @@ struct ClassVectors {
   }
 };
 
+// f(vector) for each of the vectors that hold n floats, as ClassVectors' (whole vectors of Lanes,
+// then the last of lanes type Last, masked past n) where their number is not fixed: the loss
+// gradients' rows a vector at a time.
+template <typename Last, typename F>
+inline void ForEachClassVector(int64_t n, F&& f) {
+  const int64_t nv = (n + Lanes::kN - 1) / Lanes::kN;
+  for (int k = 0; k + 1 < nv; ++k) f(ClassVector<Lanes, true>{k, typename Lanes::Mask()});
+  f(ClassVector<Last, false>{static_cast<int>(nv - 1), Last::Head(n - (nv - 1) * Lanes::kN)});
+}
+
+// The loss gradients' rows a vector at a time take a run's pixels in pieces of at most this
+// many, their terms on the stack.
+constexpr int64_t kGradPiece = 64;
+
 // pick(Last()) for the last of the vectors that hold n floats: Lanes, or in the AVX-512 build
 // Lanes256k where it holds 8 or fewer (ClassVectors).
 template <typename Fn, typename Pick>

@@ -687,15 +687,11 @@ void FewClassLossGradRow(const float* r0, const float* r1, float yl, int64_t C, 
     vecs.ForEach([&](auto vec, auto& q) { StoreLossGradRun(vec, q, jl, ju, C, xr); });
   }
 }
-// (A run's pixels in pieces of at most kGradPiece, their terms on the stack.)
-constexpr int64_t kGradPiece = 64;
 template <typename Last>
 void LossGradRowByVectors(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
                           const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base,
                           LabelMap labels, LabelRule rule, const double* stats, const float* loss_grad,
                           float* __restrict xr) {
-  const int64_t nv = (C + Lanes::kN - 1) / Lanes::kN;
-  const typename Last::Mask in = Last::Head(C - (nv - 1) * Lanes::kN);
   const bool smoothing = rule.smoothing != 0;
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
@@ -707,15 +703,13 @@ void LossGradRowByVectors(const float* r0, const float* r1, float yl, int64_t C,
       for (int64_t ox = x0; ox < std::min(run1, x0 + kGradPiece); ++ox) {
         n += LossGradTerms(ox, base, labels, rule, stats, loss_grad, tx, on_label, uniform, &pixels[n]);
       }
-      const auto piece = [&](auto vec) {
+      if (n == 0) continue;
+      ForEachClassVector<Last>(C, [&](auto vec) {
         ResizeGradRegs<typename decltype(vec)::L> q;
         LoadLossGradRun(vec, q, r0, r1, jl, ju, C, xr);
         for (int64_t k = 0; k < n; ++k) AddLossGradPixel(vec, q, pixels[k], yl, smoothing, jl == ju);
         StoreLossGradRun(vec, q, jl, ju, C, xr);
-      };
-      if (n == 0) continue;
-      for (int k = 0; k + 1 < nv; ++k) piece(ClassVector<Lanes, true>{k, Lanes::Mask()});
-      piece(ClassVector<Last, false>{static_cast<int>(nv - 1), in});
+      });
     }
   }
 }
