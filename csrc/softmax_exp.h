@@ -38,19 +38,22 @@ TFUP_HOST_DEVICE inline float SoftmaxExp(float x) {
   // n = round(x / ln 2) by adding and removing 1.5 * 2^23; the integer n is then also in the low
   // bits of t. No floor() and no float-to-int conversion: both would stop the loop vectorising.
   constexpr float kRound = 12582912.0f;  // bits 0x4B400000
-  const float t = x * 1.44269504088896341f + kRound;
+  // Fused multiply-adds throughout: one rounding each, the same bits on every CPU build (hardware
+  // FMA in the AVX2 / AVX-512 builds, the C library's exact fmaf in the baseline one) and on the
+  // GPU. The loss rows' time is this function's chain of dependent operations (their loops keep
+  // as many in flight as the CPU's schedulers hold), so it is kept short: t in one rounding, and
+  // the polynomial in Estrin's form (three levels of fused multiply-adds, not Horner's five).
+  const float t = fmaf(x, 1.44269504088896341f, kRound);
   const float n = t - kRound;
-  // The polynomial in fused multiply-adds: one rounding each, the same bits on every CPU build
-  // (hardware FMA in the AVX2 / AVX-512 builds, the C library's exact fmaf in the baseline one)
-  // and on the GPU, and half the operations of separate products and sums.
-  const float r = fmaf(n, 2.12194440e-4f, x - n * 0.693359375f);  // n * 0.693359375 is exact
-  float p = 1.9875691500e-4f;
-  p = fmaf(p, r, 1.3981999507e-3f);
-  p = fmaf(p, r, 8.3334519073e-3f);
-  p = fmaf(p, r, 4.1665795894e-2f);
-  p = fmaf(p, r, 1.6666665459e-1f);
-  p = fmaf(p, r, 5.0000001201e-1f);
-  const float e = fmaf(r * r, p, r) + 1.0f;
+  // r = x - n ln 2 in two parts; n * 0.693359375 is exact, so the inner fmaf is x - n * 0.693359375
+  // rounded once.
+  const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, x));
+  const float r2 = r * r;
+  const float p01 = fmaf(1.9875691500e-4f, r, 1.3981999507e-3f);
+  const float p23 = fmaf(8.3334519073e-3f, r, 4.1665795894e-2f);
+  const float p45 = fmaf(1.6666665459e-1f, r, 5.0000001201e-1f);
+  const float p = fmaf(fmaf(p01, r2, p23), r2, p45);
+  const float e = fmaf(r2, p, r) + 1.0f;
   const int32_t bits = (BitCast<int32_t>(t) - 0x4B400000 + 127) * (1 << 23);  // 2^n
   const float scale = BitCast<float>(bits);
   return e * scale;

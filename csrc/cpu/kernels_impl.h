@@ -516,16 +516,15 @@ inline typename L::V SoftmaxExpLanes(typename L::V x) {
   using V = typename L::V;
   x = L::Max(L::Set(-87.0f), x);  // x < -87 ? -87 : x, NaN staying NaN
   constexpr float kRound = 12582912.0f;
-  const V t = L::Add(L::Mul(x, L::Set(1.44269504088896341f)), L::Set(kRound));
+  const V t = L::Fma(x, L::Set(1.44269504088896341f), L::Set(kRound));
   const V n = L::Sub(t, L::Set(kRound));
-  const V r = L::Fma(n, L::Set(2.12194440e-4f), L::Sub(x, L::Mul(n, L::Set(0.693359375f))));
-  V p = L::Set(1.9875691500e-4f);
-  p = L::Fma(p, r, L::Set(1.3981999507e-3f));
-  p = L::Fma(p, r, L::Set(8.3334519073e-3f));
-  p = L::Fma(p, r, L::Set(4.1665795894e-2f));
-  p = L::Fma(p, r, L::Set(1.6666665459e-1f));
-  p = L::Fma(p, r, L::Set(5.0000001201e-1f));
-  const V e = L::Add(L::Fma(L::Mul(r, r), p, r), L::Set(1.0f));
+  const V r = L::Fma(n, L::Set(2.12194440e-4f), L::Fma(n, L::Set(-0.693359375f), x));
+  const V r2 = L::Mul(r, r);
+  const V p01 = L::Fma(L::Set(1.9875691500e-4f), r, L::Set(1.3981999507e-3f));
+  const V p23 = L::Fma(L::Set(8.3334519073e-3f), r, L::Set(4.1665795894e-2f));
+  const V p45 = L::Fma(L::Set(1.6666665459e-1f), r, L::Set(5.0000001201e-1f));
+  const V p = L::Fma(L::Fma(p01, r2, p23), r2, p45);
+  const V e = L::Add(L::Fma(r2, p, r), L::Set(1.0f));
   return L::Mul(e, L::Pow2Of(t));
 }
 
