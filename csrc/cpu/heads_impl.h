@@ -18,6 +18,16 @@
 namespace tfup {
 namespace TFUP_ISA {
 
+// f(std::integral_constant<int, j>()) for j = 0 ... N - 1, in order.
+template <typename F, int... J>
+inline void StaticForEach(F&& f, std::integer_sequence<int, J...>) {
+  (f(std::integral_constant<int, J>()), ...);
+}
+template <int N, typename F>
+inline void StaticFor(F&& f) {
+  StaticForEach(f, std::make_integer_sequence<int, N>());
+}
+
 // Reductions over a pixel's classes. Eight 32-byte vectors of partial results (64 floats or 32
 // doubles) are eight independent chains, so the loop runs at the machine's throughput instead of
 // one operation's latency; the partials are then combined in a fixed tree. The order is the same
@@ -42,6 +52,8 @@ template <typename A, typename Op, typename Map = Unmapped>
 inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
   constexpr int kChains = 8, kLanes = 32 / static_cast<int>(sizeof(A)), kParts = kChains * kLanes;
   typedef A Vec __attribute__((vector_size(32)));
+  using LaneInt = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  typedef LaneInt Lane __attribute__((vector_size(32)));
   if (C < kParts) {
     Vec one;
     for (int l = 0; l < kLanes; ++l) one[l] = init;
@@ -63,40 +75,50 @@ inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
 #else
   constexpr int kWideBytes = 32;
 #endif
-  constexpr int kWide = kParts * static_cast<int>(sizeof(A)) / kWideBytes, kWideLanes = kParts / kWide;
+  constexpr int kWide = kParts * static_cast<int>(sizeof(A)) / kWideBytes, kPerWide = kChains / kWide;
   typedef A Wide __attribute__((vector_size(kWideBytes)));
   Wide wide[kWide];
   for (int j = 0; j < kWide; ++j)
-    for (int l = 0; l < kWideLanes; ++l) wide[j][l] = init;
+    for (int l = 0; l < kLanes * kPerWide; ++l) wide[j][l] = init;
   int64_t c = 0;
   for (; c + kParts <= C; c += kParts) {
     for (int j = 0; j < kWide; ++j) {
       Wide x;
-      std::memcpy(&x, v + c + j * kWideLanes, sizeof(x));
+      std::memcpy(&x, v + c + j * kLanes * kPerWide, sizeof(x));
       wide[j] = op(wide[j], map(x));
     }
   }
+  // Every index into acc a constant (StaticFor), so the partials stay in registers (an index
+  // computed at run time had put them on the stack, loop and all).
   Vec acc[kChains];
-  std::memcpy(acc, wide, sizeof(acc));
-  // The values past the last whole kParts: part[k] for the k-th of them, as whole vectors of
-  // partials while they last (GCC left this loop scalar: 22 of ADE20K's 150 classes had cost as
-  // much as the 128 before them).
-  int k = 0;
-  for (; c + kLanes <= C; c += kLanes, k += kLanes) {
+  StaticFor<kChains>([&](auto j) { std::memcpy(&acc[j], reinterpret_cast<const char*>(wide) + j * sizeof(Vec), sizeof(Vec)); });
+  // The values past the last whole kParts, the k-th of them into part[k]: as whole vectors, the
+  // last one partial (its lanes past C keep their partials; GCC had left this loop scalar: 22 of
+  // ADE20K's 150 classes had cost as much as the 128 before them).
+  StaticFor<kChains>([&](auto j) {
+    const int64_t left = C - c;
+    if (left <= 0) return;
     Vec x;
-    std::memcpy(&x, v + c, sizeof(x));
-    acc[k / kLanes] = op(acc[k / kLanes], map(x));
-  }
-  A part[kParts];
-  std::memcpy(part, acc, sizeof(part));
-  for (; c < C; ++c, ++k) part[k] = op(part[k], map(v[c]));
+    if (left >= kLanes) {
+      std::memcpy(&x, v + c, sizeof(x));
+      acc[j] = op(acc[j], map(x));
+    } else {
+      A tail[kLanes] = {};
+      std::memcpy(tail, v + c, left * sizeof(A));
+      std::memcpy(&x, tail, sizeof(x));
+      Lane lanes;
+      for (int l = 0; l < kLanes; ++l) lanes[l] = l;
+      acc[j] = lanes < static_cast<LaneInt>(left) ? op(acc[j], map(x)) : acc[j];
+    }
+    c += kLanes;
+  });
   // The tree, part[k] = op(part[k], part[k + half]) for half = kParts / 2 ... 1: its levels down
   // to one vector as whole vectors (lane by lane the same operations; GCC left the scalar loop
   // scalar, 63 steps per call: ~30% of the ADE20K-like resize loss forward's time).
-  std::memcpy(acc, part, sizeof(part));
   for (int n = kChains / 2; n >= 1; n /= 2)
     for (int j = 0; j < n; ++j) acc[j] = op(acc[j], acc[j + n]);
-  std::memcpy(part, acc, sizeof(Vec));
+  A part[kLanes];
+  std::memcpy(part, acc, sizeof(part));
   for (int half = kLanes / 2; half >= 1; half /= 2)
     for (int k = 0; k < half; ++k) part[k] = op(part[k], part[k + half]);
   return part[0];
