@@ -18,13 +18,14 @@
 namespace tfup {
 namespace TFUP_ISA {
 
-// f(std::integral_constant<int, j>()) for j = 0 ... N - 1, in order.
+// f(std::integral_constant<int, j>()) for j = 0 ... N - 1, in order, inlined (f's indices into
+// an array of vectors then constants, so the array can live in registers).
 template <typename F, int... J>
-inline void StaticForEach(F&& f, std::integer_sequence<int, J...>) {
+__attribute__((always_inline)) inline void StaticForEach(F&& f, std::integer_sequence<int, J...>) {
   (f(std::integral_constant<int, J>()), ...);
 }
 template <int N, typename F>
-inline void StaticFor(F&& f) {
+__attribute__((always_inline)) inline void StaticFor(F&& f) {
   StaticForEach(f, std::make_integer_sequence<int, N>());
 }
 
@@ -91,11 +92,11 @@ inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
   // Every index into acc a constant (StaticFor), so the partials stay in registers (an index
   // computed at run time had put them on the stack, loop and all).
   Vec acc[kChains];
-  StaticFor<kChains>([&](auto j) { std::memcpy(&acc[j], reinterpret_cast<const char*>(wide) + j * sizeof(Vec), sizeof(Vec)); });
+  StaticFor<kChains>([&](auto j) __attribute__((always_inline)) { std::memcpy(&acc[j], reinterpret_cast<const char*>(wide) + j * sizeof(Vec), sizeof(Vec)); });
   // The values past the last whole kParts, the k-th of them into part[k]: as whole vectors, the
   // last one partial (its lanes past C keep their partials; GCC had left this loop scalar: 22 of
   // ADE20K's 150 classes had cost as much as the 128 before them).
-  StaticFor<kChains>([&](auto j) {
+  StaticFor<kChains>([&](auto j) __attribute__((always_inline)) {
     const int64_t left = C - c;
     if (left <= 0) return;
     Vec x;
