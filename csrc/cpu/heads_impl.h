@@ -539,27 +539,38 @@ inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
   return A(1 - s) * v[y] + A(s) * (Reduce(v, C, A(0), AddOp()) / A(C));
 }
 
-// LossRow (below) one pixel at a time, its reductions over the classes vectorised.
+// LossRow (below) one pixel at a time, its reductions over the classes vectorised, and the logs of
+// kLossBlock pixels' sums at once (SoftmaxLog as vectors: one pixel's alone is a chain of some 30
+// dependent operations, which had cost a tenth of the ADE20K-like resize loss forward).
 template <typename A, typename O, typename Scores>
 void PixelLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
                   O* loss, double* stats, std::vector<A>& scratch) {
+  constexpr int64_t P = kLossBlock;
   scratch.resize(C);
   A* v = scratch.data();
-  for (int64_t o = 0; o < ow; ++o) {
-    const int64_t y = labels[o];
-    if (rule.Skips(y)) {
-      if (loss != nullptr) loss[o] = O(0);
-      if (stats != nullptr) stats[2 * o] = stats[2 * o + 1] = 0;
-      continue;
+  for (int64_t o0 = 0; o0 < ow; o0 += P) {
+    const int64_t np = std::min(P, ow - o0);
+    A m[P], sum[P], target[P], lse[P];
+    bool skip[P];
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t y = p < np ? labels[o0 + p] : 0;
+      skip[p] = p >= np || rule.Skips(y);
+      if (skip[p]) {
+        m[p] = target[p] = A(0), sum[p] = A(1);
+        continue;
+      }
+      scores(o0 + p, v);
+      target[p] = SmoothedTarget(v, C, y, rule.smoothing);
+      sum[p] = ExpShifted(v, C, &m[p]);
     }
-    scores(o, v);
-    const A target = SmoothedTarget(v, C, y, rule.smoothing);
-    A m;
-    const A sum = ExpShifted(v, C, &m);
-    if (loss != nullptr) loss[o] = Narrow<O>(SoftmaxLog(sum) + m - target);  // logsumexp(v) - target
-    if (stats != nullptr) {
-      stats[2 * o] = static_cast<double>(m);
-      stats[2 * o + 1] = static_cast<double>(sum);
+    for (int64_t p = 0; p < P; ++p) lse[p] = SoftmaxLog(sum[p]);
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t o = o0 + p;
+      if (loss != nullptr) loss[o] = skip[p] ? O(0) : Narrow<O>(lse[p] + m[p] - target[p]);  // logsumexp(v) - target
+      if (stats != nullptr) {
+        stats[2 * o] = skip[p] ? 0.0 : static_cast<double>(m[p]);
+        stats[2 * o + 1] = skip[p] ? 0.0 : static_cast<double>(sum[p]);
+      }
     }
   }
 }
