@@ -118,6 +118,20 @@ x150[0, 1, 2, 7], x150[1, 3, 4, 0], x150[1, 0, 0, 140] = np.inf, np.nan, np.nan
 lab150 = rng.integers(0, 150, (2, 20, 24))
 out["loss_150"] = tu.upsample_sparse_softmax_cross_entropy(lab150, x150, 4).numpy()
 out["resize_loss_150"] = tu.upsample_sparse_softmax_cross_entropy(lab150[:, :17, :19], x150, interpolation="bilinear").numpy()
+# Reduce's tails past its whole blocks of partials (64 floats, 32 doubles): none (128), whole
+# vectors only (72, 1000: 8 and 40 values), a partial vector (float64 70: 6 values past 64; 45:
+# 13 past 32), in the loss forwards (an ignored label, label smoothing) and the argmax; all
+# scores at -100 in one pixel (the exps of the partial vector's unused lanes stay in range).
+for c, dtype in ((72, np.float32), (128, np.float32), (1000, np.float32), (45, np.float64), (70, np.float64)):
+    xr = rng.standard_normal((1, 3, 4, c)).astype(dtype) * 4
+    xr[0, 1, 1, :] = -100.0
+    labr = rng.integers(0, c, (1, 7, 9))
+    labr[0, 0, :3] = 255
+    xt = tf.constant(xr)
+    out[f"loss_tail_{c}_{dtype.__name__}"] = tu.upsample_sparse_softmax_cross_entropy(labr[:, :6, :8], xt, 2, ignore_label=255).numpy()
+    out[f"resize_loss_tail_{c}_{dtype.__name__}"] = tu.upsample_sparse_softmax_cross_entropy(
+        labr, xt, interpolation="bilinear", label_smoothing=0.1, ignore_label=255).numpy()
+    out[f"argmax_tail_{c}_{dtype.__name__}"] = tu.upsample_argmax(xt, size=[7, 9], interpolation="bilinear", return_scores=True)[1].numpy()
 np.savez(sys.argv[1], **out)
 """
 

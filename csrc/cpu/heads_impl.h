@@ -83,11 +83,11 @@ inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
     for (int l = 0; l < kLanes * kPerWide; ++l) wide[j][l] = init;
   int64_t c = 0;
   for (; c + kParts <= C; c += kParts) {
-    for (int j = 0; j < kWide; ++j) {
+    StaticFor<kWide>([&](auto j) __attribute__((always_inline)) {
       Wide x;
       std::memcpy(&x, v + c + j * kLanes * kPerWide, sizeof(x));
       wide[j] = op(wide[j], map(x));
-    }
+    });
   }
   // Every index into acc a constant (StaticFor), so the partials stay in registers (an index
   // computed at run time had put them on the stack, loop and all).
@@ -103,8 +103,9 @@ inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
     if (left >= kLanes) {
       std::memcpy(&x, v + c, sizeof(x));
       acc[j] = op(acc[j], map(x));
-    } else {
-      A tail[kLanes] = {};
+    } else {  // the lanes past C: copies of v[c], a value map takes as it takes the others
+      A tail[kLanes];
+      for (int l = 0; l < kLanes; ++l) tail[l] = v[c];
       std::memcpy(tail, v + c, left * sizeof(A));
       std::memcpy(&x, tail, sizeof(x));
       Lane lanes;
@@ -125,11 +126,11 @@ inline A Reduce(const A* v, int64_t C, A init, Op op, Map map = Map()) {
   return part[0];
 }
 
-// Below this many classes the loss forwards take kLossBlock pixels at a time (LossRow) and the argmax's bounds are
-// running values: a pixel's classes fill less than Reduce's eight vectors, so its horizontal
-// reductions would dominate.
+// Below this many classes the loss forwards work on kLossBlock pixels at once, the classes the
+// outer loop (LossRow), and the argmax's bounds are running values: a pixel's classes fill less
+// than Reduce's eight vectors, so its horizontal reductions would dominate.
 constexpr int64_t kFewClasses = 64;
-// The pixels FewClassLossRow takes at a time.
+// The pixels FewClassLossRow takes at a time, and PixelLossRow's pixels per batch of logs.
 constexpr int64_t kLossBlock = 16;
 
 // The maximum and minimum as Reduce's op (a NaN operand on the right is never taken).
@@ -532,7 +533,7 @@ inline A ExpShifted(const A* v, int64_t C, A* max_out) {
 }
 
 // The score the loss subtracts from logsumexp(v): v[y], or with label smoothing s the target
-// distribution's mean score (1 - s) v[y] + s mean(v) (v still the scores, before ExpShifted).
+// distribution's mean score (1 - s) v[y] + s mean(v).
 template <typename A>
 inline A SmoothedTarget(const A* v, int64_t C, int64_t y, double s) {
   if (s == 0) return v[y];  // not 1 * v[y] + 0 * mean: an infinite score would give NaN
@@ -805,9 +806,10 @@ void FewClassLossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& ru
 
 // The loss and stats of the output pixels [0, ow) of one row, for both loss forwards: scores(o, v)
 // writes pixel o's C scores as the loss reads them; labels, loss and stats point at the row's
-// first pixel (loss, stats may be null). Pixel by pixel from kFewClasses classes (or with none:
-// every pixel is then ignored), kLossBlock pixels at a time below, where block_scores
-// (FewClassLossRow) may take over from scores.
+// first pixel (loss, stats may be null). From kFewClasses classes (or with none: every pixel is
+// then ignored) each pixel's classes in turn (PixelLossRow, the logs a batch at a time); below,
+// kLossBlock pixels at once, class by class, where block_scores (FewClassLossRow) may take over
+// from scores.
 template <typename A, typename O, typename Scores, typename BlockScores>
 void LossRow(int64_t ow, int64_t C, LabelMap labels, const LabelRule& rule, Scores&& scores,
              BlockScores&& block_scores, O* loss, double* stats, std::vector<A>& scratch) {
