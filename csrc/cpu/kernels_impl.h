@@ -1018,8 +1018,17 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
                  int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1,
                  int64_t lone) {
   const int64_t len = o1 - o0, prefetch_end = n_out < 0 ? 0 : std::min(n_out, o1 + len);
-  // Blocks ahead along the row (n_out < 0): 512 bytes, two 64-float blocks (measured best of 2-16
-  // such blocks on AVX-512), four of AVX2's 32-float ones.
+  // Blocks ahead along the row (n_out < 0): 512 bytes, four of AVX2's 32-float blocks. Not in the
+  // AVX-512 build: on a Zen 4 EPYC VM the ADE20K-like resize gradient ([8,64,64,150] -> 512x512)
+  // without it, interleaved in one process against tf.reduce_sum, 1.08-1.11x the read floor
+  // against 1.11-1.27x, and 1.26-1.30x against 1.31-1.37x where the floor ran in its fast mode
+  // (Cityscapes-like and DeepLab 1.12 / 1.07x against 1.16 / 1.09x); the AVX2 build needs it
+  // (1.14x against 1.26x without; fast floor 1.56x against 1.76-1.84x).
+#if defined(TFUP_ISA_AVX512)
+  constexpr bool kRowAhead = false;
+#else
+  constexpr bool kRowAhead = true;
+#endif
   constexpr int64_t kAhead = std::max<int64_t>(2, 512 / (kBlock * static_cast<int64_t>(sizeof(Src))));
   A a0[kBlock], a1[kBlock];
   for (int64_t c = 0; c < kBlock; ++c) {
@@ -1031,7 +1040,7 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     for (; o < o0 + lone; ++o) {
       const auto [w0, w1] = weights(o);
       const Src* __restrict d = dy + o * stride + c0;
-      if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {  // (lone: n_out < 0 only)
+      if (kRowAhead && kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {  // (lone: n_out < 0 only)
         PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
       }
       for (int64_t c = 0; c < kBlock; ++c) a0[c] = (a0[c] + w0 * A(d[c])) + w1 * A(d[c]);
@@ -1046,7 +1055,7 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     // input gradient at [1,16,22,1000] x32 measured 92 ms against 72-75 ms.
     if (kBlock >= 16 && o + len < prefetch_end) {
       PrefetchBytes(d + len * stride, kBlock * static_cast<int64_t>(sizeof(Src)));
-    } else if (kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
+    } else if (kRowAhead && kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {
       PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
     }
     for (int64_t c = 0; c < kBlock; ++c) {
@@ -1128,12 +1137,14 @@ void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, 
 // pixels of at most 4 vectors, the last one partial: AddRunFewChannels; pixels wider than the
 // widest block on AMD CPUs: AddPixelsTwoColumns, see XPassByPixel). n_out < 0: the resize's
 // y pass, whose "channels" are whole output rows: the next run's rows lie megabytes ahead, gone
-// from the cache before they are used, so each row's next blocks are prefetched instead
-// (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows).
+// from the cache before they are used, so each row's next blocks are prefetched instead in the
+// AVX2 build (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows; the
+// AVX-512 build measured best without: AddRunBlock). `cached`: r's source is a row of sums in
+// the cache (the resize's x pass): blocks, never pixel by pixel.
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,
-                      bool fresh0 = false, bool fresh1 = false, int64_t lone = 0) {
+                      bool fresh0 = false, bool fresh1 = false, int64_t lone = 0, bool cached = false) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
     if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
@@ -1159,8 +1170,11 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
   // Pixel by pixel only where the pixels are whole (nc == stride), so that the run is one stream:
   // a slab's channel block (1024 channels or more are split into blocks of 512) read pixel by pixel
   // skips half of each pixel and measured slower than the blocks (1500 channels, EPYC: 153 ms
-  // against 104 ms).
-  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc > kWide && nc == stride && XPassByPixel()) {
+  // against 104 ms). And only where dy streams from memory: `cached` (the resize gradient's x
+  // pass over a row of sums in L2) takes the blocks, a store per run and block instead of two per
+  // pixel and vector (ADE20K-like resize gradient, EPYC VM, AVX-512, fast read floor: 1.20-1.27x
+  // it against 1.25-1.32x).
+  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && !cached && nc > kWide && nc == stride && XPassByPixel()) {
     return AddPixelsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1);
   }
   int64_t c0 = 0;

@@ -364,7 +364,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           }
           const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
           if (jl != ju) {
-            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc);
+            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc, false,
+                             false, 0, true);
             continue;
           }
           for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
