@@ -18,17 +18,6 @@
 namespace tfup {
 namespace TFUP_ISA {
 
-// f(std::integral_constant<int, j>()) for j = 0 ... N - 1, in order, inlined (f's indices into
-// an array of vectors then constants, so the array can live in registers).
-template <typename F, int... J>
-__attribute__((always_inline)) inline void StaticForEach(F&& f, std::integer_sequence<int, J...>) {
-  (f(std::integral_constant<int, J>()), ...);
-}
-template <int N, typename F>
-__attribute__((always_inline)) inline void StaticFor(F&& f) {
-  StaticForEach(f, std::make_integer_sequence<int, N>());
-}
-
 // Reductions over a pixel's classes. Eight 32-byte vectors of partial results (64 floats or 32
 // doubles) are eight independent chains, so the loop runs at the machine's throughput instead of
 // one operation's latency; the partials are then combined in a fixed tree. The order is the same

@@ -153,6 +153,11 @@ bool XPassByPixel() {
   return by_pixel;
 }
 
+int64_t CoreCount() {
+  static const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return cores;
+}
+
 const char* KernelIsa() {
   static const char* const names[] = {"baseline", "avx2", "avx512"};
   return names[IsaLevel()];

@@ -74,6 +74,10 @@ int64_t StreamThresholdBytes();
 // Either way each sum adds its pixels in ascending order: the same bits.
 bool XPassByPixel();
 
+// The machine's logical cores (at least 1): the kernels size their units of work by it (a few per
+// core), TensorFlow's intra-op pool having as many threads by default.
+int64_t CoreCount();
+
 // Geometry of a bilinear upsample by `factor` of an [n, h, w, c] input (SAME, output h*f, w*f).
 // Returns "" or the reason it cannot exist (overflow).
 std::string MakeBilinearGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t factor,

@@ -157,6 +157,17 @@ template <typename T, typename A>
 inline void NarrowRow(T* __restrict out, const A* __restrict in, int64_t n) {
   for (int64_t c = 0; c < n; ++c) out[c] = Narrow<T>(in[c]);
 }
+// f(std::integral_constant<int, j>()) for j = 0 ... N - 1, in order, inlined (f's indices into
+// an array of vectors then constants, so the array can live in registers).
+template <typename F, int... J>
+__attribute__((always_inline)) inline void StaticForEach(F&& f, std::integer_sequence<int, J...>) {
+  (f(std::integral_constant<int, J>()), ...);
+}
+template <int N, typename F>
+__attribute__((always_inline)) inline void StaticFor(F&& f) {
+  StaticForEach(f, std::make_integer_sequence<int, N>());
+}
+
 // Asks for the cache lines of [p, p + bytes) ahead of their use (a hint: no fault, no effect on
 // the results).
 // kLocality: __builtin_prefetch's (3: into L1; 1, the T2 hint: the outer caches, for data needed a
@@ -1126,6 +1137,85 @@ void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, 
   }
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// AddRunBlock's n_out < 0 case (the resize gradient's y pass: whole float rows, at most kMaxRows
+// of them) with the sums of each block of four vectors in registers across the whole row: one
+// function, the rows' weights broadcast once, no per-block call or copy of the sums through the
+// stack (as separate calls per block, GCC kept AddRunBlock's arrays of sums on the stack and the
+// AVX2 build did not inline it: ~60 instructions of call and copies per block of 32 floats and
+// 4 rows). The same operations per element in the same order: the same bits. Past the last whole
+// block, AddRunBlock. Returns false (nothing done) for more than kMaxRows rows.
+template <class Weights>
+bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, int64_t n, int64_t o0,
+                       int64_t o1, float* __restrict r0, float* __restrict r1, bool fresh0, bool fresh1,
+                       int64_t lone) {
+  using L = Lanes;
+  constexpr int kMaxRows = 8, kV = 4;
+  constexpr int64_t kBlock = kV * L::kN;
+  const int64_t rows = o1 - o0;
+  if (rows > kMaxRows || rows <= 0) return false;
+  L::V w0[kMaxRows], w1[kMaxRows];
+  for (int64_t k = 0; k < rows; ++k) {
+    const auto [a, b] = weights(o0 + k);
+    w0[k] = L::Set(a), w1[k] = L::Set(b);
+  }
+#if defined(TFUP_ISA_AVX512)
+  constexpr int64_t kAheadFloats = 0;  // (AddRunBlock: the AVX-512 build is faster without)
+#else
+  constexpr int64_t kAheadFloats = 512 / static_cast<int64_t>(sizeof(float));
+#endif
+  const float* d0 = dy + o0 * stride;
+  int64_t c = 0;
+  for (; c + kBlock <= n; c += kBlock) {
+    L::V a0[kV], a1[kV];
+    StaticFor<kV>([&](auto v) __attribute__((always_inline)) {
+      a0[v] = fresh0 ? L::Set(0.0f) : L::Load(r0 + c + v * L::kN);
+      a1[v] = fresh1 ? L::Set(0.0f) : L::Load(r1 + c + v * L::kN);
+    });
+    for (int64_t k = 0; k < rows; ++k) {
+      const float* d = d0 + k * stride + c;
+      if (kAheadFloats > 0 && c + kAheadFloats + kBlock <= n) {
+        PrefetchBytes(d + kAheadFloats, kBlock * static_cast<int64_t>(sizeof(float)));
+      }
+      if (k < lone) {  // both terms into r0, w0's first
+        StaticFor<kV>([&](auto v) __attribute__((always_inline)) {
+          const L::V x = L::Load(d + v * L::kN);
+          a0[v] = L::Add(L::Add(a0[v], L::Mul(w0[k], x)), L::Mul(w1[k], x));
+        });
+      } else {
+        StaticFor<kV>([&](auto v) __attribute__((always_inline)) {
+          const L::V x = L::Load(d + v * L::kN);
+          a0[v] = L::Add(a0[v], L::Mul(w0[k], x));
+          a1[v] = L::Add(a1[v], L::Mul(w1[k], x));
+        });
+      }
+    }
+    StaticFor<kV>([&](auto v) __attribute__((always_inline)) {
+      L::Store(r0 + c + v * L::kN, a0[v]);
+      L::Store(r1 + c + v * L::kN, a1[v]);
+    });
+  }
+  if (c < n) {  // the rest: 32, 16, ..., 1 floats (AddRunTwoColumns' blocks)
+    const auto block = [&](auto k) {
+      constexpr int64_t kB = decltype(k)::value;
+      if (lone > 0) {
+        AddRunBlock<kB, true>(weights, -1, dy, stride, c, o0, o1, r0, r1, fresh0, fresh1, lone);
+      } else {
+        AddRunBlock<kB, false>(weights, -1, dy, stride, c, o0, o1, r0, r1, fresh0, fresh1, 0);
+      }
+      c += kB;
+    };
+    while (c + 32 <= n) block(std::integral_constant<int64_t, 32>());
+    if (n - c >= 16) block(std::integral_constant<int64_t, 16>());
+    if (n - c >= 8) block(std::integral_constant<int64_t, 8>());
+    if (n - c >= 4) block(std::integral_constant<int64_t, 4>());
+    if (n - c >= 2) block(std::integral_constant<int64_t, 2>());
+    if (n - c >= 1) block(std::integral_constant<int64_t, 1>());
+  }
+  return true;
+}
+#endif
+
 // Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
 // columns, into r0 and r1 with the weights weights(o) = (w0, w1). Channels go four vectors at a
 // time (64 floats on AVX-512, 32 on AVX2), the rest in blocks of 32, 16, ..., 1: a block's 2 x
@@ -1147,6 +1237,7 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
                       bool fresh0 = false, bool fresh1 = false, int64_t lone = 0, bool cached = false) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
+    if (n_out < 0 && AddRowsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone)) return;
     if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
       switch ((nc + Lanes::kN - 1) / Lanes::kN) {
         case 1: return AddRunFewChannels<1>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);

@@ -288,6 +288,20 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
   });
 }
 
+// The height of the gradients' bands of input rows (a band is a unit of work; the output rows two
+// bands share are read -- by the loss gradient, computed -- by both): about four units per core,
+// so that fewer, taller bands do less twice, at most `tallest` rows, at least 1, and a slab's bands
+// as even as they divide (65 rows in two: 33 and 32, not 64 and 1). Cityscapes-like
+// [2,128,256,19] -> 1024x2048 on the 2-core EPYC VM, interleaved in one process against
+// tf.reduce_sum: 16 bands of 16 rows 1.11x the read floor, 8 of 32 1.07x, 4 of 64 1.06x; DeepLab's
+// [8,65,65,21] -> 513x513 24 bands of 21-22 rows 1.03x, 16 of 32-33 0.99x. Sums add in the same
+// order whatever the bands: the same bits.
+inline int64_t GradientBand(int64_t slabs, int64_t h, int64_t tallest) {
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({tallest, h, slabs * h / (4 * CoreCount())}));
+  const int64_t count = (h + want - 1) / want;
+  return (h + count - 1) / count;
+}
+
 // acc[c] += w * A(d[c]) for n elements; with `fresh`, acc holds nothing yet: 0 + w * A(d[c]).
 template <typename A, typename Src>
 inline void AddScaled(A* __restrict acc, A w, const Src* __restrict d, int64_t n, bool fresh = false) {
@@ -327,11 +341,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
   const auto xruns = SameTapRuns(tx.lower, tx.upper), yruns = SameTapRuns(ty.lower, ty.upper);
   const auto xweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - tx.lerp[o]), A(tx.lerp[o])); };
   const auto yweights = [&](int64_t o) { return std::pair<A, A>(A(1.0f - ty.lerp[o]), A(ty.lerp[o])); };
-  // Bands of input rows: about 16 units in all (the output rows two bands share are read by
-  // both, so fewer, taller bands read less twice), at most 64 rows, at least 1; a slab's bands
-  // as even as they divide (65 rows: 22, 22, 21, not 32, 32, 1).
-  const int64_t tallest = std::max<int64_t>(1, std::min<int64_t>({64, h, sl.count * h / 16}));
-  const int64_t band = (h + (h + tallest - 1) / tallest - 1) / ((h + tallest - 1) / tallest);
+  // Bands of input rows of at most 64 rows (GradientBand).
+  const int64_t band = GradientBand(sl.count, h, 64);
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
   pf(sl.count * bands, (rows_per_band + band) * row * 3, [&](int64_t begin, int64_t stop) {
@@ -350,7 +361,11 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       // run, so that memory keeps streaming while this pass computes from the cache
       // (Cityscapes-like: ~16% of the gradient).
       constexpr int64_t kRowsAtOnce = 4, kAheadLines = 256;
+#if defined(TFUP_ISA_AVX512)
+      const int64_t rows_at_once = 8;  // (below)
+#else
       const int64_t rows_at_once = 2 * row * static_cast<int64_t>(sizeof(A)) <= (int64_t{128} << 10) ? 8 : kRowsAtOnce;
+#endif
       auto finish = [&](int64_t i, const float* next) {
         A* r = rows_of(i);
         std::fill(xr.begin(), xr.end(), A(0));
@@ -396,13 +411,16 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           lone = y1 - y0, y1 = n1, iu = ty.upper[n0], up_in = true, ++k;
         }
         if (il != iu && lo_in && up_in) {
-          // Four output rows at a time: four streams from memory keep closer to the read floor
-          // than a whole run's eight or more (ADE20K-like x8, THP-backed dy: 1.23x the floor,
-          // against 1.35x for whole runs and 1.48x row by row; on a Zen 4 EPYC VM 1.13-1.30x
-          // against 1.36-1.50x) -- but eight where the two rows of sums are small, which then
-          // stay in L1/L2 while each is loaded and stored half as often (DeepLab's 513 x 21 rows,
-          // 86 KB: 1.13-1.25x against 1.24-1.46x on the EPYC VM, both builds). Each element still
-          // adds its outputs in ascending order: the same bits.
+          // Four output rows at a time in the AVX2 build: four streams from memory keep closer
+          // to the read floor than a whole run's eight or more (ADE20K-like x8, THP-backed dy:
+          // 1.23x the floor, against 1.35x for whole runs and 1.48x row by row; on a Zen 4 EPYC
+          // VM 1.07x against 1.14x with eight, Cityscapes-like 1.14x against 1.19x) -- but eight
+          // where the two rows of sums are small, which then stay in L1/L2 while each is loaded
+          // and stored half as often (DeepLab's 513 x 21 rows, 86 KB: 1.13-1.25x against
+          // 1.24-1.46x on the EPYC VM, both builds). The AVX-512 build, whose blocks of 64 floats
+          // keep more of the rows in flight per instruction, takes eight everywhere (EPYC VM,
+          // ADE20K-like against a fast read floor: 1.20x against 1.26x with four). Each element
+          // still adds its outputs in ascending order: the same bits.
           for (int64_t a = y0; a < y1; a += rows_at_once) {
             const int64_t b = std::min(y1, a + rows_at_once);
             AddRunTwoColumns(yweights, -1, dy, row, row, a, b, rows_of(il), rows_of(iu), fresh_of(il),
@@ -738,7 +756,9 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
   }
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(16, h / 4));
+  // Bands (GradientBand) of at most 64 rows and 8 MB of sums, or 16 rows where those are more.
+  const int64_t row_bytes = std::max<int64_t>(1, w * C * static_cast<int64_t>(sizeof(A)));
+  const int64_t band = GradientBand(g.n, h, std::min<int64_t>(64, std::max<int64_t>(16, (int64_t{8} << 20) / row_bytes)));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
