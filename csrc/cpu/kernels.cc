@@ -73,7 +73,7 @@ int64_t StreamThresholdBytes() {
     l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-    const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    const int64_t cores = CoreCount();
     int64_t bytes = l2 > 0 ? static_cast<int64_t>(l2) * cores : int64_t{8} << 20;
     if (llc > 0) bytes = std::min<int64_t>(bytes, llc);
     return std::max<int64_t>(bytes, int64_t{1} << 20);

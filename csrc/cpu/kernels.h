@@ -65,8 +65,9 @@ void FillFloats(float* data, int64_t n, float value, bool stream, const Parallel
 // 1 MiB); TFUPSAMPLE_STREAM_BYTES (bytes) overrides it (the tests stream small outputs with it).
 int64_t StreamThresholdBytes();
 
-// Whether the input gradients' x pass takes a run of output pixels (which all read the same two
-// input columns) pixel by pixel, each pixel's channels in one pass with the two columns' sums in
+// Whether the x pass of the input gradients that read their output gradient from memory (the
+// bilinear one's; the resize gradient's x pass reads a row of sums in the cache and always takes
+// blocks) takes a run of output pixels (which all read the same two input columns) pixel by pixel, each pixel's channels in one pass with the two columns' sums in
 // L1, where a pixel spans more than one channel block -- rather than block by block, each block's
 // sums in registers over the whole run. On AMD CPUs (Zen 4 measured), whose prefetchers serve one
 // sequential stream far better than a run's pixels read a block at a time; elsewhere blocks

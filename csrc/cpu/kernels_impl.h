@@ -1029,11 +1029,12 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
                  int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1,
                  int64_t lone) {
   const int64_t len = o1 - o0, prefetch_end = n_out < 0 ? 0 : std::min(n_out, o1 + len);
-  // Blocks ahead along the row (n_out < 0): 512 bytes, four of AVX2's 32-float blocks. Not in the
-  // AVX-512 build: on a Zen 4 EPYC VM the ADE20K-like resize gradient ([8,64,64,150] -> 512x512)
-  // without it, interleaved in one process against tf.reduce_sum, 1.08-1.11x the read floor
-  // against 1.11-1.27x, and 1.26-1.30x against 1.31-1.37x where the floor ran in its fast mode
-  // (Cityscapes-like and DeepLab 1.12 / 1.07x against 1.16 / 1.09x); the AVX2 build needs it
+  // Blocks ahead along the row (n_out < 0; float rows on AVX2 and AVX-512 go through
+  // AddRowsTwoColumns, which keeps the same rule): 512 bytes, four of AVX2's 32-float blocks. Not
+  // in the AVX-512 build: on a Zen 4 EPYC VM the ADE20K-like resize gradient ([8,64,64,150] ->
+  // 512x512) without it, interleaved in one process against tf.reduce_sum, 1.08-1.11x the read
+  // floor against 1.11-1.27x, and 1.26-1.30x against 1.31-1.37x where the floor ran in its fast
+  // mode (Cityscapes-like and DeepLab 1.12 / 1.07x against 1.16 / 1.09x); the AVX2 build needs it
   // (1.14x against 1.26x without; fast floor 1.56x against 1.76-1.84x).
 #if defined(TFUP_ISA_AVX512)
   constexpr bool kRowAhead = false;
@@ -1154,13 +1155,14 @@ bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, 
   constexpr int64_t kBlock = kV * L::kN;
   const int64_t rows = o1 - o0;
   if (rows > kMaxRows || rows <= 0) return false;
+  lone = std::clamp<int64_t>(lone, 0, rows);
   L::V w0[kMaxRows], w1[kMaxRows];
   for (int64_t k = 0; k < rows; ++k) {
     const auto [a, b] = weights(o0 + k);
     w0[k] = L::Set(a), w1[k] = L::Set(b);
   }
 #if defined(TFUP_ISA_AVX512)
-  constexpr int64_t kAheadFloats = 0;  // (AddRunBlock: the AVX-512 build is faster without)
+  constexpr int64_t kAheadFloats = 0;  // (AddRunBlock's rule: the AVX-512 build is faster without)
 #else
   constexpr int64_t kAheadFloats = 512 / static_cast<int64_t>(sizeof(float));
 #endif
@@ -1229,8 +1231,9 @@ bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, 
 // y pass, whose "channels" are whole output rows: the next run's rows lie megabytes ahead, gone
 // from the cache before they are used, so each row's next blocks are prefetched instead in the
 // AVX2 build (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows; the
-// AVX-512 build measured best without: AddRunBlock). `cached`: r's source is a row of sums in
-// the cache (the resize's x pass): blocks, never pixel by pixel.
+// AVX-512 build measured best without: AddRunBlock); float rows, at most eight, go through
+// AddRowsTwoColumns. `cached`: r's source is a row of sums in the cache (the resize's x pass):
+// blocks, never pixel by pixel.
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,
