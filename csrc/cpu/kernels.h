@@ -67,8 +67,9 @@ int64_t StreamThresholdBytes();
 
 // Whether the x pass of the input gradients that read their output gradient from memory (the
 // bilinear one's; the resize gradient's x pass reads a row of sums in the cache and always takes
-// blocks) takes a run of output pixels (which all read the same two input columns) pixel by pixel, each pixel's channels in one pass with the two columns' sums in
-// L1, where a pixel spans more than one channel block -- rather than block by block, each block's
+// blocks) takes a run of output pixels (which all read the same two input columns) pixel by
+// pixel, each pixel's channels in one pass with the two columns' sums in L1, where a pixel spans
+// more than one channel block -- rather than block by block, each block's
 // sums in registers over the whole run. On AMD CPUs (Zen 4 measured), whose prefetchers serve one
 // sequential stream far better than a run's pixels read a block at a time; elsewhere blocks
 // (Intel Xeon measured). TFUPSAMPLE_X_PASS=pixels|blocks overrides it (the tests compare both).

@@ -1052,7 +1052,7 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
     for (; o < o0 + lone; ++o) {
       const auto [w0, w1] = weights(o);
       const Src* __restrict d = dy + o * stride + c0;
-      if (kRowAhead && kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {  // (lone: n_out < 0 only)
+      if (kRowAhead && kBlock >= 16 && n_out < 0 && c0 + kAhead * kBlock < stride) {  // (lone: n_out < 0)
         PrefetchBytes(d + kAhead * kBlock, kBlock * static_cast<int64_t>(sizeof(Src)));
       }
       for (int64_t c = 0; c < kBlock; ++c) a0[c] = (a0[c] + w0 * A(d[c])) + w1 * A(d[c]);
@@ -1240,7 +1240,9 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
                       bool fresh0 = false, bool fresh1 = false, int64_t lone = 0, bool cached = false) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
-    if (n_out < 0 && AddRowsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone)) return;
+    if (n_out < 0 && AddRowsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone)) {
+      return;
+    }
     if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
       switch ((nc + Lanes::kN - 1) / Lanes::kN) {
         case 1: return AddRunFewChannels<1>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
@@ -1268,7 +1270,8 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
   // pass over a row of sums in L2) takes the blocks, a store per run and block instead of two per
   // pixel and vector (ADE20K-like resize gradient, EPYC VM, AVX-512, fast read floor: 1.20-1.27x
   // it against 1.25-1.32x).
-  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && !cached && nc > kWide && nc == stride && XPassByPixel()) {
+  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && !cached && nc > kWide && nc == stride &&
+      XPassByPixel()) {
     return AddPixelsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1);
   }
   int64_t c0 = 0;

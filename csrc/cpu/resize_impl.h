@@ -295,9 +295,9 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
 // [2,128,256,19] -> 1024x2048 on the 2-core EPYC VM, interleaved in one process against
 // tf.reduce_sum: 16 bands of 16 rows 1.11x the read floor, 8 of 32 1.07x, 4 of 64 1.06x; DeepLab's
 // [8,65,65,21] -> 513x513 24 bands of 21-22 rows 1.03x, 16 of 32-33 0.99x. Sums add in the same
-// order whatever the bands: the same bits.
-// At least `shortest` rows (where h has them): the loss gradient computes its shared rows' softmax
-// twice, which on many cores would otherwise be most of its rows.
+// order whatever the bands: the same bits. At least `shortest` rows (where h has them): the loss
+// gradient computes its shared rows' softmax twice, which on many cores would otherwise be most of
+// its rows.
 inline int64_t GradientBand(int64_t slabs, int64_t h, int64_t tallest, int64_t shortest = 1) {
   if (h <= 0) return 1;
   const int64_t hi = std::max<int64_t>(1, tallest), lo = std::min(hi, std::max<int64_t>(1, shortest));
@@ -361,8 +361,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       int64_t done = i0;  // input rows [i0, done) are written
       // Row i along x, written; its buffer fresh for row i + 2. `next`: the first of the output
       // rows the y pass reads after it (or null), whose first kAheadLines lines in each of
-      // kRowsAtOnce rows (the first four of a chunk of eight, or the chunk) are prefetched a few per column
-      // run, so that memory keeps streaming while this pass computes from the cache
+      // kRowsAtOnce rows (the first four of a chunk of eight, or the chunk) are prefetched a few
+      // per column run, so that memory keeps streaming while this pass computes from the cache
       // (Cityscapes-like: ~16% of the gradient).
       constexpr int64_t kRowsAtOnce = 4, kAheadLines = 256;
 #if defined(TFUP_ISA_AVX512)
@@ -422,10 +422,10 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           // where the two rows of sums are small, which then stay in L1/L2 while each is loaded
           // and stored half as often (DeepLab's 513 x 21 rows, 86 KB: 1.13-1.25x against
           // 1.24-1.46x on the EPYC VM, both builds, before the AVX-512 build took eight
-          // everywhere). The AVX-512 build, whose blocks of 64 floats
-          // keep more of the rows in flight per instruction, takes eight everywhere (EPYC VM,
-          // ADE20K-like against a fast read floor: 1.20x against 1.26x with four). Each element
-          // still adds its outputs in ascending order: the same bits.
+          // everywhere). The AVX-512 build, whose blocks of 64 floats keep more of the rows in
+          // flight per instruction, takes eight everywhere (EPYC VM, ADE20K-like against a fast
+          // read floor: 1.20x against 1.26x with four). Each element still adds its outputs in
+          // ascending order: the same bits.
           for (int64_t a = y0; a < y1; a += rows_at_once) {
             const int64_t b = std::min(y1, a + rows_at_once);
             AddRunTwoColumns(yweights, -1, dy, row, row, a, b, rows_of(il), rows_of(iu), fresh_of(il),
@@ -762,12 +762,12 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
   const float on_label = static_cast<float>(1 - rule.smoothing),
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   // Bands (GradientBand) of at most 64 rows and 8 MB of sums, or 16 rows where those are more,
-  // and at least the 16 rows (a quarter of h where fewer) it had before (fixed bands of 16 rows, the shared output rows computed twice: ADE20K-like loss gradient
-  // 111.5 against 107.9 ms, VOC-like 26.6 against 25.5, Cityscapes-like 48.1 against 47.1, AVX-512,
-  // same process).
+  // and at least the 16 rows (a quarter of h where fewer) of the fixed bands before, whose shared
+  // output rows, computed twice, had cost: ADE20K-like loss gradient 111.5 against 107.9 ms,
+  // VOC-like 26.6 against 25.5, Cityscapes-like 48.1 against 47.1 (AVX-512, same process).
   const int64_t row_bytes = std::max<int64_t>(1, w * C * static_cast<int64_t>(sizeof(A)));
-  const int64_t band = GradientBand(g.n, h, std::min<int64_t>(64, std::max<int64_t>(16, (int64_t{8} << 20) / row_bytes)),
-                                    std::min<int64_t>(16, h / 4));
+  const int64_t tallest = std::min<int64_t>(64, std::max<int64_t>(16, (int64_t{8} << 20) / row_bytes));
+  const int64_t band = GradientBand(g.n, h, tallest, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)

@@ -243,6 +243,6 @@ PYBIND11_MODULE(_numpy_ext, m) {
         "Which build of the CPU kernels runs here: 'avx512', 'avx2' or 'baseline' "
         "(TFUPSAMPLE_ISA=baseline|avx2 caps it; all give the same bits).");
   m.def("kernel_x_pass", [] { return std::string(tfup::XPassByPixel() ? "pixels" : "blocks"); },
-        "How the bilinear input gradient's x pass reads a run of wide pixels here: 'pixels' (AMD CPUs) or "
-        "'blocks' (TFUPSAMPLE_X_PASS=pixels|blocks overrides it; both give the same bits).");
+        "How the bilinear input gradient's x pass reads a run of wide pixels here: 'pixels' (AMD "
+        "CPUs) or 'blocks' (TFUPSAMPLE_X_PASS=pixels|blocks overrides it; both give the same bits).");
 }
