@@ -1081,6 +1081,30 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
   }
 }
 
+// AddRunBlock over channels [c0, nc): blocks of kWide while they fit, then one each of 32, 16,
+// 8, 4, 2 and 1 where they fit (lone or not, as AddRunBlock takes it).
+template <int64_t kWide, typename A, typename Src, class Weights>
+void AddRunBlocksFrom(int64_t c0, const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
+                      int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0,
+                      bool fresh1, int64_t lone) {
+  const auto block = [&](auto k) {
+    constexpr int64_t kBlock = decltype(k)::value;
+    if (lone > 0) {
+      AddRunBlock<kBlock, true>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, lone);
+    } else {
+      AddRunBlock<kBlock, false>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, 0);
+    }
+    c0 += kBlock;
+  };
+  while (c0 + kWide <= nc) block(std::integral_constant<int64_t, kWide>());
+  if (nc - c0 >= 32) block(std::integral_constant<int64_t, 32>());
+  if (nc - c0 >= 16) block(std::integral_constant<int64_t, 16>());
+  if (nc - c0 >= 8) block(std::integral_constant<int64_t, 8>());
+  if (nc - c0 >= 4) block(std::integral_constant<int64_t, 4>());
+  if (nc - c0 >= 2) block(std::integral_constant<int64_t, 2>());
+  if (nc - c0 >= 1) block(std::integral_constant<int64_t, 1>());
+}
+
 // AddRunTwoColumns pixel by pixel (XPassByPixel; n_out >= 0, r0 and r1 not fresh): each pixel's
 // nc channels in one pass, both columns' sums loaded and stored per pixel (from L1: two rows of
 // nc), so the run is read as one sequential stream. Each element adds w * d to its sum in
@@ -1197,23 +1221,8 @@ bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, 
       L::Store(r1 + c + v * L::kN, a1[v]);
     });
   }
-  if (c < n) {  // the rest: 32, 16, ..., 1 floats (AddRunTwoColumns' blocks)
-    const auto block = [&](auto k) {
-      constexpr int64_t kB = decltype(k)::value;
-      if (lone > 0) {
-        AddRunBlock<kB, true>(weights, -1, dy, stride, c, o0, o1, r0, r1, fresh0, fresh1, lone);
-      } else {
-        AddRunBlock<kB, false>(weights, -1, dy, stride, c, o0, o1, r0, r1, fresh0, fresh1, 0);
-      }
-      c += kB;
-    };
-    while (c + 32 <= n) block(std::integral_constant<int64_t, 32>());
-    if (n - c >= 16) block(std::integral_constant<int64_t, 16>());
-    if (n - c >= 8) block(std::integral_constant<int64_t, 8>());
-    if (n - c >= 4) block(std::integral_constant<int64_t, 4>());
-    if (n - c >= 2) block(std::integral_constant<int64_t, 2>());
-    if (n - c >= 1) block(std::integral_constant<int64_t, 1>());
-  }
+  // The rest: 32, 16, ..., 1 floats.
+  if (c < n) AddRunBlocksFrom<32>(c, weights, -1, dy, stride, n, o0, o1, r0, r1, fresh0, fresh1, lone);
   return true;
 }
 #endif
@@ -1274,23 +1283,7 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
       XPassByPixel()) {
     return AddPixelsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1);
   }
-  int64_t c0 = 0;
-  const auto block = [&](auto k) {
-    constexpr int64_t kBlock = decltype(k)::value;
-    if (lone > 0) {
-      AddRunBlock<kBlock, true>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, lone);
-    } else {
-      AddRunBlock<kBlock, false>(weights, n_out, dy, stride, c0, o0, o1, r0, r1, fresh0, fresh1, 0);
-    }
-    c0 += decltype(k)::value;
-  };
-  while (c0 + kWide <= nc) block(std::integral_constant<int64_t, kWide>());
-  if (nc - c0 >= 32) block(std::integral_constant<int64_t, 32>());
-  if (nc - c0 >= 16) block(std::integral_constant<int64_t, 16>());
-  if (nc - c0 >= 8) block(std::integral_constant<int64_t, 8>());
-  if (nc - c0 >= 4) block(std::integral_constant<int64_t, 4>());
-  if (nc - c0 >= 2) block(std::integral_constant<int64_t, 2>());
-  if (nc - c0 >= 1) block(std::integral_constant<int64_t, 1>());
+  AddRunBlocksFrom<kWide>(0, weights, n_out, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone);
 }
 
 // Output row oy reduced along x into r (W x nc, zeroed): pixels `stride` apart, nc channels
