@@ -177,6 +177,19 @@ inline void PrefetchBytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t e = 0; e < bytes; e += 64) __builtin_prefetch(c + e, 0, kLocality);
 }
+
+// How far ahead along each of its rows the resize gradient's y pass prefetches the output
+// gradient (AddRunBlock, AddRowsTwoColumns): 512 bytes, four of AVX2's 32-float blocks. None in
+// the AVX-512 build: on a Zen 4 EPYC VM the ADE20K-like resize gradient ([8,64,64,150] ->
+// 512x512) without it, interleaved in one process against tf.reduce_sum, 1.08-1.11x the read
+// floor against 1.11-1.27x, and 1.26-1.30x against 1.31-1.37x where the floor ran in its fast
+// mode (Cityscapes-like and DeepLab 1.12 / 1.07x against 1.16 / 1.09x); the AVX2 build needs it
+// (1.14x against 1.26x without; fast floor 1.56x against 1.76-1.84x).
+#if defined(TFUP_ISA_AVX512)
+constexpr int64_t kRowAheadBytes = 0;
+#else
+constexpr int64_t kRowAheadBytes = 512;
+#endif
 #if defined(TFUP_HALF_TYPES) && defined(TFUP_ISA_AVX2) && (defined(__x86_64__) || defined(__i386__))
 inline __m256 Load8(const Eigen::half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -982,14 +995,13 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-// AddRunTwoColumns for float pixels of at most kVectors vectors of channels (n_out >= 0, r0 and
-// r1 not fresh): every channel's two sums in registers, the last vector masked, in one pass over
-// the run with one pair of weights per pixel, where AddRunTwoColumns' blocks would pass over it
-// once per block, each taking the weights again (21 classes: blocks of 16, 4 and 1). Each lane
-// adds w * d to its sum in ascending pixel order: the same bits. The bilinear input gradient at
-// [8,64,64,21] x8 NHWC, interleaved in one process on the 2-core VM (AVX-512): 17.6 ms against
-// 20.0 ms (blocks), at [8,128,128,21] x4 22.6 against 26.8, at [2,128,256,19] x8 29.8 against 33.4;
-// AVX2 alike (17.7 / 19.4 and 29.8 / 32.3).
+// AddRunTwoColumns for float pixels of at most kVectors vectors of channels: every channel's two
+// sums in registers, the last vector masked, in one pass over the run with one pair of weights per
+// pixel, where AddRunTwoColumns' blocks would pass over it once per block, each taking the weights
+// again (21 classes: blocks of 16, 4 and 1). Each lane adds w * d to its sum in ascending pixel
+// order: the same bits. The bilinear input gradient at [8,64,64,21] x8 NHWC, interleaved in one
+// process on the 2-core VM (AVX-512): 17.6 ms against 20.0 ms (blocks), at [8,128,128,21] x4 22.6
+// against 26.8, at [2,128,256,19] x8 29.8 against 33.4; AVX2 alike (17.7 / 19.4 and 29.8 / 32.3).
 template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
@@ -1029,19 +1041,10 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
                  int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1,
                  int64_t lone) {
   const int64_t len = o1 - o0, prefetch_end = n_out < 0 ? 0 : std::min(n_out, o1 + len);
-  // Blocks ahead along the row (n_out < 0; float rows on AVX2 and AVX-512 go through
-  // AddRowsTwoColumns, which keeps the same rule): 512 bytes, four of AVX2's 32-float blocks. Not
-  // in the AVX-512 build: on a Zen 4 EPYC VM the ADE20K-like resize gradient ([8,64,64,150] ->
-  // 512x512) without it, interleaved in one process against tf.reduce_sum, 1.08-1.11x the read
-  // floor against 1.11-1.27x, and 1.26-1.30x against 1.31-1.37x where the floor ran in its fast
-  // mode (Cityscapes-like and DeepLab 1.12 / 1.07x against 1.16 / 1.09x); the AVX2 build needs it
-  // (1.14x against 1.26x without; fast floor 1.56x against 1.76-1.84x).
-#if defined(TFUP_ISA_AVX512)
-  constexpr bool kRowAhead = false;
-#else
-  constexpr bool kRowAhead = true;
-#endif
-  constexpr int64_t kAhead = std::max<int64_t>(2, 512 / (kBlock * static_cast<int64_t>(sizeof(Src))));
+  // Blocks ahead along the row (n_out < 0; float rows go through AddRowsTwoColumns instead, with
+  // the same rule): kRowAheadBytes.
+  constexpr bool kRowAhead = kRowAheadBytes > 0;
+  constexpr int64_t kAhead = std::max<int64_t>(2, kRowAheadBytes / (kBlock * static_cast<int64_t>(sizeof(Src))));
   A a0[kBlock], a1[kBlock];
   for (int64_t c = 0; c < kBlock; ++c) {
     a0[c] = fresh0 ? A(0) : r0[c0 + c];
@@ -1105,16 +1108,15 @@ void AddRunBlocksFrom(int64_t c0, const Weights& weights, int64_t n_out, const S
   if (nc - c0 >= 1) block(std::integral_constant<int64_t, 1>());
 }
 
-// AddRunTwoColumns pixel by pixel (XPassByPixel; n_out >= 0, r0 and r1 not fresh): each pixel's
-// nc channels in one pass, both columns' sums loaded and stored per pixel (from L1: two rows of
-// nc), so the run is read as one sequential stream. Each element adds w * d to its sum in
-// ascending pixel order: the same bits as the blocks. The bilinear input gradient at
-// [1,16,22,1000] x32 on a 2-core AMD EPYC (Zen 4) VM, interleaved against tf.reduce_sum: 1.13-1.15x
-// the read floor, against 1.61-1.62x block by block (AVX-512 build; one thread: 76 against 122 ms).
-// 8-lane vectors in the AVX-512 build too: Zen 4 splits a 16-lane store in two, and this loop,
-// two stores per vector of dy, is store-bound from L3; interleaved in one process, 16 against 8
-// lanes: 1.19-1.40x against 1.17-1.27x the read floor (two threads), 68-97 ms against 64-90 ms
-// (one thread).
+// AddRunTwoColumns pixel by pixel (XPassByPixel): each pixel's nc channels in one pass, both
+// columns' sums loaded and stored per pixel (from L1: two rows of nc), so the run is read as one
+// sequential stream. Each element adds w * d to its sum in ascending pixel order: the same bits as
+// the blocks. The bilinear input gradient at [1,16,22,1000] x32 on a 2-core AMD EPYC (Zen 4) VM,
+// interleaved against tf.reduce_sum: 1.13-1.15x the read floor, against 1.61-1.62x block by block
+// (AVX-512 build; one thread: 76 against 122 ms). 8-lane vectors in the AVX-512 build too: Zen 4
+// splits a 16-lane store in two, and this loop, two stores per vector of dy, is store-bound from
+// L3; interleaved in one process, 16 against 8 lanes: 1.19-1.40x against 1.17-1.27x the read floor
+// (two threads), 68-97 ms against 64-90 ms (one thread).
 template <typename A, typename Src, class Weights>
 void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, int64_t nc, int64_t o0,
                          int64_t o1, A* __restrict r0, A* __restrict r1) {
@@ -1185,11 +1187,7 @@ bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, 
     const auto [a, b] = weights(o0 + k);
     w0[k] = L::Set(a), w1[k] = L::Set(b);
   }
-#if defined(TFUP_ISA_AVX512)
-  constexpr int64_t kAheadFloats = 0;  // (AddRunBlock's rule: the AVX-512 build is faster without)
-#else
-  constexpr int64_t kAheadFloats = 512 / static_cast<int64_t>(sizeof(float));
-#endif
+  constexpr int64_t kAheadFloats = kRowAheadBytes / static_cast<int64_t>(sizeof(float));
   const float* d0 = dy + o0 * stride;
   int64_t c = 0;
   for (; c + kBlock <= n; c += kBlock) {
@@ -1227,32 +1225,40 @@ bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, 
 }
 #endif
 
+// The widest block of AddRunBlock: four of this build's vectors per sum, so that a run's two
+// columns of sums (eight registers) and their operands fit AVX2's sixteen (64 floats there
+// spilled: the resize gradient at DeepLab's [8,513,513,21] took 13.3 ms, against 11.6 ms in the
+// AVX-512 build).
+template <typename A>
+constexpr int64_t WideBlock() {
+#if defined(TFUP_ISA_AVX512)
+  return 256 / static_cast<int64_t>(sizeof(A));
+#elif defined(TFUP_ISA_AVX2)
+  return 128 / static_cast<int64_t>(sizeof(A));
+#else
+  return 64 / static_cast<int64_t>(sizeof(A));
+#endif
+}
+
 // Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input
-// columns, into r0 and r1 with the weights weights(o) = (w0, w1). Channels go four vectors at a
-// time (64 floats on AVX-512, 32 on AVX2), the rest in blocks of 32, 16, ..., 1: a block's 2 x
-// kBlock sums stay in registers over the whole run, so r is loaded and stored once per run rather
-// than once per pixel, and each element still adds its outputs in ascending order (same bits as
-// one pixel at a time). While a block sums, the same channels of the run after it are prefetched.
-// Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor pixel by pixel,
-// 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input gradients (float
-// pixels of at most 4 vectors, the last one partial: AddRunFewChannels; pixels wider than the
-// widest block on AMD CPUs: AddPixelsTwoColumns, see XPassByPixel). n_out < 0: the resize's
-// y pass, whose "channels" are whole output rows: the next run's rows lie megabytes ahead, gone
-// from the cache before they are used, so each row's next blocks are prefetched instead in the
-// AVX2 build (ADE20K-like x8: 1.36x the read floor against 1.56x with the next run's rows; the
-// AVX-512 build measured best without: AddRunBlock); float rows, at most eight, go through
-// AddRowsTwoColumns. `cached`: r's source is a row of sums in the cache (the resize's x pass):
-// blocks, never pixel by pixel.
+// columns, into r0 and r1 with the weights weights(o) = (w0, w1) (the input gradients' x passes:
+// n_out outputs along the row, pixels `stride` apart, nc channels each). Channels go four
+// vectors at a time (64 floats on AVX-512, 32 on AVX2), the rest in blocks of 32, 16, ..., 1: a
+// block's 2 x kBlock sums stay in registers over the whole run, so r is loaded and stored once per
+// run rather than once per pixel, and each element still adds its outputs in ascending order
+// (same bits as one pixel at a time). While a block sums, the same channels of the run after it
+// are prefetched. Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor
+// pixel by pixel, 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input
+// gradients (float pixels of at most 4 vectors, the last one partial: AddRunFewChannels; pixels
+// wider than the widest block on AMD CPUs: AddPixelsTwoColumns, see XPassByPixel). `cached`: dy
+// is a row of sums in the cache (the resize's x pass): blocks, never pixel by pixel.
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,
-                      bool fresh0 = false, bool fresh1 = false, int64_t lone = 0, bool cached = false) {
+                      bool cached = false) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
-    if (n_out < 0 && AddRowsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone)) {
-      return;
-    }
-    if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
+    if (nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
       switch ((nc + Lanes::kN - 1) / Lanes::kN) {
         case 1: return AddRunFewChannels<1>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
         case 2: return AddRunFewChannels<2>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
@@ -1262,16 +1268,7 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
     }
   }
 #endif
-  // The widest block: four of this build's vectors per sum, so that the run's two columns of sums
-  // (eight registers) and their operands fit AVX2's sixteen (64 floats there spilled: the resize
-  // gradient at DeepLab's [8,513,513,21] took 13.3 ms, against 11.6 ms in the AVX-512 build).
-#if defined(TFUP_ISA_AVX512)
-  constexpr int64_t kWide = 256 / static_cast<int64_t>(sizeof(A));
-#elif defined(TFUP_ISA_AVX2)
-  constexpr int64_t kWide = 128 / static_cast<int64_t>(sizeof(A));
-#else
-  constexpr int64_t kWide = 64 / static_cast<int64_t>(sizeof(A));
-#endif
+  constexpr int64_t kWide = WideBlock<A>();
   // Pixel by pixel only where the pixels are whole (nc == stride), so that the run is one stream:
   // a slab's channel block (1024 channels or more are split into blocks of 512) read pixel by pixel
   // skips half of each pixel and measured slower than the blocks (1500 channels, EPYC: 153 ms
@@ -1279,11 +1276,28 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
   // pass over a row of sums in L2) takes the blocks, a store per run and block instead of two per
   // pixel and vector (ADE20K-like resize gradient, EPYC VM, AVX-512, fast read floor: 1.20-1.27x
   // it against 1.25-1.32x).
-  if (n_out >= 0 && !fresh0 && !fresh1 && lone == 0 && !cached && nc > kWide && nc == stride &&
-      XPassByPixel()) {
+  if (!cached && nc > kWide && nc == stride && XPassByPixel()) {
     return AddPixelsTwoColumns(weights, dy, stride, nc, o0, o1, r0, r1);
   }
-  AddRunBlocksFrom<kWide>(0, weights, n_out, dy, stride, nc, o0, o1, r0, r1, fresh0, fresh1, lone);
+  AddRunBlocksFrom<kWide>(0, weights, n_out, dy, stride, nc, o0, o1, r0, r1, false, false, 0);
+}
+
+// The resize gradient's y pass: adds the output-gradient rows [o0, o1) (`row` elements each, one
+// after another in dy), which all read the same two input rows, into the rows of sums r0 and r1
+// with the weights weights(o) = (w0, w1); AddRunBlock's fresh0 / fresh1 and lone. A row's
+// elements are AddRunBlock's channels: the next run's rows lie megabytes ahead, gone from the
+// cache before they are used, so each row's next blocks are prefetched instead, kRowAheadBytes
+// ahead (ADE20K-like x8, AVX2: 1.36x the read floor against 1.56x with the next run's rows). Float
+// rows, at most eight, go through AddRowsTwoColumns.
+template <typename A, typename Src, class Weights>
+void AddRowsRun(const Weights& weights, const Src* dy, int64_t row, int64_t o0, int64_t o1,
+                A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1, int64_t lone) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
+    if (AddRowsTwoColumns(weights, dy, row, row, o0, o1, r0, r1, fresh0, fresh1, lone)) return;
+  }
+#endif
+  AddRunBlocksFrom<WideBlock<A>()>(0, weights, -1, dy, row, row, o0, o1, r0, r1, fresh0, fresh1, lone);
 }
 
 // Output row oy reduced along x into r (W x nc, zeroed): pixels `stride` apart, nc channels

@@ -327,13 +327,13 @@ inline void AddScaledTwice(A* __restrict acc, A w0, A w1, const Src* __restrict 
 }
 
 // Gradient, y first: a thread owns a band of input rows. Each output-gradient row is added, with
-// its y weights, into the (at most two) input rows it reaches: rows of the output full width,
-// acc_y (two live at a time, the band's rows in order). Runs of output rows with the same two input
-// rows are summed in registers (AddRunTwoColumns over whole rows), each element in ascending
-// output order. When no later output row reaches an input row, that row is summed along x into
-// xr (input width, in ascending output order again) and written. So dy is read once (the rows two
-// bands share, twice) and the x pass runs once per input row, not per output row. The CUDA kernel
-// sums in the same order: the same bits.
+// its y weights, into the (at most two) input rows it reaches: rows of the output full width, acc_y
+// (two live at a time, the band's rows in order). Runs of output rows with the same two input rows
+// are summed in registers (AddRowsRun), each element in ascending output order. When no later
+// output row reaches an input row, that row is summed along x into xr (input width, in ascending
+// output order again) and written. So dy is read once (the rows two bands share, twice) and the x
+// pass runs once per input row, not per output row. The CUDA kernel sums in the same order: the
+// same bits.
 template <typename T>
 void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad, T* input_grad,
                                      const ParallelFor& pf) {
@@ -383,8 +383,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           }
           const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
           if (jl != ju) {
-            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc, false,
-                             false, 0, true);
+            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc,
+                             /*cached=*/true);
             continue;
           }
           for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
@@ -428,8 +428,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           // ascending order: the same bits.
           for (int64_t a = y0; a < y1; a += rows_at_once) {
             const int64_t b = std::min(y1, a + rows_at_once);
-            AddRunTwoColumns(yweights, -1, dy, row, row, a, b, rows_of(il), rows_of(iu), fresh_of(il),
-                             fresh_of(iu), std::clamp<int64_t>(y0 + lone - a, 0, b - a));
+            AddRowsRun(yweights, dy, row, a, b, rows_of(il), rows_of(iu), fresh_of(il), fresh_of(iu),
+                       std::clamp<int64_t>(y0 + lone - a, 0, b - a));
             fresh_of(il) = fresh_of(iu) = false;
           }
           continue;
