@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 import tfupsample.tools.verify as verify
@@ -53,6 +54,28 @@ def test_verify_fails_when_the_resize_is_wrong(monkeypatch):
     lines = []
     assert verify.run([3], out=lines.append) is False
     assert lines[-1] == "FAILED" and all(line.endswith("FAIL") for line in lines if "->" in line)
+
+
+def test_verify_holds_the_resize_to_stock_bits(monkeypatch):
+    """One ulp off stock TF is within the float64 definition's bound but not the same bits: FAIL."""
+    import tensorflow as tf
+
+    import tfupsample.image as image
+
+    real_lib = image._ops.lib
+    real = real_lib.tfupsample_resize_bilinear
+    one_ulp = lambda x: tf.constant(np.nextafter(x.numpy(), np.float32(np.inf)))  # noqa: E731
+    monkeypatch.setattr(image._ops, "lib", type("L", (), {
+        "tfupsample_resize_bilinear": staticmethod(lambda x, s, **kw: one_ulp(real(x, s, **kw))),
+        "__getattr__": lambda self, name: getattr(real_lib, name),
+    })())
+    lines = []
+    assert verify.run([2], out=lines.append) is False
+    rows = [line for line in lines if "->" in line]
+    assert len(rows) == len(verify.FRACTIONAL) and all(line.endswith("FAIL") for line in rows)
+    assert {"half_pixel", "align_corners", "asymmetric"} == {line.split()[1] for line in rows}
+    factor_row = next(line for line in lines if line.split() and line.split()[0] == "2")
+    assert factor_row.endswith("FAIL")
 
 
 @pytest.mark.parametrize("argv, needs, extra", [

@@ -59,6 +59,12 @@ def test_argmax_factor_is_the_default_size_and_options(rng):
         tu.upsample_argmax(x, 2, interpolation="bicubic")
     with pytest.raises(TypeError, match="factor must be a positive integer"):
         tu.upsample_argmax(x, interpolation="bilinear")  # neither size nor factor
+    with pytest.raises(ValueError, match="size is for interpolation='bilinear'"):
+        tu.upsample_argmax(x, 4, size=[16, 20])  # the FCN upsample's size is the factor's
+    with pytest.raises(TypeError, match="factor must be a positive integer"):
+        tu.upsample_argmax(x, 0.5, size=[16, 20], interpolation="bilinear")
+    b = tu.upsample_argmax(x, 3, size=[16, 20], interpolation="bilinear", output_type=tf.int32)
+    np.testing.assert_array_equal(b.numpy(), a.numpy())  # size decides
     with pytest.raises(tf.errors.InvalidArgumentError, match="output dimensions must be positive"):
         tu._ops.lib.tfupsample_resize_argmax(x, [0, 3])
 

@@ -39,7 +39,8 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
     """`tf.argmax(bilinear_upsample(logits, factor), axis=classes)` -> labels `[N, H*f, W*f]`, or
     with `interpolation="bilinear"` (also "align_corners", "asymmetric") the argmax of
     `tf.image.resize(logits, size)` (`tf.compat.v1.image.resize_bilinear(logits, size, ...)`),
-    `size` = [height, width] (default: `factor` x the logits' size).
+    `size` = [height, width] (default: `factor` x the logits' size; given, it decides). `size` is
+    for the resize conventions only: the FCN upsample's labels are `factor` x the logits' size.
 
     Each pixel's values are computed exactly as the upsample (or the resize) computes them (the
     same bits), and ties go to the lowest class, like `tf.argmax`. With `return_scores=True` also
@@ -50,8 +51,13 @@ def upsample_argmax(logits, factor=None, *, size=None, interpolation="transposed
     output_type = tf.as_dtype(output_type)
     if output_type not in (tf.int32, tf.int64):
         raise TypeError(f"output_type must be int32 or int64, got {output_type.name}")
+    if conv is None and size is not None:
+        raise ValueError("size is for interpolation='bilinear', 'align_corners' or 'asymmetric'; with "
+                         "interpolation='transposed_conv' the labels are factor x the logits' size")
     if conv is None or size is None:
         factor = check_factor(factor)
+    elif factor is not None:
+        check_factor(factor)  # accepted beside size, which decides (as the loss takes the labels' size)
     with tf.name_scope(name or "upsample_argmax"):
         x = _nhwc(logits, data_format)
         if conv is not None:
