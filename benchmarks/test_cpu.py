@@ -123,39 +123,3 @@ def test_targets(benchmark, logits):
         benchmark.extra_info[t.name] = t.as_dict()
 
 
-PEAK_SCRIPT = r"""
-import sys, numpy as np, tensorflow as tf, tfupsample as tu
-from tfupsample.tools import bench
-rng = np.random.default_rng(0)
-x = bench.segmentation_logits(8, 64, 64, 150)
-labels = tf.constant(rng.integers(0, 150, (8, 512, 512)))
-fused = sys.argv[1] == "fused"
-step = bench._loss_step(x, (lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, interpolation="bilinear"))
-                        if fused else (lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
-                            labels, tf.image.resize(x, [512, 512]))))
-bench._reset_peak()
-base = bench._status_kb("VmRSS")
-bench._touch(step())  # the first step in a fresh process: every buffer it needs is new memory
-print((bench._status_kb("VmHWM") - base) * 1024)
-"""
-
-
-def test_resize_loss_peak_memory(benchmark):
-    """Peak RSS growth of one training step's loss and gradient in resize semantics at the
-    ADE20K-like shape, fused and unfused, each the first step of a fresh process, against the
-    full-resolution logits' bytes (target for the fused loss: <= 0.1)."""
-    import subprocess
-    import sys
-    import tempfile
-
-    full = 8 * 512 * 512 * 150 * 4
-    growth = {}
-    for kind in ("fused", "unfused"):
-        r = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind], capture_output=True, text=True, timeout=600,
-                           cwd=tempfile.gettempdir())  # not the checkout, whose tfupsample/ is unbuilt
-        assert r.returncode == 0, r.stderr[-2000:]
-        growth[kind] = int(r.stdout.split()[-1]) / full
-    benchmark.group = "memory"
-    benchmark.pedantic(lambda: None, rounds=1)
-    EXTRA["resize-semantics loss step [8,64,64,150] -> 512x512: peak RSS growth / full-resolution logits "
-          "bytes"] = f"fused {growth['fused']:.3f} (target <= 0.1), unfused {growth['unfused']:.2f}"

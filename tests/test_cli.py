@@ -175,8 +175,9 @@ def test_resize_and_head_targets_at_small_shapes():
     found = bench.resize_targets(repeats=1, shapes=[("tiny", (1, 3, 4, 2), (7, 9), False),
                                                     ("tiny aligned", (1, 3, 4, 2), (5, 7), True)])
     found += bench.head_targets(repeats=1, cases=[("tiny", (1, 3, 4, 5), 2, True)])
+    found += bench.head_memory_targets(shape=(1, 3, 4, 5), size=(6, 8))
     names = " | ".join(t.name for t in found)
-    for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics"):
+    for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics", "peak memory"):
         assert part in names, names
     for t in found:
         ratio = t.ours_ms / t.ref_ms if t.kind == "at_most" else t.ref_ms / t.ours_ms

@@ -541,6 +541,48 @@ def head_targets(repeats=3, cases=HEAD_CASES):
     return out
 
 
+# One training step's loss and gradient in resize semantics, the first in a fresh process (every
+# buffer it needs is then new memory): prints the peak RSS growth in bytes. argv: fused|unfused,
+# then n h w classes and the output's height and width.
+_HEAD_STEP = r"""
+import sys, numpy as np, tensorflow as tf, tfupsample as tu
+from tfupsample.tools import bench
+n, h, w, c, oh, ow = (int(v) for v in sys.argv[2:8])
+x = bench.segmentation_logits(n, h, w, c)
+labels = tf.constant(np.random.default_rng(0).integers(0, c, (n, oh, ow)))
+step = bench._loss_step(x, (lambda: tu.upsample_sparse_softmax_cross_entropy(labels, x, interpolation="bilinear"))
+                        if sys.argv[1] == "fused" else (lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(
+                            labels, tf.image.resize(x, [oh, ow]))))
+bench._reset_peak()
+base = bench._status_kb("VmRSS")
+bench._touch(step())
+print((bench._status_kb("VmHWM") - base) * 1024)
+"""
+
+
+def head_memory_targets(shape=(8, 64, 64, 150), size=(512, 512)):
+    """Peak RSS growth of one training step's fused loss and gradient in resize semantics (at the
+    ADE20K-like shape), the first step of a fresh process, against the full-resolution logits'
+    bytes (target: at most 10% of them); the unfused step's growth beside it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    n, h, w, c = shape
+    full = n * size[0] * size[1] * c * 4
+    growth = {}
+    for kind in ("fused", "unfused"):
+        r = subprocess.run([sys.executable, "-c", _HEAD_STEP, kind, *map(str, (*shape, *size))], capture_output=True,
+                           text=True, timeout=600, cwd=tempfile.gettempdir())  # not a checkout's unbuilt tfupsample/
+        if r.returncode != 0:
+            raise RuntimeError(f"the {kind} loss step failed: {r.stderr[-2000:]}")
+        growth[kind] = int(r.stdout.split()[-1]) / 2**20
+    name = f"[{','.join(map(str, shape))}] -> {size[0]}x{size[1]}"
+    return [Target(f"fused loss + gradient, resize semantics, {name}: peak memory growth of the step",
+                   growth["fused"], "full-resolution logits", full / 2**20, "at_most", 0.1,
+                   f"unfused step: {growth['unfused']:.0f} MB", unit="MB")]
+
+
 def _jit(fn):
     return tf.function(fn, jit_compile=True)
 
@@ -726,7 +768,7 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
     if "resize" in which:
         out += resize_targets(repeats)
     if "heads" in which:
-        out += head_targets(repeats)
+        out += head_targets(repeats) + head_memory_targets()
     if "xla" in which and tu.xla_kernels():
         out += xla_speed_targets(1, h, w, classes, factor, filter_classes, repeats)
         out += xla_memory_targets()
