@@ -116,13 +116,16 @@ def test_layers_work_under_legacy_keras(tmp_path):
 EXPORT = """
 import sys, numpy as np, tensorflow as tf, keras
 import tfupsample as tu
-from tfupsample.keras import BilinearUpsampling2D, DepthwiseConv2DTranspose
+from tfupsample.keras import BilinearUpsampling2D, DepthwiseConv2DTranspose, Resizing, UpSampling2D
 out_dir = sys.argv[1]
 from tfupsample import testing as ref
 inp = keras.Input((4, 5, 3))  # batch unknown
 conv, dw = keras.layers.Conv2D(6, 1), DepthwiseConv2DTranspose(4, strides=2, use_bias=True)
 model = keras.Model(inp, dw(BilinearUpsampling2D(2)(conv(inp))))
 dw.bias.assign(np.linspace(-1, 1, 6).astype(np.float32))
+# tf.image.resize's users: the Keras drop-ins, and the argmax in resize semantics at another size.
+rconv = keras.layers.Conv2D(6, 1)
+rmodel = keras.Model(inp, Resizing(13, 11)(UpSampling2D((2, 3), interpolation="bilinear")(rconv(inp))))
 
 
 class Head(tf.Module):
@@ -131,17 +134,27 @@ class Head(tf.Module):
         return tu.upsample_argmax(logits, 4, output_type=tf.int32)
 
 
+class ResizeHead(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 5, 6], tf.float32)])
+    def __call__(self, logits):
+        return tu.upsample_argmax(logits, size=[13, 11], interpolation="bilinear", output_type=tf.int32)
+
+
 x = np.random.default_rng(0).standard_normal((2, 4, 5, 3)).astype(np.float32)
 logits = np.random.default_rng(1).standard_normal((2, 4, 5, 6)).astype(np.float32)
 with tu.stock_ops():
     model.export(out_dir + "/model", verbose=False)
     tf.saved_model.save(Head(), out_dir + "/head")
-for name in ("model", "head"):
+    rmodel.export(out_dir + "/rmodel", verbose=False)
+    tf.saved_model.save(ResizeHead(), out_dir + "/rhead")
+for name in ("model", "head", "rmodel", "rhead"):
     assert b"Tfupsample" not in open(f"{out_dir}/{name}/saved_model.pb", "rb").read(), name
 np.save(out_dir + "/x.npy", x)
 np.save(out_dir + "/y.npy", model(x).numpy())  # the compiled kernels, for comparison
+np.save(out_dir + "/ry.npy", rmodel(x).numpy())
 np.save(out_dir + "/logits.npy", logits)
 np.save(out_dir + "/labels.npy", tu.upsample_argmax(logits, 4).numpy())
+np.save(out_dir + "/rlabels.npy", tu.upsample_argmax(logits, size=[13, 11], interpolation="bilinear").numpy())
 # The float64 definitions (tfupsample.testing's loops with the model's weights), for the served
 # and converted models too.
 h = np.einsum("nhwc,cd->nhwd", x.astype(np.float64), conv.kernel.numpy()[0, 0]) + conv.bias.numpy()
@@ -150,29 +163,46 @@ np.save(out_dir + "/y_ref.npy", y_ref + dw.bias.numpy())
 labels_ref, clear, _ = ref.argmax_reference(logits, 4, "float32")  # clear: no near-tie to swap
 np.save(out_dir + "/labels_ref.npy", labels_ref)
 np.save(out_dir + "/clear.npy", clear)
+rh = np.einsum("nhwc,cd->nhwd", x.astype(np.float64), rconv.kernel.numpy()[0, 0]) + rconv.bias.numpy()
+np.save(out_dir + "/ry_ref.npy", ref.resize_bilinear_loop(ref.resize_bilinear_loop(rh, (8, 15), "half_pixel"),
+                                                          (13, 11), "half_pixel"))
+up = ref.resize_bilinear_loop(logits.astype(np.float64), (13, 11), "half_pixel")
+top2 = np.sort(up, -1)[..., -2:]
+np.save(out_dir + "/rlabels_ref.npy", up.argmax(-1))
+np.save(out_dir + "/rclear.npy", top2[..., 1] - top2[..., 0] > 2 * ref.tolerance("resize", "float32") * max(1, np.abs(up).max()))
 """
 
 SERVE = """
 import sys, numpy as np, tensorflow as tf
-out_dir, tol = sys.argv[1], float(sys.argv[2])  # tfupsample.testing's bound, from the caller
-x, y = np.load(out_dir + "/x.npy"), np.load(out_dir + "/y.npy")
-logits, labels = np.load(out_dir + "/logits.npy"), np.load(out_dir + "/labels.npy")
-y_ref, labels_ref, clear = (np.load(f"{out_dir}/{n}.npy") for n in ("y_ref", "labels_ref", "clear"))
-assert clear.mean() > 0.9
-def check(out, expected):  # against the compiled kernels' result and against the definition
-    if expected is y:
-        for e in (y, y_ref):
-            assert np.abs(out - e).max() <= tol * max(1, np.abs(e).max()), np.abs(out - e).max()
+out_dir = sys.argv[1]
+tol = {"model": float(sys.argv[2]), "rmodel": float(sys.argv[3])}  # tfupsample.testing's bounds, from the caller
+x, logits = np.load(out_dir + "/x.npy"), np.load(out_dir + "/logits.npy")
+got = {n: np.load(f"{out_dir}/{n}.npy") for n in ("y", "ry", "labels", "rlabels", "y_ref", "ry_ref", "labels_ref",
+                                                  "rlabels_ref", "clear", "rclear")}
+# What each exported model must give: the compiled kernels' result, the float64 definition and,
+# for the label maps, the pixels where no near-tie can swap the winner.
+expected = {"model": ("y", "y_ref", None), "rmodel": ("ry", "ry_ref", None),
+            "head": ("labels", "labels_ref", "clear"), "rhead": ("rlabels", "rlabels_ref", "rclear")}
+def check(name, out, exact=False):
+    compiled, definition, clear = (got[k] if k else None for k in expected[name])
+    if clear is None:
+        if exact:  # stock TF's ResizeBilinear serves the resize: the compiled kernels' bits
+            np.testing.assert_array_equal(out, compiled)
+        for e in (compiled, definition):
+            assert np.abs(out - e).max() <= tol[name] * max(1, np.abs(e).max()), (name, np.abs(out - e).max())
     else:
-        assert (out != expected).mean() < 1e-3, (out != expected).mean()  # ties may break by rounding
-        assert (out[clear] == labels_ref[clear]).all()
+        assert clear.mean() > 0.9, (name, clear.mean())
+        assert (out != compiled).mean() < 1e-3, (name, (out != compiled).mean())  # ties may break by rounding
+        assert (out[clear] == definition[clear]).all(), name
 # A process without tfupsample: the SavedModels load and run on stock ops.
-model = tf.saved_model.load(out_dir + "/model")
-check(model.serve(x).numpy(), y)
-head = tf.saved_model.load(out_dir + "/head")
-check(head(logits).numpy(), labels)
+for name in ("model", "rmodel"):
+    loaded = tf.saved_model.load(f"{out_dir}/{name}")  # (held: its functions use its variables)
+    check(name, loaded.serve(x).numpy(), exact=name == "rmodel")
+for name in ("head", "rhead"):
+    loaded = tf.saved_model.load(f"{out_dir}/{name}")
+    check(name, loaded(logits).numpy())
 # And they convert to TFLite; the interpreter runs them at a batch size chosen now.
-for name, inp, expected in (("model", x, y), ("head", logits, labels)):
+for name, inp in (("model", x), ("head", logits), ("rmodel", x), ("rhead", logits)):
     conv = tf.lite.TFLiteConverter.from_saved_model(f"{out_dir}/{name}")
     it = tf.lite.Interpreter(model_content=conv.convert())
     d = it.get_input_details()[0]
@@ -180,7 +210,7 @@ for name, inp, expected in (("model", x, y), ("head", logits, labels)):
     it.allocate_tensors()
     it.set_tensor(d["index"], inp)
     it.invoke()
-    check(it.get_tensor(it.get_output_details()[0]["index"]), expected)
+    check(name, it.get_tensor(it.get_output_details()[0]["index"]))
 assert not any(m.startswith("tfupsample") for m in sys.modules), "tfupsample was imported"
 print("ok")
 """
@@ -190,7 +220,8 @@ def test_export_with_stock_ops_serves_and_converts_without_tfupsample(tmp_path):
     _python(EXPORT, str(tmp_path))
     from tfupsample.testing import tolerance
 
-    assert _python(SERVE, str(tmp_path), str(tolerance("forward", "float32"))).strip().endswith("ok")
+    assert _python(SERVE, str(tmp_path), str(tolerance("forward", "float32")),
+                   str(tolerance("resize", "float32"))).strip().endswith("ok")
 
 
 def test_stock_op_lowering_under_xla_with_unknown_batch_and_sizes(rng):
