@@ -72,7 +72,7 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
-@pytest.mark.parametrize("interpolation", ["bilinear", "align_corners", "transposed_conv"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "align_corners", "asymmetric", "transposed_conv"])
 def test_segmentation_loss_is_model_gardens(interpolation, options, rng):
     factor = 4 if interpolation == "transposed_conv" else None
     size = (20, 24) if factor else (23, 17)
@@ -87,6 +87,32 @@ def test_segmentation_loss_is_model_gardens(interpolation, options, rng):
     assert loss.shape == () and loss.dtype == tf.float32
     ref.assert_close(loss, exp_loss, "float32", "resize")
     ref.assert_close(tape.gradient(loss, x), exp_grad, "float32", "resize_grad")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "transposed_conv"])
+def test_losses_take_nchw_logits(interpolation, rng):
+    factor = 4 if interpolation == "transposed_conv" else None
+    size = (20, 24) if factor else (23, 17)
+    x, labels = _case(rng, size=size, ignore_rows=10)
+    options = dict(ignore_label=255, class_weights=[0.5, 1.0, 2.0, 1.5, 3.0], label_smoothing=0.1)
+    nchw = tf.transpose(x, [0, 3, 1, 2])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(nchw)
+        loss = tu.segmentation_loss(labels, nchw, factor, interpolation=interpolation, data_format="NCHW", **options)
+        per_pixel = tu.upsample_sparse_softmax_cross_entropy(labels, nchw, factor, ignore_label=255, label_smoothing=0.1,
+                                                             interpolation=interpolation, data_format="NCHW")
+    exp_loss, exp_grad = _reference_and_gradient(x, labels, size, interpolation, factor, **options)
+    ref.assert_close(loss, exp_loss, "float32", "resize")
+    ref.assert_close(tf.transpose(tape.gradient(loss, nchw), [0, 2, 3, 1]), exp_grad, "float32", "resize_grad")
+    exp_pixels, exp_up_grad = ref.softmax_cross_entropy(_up(x, size, interpolation, factor), labels, 255,
+                                                        float(np.float32(0.1)))
+    ref.assert_close(per_pixel, exp_pixels, "float32", "resize")
+    if interpolation == "transposed_conv":
+        exp_pixel_grad = ref.bilinear_grad_loop(exp_up_grad, factor)
+    else:
+        exp_pixel_grad = ref.resize_bilinear_grad_loop(exp_up_grad, x.shape[1:3], MODES[interpolation])
+    got = tf.transpose(tape.gradient(per_pixel, nchw), [0, 2, 3, 1])  # of the per-pixel losses' sum
+    ref.assert_close(got, exp_pixel_grad, "float32", "resize_grad")
 
 
 def test_segmentation_loss_pixel_weights_and_dtypes(rng):

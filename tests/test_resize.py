@@ -48,7 +48,7 @@ def test_many_random_sizes_are_stock_bit_for_bit(rng):
                                       _stock(x, [oh, ow], *convention).numpy(), err_msg=str((h, w, oh, ow)))
 
 
-@pytest.mark.parametrize("dtype", DTYPES + ["uint8", "int32"])
+@pytest.mark.parametrize("dtype", DTYPES + ["int8", "uint8", "int16", "uint16", "int32", "int64"])
 def test_every_input_dtype_gives_stocks_float32(dtype, rng):
     x = tf.cast(rng.standard_normal((2, 5, 4, 3)) * 50, dtype)
     for size in ([10, 8], [3, 7]):

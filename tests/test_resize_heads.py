@@ -25,7 +25,7 @@ def _stock_resize(x, size, interpolation):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ref.ARGMAX_CASES)
 def test_argmax_is_tf_argmax_of_the_resize_bit_for_bit(kind, dtype, interpolation, rng):
-    for (h, w), size in SIZES[:3]:
+    for (h, w), size in SIZES[:4]:  # up to integer and fractional sizes, and down
         x = tf.cast(ref.argmax_logits(kind, (2, max(h, 3), max(w, 3), 40), rng, dtype), dtype)
         labels, scores = tu.upsample_argmax(x, size=size, interpolation=interpolation, return_scores=True)
         up = _stock_resize(x, size, interpolation)
@@ -150,6 +150,25 @@ def test_heads_under_xla(rng, xla_path):
     assert (a[0].numpy() != b[0].numpy()).mean() < 1e-2  # XLA's own resize (the lowering) rounds differently
     ref.assert_close(a[1], b[1], "float32", "loss")
     ref.assert_close(a[2], b[2], "float32", "resize_grad")
+
+
+@pytest.mark.parametrize("interpolation", list(MODES))
+@pytest.mark.parametrize("weights", [None, "per_image", "per_pixel"])
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "none"])
+def test_keras_loss_with_sample_weight_is_keras_on_the_resize(reduction, weights, interpolation, rng):
+    import keras
+
+    from tfupsample.keras import UpsampledSparseCategoricalCrossentropy
+
+    logits = tf.constant(rng.standard_normal((3, 4, 5, 6)) * 2, tf.float32)
+    y = rng.integers(0, 6, (3, 13, 11))
+    y[:, :5] = 255  # part of every image
+    y[2] = 255  # and one image entirely
+    sw = {None: None, "per_image": rng.uniform(0.5, 2, (3, 1, 1)), "per_pixel": rng.uniform(0, 2, (3, 13, 11))}[weights]
+    ours = UpsampledSparseCategoricalCrossentropy(ignore_class=255, interpolation=interpolation, reduction=reduction)
+    stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255, reduction=reduction)
+    up = _stock_resize(logits, [13, 11], interpolation)
+    ref.assert_close(ours(y, logits, sample_weight=sw), stock(y, up, sample_weight=sw), "float32", "loss")
 
 
 def test_keras_loss_with_resize_semantics(rng):
