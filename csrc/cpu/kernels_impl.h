@@ -1041,8 +1041,8 @@ void AddRunBlock(const Weights& weights, int64_t n_out, const Src* dy, int64_t s
                  int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1,
                  int64_t lone) {
   const int64_t len = o1 - o0, prefetch_end = n_out < 0 ? 0 : std::min(n_out, o1 + len);
-  // Blocks ahead along the row (n_out < 0; float rows go through AddRowsTwoColumns instead, with
-  // the same rule): kRowAheadBytes.
+  // Blocks ahead along the row (n_out < 0; in the AVX2 and AVX-512 builds up to eight float rows
+  // go through AddRowsTwoColumns instead, with the same rule): kRowAheadBytes.
   constexpr bool kRowAhead = kRowAheadBytes > 0;
   constexpr int64_t kAhead = std::max<int64_t>(2, kRowAheadBytes / (kBlock * static_cast<int64_t>(sizeof(Src))));
   A a0[kBlock], a1[kBlock];
@@ -1287,8 +1287,9 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
 // with the weights weights(o) = (w0, w1); AddRunBlock's fresh0 / fresh1 and lone. A row's
 // elements are AddRunBlock's channels: the next run's rows lie megabytes ahead, gone from the
 // cache before they are used, so each row's next blocks are prefetched instead, kRowAheadBytes
-// ahead (ADE20K-like x8, AVX2: 1.36x the read floor against 1.56x with the next run's rows). Float
-// rows, at most eight, go through AddRowsTwoColumns.
+// ahead (none in the AVX-512 build; ADE20K-like x8, AVX2: 1.36x the read floor against 1.56x with
+// the next run's rows). In the AVX2 and AVX-512 builds float rows, at most eight, go through
+// AddRowsTwoColumns.
 template <typename A, typename Src, class Weights>
 void AddRowsRun(const Weights& weights, const Src* dy, int64_t row, int64_t o0, int64_t o1,
                 A* __restrict r0, A* __restrict r1, bool fresh0, bool fresh1, int64_t lone) {
