@@ -166,10 +166,9 @@ np.save(out_dir + "/clear.npy", clear)
 rh = np.einsum("nhwc,cd->nhwd", x.astype(np.float64), rconv.kernel.numpy()[0, 0]) + rconv.bias.numpy()
 np.save(out_dir + "/ry_ref.npy", ref.resize_bilinear_loop(ref.resize_bilinear_loop(rh, (8, 15), "half_pixel"),
                                                           (13, 11), "half_pixel"))
-up = ref.resize_bilinear_loop(logits.astype(np.float64), (13, 11), "half_pixel")
-top2 = np.sort(up, -1)[..., -2:]
-np.save(out_dir + "/rlabels_ref.npy", up.argmax(-1))
-np.save(out_dir + "/rclear.npy", top2[..., 1] - top2[..., 0] > 2 * ref.tolerance("resize", "float32") * max(1, np.abs(up).max()))
+rlabels_ref, rclear, _ = ref.argmax_reference(logits, None, "float32", size=(13, 11))
+np.save(out_dir + "/rlabels_ref.npy", rlabels_ref)
+np.save(out_dir + "/rclear.npy", rclear)
 """
 
 SERVE = """

@@ -340,13 +340,17 @@ def skimage_rescale(x, factor):
                              clip=False, anti_aliasing=False, channel_axis=-1) for im in x])
 
 
-def argmax_reference(x, factor, dtype):
+def argmax_reference(x, factor, dtype, size=None, mode="half_pixel"):
     """upsample_argmax_loop's labels of logits x (NHWC, the values an op saw), and where they are
     certain for an op computing in dtype: the pixels whose two best classes in the float64
-    definition are further apart than twice the forward's bound (rounding cannot swap them)."""
-    up = bilinear_loop(np.asarray(x, np.float64), factor)
+    definition are further apart than twice the forward's bound (rounding cannot swap them). With
+    `size`, of the resize to it in convention `mode` (resize_bilinear_loop), with the resize's
+    bound."""
+    x64 = np.asarray(x, np.float64)
+    up = bilinear_loop(x64, factor) if size is None else resize_bilinear_loop(x64, size, mode)
+    bound = tolerance("forward" if size is None else "resize", dtype)
     top2 = np.sort(up, -1)[..., -2:]
-    margin = 2 * tolerance("forward", dtype) * max(1.0, float(np.max(np.abs(up), initial=0.0)))
+    margin = 2 * bound * max(1.0, float(np.max(np.abs(up), initial=0.0)))
     return up.argmax(-1), (top2[..., 1] - top2[..., 0]) > margin, up
 
 

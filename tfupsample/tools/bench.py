@@ -560,23 +560,27 @@ print((bench._status_kb("VmHWM") - base) * 1024)
 """
 
 
-def head_memory_targets(shape=(8, 64, 64, 150), size=(512, 512)):
-    """Peak RSS growth of one training step's fused loss and gradient in resize semantics (at the
-    ADE20K-like shape), the first step of a fresh process, against the full-resolution logits'
-    bytes (target: at most 10% of them); the unfused step's growth beside it."""
+def _fresh_process(script, mode, *args, env=None):
+    """The last line script (a measurement) prints, run in a fresh Python process with argv mode,
+    *args, outside any checkout (whose tfupsample/ would be the unbuilt one)."""
     import subprocess
     import sys
     import tempfile
 
+    r = subprocess.run([sys.executable, "-c", script, mode, *map(str, args)], capture_output=True, text=True,
+                       timeout=600, cwd=tempfile.gettempdir(), env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"the {mode} step failed: {r.stderr[-2000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
+
+def head_memory_targets(shape=(8, 64, 64, 150), size=(512, 512)):
+    """Peak RSS growth of one training step's fused loss and gradient in resize semantics (at the
+    ADE20K-like shape), the first step of a fresh process, against the full-resolution logits'
+    bytes (target: at most 10% of them); the unfused step's growth beside it."""
     n, h, w, c = shape
     full = n * size[0] * size[1] * c * 4
-    growth = {}
-    for kind in ("fused", "unfused"):
-        r = subprocess.run([sys.executable, "-c", _HEAD_STEP, kind, *map(str, (*shape, *size))], capture_output=True,
-                           text=True, timeout=600, cwd=tempfile.gettempdir())  # not a checkout's unbuilt tfupsample/
-        if r.returncode != 0:
-            raise RuntimeError(f"the {kind} loss step failed: {r.stderr[-2000:]}")
-        growth[kind] = int(r.stdout.split()[-1]) / 2**20
+    growth = {kind: int(_fresh_process(_HEAD_STEP, kind, *shape, *size)) / 2**20 for kind in ("fused", "unfused")}
     name = f"[{','.join(map(str, shape))}] -> {size[0]}x{size[1]}"
     return [Target(f"fused loss + gradient, resize semantics, {name}: peak memory growth of the step",
                    growth["fused"], "full-resolution logits", full / 2**20, "at_most", 0.1,
@@ -672,10 +676,6 @@ def xla_memory_targets(shape=(2, 16, 22, 150), factor=32):
     jit_compile=True against the same step without XLA, and against the stock-op lowering under
     XLA; each in a fresh process, after two warm-up steps, without oneDNN (below)."""
     import json
-    import subprocess
-    import sys
-    import tempfile
-
     import os
 
     # Freed buffers must go back to the system, so that the warm-up steps (the compilation
@@ -683,13 +683,8 @@ def xla_memory_targets(shape=(2, 16, 22, 150), factor=32):
     # allocator (oneDNN's keeps a pool that never shrinks: no step would grow the peak at all)
     # and a fixed mmap threshold (glibc's adaptive one keeps large freed blocks on its heap).
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", MALLOC_MMAP_THRESHOLD_="131072", TF_CPP_MIN_LOG_LEVEL="2")
-    got = {}
-    for mode in ("eager", "xla", "lowering"):
-        r = subprocess.run([sys.executable, "-c", _XLA_STEP, mode, *map(str, shape), str(factor)],
-                           capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir(), env=env)
-        if r.returncode != 0:
-            raise RuntimeError(f"the {mode} training step failed: {r.stderr[-2000:]}")
-        got[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    got = {mode: json.loads(_fresh_process(_XLA_STEP, mode, *shape, factor, env=env))
+           for mode in ("eager", "xla", "lowering")}
     name = f"[{','.join(map(str, shape))}] x{factor}"
     note = f"step: {got['eager']['ms']:.0f} ms without XLA, {got['xla']['ms']:.0f} ms with, " \
            f"{got['lowering']['ms']:.0f} ms lowered"

@@ -20,10 +20,6 @@ from tfupsample import testing
 
 SHAPES = [(1, 5, 7, 1), (2, 4, 6, 21), (1, 3, 5, 10)]
 EXACT = "exact"  # a column held to error 0: stock TF's bits
-
-
-def _bound(column_or_op):
-    return 0.0 if column_or_op == EXACT else testing.tolerance(column_or_op, "float32")
 # Which bound of tfupsample.testing each column is held to.
 COLUMNS = {"forward": "forward", "nchw": "forward", "numpy": "forward", "skimage": "forward",
            "grad_input": "input_grad", "grad_filter": "filter_grad",
@@ -39,6 +35,10 @@ FRACTIONAL = [((65, 65), (513, 513), "align_corners"), ((33, 33), (100, 100), "h
 CONVENTIONS = {"half_pixel": dict(align_corners=False, half_pixel_centers=True),
                "align_corners": dict(align_corners=True, half_pixel_centers=False),
                "asymmetric": dict(align_corners=False, half_pixel_centers=False)}
+
+
+def _bound(column_or_op):
+    return 0.0 if column_or_op == EXACT else testing.tolerance(column_or_op, "float32")
 
 
 def test_image():
