@@ -300,9 +300,9 @@ void ResizeBilinearImpl(const Geometry& g, const T* input, float* output, const 
 // its rows.
 inline int64_t GradientBand(int64_t slabs, int64_t h, int64_t tallest, int64_t shortest = 1) {
   if (h <= 0) return 1;
-  const int64_t hi = std::max<int64_t>(1, tallest), lo = std::min(hi, std::max<int64_t>(1, shortest));
+  const int64_t hi = std::clamp<int64_t>(tallest, 1, h), lo = std::min(hi, std::max<int64_t>(1, shortest));
   const int64_t want = std::clamp<int64_t>(slabs * h / (4 * CoreCount()), lo, hi);
-  const int64_t count = (h + std::min(want, h) - 1) / std::min(want, h);
+  const int64_t count = (h + want - 1) / want;
   return (h + count - 1) / count;
 }
 
