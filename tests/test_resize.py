@@ -3,6 +3,8 @@ reference that shares no code with ours) and against the float64 definition
 (tfupsample.testing.resize_bilinear_loop); the gradient against ResizeBilinearGrad and the
 definition's adjoint; the NumPy binding and the CUDA kernels (through the CPU emulation)."""
 
+import inspect
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +22,11 @@ SIZES = [(3, 5, 6, 10), (4, 4, 32, 32), (3, 4, 27, 20), (9, 9, 65, 65), (33, 33,
          (100, 37, 37, 100), (13, 7, 5, 3), (1, 1, 5, 4), (5, 6, 1, 1), (1, 8, 3, 1), (7, 3, 7, 3)]
 
 
+def _flags(convention):
+    """resize_bilinear's keywords for a (align_corners, half_pixel_centers) pair."""
+    return dict(align_corners=convention[0], half_pixel_centers=convention[1])
+
+
 def _stock(x, size, align_corners, half_pixel_centers):
     return tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=align_corners,
                                      half_pixel_centers=half_pixel_centers)
@@ -30,11 +37,11 @@ def _stock(x, size, align_corners, half_pixel_centers):
 def test_float32_is_stock_bit_for_bit_and_the_definition(sizes, convention, rng):
     h, w, oh, ow = sizes
     x = (rng.standard_normal((2, h, w, 3)) * 10).astype(np.float32)
-    ours = tu.resize_bilinear(x, [oh, ow], *convention)
+    ours = tu.resize_bilinear(x, [oh, ow], **_flags(convention))
     assert ours.dtype == tf.float32 and ours.shape == (2, oh, ow, 3)
     np.testing.assert_array_equal(ours.numpy(), _stock(x, [oh, ow], *convention).numpy())
     ref.assert_close(ours, ref.resize_bilinear_loop(x, (oh, ow), CONVENTIONS[convention]), "float32", "resize")
-    nchw = tu.resize_bilinear(x.transpose(0, 3, 1, 2), [oh, ow], *convention, data_format="NCHW")
+    nchw = tu.resize_bilinear(x.transpose(0, 3, 1, 2), [oh, ow], **_flags(convention), data_format="NCHW")
     np.testing.assert_array_equal(nchw.numpy().transpose(0, 2, 3, 1), ours.numpy())
 
 
@@ -44,7 +51,7 @@ def test_many_random_sizes_are_stock_bit_for_bit(rng):
         h, w, oh, ow = (int(v) for v in rng.integers(1, 41, 4))
         convention = list(CONVENTIONS)[int(rng.integers(0, 3))]
         x = rng.standard_normal((1, h, w, 2)).astype(np.float32)
-        np.testing.assert_array_equal(tu.resize_bilinear(x, [oh, ow], *convention).numpy(),
+        np.testing.assert_array_equal(tu.resize_bilinear(x, [oh, ow], **_flags(convention)).numpy(),
                                       _stock(x, [oh, ow], *convention).numpy(), err_msg=str((h, w, oh, ow)))
 
 
@@ -107,7 +114,7 @@ def test_gradient_equals_stock_and_the_adjoint(sizes, convention, dtype, rng):
     g = rng.standard_normal((2, oh, ow, 3)).astype(np.float32)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        ours = tf.reduce_sum(tu.resize_bilinear(x, [oh, ow], *convention) * g)
+        ours = tf.reduce_sum(tu.resize_bilinear(x, [oh, ow], **_flags(convention)) * g)
         stock = tf.reduce_sum(_stock(x, [oh, ow], *convention) * g)
     dx = tape.gradient(ours, x)
     assert dx.dtype == x.dtype
@@ -119,7 +126,7 @@ def test_gradient_equals_stock_and_the_adjoint(sizes, convention, dtype, rng):
     nchw = tf.transpose(x, [0, 3, 1, 2])
     with tf.GradientTape() as tape:
         tape.watch(nchw)
-        y = tu.resize_bilinear(nchw, [oh, ow], *convention, data_format="NCHW")
+        y = tu.resize_bilinear(nchw, [oh, ow], **_flags(convention), data_format="NCHW")
         loss = tf.reduce_sum(y * g.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(tf.transpose(tape.gradient(loss, nchw), [0, 2, 3, 1]).numpy(), dx.numpy())
 
@@ -181,7 +188,7 @@ def test_forward_rows_on_one_input_row(sizes, convention, rng):
     x[1, 6, 3, 2] = np.inf  # the row after input row 5, on which align-corners' output row 40 lies
     x[2, 0, 0, 0] = -np.inf
     x[3, 1, 4, 20] = np.nan
-    ours = tu.resize_bilinear(x, [oh, ow], *convention).numpy()
+    ours = tu.resize_bilinear(x, [oh, ow], **_flags(convention)).numpy()
     np.testing.assert_array_equal(ours, _stock(x, [oh, ow], *convention).numpy())
     assert np.isfinite(ours[1, 40]).all() or not convention[0]
 
@@ -290,6 +297,41 @@ def test_bad_arguments_are_named(call, err, match):
         call(tf.zeros([1, 3, 3, 2]))
 
 
+def test_arguments_stock_refuses_get_stocks_kind_of_error():
+    """Where stock's kernel raises InvalidArgumentError, ours (caught before the kernel, naming
+    the argument) is one too, and a ValueError."""
+    x = tf.zeros([1, 3, 3, 2])
+    calls = [(lambda f: f(x, [0, 4]), tf.image.resize, tu.image.resize),
+             (lambda f: f(x, [4, 4], align_corners=True, half_pixel_centers=True),
+              tf.compat.v1.image.resize_bilinear, tu.image.resize_bilinear)]
+    for call, stock, ours in calls:
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            call(stock)
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            call(ours)
+        assert isinstance(caught.value, ValueError)
+    with pytest.raises(ValueError, match="Resize method is not implemented: BILINEAR"):  # stock's spelling rule
+        tu.image.resize(x, [4, 4], method="BILINEAR")
+
+
+def test_resize_bilinear_takes_stocks_positional_order(rng):
+    stock_params = list(inspect.signature(tf.compat.v1.image.resize_bilinear).parameters)
+    assert list(inspect.signature(tu.image.resize_bilinear).parameters)[:len(stock_params)] == stock_params
+    stock_params = list(inspect.signature(tf.image.resize).parameters)
+    assert list(inspect.signature(tu.image.resize).parameters)[:len(stock_params)] == stock_params
+    x = tf.constant(rng.standard_normal((2, 5, 4, 3)), tf.float32)
+    for args in ((False, "up"), (True, "up"), (False, None, True), (False, "up", False)):
+        np.testing.assert_array_equal(tu.image.resize_bilinear(x, [9, 7], *args).numpy(),
+                                      tf.compat.v1.image.resize_bilinear(x, [9, 7], *args).numpy(), err_msg=str(args))
+    np.testing.assert_array_equal(tu.image.resize(x, [9, 7], tf.image.ResizeMethod.BILINEAR, True).numpy(),
+                                  tf.image.resize(x, [9, 7], tf.image.ResizeMethod.BILINEAR, True).numpy())
+
+
+def test_ragged_images_get_stocks_answer(rng):
+    images = tf.ragged.stack([tf.constant(rng.standard_normal((h, w, 3)), tf.float32) for h, w in ((4, 6), (7, 3))])
+    np.testing.assert_array_equal(tu.image.resize(images, [5, 5]).numpy(), tf.image.resize(images, [5, 5]).numpy())
+
+
 def test_raw_ops_check_everything_stock_checks():
     lib = tu._ops.lib
     x = np.zeros((1, 3, 4, 2), np.float32)
@@ -356,7 +398,7 @@ def test_cuda_kernels_give_the_cpu_bits(emu, layout, dtype, rng):
             y = np.full(ref.to_layout(np.zeros((2, oh, ow, c)), layout).shape, np.nan, np.float32)
             xin = ref.to_layout(x, layout)
             ext.run("ResizeBilinear", args, code, [xin.ctypes.data, y.ctypes.data], 0)
-            cpu = tu.resize_bilinear(tf.constant(xin.astype(np.float64), dtype), [oh, ow], *convention,
+            cpu = tu.resize_bilinear(tf.constant(xin.astype(np.float64), dtype), [oh, ow], **_flags(convention),
                                      data_format=layout)
             np.testing.assert_array_equal(y, cpu.numpy(), err_msg=f"forward {(h, w, oh, ow)} {name}")
             dx = np.full(xin.shape, np.nan, np_t)
@@ -417,6 +459,43 @@ def test_keras_layers_keep_the_stock_cases_and_the_kernel(rng):
     graph = tf.function(lambda v: UpSampling2D(4, interpolation="bilinear")(v)).get_concrete_function(
         tf.TensorSpec([None, 6, 9, 3])).graph
     assert "TfupsampleResizeBilinear" in [op.type for op in graph.get_operations()]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float64"])
+def test_keras_layers_cast_their_result_as_stock_does(policy):
+    """Outside float32 the stock layers (Keras 3.6 and later) clip the float32 resize to the
+    compute dtype's finite range before casting: inf and values past float16's range saturate."""
+    import keras
+
+    from tfupsample.keras import Resizing, UpSampling2D
+
+    x = np.zeros((1, 4, 5, 3), np.float32)
+    x[0, 1, 2] = [np.inf, -np.inf, 1e6]
+    x[0, 3, 0] = [np.nan, 3e38, -7e4]
+    pairs = [(Resizing(9, 7, dtype=policy), keras.layers.Resizing(9, 7, dtype=policy)),
+             (UpSampling2D(2, interpolation="bilinear", dtype=policy),
+              keras.layers.UpSampling2D(2, interpolation="bilinear", dtype=policy))]
+    for ours, stock in pairs:
+        a, b = ours(x), stock(x)
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a).astype(np.float64),
+                                      keras.ops.convert_to_numpy(b).astype(np.float64))
+
+
+def test_keras_resizing_takes_unbatched_images_and_stocks_fill_mode_rule(rng):
+    import keras
+
+    from tfupsample.keras import Resizing
+
+    x = rng.standard_normal((6, 9, 3)).astype(np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Resizing(4, 11)(x)),
+                                  keras.ops.convert_to_numpy(keras.layers.Resizing(4, 11)(x)))
+    if "fill_mode" in inspect.signature(keras.layers.Resizing).parameters:
+        with pytest.raises(Exception) as stock:
+            keras.layers.Resizing(4, 4, fill_mode="reflect")(x)
+        assert "fill_mode" in str(stock.value)
+        with pytest.raises(type(stock.value), match="fill_mode"):
+            Resizing(4, 4, fill_mode="reflect")(x)
 
 
 def test_keras_model_with_the_layers_trains_saves_and_loads(tmp_path, rng):

@@ -1,10 +1,11 @@
 """Bilinear resize with `tf.image.resize`'s semantics, on tfupsample's kernels.
 
 `tfupsample.image.resize` takes what `tf.image.resize` takes and `tfupsample.image.resize_bilinear`
-what `tf.compat.v1.image.resize_bilinear` takes; swapping the call keeps the results (float32, the
-bits of TensorFlow's CPU kernel) and the gradient (a gather: deterministic, no atomics), with
-the kernel's speed. A call the kernel does not cover (another method, `antialias=True`) goes to the
-stock function, which gives stock's answer. Both also take `data_format="NCHW"`.
+what `tf.compat.v1.image.resize_bilinear` takes, in the same order; swapping the call keeps the
+results (float32, the bits of TensorFlow's CPU kernel) and the gradient (a gather: deterministic,
+no atomics), with the kernel's speed. A call the kernel does not cover (another method,
+`antialias=True`, ragged images) goes to the stock function, which gives stock's answer. Both
+also take `data_format="NCHW"`.
 """
 
 import functools
@@ -21,9 +22,24 @@ _KERNEL_DTYPE_SET = frozenset(_KERNEL_DTYPES)
 _INTEGER_DTYPES = (tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.int64)
 
 
+class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
+    """An argument stock TF's resize kernel refuses, caught before the kernel runs: the
+    `tf.errors.InvalidArgumentError` stock raises for the same call, and a ValueError as every
+    other argument error of tfupsample is."""
+
+    def __init__(self, message):
+        super().__init__(None, None, message)
+
+    def __reduce__(self):
+        return type(self), (self.message,)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.message!r})"
+
+
 def _mode(align_corners, half_pixel_centers):
     if align_corners and half_pixel_centers:
-        raise ValueError("If half_pixel_centers is True, align_corners must be False.")
+        raise InvalidArgumentError("If half_pixel_centers is True, align_corners must be False.")
     return dict(align_corners=bool(align_corners), half_pixel_centers=bool(half_pixel_centers))
 
 
@@ -61,7 +77,8 @@ def _size(size):
         raise ValueError(f"size must be a 1-D tensor of 2 elements [new_height, new_width], got shape {s.shape}")
     static = tf.get_static_value(s)
     if static is not None and (np.asarray(static) <= 0).any():
-        raise ValueError(f"size must be positive (output dimensions must be positive), got {[int(v) for v in static]}")
+        raise InvalidArgumentError(
+            f"size must be positive (output dimensions must be positive), got {[int(v) for v in static]}")
     return s
 
 
@@ -96,12 +113,13 @@ def _resize4(x, size, data_format, mode):
     return _ops.lib.tfupsample_resize_bilinear(x, size, data_format=data_format, **mode)
 
 
-def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False, name=None, *,
+def resize_bilinear(images, size, align_corners=False, name=None, half_pixel_centers=False, *,
                     data_format="NHWC"):
-    """`tf.compat.v1.image.resize_bilinear`: resize the 4-D `images` to `size` = [new_height,
-    new_width] by bilinear interpolation, float32 output. `align_corners=True` maps the corner
-    pixels onto each other (DeepLab's convention, sizes `(n - 1) * s + 1`); `half_pixel_centers=True`
-    samples at pixel centres (what `tf.image.resize` does); neither: `o * in / out`."""
+    """`tf.compat.v1.image.resize_bilinear` (its arguments in its order): resize the 4-D `images`
+    to `size` = [new_height, new_width] by bilinear interpolation, float32 output.
+    `align_corners=True` maps the corner pixels onto each other (DeepLab's convention, sizes
+    `(n - 1) * s + 1`); `half_pixel_centers=True` samples at pixel centres (what `tf.image.resize`
+    does); neither: `o * in / out`."""
     _check_data_format(data_format)
     mode = _mode(align_corners, half_pixel_centers)
     fast = _eager_size_of(images, size, name)
@@ -116,14 +134,17 @@ def resize(images, size, method="bilinear", preserve_aspect_ratio=False, antiali
     """`tf.image.resize`: 3-D or 4-D `images` to `size` = [new_height, new_width], float32 output.
 
     method "bilinear" (half-pixel centres, no antialiasing) runs tfupsample's kernel; any other
-    method, and `antialias=True`, is passed to `tf.image.resize` unchanged (stock's answer).
+    method, `antialias=True` and ragged images are passed to `tf.image.resize` unchanged (stock's
+    answer).
     `preserve_aspect_ratio=True` fits the image inside `size` as stock does.
     """
     _check_data_format(data_format)
-    if str(method).lower() != "bilinear" or antialias:
+    # Stock's own comparison (ResizeMethod.BILINEAR is the string "bilinear"): any other spelling
+    # goes to tf.image.resize, which runs it or says why not. Ragged images too.
+    if method != "bilinear" or antialias or isinstance(images, tf.RaggedTensor):
         if data_format != "NHWC":
-            raise ValueError(f"data_format {data_format!r} needs method='bilinear' and antialias=False "
-                             "(the other methods go to tf.image.resize, which is NHWC only)")
+            raise ValueError(f"data_format {data_format!r} needs method='bilinear', antialias=False and a "
+                             "dense tensor (other calls go to tf.image.resize, which is NHWC only)")
         return tf.image.resize(images, size, method=method, preserve_aspect_ratio=preserve_aspect_ratio,
                                antialias=antialias, name=name)
     fast = None if preserve_aspect_ratio else _eager_size_of(images, size, name)

@@ -281,13 +281,22 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
 # config and outputs; the bilinear case runs tfupsample's resize kernel, every other case the
 # stock layer's own code.
 
+# Keras 3.6 brought keras.ops.saturate_cast, and with it the resizing layers' saturating cast of
+# their float32 result (keras/src/ops/core.py `_saturate_cast`); before it they cast with tf.cast.
+_SATURATE_CAST = None if LEGACY else getattr(keras.ops, "saturate_cast", None)
+
+
 def _resize_like_keras(inputs, size, data_format, dtype):
     """Keras' bilinear resize of a 3-D or 4-D tensor (tf.image.resize: half-pixel centres, float32)
-    on tfupsample's kernel, cast to dtype as the stock layer casts its result."""
+    on tfupsample's kernel, cast to dtype as the stock layer casts its result: Keras 3.6 and later
+    saturate (clip to the dtype's finite range first, so an inf or a float32 beyond float16's range
+    becomes its largest value), tf_keras and earlier Keras 3 cast plainly."""
     from . import image
 
     y = image.resize(inputs, size, data_format=_tf_format(data_format))
-    return y if y.dtype == dtype else tf.cast(y, dtype)
+    if y.dtype == dtype:
+        return y
+    return _SATURATE_CAST(y, dtype) if _SATURATE_CAST is not None else tf.cast(y, dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfupsample")
@@ -310,13 +319,16 @@ class UpSampling2D(keras.layers.UpSampling2D):
 
 @keras.saving.register_keras_serializable(package="tfupsample")
 class Resizing(keras.layers.Resizing):
-    """`keras.layers.Resizing`: with `interpolation="bilinear"`, no antialiasing and neither
-    `crop_to_aspect_ratio` nor `pad_to_aspect_ratio`, on float inputs, the resize runs on
+    """`keras.layers.Resizing`: with `interpolation="bilinear"`, no antialiasing, neither
+    `crop_to_aspect_ratio` nor `pad_to_aspect_ratio`, on dense float inputs, the resize runs on
     tfupsample's kernel (the same outputs); every other case is the stock layer's."""
 
     def _ours(self, data):
-        return (tf.is_tensor(data) and self.interpolation == "bilinear" and not getattr(self, "antialias", False)
-                and not self.crop_to_aspect_ratio and not getattr(self, "pad_to_aspect_ratio", False)
+        # fill_mode matters only with padding, but Keras 3 refuses any other than "constant" in
+        # every call: the stock layer says so.
+        return (tf.is_tensor(data) and not isinstance(data, tf.RaggedTensor) and self.interpolation == "bilinear"
+                and not getattr(self, "antialias", False) and not self.crop_to_aspect_ratio
+                and not getattr(self, "pad_to_aspect_ratio", False) and getattr(self, "fill_mode", "constant") == "constant"
                 and data.dtype.is_floating)
 
     def call(self, inputs, *args, **kwargs):
