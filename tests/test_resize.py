@@ -312,6 +312,23 @@ def test_arguments_stock_refuses_get_stocks_kind_of_error():
         assert isinstance(caught.value, ValueError)
     with pytest.raises(ValueError, match="Resize method is not implemented: BILINEAR"):  # stock's spelling rule
         tu.image.resize(x, [4, 4], method="BILINEAR")
+    # Re-raised by autograph inside a tf.function and by Keras' traceback filter from a layer:
+    # still both kinds, with the message.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="size must be positive") as caught:
+        tf.function(lambda v: tu.image.resize(v, [0, 4]))(x)
+    assert isinstance(caught.value, ValueError)
+    import keras
+
+    from tfupsample.keras import Resizing
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        keras.layers.Resizing(0, 4)(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="size must be positive"):
+        Resizing(0, 4)(x)
+    import pickle
+
+    error = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(error, tu.image.InvalidArgumentError) and "size must be positive" in str(error)
 
 
 def test_resize_bilinear_takes_stocks_positional_order(rng):

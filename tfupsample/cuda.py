@@ -428,7 +428,8 @@ def _resize_mode(align_corners, half_pixel_centers):
 def resize_bilinear(images, size, align_corners=False, half_pixel_centers=False, *, data_format="NHWC",
                     out=None, stream=None):
     """`tf.compat.v1.image.resize_bilinear` of 4-D `images` to `size` [new_height, new_width]:
-    float32, the bits of TF's CPU kernel (and of tfupsample's)."""
+    float32, the bits of TF's CPU kernel (and of tfupsample's). align_corners and
+    half_pixel_centers are the third and fourth arguments (there is no `name`)."""
     fmt, mode = _check_data_format(data_format), _resize_mode(align_corners, half_pixel_centers)
     v = _float(_view(images, "images"))
     n, h, w, c = _rank4(v, fmt)

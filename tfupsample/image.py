@@ -25,21 +25,13 @@ _INTEGER_DTYPES = (tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.int64)
 class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
     """An argument stock TF's resize kernel refuses, caught before the kernel runs: the
     `tf.errors.InvalidArgumentError` stock raises for the same call, and a ValueError as every
-    other argument error of tfupsample is."""
-
-    def __init__(self, message):
-        super().__init__(None, None, message)
-
-    def __reduce__(self):
-        return type(self), (self.message,)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.message!r})"
+    other argument error of tfupsample is. Made as `InvalidArgumentError(None, None, message)`:
+    TF's own constructor, which autograph and Keras' traceback filter call again to re-raise it."""
 
 
 def _mode(align_corners, half_pixel_centers):
     if align_corners and half_pixel_centers:
-        raise InvalidArgumentError("If half_pixel_centers is True, align_corners must be False.")
+        raise InvalidArgumentError(None, None, "If half_pixel_centers is True, align_corners must be False.")
     return dict(align_corners=bool(align_corners), half_pixel_centers=bool(half_pixel_centers))
 
 
@@ -78,7 +70,7 @@ def _size(size):
     static = tf.get_static_value(s)
     if static is not None and (np.asarray(static) <= 0).any():
         raise InvalidArgumentError(
-            f"size must be positive (output dimensions must be positive), got {[int(v) for v in static]}")
+            None, None, f"size must be positive (output dimensions must be positive), got {[int(v) for v in static]}")
     return s
 
 

@@ -41,7 +41,8 @@ def resize(array, size):
 
 def resize_bilinear(array, size, align_corners=False, half_pixel_centers=False):
     """`tf.compat.v1.image.resize_bilinear` of an `[H, W, C]` or `[N, H, W, C]` float32/float64
-    array (its conventions: align_corners, half_pixel_centers); float32 output."""
+    array (its conventions: align_corners, half_pixel_centers, the two in this order, third and
+    fourth: there is no `name`); float32 output."""
     return _resize_bilinear(array, *_size(size), bool(align_corners), bool(half_pixel_centers))
 
 
