@@ -1004,8 +1004,9 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
 // against 26.8, at [2,128,256,19] x8 29.8 against 33.4; AVX2 alike (17.7 / 19.4 and 29.8 / 32.3).
 // The vectors are indexed through StaticFor: as plain loops, the AVX2 build (16 registers) kept
 // the sums of 19 channels (three vectors) on the stack, a load and a store per vector and pixel;
-// the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this is) then
-// took 13.7-15.6 ms in full bench runs against 11.1-11.8 ms so (EPYC VM, read floor 10.0-10.7 ms).
+// the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this is), in
+// runs of the bench's resize group on the EPYC VM, then took 13.4-13.8 ms against 11.1-11.8 ms so
+// (read floors 10.0-10.7 and 9.7-10.1 ms).
 template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
