@@ -1003,10 +1003,11 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
 // process on the 2-core VM (AVX-512): 17.6 ms against 20.0 ms (blocks), at [8,128,128,21] x4 22.6
 // against 26.8, at [2,128,256,19] x8 29.8 against 33.4; AVX2 alike (17.7 / 19.4 and 29.8 / 32.3).
 // The vectors are indexed through StaticFor: as plain loops, the AVX2 build (16 registers) kept
-// the sums of 19 channels (three vectors) on the stack, a load and a store per vector and pixel;
-// the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this is), in
-// runs of the bench's resize group on the EPYC VM, then took 13.4-13.8 ms against 11.1-11.8 ms so
-// (read floors 10.0-10.7 and 9.7-10.1 ms).
+// the sums of 19 channels (three vectors) on the stack, a load and a store per vector and pixel.
+// In the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this is;
+// AVX2 build, EPYC VM) that halved this function's share of the profile (6.0% -> 3.1% of the
+// samples beside the y pass's 37%); in one process against the plain loops, 13.1 against 13.3 ms
+// a call (within the noise).
 template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
