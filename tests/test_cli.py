@@ -1,5 +1,6 @@
 """`tfupsample verify` end to end, in a subprocess as a user runs it."""
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,9 @@ def test_bench_targets_small(logits):
     names = [t["name"] for t in data["targets"]]
     assert any("write floor" in t["ref_name"] for t in data["targets"])
     assert any("read floor" in t["ref_name"] for t in data["targets"])
+    # Which write floor won its trial, printed with the row.
+    assert all(re.search(r"floor: (plain|streaming) stores", t["note"] or "")
+               for t in data["targets"] if t["ref_name"] == "write floor")
     assert f"upsample_argmax, {logits} logits" in names and not any(
         "argmax" in n and logits not in n for n in names)
     for t in data["targets"]:
@@ -181,6 +185,7 @@ def test_resize_and_head_targets_at_small_shapes():
                                                     ("tiny aligned", (1, 3, 4, 2), (5, 7), True)])
     found += bench.head_targets(repeats=1, cases=[("tiny", (1, 3, 4, 5), 2, True)])
     found += bench.head_memory_targets(shape=(1, 3, 4, 5), size=(6, 8))
+    assert all(re.search(r"floor: (plain|streaming) stores", t.note or "") for t in found if t.ref_name == "write floor")
     names = " | ".join(t.name for t in found)
     for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics", "peak memory"):
         assert part in names, names

@@ -387,14 +387,24 @@ def write_floor(shape, dtype=tf.float32):
     TF's allocator, so the floor pays what every op pays besides its writes -- dispatch from an
     emptied cache (~1.1 ms for a 1-element op on the 2-core VM) and allocation -- as the kernels
     do. (A fill of a NumPy buffer from Python skips that dispatch; a single-threaded NumPy refill
-    is no floor on a multi-core machine.)"""
+    is no floor on a multi-core machine.) The floor's `kind` says which won ("plain stores" or
+    "streaming stores"); the target rows print it (_floor_note)."""
     plain = lambda: tf.fill(shape, tf.constant(1, dtype))  # noqa: E731
+    plain.kind = "plain stores"
     if tf.as_dtype(dtype) != tf.float32 or _ops.lib is None:  # (the library did not load: plain)
         return plain
     dims = tf.constant(shape, tf.int64)
     stream = lambda: _ops.lib.tfupsample_stream_fill(dims, value=1.0)  # noqa: E731
+    stream.kind = "streaming stores"
     times = timed_together([plain, stream], repeats=3, warmup=1)
     return plain if times[0] <= times[1] else stream
+
+
+def _floor_note(floor, note=None):
+    """A target row's note, with the write floor's kind where it has one."""
+    kind = getattr(floor, "kind", None)
+    parts = [p for p in (note, kind and f"floor: {kind}") if p]
+    return "; ".join(parts) or None
 
 
 def read_floor(t):
@@ -473,14 +483,15 @@ def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
         n, _, _, c = shape
         out_shape = [n, *size, c]
         rounds = [FLOOR_ROUNDS * repeats, repeats, FLOOR_ROUNDS * repeats]  # ours, stock, floor
+        wf = write_floor(out_shape)
         ours, stock, floor = (ms(t) for t in timed_together([
             lambda: tu.image.resize_bilinear(x, size, **conv),
             lambda: tf.raw_ops.ResizeBilinear(images=x, size=size, **conv),
-            write_floor(out_shape)], rounds))
+            wf], rounds))
         mb = int(np.prod(out_shape)) * 4 / 1e6
         out += [Target(f"resize forward, {name}, vs tf.image.resize", ours, "tf.image.resize", stock, "faster", 1.5),
                 Target(f"resize forward, {name}, vs the write floor ({mb:.0f} MB)", ours, "write floor", floor,
-                       "at_most", 1.3)]
+                       "at_most", 1.3, _floor_note(wf))]
         dy = tf.constant(rng.standard_normal(out_shape, np.float32))
         del rng
         hw = tf.constant(shape[1:3], tf.int32)  # made once, as the peer's original_image is
@@ -720,7 +731,8 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         else:  # a scaled peer stands for a call of over a minute: one run, on its few channels
             ours, floor, resize = run(*together, reps=rounds)
             stock = run(stock_peer, reps=1)[0]
-        out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3, ours_note),
+        out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3,
+                       _floor_note(peers["write floor"], ours_note)),
                 Target("forward vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0, ours_note),
                 Target("forward vs stock depthwise_conv2d_backprop_input", ours,
                        "depthwise_conv2d_backprop_input", stock, "faster", 1.0, note or ours_note)]
