@@ -1,6 +1,8 @@
 """Keras layers against stock references: tf.nn.conv2d_transpose with the dense equivalent
 filter, keras.layers.Conv2DTranspose's shape rules, reload in a fresh process."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -144,3 +146,58 @@ def test_exported_savedmodel_reloads_after_import_tfupsample(tmp_path, rng):
     # Without the import, TensorFlow's own error names the missing op, whose name names us.
     r = run("no-import")
     assert r.returncode != 0 and "Op type not registered 'Tfupsample" in r.stderr
+
+
+def test_other_backends_get_the_stock_drop_ins_and_a_clear_error(monkeypatch, rng):
+    """Under a Keras backend other than TensorFlow the kernels (TensorFlow ops) cannot run: the
+    resize drop-ins are the stock layers, the classes that exist only here refuse to be made."""
+    import tfupsample.keras as tk
+    from tfupsample import image
+
+    monkeypatch.setattr(tk, "TF_BACKEND", False)
+    monkeypatch.setattr(tk.keras.backend, "backend", lambda: "jax")
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("tfupsample's resize ran")
+
+    monkeypatch.setattr(image, "resize", kernel)
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    for ours, stock in ((tk.UpSampling2D(2, interpolation="bilinear"), tk.keras.layers.UpSampling2D(2, interpolation="bilinear")),
+                        (tk.Resizing(8, 10), tk.keras.layers.Resizing(8, 10))):
+        np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(stock(x)))
+    for make in (lambda: tk.BilinearUpsampling2D(2), lambda: tk.DepthwiseConv2DTranspose(4, 2),
+                 lambda: tk.UpsampledSparseCategoricalCrossentropy(2)):
+        with pytest.raises(RuntimeError, match=r"needs Keras' TensorFlow backend; this Keras runs the 'jax' "
+                                               r"backend \(set KERAS_BACKEND=tensorflow"):
+            make()
+
+
+JAX_BACKEND = r"""
+import numpy as np, keras
+import tfupsample.keras as tk
+assert keras.backend.backend() == "jax"
+x = np.random.default_rng(0).standard_normal((2, 4, 5, 3)).astype(np.float32)
+for ours, stock in ((tk.UpSampling2D(2, interpolation="bilinear"), keras.layers.UpSampling2D(2, interpolation="bilinear")),
+                    (tk.Resizing(8, 10), keras.layers.Resizing(8, 10))):
+    a, b = (keras.Sequential([keras.Input((4, 5, 3)), layer]).predict(x, verbose=0) for layer in (ours, stock))
+    np.testing.assert_array_equal(a, b)
+try:
+    tk.BilinearUpsampling2D(2)
+    raise SystemExit("BilinearUpsampling2D was made under JAX")
+except RuntimeError as e:
+    assert "KERAS_BACKEND=tensorflow" in str(e)
+layer = keras.layers.Conv2DTranspose(3, 4, 2, padding="same", kernel_initializer=tk.BilinearInitializer())
+y = np.asarray(layer(x))
+assert y.shape == (2, 8, 10, 3) and "jax" in type(layer.kernel.value).__module__
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax (Keras 3's JAX backend)")
+def test_under_the_jax_backend_in_a_fresh_process():
+    import tfupsample.keras as tk
+
+    if tk.LEGACY:
+        pytest.skip("Keras 3 only")
+    r = subprocess.run([sys.executable, "-c", JAX_BACKEND], capture_output=True, text=True, timeout=300,
+                       cwd=tempfile.gettempdir(), env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert r.returncode == 0, r.stderr[-3000:]

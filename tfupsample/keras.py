@@ -3,6 +3,11 @@
 They are classes of the Keras that `tf.keras` is in this process: Keras 3, or legacy Keras
 (`tf_keras`) when `TF_USE_LEGACY_KERAS` is set, as TensorFlow itself decides. `import tfupsample`
 registers them for deserialisation as soon as that Keras is imported.
+
+With another Keras 3 backend (JAX, PyTorch) the drop-ins `UpSampling2D` and `Resizing` are the
+stock layers (tfupsample's kernels are TensorFlow ops), and the classes that exist only here
+(`BilinearUpsampling2D`, `DepthwiseConv2DTranspose`, `UpsampledSparseCategoricalCrossentropy`)
+refuse to be made, saying so; `BilinearInitializer` works with any backend.
 """
 
 import numpy as np
@@ -24,6 +29,16 @@ else:
 from ._numpy_ext import default_output_size
 from ._weights import bilinear_kernel_2d, check_factor
 from .heads import _check_fraction, _hard_pixels, _pixel_weights, upsample_sparse_softmax_cross_entropy
+
+# Keras 3 fixes its backend at import (KERAS_BACKEND); tf_keras is TensorFlow's.
+TF_BACKEND = keras.backend.backend() == "tensorflow"
+
+
+def _need_tf_backend(what):
+    if not TF_BACKEND:
+        raise RuntimeError(f"tfupsample.keras.{what} runs tfupsample's TensorFlow ops and needs Keras' "
+                           f"TensorFlow backend; this Keras runs the {keras.backend.backend()!r} backend "
+                           "(set KERAS_BACKEND=tensorflow before importing Keras)")
 
 
 def _set_mask(losses, mask):
@@ -68,6 +83,7 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
                  reduction="sum_over_batch_size", name="upsampled_sparse_categorical_crossentropy",
                  dtype=None, ignore_label=None, interpolation="transposed_conv", label_smoothing=0.0,
                  class_weights=None, top_k_percent_pixels=1.0):
+        _need_tf_backend(type(self).__name__)
         if not from_logits:
             raise ValueError("UpsampledSparseCategoricalCrossentropy needs from_logits=True: "
                              "upsampling probabilities is not the same as upsampling logits")
@@ -136,7 +152,9 @@ class BilinearInitializer(keras.initializers.Initializer):
             w[:] = k2[:, :, None, None]
         else:
             w[:, :, np.arange(shape[2]), np.arange(shape[2])] = k2[:, :, None]
-        return tf.constant(w, dtype=dtype or _floatx())
+        if LEGACY:
+            return tf.constant(w, dtype=dtype or _floatx())
+        return keras.ops.convert_to_tensor(w, dtype=dtype or _floatx())  # the backend's own tensor
 
     def get_config(self):
         return {}
@@ -168,6 +186,7 @@ class BilinearUpsampling2D(keras.layers.Layer):
     """x`factor` bilinear upsample (the FCN transposed convolution, fixed kernel, no weights)."""
 
     def __init__(self, factor, data_format=None, **kwargs):
+        _need_tf_backend(type(self).__name__)
         super().__init__(**kwargs)
         self.factor = check_factor(factor)
         self.data_format = _standardize_format(data_format)
@@ -197,6 +216,7 @@ class DepthwiseConv2DTranspose(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  depth_multiplier=1, groups=None, **kwargs):
+        _need_tf_backend(type(self).__name__)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if depth_multiplier != 1:
             raise ValueError(f"DepthwiseConv2DTranspose supports depth_multiplier=1 only, got {depth_multiplier}")
@@ -302,9 +322,12 @@ def _resize_like_keras(inputs, size, data_format, dtype):
 @keras.saving.register_keras_serializable(package="tfupsample")
 class UpSampling2D(keras.layers.UpSampling2D):
     """`keras.layers.UpSampling2D`: with `interpolation="bilinear"` on float inputs the resize runs
-    on tfupsample's kernel (the same outputs); every other case is the stock layer's."""
+    on tfupsample's kernel (the same outputs); every other case, and every call under another
+    Keras backend than TensorFlow, is the stock layer's."""
 
     def call(self, inputs):
+        if not TF_BACKEND:
+            return super().call(inputs)
         inputs = tf.convert_to_tensor(inputs)
         if self.interpolation != "bilinear" or not inputs.dtype.is_floating:  # Keras rounds integers
             return super().call(inputs)
@@ -321,12 +344,13 @@ class UpSampling2D(keras.layers.UpSampling2D):
 class Resizing(keras.layers.Resizing):
     """`keras.layers.Resizing`: with `interpolation="bilinear"`, no antialiasing, neither
     `crop_to_aspect_ratio` nor `pad_to_aspect_ratio`, on dense float inputs, the resize runs on
-    tfupsample's kernel (the same outputs); every other case is the stock layer's."""
+    tfupsample's kernel (the same outputs); every other case, and every call under another Keras
+    backend than TensorFlow, is the stock layer's."""
 
     def _ours(self, data):
         # fill_mode matters only with padding, but Keras 3 refuses any other than "constant" in
         # every call: the stock layer says so.
-        return (tf.is_tensor(data) and not isinstance(data, tf.RaggedTensor) and self.interpolation == "bilinear"
+        return (TF_BACKEND and tf.is_tensor(data) and not isinstance(data, tf.RaggedTensor) and self.interpolation == "bilinear"
                 and not getattr(self, "antialias", False) and not self.crop_to_aspect_ratio
                 and not getattr(self, "pad_to_aspect_ratio", False) and getattr(self, "fill_mode", "constant") == "constant"
                 and data.dtype.is_floating)
