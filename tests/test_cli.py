@@ -149,6 +149,10 @@ def test_grid_targets_apply_the_floor_from_64_mb():
     assert found["forward, 1000 classes x32 vs tf.image.resize"].met
 
 
+# Which write floor won its short trial, printed with each write-floor row.
+FLOOR_KIND = re.compile(r"floor: (plain|streaming) stores")
+
+
 @pytest.mark.parametrize("logits", ["random", "segmentation"])
 def test_bench_targets_small(logits):
     # Each target is ours against a floor or a peer measured in the same run, with its verdict.
@@ -161,9 +165,7 @@ def test_bench_targets_small(logits):
     names = [t["name"] for t in data["targets"]]
     assert any("write floor" in t["ref_name"] for t in data["targets"])
     assert any("read floor" in t["ref_name"] for t in data["targets"])
-    # Which write floor won its trial, printed with the row.
-    assert all(re.search(r"floor: (plain|streaming) stores", t["note"] or "")
-               for t in data["targets"] if t["ref_name"] == "write floor")
+    assert all(FLOOR_KIND.search(t["note"] or "") for t in data["targets"] if t["ref_name"] == "write floor")
     assert f"upsample_argmax, {logits} logits" in names and not any(
         "argmax" in n and logits not in n for n in names)
     for t in data["targets"]:
@@ -185,7 +187,7 @@ def test_resize_and_head_targets_at_small_shapes():
                                                     ("tiny aligned", (1, 3, 4, 2), (5, 7), True)])
     found += bench.head_targets(repeats=1, cases=[("tiny", (1, 3, 4, 5), 2, True)])
     found += bench.head_memory_targets(shape=(1, 3, 4, 5), size=(6, 8))
-    assert all(re.search(r"floor: (plain|streaming) stores", t.note or "") for t in found if t.ref_name == "write floor")
+    assert all(FLOOR_KIND.search(t.note or "") for t in found if t.ref_name == "write floor")
     names = " | ".join(t.name for t in found)
     for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics", "peak memory"):
         assert part in names, names
