@@ -1033,6 +1033,67 @@ void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, i
     vecs.Store(r0, v, a0[v]), vecs.Store(r1, v, a1[v]);
   });
 }
+
+// The resize input gradient's pass along x over one row of sums r (pixels of nc float channels,
+// at most kVectors vectors, in the cache) into xr (nc per input column, zeroed): the runs
+// [x0, x1) of `runs` in order, each reading the columns lower[x0] and upper[x0], with
+// AddRunFewChannels' arithmetic -- but the sums of the column a run shares with the next one (its
+// upper, the next one's lower) stay in registers from one run to the next, where run by run they
+// were stored and at once loaded back (the last vector masked both times: a load the store cannot
+// forward to). Both taps on one column (a clamped edge): both terms into it, w0's first, as two
+// AddScaled do. Each element adds its outputs in ascending order: the same bits. before_run(k) is
+// called first for each run k. Cityscapes-like [2,128,256,19] -> 1024x2048 on the EPYC VM, one
+// process against the runs one at a time: one thread 12.7 against 13.2 ms (AVX-512; AVX2 16.0
+// against 16.1), DeepLab's [8,65,65,21] -> 513x513 on two threads against a fast read floor 4.7
+// against 5.0 ms (1.25x against 1.31x it).
+template <int kVectors, class Weights, class BeforeRun>
+void ReduceRowFewChannels(const Weights& weights, const float* r, int64_t nc,
+                          const std::vector<std::pair<int64_t, int64_t>>& runs, const int64_t* lower,
+                          const int64_t* upper, float* __restrict xr, const BeforeRun& before_run) {
+  using L = Lanes;
+  const MaskedVectors<kVectors> vecs(nc);
+  L::V carry[kVectors], a0[kVectors], a1[kVectors];
+  int64_t held = -1;  // the column whose sums are in carry, not stored yet
+  const auto store = [&](int64_t j, const L::V* a) __attribute__((always_inline)) {
+    StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) { vecs.Store(xr + j * nc, v, a[v]); });
+  };
+  for (size_t k = 0; k < runs.size(); ++k) {
+    before_run(k);
+    const auto [x0, x1] = runs[k];
+    const int64_t jl = lower[x0], ju = upper[x0];
+    if (held >= 0 && held != jl) store(held, carry), held = -1;
+    StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) {
+      a0[v] = held == jl ? carry[v] : vecs.Load(xr + jl * nc, v);
+    });
+    if (jl == ju) {
+      for (int64_t o = x0; o < x1; ++o) {
+        const auto [w0, w1] = weights(o);
+        const L::V v0 = L::Set(w0), v1 = L::Set(w1);
+        StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) {
+          const L::V x = vecs.Load(r + o * nc, v);
+          a0[v] = L::Add(L::Add(a0[v], L::Mul(v0, x)), L::Mul(v1, x));
+        });
+      }
+      StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) { carry[v] = a0[v]; });
+      held = jl;
+      continue;
+    }
+    StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) { a1[v] = vecs.Load(xr + ju * nc, v); });
+    for (int64_t o = x0; o < x1; ++o) {
+      const auto [w0, w1] = weights(o);
+      const L::V v0 = L::Set(w0), v1 = L::Set(w1);
+      StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) {
+        const L::V x = vecs.Load(r + o * nc, v);
+        a0[v] = L::Add(a0[v], L::Mul(v0, x));
+        a1[v] = L::Add(a1[v], L::Mul(v1, x));
+      });
+    }
+    store(jl, a0);
+    StaticFor<kVectors>([&](auto v) __attribute__((always_inline)) { carry[v] = a1[v]; });
+    held = ju;
+  }
+  if (held >= 0) store(held, carry);
+}
 #endif
 
 // Adds the outputs [o0, o1) of one output-gradient row, which all read the same two input

@@ -322,6 +322,27 @@ inline void AddScaledTwice(A* __restrict acc, A w0, A w1, const Src* __restrict 
   }
 }
 
+// ReduceRowFewChannels where this build has it and the pixels are at most four vectors of floats
+// (true); elsewhere nothing is done (false).
+template <typename A, class Weights, class BeforeRun>
+bool ReduceRowFewChannelsFor(const Weights& weights, const A* r, int64_t nc,
+                             const std::vector<std::pair<int64_t, int64_t>>& runs, const int64_t* lower,
+                             const int64_t* upper, A* xr, const BeforeRun& before_run) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<A, float>) {
+    switch (nc <= 0 ? 0 : (nc + Lanes::kN - 1) / Lanes::kN) {
+      case 1: return ReduceRowFewChannels<1>(weights, r, nc, runs, lower, upper, xr, before_run), true;
+      case 2: return ReduceRowFewChannels<2>(weights, r, nc, runs, lower, upper, xr, before_run), true;
+      case 3: return ReduceRowFewChannels<3>(weights, r, nc, runs, lower, upper, xr, before_run), true;
+      case 4: return ReduceRowFewChannels<4>(weights, r, nc, runs, lower, upper, xr, before_run), true;
+      default: break;
+    }
+  }
+#endif
+  (void)weights, (void)r, (void)nc, (void)runs, (void)lower, (void)upper, (void)xr, (void)before_run;
+  return false;
+}
+
 // Gradient, y first: a thread owns a band of input rows. Each output-gradient row is added, with
 // its y weights, into the (at most two) input rows it reaches: rows of the output full width, acc_y
 // (two live at a time, the band's rows in order). Runs of output rows with the same two input rows
@@ -372,20 +393,28 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
         const int64_t lines = next ? std::min(kAheadLines, (row * 4 + 63) / 64) * kRowsAtOnce : 0;
         const int64_t per_run = (lines + static_cast<int64_t>(xruns.size()) - 1) / static_cast<int64_t>(xruns.size());
         int64_t q = 0;
-        for (const auto& [x0, x1] : xruns) {
-          if (fresh_of(i)) break;  // no output row reached it: zeros
+        const auto prefetch = [&](size_t) __attribute__((always_inline)) {
           for (const int64_t q1 = std::min(lines, q + per_run); q < q1; ++q) {
             __builtin_prefetch(next + (q % kRowsAtOnce) * row + (q / kRowsAtOnce) * 16);
           }
-          const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
-          if (jl != ju) {
-            AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc,
-                             /*cached=*/true);
-            continue;
-          }
-          for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
-            AddScaled(xr.data() + jl * cc, A(1.0f - tx.lerp[ox]), r + ox * cc, cc);
-            AddScaled(xr.data() + jl * cc, A(tx.lerp[ox]), r + ox * cc, cc);
+        };
+        // A row no output row reached stays zeros. Pixels of at most four float vectors: one pass
+        // over the row (ReduceRowFewChannels); others run by run.
+        if (!fresh_of(i) && !ReduceRowFewChannelsFor(xweights, r, cc, xruns, tx.lower.data(), tx.upper.data(),
+                                                     xr.data(), prefetch)) {
+          for (size_t k = 0; k < xruns.size(); ++k) {
+            prefetch(k);
+            const auto [x0, x1] = xruns[k];
+            const int64_t jl = tx.lower[x0], ju = tx.upper[x0];
+            if (jl != ju) {
+              AddRunTwoColumns(xweights, ow, r, cc, cc, x0, x1, xr.data() + jl * cc, xr.data() + ju * cc,
+                               /*cached=*/true);
+              continue;
+            }
+            for (int64_t ox = x0; ox < x1; ++ox) {  // both taps on one column (a clamped edge)
+              AddScaled(xr.data() + jl * cc, A(1.0f - tx.lerp[ox]), r + ox * cc, cc);
+              AddScaled(xr.data() + jl * cc, A(tx.lerp[ox]), r + ox * cc, cc);
+            }
           }
         }
         NarrowRow(input_grad + (s * h + i) * w * cc, xr.data(), w * cc);
