@@ -51,6 +51,13 @@ out["up_grad_1100"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal(
 for c in (5, 12, 28, 45, 63, 70, 130):
     out[f"up_grad_{c}"] = lib.tfupsample_bilinear_upsample_grad(rng.standard_normal((1, 12, 9, c)).astype(np.float32), factor=3).numpy()
     out[f"resize_grad_{c}"] = lib.tfupsample_resize_bilinear_grad(rng.standard_normal((1, 17, 11, c)).astype(np.float32), [5, 4], T=tf.float32, half_pixel_centers=True).numpy()
+# Upsampling (clamped edges: both taps on one column; align-corners' exact taps) at one channel,
+# a whole vector, and one pass over the row (19, 21).
+for c in (1, 16, 19, 21):
+    for align in (False, True):
+        out[f"resize_grad_up_{c}_{align}"] = lib.tfupsample_resize_bilinear_grad(
+            rng.standard_normal((2, 33, 43, c)).astype(np.float32), [5, 6], T=tf.float32,
+            align_corners=align, half_pixel_centers=not align).numpy()
 # The resize gradient's y pass over runs of output rows (bands of several input rows need a batch):
 # rows of sums at most 128 KB together (eight rows at a time, the clamped top rows joined to the
 # first run) and over it (four at a time).

@@ -132,8 +132,8 @@ def test_gradient_equals_stock_and_the_adjoint(sizes, convention, dtype, rng):
 
 
 # Channel counts around the float x pass's vectors (2 to 4 of them, the last partial, go in one
-# masked pass; 16, 64 and 70 in blocks), at DeepLab's align-corners factor 8 and a fractional
-# half-pixel size.
+# masked pass over the row; 16, 64 and 70 in blocks), at DeepLab's align-corners factor 8 and a
+# fractional half-pixel size.
 @pytest.mark.parametrize("channels", [2, 5, 16, 19, 21, 45, 63, 64, 70])
 @pytest.mark.parametrize("sizes,convention", [((5, 4, 33, 25), (True, False)), ((7, 6, 20, 23), (False, True))],
                          ids=["align_corners_x8", "half_pixel"])

@@ -1004,10 +1004,10 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
 // against 26.8, at [2,128,256,19] x8 29.8 against 33.4; AVX2 alike (17.7 / 19.4 and 29.8 / 32.3).
 // The vectors are indexed through StaticFor: as plain loops, the AVX2 build (16 registers) kept
 // the sums of 19 channels (three vectors) on the stack, a load and a store per vector and pixel.
-// In the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this is;
-// AVX2 build, EPYC VM) that halved this function's share of the profile (6.0% -> 3.1% of the
-// samples beside the y pass's 37%); in one process against the plain loops, 13.1 against 13.3 ms
-// a call (within the noise).
+// In the Cityscapes-like resize gradient ([2,128,256,19] -> 1024x2048, whose x pass this was
+// before ReduceRowFewChannels; AVX2 build, EPYC VM) that halved this function's share of the
+// profile (6.0% -> 3.1% of the samples beside the y pass's 37%); in one process against the plain
+// loops, 13.1 against 13.3 ms a call (within the noise).
 template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
@@ -1320,9 +1320,10 @@ constexpr int64_t WideBlock() {
 // (same bits as one pixel at a time). While a block sums, the same channels of the run after it
 // are prefetched. Measured at [1,16,22,1000] x32, one thread, interleaved: 1.33x the read floor
 // pixel by pixel, 1.07x so; without the prefetch 1.30x. Used by the bilinear and the resize input
-// gradients (float pixels of at most 4 vectors, the last one partial: AddRunFewChannels; pixels
-// wider than the widest block on AMD CPUs: AddPixelsTwoColumns, see XPassByPixel). `cached`: dy
-// is a row of sums in the cache (the resize's x pass): blocks, never pixel by pixel.
+// gradients (float pixels of at most 4 vectors, the last one partial: AddRunFewChannels, or for the
+// resize's whole row ReduceRowFewChannels; pixels wider than the widest block on AMD CPUs:
+// AddPixelsTwoColumns, see XPassByPixel). `cached`: dy is a row of sums in the cache (the resize's
+// x pass): blocks, never pixel by pixel.
 template <typename A, typename Src, class Weights>
 void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int64_t stride,
                       int64_t nc, int64_t o0, int64_t o1, A* __restrict r0, A* __restrict r1,

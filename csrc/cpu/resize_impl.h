@@ -322,15 +322,17 @@ inline void AddScaledTwice(A* __restrict acc, A w0, A w1, const Src* __restrict 
   }
 }
 
-// ReduceRowFewChannels where this build has it and the pixels are at most four vectors of floats
-// (true); elsewhere nothing is done (false).
+// ReduceRowFewChannels where this build has it and AddRunTwoColumns would take AddRunFewChannels
+// (float pixels of 2 to 4 vectors' channels, the last vector partial): true. Elsewhere nothing is
+// done (false): one channel (NCHW's slabs) or whole vectors go in AddRunTwoColumns' blocks, without
+// masked loads and stores.
 template <typename A, class Weights, class BeforeRun>
 bool ReduceRowFewChannelsFor(const Weights& weights, const A* r, int64_t nc,
                              const std::vector<std::pair<int64_t, int64_t>>& runs, const int64_t* lower,
                              const int64_t* upper, A* xr, const BeforeRun& before_run) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float>) {
-    switch (nc <= 0 ? 0 : (nc + Lanes::kN - 1) / Lanes::kN) {
+    switch (nc < 2 || nc % Lanes::kN == 0 ? 0 : (nc + Lanes::kN - 1) / Lanes::kN) {
       case 1: return ReduceRowFewChannels<1>(weights, r, nc, runs, lower, upper, xr, before_run), true;
       case 2: return ReduceRowFewChannels<2>(weights, r, nc, runs, lower, upper, xr, before_run), true;
       case 3: return ReduceRowFewChannels<3>(weights, r, nc, runs, lower, upper, xr, before_run), true;
@@ -398,8 +400,8 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
             __builtin_prefetch(next + (q % kRowsAtOnce) * row + (q / kRowsAtOnce) * 16);
           }
         };
-        // A row no output row reached stays zeros. Pixels of at most four float vectors: one pass
-        // over the row (ReduceRowFewChannels); others run by run.
+        // A row no output row reached stays zeros. Pixels of 2 to 4 float vectors, the last
+        // partial: one pass over the row (ReduceRowFewChannels); others run by run.
         if (!fresh_of(i) && !ReduceRowFewChannelsFor(xweights, r, cc, xruns, tx.lower.data(), tx.upper.data(),
                                                      xr.data(), prefetch)) {
           for (size_t k = 0; k < xruns.size(); ++k) {
