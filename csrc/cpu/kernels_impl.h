@@ -1008,6 +1008,10 @@ void SweepSeparable(const Geometry& g, const std::vector<Acc<T>>& wy, T* input_g
 // before ReduceRowFewChannels; AVX2 build, EPYC VM) that halved this function's share of the
 // profile (6.0% -> 3.1% of the samples beside the y pass's 37%); in one process against the plain
 // loops, 13.1 against 13.3 ms a call (within the noise).
+// The float pixels AddRunFewChannels and ReduceRowFewChannels take: at least two channels, in
+// at most four vectors, the last one partial.
+inline bool FewChannels(int64_t nc) { return nc >= 2 && nc % Lanes::kN != 0 && nc <= 4 * Lanes::kN; }
+
 template <int kVectors, class Weights>
 void AddRunFewChannels(const Weights& weights, int64_t n_out, const float* dy, int64_t stride, int64_t nc,
                        int64_t o0, int64_t o1, float* __restrict r0, float* __restrict r1) {
@@ -1330,13 +1334,10 @@ void AddRunTwoColumns(const Weights& weights, int64_t n_out, const Src* dy, int6
                       bool cached = false) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float> && std::is_same_v<Src, float>) {
-    if (nc % Lanes::kN != 0 && nc >= 2 && nc <= 4 * Lanes::kN) {
-      switch ((nc + Lanes::kN - 1) / Lanes::kN) {
-        case 1: return AddRunFewChannels<1>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
-        case 2: return AddRunFewChannels<2>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
-        case 3: return AddRunFewChannels<3>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
-        default: return AddRunFewChannels<4>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
-      }
+    if (FewChannels(nc)) {
+      return ByVectors<void>(nc, [&](auto nv) {
+        AddRunFewChannels<decltype(nv)::value>(weights, n_out, dy, stride, nc, o0, o1, r0, r1);
+      });
     }
   }
 #endif

@@ -323,21 +323,19 @@ inline void AddScaledTwice(A* __restrict acc, A w0, A w1, const Src* __restrict 
 }
 
 // ReduceRowFewChannels where this build has it and AddRunTwoColumns would take AddRunFewChannels
-// (float pixels of 2 to 4 vectors' channels, the last vector partial): true. Elsewhere nothing is
-// done (false): one channel (NCHW's slabs) or whole vectors go in AddRunTwoColumns' blocks, without
-// masked loads and stores.
+// (FewChannels): true. Elsewhere nothing is done (false): one channel (NCHW's slabs) or whole
+// vectors go in AddRunTwoColumns' blocks, without masked loads and stores.
 template <typename A, class Weights, class BeforeRun>
 bool ReduceRowFewChannelsFor(const Weights& weights, const A* r, int64_t nc,
                              const std::vector<std::pair<int64_t, int64_t>>& runs, const int64_t* lower,
                              const int64_t* upper, A* xr, const BeforeRun& before_run) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<A, float>) {
-    switch (nc < 2 || nc % Lanes::kN == 0 ? 0 : (nc + Lanes::kN - 1) / Lanes::kN) {
-      case 1: return ReduceRowFewChannels<1>(weights, r, nc, runs, lower, upper, xr, before_run), true;
-      case 2: return ReduceRowFewChannels<2>(weights, r, nc, runs, lower, upper, xr, before_run), true;
-      case 3: return ReduceRowFewChannels<3>(weights, r, nc, runs, lower, upper, xr, before_run), true;
-      case 4: return ReduceRowFewChannels<4>(weights, r, nc, runs, lower, upper, xr, before_run), true;
-      default: break;
+    if (FewChannels(nc)) {
+      ByVectors<void>(nc, [&](auto nv) {
+        ReduceRowFewChannels<decltype(nv)::value>(weights, r, nc, runs, lower, upper, xr, before_run);
+      });
+      return true;
     }
   }
 #endif
