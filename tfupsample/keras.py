@@ -4,8 +4,8 @@ They are classes of the Keras that `tf.keras` is in this process: Keras 3, or le
 (`tf_keras`) when `TF_USE_LEGACY_KERAS` is set, as TensorFlow itself decides. `import tfupsample`
 registers them for deserialisation as soon as that Keras is imported.
 
-With another Keras 3 backend (JAX, PyTorch) the drop-ins `UpSampling2D` and `Resizing` are the
-stock layers (tfupsample's kernels are TensorFlow ops), and the classes that exist only here
+With another Keras 3 backend (JAX, PyTorch) the drop-ins `UpSampling2D` and `Resizing` call the
+stock layers' own code (tfupsample's kernels are TensorFlow ops), and the classes that exist only here
 (`BilinearUpsampling2D`, `DepthwiseConv2DTranspose`, `UpsampledSparseCategoricalCrossentropy`)
 refuse to be made, saying so; `BilinearInitializer` works with any backend.
 """
