@@ -151,6 +151,17 @@ def test_grid_targets_apply_the_floor_from_64_mb():
 
 # Which write floor won its short trial, printed with each write-floor row.
 FLOOR_KIND = re.compile(r"floor: (plain|streaming) stores")
+# The range of single calls behind a floor row's two medians (ms, one decimal).
+CALLS = re.compile(r"calls: ours ([\d.]+)-([\d.]+) ms, floor ([\d.]+)-([\d.]+) ms")
+
+
+def _calls_cover_medians(ours_ms, ref_ms, note):
+    # Each median lies in its own range of calls: the ranges are of the calls the medians came from.
+    m = CALLS.search(note or "")
+    if m is None:
+        return False
+    lo_o, hi_o, lo_f, hi_f = map(float, m.groups())
+    return lo_o - 0.05 <= ours_ms <= hi_o + 0.05 and lo_f - 0.05 <= ref_ms <= hi_f + 0.05
 
 
 @pytest.mark.parametrize("logits", ["random", "segmentation"])
@@ -166,6 +177,8 @@ def test_bench_targets_small(logits):
     assert any("write floor" in t["ref_name"] for t in data["targets"])
     assert any("read floor" in t["ref_name"] for t in data["targets"])
     assert all(FLOOR_KIND.search(t["note"] or "") for t in data["targets"] if t["ref_name"] == "write floor")
+    floors = [t for t in data["targets"] if t["ref_name"] in ("write floor", "read floor")]
+    assert len(floors) == 3 and all(_calls_cover_medians(t["ours_ms"], t["ref_ms"], t["note"]) for t in floors)
     assert f"upsample_argmax, {logits} logits" in names and not any(
         "argmax" in n and logits not in n for n in names)
     for t in data["targets"]:
@@ -188,6 +201,8 @@ def test_resize_and_head_targets_at_small_shapes():
     found += bench.head_targets(repeats=1, cases=[("tiny", (1, 3, 4, 5), 2, True)])
     found += bench.head_memory_targets(shape=(1, 3, 4, 5), size=(6, 8))
     assert all(FLOOR_KIND.search(t.note or "") for t in found if t.ref_name == "write floor")
+    floors = [t for t in found if t.ref_name in ("write floor", "read floor")]
+    assert len(floors) == 4 and all(_calls_cover_medians(t.ours_ms, t.ref_ms, t.note) for t in floors)
     names = " | ".join(t.name for t in found)
     for part in ("resize forward", "resize input gradient", "resize semantics", "FCN semantics", "peak memory"):
         assert part in names, names

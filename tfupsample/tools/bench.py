@@ -349,13 +349,12 @@ def cache_evictor():
     return lambda: tf.reduce_sum(buf).numpy()
 
 
-def timed_together(fns, repeats=7, warmup=2, evict=True):
-    """Median seconds of each of fns (a list), called in turn, round after round, so that a slow
-    spell of the machine hits all of them alike; each result touched. `repeats` is one count for
-    all, or a list of one per fn (one with fewer sits some rounds out, spread evenly, so that its
-    calls still span the whole run). With
-    `evict`, the cache is emptied (cache_evictor, untimed) before each timed call, so every peer
-    and floor starts from memory alike."""
+def timed_calls(fns, repeats=7, warmup=2, evict=True):
+    """Each call's seconds (a list per fn) of fns, called in turn, round after round, so that a
+    slow spell of the machine hits all of them alike; each result touched. `repeats` is one count
+    for all, or a list of one per fn (one with fewer sits some rounds out, spread evenly, so that
+    its calls still span the whole run). With `evict`, the cache is emptied (cache_evictor,
+    untimed) before each timed call, so every peer and floor starts from memory alike."""
     counts = list(repeats) if isinstance(repeats, (list, tuple)) else [repeats] * len(fns)
     flush = cache_evictor() if evict else None
     for _ in range(warmup):
@@ -371,7 +370,22 @@ def timed_together(fns, repeats=7, warmup=2, evict=True):
                 t0 = time.perf_counter()
                 _touch(fn())
                 times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def timed_together(fns, repeats=7, warmup=2, evict=True):
+    """Median seconds of each of fns: timed_calls' medians."""
+    return [statistics.median(t) for t in timed_calls(fns, repeats, warmup, evict)]
+
+
+def calls_note(ours, floor, note=None):
+    """A floor row's note with the range of the single calls behind its two medians (lists of
+    seconds), in ms: on a shared VM the memory runs in fast and slow spells, some shorter than a
+    run, so a ratio far from its usual value shows here whether a floor's calls fell in a fast
+    spell that ours missed, or ours ran slow throughout."""
+    spread = lambda t: f"{min(t) * 1e3:.1f}-{max(t) * 1e3:.1f}"  # noqa: E731
+    calls = f"calls: ours {spread(ours)} ms, floor {spread(floor)} ms"
+    return f"{note}; {calls}" if note else calls
 
 
 def timed(fn, repeats=7, warmup=2):
@@ -484,24 +498,27 @@ def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
         out_shape = [n, *size, c]
         rounds = [FLOOR_ROUNDS * repeats, repeats, FLOOR_ROUNDS * repeats]  # ours, stock, floor
         wf = write_floor(out_shape)
-        ours, stock, floor = (ms(t) for t in timed_together([
+        calls = timed_calls([
             lambda: tu.image.resize_bilinear(x, size, **conv),
             lambda: tf.raw_ops.ResizeBilinear(images=x, size=size, **conv),
-            wf], rounds))
+            wf], rounds)
+        ours, stock, floor = (ms(statistics.median(t)) for t in calls)
         mb = int(np.prod(out_shape)) * 4 / 1e6
         out += [Target(f"resize forward, {name}, vs tf.image.resize", ours, "tf.image.resize", stock, "faster", 1.5),
                 Target(f"resize forward, {name}, vs the write floor ({mb:.0f} MB)", ours, "write floor", floor,
-                       "at_most", 1.3, _floor_note(wf))]
+                       "at_most", 1.3, calls_note(calls[0], calls[2], _floor_note(wf)))]
         dy = tf.constant(rng.standard_normal(out_shape, np.float32))
         del rng
         hw = tf.constant(shape[1:3], tf.int32)  # made once, as the peer's original_image is
-        ours, stock, floor = (ms(t) for t in timed_together([
+        calls = timed_calls([
             lambda: tu._ops.lib.tfupsample_resize_bilinear_grad(dy, hw, T=tf.float32, **conv),
             lambda: tf.raw_ops.ResizeBilinearGrad(grads=dy, original_image=x, **conv),
-            read_floor(dy)], rounds))
+            read_floor(dy)], rounds)
+        ours, stock, floor = (ms(statistics.median(t)) for t in calls)
         out += [Target(f"resize input gradient, {name}, vs ResizeBilinearGrad", ours, "ResizeBilinearGrad", stock,
                        "faster", 2.0),
-                Target(f"resize input gradient, {name}, vs the read floor", ours, "read floor", floor, "at_most", 1.3)]
+                Target(f"resize input gradient, {name}, vs the read floor", ours, "read floor", floor, "at_most", 1.3,
+                       calls_note(calls[0], calls[2]))]
     return out
 
 
@@ -712,9 +729,15 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
     h, w = size
     ms = lambda s: s * 1e3  # noqa: E731
 
+    def run_calls(*peers, reps=repeats):
+        """Problem's peers timed together: (ms medians, a scaled one's time scaled; each call's
+        seconds, unscaled)."""
+        calls = timed_calls(peers, reps)
+        return [ms(statistics.median(t)) * getattr(p, "scale", 1.0) for p, t in zip(peers, calls)], calls
+
     def run(*peers, reps=repeats):
         """ms of Problem's peers, timed together (a scaled one's time scaled)."""
-        return [ms(t) * getattr(p, "scale", 1.0) for p, t in zip(peers, timed_together(peers, reps))]
+        return run_calls(*peers, reps=reps)[0]
 
     out = []
     prob = Problem(1, h, w, classes, factor)
@@ -727,20 +750,21 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         together = [peers["tfupsample"], peers["write floor"], peers["tf.image.resize"]]
         rounds = [FLOOR_ROUNDS * repeats, FLOOR_ROUNDS * repeats, repeats]  # ours, floor, resize
         if getattr(stock_peer, "scale", 1.0) == 1.0:
-            ours, floor, resize, stock = run(*together, stock_peer, reps=rounds + [repeats])
+            (ours, floor, resize, stock), calls = run_calls(*together, stock_peer, reps=rounds + [repeats])
         else:  # a scaled peer stands for a call of over a minute: one run, on its few channels
-            ours, floor, resize = run(*together, reps=rounds)
+            (ours, floor, resize), calls = run_calls(*together, reps=rounds)
             stock = run(stock_peer, reps=1)[0]
         out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3,
-                       _floor_note(peers["write floor"], ours_note)),
+                       calls_note(calls[0], calls[1], _floor_note(peers["write floor"], ours_note))),
                 Target("forward vs tf.image.resize", ours, "tf.image.resize", resize, "faster", 1.0, ours_note),
                 Target("forward vs stock depthwise_conv2d_backprop_input", ours,
                        "depthwise_conv2d_backprop_input", stock, "faster", 1.0, note or ours_note)]
     if "input_grad" in which:
         peers = prob.input_grad()
-        ours, floor = run(peers["tfupsample"], peers["read dy once (floor)"], reps=FLOOR_ROUNDS * repeats)
+        (ours, floor), calls = run_calls(peers["tfupsample"], peers["read dy once (floor)"],
+                                         reps=FLOOR_ROUNDS * repeats)
         out.append(Target("input gradient vs the read floor", ours, "read floor", floor, "at_most", 1.3,
-                          getattr(peers["tfupsample"], "note", None)))
+                          calls_note(*calls, getattr(peers["tfupsample"], "note", None))))
     if "filter_grad" in which:
         fp = Problem(1, h, w, filter_classes, factor)
         fx, fdy = fp.x, fp.dy
@@ -754,11 +778,13 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         # The target times the gradient op itself (what the tape runs for the filter alone), not the
         # tape's time less its forward's: that difference of two times swung 2.2-3.9x the floor
         # between runs of unchanged code on the EPYC VM. The tape's figure is printed beside.
-        op_ms, tape_ms, fwd, floor = run(fp.filter_grad()["tfupsample"], tape_filter_grad,
-                                         lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f),
-                                         read_floor(fdy), reps=FLOOR_ROUNDS * repeats)
+        (op_ms, tape_ms, fwd, floor), calls = run_calls(
+            fp.filter_grad()["tfupsample"], tape_filter_grad,
+            lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f), read_floor(fdy),
+            reps=FLOOR_ROUNDS * repeats)
         out.append(Target(f"filter gradient ({filter_classes} classes) vs the read floor", op_ms, "read floor",
-                          floor, "at_most", 3.0, f"through the tape {tape_ms:.1f} ms incl. forward {fwd:.1f} ms"))
+                          floor, "at_most", 3.0, calls_note(
+                              calls[0], calls[3], f"through the tape {tape_ms:.1f} ms incl. forward {fwd:.1f} ms")))
     if "argmax" in which:
         for kind in logits:
             peers = (prob if kind == "random" else Problem(1, h, w, classes, factor, logits=kind)).argmax()
