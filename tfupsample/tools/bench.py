@@ -378,6 +378,13 @@ def timed_together(fns, repeats=7, warmup=2, evict=True):
     return [statistics.median(t) for t in timed_calls(fns, repeats, warmup, evict)]
 
 
+def timed_ms(fns, repeats=7):
+    """fns timed together (timed_calls): (each one's median in ms, a Peer's scaled by its `scale`;
+    each call's seconds, unscaled, for calls_note)."""
+    calls = timed_calls(fns, repeats)
+    return [statistics.median(t) * 1e3 * getattr(fn, "scale", 1.0) for fn, t in zip(fns, calls)], calls
+
+
 def calls_note(ours, floor, note=None):
     """A floor row's note with the range of the single calls behind its two medians (lists of
     seconds), in ms: on a shared VM the memory runs in fast and slow spells, some shorter than a
@@ -488,7 +495,6 @@ FLOOR_ROUNDS = 3
 def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
     """The resize targets (tfupsample.image against tf.image.resize / ResizeBilinearGrad and the
     machine's write and read floors), timed together per shape; a list of Target."""
-    ms = lambda s: s * 1e3  # noqa: E731
     out = []
     for name, shape, size, align in shapes:
         rng = np.random.default_rng(0)
@@ -498,11 +504,10 @@ def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
         out_shape = [n, *size, c]
         rounds = [FLOOR_ROUNDS * repeats, repeats, FLOOR_ROUNDS * repeats]  # ours, stock, floor
         wf = write_floor(out_shape)
-        calls = timed_calls([
+        (ours, stock, floor), calls = timed_ms([
             lambda: tu.image.resize_bilinear(x, size, **conv),
             lambda: tf.raw_ops.ResizeBilinear(images=x, size=size, **conv),
             wf], rounds)
-        ours, stock, floor = (ms(statistics.median(t)) for t in calls)
         mb = int(np.prod(out_shape)) * 4 / 1e6
         out += [Target(f"resize forward, {name}, vs tf.image.resize", ours, "tf.image.resize", stock, "faster", 1.5),
                 Target(f"resize forward, {name}, vs the write floor ({mb:.0f} MB)", ours, "write floor", floor,
@@ -510,11 +515,10 @@ def resize_targets(repeats=7, shapes=RESIZE_SHAPES):
         dy = tf.constant(rng.standard_normal(out_shape, np.float32))
         del rng
         hw = tf.constant(shape[1:3], tf.int32)  # made once, as the peer's original_image is
-        calls = timed_calls([
+        (ours, stock, floor), calls = timed_ms([
             lambda: tu._ops.lib.tfupsample_resize_bilinear_grad(dy, hw, T=tf.float32, **conv),
             lambda: tf.raw_ops.ResizeBilinearGrad(grads=dy, original_image=x, **conv),
             read_floor(dy)], rounds)
-        ours, stock, floor = (ms(statistics.median(t)) for t in calls)
         out += [Target(f"resize input gradient, {name}, vs ResizeBilinearGrad", ours, "ResizeBilinearGrad", stock,
                        "faster", 2.0),
                 Target(f"resize input gradient, {name}, vs the read floor", ours, "read floor", floor, "at_most", 1.3,
@@ -727,17 +731,10 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
             repeats=7, which=("forward", "input_grad", "filter_grad", "argmax", "loss", "resize", "heads", "xla")):
     """Measures the targets in this process and returns them (a list of Target)."""
     h, w = size
-    ms = lambda s: s * 1e3  # noqa: E731
-
-    def run_calls(*peers, reps=repeats):
-        """Problem's peers timed together: (ms medians, a scaled one's time scaled; each call's
-        seconds, unscaled)."""
-        calls = timed_calls(peers, reps)
-        return [ms(statistics.median(t)) * getattr(p, "scale", 1.0) for p, t in zip(peers, calls)], calls
 
     def run(*peers, reps=repeats):
         """ms of Problem's peers, timed together (a scaled one's time scaled)."""
-        return run_calls(*peers, reps=reps)[0]
+        return timed_ms(peers, reps)[0]
 
     out = []
     prob = Problem(1, h, w, classes, factor)
@@ -750,9 +747,9 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         together = [peers["tfupsample"], peers["write floor"], peers["tf.image.resize"]]
         rounds = [FLOOR_ROUNDS * repeats, FLOOR_ROUNDS * repeats, repeats]  # ours, floor, resize
         if getattr(stock_peer, "scale", 1.0) == 1.0:
-            (ours, floor, resize, stock), calls = run_calls(*together, stock_peer, reps=rounds + [repeats])
+            (ours, floor, resize, stock), calls = timed_ms([*together, stock_peer], rounds + [repeats])
         else:  # a scaled peer stands for a call of over a minute: one run, on its few channels
-            (ours, floor, resize), calls = run_calls(*together, reps=rounds)
+            (ours, floor, resize), calls = timed_ms(together, rounds)
             stock = run(stock_peer, reps=1)[0]
         out += [Target("forward vs the write floor", ours, "write floor", floor, "at_most", 1.3,
                        calls_note(calls[0], calls[1], _floor_note(peers["write floor"], ours_note))),
@@ -761,8 +758,8 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
                        "depthwise_conv2d_backprop_input", stock, "faster", 1.0, note or ours_note)]
     if "input_grad" in which:
         peers = prob.input_grad()
-        (ours, floor), calls = run_calls(peers["tfupsample"], peers["read dy once (floor)"],
-                                         reps=FLOOR_ROUNDS * repeats)
+        (ours, floor), calls = timed_ms([peers["tfupsample"], peers["read dy once (floor)"]],
+                                        FLOOR_ROUNDS * repeats)
         out.append(Target("input gradient vs the read floor", ours, "read floor", floor, "at_most", 1.3,
                           calls_note(*calls, getattr(peers["tfupsample"], "note", None))))
     if "filter_grad" in which:
@@ -778,10 +775,10 @@ def targets(size=(16, 22), classes=1000, factor=32, filter_classes=100, logits=(
         # The target times the gradient op itself (what the tape runs for the filter alone), not the
         # tape's time less its forward's: that difference of two times swung 2.2-3.9x the floor
         # between runs of unchanged code on the EPYC VM. The tape's figure is printed beside.
-        (op_ms, tape_ms, fwd, floor), calls = run_calls(
+        (op_ms, tape_ms, fwd, floor), calls = timed_ms([
             fp.filter_grad()["tfupsample"], tape_filter_grad,
-            lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f), read_floor(fdy),
-            reps=FLOOR_ROUNDS * repeats)
+            lambda: tu.depthwise_conv2d_transpose(fx, wv, fp.out_shape, f), read_floor(fdy)],
+            FLOOR_ROUNDS * repeats)
         out.append(Target(f"filter gradient ({filter_classes} classes) vs the read floor", op_ms, "read floor",
                           floor, "at_most", 3.0, calls_note(
                               calls[0], calls[3], f"through the tape {tape_ms:.1f} ms incl. forward {fwd:.1f} ms")))
