@@ -253,6 +253,19 @@ def test_heads(emu, factor, dtype, rng):
     call(emu, "UpsampleSoftmaxCrossEntropyGrad", uniform, dtype, x, target, stats, np.array([0.75], np_t), grad_u)
     ref.assert_close(grad_u, expected_u, dtype, "loss_grad")
 
+    # The loss with its gradient for a loss gradient of 1 at every pixel (the TF op's with_grad),
+    # and without it (a null gradient: the loss and stats alone).
+    _, expected_1 = ref.upsample_softmax_cross_entropy(x, target, factor, np.ones(labels.shape, np_t), ignore=3)
+    loss_1, stats_1, grad_1 = np.full_like(loss, np.nan), np.full_like(stats, np.nan), np.full_like(grad, np.nan)
+    call(emu, "UpsampleSoftmaxCrossEntropyWithGrad", d[:12] + [1, 3] + d[14:], dtype, x, target, loss_1, stats_1, grad_1)
+    ref.assert_close(loss_1, exp_loss, dtype, "loss")
+    ref.assert_close(grad_1, expected_1, dtype, "loss_grad")
+    loss_0, stats_0 = np.full_like(loss, np.nan), np.full_like(stats, np.nan)
+    emulator.Ext(emu).run("UpsampleSoftmaxCrossEntropyWithGrad", d[:12] + [1, 3] + d[14:], DTYPES[dtype][0],
+                          [x.ctypes.data, target.ctypes.data, loss_0.ctypes.data, stats_0.ctypes.data, None], 0)
+    ref.assert_same_bits(loss_0, loss_1, "loss without the gradient")
+    ref.assert_same_bits(stats_0, stats_1, "stats without the gradient")
+
 
 @pytest.mark.parametrize("factor", [2, 3, 5, 8, 32])
 @pytest.mark.parametrize("dtype", list(DTYPES))

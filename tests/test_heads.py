@@ -137,7 +137,7 @@ def test_cross_entropy_stats_are_the_softmax_max_and_sum(dtype, rng):
     x = _logits(rng, 3, dtype=dtype)
     labels = _labels(rng, x, 3, 7)
     labels[1, 2:5] = 255
-    _, stats = lib.tfupsample_upsample_sparse_softmax_cross_entropy(
+    _, stats, _ = lib.tfupsample_upsample_sparse_softmax_cross_entropy(
         labels, x, factor=3, ignore_label=255, use_ignore_label=True)
     assert stats.dtype == tf.float64 and stats.shape == labels.shape + (2,)
     up = tf.cast(tf.cast(bilinear_loop(tf.cast(x, tf.float64).numpy(), 3), dtype), tf.float64).numpy()

@@ -139,6 +139,19 @@ for c, dtype in ((72, np.float32), (128, np.float32), (1000, np.float32), (45, n
     out[f"resize_loss_tail_{c}_{dtype.__name__}"] = tu.upsample_sparse_softmax_cross_entropy(
         labr, xt, interpolation="bilinear", label_smoothing=0.1, ignore_label=255).numpy()
     out[f"argmax_tail_{c}_{dtype.__name__}"] = tu.upsample_argmax(xt, size=[7, 9], interpolation="bilinear", return_scores=True)[1].numpy()
+# The losses with their gradient for 1 at every pixel (with_grad: one sweep in the vector builds
+# from 64 classes past 4 vectors, the forward then the gradient below), label smoothing, ignored
+# labels, and the transposed convolution's bands that reduce their shared rows each on their own.
+for c, shape, f in ((70, (2, 3, 4, 70), 3), (150, (1, 5, 6, 150), 2), (1000, (1, 40, 3, 1000), 2)):
+    xg = tf.constant(rng.standard_normal(shape).astype(np.float32) * 3)
+    labg = rng.integers(0, c, (shape[0], shape[1] * f, shape[2] * f))
+    labg[0, :2] = 255
+    for name, kw in (("plain", {}), ("smooth", dict(label_smoothing=0.1)), ("ignore", dict(ignore_label=255, use_ignore_label=True))):
+        lab = labg if name == "ignore" else np.where(labg == 255, 0, labg)
+        for k, v in zip(("loss", "stats", "grad"), lib.tfupsample_upsample_sparse_softmax_cross_entropy(lab, xg, factor=f, with_grad=True, **kw)):
+            out[f"with_grad_{c}_{name}_{k}"] = v.numpy()
+        for k, v in zip(("loss", "stats", "grad"), lib.tfupsample_resize_sparse_softmax_cross_entropy(lab[:, :17, :11], xg, half_pixel_centers=True, with_grad=True, **kw)):
+            out[f"resize_with_grad_{c}_{name}_{k}"] = v.numpy()
 np.savez(sys.argv[1], **out)
 """
 

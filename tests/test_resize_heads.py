@@ -227,6 +227,9 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
         grad = np.full(x.shape, np.nan, np_t)
         ext.run("ResizeSoftmaxCrossEntropyGrad", loss_args, code,
                 [x.ctypes.data, target.ctypes.data, stats.ctypes.data, g_passed.ctypes.data, grad.ctypes.data], 0)
+        loss_1, stats_1, grad_1 = np.full_like(loss, np.nan), np.full_like(stats, np.nan), np.full_like(grad, np.nan)
+        ext.run("ResizeSoftmaxCrossEntropyWithGrad", loss_args, code,  # with the gradient for 1 at every pixel
+                [x.ctypes.data, target.ctypes.data, loss_1.ctypes.data, stats_1.ctypes.data, grad_1.ctypes.data], 0)
         with tf.GradientTape() as tape:
             tape.watch(xt)
             cpu_loss = tu.upsample_sparse_softmax_cross_entropy(target, xt, ignore_label=255, label_smoothing=smoothing,
@@ -242,6 +245,9 @@ def test_cuda_heads_through_the_emulation(emu, dtype, rng):
         # The resize's heads compute in float32 whatever the type (as tf.image.resize), so float64
         # results carry float32 roundings: resize_grad's bound.
         ref.assert_close(grad.astype(np.float64), tf.cast(cpu_grad, tf.float64), dtype, "resize_grad")
+        ref.assert_same_bits(loss_1, loss, "WithGrad's loss")
+        ref.assert_close(grad_1.astype(np.float64), ref.resize_bilinear_grad_loop(grad_up, (4, 5), mode), dtype,
+                         "resize_grad")
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "align_corners"])

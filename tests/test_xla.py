@@ -54,8 +54,8 @@ def _op_cases(rng, dtype=tf.float32):
     y2 = _labels(rng, (2, 8, 10), 6, ignore=255)
     yr = _labels(rng, (2, 7, 9), 6, ignore=255)
     rule = dict(ignore_label=255, use_ignore_label=True, label_smoothing=0.1)
-    loss2, stats2 = lib.tfupsample_upsample_sparse_softmax_cross_entropy(y2, logits, factor=2, **rule)
-    lossr, statsr = lib.tfupsample_resize_sparse_softmax_cross_entropy(yr, logits, align_corners=True, **rule)
+    loss2, stats2, _ = lib.tfupsample_upsample_sparse_softmax_cross_entropy(y2, logits, factor=2, **rule)
+    lossr, statsr, _ = lib.tfupsample_resize_sparse_softmax_cross_entropy(yr, logits, align_corners=True, **rule)
     return [
         ("BilinearForward", lambda a: lib.tfupsample_bilinear_upsample(a, factor=3), [x]),
         ("BilinearForward", lambda a: lib.tfupsample_bilinear_upsample(a, factor=2, data_format="NCHW"),
@@ -77,15 +77,21 @@ def _op_cases(rng, dtype=tf.float32):
              a, b, [3, 4, 3, 1], strides=[2, 3], padding="VALID"), [x, t(2, 9, 16, 3)]),
         ("UpsampleArgmax", lambda a: lib.tfupsample_upsample_argmax(a, factor=2), [logits]),
         ("UpsampleArgmax", lambda a: lib.tfupsample_upsample_argmax(a, factor=3, with_scores=False), [logits]),
-        ("UpsampleSoftmaxCrossEntropy",
+        ("UpsampleSoftmaxCrossEntropyWithGrad",
          lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(a, b, factor=2, **rule), [y2, logits]),
+        ("UpsampleSoftmaxCrossEntropyWithGrad",
+         lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(a, b, factor=3, with_grad=True, **rule),
+         [_labels(rng, (2, 12, 15), 6, ignore=255), logits]),
         ("UpsampleSoftmaxCrossEntropyGrad",
          lambda a, b, c, d: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(a, b, c, d, factor=2, **rule),
          [y2, logits, stats2, tf.constant(rng.standard_normal(loss2.shape), dtype)]),
         ("ResizeArgmax", lambda a: lib.tfupsample_resize_argmax(a, [7, 9], half_pixel_centers=True), [logits]),
-        ("ResizeSoftmaxCrossEntropy",
+        ("ResizeSoftmaxCrossEntropyWithGrad",
          lambda a, b: lib.tfupsample_resize_sparse_softmax_cross_entropy(a, b, align_corners=True, **rule),
          [yr, logits]),
+        ("ResizeSoftmaxCrossEntropyWithGrad",
+         lambda a, b: lib.tfupsample_resize_sparse_softmax_cross_entropy(a, b, half_pixel_centers=True,
+                                                                         with_grad=True, **rule), [yr, logits]),
         ("ResizeSoftmaxCrossEntropyGrad",
          lambda a, b, c, d: lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(a, b, c, d, align_corners=True,
                                                                                    **rule),
@@ -97,7 +103,7 @@ def _outputs(result):
     return [r.numpy() for r in (result if isinstance(result, (list, tuple)) else [result])]
 
 
-@pytest.mark.parametrize("index", range(16))
+@pytest.mark.parametrize("index", range(18))
 def test_every_op_is_our_custom_call_with_the_eager_bits(index, rng):
     kernel, fn, args = _op_cases(rng)[index]
     jit = tf.function(fn, jit_compile=True)
@@ -112,14 +118,17 @@ def test_every_op_is_our_custom_call_with_the_eager_bits(index, rng):
 
 def test_every_kernel_has_a_case():
     kernels = {k for k, _, _ in _op_cases(np.random.default_rng(0))}
-    assert len(_op_cases(np.random.default_rng(0))) == 16
+    assert len(_op_cases(np.random.default_rng(0))) == 18
+    # The loss ops run their WithGrad kernels (logits_grad null without with_grad); the plain
+    # forwards are the bindings' (test_cuda_host, test_numpy_binding).
     assert kernels == {"BilinearForward", "BilinearBackpropInput", "ResizeBilinear", "ResizeBilinearBackpropInput",
                        "DepthwiseForward", "DepthwiseBackpropInput", "DepthwiseBackpropFilter", "UpsampleArgmax",
-                       "UpsampleSoftmaxCrossEntropy", "UpsampleSoftmaxCrossEntropyGrad", "ResizeArgmax",
-                       "ResizeSoftmaxCrossEntropy", "ResizeSoftmaxCrossEntropyGrad"}
+                       "UpsampleSoftmaxCrossEntropyWithGrad", "UpsampleSoftmaxCrossEntropyGrad", "ResizeArgmax",
+                       "ResizeSoftmaxCrossEntropyWithGrad", "ResizeSoftmaxCrossEntropyGrad"}
 
 
-@pytest.mark.parametrize("which", ["bilinear", "resize_grad", "argmax", "loss_grad"])
+@pytest.mark.parametrize("which", ["bilinear", "resize_grad", "argmax", "loss_grad", "loss_with_grad",
+                                   "resize_loss_with_grad"])
 def test_work_split_over_xla_s_threads_gives_the_same_bits(which, rng):
     # Large enough that the handlers split the work into chunks on XLA's pool.
     x = tf.constant(rng.standard_normal((2, 16, 22, 32)), tf.float32)
@@ -130,9 +139,17 @@ def test_work_split_over_xla_s_threads_gives_the_same_bits(which, rng):
         fn, args = (lambda a: lib.tfupsample_resize_bilinear_grad(a, [16, 22], T=tf.float32, half_pixel_centers=True)), [dy]
     elif which == "argmax":
         fn, args = (lambda a: lib.tfupsample_upsample_argmax(a, factor=8)), [x]
+    elif which == "loss_with_grad":  # many classes: the one-sweep kernel
+        many = tf.constant(rng.standard_normal((2, 8, 11, 100)), tf.float32)
+        fn, args = (lambda a, b: lib.tfupsample_upsample_sparse_softmax_cross_entropy(
+            a, b, factor=8, with_grad=True)), [_labels(rng, (2, 64, 88), 100), many]
+    elif which == "resize_loss_with_grad":
+        many = tf.constant(rng.standard_normal((2, 8, 11, 100)), tf.float32)
+        fn, args = (lambda a, b: lib.tfupsample_resize_sparse_softmax_cross_entropy(
+            a, b, half_pixel_centers=True, with_grad=True)), [_labels(rng, (2, 61, 90), 100), many]
     else:
         labels = _labels(rng, (2, 128, 176), 32)
-        _, stats = lib.tfupsample_upsample_sparse_softmax_cross_entropy(labels, x, factor=8)
+        _, stats, _ = lib.tfupsample_upsample_sparse_softmax_cross_entropy(labels, x, factor=8)
         g = tf.constant(rng.standard_normal((2, 128, 176)), tf.float32)
         fn, args = (lambda a, b, c, d: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(a, b, c, d, factor=8)), [
             labels, x, stats, g]
@@ -141,7 +158,7 @@ def test_work_split_over_xla_s_threads_gives_the_same_bits(which, rng):
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])
-@pytest.mark.parametrize("index", [0, 3, 6, 12])
+@pytest.mark.parametrize("index", [0, 3, 6, 12, 13])
 def test_other_dtypes_under_xla(index, dtype, rng):
     kernel, fn, args = _op_cases(rng, dtype)[index]
     jit = tf.function(fn, jit_compile=True)
@@ -171,8 +188,7 @@ def test_gradients_through_the_tape_under_jit(rng):
     hlo = _hlo(jit, x, w)
     for kernel in ("BilinearForward", "BilinearBackpropInput", "DepthwiseForward", "DepthwiseBackpropInput",
                    "DepthwiseBackpropFilter", "ResizeBilinear", "ResizeBilinearBackpropInput",
-                   "UpsampleSoftmaxCrossEntropy", "UpsampleSoftmaxCrossEntropyGrad", "ResizeSoftmaxCrossEntropy",
-                   "ResizeSoftmaxCrossEntropyGrad"):
+                   "UpsampleSoftmaxCrossEntropyWithGrad", "ResizeSoftmaxCrossEntropyWithGrad"):
         assert f'custom_call_target="tfupsample_{kernel}"' in hlo, kernel
     a, b = jit(x, w), step(x, w)
     ref.assert_close(a[0], b[0], "float32", "loss")
@@ -317,10 +333,14 @@ def test_handlers_that_did_not_register_mean_the_lowering(monkeypatch):
 
 @pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
 @pytest.mark.parametrize("classes", [6, 70])  # the kernels' few-class rows, and the pixel loops
-def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, rng):
-    # Keras' mean of the per-pixel losses: the loss map's gradient is one compile-time value, and
-    # the call takes that value alone (the rule's last flag), not a map of it XLA would build. A
-    # constant map of different values, or one computed from the data, still goes whole.
+@pytest.mark.parametrize("taped", [True, False])
+def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, taped, rng):
+    # Keras' mean of the per-pixel losses: the loss map's gradient is one compile-time value.
+    # Under a tape (taped) the loss op computes its gradient for 1 in the same sweep and XLA folds
+    # the registered gradient's check of the upstream gradient away: no gradient op, no
+    # conditional. Without a tape (tf.gradients) the gradient op takes that value alone (the
+    # rule's last flag), not a map of it XLA would build. A constant map of different values, or
+    # one computed from the data, still goes whole to the gradient op.
     x = tf.constant(rng.standard_normal((2, 4, 5, classes)), tf.float32)
     labels = _labels(rng, (2, 8, 10), classes, ignore=255)
     fcn = interpolation == "transposed_conv"
@@ -328,11 +348,16 @@ def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, 
     varied = tf.constant(rng.standard_normal((2, 8, 10)), tf.float32)
 
     def weighted(v, w):
-        with tf.GradientTape() as tape:
-            tape.watch(v)
+        def loss_of(v):
             losses = tu.upsample_sparse_softmax_cross_entropy(labels, v, 2 if fcn else None, ignore_label=255,
                                                               interpolation=interpolation)
-            loss = tf.reduce_mean(losses if w is None else losses * w)
+            return tf.reduce_mean(losses if w is None else losses * w)
+        if not taped:
+            loss = loss_of(v)
+            return loss, tf.gradients(loss, v)[0]
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            loss = loss_of(v)
         return loss, tape.gradient(loss, v)
 
     def step(v):
@@ -342,9 +367,13 @@ def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, 
         line = next(s for s in _hlo(f, *args).splitlines() if f'custom_call_target="tfupsample_{kernel}"' in s)
         return int(re.search(r"rule = array<i64: ([^>]*)>", line).group(1).split(",")[4])
 
-    jit = tf.function(step, jit_compile=True)
-    assert uniform_flag(jit, x) == 1
-    a, b = jit(x), step(x)
+    jit, graph = tf.function(step, jit_compile=True), tf.function(step)  # tf.gradients needs a graph
+    if taped:  # the gradient for 1 computed with the loss (the labels decide at run time which is used)
+        line = next(s for s in _hlo(jit, x).splitlines() if f'custom_call_target="tfupsample_{kernel[:-4]}WithGrad"' in s)
+        assert f"f32[2,4,5,{classes}]" in line.split("custom-call(")[0], line
+    else:
+        assert uniform_flag(jit, x) == 1
+    a, b = jit(x), graph(x)
     ref.assert_close(a[0], b[0], "float32", "loss")
     ref.assert_close(a[1], b[1], "float32", "loss_grad" if fcn else "resize_grad")
     # The float64 definition, with the mean's gradient 1 / pixels at every pixel.
@@ -358,8 +387,9 @@ def test_a_uniform_loss_gradient_is_passed_as_one_value(interpolation, classes, 
     # A constant map of different values, and a map from the function's argument: passed whole.
     jit_varied = tf.function(lambda v: weighted(v, varied), jit_compile=True)
     assert uniform_flag(jit_varied, x) == 0
-    ref.assert_close(jit_varied(x)[1], weighted(x, varied)[1], "float32", "loss_grad" if fcn else "resize_grad")
+    ref.assert_close(jit_varied(x)[1], tf.function(weighted)(x, varied)[1], "float32",
+                     "loss_grad" if fcn else "resize_grad")
     jit_weighted = tf.function(weighted, jit_compile=True)
     assert uniform_flag(jit_weighted, x, varied) == 0
-    ref.assert_close(jit_weighted(x, varied)[1], weighted(x, varied)[1], "float32",
+    ref.assert_close(jit_weighted(x, varied)[1], tf.function(weighted)(x, varied)[1], "float32",
                      "loss_grad" if fcn else "resize_grad")

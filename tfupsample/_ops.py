@@ -187,40 +187,65 @@ for _name in _DEPTHWISE:
     _register(_name)(_depthwise_grad)
 
 
+def _scaled_unit_grad(op, grad, general, second_derivative_error):
+    """The loss op's gradient to its logits for the loss map's gradient grad. Where the op also
+    computed the gradient for a loss gradient of 1 at every pixel (with_grad: its third output) and
+    grad holds one finite value at every pixel not ignored (Keras' and Model Garden's mean of the
+    losses; the ignored ones contribute nothing), that gradient times the value; else general(),
+    the gradient op from the forward's stats (the second output, each pixel's (max, sum)). Nothing
+    that differentiates reads those two outputs (heads.py returns only the loss); a second
+    derivative through either path raises second_derivative_error()."""
+    if not op.get_attr("with_grad"):
+        return general()
+    flat = tf.reshape(grad, [-1])
+    if op.get_attr("use_ignore_label"):
+        labels = tf.reshape(op.inputs[0], [-1])
+        kept = tf.not_equal(labels, tf.cast(op.get_attr("ignore_label"), labels.dtype))
+    else:
+        kept = tf.ones_like(flat, tf.bool)
+    value = tf.reduce_max(tf.where(kept, flat, tf.constant(float("-inf"), flat.dtype)))
+    uniform = tf.logical_and(tf.math.is_finite(value),
+                             tf.reduce_all(tf.logical_or(tf.logical_not(kept), tf.equal(flat, value))))
+
+    @tf.custom_gradient
+    def unit_grad(g):
+        return tf.identity(g), lambda _: second_derivative_error()
+
+    return tf.cond(uniform, lambda: unit_grad(op.outputs[2]) * tf.cast(value, op.outputs[2].dtype), general)
+
+
+def _no_second_derivative(op_name, unfused):
+    raise NotImplementedError(
+        f"the second derivative of upsample_sparse_softmax_cross_entropy (op {op_name}) is not "
+        "implemented: it would need the full-resolution logits the fused loss avoids. For "
+        f"Hessian-vector products use the unfused tf.nn.sparse_softmax_cross_entropy_with_logits(labels, {unfused}).")
+
+
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
-def _upsample_cross_entropy_grad(op, grad, _stats_grad):
-    # The stats output is the forward's per-pixel (max, sum) for this gradient; nothing that
-    # differentiates reads it (heads.py returns only the loss).
+def _upsample_cross_entropy_grad(op, grad, _stats_grad, _unit_grad_grad):
     labels, logits = op.inputs
     attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label", "label_smoothing")}
-    return None, lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
-        labels, logits, op.outputs[1], grad, **attrs)
+    return None, _scaled_unit_grad(op, grad, lambda: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
+        labels, logits, op.outputs[1], grad, **attrs), lambda: _upsample_cross_entropy_grad_grad(op, None))
 
 
 @_register("TfupsampleResizeSparseSoftmaxCrossEntropy")
-def _resize_cross_entropy_grad(op, grad, _stats_grad):
+def _resize_cross_entropy_grad(op, grad, _stats_grad, _unit_grad_grad):
     labels, logits = op.inputs
     attrs = {k: op.get_attr(k) for k in ("ignore_label", "use_ignore_label", "label_smoothing", "align_corners",
                                         "half_pixel_centers")}
-    return None, lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(labels, logits, op.outputs[1], grad, **attrs)
+    return None, _scaled_unit_grad(op, grad, lambda: lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(
+        labels, logits, op.outputs[1], grad, **attrs), lambda: _resize_cross_entropy_grad_grad(op, None))
 
 
 @_register("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
 def _resize_cross_entropy_grad_grad(op, grad):
-    raise NotImplementedError(
-        "the second derivative of upsample_sparse_softmax_cross_entropy (op "
-        "TfupsampleResizeSparseSoftmaxCrossEntropyGrad) is not implemented: it would need the "
-        "full-resolution logits the fused loss avoids. For Hessian-vector products use the unfused "
-        "tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.image.resize(logits, size)).")
+    _no_second_derivative(op.type, "tf.image.resize(logits, size)")
 
 
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
 def _upsample_cross_entropy_grad_grad(op, grad):
-    raise NotImplementedError(
-        "the second derivative of upsample_sparse_softmax_cross_entropy (op "
-        "TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad) is not implemented: it would need the "
-        "full-resolution logits the fused loss avoids. For Hessian-vector products use the unfused "
-        "tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tfupsample.bilinear_upsample(logits, f)).")
+    _no_second_derivative(op.type, "tfupsample.bilinear_upsample(logits, f)")
 
 
 if lib is not None:

@@ -107,6 +107,13 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
     upsampled logits. The gradient to `logits` never allocates anything of the upsampled logits'
     size.
     """
+    return _cross_entropy(labels, logits, factor, ignore_label, label_smoothing, interpolation, data_format, name)
+
+
+def _cross_entropy(labels, logits, factor, ignore_label, label_smoothing, interpolation, data_format, name,
+                   unit_grad=True):
+    """upsample_sparse_softmax_cross_entropy; unit_grad=False where the caller weights the losses
+    (the upstream gradient is then not one value: the op's gradient for one would go unused)."""
     conv = _interpolation(interpolation)
     if conv is None:
         factor = check_factor(factor)
@@ -128,13 +135,29 @@ def upsample_sparse_softmax_cross_entropy(labels, logits, factor=None, *, ignore
             if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
                 up = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(y)[1:3], **_resize_kwargs(conv))
                 return _masked_cross_entropy(y, up, ignore_label, smoothing)
-            loss, _stats = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy(
-                y, x, **rule, **_resize_kwargs(conv))
+            loss, _stats, _grad = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy(
+                y, x, **rule, **_resize_kwargs(conv), with_grad=unit_grad and _gradient_recorded(x))
             return loss
         if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
             return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
-        loss, _stats = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(y, x, factor=factor, **rule)
-        return loss  # _stats: each pixel's softmax max and sum, kept for the gradient
+        loss, _stats, _grad = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(
+            y, x, factor=factor, **rule, with_grad=unit_grad and _gradient_recorded(x))
+        return loss  # _stats, _grad: for the gradient (_ops.py)
+
+
+def _gradient_recorded(logits):
+    """Whether a GradientTape records this call (decided when it runs, or when its tf.function is
+    traced: Keras' train step records, its test step does not): the loss op then also computes its
+    gradient for a loss gradient of 1, in the same sweep, which the registered gradient scales
+    when the upstream gradient is one value (Keras' and Model Garden's mean). float32 logits only:
+    half types would round that gradient before the scaling."""
+    if logits.dtype != tf.float32:
+        return False
+    try:
+        from tensorflow.python.eager import record  # TF's own check (tf.custom_gradient's)
+    except ImportError:  # pragma: no cover - every supported TF has it
+        return False
+    return bool(record.should_record_backprop([logits]))
 
 
 def _label_type(labels):
@@ -200,9 +223,8 @@ def segmentation_loss(labels, logits, factor=None, *, interpolation="bilinear", 
                 raise ValueError(f"labels must be [N, H, W] or [N, H, W, 1], got shape {y.shape}")
             y = tf.squeeze(y, -1)
         y = tf.cast(y, tf.int32)
-        losses = upsample_sparse_softmax_cross_entropy(y, logits, factor, ignore_label=ignore_label,
-                                                       label_smoothing=label_smoothing,
-                                                       interpolation=interpolation, data_format=data_format)
+        losses = _cross_entropy(y, logits, factor, ignore_label, label_smoothing, interpolation, data_format, None,
+                                unit_grad=class_weights is None and pixel_weights is None and fraction >= 1.0)
         if losses.dtype in (tf.float16, tf.bfloat16):
             losses = tf.cast(losses, tf.float32)
         valid = tf.not_equal(y, ignore_label) if ignore_label is not None else tf.ones_like(y, tf.bool)

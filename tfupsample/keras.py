@@ -28,7 +28,7 @@ else:
 
 from ._numpy_ext import default_output_size
 from ._weights import bilinear_kernel_2d, check_factor
-from .heads import _check_fraction, _hard_pixels, _pixel_weights, upsample_sparse_softmax_cross_entropy
+from .heads import _check_fraction, _cross_entropy, _hard_pixels, _pixel_weights
 
 # Keras 3 fixes its backend at import (KERAS_BACKEND); tf_keras is TensorFlow's.
 TF_BACKEND = keras.backend.backend() == "tensorflow"
@@ -113,9 +113,8 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
             labels = tf.squeeze(labels, -1)
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int32)  # Keras may hand labels over as floats
-        losses = upsample_sparse_softmax_cross_entropy(labels, y_pred, self.factor, ignore_label=self.ignore_class,
-                                                       label_smoothing=self.label_smoothing,
-                                                       interpolation=self.interpolation)
+        losses = _cross_entropy(labels, y_pred, self.factor, self.ignore_class, self.label_smoothing, self.interpolation,
+                                "NHWC", None, unit_grad=self.class_weights is None and self.top_k_percent_pixels >= 1.0)
         valid = (tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)) if self.ignore_class is not None
                  else None)
         if self.class_weights is not None:

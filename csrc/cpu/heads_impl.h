@@ -4,6 +4,7 @@
 // after kernels_impl.h, in the same instruction-set namespace.
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1062,6 +1063,147 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
       }
     }
   });
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// The loss and its gradient in one sweep (UpsampleSoftmaxCrossEntropyWithGrad's row, float logits
+// at kFewClasses classes or more, more than ClassVectors holds): each pixel's scores
+// (PixelFromColumns, the forward's values), its target, max and exps -- stored, a piece of
+// kWithGradPiece pixels at a time -- and their sum (Reduce over the stored exps: the order and
+// bits of ExpShifted's), its loss and stats as PixelLossRow writes them; then the piece's terms
+// added into r a vector of classes at a time from the stored exps, as FcnLossGradRowByVectors
+// adds them with loss_grad 1 (the same bits), where that function computes each exp again.
+// loss and stats may be null (a row another band writes).
+constexpr int64_t kWithGradPiece = 16;  // 16 pixels' exps: 64 KB at 1000 classes, in L2
+
+// e[c] = SoftmaxExp(e[c] - m), as ShiftedExp maps each value.
+inline void ExpsInPlace(float* e, int64_t C, float m) {
+  using L = Lanes;
+  int64_t c = 0;
+  for (; c + L::kN <= C; c += L::kN) L::Store(e + c, SoftmaxExpLanes<L>(L::Sub(L::Load(e + c), L::Set(m))));
+  for (; c < C; ++c) e[c] = SoftmaxExp(e[c] - m);
+}
+
+template <typename Last>
+void FcnLossWithGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
+                        const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base, LabelMap labels,
+                        const LabelRule& rule, float* loss, double* stats, float* __restrict r,
+                        float* __restrict exps) {
+  const bool smoothing = rule.smoothing != 0;
+  const float on = smoothing ? static_cast<float>(1 - rule.smoothing) : 1.0f,
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
+  FcnLossGradPixel pixels[kWithGradPiece];
+  float m[kWithGradPiece], sum[kWithGradPiece], target[kWithGradPiece], lse[kWithGradPiece];
+  int64_t at[kWithGradPiece];
+  for (const auto& [run0, run1] : xruns) {
+    const int64_t j0 = plan.tx.first[run0];
+    const bool two = plan.tx.count[run0] == 2;
+    for (int64_t x0 = run0; x0 < run1; x0 += kWithGradPiece) {
+      int64_t n = 0;
+      for (int64_t ox = x0; ox < std::min(run1, x0 + kWithGradPiece); ++ox) {
+        const int64_t i = base + ox, y = labels[i];
+        if (rule.Skips(y)) {  // an ignored pixel contributes nothing, NaN logits included
+          if (loss != nullptr) loss[i] = 0.0f;
+          if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0.0;
+          continue;
+        }
+        float* e = exps + n * stride;
+        plan.PixelFromColumns(cols, ox, C, e);
+        target[n] = SmoothedTarget(e, C, y, rule.smoothing);
+        m[n] = Reduce(e, C, e[0], MaxOp());
+        ExpsInPlace(e, C, m[n]);
+        sum[n] = Reduce(e, C, 0.0f, AddOp());
+        at[n++] = ox;
+      }
+      if (n == 0) continue;
+      for (int64_t k = 0; k < n; ++k) lse[k] = SoftmaxLog(sum[k]);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t ox = at[k], i = base + ox;
+        if (loss != nullptr) loss[i] = lse[k] + m[k] - target[k];  // logsumexp(v) - target
+        if (stats != nullptr) {
+          stats[2 * i] = static_cast<double>(m[k]);
+          stats[2 * i + 1] = static_cast<double>(sum[k]);
+        }
+        // FcnLossGradTerms' terms with loss_grad 1 (m unused: the exps are stored)
+        const float scale = 1.0f / sum[k];
+        const float w0 = plan.wx[plan.g.x.Tap(ox, j0)], w1 = two ? plan.wx[plan.g.x.Tap(ox, j0 + 1)] : 0.0f;
+        pixels[k] = {labels[i], m[k], scale, uniform, w0, w1, smoothing ? w0 : w0 * scale,
+                     smoothing ? w1 : w1 * scale, -(w0 * on), -(w1 * on)};
+      }
+      ForEachClassVector<Last>(C, [&](auto vec) {
+        using L = typename decltype(vec)::L;
+        using V = typename L::V;
+        V s0 = vec.Load(r + j0 * C), s1 = two ? vec.Load(r + (j0 + 1) * C) : s0;
+        for (int64_t k = 0; k < n; ++k) {
+          const FcnLossGradPixel& p = pixels[k];
+          V d = vec.Load(exps + k * stride);
+          if (smoothing) d = L::Sub(L::Mul(d, L::Set(p.scale)), L::Set(p.off));
+          const typename L::Mask at_y = OneLane<L>(p.y % Lanes::kN);
+          s0 = L::Add(s0, L::Mul(L::Set(p.ws0), d));
+          if (vec.Holds(p.y)) s0 = L::AddWhere(at_y, s0, L::Set(p.hot0));
+          if (two) {
+            s1 = L::Add(s1, L::Mul(L::Set(p.ws1), d));
+            if (vec.Holds(p.y)) s1 = L::AddWhere(at_y, s1, L::Set(p.hot1));
+          }
+        }
+        vec.Store(r + j0 * C, s0);
+        if (two) vec.Store(r + (j0 + 1) * C, s1);
+      });
+    }
+  }
+}
+
+// UpsampleSoftmaxCrossEntropyWithGrad's one sweep: the gradient's sweep (SweepSeparable), each
+// output row's loss and stats written by the first to reduce it (the bands reduce the rows they
+// share each on their own where SweepSeparable's buffer would exceed its budget).
+inline void UpsampleLossWithGradByVectors(const Geometry& g, const float* logits, LabelMap labels,
+                                          const LabelRule& rule, float* loss, double* stats,
+                                          float* logits_grad, const ParallelFor& pf) {
+  const BilinearPlan<float, float> plan(g);
+  const Axis& ax = g.x;
+  const int64_t C = g.c, OH = g.y.n_out, OW = ax.n_out;
+  const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
+  using RowFn = void (*)(const BilinearPlan<float, float>&, const float*, int64_t,
+                         const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap, const LabelRule&,
+                         float*, double*, float*, float*);
+  const RowFn row_fn = ByLastVector<RowFn>(C, [](auto last) -> RowFn { return FcnLossWithGradRow<decltype(last)>; });
+  const auto xruns = SameTapRuns(plan.tx);
+  const std::unique_ptr<std::atomic<bool>[]> claimed(new std::atomic<bool>[g.n * OH]());
+  const int64_t label_bytes = g.n * OH * OW * static_cast<int64_t>(sizeof(int64_t));
+  SweepSeparable<float>(g, plan.wy, logits_grad, pf, 32, /*split_channels=*/false,
+                        label_bytes / static_cast<int64_t>(sizeof(float)), [&](InputBlock<float>& b, int64_t oy, float* r) {
+    b.scratch2.resize(ax.n_in * C + kWithGradPiece * stride);
+    float* cols = b.scratch2.data();
+    plan.Columns(plan.RowTaps(logits + b.s * g.y.n_in * ax.n_in * C, oy, C), C, cols);
+    const int64_t u = b.s * OH + oy;
+    const bool first = !claimed[u].exchange(true, std::memory_order_relaxed);
+    row_fn(plan, cols, C, xruns, u * OW, labels, rule, first ? loss : nullptr, first ? stats : nullptr, r,
+           cols + ax.n_in * C);
+  });
+}
+#endif
+
+// The loss and, where logits_grad is not null, its gradient for a loss gradient of 1 at every
+// pixel -- what the registered gradient scales when the upstream gradient is one value (Keras'
+// mean), so that a training step computes each score's exp once. Float logits at many classes in
+// one sweep (UpsampleLossWithGradByVectors); else the forward, then the gradient from its stats.
+template <typename T>
+void UpsampleSoftmaxCrossEntropyWithGradImpl(const Geometry& g, const T* logits, LabelMap labels,
+                                             LabelRule rule, T* loss, double* stats, T* logits_grad,
+                                             const ParallelFor& pf) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    if (logits_grad != nullptr && stats != nullptr && g.c >= kFewClasses && g.c > 4 * Lanes::kN) {
+      return UpsampleLossWithGradByVectors(g, logits, labels, rule, loss, stats, logits_grad, pf);
+    }
+  }
+#endif
+  UpsampleSoftmaxCrossEntropyImpl(g, logits, labels, rule, loss, stats, pf);
+  if (logits_grad == nullptr) return;
+  rule.uniform_grad = true;
+  const T one(1.0f);
+  UpsampleSoftmaxCrossEntropyGradImpl(g, logits, labels, rule, stats, &one, logits_grad, pf);
 }
 
 }  // namespace TFUP_ISA

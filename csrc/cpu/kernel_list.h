@@ -43,6 +43,12 @@
     (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      const double* stats, const float* loss_grad, T* logits_grad),                          \
     (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
+  /* ResizeSoftmaxCrossEntropy, and where logits_grad is not null the gradient to the logits \
+     for a loss gradient of 1 at every pixel, as ResizeSoftmaxCrossEntropyGrad's bits. */     \
+  X(ResizeSoftmaxCrossEntropyWithGrad,                                                      \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
+     float* loss, double* stats, T* logits_grad),                                           \
+    (g, logits, labels, rule, loss, stats, logits_grad))                                  \
   /* Fused heads over NHWC logits [n, h, w, c] (g: the bilinear geometry); label and loss   \
      maps [n, h*f, w*f]; labels in [0, c) or the ignore label (the CPU caller checks).      \
      Argmax: ties to the lowest class; scores (may be null) the maximum, the bits           \
@@ -60,7 +66,14 @@
   X(UpsampleSoftmaxCrossEntropyGrad,                                                        \
     (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      const double* stats, const T* loss_grad, T* logits_grad),                              \
-    (g, logits, labels, rule, stats, loss_grad, logits_grad))
+    (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
+  /* UpsampleSoftmaxCrossEntropy, and where logits_grad is not null the gradient to the      \
+     logits for a loss gradient of 1 at every pixel (the same bits as                       \
+     UpsampleSoftmaxCrossEntropyGrad's), each score's exp computed once for both. */         \
+  X(UpsampleSoftmaxCrossEntropyWithGrad,                                                    \
+    (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
+     T* loss, double* stats, T* logits_grad),                                               \
+    (g, logits, labels, rule, loss, stats, logits_grad))
 
 #define TFUP_UNPAREN(...) __VA_ARGS__
 

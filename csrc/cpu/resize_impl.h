@@ -767,18 +767,16 @@ void LossGradRowByVectors(const float* r0, const float* r1, float yl, int64_t C,
 }
 #endif
 
-// Its gradient to the logits: per output pixel dv = loss_grad * (softmax - target) (the softmax
-// from the forward's stats), folded at once into xr along x, then xr into the band's input rows
-// along y, as ResizeBilinear's gradient (x first here: a pixel's dv exists only while it is
-// computed). A band's thread owns its rows; the output rows two bands share are computed by both.
-// Scratch: one pixel, one input row and the band's rows per thread: nothing of the output's size.
-template <typename T>
-void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, LabelMap labels,
-                                       LabelRule rule, const double* stats,
-                                       const float* loss_grad, T* logits_grad,
-                                       const ParallelFor& pf) {
+// The loss gradients' sweep: bands of input rows (GradientBand), each output row that reaches a
+// band reduced along x into xr by reduce_row(s, oy, xr, fs, as) (xr zeroed before; fs, as: the
+// thread's float and accumulator scratch), then xr added into the band's input rows along y, as
+// ResizeBilinear's gradient (x first here: a pixel's dv exists only while it is computed). A
+// band's thread owns its rows; the output rows two bands share are reduced by both. Scratch: an
+// input row, the band's rows and what reduce_row keeps per thread: nothing of the output's size.
+template <typename T, typename ReduceRow>
+void ResizeLossGradSweep(const Geometry& g, const ResizeTaps& ty, T* logits_grad, const ParallelFor& pf,
+                         ReduceRow&& reduce_row) {
   using A = Acc<T>;
-  const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
   const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
   std::vector<int64_t> first(h, oh), end(h, 0);  // output rows reaching each input row
   for (int64_t oy = 0; oy < oh; ++oy) {
@@ -787,8 +785,6 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
       end[i] = std::max(end[i], oy + 1);
     }
   }
-  const float on_label = static_cast<float>(1 - rule.smoothing),
-              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   // Bands (GradientBand) of at most 64 rows and 8 MB of sums, or 16 rows where those are more,
   // and at least the 16 rows (a quarter of h where fewer) of the fixed bands before, whose shared
   // output rows, computed twice, had cost: ADE20K-like loss gradient 111.5 against 107.9 ms,
@@ -798,6 +794,41 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
   const int64_t band = GradientBand(g.n, h, tallest, std::min<int64_t>(16, h / 4));
   const int64_t bands = (h + band - 1) / band;
   const int64_t rows_per_band = std::max<int64_t>(1, oh * band / h);
+  pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
+    std::vector<A> acc(band * w * C), xr(w * C), as;
+    std::vector<float> fs;
+    for (int64_t u = begin; u < stop; ++u) {
+      const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
+      std::fill(acc.begin(), acc.end(), A(0));
+      int64_t o0 = oh, o1 = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        o0 = std::min(o0, first[i]);
+        o1 = std::max(o1, end[i]);
+      }
+      for (int64_t oy = o0; oy < o1; ++oy) {
+        std::fill(xr.begin(), xr.end(), A(0));
+        reduce_row(s, oy, xr.data(), fs, as);
+        const int64_t il = ty.lower[oy], iu = ty.upper[oy];
+        if (il >= i0 && il < i1) AddScaled(acc.data() + (il - i0) * w * C, A(1.0f - ty.lerp[oy]), xr.data(), w * C);
+        if (iu >= i0 && iu < i1) AddScaled(acc.data() + (iu - i0) * w * C, A(ty.lerp[oy]), xr.data(), w * C);
+      }
+      NarrowRow(logits_grad + (s * h + i0) * w * C, acc.data(), (i1 - i0) * w * C);
+    }
+  });
+}
+
+// Its gradient to the logits: per output pixel dv = loss_grad * (softmax - target) (the softmax
+// from the forward's stats), folded at once into xr along x (ResizeLossGradSweep).
+template <typename T>
+void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, LabelMap labels,
+                                       LabelRule rule, const double* stats,
+                                       const float* loss_grad, T* logits_grad,
+                                       const ParallelFor& pf) {
+  using A = Acc<T>;
+  const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
+  const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
+  const float on_label = static_cast<float>(1 - rule.smoothing),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   // Float logits: one output row's pixels in vector registers, a run of pixels with the same two
   // input columns at a time, all of a pixel's classes at once up to 4 vectors (19 and 21 classes:
@@ -818,61 +849,155 @@ void ResizeSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Label
   }
   const auto xruns = SameTapRuns(tx.lower, tx.upper);
 #endif
-  pf(g.n * bands, (rows_per_band + 1) * ow * C * 16, [&](int64_t begin, int64_t stop) {
-    // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C, set to the
-    // maximum, are never used: the compiler's scalar tail of 3-5 exps would cost more than the
-    // vector at 19-21 classes).
-    const int64_t Cv = (C + 15) / 16 * 16;
-    std::vector<A> acc(band * w * C), xr(w * C), d(Cv);
-    std::vector<float> v(Cv);
-    for (int64_t u = begin; u < stop; ++u) {
-      const int64_t s = u / bands, i0 = (u % bands) * band, i1 = std::min(h, i0 + band);
-      std::fill(acc.begin(), acc.end(), A(0));
-      int64_t o0 = oh, o1 = 0;
-      for (int64_t i = i0; i < i1; ++i) {
-        o0 = std::min(o0, first[i]);
-        o1 = std::max(o1, end[i]);
-      }
-      const T* in = logits + s * h * w * C;
-      for (int64_t oy = o0; oy < o1; ++oy) {
-        const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
-        const int64_t base = (s * oh + oy) * ow;
-        std::fill(xr.begin(), xr.end(), A(0));
-        int64_t scalar_end = ow;  // the pixels the loop below does: all, or none after the vectors
+  // A pixel's softmax over Cv >= C lanes, whole vectors of 16 (the values past C, set to the
+  // maximum, are never used: the compiler's scalar tail of 3-5 exps would cost more than the
+  // vector at 19-21 classes).
+  const int64_t Cv = (C + 15) / 16 * 16;
+  ResizeLossGradSweep(g, ty, logits_grad, pf, [&](int64_t s, int64_t oy, A* xr, std::vector<float>& v,
+                                                   std::vector<A>& d) {
+    const T* in = logits + s * h * w * C;
+    const T *r0 = in + ty.lower[oy] * w * C, *r1 = in + ty.upper[oy] * w * C;
+    const int64_t base = (s * oh + oy) * ow;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
-        if constexpr (std::is_same_v<T, float>) {
-          if (row_fn != nullptr) {
-            row_fn(r0, r1, ty.lerp[oy], C, tx, xruns, base, labels, rule, stats, loss_grad, xr.data());
-            scalar_end = 0;
-          }
-        }
+    if constexpr (std::is_same_v<T, float>) {
+      if (row_fn != nullptr) return row_fn(r0, r1, ty.lerp[oy], C, tx, xruns, base, labels, rule, stats, loss_grad, xr);
+    }
 #endif
-        for (int64_t ox = 0; ox < scalar_end; ++ox) {
-          const int64_t i = base + ox, y = labels[i];
-          if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
-          const float gl = loss_grad[rule.uniform_grad ? 0 : i];
-          const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
-          ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
-          std::fill(v.begin() + C, v.end(), m);  // the unused lanes: exp(0), in SoftmaxExp's range
-          const float scale = gl / sum;
-          if (rule.smoothing == 0) {
-            for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
-            d[y] -= A(gl);  // the one-hot
-          } else {  // the target (1 - s) onehot + s / C
-            const float off = gl * uniform;
-            for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale - off);
-            d[y] -= A(gl * on_label);
-          }
-          AddScaled(xr.data() + tx.lower[ox] * C, A(1.0f - tx.lerp[ox]), d.data(), C);
-          AddScaled(xr.data() + tx.upper[ox] * C, A(tx.lerp[ox]), d.data(), C);
-        }
-        const int64_t il = ty.lower[oy], iu = ty.upper[oy];
-        if (il >= i0 && il < i1) AddScaled(acc.data() + (il - i0) * w * C, A(1.0f - ty.lerp[oy]), xr.data(), w * C);
-        if (iu >= i0 && iu < i1) AddScaled(acc.data() + (iu - i0) * w * C, A(ty.lerp[oy]), xr.data(), w * C);
+    v.resize(Cv);
+    d.resize(Cv);
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (rule.Skips(y)) continue;  // an ignored pixel contributes nothing, NaN logits included
+      const float gl = loss_grad[rule.uniform_grad ? 0 : i];
+      const float m = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
+      ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], ty.lerp[oy], C, v.data());
+      std::fill(v.begin() + C, v.end(), m);  // the unused lanes: exp(0), in SoftmaxExp's range
+      const float scale = gl / sum;
+      if (rule.smoothing == 0) {
+        for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale);
+        d[y] -= A(gl);  // the one-hot
+      } else {  // the target (1 - s) onehot + s / C
+        const float off = gl * uniform;
+        for (int64_t c = 0; c < Cv; ++c) d[c] = A(SoftmaxExp(v[c] - m) * scale - off);
+        d[y] -= A(gl * on_label);
       }
-      NarrowRow(logits_grad + (s * h + i0) * w * C, acc.data(), (i1 - i0) * w * C);
+      AddScaled(xr + tx.lower[ox] * C, A(1.0f - tx.lerp[ox]), d.data(), C);
+      AddScaled(xr + tx.upper[ox] * C, A(tx.lerp[ox]), d.data(), C);
     }
   });
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// The loss and its gradient in one sweep (ResizeSoftmaxCrossEntropyWithGrad's row, float logits at
+// kFewClasses classes or more, more than ClassVectors holds), as FcnLossWithGradRow: each pixel's
+// scores (ResizeScores, the forward's values), target, max, exps (stored, kWithGradPiece pixels at
+// a time) and their sum, its loss and stats as PixelLossRow writes them, then the piece's terms
+// added into xr from the stored exps as LossGradRowByVectors adds them with loss_grad 1 (the same
+// bits). loss and stats may be null (a row another band writes).
+template <typename Last>
+void LossWithGradRow(const float* r0, const float* r1, float yl, int64_t C, const ResizeTaps& tx,
+                     const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base, LabelMap labels,
+                     const LabelRule& rule, float* loss, double* stats, float* __restrict xr,
+                     float* __restrict exps) {
+  const bool smoothing = rule.smoothing != 0;
+  const float on = -(smoothing ? static_cast<float>(1 - rule.smoothing) : 1.0f),
+              uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
+  const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
+  LossGradPixel pixels[kWithGradPiece];
+  float m[kWithGradPiece], sum[kWithGradPiece], target[kWithGradPiece], lse[kWithGradPiece];
+  int64_t at[kWithGradPiece];
+  for (const auto& [run0, run1] : xruns) {
+    const int64_t jl = tx.lower[run0], ju = tx.upper[run0];
+    for (int64_t x0 = run0; x0 < run1; x0 += kWithGradPiece) {
+      int64_t n = 0;
+      for (int64_t ox = x0; ox < std::min(run1, x0 + kWithGradPiece); ++ox) {
+        const int64_t i = base + ox, y = labels[i];
+        if (rule.Skips(y)) {  // an ignored pixel contributes nothing, NaN logits included
+          if (loss != nullptr) loss[i] = 0.0f;
+          if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0.0;
+          continue;
+        }
+        float* e = exps + n * stride;
+        ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], yl, C, e);
+        target[n] = SmoothedTarget(e, C, y, rule.smoothing);
+        m[n] = Reduce(e, C, e[0], MaxOp());
+        ExpsInPlace(e, C, m[n]);
+        sum[n] = Reduce(e, C, 0.0f, AddOp());
+        at[n++] = ox;
+      }
+      if (n == 0) continue;
+      for (int64_t k = 0; k < n; ++k) lse[k] = SoftmaxLog(sum[k]);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t ox = at[k], i = base + ox;
+        if (loss != nullptr) loss[i] = lse[k] + m[k] - target[k];  // logsumexp(v) - target
+        if (stats != nullptr) {
+          stats[2 * i] = static_cast<double>(m[k]);
+          stats[2 * i + 1] = static_cast<double>(sum[k]);
+        }
+        pixels[k] = {labels[i], tx.lerp[ox], m[k], 1.0f / sum[k], uniform, on};  // LossGradTerms' with loss_grad 1
+      }
+      ForEachClassVector<Last>(C, [&](auto vec) {
+        using L = typename decltype(vec)::L;
+        using V = typename L::V;
+        V sl = vec.Load(xr + jl * C), su = vec.Load(xr + ju * C);
+        for (int64_t k = 0; k < n; ++k) {
+          const LossGradPixel& p = pixels[k];
+          V d = L::Mul(vec.Load(exps + k * stride), L::Set(p.scale));
+          if (smoothing) d = L::Sub(d, L::Set(p.off));
+          if (vec.Holds(p.y)) d = L::AddWhere(OneLane<L>(p.y % Lanes::kN), d, L::Set(p.on));  // d[y] - gl
+          const V wlv = L::Set(1.0f - p.xl), wuv = L::Set(p.xl);
+          if (jl == ju) {  // both weights into one column, in the scalar loop's order
+            sl = L::Add(L::Add(sl, L::Mul(wlv, d)), L::Mul(wuv, d));
+          } else {
+            sl = L::Add(sl, L::Mul(wlv, d));
+            su = L::Add(su, L::Mul(wuv, d));
+          }
+        }
+        vec.Store(xr + jl * C, sl);
+        if (jl != ju) vec.Store(xr + ju * C, su);
+      });
+    }
+  }
+}
+#endif
+
+// The loss and, where logits_grad is not null, its gradient for a loss gradient of 1 at every
+// pixel (UpsampleSoftmaxCrossEntropyWithGradImpl's rule): float logits at many classes in one
+// sweep (ResizeLossGradSweep with LossWithGradRow; each output row's loss and stats written by
+// the first band to reduce it), else the forward, then the gradient from its stats.
+template <typename T>
+void ResizeSoftmaxCrossEntropyWithGradImpl(const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,
+                                           float* loss, double* stats, T* logits_grad, const ParallelFor& pf) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
+    if (logits_grad != nullptr && stats != nullptr && C >= kFewClasses && C > 4 * Lanes::kN && oh > 0) {
+      const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
+      using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
+                             const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap, const LabelRule&,
+                             float*, double*, float*, float*);
+      const RowFn row_fn = ByLastVector<RowFn>(C, [](auto last) -> RowFn { return LossWithGradRow<decltype(last)>; });
+      const auto xruns = SameTapRuns(tx.lower, tx.upper);
+      const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
+      const std::unique_ptr<std::atomic<bool>[]> claimed(new std::atomic<bool>[g.n * oh]());
+      ResizeLossGradSweep(g, ty, logits_grad, pf, [&](int64_t s, int64_t oy, float* xr, std::vector<float>& exps,
+                                                      std::vector<float>&) {
+        exps.resize(kWithGradPiece * stride);
+        const float* in = logits + s * h * w * C;
+        const int64_t u = s * oh + oy;
+        const bool first = !claimed[u].exchange(true, std::memory_order_relaxed);
+        row_fn(in + ty.lower[oy] * w * C, in + ty.upper[oy] * w * C, ty.lerp[oy], C, tx, xruns, u * ow, labels, rule,
+               first ? loss : nullptr, first ? stats : nullptr, xr, exps.data());
+      });
+      return;
+    }
+  }
+#endif
+  ResizeSoftmaxCrossEntropyImpl(g, logits, labels, rule, loss, stats, pf);
+  if (logits_grad == nullptr) return;
+  rule.uniform_grad = true;
+  const float one = 1.0f;
+  ResizeSoftmaxCrossEntropyGradImpl(g, logits, labels, rule, stats, &one, logits_grad, pf);
 }
 
 }  // namespace TFUP_ISA

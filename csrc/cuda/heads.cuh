@@ -372,7 +372,7 @@ struct CrossEntropyGradBody : HeadBase<T> {
   LabelMap labels;
   LabelRule rule;
   const double* stats;
-  const T* loss_grad;
+  const T* loss_grad;  // null: 1 at every pixel (UpsampleSoftmaxCrossEntropyWithGrad)
   T* grad;
   TFUP_HOST_DEVICE void operator()(int64_t n, int64_t iy, int64_t ix, int64_t c0,
                                    int64_t cs, int64_t c_end) const {
@@ -390,7 +390,7 @@ struct CrossEntropyGradBody : HeadBase<T> {
         if (rule.Skips(label)) continue;
         const A max = static_cast<A>(stats[2 * i]), sum = static_cast<A>(stats[2 * i + 1]);
         const A wx = BilinearWeights<A>::Axis1(this->ax.stride, rx.t0 + mx);
-        const A sw = ToAcc(loss_grad[rule.uniform_grad ? 0 : i]) * (wy * wx), soft = sw / sum;
+        const A sw = (loss_grad == nullptr ? A(1) : ToAcc(loss_grad[rule.uniform_grad ? 0 : i])) * (wy * wx), soft = sw / sum;
         const BilinearPixel<T> px = this->Pixel(n, y, x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {

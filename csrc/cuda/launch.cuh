@@ -483,6 +483,14 @@ const Op<Exec>* FindOp(const char* name) {
          RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(), c.rule,
                                    static_cast<const double*>(c.p[2]), c.p[3], c.p[4], c.scratch);
        }},
+      {"ResizeSoftmaxCrossEntropyWithGrad", ResizeHeadScratchBytes,
+       [](E ex, C c) {  // the loss, then (logits_grad not null) its gradient for a loss gradient of 1
+         RunResizeCrossEntropy(ex, c.g, c.t, c.p[0], c.Labels(), c.rule, c.p[2], static_cast<double*>(c.p[3]));
+         if (c.p[4] != nullptr) {
+           RunResizeCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(), c.rule, static_cast<const double*>(c.p[3]),
+                                     nullptr, c.p[4], c.scratch);
+         }
+       }},
       {"UpsampleArgmax", ArgmaxScratchBytes,
        [](E ex, C c) {
          RunUpsampleArgmax(ex, c.g, c.t, c.p[0], static_cast<int64_t*>(c.p[1]), c.p[2], c.scratch);
@@ -496,6 +504,14 @@ const Op<Exec>* FindOp(const char* name) {
        [](E ex, C c) {
          RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(),
                                      c.rule, static_cast<const double*>(c.p[2]), c.p[3], c.p[4]);
+       }},
+      {"UpsampleSoftmaxCrossEntropyWithGrad", NoScratch,
+       [](E ex, C c) {  // the loss, then (logits_grad not null) its gradient for a loss gradient of 1
+         RunUpsampleCrossEntropy(ex, c.g, c.t, c.p[0], c.Labels(), c.rule, c.p[2], static_cast<double*>(c.p[3]));
+         if (c.p[4] != nullptr) {
+           RunUpsampleCrossEntropyGrad(ex, c.g, c.t, c.p[0], c.Labels(), c.rule, static_cast<const double*>(c.p[3]),
+                                       nullptr, c.p[4]);
+         }
        }},
   };
   for (const Op<Exec>& op : ops) {

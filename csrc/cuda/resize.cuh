@@ -222,7 +222,7 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
   LabelMap labels;
   LabelRule rule;
   const double* stats;
-  const float* loss_grad;
+  const float* loss_grad;  // null: 1 at every pixel (ResizeSoftmaxCrossEntropyWithGrad)
   T* grad;
   // The weight of input i in output o's interpolation along one axis (both taps when they meet).
   TFUP_HOST_DEVICE static float Weight(const ResizeTap& t, int64_t i) {
@@ -241,7 +241,7 @@ struct ResizeCrossEntropyGradBody : ResizeHeadBase<T> {
         if (rule.Skips(label)) continue;
         const float max = static_cast<float>(stats[2 * i]), sum = static_cast<float>(stats[2 * i + 1]);
         const float wx = Weight(ResizeTapOf(this->mode, this->scale_x, x, this->ax.n_in), ix);
-        const float gl = loss_grad[rule.uniform_grad ? 0 : i], scale = gl / sum;
+        const float gl = loss_grad == nullptr ? 1.0f : loss_grad[rule.uniform_grad ? 0 : i], scale = gl / sum;
         const auto p = this->At(n, y, x);
         TFUP_UNROLL
         for (int j = 0; j < kGroupLanes; ++j) {

@@ -36,6 +36,15 @@ REGISTER_OP("TfupsampleUpsampleArgmax")
          "maximum (with_scores; else scores is empty and not computed), without the upsampled "
          "logits.");
 
+// The loss ops' gradient for a loss gradient of 1 at every pixel: the logits' shape, or [0]
+// without with_grad (the kernels skip it).
+static absl::Status SetLogitsGradShape(InferenceContext* c) {
+  bool with_grad = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("with_grad", &with_grad));
+  c->set_output(2, with_grad ? c->input(1) : c->Vector(0));
+  return absl::OkStatus();
+}
+
 // The loss ops' label rule (LabelRule): the ignored label, if any, the label smoothing and the
 // labels' type (int32 or int64, as tf.nn.sparse_softmax_cross_entropy_with_logits takes).
 #define TFUP_LOSS_ATTRS                                                    \
@@ -49,8 +58,10 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
     .Input("logits: T")
     .Output("loss: T")
     .Output("stats: float64")
+    .Output("logits_grad: T")
     .Attr("factor: int")
     .TFUP_LOSS_ATTRS
+    .Attr("with_grad: bool = false")
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle map, labels, stats;
@@ -60,12 +71,14 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
       TF_RETURN_IF_ERROR(c->Concatenate(map, c->Vector(2), &stats));
       c->set_output(0, map);
       c->set_output(1, stats);
-      return absl::OkStatus();
+      return SetLogitsGradShape(c);
     })
     .Doc("Per-pixel sparse softmax cross-entropy of the x`factor` bilinear upsample of NHWC "
          "logits, without the upsampled logits; 0 where labels == ignore_label. With "
          "label_smoothing s the target is (1 - s) onehot + s / classes. stats: each "
-         "pixel's max score and sum of exp(score - max), for the gradient.");
+         "pixel's max score and sum of exp(score - max), for the gradient. with_grad: "
+         "logits_grad is the gradient to the logits for a loss gradient of 1 at every pixel, "
+         "computed in the same sweep (else it is empty and not computed).");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
     .Input("labels: Tlabels")
@@ -122,7 +135,9 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
     .Input("logits: T")
     .Output("loss: float")
     .Output("stats: float64")
+    .Output("logits_grad: T")
     .TFUP_LOSS_ATTRS
+    .Attr("with_grad: bool = false")
     .TFUP_RESIZE_ATTRS
     .Attr(TFUP_FLOAT_TYPES)
     .SetShapeFn([](InferenceContext* c) {
@@ -131,10 +146,12 @@ REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropy")
       TF_RETURN_IF_ERROR(c->Concatenate(map, c->Vector(2), &stats));
       c->set_output(0, map);
       c->set_output(1, stats);
-      return absl::OkStatus();
+      return SetLogitsGradShape(c);
     })
     .Doc("Per-pixel sparse softmax cross-entropy of ResizeBilinear(logits, labels' height and "
-         "width), without the resized logits; 0 where labels == ignore_label.");
+         "width), without the resized logits; 0 where labels == ignore_label. with_grad: "
+         "logits_grad is the gradient to the logits for a loss gradient of 1 at every pixel "
+         "(else it is empty and not computed).");
 
 REGISTER_OP("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
     .Input("labels: Tlabels")

@@ -299,6 +299,7 @@ struct HeadSpec {
   Resize mode = Resize::kHalfPixel;
   LabelRule rule;
   bool with_scores = true;
+  bool with_grad = false;  // the loss: also its gradient for a loss gradient of 1 at every pixel
   explicit HeadSpec(OpKernelConstruction* ctx) {
     if (kResize) {
       OP_REQUIRES_OK(ctx, ReadResizeMode(ctx, &mode));
@@ -308,6 +309,7 @@ struct HeadSpec {
     }
     OP_REQUIRES_OK(ctx, ReadLabelRule(ctx, &rule));
     if (kHead == Head::kArgmax) OP_REQUIRES_OK(ctx, ctx->GetAttr("with_scores", &with_scores));
+    if (kHead == Head::kLoss) OP_REQUIRES_OK(ctx, ctx->GetAttr("with_grad", &with_grad));
   }
 
   absl::Status Make(const PlanInputs& in, Plan* p) const {
@@ -360,9 +362,10 @@ struct HeadSpec {
     }
     p->labels_arg = 1;
     if (kHead == Head::kLoss) {
-      p->kernel = kResize ? Kernel::kResizeSoftmaxCrossEntropy : Kernel::kUpsampleSoftmaxCrossEntropy;
+      p->kernel = kResize ? Kernel::kResizeSoftmaxCrossEntropyWithGrad : Kernel::kUpsampleSoftmaxCrossEntropyWithGrad;
       p->args = {1, 0};
-      p->outputs = {map, StatsShape(map)};
+      p->outputs = {map, StatsShape(map), with_grad ? logits : TensorShape({0})};
+      if (!with_grad) p->absent_output = 2;
       return absl::OkStatus();
     }
     TF_RETURN_IF_ERROR(CheckStatsAndLossGrad(in.Shape(2), in.Shape(3), map));
