@@ -162,6 +162,7 @@ def test_the_loss_computes_its_gradient_only_where_a_tape_records(rng):
     assert _with_grad(taped, x) == [True]  # a train step: the tape inside the function
     assert _with_grad(lambda v: tu.upsample_sparse_softmax_cross_entropy(labels, v, 2), x) == [False]  # no tape
     assert _with_grad(lambda v: taped(v, tf.float64), x) == [False]  # float32 only
+    assert _with_grad(taped, x[..., :63]) == [False]  # fewer classes: no one sweep to gain
     # Model Garden's loss: with weights or hard-pixel mining the upstream gradient is not one value.
     for kwargs, expected in [({}, True), (dict(class_weights=[1.0] * 70), False), (dict(top_k_percent_pixels=0.5), False)]:
         def step(v):
@@ -192,19 +193,41 @@ def test_second_gradient_of_the_resize_loss_is_a_clear_error(rng):
         outer.gradient(grad, x)
 
 
-def test_keras_loss_with_class_weights_skips_the_gradient_for_one(rng):
-    loss = tu.keras.UpsampledSparseCategoricalCrossentropy(2, class_weights=[1.0] * 70)
+@pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
+def test_a_derivative_of_the_scaled_gradient_is_a_clear_error(interpolation, rng):
+    # The gradient's derivative with respect to the upstream gradient (double-VJP, forward mode):
+    # not implemented, whichever path the registered gradient took.
+    x = tf.constant(rng.standard_normal((1, 3, 4, 70)), tf.float32)
+    labels = rng.integers(0, 70, (1, 6, 8))
+    upstream = tf.Variable(tf.ones((1, 6, 8)))
+    factor = 2 if interpolation == "transposed_conv" else None
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            losses = tu.upsample_sparse_softmax_cross_entropy(labels, x, factor, interpolation=interpolation)
+        grad = inner.gradient(losses, x, output_gradients=upstream)
+    with pytest.raises(NotImplementedError, match="second derivative of upsample_sparse_softmax_cross_entropy"):
+        outer.gradient(grad, upstream)
+
+
+def test_keras_loss_with_weights_skips_the_gradient_for_one(rng):
+    weighted = tu.keras.UpsampledSparseCategoricalCrossentropy(2, class_weights=[1.0] * 70)
     plain = tu.keras.UpsampledSparseCategoricalCrossentropy(2)
     x = tf.constant(rng.standard_normal((1, 3, 4, 70)), tf.float32)
     labels = tf.constant(rng.integers(0, 70, (1, 6, 8)))
+    sample_weight = tf.constant(rng.random((1, 6, 8)), tf.float32)
 
-    def step(fn):
+    def step(fn, *weight):
         def run(v):
             with tf.GradientTape() as tape:
                 tape.watch(v)
-                value = fn(labels, v)
+                value = fn(labels, v, *weight)
             return tape.gradient(value, v)
         return run
-    assert _with_grad(step(loss), x) == [False]
+    assert _with_grad(step(weighted), x) == [False]
+    assert _with_grad(step(plain, sample_weight), x) == [False]  # Keras' sample_weight
     assert _with_grad(step(plain), x) == [True]
+    # And the values: the sample-weighted loss's gradient as Keras' own on the upsampled logits.
+    _, expected = upsample_softmax_cross_entropy(x.numpy(), labels.numpy(), 2, sample_weight.numpy() / 48)
+    assert_close(step(plain, sample_weight)(x), expected, "float32", "loss_grad")
     assert _ops.lib is not None

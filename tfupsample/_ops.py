@@ -208,10 +208,10 @@ def _scaled_unit_grad(op, grad, general, second_derivative_error):
                              tf.reduce_all(tf.logical_or(tf.logical_not(kept), tf.equal(flat, value))))
 
     @tf.custom_gradient
-    def unit_grad(g):
-        return tf.identity(g), lambda _: second_derivative_error()
+    def scaled(unit, v):  # any derivative of this product (forward mode's too) raises
+        return unit * v, lambda _: second_derivative_error()
 
-    return tf.cond(uniform, lambda: unit_grad(op.outputs[2]) * tf.cast(value, op.outputs[2].dtype), general)
+    return tf.cond(uniform, lambda: scaled(op.outputs[2], tf.cast(value, op.outputs[2].dtype)), general)
 
 
 def _no_second_derivative(op_name, unfused):

@@ -145,13 +145,20 @@ def _cross_entropy(labels, logits, factor, ignore_label, label_smoothing, interp
         return loss  # _stats, _grad: for the gradient (_ops.py)
 
 
+_ONE_SWEEP_CLASSES = 64  # the CPU kernels' kFewClasses (csrc/cpu/heads_impl.h): fewer go pixel block by block
+
+
 def _gradient_recorded(logits):
-    """Whether a GradientTape records this call (decided when it runs, or when its tf.function is
-    traced: Keras' train step records, its test step does not): the loss op then also computes its
-    gradient for a loss gradient of 1, in the same sweep, which the registered gradient scales
-    when the upstream gradient is one value (Keras' and Model Garden's mean). float32 logits only:
-    half types would round that gradient before the scaling."""
-    if logits.dtype != tf.float32:
+    """Whether the loss op should also compute its gradient for a loss gradient of 1 (with_grad),
+    in the loss's sweep, for the registered gradient to scale where the upstream gradient is one
+    value (Keras' and Model Garden's mean): where a GradientTape records this call (decided when it
+    runs, or when its tf.function is traced: Keras' train step records, its test step does not)
+    and that sweep exists -- float32 logits of at least 64 classes (known when traced) on the CPU
+    (no GPU visible: there the op would run the forward and the gradient one after the other, and
+    the registered gradient's check of the upstream gradient would wait for the GPU)."""
+    if logits.dtype != tf.float32 or logits.shape.rank != 4 or (logits.shape[-1] or 0) < _ONE_SWEEP_CLASSES:
+        return False
+    if tf.config.list_logical_devices("GPU"):
         return False
     try:
         from tensorflow.python.eager import record  # TF's own check (tf.custom_gradient's)

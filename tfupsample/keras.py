@@ -107,6 +107,15 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.top_k_percent_pixels = _check_fraction(top_k_percent_pixels, "top_k_percent_pixels")
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras' sample_weight weights the pixels after call(): the loss map's gradient is then
+        # not one value, and the loss op's gradient for one (with_grad) would go unused.
+        self._weighted = sample_weight is not None
+        try:
+            return super().__call__(y_true, y_pred, sample_weight)
+        finally:
+            self._weighted = False
+
     def call(self, y_true, y_pred):
         labels = tf.convert_to_tensor(y_true)
         if labels.shape.rank == 4:
@@ -114,7 +123,8 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int32)  # Keras may hand labels over as floats
         losses = _cross_entropy(labels, y_pred, self.factor, self.ignore_class, self.label_smoothing, self.interpolation,
-                                "NHWC", None, unit_grad=self.class_weights is None and self.top_k_percent_pixels >= 1.0)
+                                "NHWC", None, unit_grad=not (getattr(self, "_weighted", False) or self.class_weights is not None or
+                                               self.top_k_percent_pixels < 1.0))
         valid = (tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)) if self.ignore_class is not None
                  else None)
         if self.class_weights is not None:

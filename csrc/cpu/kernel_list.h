@@ -44,7 +44,7 @@
      const double* stats, const float* loss_grad, T* logits_grad),                          \
     (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
   /* ResizeSoftmaxCrossEntropy, and where logits_grad is not null the gradient to the logits \
-     for a loss gradient of 1 at every pixel, as ResizeSoftmaxCrossEntropyGrad's bits. */     \
+     for a loss gradient of 1 at every pixel, as UpsampleSoftmaxCrossEntropyWithGrad. */       \
   X(ResizeSoftmaxCrossEntropyWithGrad,                                                      \
     (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      float* loss, double* stats, T* logits_grad),                                           \
@@ -68,8 +68,9 @@
      const double* stats, const T* loss_grad, T* logits_grad),                              \
     (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
   /* UpsampleSoftmaxCrossEntropy, and where logits_grad is not null the gradient to the      \
-     logits for a loss gradient of 1 at every pixel (the same bits as                       \
-     UpsampleSoftmaxCrossEntropyGrad's), each score's exp computed once for both. */         \
+     logits for a loss gradient of 1 at every pixel (UpsampleSoftmaxCrossEntropyGrad's bits; \
+     on the CPU for float logits of 64 classes or more in the loss's sweep, each exp once;   \
+     stats may then be null on the CPU, never on the GPU). */                                \
   X(UpsampleSoftmaxCrossEntropyWithGrad,                                                    \
     (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \
      T* loss, double* stats, T* logits_grad),                                               \

@@ -968,10 +968,15 @@ void LossWithGradRow(const float* r0, const float* r1, float yl, int64_t C, cons
 template <typename T>
 void ResizeSoftmaxCrossEntropyWithGradImpl(const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,
                                            float* loss, double* stats, T* logits_grad, const ParallelFor& pf) {
+  std::vector<double> own_stats;  // where a caller wants the gradient but not the stats it is made from
+  if (logits_grad != nullptr && stats == nullptr) {
+    own_stats.resize(2 * g.n * g.y.n_out * g.x.n_out);
+    stats = own_stats.data();
+  }
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
-    if (logits_grad != nullptr && stats != nullptr && C >= kFewClasses && C > 4 * Lanes::kN && oh > 0) {
+    if (logits_grad != nullptr && C >= kFewClasses && C > 4 * Lanes::kN && oh > 0) {
       const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
       using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
                              const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap, const LabelRule&,

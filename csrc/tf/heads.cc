@@ -77,8 +77,9 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
          "logits, without the upsampled logits; 0 where labels == ignore_label. With "
          "label_smoothing s the target is (1 - s) onehot + s / classes. stats: each "
          "pixel's max score and sum of exp(score - max), for the gradient. with_grad: "
-         "logits_grad is the gradient to the logits for a loss gradient of 1 at every pixel, "
-         "computed in the same sweep (else it is empty and not computed).");
+         "logits_grad is the gradient to the logits for a loss gradient of 1 at every pixel (on "
+         "the CPU computed in the loss's sweep for float logits of 64 classes or more); without "
+         "with_grad it is empty and not computed.");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
     .Input("labels: Tlabels")
