@@ -163,6 +163,14 @@ def test_the_loss_computes_its_gradient_only_where_a_tape_records(rng):
     assert _with_grad(lambda v: tu.upsample_sparse_softmax_cross_entropy(labels, v, 2), x) == [False]  # no tape
     assert _with_grad(lambda v: taped(v, tf.float64), x) == [False]  # float32 only
     assert _with_grad(taped, x[..., :63]) == [False]  # fewer classes: no one sweep to gain
+
+    def weighted(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            losses = tu.upsample_sparse_softmax_cross_entropy(labels, v, 2, uniform_reduction=False)
+            loss = tf.reduce_sum(losses * tf.reshape(tf.range(48.0), [1, 6, 8]))
+        return tape.gradient(loss, v)
+    assert _with_grad(weighted, x) == [False]  # the caller's word
     # Model Garden's loss: with weights or hard-pixel mining the upstream gradient is not one value.
     for kwargs, expected in [({}, True), (dict(class_weights=[1.0] * 70), False), (dict(top_k_percent_pixels=0.5), False)]:
         def step(v):
