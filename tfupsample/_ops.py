@@ -187,65 +187,77 @@ for _name in _DEPTHWISE:
     _register(_name)(_depthwise_grad)
 
 
-def _scaled_unit_grad(op, grad, general, second_derivative_error):
-    """The loss op's gradient to its logits for the loss map's gradient grad. Where the op also
-    computed the gradient for a loss gradient of 1 at every pixel (with_grad: its third output) and
-    grad holds one finite value at every pixel not ignored (Keras' and Model Garden's mean of the
-    losses; the ignored ones contribute nothing), that gradient times the value; else general(),
-    the gradient op from the forward's stats (the second output, each pixel's (max, sum)). Nothing
-    that differentiates reads those two outputs (heads.py returns only the loss); a second
-    derivative through either path raises second_derivative_error()."""
-    if not op.get_attr("with_grad"):
+# The loss ops' attributes their gradient ops take, by semantics.
+LOSS_ATTRS = {"upsample": ("factor", "ignore_label", "use_ignore_label", "label_smoothing"),
+              "resize": ("ignore_label", "use_ignore_label", "label_smoothing", "align_corners", "half_pixel_centers")}
+
+
+def cross_entropy_grad(kind, labels, logits, stats, unit, grad, attrs):
+    """The fused loss's gradient to its logits for the loss map's gradient grad (kind "upsample"
+    or "resize"; attrs: LOSS_ATTRS[kind]'s values). Where the loss op also computed the gradient
+    for a loss gradient of 1 at every pixel (unit, its with_grad output; else None) and grad holds
+    one finite value at every pixel not ignored (Keras' and Model Garden's mean of the losses; the
+    ignored ones contribute nothing), that gradient times the value; else the gradient op from the
+    forward's stats (each pixel's (max, sum)). A second derivative through either path raises
+    NotImplementedError."""
+    op = (lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad if kind == "upsample" else
+          lib.tfupsample_resize_sparse_softmax_cross_entropy_grad)
+    general = lambda: op(labels, logits, stats, grad, **attrs)  # noqa: E731
+    if unit is None:
         return general()
+    # Reductions only (no map-sized temporaries without an ignore label): the largest and
+    # smallest value equal and finite, and a finite sum (a NaN anywhere makes it NaN).
     flat = tf.reshape(grad, [-1])
-    if op.get_attr("use_ignore_label"):
-        labels = tf.reshape(op.inputs[0], [-1])
-        kept = tf.not_equal(labels, tf.cast(op.get_attr("ignore_label"), labels.dtype))
+    if attrs["use_ignore_label"]:
+        flat_labels = tf.reshape(labels, [-1])
+        kept = tf.not_equal(flat_labels, tf.cast(attrs["ignore_label"], flat_labels.dtype))
+        masked = lambda fill: tf.where(kept, flat, tf.constant(fill, flat.dtype))  # noqa: E731
     else:
-        kept = tf.ones_like(flat, tf.bool)
-    value = tf.reduce_max(tf.where(kept, flat, tf.constant(float("-inf"), flat.dtype)))
-    uniform = tf.logical_and(tf.math.is_finite(value),
-                             tf.reduce_all(tf.logical_or(tf.logical_not(kept), tf.equal(flat, value))))
+        masked = lambda fill: flat  # noqa: E731
+    value = tf.reduce_max(masked(float("-inf")))
+    uniform = tf.logical_and(tf.equal(value, tf.reduce_min(masked(float("inf")))),
+                             tf.logical_and(tf.math.is_finite(value), tf.math.is_finite(tf.reduce_sum(masked(0.0)))))
 
     @tf.custom_gradient
-    def scaled(unit, v):  # any derivative of this product (forward mode's too) raises
-        return unit * v, lambda _: second_derivative_error()
+    def scaled(u, v):  # any derivative of this product (forward mode's too) raises
+        return u * v, lambda _: _no_second_derivative(kind)
 
-    return tf.cond(uniform, lambda: scaled(op.outputs[2], tf.cast(value, op.outputs[2].dtype)), general)
+    return tf.cond(uniform, lambda: scaled(unit, tf.cast(value, unit.dtype)), general)
 
 
-def _no_second_derivative(op_name, unfused):
+def _no_second_derivative(kind):
+    op = ("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad" if kind == "upsample" else
+          "TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
+    unfused = "tfupsample.bilinear_upsample(logits, f)" if kind == "upsample" else "tf.image.resize(logits, size)"
     raise NotImplementedError(
-        f"the second derivative of upsample_sparse_softmax_cross_entropy (op {op_name}) is not "
+        f"the second derivative of upsample_sparse_softmax_cross_entropy (op {op}) is not "
         "implemented: it would need the full-resolution logits the fused loss avoids. For "
         f"Hessian-vector products use the unfused tf.nn.sparse_softmax_cross_entropy_with_logits(labels, {unfused}).")
 
 
-@_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
-def _upsample_cross_entropy_grad(op, grad, _stats_grad, _unit_grad_grad):
-    labels, logits = op.inputs
-    attrs = {k: op.get_attr(k) for k in ("factor", "ignore_label", "use_ignore_label", "label_smoothing")}
-    return None, _scaled_unit_grad(op, grad, lambda: lib.tfupsample_upsample_sparse_softmax_cross_entropy_grad(
-        labels, logits, op.outputs[1], grad, **attrs), lambda: _upsample_cross_entropy_grad_grad(op, None))
+def _loss_op_grad(kind):
+    # The registered gradient of a loss op (a graph's tf.gradients, or a tape that recorded the
+    # op itself; heads.py records a custom gradient instead, so that the tape makes no zeros for
+    # the op's other two outputs).
+    def grad_fn(op, grad, _stats_grad, _unit_grad):
+        unit = op.outputs[2] if op.get_attr("with_grad") else None
+        attrs = {k: op.get_attr(k) for k in LOSS_ATTRS[kind]}
+        return None, cross_entropy_grad(kind, op.inputs[0], op.inputs[1], op.outputs[1], unit, grad, attrs)
+    return grad_fn
 
 
-@_register("TfupsampleResizeSparseSoftmaxCrossEntropy")
-def _resize_cross_entropy_grad(op, grad, _stats_grad, _unit_grad_grad):
-    labels, logits = op.inputs
-    attrs = {k: op.get_attr(k) for k in ("ignore_label", "use_ignore_label", "label_smoothing", "align_corners",
-                                        "half_pixel_centers")}
-    return None, _scaled_unit_grad(op, grad, lambda: lib.tfupsample_resize_sparse_softmax_cross_entropy_grad(
-        labels, logits, op.outputs[1], grad, **attrs), lambda: _resize_cross_entropy_grad_grad(op, None))
+_register("TfupsampleUpsampleSparseSoftmaxCrossEntropy")(_loss_op_grad("upsample"))
+_register("TfupsampleResizeSparseSoftmaxCrossEntropy")(_loss_op_grad("resize"))
 
 
 @_register("TfupsampleResizeSparseSoftmaxCrossEntropyGrad")
 def _resize_cross_entropy_grad_grad(op, grad):
-    _no_second_derivative(op.type, "tf.image.resize(logits, size)")
+    _no_second_derivative("resize")
 
 
 @_register("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
 def _upsample_cross_entropy_grad_grad(op, grad):
-    _no_second_derivative(op.type, "tfupsample.bilinear_upsample(logits, f)")
+    _no_second_derivative("upsample")
 
 
 if lib is not None:

@@ -145,36 +145,49 @@ def _cross_entropy(labels, logits, factor, ignore_label, label_smoothing, interp
             if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
                 up = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(y)[1:3], **_resize_kwargs(conv))
                 return _masked_cross_entropy(y, up, ignore_label, smoothing)
-            loss, _stats, _grad = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy(
-                y, x, **rule, **_resize_kwargs(conv), with_grad=unit_grad and _gradient_recorded(x))
-            return loss
-        if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
-            return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
-        loss, _stats, _grad = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy(
-            y, x, factor=factor, **rule, with_grad=unit_grad and _gradient_recorded(x))
-        return loss  # _stats, _grad: for the gradient (_ops.py)
+            kind, attrs, op = "resize", dict(rule, **_resize_kwargs(conv)), _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy
+        else:
+            if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
+                return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
+            kind, attrs, op = "upsample", dict(rule, factor=factor), _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy
+        if not _recorded(x):
+            return op(y, x, **attrs)[0]
+        with_grad = unit_grad and _one_sweep(x)
+
+        # A tape records this custom gradient rather than the op: the op's other outputs (each
+        # pixel's softmax statistics, the gradient for 1) would get zeros of their sizes from
+        # the tape (stats: 16 bytes a pixel), made for a gradient nothing reads.
+        @tf.custom_gradient
+        def fused_loss(v):
+            loss, stats, unit = op(y, v, **attrs, with_grad=with_grad)
+            return loss, lambda upstream: _ops.cross_entropy_grad(kind, y, v, stats, unit if with_grad else None,
+                                                                  upstream, attrs)
+        return fused_loss(x)
 
 
-_ONE_SWEEP_CLASSES = 64  # the CPU kernels' kFewClasses (csrc/cpu/heads_impl.h): fewer go pixel block by block
-
-
-def _gradient_recorded(logits):
-    """Whether the loss op should also compute its gradient for a loss gradient of 1 (with_grad),
-    in the loss's sweep, for the registered gradient to scale where the upstream gradient is one
-    value (Keras' and Model Garden's mean): where a GradientTape records this call (decided when it
-    runs, or when its tf.function is traced: Keras' train step records, its test step does not)
-    and that sweep exists -- float32 logits of at least 64 classes (known when traced) on the CPU
-    (no GPU visible: there the op would run the forward and the gradient one after the other, and
-    the registered gradient's check of the upstream gradient would wait for the GPU)."""
-    if logits.dtype != tf.float32 or logits.shape.rank != 4 or (logits.shape[-1] or 0) < _ONE_SWEEP_CLASSES:
-        return False
-    if tf.config.list_logical_devices("GPU"):
-        return False
+def _recorded(logits):
+    """Whether a GradientTape records this call (decided when it runs, or when its tf.function is
+    traced: Keras' train step records, its test step does not)."""
     try:
         from tensorflow.python.eager import record  # TF's own check (tf.custom_gradient's)
     except ImportError:  # pragma: no cover - every supported TF has it
         return False
     return bool(record.should_record_backprop([logits]))
+
+
+_ONE_SWEEP_CLASSES = 64  # the CPU kernels' kFewClasses (csrc/cpu/heads_impl.h): fewer go pixel block by block
+
+
+def _one_sweep(logits):
+    """Whether the loss op should also compute its gradient for a loss gradient of 1 (with_grad),
+    in the loss's sweep, for the gradient to scale where the upstream gradient is one value
+    (Keras' and Model Garden's mean): where that sweep exists -- float32 logits of at least 64
+    classes (known when traced) on the CPU (no GPU visible: there the op would run the forward and
+    the gradient one after the other, and the gradient's check of the upstream gradient would wait
+    for the GPU)."""
+    if logits.dtype != tf.float32 or logits.shape.rank != 4 or (logits.shape[-1] or 0) < _ONE_SWEEP_CLASSES:
+        return False
+    return not tf.config.list_logical_devices("GPU")
 
 
 def _label_type(labels):
