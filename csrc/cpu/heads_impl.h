@@ -1088,6 +1088,47 @@ inline void ExpsInPlace(float* e, int64_t C, float m) {
   for (; c < C; ++c) e[c] = SoftmaxExp(e[c] - m);
 }
 
+// The one-sweep rows' loss part for a piece of pixels [x0, x1) of the row from map index base:
+// each pixel not skipped gets its scores (scores(ox, e): C values into e, the forward's), target,
+// maximum, exps (stored over its scores, exps + k * stride for the piece's k-th such pixel, at[k])
+// and their sum, in PixelLossRow's and ExpShifted's order; then its loss and stats as
+// PixelLossRow writes them (a skipped pixel's 0). loss and stats may be null.
+struct WithGradPiece {
+  float m[kWithGradPiece], sum[kWithGradPiece];
+  int64_t at[kWithGradPiece];
+  int64_t n = 0;
+  template <typename Scores>
+  void Compute(int64_t x0, int64_t x1, int64_t base, LabelMap labels, const LabelRule& rule, int64_t C,
+               int64_t stride, float* exps, float* loss, double* stats, Scores&& scores) {
+    float target[kWithGradPiece], lse[kWithGradPiece];
+    n = 0;
+    for (int64_t ox = x0; ox < x1; ++ox) {
+      const int64_t i = base + ox, y = labels[i];
+      if (rule.Skips(y)) {  // an ignored pixel contributes nothing, NaN logits included
+        if (loss != nullptr) loss[i] = 0.0f;
+        if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0.0;
+        continue;
+      }
+      float* e = exps + n * stride;
+      scores(ox, e);
+      target[n] = SmoothedTarget(e, C, y, rule.smoothing);
+      m[n] = Reduce(e, C, e[0], MaxOp());
+      ExpsInPlace(e, C, m[n]);
+      sum[n] = Reduce(e, C, 0.0f, AddOp());
+      at[n++] = ox;
+    }
+    for (int64_t k = 0; k < n; ++k) lse[k] = SoftmaxLog(sum[k]);
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = base + at[k];
+      if (loss != nullptr) loss[i] = lse[k] + m[k] - target[k];  // logsumexp(v) - target
+      if (stats != nullptr) {
+        stats[2 * i] = static_cast<double>(m[k]);
+        stats[2 * i + 1] = static_cast<double>(sum[k]);
+      }
+    }
+  }
+};
+
 template <typename Last>
 void FcnLossWithGradRow(const BilinearPlan<float, float>& plan, const float* cols, int64_t C,
                         const std::vector<std::pair<int64_t, int64_t>>& xruns, int64_t base, LabelMap labels,
@@ -1098,41 +1139,20 @@ void FcnLossWithGradRow(const BilinearPlan<float, float>& plan, const float* col
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
   FcnLossGradPixel pixels[kWithGradPiece];
-  float m[kWithGradPiece], sum[kWithGradPiece], target[kWithGradPiece], lse[kWithGradPiece];
-  int64_t at[kWithGradPiece];
+  WithGradPiece piece;
   for (const auto& [run0, run1] : xruns) {
     const int64_t j0 = plan.tx.first[run0];
     const bool two = plan.tx.count[run0] == 2;
     for (int64_t x0 = run0; x0 < run1; x0 += kWithGradPiece) {
-      int64_t n = 0;
-      for (int64_t ox = x0; ox < std::min(run1, x0 + kWithGradPiece); ++ox) {
-        const int64_t i = base + ox, y = labels[i];
-        if (rule.Skips(y)) {  // an ignored pixel contributes nothing, NaN logits included
-          if (loss != nullptr) loss[i] = 0.0f;
-          if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0.0;
-          continue;
-        }
-        float* e = exps + n * stride;
-        plan.PixelFromColumns(cols, ox, C, e);
-        target[n] = SmoothedTarget(e, C, y, rule.smoothing);
-        m[n] = Reduce(e, C, e[0], MaxOp());
-        ExpsInPlace(e, C, m[n]);
-        sum[n] = Reduce(e, C, 0.0f, AddOp());
-        at[n++] = ox;
-      }
+      piece.Compute(x0, std::min(run1, x0 + kWithGradPiece), base, labels, rule, C, stride, exps, loss, stats,
+                    [&](int64_t ox, float* e) { plan.PixelFromColumns(cols, ox, C, e); });
+      const int64_t n = piece.n;
       if (n == 0) continue;
-      for (int64_t k = 0; k < n; ++k) lse[k] = SoftmaxLog(sum[k]);
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t ox = at[k], i = base + ox;
-        if (loss != nullptr) loss[i] = lse[k] + m[k] - target[k];  // logsumexp(v) - target
-        if (stats != nullptr) {
-          stats[2 * i] = static_cast<double>(m[k]);
-          stats[2 * i + 1] = static_cast<double>(sum[k]);
-        }
-        // FcnLossGradTerms' terms with loss_grad 1 (m unused: the exps are stored)
-        const float scale = 1.0f / sum[k];
+      for (int64_t k = 0; k < n; ++k) {  // FcnLossGradTerms' terms with loss_grad 1 (m unused: the exps are stored)
+        const int64_t ox = piece.at[k];
+        const float scale = 1.0f / piece.sum[k];
         const float w0 = plan.wx[plan.g.x.Tap(ox, j0)], w1 = two ? plan.wx[plan.g.x.Tap(ox, j0 + 1)] : 0.0f;
-        pixels[k] = {labels[i], m[k], scale, uniform, w0, w1, smoothing ? w0 : w0 * scale,
+        pixels[k] = {labels[base + ox], piece.m[k], scale, uniform, w0, w1, smoothing ? w0 : w0 * scale,
                      smoothing ? w1 : w1 * scale, -(w0 * on), -(w1 * on)};
       }
       ForEachClassVector<Last>(C, [&](auto vec) {
@@ -1188,6 +1208,20 @@ inline void UpsampleLossWithGradByVectors(const Geometry& g, const float* logits
 }
 #endif
 
+// The WithGrad kernels' stats: the caller's, or where it asks for the gradient without them, own
+// (the map's size).
+inline double* StatsForGradient(const Geometry& g, double* stats, const void* logits_grad, std::vector<double>* own) {
+  if (stats != nullptr || logits_grad == nullptr) return stats;
+  own->resize(2 * g.n * g.y.n_out * g.x.n_out);
+  return own->data();
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
+// Whether the WithGrad kernels take the one sweep at C classes (float logits): the forward's pixel
+// by pixel rows, past the gradient's few-class rows (ClassVectors' 4 vectors).
+inline bool OneSweepClasses(int64_t C) { return C >= kFewClasses && C > 4 * Lanes::kN; }
+#endif
+
 // The loss and, where logits_grad is not null, its gradient for a loss gradient of 1 at every
 // pixel -- what the registered gradient scales when the upstream gradient is one value (Keras'
 // mean), so that a training step computes each score's exp once. Float logits at many classes in
@@ -1196,14 +1230,11 @@ template <typename T>
 void UpsampleSoftmaxCrossEntropyWithGradImpl(const Geometry& g, const T* logits, LabelMap labels,
                                              LabelRule rule, T* loss, double* stats, T* logits_grad,
                                              const ParallelFor& pf) {
-  std::vector<double> own_stats;  // where a caller wants the gradient but not the stats it is made from
-  if (logits_grad != nullptr && stats == nullptr) {
-    own_stats.resize(2 * g.n * g.y.n_out * g.x.n_out);
-    stats = own_stats.data();
-  }
+  std::vector<double> own_stats;
+  stats = StatsForGradient(g, stats, logits_grad, &own_stats);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<T, float>) {
-    if (logits_grad != nullptr && g.c >= kFewClasses && g.c > 4 * Lanes::kN) {
+    if (logits_grad != nullptr && OneSweepClasses(g.c)) {
       return UpsampleLossWithGradByVectors(g, logits, labels, rule, loss, stats, logits_grad, pf);
     }
   }

@@ -904,37 +904,17 @@ void LossWithGradRow(const float* r0, const float* r1, float yl, int64_t C, cons
               uniform = static_cast<float>(rule.smoothing / static_cast<double>(C));
   const int64_t stride = (C + Lanes::kN - 1) / Lanes::kN * Lanes::kN;
   LossGradPixel pixels[kWithGradPiece];
-  float m[kWithGradPiece], sum[kWithGradPiece], target[kWithGradPiece], lse[kWithGradPiece];
-  int64_t at[kWithGradPiece];
+  WithGradPiece piece;
   for (const auto& [run0, run1] : xruns) {
     const int64_t jl = tx.lower[run0], ju = tx.upper[run0];
     for (int64_t x0 = run0; x0 < run1; x0 += kWithGradPiece) {
-      int64_t n = 0;
-      for (int64_t ox = x0; ox < std::min(run1, x0 + kWithGradPiece); ++ox) {
-        const int64_t i = base + ox, y = labels[i];
-        if (rule.Skips(y)) {  // an ignored pixel contributes nothing, NaN logits included
-          if (loss != nullptr) loss[i] = 0.0f;
-          if (stats != nullptr) stats[2 * i] = stats[2 * i + 1] = 0.0;
-          continue;
-        }
-        float* e = exps + n * stride;
-        ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], yl, C, e);
-        target[n] = SmoothedTarget(e, C, y, rule.smoothing);
-        m[n] = Reduce(e, C, e[0], MaxOp());
-        ExpsInPlace(e, C, m[n]);
-        sum[n] = Reduce(e, C, 0.0f, AddOp());
-        at[n++] = ox;
-      }
+      piece.Compute(x0, std::min(run1, x0 + kWithGradPiece), base, labels, rule, C, stride, exps, loss, stats,
+                    [&](int64_t ox, float* e) { ResizeScores(r0, r1, tx.lower[ox], tx.upper[ox], tx.lerp[ox], yl, C, e); });
+      const int64_t n = piece.n;
       if (n == 0) continue;
-      for (int64_t k = 0; k < n; ++k) lse[k] = SoftmaxLog(sum[k]);
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t ox = at[k], i = base + ox;
-        if (loss != nullptr) loss[i] = lse[k] + m[k] - target[k];  // logsumexp(v) - target
-        if (stats != nullptr) {
-          stats[2 * i] = static_cast<double>(m[k]);
-          stats[2 * i + 1] = static_cast<double>(sum[k]);
-        }
-        pixels[k] = {labels[i], tx.lerp[ox], m[k], 1.0f / sum[k], uniform, on};  // LossGradTerms' with loss_grad 1
+      for (int64_t k = 0; k < n; ++k) {  // LossGradTerms' with loss_grad 1
+        const int64_t ox = piece.at[k];
+        pixels[k] = {labels[base + ox], tx.lerp[ox], piece.m[k], 1.0f / piece.sum[k], uniform, on};
       }
       ForEachClassVector<Last>(C, [&](auto vec) {
         using L = typename decltype(vec)::L;
@@ -968,15 +948,12 @@ void LossWithGradRow(const float* r0, const float* r1, float yl, int64_t C, cons
 template <typename T>
 void ResizeSoftmaxCrossEntropyWithGradImpl(const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,
                                            float* loss, double* stats, T* logits_grad, const ParallelFor& pf) {
-  std::vector<double> own_stats;  // where a caller wants the gradient but not the stats it is made from
-  if (logits_grad != nullptr && stats == nullptr) {
-    own_stats.resize(2 * g.n * g.y.n_out * g.x.n_out);
-    stats = own_stats.data();
-  }
+  std::vector<double> own_stats;
+  stats = StatsForGradient(g, stats, logits_grad, &own_stats);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(TFUP_ISA_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     const int64_t C = g.c, h = g.y.n_in, w = g.x.n_in, oh = g.y.n_out, ow = g.x.n_out;
-    if (logits_grad != nullptr && C >= kFewClasses && C > 4 * Lanes::kN && oh > 0) {
+    if (logits_grad != nullptr && OneSweepClasses(C) && oh > 0) {
       const ResizeTaps ty(g.y, g.resize), tx(g.x, g.resize);
       using RowFn = void (*)(const float*, const float*, float, int64_t, const ResizeTaps&,
                              const std::vector<std::pair<int64_t, int64_t>>&, int64_t, LabelMap, const LabelRule&,
