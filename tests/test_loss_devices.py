@@ -168,14 +168,17 @@ def test_nan_logits_propagate_alike_on_both_devices(emu, dtype, rng):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
 
 
-def test_second_gradient_is_a_clear_error(rng):
-    x = tf.constant(rng.standard_normal((1, 2, 2, 3)), tf.float32)
-    labels = rng.integers(0, 3, (1, 4, 4))
+@pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
+@pytest.mark.parametrize("classes", [3, 70])  # 70: the gradient for 1, scaled
+def test_second_gradient_is_a_clear_error(interpolation, classes, rng):
+    x = tf.constant(rng.standard_normal((1, 2, 2, classes)), tf.float32)
+    labels = rng.integers(0, classes, (1, 4, 4))
     with tf.GradientTape() as outer:
         outer.watch(x)
         with tf.GradientTape() as inner:
             inner.watch(x)
-            loss = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(labels, x, 2))
+            loss = tf.reduce_sum(tu.upsample_sparse_softmax_cross_entropy(
+                labels, x, 2 if interpolation == "transposed_conv" else None, interpolation=interpolation))
         grad = inner.gradient(loss, x)
     with pytest.raises(NotImplementedError, match="second derivative of upsample_sparse_softmax_cross_entropy"):
         outer.gradient(grad, x)

@@ -188,19 +188,6 @@ def test_the_loss_computes_its_gradient_only_where_a_tape_records(rng):
     assert_close(tape.gradient(loss, x), expected, "float32", "loss_grad")
 
 
-def test_second_gradient_of_the_resize_loss_is_a_clear_error(rng):
-    x = tf.constant(rng.standard_normal((1, 2, 2, 3)), tf.float32)
-    labels = rng.integers(0, 3, (1, 5, 5))
-    with tf.GradientTape() as outer:
-        outer.watch(x)
-        with tf.GradientTape() as inner:
-            inner.watch(x)
-            loss = tf.reduce_mean(tu.upsample_sparse_softmax_cross_entropy(labels, x, interpolation="bilinear"))
-        grad = inner.gradient(loss, x)
-    with pytest.raises(NotImplementedError, match="second derivative of upsample_sparse_softmax_cross_entropy"):
-        outer.gradient(grad, x)
-
-
 @pytest.mark.parametrize("interpolation", ["transposed_conv", "bilinear"])
 def test_a_derivative_of_the_scaled_gradient_is_a_clear_error(interpolation, rng):
     # The gradient's derivative with respect to the upstream gradient (double-VJP, forward mode):
