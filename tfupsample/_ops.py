@@ -219,10 +219,11 @@ def cross_entropy_grad(kind, labels, logits, stats, unit, grad, attrs):
                              tf.logical_and(tf.math.is_finite(value), tf.math.is_finite(tf.reduce_sum(masked(0.0)))))
 
     @tf.custom_gradient
-    def scaled(u, v):  # any derivative of this product (forward mode's too) raises
-        return u * v, lambda _: _no_second_derivative(kind)
+    def scaled(u, v):  # any derivative of this product (forward mode's too) raises; half types in float32
+        wide = u if u.dtype in (tf.float32, tf.float64) else tf.cast(u, tf.float32)
+        return tf.cast(wide * tf.cast(v, wide.dtype), u.dtype), lambda _: _no_second_derivative(kind)
 
-    return tf.cond(uniform, lambda: scaled(unit, tf.cast(value, unit.dtype)), general)
+    return tf.cond(uniform, lambda: scaled(unit, value), general)
 
 
 def _no_second_derivative(kind):

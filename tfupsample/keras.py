@@ -110,11 +110,11 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' sample_weight weights the pixels after call(): the loss map's gradient is then
         # not one value, and the loss op's gradient for one (with_grad) would go unused.
-        self._weighted = sample_weight is not None
+        outer, self._weighted = getattr(self, "_weighted", False), sample_weight is not None
         try:
             return super().__call__(y_true, y_pred, sample_weight)
         finally:
-            self._weighted = False
+            self._weighted = outer
 
     def call(self, y_true, y_pred):
         labels = tf.convert_to_tensor(y_true)

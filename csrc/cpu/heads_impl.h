@@ -1077,7 +1077,7 @@ void UpsampleSoftmaxCrossEntropyGradImpl(const Geometry& g, const T* logits, Lab
 // Pieces of 32 pixels: their exps are 128 KB at 1000 classes (in L2), 20 KB at 150 (L1). One
 // sweep alone, medians of 7 calls per process, two processes each (EPYC VM): FCN [1,16,22,1000]
 // x32, pieces of 8 / 16 / 32 / 64 pixels, AVX-512 109-113 / 96-98 / 92-93 / 93-113 ms, AVX2
-// 110-149 / 105-130 / 98-104 / 98-102; ADE20K-like resize 184-217 ms, no clear order.
+// 110-149 / 105-130 / 98-104 / 98-102; ADE20K-like resize 184-247 ms, no clear order.
 constexpr int64_t kWithGradPiece = 32;
 
 // e[c] = SoftmaxExp(e[c] - m), as ShiftedExp maps each value.

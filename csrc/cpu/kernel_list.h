@@ -69,7 +69,7 @@
     (g, logits, labels, rule, stats, loss_grad, logits_grad))                             \
   /* UpsampleSoftmaxCrossEntropy, and where logits_grad is not null the gradient to the      \
      logits for a loss gradient of 1 at every pixel (UpsampleSoftmaxCrossEntropyGrad's bits; \
-     on the CPU for float logits of 64 classes or more in the loss's sweep, each exp once;   \
+     on the CPU for float logits past 64 classes (OneSweepClasses) in one sweep, each exp once;\
      stats may then be null on the CPU, never on the GPU). */                                \
   X(UpsampleSoftmaxCrossEntropyWithGrad,                                                    \
     (const Geometry& g, const T* logits, LabelMap labels, LabelRule rule,                \

@@ -78,7 +78,7 @@ REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropy")
          "label_smoothing s the target is (1 - s) onehot + s / classes. stats: each "
          "pixel's max score and sum of exp(score - max), for the gradient. with_grad: "
          "logits_grad is the gradient to the logits for a loss gradient of 1 at every pixel (on "
-         "the CPU computed in the loss's sweep for float logits of 64 classes or more); without "
+         "the CPU computed in the loss's sweep for float logits of more than 64 classes); without "
          "with_grad it is empty and not computed.");
 
 REGISTER_OP("TfupsampleUpsampleSparseSoftmaxCrossEntropyGrad")
