@@ -182,7 +182,8 @@ def test_the_loss_computes_its_gradient_only_where_a_tape_records(rng):
         return tape.gradient(loss, v)
     assert _with_grad(weighted, x) == [False]  # the caller's word
     # Model Garden's loss: with weights or hard-pixel mining the upstream gradient is not one value.
-    for kwargs, expected in [({}, True), (dict(class_weights=[1.0] * 70), False), (dict(top_k_percent_pixels=0.5), False)]:
+    for kwargs, expected in [({}, True), (dict(class_weights=[1.0] * 70), False),
+                             (dict(top_k_percent_pixels=0.5), False)]:
         def step(v):
             with tf.GradientTape() as tape:
                 tape.watch(v)

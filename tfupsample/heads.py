@@ -145,11 +145,13 @@ def _cross_entropy(labels, logits, factor, ignore_label, label_smoothing, interp
             if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
                 up = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(y)[1:3], **_resize_kwargs(conv))
                 return _masked_cross_entropy(y, up, ignore_label, smoothing)
-            kind, attrs, op = "resize", dict(rule, **_resize_kwargs(conv)), _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy
+            kind, attrs = "resize", dict(rule, **_resize_kwargs(conv))
+            op = _ops.lib.tfupsample_resize_sparse_softmax_cross_entropy
         else:
             if _use_pure_tf(what="upsample_sparse_softmax_cross_entropy"):
                 return _masked_cross_entropy(y, bilinear_upsample(x, factor), ignore_label, smoothing)
-            kind, attrs, op = "upsample", dict(rule, factor=factor), _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy
+            kind, attrs = "upsample", dict(rule, factor=factor)
+            op = _ops.lib.tfupsample_upsample_sparse_softmax_cross_entropy
         if not _recorded(x):
             return op(y, x, **attrs)[0]
         with_grad = unit_grad and _one_sweep(x)

@@ -122,9 +122,10 @@ class UpsampledSparseCategoricalCrossentropy(keras.losses.Loss):
             labels = tf.squeeze(labels, -1)
         if not labels.dtype.is_integer:
             labels = tf.cast(tf.round(labels), tf.int32)  # Keras may hand labels over as floats
-        losses = _cross_entropy(labels, y_pred, self.factor, self.ignore_class, self.label_smoothing, self.interpolation,
-                                "NHWC", None, unit_grad=not (getattr(self, "_weighted", False) or self.class_weights is not None or
-                                               self.top_k_percent_pixels < 1.0))
+        weighted = (getattr(self, "_weighted", False) or self.class_weights is not None or
+                    self.top_k_percent_pixels < 1.0)  # the losses' gradient is then not one value
+        losses = _cross_entropy(labels, y_pred, self.factor, self.ignore_class, self.label_smoothing,
+                                self.interpolation, "NHWC", None, unit_grad=not weighted)
         valid = (tf.not_equal(labels, tf.cast(self.ignore_class, labels.dtype)) if self.ignore_class is not None
                  else None)
         if self.class_weights is not None:
