@@ -452,10 +452,11 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           // where the two rows of sums are small, which then stay in L1/L2 while each is loaded
           // and stored half as often (DeepLab's 513 x 21 rows, 86 KB: 1.13-1.25x against
           // 1.24-1.46x on the EPYC VM, both builds, before the AVX-512 build took eight
-          // everywhere). The AVX-512 build, whose blocks of 64 floats keep more of the rows in
-          // flight per instruction, takes eight everywhere (EPYC VM, ADE20K-like against a fast
-          // read floor: 1.20x against 1.26x with four). Each element still adds its outputs in
-          // ascending order: the same bits.
+          // everywhere). The AVX-512 build takes eight everywhere (EPYC VM, ADE20K-like against a
+          // fast read floor: 1.20x against 1.26x with four, when its blocks were 64 floats; with
+          // AddRowsTwoColumns' 32, four and eight within 0.03x: ADE20K-like 1.17-1.21x against
+          // 1.20-1.22x, Cityscapes-like 1.12-1.26x against 1.11-1.24x). Each element still adds
+          // its outputs in ascending order: the same bits.
           // A run across the band's edge has only one of its rows in the band: the other's sums
           // go to a spare row and are dropped, so that its output rows are still read a few at a
           // time rather than one by one (one read of dy and one load and store of the row of sums
