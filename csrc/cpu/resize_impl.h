@@ -380,12 +380,12 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       // rows the y pass reads after it (or null), whose first kAheadLines lines in each of
       // kRowsAtOnce rows (the first four of a chunk of eight, or the chunk) are prefetched a few
       // per column run, so that memory keeps streaming while this pass computes from the cache
-      // (Cityscapes-like: ~16% of the gradient). 128 lines (8 KB a row, 32 KB in all, L1's size):
-      // twice that evicted the row of sums this pass reads, and the prefetches waited on a full
-      // miss queue (DeepLab's [8,65,65,21] -> 513x513 on the EPYC VM, AVX-512, interleaved in one
-      // process against tf.reduce_sum: one thread 1.29-1.31x the read floor against 1.35-1.37x,
-      // two 1.06-1.30x against 1.09-1.35x; Cityscapes-like and ADE20K-like and the AVX2 build
-      // alike within 0.03).
+      // (Cityscapes-like: ~16% of the gradient). 128 lines (8 KB a row, 32 KB in all): with
+      // twice that this pass waited on its prefetches (one thread, sampled: its share of the
+      // gradient's time 3x that without them), and the gradient was slower (DeepLab's
+      // [8,65,65,21] -> 513x513 on the EPYC VM, AVX-512, interleaved in one process against
+      // tf.reduce_sum: one thread 1.29-1.31x the read floor against 1.35-1.37x, two 1.06-1.30x
+      // against 1.09-1.35x; Cityscapes-like and ADE20K-like and the AVX2 build alike within 0.03).
       constexpr int64_t kRowsAtOnce = 4, kAheadLines = 128;
 #if defined(TFUP_ISA_AVX512)
       const int64_t rows_at_once = 8;  // (below)
