@@ -1249,11 +1249,11 @@ void AddPixelsTwoColumns(const Weights& weights, const Src* dy, int64_t stride, 
 // block, AddRunBlock. Returns false (nothing done) for more than kMaxRows rows.
 // 32 floats (128 bytes of each row per block) in both builds: the AVX-512 build's 64 were slower
 // on two cores (EPYC VM, interleaved in one process against tf.reduce_sum, 18 pairs over the
-// three target shapes: 32 floats better in 13, by up to 0.17x the read floor -- ADE20K-like
-// 1.20-1.28x against 1.24-1.41x in a slow spell, DeepLab's 1.15-1.26x against 1.22-1.43x --
-// equal in 2, worse in 3 by at most 0.03x), though mostly faster on one thread (12 pairs: 64
-// better in 8 by up to 0.12x, Cityscapes-like 1.26-1.27x against 1.38x; worse in 2). 16 floats:
-// like 32 on two threads, slower on one (ADE20K-like 1.26-1.40x against 1.19-1.30x).
+// three target shapes: 32 floats better in 13, by up to 0.17x the read floor, equal in 2, worse
+// in 3 by at most 0.03x; medians per shape ADE20K-like 1.21x against 1.27x, Cityscapes-like 1.15x
+// against 1.18x, DeepLab's 1.21x against 1.29x), though mostly faster on one thread (12 pairs: 64
+// better in 8 by up to 0.12x, worse in 2). 16 floats: up to 0.06x better than 32 on two threads
+// (12 of 18), 0.03-0.11x worse on one at ADE20K-like and Cityscapes-like. docs/performance.md.
 template <class Weights>
 bool AddRowsTwoColumns(const Weights& weights, const float* dy, int64_t stride, int64_t n, int64_t o0,
                        int64_t o1, float* __restrict r0, float* __restrict r1, bool fresh0, bool fresh1,

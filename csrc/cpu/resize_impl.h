@@ -381,11 +381,11 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
       // kRowsAtOnce rows (the first four of a chunk of eight, or the chunk) are prefetched a few
       // per column run, so that memory keeps streaming while this pass computes from the cache
       // (Cityscapes-like: ~16% of the gradient). 128 lines (8 KB a row, 32 KB in all): with
-      // twice that this pass waited on its prefetches (one thread, sampled: its share of the
-      // gradient's time 3x that without them), and the gradient was slower (DeepLab's
-      // [8,65,65,21] -> 513x513 on the EPYC VM, AVX-512, interleaved in one process against
-      // tf.reduce_sum: one thread 1.29-1.31x the read floor against 1.35-1.37x, two 1.06-1.30x
-      // against 1.09-1.35x; Cityscapes-like and ADE20K-like and the AVX2 build alike within 0.03).
+      // twice that the gradient was slower (DeepLab's [8,65,65,21] -> 513x513 on the EPYC VM,
+      // AVX-512, interleaved in one process against tf.reduce_sum: one thread 1.29-1.31x the read
+      // floor against 1.35-1.37x, two 1.06-1.30x against 1.09-1.35x; Cityscapes-like and
+      // ADE20K-like, both builds, within 0.04x either way), and this pass's share of the sampled
+      // time (one thread) was 3x that without any prefetch.
       constexpr int64_t kRowsAtOnce = 4, kAheadLines = 128;
 #if defined(TFUP_ISA_AVX512)
       const int64_t rows_at_once = 8;  // (below)
@@ -454,9 +454,9 @@ void ResizeBilinearBackpropInputImpl(const Geometry& g, const float* output_grad
           // 1.24-1.46x on the EPYC VM, both builds, before the AVX-512 build took eight
           // everywhere). The AVX-512 build takes eight everywhere (EPYC VM, ADE20K-like against a
           // fast read floor: 1.20x against 1.26x with four, when its blocks were 64 floats; with
-          // AddRowsTwoColumns' 32, four and eight within 0.03x: ADE20K-like 1.17-1.21x against
-          // 1.20-1.22x, Cityscapes-like 1.12-1.26x against 1.11-1.24x). Each element still adds
-          // its outputs in ascending order: the same bits.
+          // AddRowsTwoColumns' 32, four was 0.01-0.03x faster at ADE20K-like in 4 of 4 pairs and
+          // 0.01-0.04x slower at Cityscapes-like in 3 of 4). Each element still adds its outputs
+          // in ascending order: the same bits.
           // A run across the band's edge has only one of its rows in the band: the other's sums
           // go to a spare row and are dropped, so that its output rows are still read a few at a
           // time rather than one by one (one read of dy and one load and store of the row of sums
